@@ -1,0 +1,395 @@
+"""The `dihya` command: a thin face over the core functions.
+
+Exit codes: 0 ok, 1 a check failed (unknown plugin, refused approval, invalid needs,
+failed verification), 2 usage (bad arguments, malformed config, non-empty OUTDIR).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+import click
+
+from dihya import __version__
+from dihya.config import (
+    MODES,
+    ROLES,
+    AllowEntry,
+    Config,
+    ConfigError,
+    load_config,
+    read_document,
+    remove_allow,
+    resolve_path,
+    set_enabled,
+    upsert_allow,
+    write_document,
+)
+from dihya.discovery import DiscoveredPlugin, discover
+from dihya.fingerprint import FingerprintError, fingerprint_wheel, inspect_installed
+from dihya.gate import FAILED, REFUSED, inspect_files, resolution_problem
+from dihya.registry import RegistrySnapshot, build_registry
+
+
+class CheckFailed(click.ClickException):
+    """A check failed: exit 1."""
+
+    exit_code = 1
+
+
+class Usage(click.ClickException):
+    """Bad usage or config: exit 2."""
+
+    exit_code = 2
+
+
+@attrs.define
+class State:
+    config_path: Path
+
+    def config(self) -> Config:
+        try:
+            return load_config(self.config_path)
+        except ConfigError as exc:
+            raise Usage(str(exc)) from exc
+
+    def registry(self) -> RegistrySnapshot:
+        return build_registry(self.config())
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Backend config (TOML). Default: $DIHYA_CONFIG, else ./dihya.toml.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the core does to stderr.")
+@click.version_option(__version__, prog_name="dihya")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """Dihya Coding: generate code, with plugins only an operator approved."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = State(resolve_path(config_path))
+
+
+@main.group()
+def plugins() -> None:
+    """Discover, approve, switch and verify generation plugins."""
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _unknown(name: str, known: Sequence[str]) -> NoReturn:
+    listing = ", ".join(sorted(set(known))) or "none installed"
+    raise CheckFailed(f"no plugin named {name!r} is installed (known: {listing})")
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_state
+def list_plugins(state: State, as_json: bool) -> None:
+    """List every installed plugin with its status."""
+    snapshot = state.registry()
+    if as_json:
+        _echo_json([r.to_json() for r in snapshot.records])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"plugins ({snapshot.config.path})")
+    for column in ("name", "status", "reason", "mode", "version", "distribution", "hooks"):
+        table.add_column(column)
+    colors = {"active": "green", "disabled": "yellow", "refused": "red", "failed": "red"}
+    for r in snapshot.records:
+        table.add_row(r.name, f"[{colors.get(r.status, 'white')}]{r.status}[/]",
+                      r.reason or "", r.mode or "", r.version, r.distribution,
+                      ", ".join(r.hooks))
+    Console().print(table)
+    if not snapshot.records:
+        click.echo("no plugin installed in group " + snapshot.config.group)
+
+
+@plugins.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@pass_state
+def show(state: State, name: str, as_json: bool) -> None:
+    """Show everything known about one plugin."""
+    snapshot = state.registry()
+    record = snapshot.get(name)
+    if record is None:
+        _unknown(name, snapshot.names())
+    data = record.to_json()
+    if as_json:
+        _echo_json(data)
+        return
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = ", ".join(map(str, value)) or "-"
+        click.echo(f"{key:>21}: {'-' if value is None else value}")
+
+
+@plugins.command("fingerprint")
+@click.argument("target")
+@pass_state
+def fingerprint(state: State, target: str) -> None:
+    """Print the fingerprint of an installed plugin (NAME) or of a wheel file (PATH.whl)."""
+    if target.endswith(".whl"):
+        try:
+            click.echo(fingerprint_wheel(Path(target)))
+        except FingerprintError as exc:
+            raise CheckFailed(str(exc)) from exc
+        return
+    plugin = _find(state, target)
+    if plugin.dist_info is None:
+        raise CheckFailed(f"{plugin.distribution} has no installed files to fingerprint")
+    try:
+        files = inspect_installed(plugin.dist_info)
+    except FingerprintError as exc:
+        raise CheckFailed(str(exc)) from exc
+    click.echo(files.fingerprint)
+    if files.missing or files.unlisted:
+        raise CheckFailed(f"{target}: missing {list(files.missing)}, unlisted "
+                          f"{list(files.unlisted)}: this install would be refused")
+
+
+def _find(state: State, name: str) -> DiscoveredPlugin:
+    found = discover(state.config().group)
+    matches = [p for p in found if p.name == name]
+    if not matches:
+        _unknown(name, [p.name for p in found])
+    if len(matches) > 1:
+        dists = ", ".join(p.distribution for p in matches)
+        raise CheckFailed(f"{name!r} is declared by several distributions ({dists}); "
+                          "uninstall all but one")
+    return matches[0]
+
+
+@contextmanager
+def _editing(state: State) -> Iterator[Any]:
+    try:
+        doc = read_document(state.config_path)
+        yield doc
+        write_document(state.config_path, doc)
+    except ConfigError as exc:
+        raise Usage(str(exc)) from exc
+
+
+def _parse_roles(_ctx: click.Context, _param: click.Parameter,
+                 value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    roles = tuple(r.strip() for r in value.split(",") if r.strip())
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise click.BadParameter(f"roles must be a comma-separated list of "
+                                 f"{', '.join(ROLES)}, not {value!r}")
+    return roles
+
+
+@plugins.command("approve")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--mode", type=click.Choice(MODES), default="sandbox", show_default=True,
+              help="Where the plugin runs; in-process only for classes that say safe = True.")
+@click.option("--roles", callback=_parse_roles,
+              help="Comma-separated roles for whom the plugin may run (default: every role).")
+@click.option("--required", is_flag=True, help="A failure of this plugin fails the generation.")
+@pass_state
+def approve(state: State, names: tuple[str, ...], mode: str,
+            roles: tuple[str, ...] | None, required: bool) -> None:
+    """Approve installed plugins as they are now (records name, version, fingerprint).
+
+    All or nothing: if one NAME cannot be approved, the config is left unchanged.
+    """
+    group = state.config().group
+    found = discover(group)
+    entries = []
+    for name in dict.fromkeys(names):
+        matches = [p for p in found if p.name == name]
+        if not matches:
+            _unknown(name, [p.name for p in found])
+        if len(matches) > 1:
+            raise CheckFailed(f"cannot approve {name!r}: declared by "
+                              f"{', '.join(p.distribution for p in matches)}")
+        plugin = matches[0]
+        files, problem = inspect_files(plugin)
+        if problem is not None or files is None:
+            reason, message = problem or ("missing-file", "no files")
+            raise CheckFailed(f"cannot approve {name!r} ({reason}): {message}")
+        outside = resolution_problem(plugin, files)
+        if outside:
+            raise CheckFailed(f"cannot approve {name!r} (outside-distribution): {outside}")
+        if mode == "in-process":
+            _require_safe(plugin, files.fingerprint)
+        entries.append(AllowEntry(name=name, distribution=plugin.distribution,
+                                  version=plugin.version, fingerprint=files.fingerprint,
+                                  mode=mode,  # type: ignore[arg-type]
+                                  roles=roles, required=required))
+    with _editing(state) as doc:
+        for entry in entries:
+            upsert_allow(doc, entry)
+    for e in entries:
+        click.echo(f"approved {e.name} ({e.distribution} {e.version}) {e.fingerprint} "
+                   f"mode={e.mode}")
+
+
+def _require_safe(plugin: DiscoveredPlugin, fp: str) -> None:
+    from dihya.introspect import introspect
+
+    try:
+        meta = introspect(plugin.group, plugin.name, fp)
+    except RuntimeError as exc:
+        raise CheckFailed(f"cannot approve {plugin.name!r} in-process: {exc}") from exc
+    if meta.get("safe") is not True:
+        raise CheckFailed(f"cannot approve {plugin.name!r} in-process: its class says "
+                          "safe = False; approve it with --mode sandbox")
+
+
+@plugins.command("revoke")
+@click.argument("name")
+@pass_state
+def revoke(state: State, name: str) -> None:
+    """Remove a plugin's approval: it becomes refused/not-allowlisted."""
+    with _editing(state) as doc:
+        if not remove_allow(doc, name):
+            _not_approved(state, name)
+    click.echo(f"revoked {name}")
+
+
+def _not_approved(state: State, name: str) -> NoReturn:
+    approved = ", ".join(e.name for e in state.config().allow) or "none"
+    raise CheckFailed(f"{name!r} is not in the allowlist of {state.config_path} "
+                      f"(approved: {approved})")
+
+
+def _switch(state: State, name: str, enabled: bool, reason: str | None) -> None:
+    with _editing(state) as doc:
+        if not set_enabled(doc, name, enabled, reason):
+            _not_approved(state, name)
+    click.echo(f"{'enabled' if enabled else 'disabled'} {name}")
+
+
+@plugins.command("enable")
+@click.argument("name")
+@pass_state
+def enable(state: State, name: str) -> None:
+    """Switch an approved plugin back on."""
+    _switch(state, name, True, None)
+
+
+@plugins.command("disable")
+@click.argument("name")
+@click.option("--reason", help="Why, recorded in the config beside the switch.")
+@pass_state
+def disable(state: State, name: str, reason: str | None) -> None:
+    """Switch an approved plugin off (it stays approved)."""
+    _switch(state, name, False, reason)
+
+
+@plugins.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_state
+def verify(state: State, as_json: bool) -> None:
+    """Check every allowlisted plugin; exit 1 if one is refused, failed or missing."""
+    snapshot = state.registry()
+    rows = []
+    for entry in snapshot.config.allow:
+        record = snapshot.get(entry.name)
+        if record is None:
+            rows.append({"name": entry.name, "status": "missing", "reason": "not-installed",
+                         "message": f"approved but not installed ({entry.distribution} "
+                                    f"{entry.version})", "ok": False})
+            continue
+        ok = record.status not in (REFUSED, FAILED)
+        rows.append({"name": record.name, "status": record.status, "reason": record.reason,
+                     "message": record.message, "ok": ok})
+    if as_json:
+        _echo_json(rows)
+    else:
+        for row in rows:
+            mark = "ok  " if row["ok"] else "FAIL"
+            reason = f"/{row['reason']}" if row["reason"] else ""
+            click.echo(f"{mark} {row['name']}: {row['status']}{reason} {row['message']}")
+        if not rows:
+            click.echo("no plugin is allowlisted")
+    if not all(row["ok"] for row in rows):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("needs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "outdir", required=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Directory to create.")
+@click.option("--force", is_flag=True, help="Replace the content of a non-empty OUTDIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_state
+def generate(state: State, needs_file: Path, outdir: Path, force: bool, as_json: bool) -> None:
+    """Generate a project from NEEDS_FILE (JSON) into OUTDIR, with the active plugins."""
+    from dihya.needs import NeedsError
+    from dihya.output import OutputError, write_tree
+    from dihya.pipeline import GenerationFailed, run_generation
+
+    if outdir.is_dir() and any(outdir.iterdir()) and not force:
+        raise Usage(f"{outdir} is not empty; choose an empty or new directory, or pass --force")
+    needs = _read_json(needs_file)
+    snapshot = state.registry()
+    emit: Callable[[dict[str, Any]], None] = _echo_json if as_json else _echo_report
+    try:
+        result = run_generation(needs, snapshot)
+    except NeedsError as exc:
+        emit({"error": "invalid-needs", "problems": [attrs.asdict(p) for p in exc.problems]})
+        raise CheckFailed(f"{needs_file}: {len(exc.problems)} problem(s) in the needs") from exc
+    except GenerationFailed as exc:
+        emit({"error": f"generation-failed:{exc.stage}",
+              "problems": [attrs.asdict(p) for p in exc.problems],
+              "plugins": [h.to_json() for h in exc.plugins]})
+        raise CheckFailed(f"generation failed: {exc}") from exc
+    try:
+        files = write_tree(result.files, outdir, force=force)
+    except OutputError as exc:
+        raise Usage(str(exc)) from exc
+    emit({"outdir": str(outdir), "files": files, "plugins": [h.to_json() for h in result.plugins],
+          "needs_sha256": result.needs_sha256, "ms": round(result.ms, 1)})
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckFailed(f"{path}: not UTF-8 text: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckFailed(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from exc
+
+
+def _echo_report(report: dict[str, Any]) -> None:
+    if "error" in report:
+        for problem in report.get("problems", []):
+            click.echo(f"  {problem['path']}: {problem['message']}", err=True)
+        for hook in report.get("plugins", []):
+            if hook["status"] != "ok":
+                click.echo(f"  plugin {hook['name']} {hook['hook']}: {hook['status']} "
+                           f"{hook.get('detail', '')}", err=True)
+        return
+    click.echo(f"wrote {len(report['files'])} files to {report['outdir']}")
+    for path in report["files"]:
+        click.echo(f"  {path}")
+    if not report["plugins"]:
+        click.echo("no plugin ran (none is approved and enabled: see `dihya plugins list`)")
+    for hook in report["plugins"]:
+        detail = f" ({hook['detail']})" if hook.get("detail") else ""
+        click.echo(f"plugin {hook['name']:<16} {hook['hook']:<20} {hook['status']:<14} "
+                   f"{hook['ms']:.1f} ms{detail}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

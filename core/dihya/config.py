@@ -1,0 +1,252 @@
+"""The backend config (TOML): reading it into a typed model, and edits that keep comments.
+
+Path: `--config`, else `DIHYA_CONFIG`, else `./dihya.toml`. Reading validates every value
+and names the file, line and what was expected; edits go through tomlkit so an operator's
+comments and layout survive, and are written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import attrs
+import tomlkit
+import tomlkit.exceptions
+from tomlkit.toml_document import TOMLDocument
+
+from dihya.discovery import DEFAULT_GROUP
+
+MODES: Final = ("sandbox", "in-process")
+ROLES: Final = ("admin", "developer", "viewer")
+ENV_CONFIG: Final = "DIHYA_CONFIG"
+ENV_DISABLE: Final = "DIHYA_PLUGINS_DISABLE"
+Mode = Literal["sandbox", "in-process"]
+
+
+class ConfigError(Exception):
+    """The config file is unreadable or invalid; the message says where and what."""
+
+
+@attrs.frozen
+class AllowEntry:
+    """One approval: the plugin whose name, distribution, version and fingerprint match."""
+
+    name: str
+    distribution: str
+    version: str
+    fingerprint: str
+    mode: Mode = "sandbox"
+    roles: tuple[str, ...] | None = None
+    enabled: bool = True
+    required: bool = False
+    disabled_reason: str | None = None
+
+
+@attrs.frozen
+class Config:
+    """The parsed backend config."""
+
+    path: Path
+    exists: bool
+    group: str = DEFAULT_GROUP
+    hook_timeout_s: float = 2.0
+    allow: tuple[AllowEntry, ...] = ()
+
+    def entries_for(self, name: str) -> tuple[AllowEntry, ...]:
+        return tuple(e for e in self.allow if e.name == name)
+
+
+def resolve_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """`--config`, else `DIHYA_CONFIG`, else `./dihya.toml`."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(ENV_CONFIG) or "dihya.toml")
+
+
+def env_disabled(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """Entry-point names listed in `DIHYA_PLUGINS_DISABLE` (comma separated)."""
+    raw = (os.environ if environ is None else environ).get(ENV_DISABLE, "")
+    return frozenset(n.strip() for n in raw.split(",") if n.strip())
+
+
+def read_document(path: Path) -> TOMLDocument:
+    """Parse the file with tomlkit, or an empty document if it does not exist."""
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        return tomlkit.document()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
+    try:
+        return tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(
+            f"{path}:{exc.line}:{exc.col}: malformed TOML: {_parse_reason(exc)}"
+        ) from exc
+
+
+def _parse_reason(exc: tomlkit.exceptions.ParseError) -> str:
+    message = str(exc)
+    return message.split(" at line ")[0]
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the config at `path`; a missing file is an empty config."""
+    doc = read_document(path)
+    return config_from_document(path, doc, exists=path.exists())
+
+
+def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True) -> Config:
+    data = doc.unwrap() if isinstance(doc, TOMLDocument) else dict(doc)
+    where = str(path)
+    plugins = data.get("plugins", {})
+    if not isinstance(plugins, dict):
+        raise ConfigError(f"{where}: `plugins` must be a table ([plugins])")
+    unknown = set(plugins) - {"group", "hook_timeout_s", "allow"}
+    if unknown:
+        raise ConfigError(f"{where}: [plugins] has unknown keys {sorted(unknown)}; "
+                          "known: group, hook_timeout_s, allow")
+    group = plugins.get("group", DEFAULT_GROUP)
+    if not isinstance(group, str) or not group:
+        raise ConfigError(f"{where}: [plugins] group must be a non-empty string")
+    timeout = plugins.get("hook_timeout_s", 2.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 600:
+        raise ConfigError(f"{where}: [plugins] hook_timeout_s must be a number of seconds "
+                          f"between 0 and 600, not {timeout!r}")
+    raw_allow = plugins.get("allow", [])
+    if not isinstance(raw_allow, list):
+        raise ConfigError(f"{where}: `plugins.allow` must be an array of tables "
+                          "([[plugins.allow]])")
+    allow = tuple(_allow_entry(where, i, raw) for i, raw in enumerate(raw_allow, 1))
+    return Config(path=path, exists=exists, group=group, hook_timeout_s=float(timeout),
+                  allow=allow)
+
+
+_ENTRY_KEYS: Final = {
+    "name", "distribution", "version", "fingerprint", "mode", "roles", "enabled", "required",
+    "disabled_reason",
+}
+
+
+def _allow_entry(where: str, index: int, raw: object) -> AllowEntry:
+    label = f"{where}: [[plugins.allow]] #{index}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label} must be a table")
+    if isinstance(raw.get("name"), str):
+        label += f" (name {raw['name']!r})"
+    unknown = set(raw) - _ENTRY_KEYS
+    if unknown:
+        raise ConfigError(f"{label}: unknown keys {sorted(unknown)}; known: "
+                          f"{', '.join(sorted(_ENTRY_KEYS))}")
+    for key in ("name", "distribution", "version", "fingerprint"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{label}: `{key}` is required and must be a non-empty string")
+    if not raw["fingerprint"].startswith("sha256:"):
+        raise ConfigError(f"{label}: `fingerprint` must look like 'sha256:<hex>', as printed "
+                          "by `dihya plugins fingerprint`")
+    mode = raw.get("mode", "sandbox")
+    if mode not in MODES:
+        raise ConfigError(f"{label}: `mode` must be 'sandbox' or 'in-process', not {mode!r}")
+    roles = raw.get("roles")
+    if roles is not None:
+        if not isinstance(roles, list) or not all(r in ROLES for r in roles):
+            raise ConfigError(f"{label}: `roles` must be a list of {', '.join(ROLES)}, "
+                              f"not {roles!r}")
+        roles = tuple(roles)
+    for key in ("enabled", "required"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise ConfigError(f"{label}: `{key}` must be true or false, not {raw[key]!r}")
+    reason = raw.get("disabled_reason")
+    if reason is not None and not isinstance(reason, str):
+        raise ConfigError(f"{label}: `disabled_reason` must be a string")
+    return AllowEntry(
+        name=raw["name"], distribution=raw["distribution"], version=raw["version"],
+        fingerprint=raw["fingerprint"], mode=mode, roles=roles,
+        enabled=raw.get("enabled", True), required=raw.get("required", False),
+        disabled_reason=reason,
+    )
+
+
+def write_document(path: Path, doc: TOMLDocument) -> None:
+    """Validate `doc`, then replace the file atomically, keeping its permissions."""
+    config_from_document(path, doc)
+    text = tomlkit.dumps(doc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _allow_array(doc: TOMLDocument) -> Any:
+    if "plugins" not in doc:
+        doc["plugins"] = tomlkit.table()
+    plugins: Any = doc["plugins"]
+    if "allow" not in plugins:
+        plugins["allow"] = tomlkit.aot()
+    return plugins["allow"]
+
+
+def upsert_allow(doc: TOMLDocument, entry: AllowEntry) -> None:
+    """Record `entry`, replacing the values of an existing entry of the same name."""
+    allow = _allow_array(doc)
+    values: dict[str, Any] = {
+        "name": entry.name, "distribution": entry.distribution, "version": entry.version,
+        "fingerprint": entry.fingerprint, "mode": entry.mode,
+    }
+    if entry.roles is not None:
+        values["roles"] = list(entry.roles)
+    values["enabled"] = entry.enabled
+    values["required"] = entry.required
+    for table in allow:
+        if table.get("name") == entry.name:
+            for key, value in values.items():
+                table[key] = value
+            if entry.roles is None and "roles" in table:
+                del table["roles"]
+            if "disabled_reason" in table:
+                del table["disabled_reason"]
+            return
+    table = tomlkit.table()
+    for key, value in values.items():
+        table[key] = value
+    allow.append(table)
+
+
+def remove_allow(doc: TOMLDocument, name: str) -> bool:
+    """Drop every entry named `name`; False if there was none."""
+    allow = _allow_array(doc)
+    keep = [i for i, t in enumerate(allow) if t.get("name") != name]
+    if len(keep) == len(allow):
+        return False
+    for i in reversed(range(len(allow))):
+        if i not in keep:
+            del allow[i]
+    return True
+
+
+def set_enabled(doc: TOMLDocument, name: str, enabled: bool, reason: str | None) -> bool:
+    """Switch every entry named `name` on or off; False if there was none."""
+    hit = False
+    for table in _allow_array(doc):
+        if table.get("name") == name:
+            hit = True
+            table["enabled"] = enabled
+            if enabled or not reason:
+                if "disabled_reason" in table:
+                    del table["disabled_reason"]
+            else:
+                table["disabled_reason"] = reason
+    return hit

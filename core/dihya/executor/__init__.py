@@ -1,0 +1,12 @@
+"""How hooks are called: one interface, with an in-process and (later) a sandboxed runner.
+
+The pipeline only knows `HookExecutor`; which executor serves a plugin is decided by its
+approval's `mode`, so the sandbox plugs in without touching the pipeline.
+"""
+
+from __future__ import annotations
+
+from dihya.executor.base import HookExecutor, HookTimeout, json_copy
+from dihya.executor.inprocess import InProcessExecutor
+
+__all__ = ["HookExecutor", "HookTimeout", "InProcessExecutor", "json_copy"]

@@ -1,0 +1,46 @@
+"""The executor interface and what every executor shares."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from dihya.registry import PluginRecord
+
+
+class HookTimeout(Exception):
+    """The hook did not return within the deadline; its result, if any, is discarded."""
+
+
+class HookExecutor(Protocol):
+    """Calls one hook of one plugin and returns what the plugin returned.
+
+    Raises `HookTimeout` past `timeout_s`, or whatever the hook raised. The caller
+    validates the returned value; executors never trust it.
+    """
+
+    def call(self, record: PluginRecord, hook: str, args: tuple[Any, ...],
+             timeout_s: float) -> Any: ...
+
+
+_ATOMS = (str, int, float, bool, type(None))
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists, str, numbers, bool, None), fast.
+
+    Tuples become lists, as they would through JSON; anything else is a TypeError.
+    """
+    if isinstance(value, dict):
+        return {_key(k): json_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_copy(v) for v in value]
+    if isinstance(value, _ATOMS):
+        return value
+    raise TypeError(f"{type(value).__name__} is not JSON data")
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    raise TypeError(f"object keys must be strings, not {type(key).__name__}")

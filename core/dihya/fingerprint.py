@@ -1,0 +1,174 @@
+"""Content fingerprints of a distribution: from its installed files or from its wheel.
+
+`sha256:<hex>` of `"dihya-fp-v1\\n"` followed by the sorted lines `"<sha256> <size> <path>\\n"`
+of every file that lands in site-packages, hashed from the bytes (RECORD is only the list of
+files, never the source of hashes). Both sides give the same value, so a publisher prints
+it from the wheel and an operator approves it before installing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.machinery
+import io
+import os
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+import attrs
+
+FINGERPRINT_HEADER: Final = b"dihya-fp-v1\n"
+#: dist-info files that installers write or rewrite, hence not part of what was approved.
+INSTALLER_FILES: Final = frozenset(
+    {"RECORD", "RECORD.jws", "RECORD.p7s", "INSTALLER", "REQUESTED", "direct_url.json"}
+)
+#: Suffixes the import system loads code from (.py, .pyc, extension modules).
+IMPORTABLE_SUFFIXES: Final = tuple(sorted(set(importlib.machinery.all_suffixes())))
+
+
+class FingerprintError(Exception):
+    """The files of a distribution cannot be fingerprinted (not a wheel, no RECORD...)."""
+
+
+@attrs.frozen
+class InstalledFiles:
+    """What verification learns from an installed distribution's files."""
+
+    fingerprint: str
+    files: tuple[str, ...]
+    missing: tuple[str, ...]
+    unlisted: tuple[str, ...]
+
+
+def is_excluded(path: str) -> bool:
+    """True for paths left out of the fingerprint (installer-written files, caches)."""
+    parts = PurePosixPath(path).parts
+    if "__pycache__" in parts:
+        return True
+    return len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] in INSTALLER_FILES
+
+
+def digest(entries: Iterable[tuple[str, bytes]]) -> str:
+    """The fingerprint of (path, content) pairs, paths relative to site-packages."""
+    lines = sorted(
+        f"{hashlib.sha256(data).hexdigest()} {len(data)} {path}\n" for path, data in entries
+    )
+    h = hashlib.sha256(FINGERPRINT_HEADER)
+    for line in lines:
+        h.update(line.encode("utf-8"))
+    return f"sha256:{h.hexdigest()}"
+
+
+def record_paths(record_text: str) -> list[str]:
+    """The file paths listed by a RECORD file (its hashes are deliberately ignored)."""
+    return [row[0] for row in csv.reader(io.StringIO(record_text)) if row and row[0]]
+
+
+def fingerprint_wheel(wheel: Path) -> str:
+    """Fingerprint of the files a wheel installs into site-packages."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            entries = []
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                path = _wheel_target(info.filename)
+                if path is not None and not is_excluded(path):
+                    entries.append((path, zf.read(info)))
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FingerprintError(f"{wheel}: not a readable wheel: {exc}") from exc
+    if not any(p.endswith(".dist-info/METADATA") for p, _ in entries):
+        raise FingerprintError(f"{wheel}: not a wheel (no *.dist-info/METADATA inside)")
+    return digest(entries)
+
+
+def _wheel_target(name: str) -> str | None:
+    parts = PurePosixPath(name).parts
+    if parts and parts[0].endswith(".data"):
+        if len(parts) > 2 and parts[1] in ("purelib", "platlib"):
+            return "/".join(parts[2:])
+        return None  # scripts, headers, data: installed outside site-packages
+    return name
+
+
+def inspect_installed(dist_info: Path) -> InstalledFiles:
+    """Fingerprint an installed distribution and list its missing and unlisted files.
+
+    `dist_info` is the distribution's `*.dist-info` directory; its parent is the
+    site-packages directory that paths are relative to.
+    """
+    site = dist_info.parent
+    try:
+        listed = record_paths((dist_info / "RECORD").read_text("utf-8"))
+    except OSError as exc:
+        raise FingerprintError(f"{dist_info}: cannot read RECORD: {exc}") from exc
+    root = os.path.realpath(site)
+    entries: list[tuple[str, bytes]] = []
+    missing: list[str] = []
+    inside: set[str] = set()
+    for raw in listed:
+        rel = _inside(root, raw)
+        if rel is None:
+            continue  # console-script wrappers and other files outside site-packages
+        inside.add(rel)
+        if is_excluded(rel):
+            continue
+        try:
+            data = (site / rel).read_bytes()
+        except FileNotFoundError:
+            missing.append(rel)
+            continue
+        except OSError as exc:
+            raise FingerprintError(f"{site / rel}: cannot read: {exc}") from exc
+        entries.append((rel, data))
+    unlisted = unlisted_code_files(site, inside)
+    return InstalledFiles(
+        fingerprint=digest(entries),
+        files=tuple(sorted(p for p, _ in entries)),
+        missing=tuple(sorted(missing)),
+        unlisted=tuple(unlisted),
+    )
+
+
+def _inside(root: str, raw: str) -> str | None:
+    full = os.path.normpath(os.path.join(root, raw))
+    if full != root and full.startswith(root + os.sep):
+        return PurePosixPath(Path(os.path.relpath(full, root))).as_posix()
+    return None
+
+
+def unlisted_code_files(site: Path, listed: set[str]) -> list[str]:
+    """Importable files inside the distribution's packages that RECORD does not list.
+
+    Walks every package whose `__init__.py` the distribution lists (outermost ones),
+    and checks the siblings of its top-level modules: an unlisted `.pyc` or extension
+    module there would be imported instead of, or beside, the verified source.
+    """
+    inits = {p for p in listed if p.endswith("/__init__.py")}
+    roots = sorted(
+        {
+            p.rsplit("/", 1)[0]
+            for p in inits
+            if not any(p.startswith(q.rsplit("/", 1)[0] + "/") and p != q for q in inits)
+        }
+    )
+    found: list[str] = []
+    for pkg in roots:
+        for dirpath, dirnames, filenames in os.walk(site / pkg):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            reldir = PurePosixPath(Path(os.path.relpath(dirpath, site))).as_posix()
+            found += [
+                f"{reldir}/{name}"
+                for name in filenames
+                if name.endswith(IMPORTABLE_SUFFIXES) and f"{reldir}/{name}" not in listed
+            ]
+    modules = {p[: -len(".py")] for p in listed if "/" not in p and p.endswith(".py")}
+    for stem in sorted(modules):
+        for suffix in IMPORTABLE_SUFFIXES:
+            candidate = stem + suffix
+            if candidate not in listed and (site / candidate).exists():
+                found.append(candidate)
+    return sorted(found)

@@ -1,0 +1,208 @@
+"""The gate: decide, without importing anything, whether a discovered plugin may be loaded.
+
+Checks, in order: duplicate names, the allowlist (name, distribution, version), editable
+installs and where the entry point's module resolves, missing and unlisted files, the
+content fingerprint, then the switches (environment, config) and declared dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.metadata as md
+import importlib.util
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import attrs
+from packaging.markers import UndefinedEnvironmentName
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from dihya.config import AllowEntry, Config
+from dihya.discovery import DiscoveredPlugin
+from dihya.fingerprint import FingerprintError, InstalledFiles, inspect_installed
+
+ACTIVE: Final = "active"
+DISABLED: Final = "disabled"
+REFUSED: Final = "refused"
+FAILED: Final = "failed"
+STATUSES: Final = {
+    ACTIVE: (),
+    DISABLED: ("disabled-by-config", "disabled-by-env", "disabled-by-admin", "quarantined"),
+    REFUSED: ("not-allowlisted", "fingerprint-mismatch", "version-mismatch",
+              "distribution-mismatch", "unlisted-file", "missing-file", "duplicate-name",
+              "outside-distribution", "unsafe-in-process"),
+    FAILED: ("import-error", "invalid-plugin", "missing-dependency", "sandbox-start-failed"),
+}
+
+
+@attrs.frozen
+class Verdict:
+    """What the gate decided about one discovered plugin, before any import."""
+
+    plugin: DiscoveredPlugin
+    status: str | None  # None: passed the gate, may be loaded
+    reason: str | None
+    message: str
+    entry: AllowEntry | None
+    fingerprint: str | None
+
+    @property
+    def admitted(self) -> bool:
+        return self.status is None
+
+
+def _verdict(plugin: DiscoveredPlugin, status: str | None, reason: str | None, message: str,
+             entry: AllowEntry | None = None, fingerprint: str | None = None) -> Verdict:
+    return Verdict(plugin, status, reason, message, entry, fingerprint)
+
+
+def assess_all(plugins: Sequence[DiscoveredPlugin], config: Config, disabled_by_env: frozenset[str],
+               path: Sequence[str] | None = None) -> list[Verdict]:
+    """A verdict for each discovered plugin, in the order given."""
+    counts = Counter(p.name for p in plugins)
+    return [assess(p, config, disabled_by_env, path, duplicate=counts[p.name] > 1)
+            for p in plugins]
+
+
+def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[str],
+           path: Sequence[str] | None = None, duplicate: bool = False) -> Verdict:
+    """Run every check of the gate on one plugin."""
+    if duplicate:
+        return _verdict(plugin, REFUSED, "duplicate-name",
+                        f"more than one installed entry point is named {plugin.name!r}; "
+                        "uninstall all but one distribution")
+    entries = config.entries_for(plugin.name)
+    if not entries:
+        return _verdict(plugin, REFUSED, "not-allowlisted",
+                        f"not in the allowlist of {config.path}; approve it with "
+                        f"`dihya plugins approve {plugin.name}`")
+    entry = _closest_entry(plugin, entries)
+    if canonicalize_name(entry.distribution) != canonicalize_name(plugin.distribution):
+        return _verdict(plugin, REFUSED, "distribution-mismatch",
+                        f"approved from distribution {entry.distribution!r}, installed from "
+                        f"{plugin.distribution!r}", entry)
+    if entry.version != plugin.version:
+        return _verdict(plugin, REFUSED, "version-mismatch",
+                        f"approved version {entry.version}, installed {plugin.version}; "
+                        "re-approve after reviewing the new version", entry)
+    files, problem = inspect_files(plugin)
+    if problem is not None or files is None:
+        return _verdict(plugin, REFUSED, problem[0] if problem else "missing-file",
+                        problem[1] if problem else "no files", entry)
+    outside = resolution_problem(plugin, files, path)
+    if outside:
+        return _verdict(plugin, REFUSED, "outside-distribution", outside, entry,
+                        files.fingerprint)
+    if files.fingerprint != entry.fingerprint:
+        return _verdict(plugin, REFUSED, "fingerprint-mismatch",
+                        f"installed files hash to {files.fingerprint}, approved "
+                        f"{entry.fingerprint}: the files changed since approval",
+                        entry, files.fingerprint)
+    if plugin.name in disabled_by_env:
+        return _verdict(plugin, DISABLED, "disabled-by-env", "listed in DIHYA_PLUGINS_DISABLE",
+                        entry, files.fingerprint)
+    if not entry.enabled:
+        why = f": {entry.disabled_reason}" if entry.disabled_reason else ""
+        return _verdict(plugin, DISABLED, "disabled-by-config",
+                        f"enabled = false in {config.path}{why}", entry, files.fingerprint)
+    missing = dependency_problems(plugin, path)
+    if missing:
+        return _verdict(plugin, FAILED, "missing-dependency", "; ".join(missing), entry,
+                        files.fingerprint)
+    return _verdict(plugin, None, None, "passed the gate", entry, files.fingerprint)
+
+
+def _closest_entry(plugin: DiscoveredPlugin, entries: Sequence[AllowEntry]) -> AllowEntry:
+    dist = canonicalize_name(plugin.distribution)
+
+    def score(e: AllowEntry) -> int:
+        same_dist = canonicalize_name(e.distribution) == dist
+        return same_dist * 2 + (same_dist and e.version == plugin.version)
+
+    return max(entries, key=score)
+
+
+def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,
+                                                     tuple[str, str] | None]:
+    """Fingerprint the plugin's distribution, or a (reason, message) refusal."""
+    if plugin.editable:
+        return None, ("outside-distribution",
+                      f"{plugin.distribution} is an editable install: its code lives in a "
+                      "source tree that no fingerprint covers; install a built wheel instead")
+    if plugin.dist_info is None:
+        return None, ("outside-distribution",
+                      f"{plugin.distribution} has no installed files to verify")
+    try:
+        files = inspect_installed(plugin.dist_info)
+    except FingerprintError as exc:
+        return None, ("missing-file", str(exc))
+    if files.missing:
+        return files, ("missing-file", f"listed in RECORD but missing: "
+                       f"{', '.join(files.missing[:5])}")
+    if files.unlisted:
+        return files, ("unlisted-file", f"code files in the package that RECORD does not "
+                       f"list: {', '.join(files.unlisted[:5])}")
+    return files, None
+
+
+def resolution_problem(plugin: DiscoveredPlugin, files: InstalledFiles,
+                       path: Sequence[str] | None = None) -> str | None:
+    """Why importing the entry point's module would not run this distribution's files."""
+    module = plugin.module
+    parts = module.split(".")
+    candidates = {"/".join(parts) + ".py", "/".join(parts) + "/__init__.py"}
+    listed = set(files.files)
+    if not candidates & listed:
+        return (f"module {module!r} of entry point {plugin.value!r} is not a file of "
+                f"{plugin.distribution}")
+    spec = (importlib.util.find_spec(parts[0]) if path is None
+            else importlib.machinery.PathFinder.find_spec(parts[0], list(path)))
+    if spec is None:
+        return f"module {parts[0]!r} cannot be found on the import path"
+    origin = spec.origin if spec.has_location else None
+    if origin is None:
+        return None  # a namespace package: the module file itself is listed (checked above)
+    site = plugin.site_packages
+    try:
+        rel = Path(origin).resolve().relative_to(site.resolve()).as_posix() if site else None
+    except ValueError:
+        rel = None
+    if rel not in listed:
+        return (f"module {parts[0]!r} resolves to {origin}, which is not a file of "
+                f"{plugin.distribution} (shadowed by another package)")
+    return None
+
+
+def dependency_problems(plugin: DiscoveredPlugin, path: Sequence[str] | None = None) -> list[str]:
+    """Requirements of the plugin's distribution that the environment does not satisfy."""
+    dist = plugin.entry_point.dist
+    problems = []
+    for text in (dist.requires if dist is not None else None) or []:
+        try:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+        except (InvalidRequirement, UndefinedEnvironmentName) as exc:
+            problems.append(f"unreadable requirement {text!r}: {exc}")
+            continue
+        installed = _installed_version(req.name, path)
+        if installed is None:
+            problems.append(f"requires {req} but {req.name} is not installed")
+        elif not req.specifier.contains(installed, prereleases=True):
+            problems.append(f"requires {req} but {req.name} {installed} is installed")
+    return problems
+
+
+def _installed_version(name: str, path: Sequence[str] | None) -> str | None:
+    if path is None:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+    for dist in md.distributions(name=name, path=list(path)):
+        version: str = dist.version
+        return version
+    return None

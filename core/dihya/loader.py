@@ -1,0 +1,123 @@
+"""Load the plugins that passed the gate, with stevedore, and validate their classes.
+
+The manager's `list_entry_points()` returns exactly the verified entry points, so stevedore
+imports nothing else and consults none of its caches. Bytecode is read from and written to
+a private directory (`sys.pycache_prefix`), so a forged `__pycache__/*.pyc` beside a verified
+source is never used.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from stevedore import NamedExtensionManager
+
+from dihya.plugin import (
+    GenerationPluginBase,
+    InvalidPluginError,
+    implemented_hooks,
+    validate_plugin_class,
+)
+
+
+@attrs.frozen
+class Loaded:
+    """A plugin class that loaded and validated, and its instance."""
+
+    name: str
+    cls: type[GenerationPluginBase]
+    instance: GenerationPluginBase
+    hooks: tuple[str, ...]
+
+
+@attrs.frozen
+class LoadFailure:
+    name: str
+    reason: str  # import-error | invalid-plugin
+    message: str
+
+
+class _VerifiedExtensionManager(NamedExtensionManager):  # type: ignore[type-arg]
+    """A NamedExtensionManager that sees only the entry points it is given."""
+
+    def __init__(self, group: str, entry_points: Sequence[md.EntryPoint],
+                 failures: dict[str, BaseException]) -> None:
+        self._verified = list(entry_points)
+
+        def on_failure(_manager: Any, ep: md.EntryPoint, err: BaseException) -> None:
+            failures[ep.name] = err
+
+        super().__init__(
+            group,
+            names=[ep.name for ep in self._verified],
+            invoke_on_load=False,
+            on_load_failure_callback=on_failure,
+            on_missing_entrypoints_callback=None,
+        )
+
+    def list_entry_points(self) -> list[md.EntryPoint]:
+        return self._verified
+
+    def _load_one_plugin(self, ep: md.EntryPoint, *args: Any) -> Any:
+        # stevedore lets AssertionError (and BaseException) through: a plugin's import
+        # must never end the backend, so they become ordinary load failures.
+        try:
+            return super()._load_one_plugin(ep, *args)
+        except (AssertionError, SystemExit) as exc:
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def private_pycache_dir() -> Path:
+    """A directory only this user can write, for the bytecode of plugin modules."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = Path(base) / "dihya" / f"pycache-{os.getuid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise PermissionError(f"{path} is not private to uid {os.getuid()}")
+    except OSError:
+        path = Path(tempfile.mkdtemp(prefix="dihya-pycache-"))
+    return path
+
+
+def redirect_bytecode() -> None:
+    """Point this process's bytecode cache at a private directory (idempotent)."""
+    if not sys.pycache_prefix:
+        sys.pycache_prefix = str(private_pycache_dir())
+
+
+def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
+        dict[str, Loaded], dict[str, LoadFailure]]:
+    """Import and validate the given (verified) entry points; nothing else is imported."""
+    redirect_bytecode()
+    errors: dict[str, BaseException] = {}
+    manager = _VerifiedExtensionManager(group, entry_points, errors)
+    loaded: dict[str, Loaded] = {}
+    failed: dict[str, LoadFailure] = {
+        name: LoadFailure(name, "import-error", f"importing the plugin raised "
+                          f"{type(err).__name__}: {err}")
+        for name, err in errors.items()
+    }
+    for ext in manager.extensions:
+        where = f"entry point {ext.name!r} ({ext.entry_point.value})"
+        try:
+            cls = validate_plugin_class(ext.plugin, where)
+            instance = cls()
+        except InvalidPluginError as exc:
+            failed[ext.name] = LoadFailure(ext.name, "invalid-plugin", str(exc))
+            continue
+        except Exception as exc:
+            failed[ext.name] = LoadFailure(ext.name, "invalid-plugin",
+                                           f"{where}: creating the plugin raised "
+                                           f"{type(exc).__name__}: {exc}")
+            continue
+        loaded[ext.name] = Loaded(ext.name, cls, instance, implemented_hooks(cls))
+    return loaded, failed

@@ -1,0 +1,219 @@
+"""Validation of needs (the input) and of code mappings (the output), with JSON paths.
+
+The needs JSON Schema in `schemas/needs.schema.json` is the single source of truth; the
+checks a schema cannot express (unique names, reserved words, typed defaults) live here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import keyword
+import re
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import Any, Final
+
+import attrs
+
+MAX_NEEDS_BYTES: Final = 1024 * 1024
+MAX_FILES: Final = 500
+MAX_FILE_BYTES: Final = 1024 * 1024
+RESERVED_FIELD_NAMES: Final = frozenset({"id"})
+_SAFE_SEGMENT = re.compile(r"^[^\x00-\x1f\\:*?\"<>|]+$")
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a document, located by a JSON path such as `$.entities[0]`."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class NeedsError(ValueError):
+    """Needs that do not validate; `problems` lists every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("invalid needs: " + "; ".join(map(str, problems)))
+
+
+@functools.cache
+def needs_schema() -> dict[str, Any]:
+    """The needs JSON Schema shipped in the package."""
+    text = resources.files("dihya").joinpath("schemas/needs.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@functools.cache
+def _validator() -> Any:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(needs_schema())
+
+
+def json_path(parts: Iterable[object]) -> str:
+    out = "$"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def validate_needs(needs: object) -> list[Problem]:
+    """Every problem with `needs`, or an empty list when they are valid."""
+    try:
+        size = len(json.dumps(needs, ensure_ascii=False).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        return [Problem("$", f"not JSON data: {exc}")]
+    if size > MAX_NEEDS_BYTES:
+        return [Problem("$", f"needs are {size} bytes, the limit is {MAX_NEEDS_BYTES}")]
+    errors = sorted(_validator().iter_errors(needs), key=lambda e: list(map(str, e.path)))
+    problems = [Problem(json_path(e.absolute_path), _schema_message(e)) for e in errors]
+    if not problems:
+        problems = _semantic_problems(needs)  # type: ignore[arg-type]
+    return problems
+
+
+def check_needs(needs: object) -> dict[str, Any]:
+    """Return `needs` if valid, else raise `NeedsError` listing every problem."""
+    problems = validate_needs(needs)
+    if problems:
+        raise NeedsError(problems)
+    assert isinstance(needs, dict)
+    return needs
+
+
+def _schema_message(error: Any) -> str:
+    if error.validator == "additionalProperties":
+        return f"{error.message} (remove it, or prefix extension keys with `x-`)"
+    if error.validator == "pattern" and error.path and error.path[-1] == "project":
+        return (f"{error.instance!r} is not a valid project slug: use lower-case letters, "
+                "digits and dashes, starting with a letter, at most 63 characters")
+    if error.validator == "pattern" and error.path and error.path[-1] == "name":
+        return (f"{error.instance!r} is not an identifier: use letters, digits and `_`, "
+                "not starting with a digit, at most 64 characters")
+    message: str = error.message
+    return message
+
+
+def _semantic_problems(needs: Mapping[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    seen_entities: dict[str, int] = {}
+    for i, entity in enumerate(needs["entities"]):
+        name = entity["name"]
+        path = ("entities", i, "name")
+        problems += _identifier_problems(name, path)
+        key = name.lower()
+        if key in seen_entities:
+            problems.append(Problem(json_path(path), f"entity {name!r} is declared twice "
+                                    f"(also at $.entities[{seen_entities[key]}]); names are "
+                                    "compared without case"))
+        seen_entities.setdefault(key, i)
+        seen_fields: set[str] = set()
+        for j, field in enumerate(entity["fields"]):
+            fpath = ("entities", i, "fields", j)
+            fname = field["name"]
+            problems += _identifier_problems(fname, (*fpath, "name"))
+            if fname.lower() in RESERVED_FIELD_NAMES:
+                problems.append(Problem(json_path((*fpath, "name")), f"{fname!r} is reserved: "
+                                        "every entity gets an integer `id` automatically"))
+            if fname.lower() in seen_fields:
+                problems.append(Problem(json_path((*fpath, "name")),
+                                        f"field {fname!r} is declared twice in {name!r}"))
+            seen_fields.add(fname.lower())
+            problems += _field_problems(field, fpath)
+    return problems
+
+
+def _identifier_problems(name: str, path: tuple[object, ...]) -> list[Problem]:
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name.startswith("__"):
+        return [Problem(json_path(path), f"{name!r} is a reserved word in generated code; "
+                        "choose another name")]
+    return []
+
+
+def _field_problems(field: Mapping[str, Any], path: tuple[object, ...]) -> list[Problem]:
+    ftype = field["type"]
+    problems = []
+    if "max_length" in field and ftype != "string":
+        problems.append(Problem(json_path((*path, "max_length")),
+                                f"`max_length` applies to string fields only, not {ftype}"))
+    if "default" in field and field["default"] is not None:
+        reason = default_problem(ftype, field["default"], field.get("max_length", 255))
+        if reason:
+            problems.append(Problem(json_path((*path, "default")), reason))
+    return problems
+
+
+def default_problem(ftype: str, value: object, max_length: int = 255) -> str | None:
+    """Why `value` cannot be a value of a field of type `ftype`, or None if it can."""
+    ok: bool
+    if ftype in ("string", "text"):
+        ok = isinstance(value, str) and (ftype == "text" or len(value) <= max_length)
+    elif ftype == "integer":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif ftype == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif ftype == "boolean":
+        ok = isinstance(value, bool)
+    elif ftype == "date":
+        ok = isinstance(value, str) and _parses(dt.date.fromisoformat, value)
+    else:
+        ok = isinstance(value, str) and _parses(dt.datetime.fromisoformat, value)
+    if ok:
+        return None
+    hint = {"date": " (ISO 8601, e.g. 2026-01-31)", "datetime": " (ISO 8601, e.g. "
+            "2026-01-31T12:00:00)", "string": f" of at most {max_length} characters"}
+    return f"default {value!r} is not a valid {ftype}{hint.get(ftype, '')}"
+
+
+def _parses(parse: Any, value: str) -> bool:
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+def validate_code(code: object) -> list[Problem]:
+    """Every problem with a code mapping (relative POSIX path -> text)."""
+    if not isinstance(code, dict):
+        return [Problem("$", f"code must be an object mapping paths to text, "
+                        f"not {type(code).__name__}")]
+    if len(code) > MAX_FILES:
+        return [Problem("$", f"{len(code)} files, the limit is {MAX_FILES}")]
+    problems = []
+    for path, text in code.items():
+        where = f"$[{json.dumps(path) if isinstance(path, str) else repr(path)}]"
+        reason = unsafe_path_reason(path)
+        if reason:
+            problems.append(Problem(where, reason))
+        if not isinstance(text, str):
+            problems.append(Problem(where, f"content must be text, not {type(text).__name__}"))
+        elif len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
+            problems.append(Problem(where, f"content is larger than {MAX_FILE_BYTES} bytes"))
+    return problems
+
+
+def unsafe_path_reason(path: object) -> str | None:
+    """Why `path` is not a safe relative POSIX path inside the output, or None."""
+    if not isinstance(path, str) or not path:
+        return "a path must be a non-empty string"
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        return "absolute paths are not allowed"
+    if "\\" in path:
+        return "use `/` as the separator, not `\\`"
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            return "empty, `.` and `..` path segments are not allowed"
+        if not _SAFE_SEGMENT.match(segment):
+            return f"segment {segment!r} has a control or reserved character"
+    if len(path) > 512:
+        return "path is longer than 512 characters"
+    return None

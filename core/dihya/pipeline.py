@@ -1,0 +1,161 @@
+"""One generation: validate needs -> before hooks -> core generator -> after hooks -> validate.
+
+Every hook gets a copy (the executor's job) and every return is validated again; an
+exception, an invalid return or a timeout skips that plugin's contribution and is
+reported, and the generation goes on unless the plugin's approval says `required`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+
+from dihya.executor import HookExecutor, HookTimeout, InProcessExecutor
+from dihya.needs import Problem, check_needs, validate_code, validate_needs
+from dihya.registry import PluginRecord, RegistrySnapshot
+
+log = logging.getLogger("dihya.pipeline")
+
+OK: Final = "ok"
+SKIPPED: Final = "skipped"
+HOOK_FAILED: Final = "failed"
+TIMEOUT: Final = "timeout"
+INVALID_OUTPUT: Final = "invalid-output"
+
+
+@attrs.frozen
+class HookResult:
+    """How one hook of one plugin went; `detail` never carries needs or code."""
+
+    name: str
+    hook: str
+    status: str
+    ms: float
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "hook": self.hook, "status": self.status,
+                               "ms": round(self.ms, 3)}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@attrs.frozen
+class GenerationResult:
+    files: dict[str, str]
+    plugins: tuple[HookResult, ...]
+    needs_sha256: str
+    ms: float
+
+    def report(self) -> dict[str, Any]:
+        return {"plugins": [h.to_json() for h in self.plugins], "needs_sha256": self.needs_sha256,
+                "ms": round(self.ms, 3), "file_count": len(self.files)}
+
+
+class GenerationFailed(Exception):
+    """The generation could not complete; nothing is to be written."""
+
+    def __init__(self, stage: str, message: str, plugins: tuple[HookResult, ...],
+                 problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.plugins = plugins
+        self.problems = problems or []
+
+
+ExecutorFor = Callable[[PluginRecord], HookExecutor]
+_IN_PROCESS = InProcessExecutor()
+
+
+def default_executor(_record: PluginRecord) -> HookExecutor:
+    """Until the sandbox exists every mode runs in-process (`plugins show` says so)."""
+    return _IN_PROCESS
+
+
+def canonical_sha256(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None = None,
+                   executor_for: ExecutorFor = default_executor,
+                   generate: Callable[[dict[str, Any]], dict[str, str]] | None = None,
+                   ) -> GenerationResult:
+    """Generate code for `needs` with the active plugins of `snapshot`.
+
+    `role` is the caller's role for the per-plugin ACL (None: the operator, who may run
+    every active plugin). Raises `NeedsError` for invalid needs and `GenerationFailed`
+    when a required plugin fails or the generator's output is invalid.
+    """
+    if generate is None:
+        from dihya.generator import generate as core_generate
+
+        generate = core_generate
+    start = time.perf_counter()
+    needs = check_needs(needs)
+    needs_hash = canonical_sha256(needs)
+    timeout = snapshot.config.hook_timeout_s
+    report: list[HookResult] = []
+    runnable = []
+    for record in snapshot.active:
+        if role is not None and record.roles is not None and role not in record.roles:
+            report.append(HookResult(record.name, "*", SKIPPED, 0.0, "acl"))
+        else:
+            runnable.append(record)
+
+    def call(record: PluginRecord, hook: str, args: tuple[Any, ...],
+             check: Callable[[Any], list[Problem]] | None) -> tuple[bool, Any]:
+        t0 = time.perf_counter()
+        status, detail, value = OK, None, None
+        try:
+            value = executor_for(record).call(record, hook, args, timeout)
+            problems = check(value) if check else []
+            if problems:
+                status = INVALID_OUTPUT
+                detail = "; ".join(map(str, problems[:5]))
+        except HookTimeout as exc:
+            status, detail = TIMEOUT, str(exc)
+        except Exception as exc:
+            status, detail = HOOK_FAILED, f"{type(exc).__name__}: {exc}"[:500]
+        ms = (time.perf_counter() - t0) * 1000
+        report.append(HookResult(record.name, hook, status, ms, detail))
+        if status != OK:
+            log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms)
+            if record.required and hook != "on_generation_error":
+                _fail(f"required plugin {record.name!r} {hook}: {status}", "plugin")
+        return status == OK, value
+
+    def _fail(message: str, stage: str, problems: list[Problem] | None = None) -> None:
+        for record in runnable:
+            if "on_generation_error" in record.hooks:
+                error = {"stage": stage, "type": "GenerationFailed", "plugin": None}
+                call(record, "on_generation_error", (error, needs), None)
+        raise GenerationFailed(stage, message, tuple(report), problems)
+
+    for record in runnable:
+        if "before_generation" in record.hooks:
+            ok, value = call(record, "before_generation", (needs,), validate_needs)
+            if ok:
+                needs = value
+    code = generate(needs)
+    problems = validate_code(code)
+    if problems:
+        _fail("the core generator produced invalid code", "generator", problems)
+    for record in runnable:
+        if "after_generation" in record.hooks:
+            ok, value = call(record, "after_generation", (code, needs), validate_code)
+            if ok:
+                code = value
+    elapsed = (time.perf_counter() - start) * 1000
+    result = GenerationResult(code, tuple(report), needs_hash, elapsed)
+    log.info("generation needs_sha256=%s files=%d bytes=%d plugins_ok=%d ms=%.1f",
+             needs_hash[:16], len(code), sum(len(t) for t in code.values()),
+             sum(h.status == OK for h in report), elapsed)
+    return result

@@ -1,0 +1,250 @@
+"""The public plugin contract: `GenerationPluginBase` and the hook specifications.
+
+`HOOK_SPECS` is the single source of truth for hooks: the loader validates plugin classes
+against it, the pipeline calls hooks by it and `docs/hooks.md` is generated from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from typing import Any, ClassVar, Final
+
+import attrs
+from packaging.version import InvalidVersion, Version
+
+#: Version of the hook API that plugins target (semver: a new hook is a minor bump,
+#: a changed or removed hook a major one).
+HOOK_API_VERSION: Final = "1.0"
+
+JSON = Any
+Needs = dict[str, Any]
+Code = dict[str, str]
+
+
+class GenerationPluginBase:
+    """Base class of every Dihya generation plugin.
+
+    Subclass it, set the metadata attributes and override the hooks you need; hooks you
+    do not override are never called. Entry point group: ``dihya.generation_plugins``.
+    """
+
+    #: Human-readable name (the entry-point name is the plugin's identity).
+    name: ClassVar[str] = ""
+    #: One sentence saying what the plugin does.
+    description: ClassVar[str] = ""
+    #: PEP 440 version of the plugin.
+    version: ClassVar[str] = "0.0.0"
+    #: Author or publisher.
+    author: ClassVar[str] = ""
+    #: True when the author vouches that the plugin may run in the backend's process.
+    safe: ClassVar[bool] = False
+    #: Lower runs first; ties are broken by entry-point name.
+    priority: ClassVar[int] = 100
+
+    def before_generation(self, needs: Needs) -> Needs:
+        """Return the (possibly changed) needs; gets a private copy."""
+        return needs
+
+    def after_generation(self, code: Code, needs: Needs) -> Code:
+        """Return the (possibly changed) code mapping; gets private copies."""
+        return code
+
+    def on_generation_error(self, error: dict[str, Any], needs: Needs) -> None:
+        """Be told that the generation failed; the return value is ignored."""
+        return None
+
+
+@attrs.frozen
+class HookArg:
+    """One argument of a hook, as documented and as checked."""
+
+    name: str
+    type: str
+    doc: str
+
+
+@attrs.frozen
+class HookSpec:
+    """Everything the core knows about one hook."""
+
+    name: str
+    args: tuple[HookArg, ...]
+    returns: str
+    returns_doc: str
+    summary: str
+    validated: tuple[str, ...]
+    example: str
+    since: str = "1.0"
+
+    @property
+    def signature(self) -> str:
+        params = ", ".join(["self", *(f"{a.name}: {a.type}" for a in self.args)])
+        return f"{self.name}({params}) -> {self.returns}"
+
+
+_NEEDS_ARG = HookArg("needs", "dict", "The needs, validated against the needs schema "
+                     "(see `docs/needs.md`). A private deep copy: changing it affects nobody.")
+
+HOOK_SPECS: Final[tuple[HookSpec, ...]] = (
+    HookSpec(
+        name="before_generation",
+        args=(_NEEDS_ARG,),
+        returns="dict",
+        returns_doc="The needs to generate from, given to the next plugin and then to the "
+        "core generator.",
+        summary="Called before the core generator runs, in (priority, name) order. "
+        "Normalise, enrich or default the needs.",
+        validated=(
+            "the return value is validated against the needs schema again, with the same "
+            "limits (1 MiB, 100 entities, 100 fields each)",
+            "an exception, an invalid return or a timeout skips this plugin's change: the "
+            "next plugin gets the needs as they were before it",
+        ),
+        example='''def before_generation(self, needs):
+    for entity in needs["entities"]:
+        entity["name"] = entity["name"].strip()
+    return needs''',
+    ),
+    HookSpec(
+        name="after_generation",
+        args=(
+            HookArg("code", "dict[str, str]", "The generated files: relative POSIX paths "
+                    "mapped to their text. A private copy."),
+            HookArg("needs", "dict", "The needs the code was generated from (after every "
+                    "`before_generation`). A private copy."),
+        ),
+        returns="dict[str, str]",
+        returns_doc="The files to write: the given mapping changed, extended or trimmed.",
+        summary="Called after the core generator produced the code, in (priority, name) "
+        "order. Add files, annotate or rewrite them.",
+        validated=(
+            "the return value must map relative POSIX paths to text: no absolute path, no "
+            "`..` segment, no backslash, no empty segment",
+            "at most 500 files, each at most 1 MiB of UTF-8",
+            "an exception, an invalid return or a timeout skips this plugin's change",
+        ),
+        example='''def after_generation(self, code, needs):
+    code["CONTRIBUTORS.md"] = "# Contributors\\n"
+    return code''',
+    ),
+    HookSpec(
+        name="on_generation_error",
+        args=(
+            HookArg("error", "dict", 'What went wrong, without personal data: '
+                    '`{"stage": str, "type": str, "plugin": str | None}`.'),
+            _NEEDS_ARG,
+        ),
+        returns="None",
+        returns_doc="Nothing: the return value is ignored.",
+        summary="Called when a generation fails (invalid generator output or a failing "
+        "`required` plugin), for cleanup or alerting.",
+        validated=("an exception or a timeout is reported and otherwise ignored",),
+        example='''def on_generation_error(self, error, needs):
+    self.failures += 1''',
+    ),
+)
+
+HOOKS_BY_NAME: Final = {spec.name: spec for spec in HOOK_SPECS}
+
+_METADATA_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "name": (str,),
+    "description": (str,),
+    "version": (str,),
+    "author": (str,),
+    "safe": (bool,),
+    "priority": (int,),
+}
+_HOOKISH = re.compile(r"^(before|after|on)_")
+
+
+class InvalidPluginError(Exception):
+    """A plugin class breaks the contract; the message says where and what is expected."""
+
+
+def implemented_hooks(cls: type) -> tuple[str, ...]:
+    """Names of the hooks that `cls` overrides, in spec order."""
+    return tuple(
+        spec.name
+        for spec in HOOK_SPECS
+        if getattr(cls, spec.name, None) is not getattr(GenerationPluginBase, spec.name)
+    )
+
+
+def validate_plugin_class(obj: object, where: str) -> type[GenerationPluginBase]:
+    """Check `obj` (what an entry point resolved to) against the contract.
+
+    Raises `InvalidPluginError` with a message naming `where` (the entry point), the class,
+    the method and what was expected; returns the class when it is valid.
+    """
+    if not (isinstance(obj, type) and issubclass(obj, GenerationPluginBase)):
+        raise InvalidPluginError(
+            f"{where}: {obj!r} is not a subclass of dihya.GenerationPluginBase; the entry "
+            "point must name a class like `class MyPlugin(GenerationPluginBase): ...`"
+        )
+    cls: type[GenerationPluginBase] = obj
+    qualname = f"{cls.__module__}.{cls.__qualname__}"
+    problems: list[str] = []
+    for attr, types in _METADATA_TYPES.items():
+        value = getattr(cls, attr)
+        bad_bool = attr == "priority" and isinstance(value, bool)
+        if not isinstance(value, types) or bad_bool:
+            want = " or ".join(t.__name__ for t in types)
+            problems.append(f"attribute `{attr}` is {type(value).__name__} {value!r}, "
+                            f"expected {want}")
+    if isinstance(cls.version, str):
+        try:
+            Version(cls.version)
+        except InvalidVersion:
+            problems.append(f"attribute `version` = {cls.version!r} is not a PEP 440 version")
+    for spec in HOOK_SPECS:
+        problems.extend(_signature_problems(cls, spec))
+    problems.extend(_unknown_hook_problems(cls))
+    if problems:
+        raise InvalidPluginError(f"{where}: class {qualname}: " + "; ".join(problems))
+    return cls
+
+
+def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
+    method = cls.__dict__.get(spec.name)
+    if method is None:
+        for base in cls.__mro__[1:]:
+            if base is GenerationPluginBase:
+                return []
+            if spec.name in base.__dict__:
+                method = base.__dict__[spec.name]
+                break
+        else:
+            return []
+    if isinstance(method, staticmethod | classmethod) or not inspect.isfunction(method):
+        return [f"`{spec.name}` must be a plain method `def {spec.signature}`"]
+    params = list(inspect.signature(method).parameters.values())
+    want = ["self", *(a.name for a in spec.args)]
+    got = [p.name for p in params]
+    kinds_ok = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    if got != want or not kinds_ok:
+        return [f"method `{spec.name}({', '.join(got)})` has the wrong signature, expected "
+                f"`def {spec.signature}`"]
+    return []
+
+
+def _unknown_hook_problems(cls: type) -> list[str]:
+    problems = []
+    own = {
+        name
+        for klass in cls.__mro__
+        if klass is not GenerationPluginBase and klass is not object
+        for name, value in vars(klass).items()
+        if callable(value) and not name.startswith("_")
+    }
+    for name in sorted(own - HOOKS_BY_NAME.keys()):
+        close = difflib.get_close_matches(name, HOOKS_BY_NAME, n=1, cutoff=0.8)
+        if close:
+            problems.append(f"method `{name}` is not a hook; did you mean `{close[0]}`? "
+                            f"expected `def {HOOKS_BY_NAME[close[0]].signature}`")
+        elif _HOOKISH.match(name):
+            known = ", ".join(HOOKS_BY_NAME)
+            problems.append(f"method `{name}` looks like a hook but no such hook exists "
+                            f"(known hooks: {known})")
+    return problems
