@@ -104,7 +104,10 @@ def _schema_message(error: Any) -> str:
 
 def _semantic_problems(needs: Mapping[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
+    from dihya.generator.naming import collection_name
+
     seen_entities: dict[str, int] = {}
+    seen_tables: dict[str, str] = {}
     for i, entity in enumerate(needs["entities"]):
         name = entity["name"]
         path = ("entities", i, "name")
@@ -115,6 +118,11 @@ def _semantic_problems(needs: Mapping[str, Any]) -> list[Problem]:
                                     f"(also at $.entities[{seen_entities[key]}]); names are "
                                     "compared without case"))
         seen_entities.setdefault(key, i)
+        table = collection_name(name)
+        if table in seen_tables and seen_tables[table] != key:
+            problems.append(Problem(json_path(path), f"entity {name!r} maps to the same table "
+                                    f"and URL (`{table}`) as another entity; rename one"))
+        seen_tables.setdefault(table, key)
         seen_fields: set[str] = set()
         for j, field in enumerate(entity["fields"]):
             fpath = ("entities", i, "fields", j)

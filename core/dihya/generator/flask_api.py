@@ -24,6 +24,7 @@ STACK: Final = "flask-api"
 _TEMPLATES: Final = "flask_api"
 _SQL_TYPES: Final = {"string": "TEXT", "text": "TEXT", "date": "TEXT", "datetime": "TEXT",
                      "integer": "INTEGER", "boolean": "INTEGER", "float": "REAL"}
+_Pairs = tuple[tuple[str, str], ...]
 _INT_RANGE: Final = (-(2**63), 2**63 - 1)
 #: Output path -> template, for files that are not per entity.
 _PROJECT_FILES: Final = {
@@ -62,9 +63,8 @@ class Field:
     default: str
     valid: str
     other: str
-    invalid: tuple[tuple[str, str], ...]
-    accepted: tuple[tuple[str, str], ...]
-    spec_call: str = "Field"
+    invalid: _Pairs
+    accepted: _Pairs
 
 
 @attrs.frozen
@@ -199,29 +199,30 @@ def _field(entity: str, raw: Mapping[str, Any]) -> Field:
 
 def _canonical(entity: str, name: str, ftype: str, value: Any) -> Any:
     """The default as the generated project stores it (dates normalised, floats as float)."""
-    if value is None:
-        return None
-    if ftype == "float" and math.isfinite(value):
-        return float(value)
-    if ftype == "integer" and _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-        return value
-    if ftype == "date":
-        return dt.date.fromisoformat(value).isoformat()
-    if ftype == "datetime":
-        return dt.datetime.fromisoformat(value).isoformat()
-    if ftype in ("string", "text", "boolean"):
-        return value
-    raise ValueError(f"default of {entity}.{name} ({value!r}) cannot be stored as {ftype}")
+    stored = value
+    try:
+        if value is not None and ftype == "float":
+            stored = float(value)
+        elif value is not None and ftype == "date":
+            stored = dt.date.fromisoformat(value).isoformat()
+        elif value is not None and ftype == "datetime":
+            stored = dt.datetime.fromisoformat(value).isoformat()
+    except (OverflowError, TypeError, ValueError):
+        stored = math.nan
+    if ftype == "integer" and value is not None and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        stored = math.nan
+    if isinstance(stored, float) and not math.isfinite(stored):
+        raise ValueError(f"default of {entity}.{name} ({value!r}) cannot be stored as {ftype}")
+    return stored
 
 
-def _samples(name: str, ftype: str, max_length: int) -> tuple[
-        str, str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+def _samples(name: str, ftype: str, max_length: int) -> tuple[str, str, _Pairs, _Pairs]:
     """Sources of a valid value, another one, invalid (value, id) and accepted (value, stored)."""
     if ftype == "string":
         valid, other = f"Sample {name}"[:max_length], f"Other {name}"[:max_length]
-        invalid = (("123", "number"), (f'"x" * {max_length + 1}', "too-long"))
+        invalid: _Pairs = (("123", "number"), (f'"x" * {max_length + 1}', "too-long"))
         longest = f'"x" * {max_length}'
-        extra: tuple[tuple[str, str], ...] = ((longest, longest),)
+        extra: _Pairs = ((longest, longest),)
     else:
         valid, other, invalid, accepted = _SAMPLES[ftype]
         extra = tuple((py_literal(a), py_literal(b)) for a, b in accepted)
@@ -231,8 +232,7 @@ def _samples(name: str, ftype: str, max_length: int) -> tuple[
 
 #: Per type (string aside): valid value, other valid value, invalid (source, id) pairs and
 #: accepted (value, stored value) pairs, exercised by the generated tests.
-_SAMPLES: Final[dict[str, tuple[Any, Any, tuple[tuple[str, str], ...],
-                                tuple[tuple[Any, Any], ...]]]] = {
+_SAMPLES: Final[dict[str, tuple[Any, Any, _Pairs, tuple[tuple[Any, Any], ...]]]] = {
     "text": ("Some text,\non two lines.", "Other text.",
              (("123", "number"), ('["a"]', "list")), (("", ""),)),
     "integer": (7, -3, (('"7"', "string"), ("True", "boolean"), ("1.5", "float"),

@@ -9,7 +9,7 @@ text from the needs. The output is a pure function of the needs: no dates, no ra
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from dihya.generator.naming import collection_path, snake_case
@@ -84,7 +84,7 @@ def _http_block(status: str, body: Any | None = None, headers: tuple[str, ...] =
     return "```http\n" + "\n".join(lines) + "\n```"
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell or " " for cell in row) + " |" for row in rows]
     return "\n".join(lines)

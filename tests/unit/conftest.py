@@ -1,0 +1,78 @@
+"""Fixtures for core unit tests: real wheels installed into a private site directory."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support.wheels import build_plugin_wheel, pip_install
+
+from dihya.config import AllowEntry, Config
+from dihya.gate import inspect_files
+from dihya.discovery import discover
+
+_counter = itertools.count()
+
+
+class PluginSite:
+    """A directory that pip installs plugin wheels into (`--target`), put on sys.path."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.site = root / "site"
+        self.site.mkdir()
+        self.wheels = root / "wheels"
+
+    @property
+    def path(self) -> list[str]:
+        return [str(self.site), *sys.path]
+
+    def unique(self, stem: str = "p") -> str:
+        return f"{stem}{next(_counter)}x{uuid.uuid4().hex[:6]}"
+
+    def install(self, name: str, **kwargs: object) -> Path:
+        wheel = build_plugin_wheel(self.wheels, name, **kwargs)  # type: ignore[arg-type]
+        pip_install(sys.executable, str(wheel), target=self.site)
+        return wheel
+
+    def discover(self) -> list:
+        return discover(path=self.path)
+
+    def entry(self, name: str, **overrides: object) -> AllowEntry:
+        plugin = next(p for p in self.discover() if p.name == name)
+        files, problem = inspect_files(plugin)
+        assert files is not None
+        values = {"name": name, "distribution": plugin.distribution, "version": plugin.version,
+                  "fingerprint": files.fingerprint, "mode": "in-process"}
+        values.update(overrides)
+        return AllowEntry(**values)  # type: ignore[arg-type]
+
+    def config(self, *entries: AllowEntry, timeout: float = 2.0) -> Config:
+        return Config(path=self.root / "dihya.toml", exists=False, hook_timeout_s=timeout,
+                      allow=entries)
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path) -> Iterator[PluginSite]:
+    site = PluginSite(tmp_path)
+    sys.path.insert(0, str(site.site))
+    try:
+        yield site
+    finally:
+        sys.path.remove(str(site.site))
+
+
+@pytest.fixture
+def needs() -> dict:
+    return {
+        "project": "shop",
+        "stack": "flask-api",
+        "entities": [{"name": "Item", "fields": [{"name": "label", "type": "string"}]}],
+    }
+
+
+Factory = Callable[..., Path]

@@ -1,0 +1,115 @@
+"""Needs and code validation: every problem, with its JSON path and a fix."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from dihya.needs import MAX_NEEDS_BYTES, validate_code, validate_needs
+
+TODO = json.loads((Path(__file__).parents[2] / "examples/needs/todo.json").read_text())
+
+
+def paths(needs: object) -> dict[str, str]:
+    return {p.path: p.message for p in validate_needs(needs)}
+
+
+def test_example_is_valid() -> None:
+    assert validate_needs(TODO) == []
+
+
+def test_every_schema_problem_is_listed_with_its_path() -> None:
+    bad = copy.deepcopy(TODO)
+    bad["project"] = "Todo App"
+    bad["stack"] = "rails"
+    bad["entities"][0]["fields"][1]["type"] = "blob"
+    bad["entities"][1]["name"] = "9lives"
+    found = paths(bad)
+    assert set(found) == {"$.project", "$.stack", "$.entities[0].fields[1].type",
+                          "$.entities[1].name"}
+    assert "project slug" in found["$.project"]
+    assert "identifier" in found["$.entities[1].name"]
+
+
+def test_semantic_problems() -> None:
+    bad = copy.deepcopy(TODO)
+    bad["entities"][1]["name"] = "task"
+    fields = bad["entities"][0]["fields"]
+    fields.append({"name": "id", "type": "integer"})
+    fields.append({"name": "Title", "type": "string"})
+    fields.append({"name": "class", "type": "string"})
+    fields[2]["default"] = "yes"
+    fields[1]["max_length"] = 3
+    found = paths(bad)
+    assert "declared twice" in found["$.entities[1].name"]
+    assert "reserved" in found["$.entities[0].fields[7].name"]
+    assert "declared twice" in found["$.entities[0].fields[8].name"]
+    assert "reserved word" in found["$.entities[0].fields[9].name"]
+    assert "not a valid boolean" in found["$.entities[0].fields[2].default"]
+    assert "string fields only" in found["$.entities[0].fields[1].max_length"]
+
+
+@pytest.mark.parametrize(("ftype", "good", "bad"), [
+    ("string", "abc", 3), ("text", "x" * 1000, None.__class__), ("integer", 3, 3.5),
+    ("float", 2, "2"), ("boolean", False, 0), ("date", "2026-01-31", "31/01/2026"),
+    ("datetime", "2026-01-31T10:00:00", "tomorrow"),
+])
+def test_typed_defaults(ftype, good, bad) -> None:
+    needs = {"project": "p", "stack": "flask-api",
+             "entities": [{"name": "E", "fields": [{"name": "f", "type": ftype, "default": good}]}]}
+    assert validate_needs(needs) == []
+    if bad is not None.__class__:
+        needs["entities"][0]["fields"][0]["default"] = bad
+        assert "$.entities[0].fields[0].default" in paths(needs)
+
+
+def test_limits() -> None:
+    many = {"project": "p", "stack": "flask-api",
+            "entities": [{"name": f"E{i}", "fields": [{"name": "f", "type": "text"}]}
+                         for i in range(101)]}
+    assert "$.entities" in paths(many)
+    wide = {"project": "p", "stack": "flask-api",
+            "entities": [{"name": "E", "fields": [{"name": f"f{i}", "type": "text"}
+                                                  for i in range(101)]}]}
+    assert "$.entities[0].fields" in paths(wide)
+    huge = copy.deepcopy(TODO)
+    huge["x-blob"] = "x" * MAX_NEEDS_BYTES
+    assert "limit" in paths(huge)["$"]
+    assert "not JSON data" in paths({"project": {1, 2}})["$"]
+
+
+def test_entities_mapping_to_one_table() -> None:
+    needs = {"project": "p", "stack": "flask-api", "entities": [
+        {"name": "TaskItem", "fields": [{"name": "a", "type": "text"}]},
+        {"name": "task_item", "fields": [{"name": "a", "type": "text"}]}]}
+    assert "same table" in paths(needs)["$.entities[1].name"]
+
+
+def test_extension_keys_and_unknown_keys() -> None:
+    ok = dict(TODO, **{"x-theme": {"color": "blue"}})
+    assert validate_needs(ok) == []
+    assert "prefix extension keys" in paths(dict(TODO, theme="blue"))["$"]
+
+
+@pytest.mark.parametrize(("code", "fragment"), [
+    ([], "must be an object"),
+    ({"/abs.py": ""}, "absolute"),
+    ({"a/../b.py": ""}, ".."),
+    ({"a//b.py": ""}, "empty"),
+    ({"a\\b.py": ""}, "separator"),
+    ({"C:/x.py": ""}, "absolute"),
+    ({"a\x00.py": ""}, "control"),
+    ({"a.py": b"bytes"}, "text"),
+    ({"a.py": "é" * (600 * 1024)}, "larger"),
+    ({f"f{i}": "" for i in range(501)}, "limit is 500"),
+])
+def test_code_validation(code, fragment) -> None:
+    problems = validate_code(code)
+    assert problems and fragment in str(problems[0])
+
+
+def test_valid_code() -> None:
+    assert validate_code({"app/x.py": "print(1)\n", "README.md": ""}) == []
