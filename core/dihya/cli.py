@@ -108,13 +108,13 @@ def list_plugins(state: State, as_json: bool) -> None:
 
     table = Table(title=f"plugins ({snapshot.config.path})")
     for column in ("name", "status", "reason", "mode", "version", "distribution", "hooks"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     colors = {"active": "green", "disabled": "yellow", "refused": "red", "failed": "red"}
     for r in snapshot.records:
         table.add_row(r.name, f"[{colors.get(r.status, 'white')}]{r.status}[/]",
                       r.reason or "", r.mode or "", r.version, r.distribution,
                       ", ".join(r.hooks))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     if not snapshot.records:
         click.echo("no plugin installed in group " + snapshot.config.group)
 

@@ -165,7 +165,7 @@ def default_problem(ftype: str, value: object, max_length: int = 255) -> str | N
     if ftype in ("string", "text"):
         ok = isinstance(value, str) and (ftype == "text" or len(value) <= max_length)
     elif ftype == "integer":
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
     elif ftype == "float":
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     elif ftype == "boolean":
@@ -177,7 +177,8 @@ def default_problem(ftype: str, value: object, max_length: int = 255) -> str | N
     if ok:
         return None
     hint = {"date": " (ISO 8601, e.g. 2026-01-31)", "datetime": " (ISO 8601, e.g. "
-            "2026-01-31T12:00:00)", "string": f" of at most {max_length} characters"}
+            "2026-01-31T12:00:00)", "string": f" of at most {max_length} characters",
+            "integer": " (a whole number that fits in 64 bits)"}
     return f"default {value!r} is not a valid {ftype}{hint.get(ftype, '')}"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dihya.generator import generate
 from dihya.needs import check_needs
 

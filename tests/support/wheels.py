@@ -57,7 +57,7 @@ def build_wheel(outdir: Path, distribution: str, version: str, files: Mapping[st
     """Write `<dist>-<version>-py3-none-any.whl` holding `files` and return its path."""
     norm = distribution.replace("-", "_")
     info = f"{norm}-{version}.dist-info"
-    metadata = [f"Metadata-Version: 2.1", f"Name: {distribution}", f"Version: {version}"]
+    metadata = ["Metadata-Version: 2.1", f"Name: {distribution}", f"Version: {version}"]
     metadata += [f"Requires-Dist: {r}" for r in requires]
     eps = f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())
     content: dict[str, bytes] = {
@@ -102,8 +102,8 @@ def pip_install(python: Path | str, *args: str, target: Path | None = None) -> N
 
 
 def site_packages(python: Path | str) -> Path:
-    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         check=True, capture_output=True, text=True)
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    out = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True)
     return Path(out.stdout.strip())
 
 

@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.wheels import build_plugin_wheel, pip_install
 
 from dihya.config import AllowEntry, Config
-from dihya.gate import inspect_files
 from dihya.discovery import discover
+from dihya.gate import inspect_files
+from support.wheels import build_plugin_wheel, pip_install
 
 _counter = itertools.count()
 
@@ -44,7 +44,7 @@ class PluginSite:
 
     def entry(self, name: str, **overrides: object) -> AllowEntry:
         plugin = next(p for p in self.discover() if p.name == name)
-        files, problem = inspect_files(plugin)
+        files, _problem = inspect_files(plugin)
         assert files is not None
         values = {"name": name, "distribution": plugin.distribution, "version": plugin.version,
                   "fingerprint": files.fingerprint, "mode": "in-process"}

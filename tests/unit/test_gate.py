@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.wheels import build_wheel, pip_install, plugin_source
 
 from dihya.registry import build_registry
+from support.wheels import build_wheel, pip_install, plugin_source
 
 
 def statuses(snapshot) -> dict[str, tuple[str, str | None]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dihya.generator import STACKS, flask_api, generate, naming
 from dihya.needs import check_needs, unsafe_path_reason, validate_code
 
@@ -229,10 +230,11 @@ def test_x_keys_are_ignored() -> None:
 
 
 def test_clashing_generated_names_are_refused() -> None:
-    needs = check_needs({"project": "p", "stack": "flask-api", "entities": [
+    # `check_needs` refuses these too; the generator must never silently drop a file.
+    needs: dict[str, Any] = {"project": "p", "stack": "flask-api", "entities": [
         {"name": "TaskItem", "fields": [{"name": "a", "type": "text"}]},
         {"name": "task_item", "fields": [{"name": "a", "type": "text"}]},
-    ]})
+    ]}
     with pytest.raises(ValueError, match="would share the module name 'task_item'"):
         generate(needs)
 

@@ -27,7 +27,7 @@ def test_non_empty_directory_is_refused_and_untouched(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not empty.*--force"):
+    with pytest.raises(OutputError, match=r"not empty.*--force"):
         write_tree({"f": "1"}, out)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 

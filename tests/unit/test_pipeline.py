@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from support.wheels import plugin_source
 
 from dihya.needs import NeedsError
 from dihya.pipeline import GenerationFailed, run_generation
 from dihya.registry import build_registry
+from support.wheels import plugin_source
 
 
 def snapshot_with(plugin_site, bodies: dict[str, str], timeout: float = 2.0,

@@ -46,7 +46,8 @@ def test_wrong_signature_names_class_method_and_expectation() -> None:
 
     message = check(Bad)
     assert "Bad" in message and "after_generation(self, code)" in message
-    assert "def after_generation(self, code: dict[str, str], needs: dict) -> dict[str, str]" in message
+    expected = "def after_generation(self, code: dict[str, str], needs: dict) -> dict[str, str]"
+    assert expected in message
 
 
 def test_misspelt_hook_suggests_the_right_name() -> None:
