@@ -8,7 +8,9 @@ comments and layout survive, and are written atomically.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -95,9 +97,37 @@ def _parse_reason(exc: tomlkit.exceptions.ParseError) -> str:
 
 
 def load_config(path: Path) -> Config:
-    """Read and validate the config at `path`; a missing file is an empty config."""
-    doc = read_document(path)
-    return config_from_document(path, doc, exists=path.exists())
+    """Read and validate the config at `path`; a missing file is an empty config.
+
+    Reading uses the standard library's `tomllib` (several times faster than tomlkit,
+    which is kept for edits, where comments must survive).
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return config_from_document(path, {}, exists=False)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the config is not UTF-8 text: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}:{_toml_position(exc)}: malformed TOML: "
+                          f"{_toml_reason(exc)}") from exc
+    return config_from_document(path, data, exists=True)
+
+
+_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def _toml_position(exc: tomllib.TOMLDecodeError) -> str:
+    match = _POSITION.search(str(exc))
+    return f"{match.group(1)}:{match.group(2)}" if match else "?"
+
+
+def _toml_reason(exc: tomllib.TOMLDecodeError) -> str:
+    return _POSITION.sub("", str(exc)).strip()
 
 
 def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True) -> Config:
