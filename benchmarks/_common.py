@@ -1,0 +1,113 @@
+"""Shared helpers of the benchmark scripts: machine facts, statistics, tables, venvs.
+
+Standard library only, so a script can start on any Python and set up its own venv.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# tests/support/wheels.py builds the synthetic plugin wheels (standard library only).
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def machine() -> list[tuple[str, str]]:
+    """CPU model, cores and Python, as (label, value) rows."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or "unknown"
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    return [
+        ("cpu", model),
+        ("cores", f"{usable} usable ({os.cpu_count()} online)"),
+        ("python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("os", f"{platform.system()} {platform.release()}"),
+    ]
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), linear interpolation between closest ranks."""
+    data = sorted(samples)
+    if not data:
+        return float("nan")
+    pos = (len(data) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(samples),
+        "p90": percentile(samples, 90),
+        "p99": percentile(samples, 99),
+        "min": min(samples),
+        "n": float(len(samples)),
+    }
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table, first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [str(cells[0]).ljust(widths[0])]
+        out += [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join(out).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def print_machine() -> None:
+    print(table(["machine", ""], machine()))
+    print()
+
+
+def verdict(ratio: float, target: float) -> str:
+    if ratio <= target:
+        return f"MET (ratio {ratio:.2f}x <= target {target:.2f}x)"
+    return (f"NOT MET (ratio {ratio:.2f}x > target {target:.2f}x, "
+            f"{(ratio / target - 1) * 100:.0f}% over)")
+
+
+def make_venv(where: Path, *install: Sequence[str]) -> Path:
+    """A fresh venv at `where`; each `install` is one `pip install` argument list."""
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
+    python = where / "bin" / "python"
+    for args in install:
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", "--no-warn-script-location", *args],
+                       check=True)
+    return python
+
+
+def build_core_wheel(outdir: Path) -> Path:
+    """A wheel of dihya-core built from this checkout (the same as `pip install .`)."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--disable-pip-version-check", "-w", str(outdir), str(ROOT)], check=True)
+    return next(outdir.glob("dihya_core-*.whl"))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of measured processes: no DIHYA_* switches, bytecode allowed."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("DIHYA_") and k not in ("PYTHONDONTWRITEBYTECODE",
+                                                        "PYTHONPYCACHEPREFIX", "PYTHONPATH")}
+    env.update(extra)
+    return env
