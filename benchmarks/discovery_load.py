@@ -26,7 +26,6 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from _common import (
     table,
     verdict,
 )
+
 from support.wheels import GROUP, build_plugin_wheel
 
 TARGET = 1.3

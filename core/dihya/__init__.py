@@ -5,8 +5,25 @@ Plugin authors need only `GenerationPluginBase`; everything else is the core's.
 
 from __future__ import annotations
 
-from dihya.plugin import HOOK_API_VERSION, HOOK_SPECS, GenerationPluginBase, HookSpec
+from dihya.plugin import (
+    ACTION_SPEC,
+    HOOK_API_VERSION,
+    HOOK_SPECS,
+    ActionSpec,
+    GenerationPluginBase,
+    HookSpec,
+    action,
+)
 
-__all__ = ["HOOK_API_VERSION", "HOOK_SPECS", "GenerationPluginBase", "HookSpec", "__version__"]
+__all__ = [
+    "ACTION_SPEC",
+    "HOOK_API_VERSION",
+    "HOOK_SPECS",
+    "ActionSpec",
+    "GenerationPluginBase",
+    "HookSpec",
+    "__version__",
+    "action",
+]
 
 __version__ = "0.1.0"

@@ -6,8 +6,10 @@ failed verification), 2 usage (bad arguments, malformed config, non-empty OUTDIR
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +20,7 @@ import attrs
 import click
 
 from dihya import __version__
+from dihya.audit import Auditor
 from dihya.config import (
     MODES,
     ROLES,
@@ -36,6 +39,7 @@ from dihya.discovery import DiscoveredPlugin, discover
 from dihya.fingerprint import FingerprintError, fingerprint_wheel, inspect_installed
 from dihya.gate import FAILED, REFUSED, inspect_files, resolution_problem
 from dihya.registry import RegistrySnapshot, build_registry
+from dihya.store import Store, StoreError
 
 
 class CheckFailed(click.ClickException):
@@ -61,7 +65,36 @@ class State:
             raise Usage(str(exc)) from exc
 
     def registry(self) -> RegistrySnapshot:
-        return build_registry(self.config())
+        config = self.config()
+        store = self.store(config)
+        switches = {}
+        if store is not None:
+            switches = {n: (s.reason_code, f"{s.reason_code}: {s.reason or ''}".rstrip(": "))
+                        for n, s in store.plugin_switches().items()}
+        return build_registry(config, switches=switches)
+
+    def store(self, config: Config | None = None, create: bool = False) -> Store | None:
+        """The state store, if it exists (or `create`); None for a config-only setup."""
+        config = config or self.config()
+        url = config.effective_store_url
+        if not create and url.startswith("sqlite:///") and not Path(url[10:]).exists():
+            return None
+        try:
+            store = Store(url)
+            store.ensure_schema()
+        except StoreError as exc:
+            raise Usage(str(exc)) from exc
+        return store
+
+    def auditor(self) -> Auditor:
+        return Auditor(self.config().audit_key)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}"
 
 
 pass_state = click.make_pass_decorator(State)
@@ -238,9 +271,12 @@ def approve(state: State, names: tuple[str, ...], mode: str,
     with _editing(state) as doc:
         for entry in entries:
             upsert_allow(doc, entry)
+    auditor = state.auditor()
     for e in entries:
         click.echo(f"approved {e.name} ({e.distribution} {e.version}) {e.fingerprint} "
                    f"mode={e.mode}")
+        auditor.record("plugin.approved", "ok", subject=_user(), plugin=e.name,
+                       plugin_version=e.version, plugin_fingerprint=e.fingerprint)
 
 
 def _require_safe(plugin: DiscoveredPlugin, fp: str) -> None:
@@ -264,6 +300,7 @@ def revoke(state: State, name: str) -> None:
         if not remove_allow(doc, name):
             _not_approved(state, name)
     click.echo(f"revoked {name}")
+    state.auditor().record("plugin.revoked", "ok", subject=_user(), plugin=name)
 
 
 def _not_approved(state: State, name: str) -> NoReturn:
@@ -276,7 +313,15 @@ def _switch(state: State, name: str, enabled: bool, reason: str | None) -> None:
     with _editing(state) as doc:
         if not set_enabled(doc, name, enabled, reason):
             _not_approved(state, name)
+    if enabled:
+        # also lift a runtime switch (HTTP disable, quarantine) recorded in the store
+        store = state.store()
+        if store is not None:
+            store.set_plugin_disabled(name, False, actor=state.auditor().pseudonym(_user()))
     click.echo(f"{'enabled' if enabled else 'disabled'} {name}")
+    state.auditor().record("plugin.enabled" if enabled else "plugin.disabled", "ok",
+                           subject=_user(), plugin=name,
+                           reason=None if enabled else "disabled-by-config")
 
 
 @plugins.command("enable")
@@ -360,6 +405,85 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, as_json:
         raise Usage(str(exc)) from exc
     emit({"outdir": str(outdir), "files": files, "plugins": [h.to_json() for h in result.plugins],
           "needs_sha256": result.needs_sha256, "ms": round(result.ms, 1)})
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="gunicorn worker processes.")
+@pass_state
+def serve(state: State, host: str, port: int, workers: int) -> None:
+    """Serve the HTTP API under gunicorn until interrupted."""
+    state.config()  # fail fast, with exit 2, on a malformed config
+    state.store(create=True)
+    from dihya.web.serve import serve as run_server
+
+    run_server(str(state.config_path), host, port, workers)
+
+
+@main.group()
+def tokens() -> None:
+    """Create, list and revoke API tokens (stored only as hashes)."""
+
+
+@tokens.command("create")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--name", required=True, help="Who or what the token is for (unique).")
+@pass_state
+def tokens_create(state: State, role: str, name: str) -> None:
+    """Create a token; it is printed once, alone on the last line."""
+    from dihya.tokens import TokenError, create_token
+
+    store = state.store(create=True)
+    assert store is not None
+    try:
+        token = create_token(store, name, role)
+    except TokenError as exc:
+        raise CheckFailed(str(exc)) from exc
+    state.auditor().record("token.created", "ok", subject=_user(), role=role)
+    click.echo(f"created token {name!r} with role {role}; it is shown only now:", err=True)
+    click.echo(token)
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_state
+def tokens_list(state: State, as_json: bool) -> None:
+    """List tokens (names, roles, dates; never the secrets)."""
+    from dihya.tokens import list_tokens
+
+    store = state.store()
+    rows = [attrs.asdict(t) for t in list_tokens(store)] if store is not None else []
+    for row in rows:
+        row.pop("id", None)
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<32} {row['role']:<10} created {_when(row['created_at'])}")
+    if not rows:
+        click.echo("no token")
+
+
+@tokens.command("revoke")
+@click.argument("name")
+@pass_state
+def tokens_revoke(state: State, name: str) -> None:
+    """Revoke the token named NAME at once."""
+    from dihya.tokens import revoke_token
+
+    store = state.store()
+    if store is None or not revoke_token(store, name):
+        raise CheckFailed(f"no token named {name!r} (see `dihya tokens list`)")
+    state.auditor().record("token.revoked", "ok", subject=_user())
+    click.echo(f"revoked token {name!r}")
+
+
+def _when(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _read_json(path: Path) -> Any:

@@ -57,6 +57,17 @@ class Config:
     group: str = DEFAULT_GROUP
     hook_timeout_s: float = 2.0
     allow: tuple[AllowEntry, ...] = ()
+    store_url: str | None = None
+    rate_limit: str = "60/minute"
+    rate_limit_storage: str = "memory://"
+    audit_key: str | None = None
+
+    @property
+    def effective_store_url(self) -> str:
+        """`[store] url`, else a SQLite file `dihya.sqlite3` beside the config file."""
+        if self.store_url:
+            return self.store_url
+        return f"sqlite:///{self.path.absolute().parent / 'dihya.sqlite3'}"
 
     def entries_for(self, name: str) -> tuple[AllowEntry, ...]:
         return tuple(e for e in self.allow if e.name == name)
@@ -133,6 +144,20 @@ def _toml_reason(exc: tomllib.TOMLDecodeError) -> str:
 def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True) -> Config:
     data = doc.unwrap() if isinstance(doc, TOMLDocument) else dict(doc)
     where = str(path)
+    unknown_tables = set(data) - {"plugins", "store", "web", "audit"}
+    if unknown_tables:
+        raise ConfigError(f"{where}: unknown tables {sorted(unknown_tables)}; known: plugins, "
+                          "store, web, audit")
+    store = _table(where, data, "store", {"url"})
+    web = _table(where, data, "web", {"rate_limit", "rate_limit_storage"})
+    audit = _table(where, data, "audit", {"key"})
+    store_url = _optional_str(where, "store", store, "url")
+    rate_limit = _optional_str(where, "web", web, "rate_limit") or "60/minute"
+    if not re.match(r"^\d+\s*(/|per)\s*\w+", rate_limit):
+        raise ConfigError(f"{where}: [web] rate_limit must look like '60/minute', not "
+                          f"{rate_limit!r}")
+    storage = _optional_str(where, "web", web, "rate_limit_storage") or "memory://"
+    audit_key = _optional_str(where, "audit", audit, "key")
     plugins = data.get("plugins", {})
     if not isinstance(plugins, dict):
         raise ConfigError(f"{where}: `plugins` must be a table ([plugins])")
@@ -153,7 +178,26 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
                           "([[plugins.allow]])")
     allow = tuple(_allow_entry(where, i, raw) for i, raw in enumerate(raw_allow, 1))
     return Config(path=path, exists=exists, group=group, hook_timeout_s=float(timeout),
-                  allow=allow)
+                  allow=allow, store_url=store_url, rate_limit=rate_limit,
+                  rate_limit_storage=storage, audit_key=audit_key)
+
+
+def _table(where: str, data: Mapping[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: `{name}` must be a table ([{name}])")
+    unknown = set(table) - keys
+    if unknown:
+        raise ConfigError(f"{where}: [{name}] has unknown keys {sorted(unknown)}; known: "
+                          f"{', '.join(sorted(keys))}")
+    return table
+
+
+def _optional_str(where: str, table_name: str, table: Mapping[str, Any], key: str) -> str | None:
+    value = table.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}: [{table_name}] {key} must be a non-empty string")
+    return value
 
 
 _ENTRY_KEYS: Final = {

@@ -11,9 +11,10 @@ import importlib
 import importlib.metadata as md
 import json
 import sys
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 from packaging.utils import canonicalize_name
@@ -60,10 +61,11 @@ def discover(
         if key is None or key in seen:
             continue
         seen.add(key)
-        eps = dist.entry_points.select(group=group)
+        eps = _group_entry_points(dist, group)
         if not eps:
             continue
         meta = dist.metadata
+        _METADATA[dist] = meta
         dist_info = _dist_info_dir(dist)
         editable = _is_editable(dist)
         for ep in eps:
@@ -81,6 +83,34 @@ def discover(
             )
     found.sort(key=lambda p: (p.name, p.distribution))
     return found
+
+
+# The METADATA that `discover` parsed for each plugin's distribution, so the gate reads its
+# requirements from the same parse instead of reading and parsing the file again.
+_METADATA: weakref.WeakKeyDictionary[md.Distribution, Any] = weakref.WeakKeyDictionary()
+
+
+def requires_of(dist: md.Distribution) -> list[str] | None:
+    """`dist.requires`, from the METADATA parsed by `discover` when there is one."""
+    meta = _METADATA.get(dist)
+    if meta is not None:
+        reqs = meta.get_all("Requires-Dist")
+        if reqs:
+            return list(reqs)
+    requires: list[str] | None = dist.requires
+    return requires
+
+
+def _group_entry_points(dist: md.Distribution, group: str) -> md.EntryPoints:
+    # Most distributions declare no entry point of the group: a section named `group` can
+    # only exist where the text contains it, so only those texts are parsed.
+    text = dist.read_text("entry_points.txt")
+    if not text or group not in text:
+        return md.EntryPoints(())
+    from_text = getattr(md.EntryPoints, "_from_text_for", None)
+    eps: md.EntryPoints = (from_text(text, dist) if from_text is not None
+                           else dist.entry_points)
+    return eps.select(group=group)
 
 
 def _normalized_name(dist: md.Distribution) -> str | None:

@@ -14,7 +14,9 @@ import importlib.machinery
 import io
 import os
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 from typing import Final
 
@@ -94,6 +96,47 @@ def _wheel_target(name: str) -> str | None:
     return name
 
 
+# Real paths of site-packages directories, shared while one gate pass runs (see
+# `shared_realpaths`); None outside such a pass, where every call resolves afresh.
+_REALPATHS: ContextVar[dict[str, str] | None] = ContextVar("dihya_realpaths", default=None)
+
+
+@contextmanager
+def shared_realpaths() -> Iterator[None]:
+    """Resolve each directory's real path once while the block runs (one gate pass).
+
+    Only directory resolution is shared: every file is still opened and hashed each time.
+    """
+    token = _REALPATHS.set({})
+    try:
+        yield
+    finally:
+        _REALPATHS.reset(token)
+
+
+def realpath(path: str) -> str:
+    """`os.path.realpath`, resolved once per directory inside `shared_realpaths`."""
+    cache = _REALPATHS.get()
+    if cache is None:
+        return os.path.realpath(path)
+    hit = cache.get(path)
+    if hit is None:
+        hit = cache[path] = os.path.realpath(path)
+    return hit
+
+
+def _read_bytes(path: str) -> bytes:
+    # os.open/os.read: no buffered file object, about half the cost of Path.read_bytes.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def inspect_installed(dist_info: Path) -> InstalledFiles:
     """Fingerprint an installed distribution and list its missing and unlisted files.
 
@@ -101,11 +144,13 @@ def inspect_installed(dist_info: Path) -> InstalledFiles:
     site-packages directory that paths are relative to.
     """
     site = dist_info.parent
+    site_str = os.fspath(site)
     try:
-        listed = record_paths((dist_info / "RECORD").read_text("utf-8"))
+        with open(os.path.join(dist_info, "RECORD"), encoding="utf-8") as fh:
+            listed = record_paths(fh.read())
     except OSError as exc:
         raise FingerprintError(f"{dist_info}: cannot read RECORD: {exc}") from exc
-    root = os.path.realpath(site)
+    root = realpath(site_str)
     entries: list[tuple[str, bytes]] = []
     missing: list[str] = []
     inside: set[str] = set()
@@ -114,15 +159,21 @@ def inspect_installed(dist_info: Path) -> InstalledFiles:
         if rel is None:
             continue  # console-script wrappers and other files outside site-packages
         inside.add(rel)
-        if is_excluded(rel):
+        if _excluded_normalized(rel):
             continue
         try:
-            data = (site / rel).read_bytes()
+            data = _read_bytes(os.path.join(site_str, rel))
         except FileNotFoundError:
             missing.append(rel)
             continue
-        except OSError as exc:
-            raise FingerprintError(f"{site / rel}: cannot read: {exc}") from exc
+        except OSError:
+            try:  # again the plain way, for the usual error message (or a raced success)
+                data = (site / rel).read_bytes()
+            except FileNotFoundError:
+                missing.append(rel)
+                continue
+            except OSError as exc:
+                raise FingerprintError(f"{site / rel}: cannot read: {exc}") from exc
         entries.append((rel, data))
     unlisted = unlisted_code_files(site, inside)
     return InstalledFiles(
@@ -133,9 +184,21 @@ def inspect_installed(dist_info: Path) -> InstalledFiles:
     )
 
 
+def _excluded_normalized(rel: str) -> bool:
+    """`is_excluded` for a normalized relative POSIX path (no empty or `.` segments)."""
+    if "__pycache__" in rel:
+        return is_excluded(rel)
+    head, sep, tail = rel.partition("/")
+    return bool(sep) and "/" not in tail and head.endswith(".dist-info") and (
+        tail in INSTALLER_FILES)
+
+
 def _inside(root: str, raw: str) -> str | None:
     full = os.path.normpath(os.path.join(root, raw))
     if full != root and full.startswith(root + os.sep):
+        if os.sep == "/" and root != "/":
+            # `full` is normalized and starts with `root/`: the rest is the relative path.
+            return full[len(root) + 1:]
         return PurePosixPath(Path(os.path.relpath(full, root))).as_posix()
     return None
 
@@ -156,10 +219,11 @@ def unlisted_code_files(site: Path, listed: set[str]) -> list[str]:
         }
     )
     found: list[str] = []
+    site_str = os.fspath(site)
     for pkg in roots:
         for dirpath, dirnames, filenames in os.walk(site / pkg):
             dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-            reldir = PurePosixPath(Path(os.path.relpath(dirpath, site))).as_posix()
+            reldir = _relative_dir(dirpath, site_str, site)
             found += [
                 f"{reldir}/{name}"
                 for name in filenames
@@ -169,6 +233,15 @@ def unlisted_code_files(site: Path, listed: set[str]) -> list[str]:
     for stem in sorted(modules):
         for suffix in IMPORTABLE_SUFFIXES:
             candidate = stem + suffix
-            if candidate not in listed and (site / candidate).exists():
+            if candidate not in listed and os.path.exists(os.path.join(site_str, candidate)):
                 found.append(candidate)
     return sorted(found)
+
+
+def _relative_dir(dirpath: str, site_str: str, site: Path) -> str:
+    # os.walk(site / pkg) yields `str(site / pkg)` and its subdirectories joined with "/".
+    if (os.sep == "/" and site_str and site_str != "/" and not site_str.endswith("/")
+            and dirpath.startswith(site_str + "/") and "/../" not in dirpath
+            and "/./" not in dirpath):
+        return dirpath[len(site_str) + 1:]
+    return PurePosixPath(Path(os.path.relpath(dirpath, site))).as_posix()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.metadata as md
 import importlib.util
+import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Final
 
@@ -21,8 +23,14 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from dihya.config import AllowEntry, Config
-from dihya.discovery import DiscoveredPlugin
-from dihya.fingerprint import FingerprintError, InstalledFiles, inspect_installed
+from dihya.discovery import DiscoveredPlugin, requires_of
+from dihya.fingerprint import (
+    FingerprintError,
+    InstalledFiles,
+    inspect_installed,
+    realpath,
+    shared_realpaths,
+)
 
 ACTIVE: Final = "active"
 DISABLED: Final = "disabled"
@@ -59,16 +67,30 @@ def _verdict(plugin: DiscoveredPlugin, status: str | None, reason: str | None, m
     return Verdict(plugin, status, reason, message, entry, fingerprint)
 
 
+# Installed versions looked up while one `assess_all` runs: (name, path) -> version. Many
+# plugins require the same distributions (the core at least), each a scan of the path.
+_VERSIONS: ContextVar[dict[tuple[str, tuple[str, ...] | None], str | None] | None] = (
+    ContextVar("dihya_gate_versions", default=None))
+
+
 def assess_all(plugins: Sequence[DiscoveredPlugin], config: Config, disabled_by_env: frozenset[str],
-               path: Sequence[str] | None = None) -> list[Verdict]:
+               path: Sequence[str] | None = None,
+               switches: Mapping[str, tuple[str, str]] | None = None) -> list[Verdict]:
     """A verdict for each discovered plugin, in the order given."""
     counts = Counter(p.name for p in plugins)
-    return [assess(p, config, disabled_by_env, path, duplicate=counts[p.name] > 1)
-            for p in plugins]
+    token = _VERSIONS.set({})
+    try:
+        with shared_realpaths():
+            return [assess(p, config, disabled_by_env, path, duplicate=counts[p.name] > 1,
+                           switches=switches)
+                    for p in plugins]
+    finally:
+        _VERSIONS.reset(token)
 
 
 def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[str],
-           path: Sequence[str] | None = None, duplicate: bool = False) -> Verdict:
+           path: Sequence[str] | None = None, duplicate: bool = False,
+           switches: Mapping[str, tuple[str, str]] | None = None) -> Verdict:
     """Run every check of the gate on one plugin."""
     if duplicate:
         return _verdict(plugin, REFUSED, "duplicate-name",
@@ -104,6 +126,9 @@ def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[
     if plugin.name in disabled_by_env:
         return _verdict(plugin, DISABLED, "disabled-by-env", "listed in DIHYA_PLUGINS_DISABLE",
                         entry, files.fingerprint)
+    if switches and plugin.name in switches:
+        code, message = switches[plugin.name]
+        return _verdict(plugin, DISABLED, code, message, entry, files.fingerprint)
     if not entry.enabled:
         why = f": {entry.disabled_reason}" if entry.disabled_reason else ""
         return _verdict(plugin, DISABLED, "disabled-by-config",
@@ -166,21 +191,34 @@ def resolution_problem(plugin: DiscoveredPlugin, files: InstalledFiles,
     if origin is None:
         return None  # a namespace package: the module file itself is listed (checked above)
     site = plugin.site_packages
-    try:
-        rel = Path(origin).resolve().relative_to(site.resolve()).as_posix() if site else None
-    except ValueError:
-        rel = None
+    rel = _relative_real(origin, site) if site else None
     if rel not in listed:
         return (f"module {parts[0]!r} resolves to {origin}, which is not a file of "
                 f"{plugin.distribution} (shadowed by another package)")
     return None
 
 
+def _relative_real(origin: str, site: Path) -> str | None:
+    """`Path(origin).resolve().relative_to(site.resolve()).as_posix()`, None if outside."""
+    if os.sep != "/":
+        try:
+            return Path(origin).resolve().relative_to(site.resolve()).as_posix()
+        except ValueError:
+            return None
+    real = os.path.realpath(origin)  # the module file: resolved afresh every time
+    root = realpath(os.fspath(site))
+    if root == "/":
+        return real[1:] or "." if real.startswith("/") else None
+    if real == root:
+        return "."
+    return real[len(root) + 1:] if real.startswith(root + "/") else None
+
+
 def dependency_problems(plugin: DiscoveredPlugin, path: Sequence[str] | None = None) -> list[str]:
     """Requirements of the plugin's distribution that the environment does not satisfy."""
     dist = plugin.entry_point.dist
     problems = []
-    for text in (dist.requires if dist is not None else None) or []:
+    for text in (requires_of(dist) if dist is not None else None) or []:
         try:
             req = Requirement(text)
             if req.marker is not None and not req.marker.evaluate({"extra": ""}):
@@ -197,6 +235,16 @@ def dependency_problems(plugin: DiscoveredPlugin, path: Sequence[str] | None = N
 
 
 def _installed_version(name: str, path: Sequence[str] | None) -> str | None:
+    cache = _VERSIONS.get()
+    if cache is None:
+        return _lookup_version(name, path)
+    key = (name, None if path is None else tuple(path))
+    if key not in cache:
+        cache[key] = _lookup_version(name, path)
+    return cache[key]
+
+
+def _lookup_version(name: str, path: Sequence[str] | None) -> str | None:
     if path is None:
         try:
             return md.version(name)

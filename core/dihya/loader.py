@@ -20,9 +20,11 @@ import attrs
 from stevedore import NamedExtensionManager
 
 from dihya.plugin import (
+    ActionSpec,
     GenerationPluginBase,
     InvalidPluginError,
     implemented_hooks,
+    plugin_actions,
     validate_plugin_class,
 )
 
@@ -35,6 +37,7 @@ class Loaded:
     cls: type[GenerationPluginBase]
     instance: GenerationPluginBase
     hooks: tuple[str, ...]
+    actions: dict[str, ActionSpec] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -119,5 +122,6 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
                                            f"{where}: creating the plugin raised "
                                            f"{type(exc).__name__}: {exc}")
             continue
-        loaded[ext.name] = Loaded(ext.name, cls, instance, implemented_hooks(cls))
+        loaded[ext.name] = Loaded(ext.name, cls, instance, implemented_hooks(cls),
+                                  plugin_actions(cls))
     return loaded, failed

@@ -90,16 +90,37 @@ def check_needs(needs: object) -> dict[str, Any]:
 
 
 def _schema_message(error: Any) -> str:
-    if error.validator == "additionalProperties":
-        return f"{error.message} (remove it, or prefix extension keys with `x-`)"
-    if error.validator == "pattern" and error.path and error.path[-1] == "project":
-        return (f"{error.instance!r} is not a valid project slug: use lower-case letters, "
-                "digits and dashes, starting with a letter, at most 63 characters")
-    if error.validator == "pattern" and error.path and error.path[-1] == "name":
-        return (f"{error.instance!r} is not an identifier: use letters, digits and `_`, "
-                "not starting with a digit, at most 64 characters")
-    message: str = error.message
-    return message
+    """A message that says what is expected without echoing the value (it may be personal)."""
+    kind, want = error.validator, error.validator_value
+    last = error.path[-1] if error.path else None
+    if kind == "pattern" and last == "project":
+        return ("is not a valid project slug: use lower-case letters, digits and dashes, "
+                "starting with a letter, at most 63 characters")
+    if kind == "pattern" and last == "name":
+        return ("is not an identifier: use letters, digits and `_`, not starting with a "
+                "digit, at most 64 characters")
+    if kind == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed and not k.startswith("x-"))
+        return (f"unexpected key(s) {', '.join(map(repr, extra))} (remove them, or prefix "
+                "extension keys with `x-`)")
+    templates = {
+        "type": lambda: f"must be of type {' or '.join(_list(want))}",
+        "enum": lambda: f"must be one of: {', '.join(map(str, want))}",
+        "required": lambda: error.message,
+        "minItems": lambda: f"must have at least {want} item(s)",
+        "maxItems": lambda: f"must have at most {want} items",
+        "maxLength": lambda: f"must be at most {want} characters",
+        "minimum": lambda: f"must be at least {want}",
+        "maximum": lambda: f"must be at most {want}",
+        "pattern": lambda: f"must match the pattern {want}",
+    }
+    make = templates.get(kind)
+    return str(make()) if make else f"fails the `{kind}` rule of the needs schema"
+
+
+def _list(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def _semantic_problems(needs: Mapping[str, Any]) -> list[Problem]:
@@ -179,7 +200,7 @@ def default_problem(ftype: str, value: object, max_length: int = 255) -> str | N
     hint = {"date": " (ISO 8601, e.g. 2026-01-31)", "datetime": " (ISO 8601, e.g. "
             "2026-01-31T12:00:00)", "string": f" of at most {max_length} characters",
             "integer": " (a whole number that fits in 64 bits)"}
-    return f"default {value!r} is not a valid {ftype}{hint.get(ftype, '')}"
+    return f"default is not a valid {ftype}{hint.get(ftype, '')}"
 
 
 def _parses(parse: Any, value: str) -> bool:

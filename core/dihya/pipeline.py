@@ -11,12 +11,12 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
 
-from dihya.executor import HookExecutor, HookTimeout, InProcessExecutor
+from dihya.executor import HookExecutor, HookTimeout, InProcessExecutor, same_json
 from dihya.needs import Problem, check_needs, validate_code, validate_needs
 from dihya.registry import PluginRecord, RegistrySnapshot
 
@@ -84,6 +84,70 @@ def canonical_sha256(data: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+HookCall = Callable[[PluginRecord, str, tuple[Any, ...], Callable[[Any], list[Problem]] | None],
+                   tuple[bool, Any]]
+
+
+def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: float,
+                on_required_failure: Callable[[str], None]) -> HookCall:
+    """The guarded call of one hook of one plugin, as the pipeline makes it.
+
+    The executor copies the arguments and calls the hook; the return is checked, the call
+    timed and reported in `report`. A failure of a `required` plugin (other than in
+    `on_generation_error`) calls `on_required_failure` with the message.
+    """
+
+    def call(record: PluginRecord, hook: str, args: tuple[Any, ...],
+             check: Callable[[Any], list[Problem]] | None) -> tuple[bool, Any]:
+        t0 = time.perf_counter()
+        status, detail, value = OK, None, None
+        try:
+            value = executor_for(record).call(record, hook, args, timeout)
+            problems = check(value) if check else []
+            if problems:
+                status = INVALID_OUTPUT
+                detail = "; ".join(map(str, problems[:5]))
+        except HookTimeout as exc:
+            status, detail = TIMEOUT, str(exc)
+        except Exception as exc:
+            status, detail = HOOK_FAILED, f"{type(exc).__name__}: {exc}"[:500]
+        ms = (time.perf_counter() - t0) * 1000
+        report.append(HookResult(record.name, hook, status, ms, detail))
+        if status != OK:
+            log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms)
+            if record.required and hook != "on_generation_error":
+                on_required_failure(f"required plugin {record.name!r} {hook}: {status}")
+        return status == OK, value
+
+    return call
+
+
+def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any],
+                          call: HookCall,
+                          accepted: Callable[[dict[str, Any]], None] | None = None,
+                          ) -> dict[str, Any]:
+    """The `before_generation` round: each plugin gets the needs the previous one returned.
+
+    `needs` must be valid (the pipeline checked them, and each accepted return was
+    validated). A return that is exactly the needs the plugin was given (same JSON types
+    and values) is therefore valid and skips the schema validation; any other return is
+    validated in full. `accepted` is told each accepted return as it happens.
+    """
+    for record in records:
+        if "before_generation" in record.hooks:
+            current = needs
+
+            def check(value: Any, current: dict[str, Any] = current) -> list[Problem]:
+                return [] if same_json(value, current) else validate_needs(value)
+
+            ok, value = call(record, "before_generation", (needs,), check)
+            if ok:
+                needs = value
+                if accepted is not None:
+                    accepted(needs)
+    return needs
+
+
 def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None = None,
                    executor_for: ExecutorFor = default_executor,
                    generate: Callable[[dict[str, Any]], dict[str, str]] | None = None,
@@ -110,27 +174,8 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         else:
             runnable.append(record)
 
-    def call(record: PluginRecord, hook: str, args: tuple[Any, ...],
-             check: Callable[[Any], list[Problem]] | None) -> tuple[bool, Any]:
-        t0 = time.perf_counter()
-        status, detail, value = OK, None, None
-        try:
-            value = executor_for(record).call(record, hook, args, timeout)
-            problems = check(value) if check else []
-            if problems:
-                status = INVALID_OUTPUT
-                detail = "; ".join(map(str, problems[:5]))
-        except HookTimeout as exc:
-            status, detail = TIMEOUT, str(exc)
-        except Exception as exc:
-            status, detail = HOOK_FAILED, f"{type(exc).__name__}: {exc}"[:500]
-        ms = (time.perf_counter() - t0) * 1000
-        report.append(HookResult(record.name, hook, status, ms, detail))
-        if status != OK:
-            log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms)
-            if record.required and hook != "on_generation_error":
-                _fail(f"required plugin {record.name!r} {hook}: {status}", "plugin")
-        return status == OK, value
+    call = hook_caller(report, executor_for, timeout,
+                       lambda message: _fail(message, "plugin"))
 
     def _fail(message: str, stage: str, problems: list[Problem] | None = None) -> None:
         for record in runnable:
@@ -139,11 +184,11 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
                 call(record, "on_generation_error", (error, needs), None)
         raise GenerationFailed(stage, message, tuple(report), problems)
 
-    for record in runnable:
-        if "before_generation" in record.hooks:
-            ok, value = call(record, "before_generation", (needs,), validate_needs)
-            if ok:
-                needs = value
+    def accept(value: dict[str, Any]) -> None:
+        nonlocal needs  # what `_fail` hands to on_generation_error
+        needs = value
+
+    needs = run_before_generation(runnable, needs, call, accept)
     code = generate(needs)
     problems = validate_code(code)
     if problems:

@@ -148,6 +148,68 @@ HOOK_SPECS: Final[tuple[HookSpec, ...]] = (
 
 HOOKS_BY_NAME: Final = {spec.name: spec for spec in HOOK_SPECS}
 
+#: Plugin actions: JSON in, JSON out, exposed at
+#: `POST /api/v1/plugins/<plugin>/actions/<action>` behind authentication and the plugin's
+#: ACL. Declared with the `@action(...)` decorator on a method of this signature.
+ACTION_SPEC: Final = HookSpec(
+    name="<action>",
+    args=(HookArg("payload", "dict", "The request body, already validated against the "
+                  "action's `input_schema`. A private copy."),),
+    returns="dict",
+    returns_doc="A JSON object, sent back to the caller as the response body.",
+    summary="A plugin action, declared with `@dihya.action(name, input_schema=...)`. Callers "
+    "with a role the plugin's ACL allows (`developer` or `admin`) call it over HTTP.",
+    validated=(
+        "the request body is validated against `input_schema` before the plugin sees it; "
+        "a violation is a 422 listing every problem with its JSON pointer",
+        "the return value must be a JSON object of at most 1 MiB, else the caller gets a 502",
+        "an exception or a timeout is a 502 for the caller; the backend goes on",
+        "every call is audited (plugin, action, outcome, sizes, duration)",
+    ),
+    example='''@action("shout", input_schema={"type": "object", "required": ["text"],
+                             "properties": {"text": {"type": "string", "maxLength": 100}}})
+def shout(self, payload):
+    return {"text": payload["text"].upper()}''',
+)
+_ACTION_NAME: Final = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_ACTION_ATTR: Final = "__dihya_action__"
+
+
+@attrs.frozen
+class ActionSpec:
+    """One action a plugin declares: its name, method, description and input schema."""
+
+    name: str
+    method: str
+    description: str
+    input_schema: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "input_schema": self.input_schema}
+
+
+def action(name: str, *, input_schema: dict[str, Any], description: str = "") -> Any:
+    """Declare a method as a plugin action (see `ACTION_SPEC`)."""
+
+    def mark(func: Any) -> Any:
+        setattr(func, _ACTION_ATTR, (name, description, input_schema))
+        return func
+
+    return mark
+
+
+def plugin_actions(cls: type) -> dict[str, ActionSpec]:
+    """The actions a plugin class declares, by action name."""
+    found: dict[str, ActionSpec] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            marker = getattr(value, _ACTION_ATTR, None)
+            if marker is not None:
+                name, description, schema = marker
+                found[name] = ActionSpec(name, attr, description, schema)
+    return dict(sorted(found.items()))
+
 _METADATA_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "name": (str,),
     "description": (str,),
@@ -201,6 +263,7 @@ def validate_plugin_class(obj: object, where: str) -> type[GenerationPluginBase]
     for spec in HOOK_SPECS:
         problems.extend(_signature_problems(cls, spec))
     problems.extend(_unknown_hook_problems(cls))
+    problems.extend(_action_problems(cls))
     if problems:
         raise InvalidPluginError(f"{where}: class {qualname}: " + "; ".join(problems))
     return cls
@@ -229,6 +292,42 @@ def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
     return []
 
 
+def _action_problems(cls: type) -> list[str]:
+    import jsonschema
+
+    problems = []
+    seen: dict[str, str] = {}
+    for klass in cls.__mro__:
+        for attr, value in vars(klass).items():
+            marker = getattr(value, _ACTION_ATTR, None)
+            if marker is None or (klass is not cls and attr in vars(cls)):
+                continue
+            name, description, schema = marker
+            where = f"action `{attr}`"
+            if not isinstance(name, str) or not _ACTION_NAME.match(name):
+                problems.append(f"{where}: name {name!r} must match {_ACTION_NAME.pattern}")
+            elif name in seen and seen[name] != attr:
+                problems.append(f"{where}: action name {name!r} is also used by "
+                                f"`{seen[name]}`")
+            seen.setdefault(str(name), attr)
+            if not isinstance(description, str):
+                problems.append(f"{where}: description must be a string")
+            if not isinstance(schema, dict) or schema.get("type") != "object":
+                problems.append(f"{where}: input_schema must be a JSON Schema of an object "
+                                '({"type": "object", ...})')
+            else:
+                try:
+                    jsonschema.Draft202012Validator.check_schema(schema)
+                except jsonschema.SchemaError as exc:
+                    problems.append(f"{where}: input_schema is not a valid JSON Schema: "
+                                    f"{exc.message}")
+            params = list(inspect.signature(value).parameters) if inspect.isfunction(value) else []
+            if params != ["self", "payload"]:
+                problems.append(f"{where}: method `{attr}({', '.join(params)})` has the wrong "
+                                f"signature, expected `def {attr}(self, payload: dict) -> dict`")
+    return problems
+
+
 def _unknown_hook_problems(cls: type) -> list[str]:
     problems = []
     own = {
@@ -236,7 +335,7 @@ def _unknown_hook_problems(cls: type) -> list[str]:
         for klass in cls.__mro__
         if klass is not GenerationPluginBase and klass is not object
         for name, value in vars(klass).items()
-        if callable(value) and not name.startswith("_")
+        if callable(value) and not name.startswith("_") and not hasattr(value, _ACTION_ATTR)
     }
     for name in sorted(own - HOOKS_BY_NAME.keys()):
         close = difflib.get_close_matches(name, HOOKS_BY_NAME, n=1, cutoff=0.8)

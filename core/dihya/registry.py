@@ -17,7 +17,7 @@ from dihya.config import Config, env_disabled
 from dihya.discovery import discover
 from dihya.gate import ACTIVE, FAILED, REFUSED, Verdict, assess_all
 from dihya.loader import Loaded, load_plugins
-from dihya.plugin import GenerationPluginBase
+from dihya.plugin import ActionSpec, GenerationPluginBase
 
 SANDBOX_PENDING = ("sandbox mode is not implemented yet: this plugin runs in the backend "
                    "process with the backend's rights")
@@ -46,6 +46,7 @@ class PluginRecord:
     author: str | None = None
     isolation: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    actions: Mapping[str, ActionSpec] = attrs.field(factory=dict)
     instance: GenerationPluginBase | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -64,6 +65,7 @@ class PluginRecord:
             "safe": self.safe, "priority": self.priority, "entry_point": self.value,
             "description": self.description, "author": self.author,
             "isolation": list(self.isolation), "warnings": list(self.warnings),
+            "actions": [a.to_json() for a in self.actions.values()],
         }
 
 
@@ -90,11 +92,16 @@ class RegistrySnapshot:
 
 
 def build_registry(config: Config, environ: Mapping[str, str] | None = None,
-                   path: Sequence[str] | None = None) -> RegistrySnapshot:
-    """Discover, verify and load: a fresh snapshot for `config`."""
+                   path: Sequence[str] | None = None,
+                   switches: Mapping[str, tuple[str, str]] | None = None) -> RegistrySnapshot:
+    """Discover, verify and load: a fresh snapshot for `config`.
+
+    `switches` maps plugin names to a runtime (reason code, message) from the state store
+    (`disabled-by-admin`, `quarantined`); such plugins are not imported.
+    """
     start = time.perf_counter()
     discovered = discover(config.group, path)
-    verdicts = assess_all(discovered, config, env_disabled(environ), path)
+    verdicts = assess_all(discovered, config, env_disabled(environ), path, switches)
     admitted = [v for v in verdicts if v.admitted]
     loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in admitted])
     records = []
@@ -128,7 +135,7 @@ def _record(verdict: Verdict, status: str, reason: str | None, message: str,
 def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
     cls, entry = loaded.cls, verdict.entry
     meta = {"hooks": loaded.hooks, "safe": cls.safe, "priority": cls.priority,
-            "description": cls.description, "author": cls.author}
+            "description": cls.description, "author": cls.author, "actions": loaded.actions}
     if entry is not None and entry.mode == "in-process" and not cls.safe:
         return _record(verdict, REFUSED, "unsafe-in-process",
                        f"approved in-process but {cls.__qualname__}.safe is False; approve "

@@ -6,7 +6,7 @@ approval's `mode`, so the sandbox plugs in without touching the pipeline.
 
 from __future__ import annotations
 
-from dihya.executor.base import HookExecutor, HookTimeout, json_copy
+from dihya.executor.base import HookExecutor, HookTimeout, json_copy, same_json
 from dihya.executor.inprocess import InProcessExecutor
 
-__all__ = ["HookExecutor", "HookTimeout", "InProcessExecutor", "json_copy"]
+__all__ = ["HookExecutor", "HookTimeout", "InProcessExecutor", "json_copy", "same_json"]

@@ -1,0 +1,181 @@
+"""The shared state store (SQLAlchemy Core): tokens, runtime plugin switches, state version.
+
+A SQLite file by default (WAL mode, no server), PostgreSQL by URL. Every worker and every
+node that shares the store sees the same tokens and switches; the state version counter
+tells them when to rebuild their registry snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+SCHEMA_VERSION: Final = 1
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "dihya_meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+tokens_table = sa.Table(
+    "dihya_tokens", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float, nullable=True),
+)
+
+plugin_state_table = sa.Table(
+    "dihya_plugin_state", metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("disabled", sa.Boolean, nullable=False),
+    sa.Column("reason_code", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("actor", sa.String(64), nullable=True),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
+
+class StoreError(Exception):
+    """The store cannot be reached or has an unknown schema; the message says which."""
+
+
+@attrs.frozen
+class PluginSwitch:
+    """A runtime switch recorded by an admin (or the quarantine)."""
+
+    name: str
+    reason_code: str  # disabled-by-admin | quarantined
+    reason: str | None
+    actor: str | None
+    at: float
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+class Store:
+    """A handle on the store; cheap to share between threads, one per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = _make_engine(url)
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        self.ensure_schema()
+        with self.engine.begin() as conn:
+            yield conn
+
+    def ensure_schema(self) -> None:
+        """Create or check the schema once per process."""
+        if self._ready:
+            return
+        try:
+            with self.engine.begin() as conn:
+                metadata.create_all(conn, checkfirst=True)
+                row = conn.execute(sa.select(meta_table.c.value).where(
+                    meta_table.c.key == "schema_version")).scalar_one_or_none()
+                if row is None:
+                    conn.execute(meta_table.insert().values(key="schema_version",
+                                                            value=str(SCHEMA_VERSION)))
+                elif int(row) > SCHEMA_VERSION:
+                    raise StoreError(f"the store has schema version {row}, newer than this "
+                                     f"dihya-core understands ({SCHEMA_VERSION}); upgrade "
+                                     "dihya-core")
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the state store {self!r}: {exc.__class__.__name__}: "
+                             f"{exc.orig if hasattr(exc, 'orig') else exc}") from exc
+        self._ready = True
+
+    def ping(self) -> bool:
+        try:
+            with self.begin() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except (StoreError, sa.exc.SQLAlchemyError):
+            return False
+        return True
+
+    # -- state version ------------------------------------------------------------------
+
+    def state_version(self) -> int:
+        with self.begin() as conn:
+            value = conn.execute(sa.select(meta_table.c.value).where(
+                meta_table.c.key == "state_version")).scalar_one_or_none()
+        return int(value) if value is not None else 0
+
+    def _bump(self, conn: Connection) -> None:
+        updated = conn.execute(meta_table.update().where(meta_table.c.key == "state_version")
+                               .values(value=sa.cast(sa.cast(meta_table.c.value, sa.Integer) + 1,
+                                                     sa.Text)))
+        if updated.rowcount == 0:
+            conn.execute(meta_table.insert().values(key="state_version", value="1"))
+
+    def bump_state_version(self) -> None:
+        with self.begin() as conn:
+            self._bump(conn)
+
+    # -- runtime plugin switches ---------------------------------------------------------
+
+    def plugin_switches(self) -> dict[str, PluginSwitch]:
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(plugin_state_table).where(
+                plugin_state_table.c.disabled.is_(True))).all()
+        return {r.name: PluginSwitch(r.name, r.reason_code, r.reason, r.actor, r.at)
+                for r in rows}
+
+    def set_plugin_disabled(self, name: str, disabled: bool, reason_code: str = "disabled-by-admin",
+                            reason: str | None = None, actor: str | None = None) -> bool:
+        """Record a switch; returns whether anything changed. Bumps the state version."""
+        with self.begin() as conn:
+            current = conn.execute(sa.select(plugin_state_table).where(
+                plugin_state_table.c.name == name)).first()
+            if current is not None and not disabled and not current.disabled:
+                return False
+            if current is None and not disabled:
+                return False
+            values: Mapping[str, Any] = {"disabled": disabled, "reason_code": reason_code,
+                                         "reason": reason, "actor": actor, "at": time.time()}
+            if current is None:
+                conn.execute(plugin_state_table.insert().values(name=name, **values))
+            else:
+                conn.execute(plugin_state_table.update().where(
+                    plugin_state_table.c.name == name).values(**values))
+            self._bump(conn)
+        return True
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)

@@ -1,0 +1,62 @@
+"""The Flask backend: app factory, blueprints per concern, state in `app.extensions`.
+
+`flask --app dihya.web run` serves it for development; `dihya serve` runs it under
+gunicorn. The config path comes from the argument, else `DIHYA_CONFIG`, else
+`./dihya.toml`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, jsonify
+from flask_limiter import Limiter
+
+from dihya.config import resolve_path
+from dihya.needs import MAX_NEEDS_BYTES
+from dihya.web.api import make_api
+from dihya.web.health import health
+from dihya.web.openapi import openapi
+from dihya.web.problems import install_error_handlers
+from dihya.web.state import DihyaState
+
+__all__ = ["create_app"]
+
+
+def create_app(config_path: str | os.PathLike[str] | None = None,
+               **overrides: Any) -> Flask:
+    """Build a backend app for the config at `config_path`."""
+    app = Flask("dihya.web")
+    app.config.update(MAX_CONTENT_LENGTH=MAX_NEEDS_BYTES, JSON_SORT_KEYS=False,
+                      RATELIMIT_HEADERS_ENABLED=True)
+    app.config.update(overrides)
+    state = DihyaState(resolve_path(config_path))
+    app.extensions["dihya"] = state
+    limiter = Limiter(key_func=lambda: "anonymous", app=app,
+                      storage_uri=state.config.rate_limit_storage, default_limits=[],
+                      headers_enabled=True)
+    app.extensions["dihya.limiter"] = limiter
+
+    @app.before_request
+    def _request_id() -> None:
+        g.request_id = uuid.uuid4().hex
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    install_error_handlers(app)
+    app.register_blueprint(health)
+    app.register_blueprint(openapi)
+    app.register_blueprint(make_api(limiter, state.config.rate_limit))
+
+    @app.get("/")
+    def _index() -> Response:
+        return jsonify({"service": "dihya", "openapi": "/openapi.json"})
+
+    return app

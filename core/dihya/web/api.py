@@ -1,0 +1,228 @@
+"""The `/api/v1` routes: generate, plugin listing and switches, plugin actions.
+
+Thin: each view authenticates, validates its input strictly, calls one core function and
+audits the outcome. Rate limits (per token) apply to generation and actions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any, Final
+
+from flask import Blueprint, Response, g, jsonify, request
+from flask_limiter import Limiter
+
+from dihya.audit import sha256_of
+from dihya.executor import HookTimeout
+from dihya.needs import NeedsError, Problem
+from dihya.pipeline import GenerationFailed, default_executor, run_generation
+from dihya.registry import PluginRecord
+from dihya.web.auth import current_token, require, state
+from dihya.web.problems import ApiProblem
+
+MAX_ACTION_RESULT_BYTES: Final = 1024 * 1024
+GENERATE_BODY: Final = {
+    "type": "object", "required": ["needs"], "additionalProperties": False,
+    "properties": {"needs": {"type": "object"}},
+}
+DISABLE_BODY: Final = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"reason": {"type": "string", "maxLength": 500}},
+}
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def json_body(optional: bool = False) -> Any:
+    """The request's JSON body; 415 for another media type, 400 for malformed JSON."""
+    raw = request.get_data(cache=True)
+    if optional and not raw:
+        return {}
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise ApiProblem(415, "unsupported-media-type", "Unsupported Media Type",
+                         "Send the body as JSON with `Content-Type: application/json`.")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno}, column {exc.colno}" if hasattr(exc, "lineno") else ""
+        raise ApiProblem(400, "malformed-json", "Malformed JSON",
+                         f"The request body is not valid JSON{where}.") from exc
+
+
+def validate_body(schema: dict[str, Any], body: Any) -> None:
+    """422 listing every schema violation of `body`, each with its JSON pointer."""
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(body),
+                    key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise _unprocessable([{"pointer": _pointer(e.absolute_path),
+                               "detail": _schema_detail(e)} for e in errors])
+
+
+def _schema_detail(error: Any) -> str:
+    from dihya.needs import _schema_message
+
+    return _schema_message(error)
+
+
+def _pointer(parts: Any) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def needs_pointer(problem: Problem) -> str:
+    """`$.entities[0].name` -> `/needs/entities/0/name`."""
+    parts: list[str] = ["needs"]
+    for key, index in _PATH_PART.findall(problem.path[1:]):
+        parts.append(key or index)
+    return _pointer(parts)
+
+
+def _unprocessable(errors: list[dict[str, str]]) -> ApiProblem:
+    count = len(errors)
+    return ApiProblem(422, "validation", "Unprocessable Content",
+                      f"{count} problem{'s' if count != 1 else ''} in the request body.",
+                      errors=errors)
+
+
+def _record_or_404(name: str) -> PluginRecord:
+    record = state().snapshot().get(name)
+    if record is None:
+        raise ApiProblem(404, "unknown-plugin", "Unknown plugin",
+                         "No installed plugin has this name; GET /api/v1/plugins lists them.")
+    return record
+
+
+def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
+    """The `/api/v1` blueprint, with its rate limits bound to this app's limiter."""
+    api = Blueprint("api", __name__, url_prefix="/api/v1")
+    per_token = limiter.limit(rate_limit, key_func=lambda: f"token:{g.token.id}")
+
+    @api.post("/generate")
+    @require("developer")
+    @per_token
+    def generate() -> Response:
+        body = json_body()
+        validate_body(GENERATE_BODY, body)
+        token = current_token()
+        st = state()
+        needs_text = json.dumps(body["needs"], sort_keys=True, separators=(",", ":"))
+        audit = {"subject": token.name, "role": token.role, "request_id": g.request_id,
+                 "needs_sha256": sha256_of(needs_text), "needs_bytes": len(needs_text)}
+        try:
+            result = run_generation(body["needs"], st.snapshot(), role=token.role)
+        except NeedsError as exc:
+            st.auditor.record("generation", "invalid", **audit)
+            raise _unprocessable([{"pointer": needs_pointer(p), "detail": p.message}
+                                  for p in exc.problems]) from exc
+        except GenerationFailed as exc:
+            st.auditor.record("generation", "failed", **audit)
+            raise ApiProblem(502, "generation-failed", "Generation failed",
+                             f"The generation could not complete at stage `{exc.stage}`.",
+                             report={"plugins": [h.to_json() for h in exc.plugins]}) from exc
+        code_bytes = sum(len(t.encode("utf-8")) for t in result.files.values())
+        st.auditor.record(
+            "generation", "ok", files=len(result.files), code_bytes=code_bytes,
+            plugins_ok=sum(h.status == "ok" for h in result.plugins),
+            plugins_failed=sum(h.status not in ("ok", "skipped") for h in result.plugins),
+            duration_ms=round(result.ms, 2), **audit)
+        return jsonify({"files": result.files, "report": result.report()})
+
+    @api.get("/plugins")
+    @require("viewer")
+    def list_plugins() -> Response:
+        return jsonify([r.to_json() for r in state().snapshot().records])
+
+    @api.get("/plugins/<name>")
+    @require("viewer")
+    def show_plugin(name: str) -> Response:
+        return jsonify(_record_or_404(name).to_json())
+
+    @api.post("/plugins/<name>/disable")
+    @require("admin")
+    def disable_plugin(name: str) -> Response:
+        _record_or_404(name)
+        body = json_body(optional=True)
+        validate_body(DISABLE_BODY, body)
+        st, token = state(), current_token()
+        st.store.set_plugin_disabled(name, True, "disabled-by-admin", body.get("reason"),
+                                     actor=st.auditor.pseudonym(token.name))
+        record = st.refresh().get(name)
+        st.auditor.record("plugin.disabled", "ok", subject=token.name, role=token.role,
+                          plugin=name, request_id=g.request_id, reason="disabled-by-admin")
+        assert record is not None
+        return jsonify(record.to_json())
+
+    @api.post("/plugins/<name>/enable")
+    @require("admin")
+    def enable_plugin(name: str) -> Response:
+        record = _record_or_404(name)
+        st, token = state(), current_token()
+        if record.reason in ("disabled-by-config", "disabled-by-env"):
+            where = ("the config file (`dihya plugins enable`)" if record.reason ==
+                     "disabled-by-config" else "DIHYA_PLUGINS_DISABLE of the server's process")
+            raise ApiProblem(409, "conflict", "Switched off elsewhere",
+                             f"This plugin is switched off in {where}; an admin switch cannot "
+                             "override it.")
+        st.store.set_plugin_disabled(name, False, actor=st.auditor.pseudonym(token.name))
+        record = st.refresh().get(name)
+        st.auditor.record("plugin.enabled", "ok", subject=token.name, role=token.role,
+                          plugin=name, request_id=g.request_id)
+        assert record is not None
+        return jsonify(record.to_json())
+
+    @api.post("/plugins/<name>/actions/<action_name>")
+    @require("developer")
+    @per_token
+    def call_action(name: str, action_name: str) -> Response:
+        return _call_action(name, action_name)
+
+    return api
+
+
+def _call_action(name: str, action_name: str) -> Response:
+    st, token = state(), current_token()
+    record = _record_or_404(name)
+    spec = record.actions.get(action_name)
+    if spec is None:
+        raise ApiProblem(404, "unknown-action", "Unknown action",
+                         "This plugin has no such action; GET /api/v1/plugins/<name> lists its "
+                         "actions.")
+    audit = {"subject": token.name, "role": token.role, "plugin": name, "action": action_name,
+             "plugin_version": record.version, "request_id": g.request_id}
+    if not record.active:
+        raise ApiProblem(409, "plugin-inactive", "Plugin not active",
+                         f"The plugin is {record.status} ({record.reason}).")
+    if record.roles is not None and token.role not in record.roles:
+        st.auditor.record("acl.denied", "denied", reason="plugin-acl", **audit)
+        raise ApiProblem(403, "forbidden", "Forbidden",
+                         "This plugin's allowlist entry does not let your role run it.")
+    payload = json_body()
+    validate_body(spec.input_schema, payload)
+    start = time.perf_counter()
+    try:
+        result = default_executor(record).call(record, spec.method, (payload,),
+                                               st.config.hook_timeout_s)
+    except HookTimeout as exc:
+        st.auditor.record("plugin.action", "failed", reason="timeout", **audit)
+        raise ApiProblem(502, "plugin-failed", "Plugin action failed",
+                         "The action did not answer within the hook timeout.") from exc
+    except Exception as exc:
+        st.auditor.record("plugin.action", "failed", reason="exception", **audit)
+        raise ApiProblem(502, "plugin-failed", "Plugin action failed",
+                         f"The action raised {type(exc).__name__}.") from exc
+    ms = (time.perf_counter() - start) * 1000
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError):
+        text = None
+    if not isinstance(result, dict) or text is None or len(text) > MAX_ACTION_RESULT_BYTES:
+        st.auditor.record("plugin.action", "invalid", reason="invalid-output", **audit)
+        raise ApiProblem(502, "plugin-failed", "Plugin action failed",
+                         "The action returned something other than a JSON object of at most "
+                         "1 MiB.")
+    st.auditor.record("plugin.action", "ok", duration_ms=round(ms, 2),
+                      code_bytes=len(text), **audit)
+    return Response(text, status=200, mimetype="application/json")

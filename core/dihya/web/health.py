@@ -1,0 +1,26 @@
+"""Health checks for load balancers and orchestrators; no token needed."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+
+health = Blueprint("health", __name__)
+
+
+@health.get("/healthz")
+def healthz() -> Response:
+    """Alive: the process answers."""
+    return jsonify({"status": "ok"})
+
+
+@health.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Ready: config loaded, registry built, store reachable."""
+    state = current_app.extensions["dihya"]
+    snapshot = state.snapshot()
+    store_ok = state.store.ping()
+    checks = {"config": True, "registry": snapshot is not None, "store": store_ok}
+    ready = all(checks.values())
+    body = {"status": "ok" if ready else "unavailable", "checks": checks,
+            "plugins_active": len(snapshot.active) if snapshot else 0}
+    return jsonify(body), 200 if ready else 503

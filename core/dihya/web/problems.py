@@ -1,0 +1,102 @@
+"""Errors as `application/problem+json` (RFC 9457), for every status the API can return.
+
+Bodies carry type, title, status, detail and the request id, and never a stack trace, a
+token or an echo of the request's data.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from flask import Flask, Response, g, json
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("dihya.web")
+
+PROBLEM_TYPE_BASE: Final = "urn:dihya:problem:"
+MEDIA_TYPE: Final = "application/problem+json"
+
+
+class ApiProblem(Exception):
+    """Raise to answer with a problem document."""
+
+    def __init__(self, status: int, slug: str, title: str, detail: str,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(status: int, slug: str, title: str, detail: str,
+                     headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status,
+                            "detail": detail}
+    request_id = g.get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extra)
+    response = Response(json.dumps(body), status=status, mimetype=MEDIA_TYPE)
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+_SLUGS: Final = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
+                 405: "method-not-allowed", 409: "conflict", 413: "payload-too-large",
+                 415: "unsupported-media-type", 422: "validation", 429: "rate-limited",
+                 500: "internal", 502: "plugin-failed", 503: "unavailable"}
+
+_DETAILS: Final = {
+    404: "No such resource; see /openapi.json for the routes.",
+    405: "This method is not allowed on this resource; see the Allow header.",
+    413: "The request body is larger than 1 MiB.",
+    429: "Too many requests for this token; retry after the number of seconds in Retry-After.",
+}
+
+
+def install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiProblem)
+    def _api_problem(exc: ApiProblem) -> Response:
+        return problem_response(exc.status, exc.slug, exc.title, exc.detail, exc.headers,
+                                **exc.extra)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        headers = {}
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            headers["Allow"] = exc.get_response().headers["Allow"]
+        if status == 429:
+            retry = _retry_after(exc)
+            headers["Retry-After"] = str(retry)
+        detail = _DETAILS.get(status) or (exc.description or exc.name)
+        return problem_response(status, _SLUGS.get(status, "http-error"), exc.name, detail,
+                                headers)
+
+    @app.errorhandler(Exception)
+    def _internal(exc: Exception) -> Response:
+        # The type and where, never the message (it may carry request data) or a trace
+        # in the response.
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
+        log.error("internal error %s at %s request_id=%s", type(exc).__name__, where,
+                  g.get("request_id"))
+        return problem_response(500, "internal", "Internal Server Error",
+                                "The server failed to answer; the request id identifies it "
+                                "in the server's log.")
+
+
+def _retry_after(exc: HTTPException) -> int:
+    limit = getattr(exc, "limit", None)
+    try:
+        seconds = int(limit.limit.get_expiry()) if limit is not None else 60
+    except Exception:
+        seconds = 60
+    return max(1, seconds)

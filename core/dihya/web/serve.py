@@ -1,0 +1,61 @@
+"""Run the backend under gunicorn (`dihya serve`).
+
+Each worker builds its own app and registry (no preloading): plugin code is imported in
+the worker that runs it, after the gate, never in the arbiter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+
+class DihyaServer(BaseApplication):  # type: ignore[misc]
+    """A gunicorn application whose workers call `create_app(config_path)`."""
+
+    def __init__(self, config_path: str, options: dict[str, Any]) -> None:
+        self.config_path = config_path
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from dihya.web import create_app
+
+        configure_logging()
+        return create_app(self.config_path)
+
+
+def configure_logging() -> None:
+    """Audit events as bare JSON lines, other core messages prefixed, all on stderr."""
+    import logging
+    import sys
+
+    audit = logging.getLogger("dihya.audit")
+    if not audit.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        audit.addHandler(handler)
+        audit.setLevel(logging.INFO)
+        audit.propagate = False
+    core = logging.getLogger("dihya")
+    if not core.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        core.addHandler(handler)
+        core.setLevel(logging.INFO)
+
+
+def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 60) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM stop gracefully)."""
+    DihyaServer(config_path, {
+        "bind": f"{host}:{port}", "workers": workers, "timeout": timeout,
+        "accesslog": "-", "errorlog": "-", "loglevel": "info",
+        # The access log never shows query strings or headers (they may carry data).
+        "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
+        "proc_name": "dihya",
+    }).run()

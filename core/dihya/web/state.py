@@ -1,0 +1,67 @@
+"""What one backend app holds: config, store, auditor and the current registry snapshot.
+
+Lives in `app.extensions["dihya"]`, never in module globals. The snapshot is replaced, not
+changed: a request takes a reference once and works on it to the end. The store's state
+version is checked at most every `version_ttl_s`; when another worker or node changed a
+switch, this worker rebuilds its snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from dihya.audit import Auditor
+from dihya.config import Config, load_config
+from dihya.registry import RegistrySnapshot, build_registry
+from dihya.store import Store
+
+
+class DihyaState:
+    """Per-app state of the backend; thread-safe."""
+
+    def __init__(self, config_path: Path, version_ttl_s: float = 0.5) -> None:
+        self.config_path = config_path
+        self.config: Config = load_config(config_path)
+        self.store = Store(self.config.effective_store_url)
+        self.store.ensure_schema()
+        self.auditor = Auditor(self.config.audit_key)
+        self.version_ttl_s = version_ttl_s
+        self._lock = threading.Lock()
+        self._checked_at = 0.0
+        self._version = self.store.state_version()
+        self._snapshot = self._build()
+
+    def _build(self) -> RegistrySnapshot:
+        switches = {name: (s.reason_code, _switch_message(s.reason_code, s.reason))
+                    for name, s in self.store.plugin_switches().items()}
+        return build_registry(self.config, environ=os.environ, switches=switches)
+
+    def snapshot(self) -> RegistrySnapshot:
+        """The current snapshot, rebuilt first if the shared state version moved."""
+        now = time.monotonic()
+        if now - self._checked_at >= self.version_ttl_s:
+            with self._lock:
+                if now - self._checked_at >= self.version_ttl_s:
+                    version = self.store.state_version()
+                    if version != self._version:
+                        self._snapshot = self._build()
+                        self._version = version
+                    self._checked_at = time.monotonic()
+        return self._snapshot
+
+    def refresh(self) -> RegistrySnapshot:
+        """Rebuild now (after this worker changed a switch)."""
+        with self._lock:
+            self._version = self.store.state_version()
+            self._snapshot = self._build()
+            self._checked_at = time.monotonic()
+            return self._snapshot
+
+
+def _switch_message(code: str, reason: str | None) -> str:
+    what = {"disabled-by-admin": "disabled by an admin", "quarantined": "quarantined"}
+    text = what.get(code, code)
+    return f"{text}: {reason}" if reason else text
