@@ -6,6 +6,7 @@ failed verification), 2 usage (bad arguments, malformed config, non-empty OUTDIR
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
@@ -36,8 +37,8 @@ from dihya.config import (
     write_document,
 )
 from dihya.discovery import DiscoveredPlugin, discover
-from dihya.fingerprint import FingerprintError, fingerprint_wheel, inspect_installed
-from dihya.gate import FAILED, REFUSED, inspect_files, resolution_problem
+from dihya.fingerprint import FingerprintError, fingerprint_wheel
+from dihya.gate import FAILED, REFUSED, dependency_problems, inspect_files, resolution_problem
 from dihya.registry import RegistrySnapshot, build_registry
 from dihya.store import Store, StoreError
 
@@ -57,12 +58,18 @@ class Usage(click.ClickException):
 @attrs.define
 class State:
     config_path: Path
+    warned: bool = False
 
     def config(self) -> Config:
         try:
-            return load_config(self.config_path)
+            config = load_config(self.config_path)
         except ConfigError as exc:
             raise Usage(str(exc)) from exc
+        if not config.exists and not self.warned:
+            self.warned = True
+            click.echo(f"warning: config file {self.config_path} does not exist: no plugin is "
+                       "approved (pass --config or set DIHYA_CONFIG)", err=True)
+        return config
 
     def registry(self) -> RegistrySnapshot:
         config = self.config()
@@ -71,7 +78,9 @@ class State:
         if store is not None:
             switches = {n: (s.reason_code, f"{s.reason_code}: {s.reason or ''}".rstrip(": "))
                         for n, s in store.plugin_switches().items()}
-        return build_registry(config, switches=switches)
+        # Plugins' import-time prints must not corrupt what this command prints.
+        with contextlib.redirect_stdout(sys.stderr):
+            return build_registry(config, switches=switches)
 
     def store(self, config: Config | None = None, create: bool = False) -> Store | None:
         """The state store, if it exists (or `create`); None for a config-only setup."""
@@ -184,16 +193,14 @@ def fingerprint(state: State, target: str) -> None:
             raise CheckFailed(str(exc)) from exc
         return
     plugin = _find(state, target)
-    if plugin.dist_info is None:
-        raise CheckFailed(f"{plugin.distribution} has no installed files to fingerprint")
-    try:
-        files = inspect_installed(plugin.dist_info)
-    except FingerprintError as exc:
-        raise CheckFailed(str(exc)) from exc
+    files, problem = inspect_files(plugin)
+    if files is None:
+        reason, message = problem or ("missing-file", "no files")
+        raise CheckFailed(f"cannot fingerprint {target!r} ({reason}): {message}")
     click.echo(files.fingerprint)
-    if files.missing or files.unlisted:
-        raise CheckFailed(f"{target}: missing {list(files.missing)}, unlisted "
-                          f"{list(files.unlisted)}: this install would be refused")
+    if problem is not None:
+        raise CheckFailed(f"{target}: {problem[1]}: this install would be refused "
+                          f"({problem[0]})")
 
 
 def _find(state: State, name: str) -> DiscoveredPlugin:
@@ -232,21 +239,30 @@ def _parse_roles(_ctx: click.Context, _param: click.Parameter,
 
 @plugins.command("approve")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--mode", type=click.Choice(MODES), default="sandbox", show_default=True,
-              help="Where the plugin runs; in-process only for classes that say safe = True.")
+@click.option("--mode", type=click.Choice(MODES), default=None,
+              help="Where the plugin runs (default: sandbox, or what a previous approval "
+                   "said); in-process only for classes that say safe = True.")
 @click.option("--roles", callback=_parse_roles,
-              help="Comma-separated roles for whom the plugin may run (default: every role).")
-@click.option("--required", is_flag=True, help="A failure of this plugin fails the generation.")
+              help="Comma-separated roles for whom the plugin may run (default: every role, "
+                   "or what a previous approval said).")
+@click.option("--required/--not-required", default=None,
+              help="Whether a failure of this plugin fails the generation (default: no, or "
+                   "what a previous approval said).")
 @pass_state
-def approve(state: State, names: tuple[str, ...], mode: str,
-            roles: tuple[str, ...] | None, required: bool) -> None:
+def approve(state: State, names: tuple[str, ...], mode: str | None,
+            roles: tuple[str, ...] | None, required: bool | None) -> None:
     """Approve installed plugins as they are now (records name, version, fingerprint).
 
-    All or nothing: if one NAME cannot be approved, the config is left unchanged.
+    Each plugin is loaded once in a separate, isolated process to check its class and
+    hooks before it is approved. Re-approving keeps the previous mode, roles, required and
+    on/off switch unless options say otherwise. All or nothing: if one NAME cannot be
+    approved, the config is left unchanged.
     """
-    group = state.config().group
+    config = state.config()
+    group = config.group
     found = discover(group)
     entries = []
+    notes = []
     for name in dict.fromkeys(names):
         matches = [p for p in found if p.name == name]
         if not matches:
@@ -262,16 +278,29 @@ def approve(state: State, names: tuple[str, ...], mode: str,
         outside = resolution_problem(plugin, files)
         if outside:
             raise CheckFailed(f"cannot approve {name!r} (outside-distribution): {outside}")
-        if mode == "in-process":
-            _require_safe(plugin, files.fingerprint)
-        entries.append(AllowEntry(name=name, distribution=plugin.distribution,
-                                  version=plugin.version, fingerprint=files.fingerprint,
-                                  mode=mode,  # type: ignore[arg-type]
-                                  roles=roles, required=required))
+        missing = dependency_problems(plugin)
+        if missing:
+            raise CheckFailed(f"cannot approve {name!r} (missing-dependency): "
+                              f"{'; '.join(missing)}")
+        previous = config.entries_for(name)
+        chosen_mode = mode or (previous[0].mode if previous else "sandbox")
+        _check_class(plugin, files.fingerprint, chosen_mode)
+        for old in previous:
+            if old.fingerprint != files.fingerprint:
+                notes.append(f"note: {name}'s files changed since the previous approval "
+                             f"({old.version} {old.fingerprint[:19]}… -> {plugin.version} "
+                             f"{files.fingerprint[:19]}…)")
+        entries.append(AllowEntry(
+            name=name, distribution=plugin.distribution, version=plugin.version,
+            fingerprint=files.fingerprint, mode=chosen_mode,  # type: ignore[arg-type]
+            roles=roles if roles is not None else (previous[0].roles if previous else None),
+            required=required if required is not None else any(e.required for e in previous)))
     with _editing(state) as doc:
         for entry in entries:
             upsert_allow(doc, entry)
     auditor = state.auditor()
+    for note in notes:
+        click.echo(note, err=True)
     for e in entries:
         click.echo(f"approved {e.name} ({e.distribution} {e.version}) {e.fingerprint} "
                    f"mode={e.mode}")
@@ -279,14 +308,15 @@ def approve(state: State, names: tuple[str, ...], mode: str,
                        plugin_version=e.version, plugin_fingerprint=e.fingerprint)
 
 
-def _require_safe(plugin: DiscoveredPlugin, fp: str) -> None:
+def _check_class(plugin: DiscoveredPlugin, fp: str, mode: str) -> None:
+    """Load the plugin in an isolated child process and check its class."""
     from dihya.introspect import introspect
 
     try:
         meta = introspect(plugin.group, plugin.name, fp)
     except RuntimeError as exc:
-        raise CheckFailed(f"cannot approve {plugin.name!r} in-process: {exc}") from exc
-    if meta.get("safe") is not True:
+        raise CheckFailed(f"cannot approve {plugin.name!r}: {exc}") from exc
+    if mode == "in-process" and meta.get("safe") is not True:
         raise CheckFailed(f"cannot approve {plugin.name!r} in-process: its class says "
                           "safe = False; approve it with --mode sandbox")
 
@@ -347,6 +377,8 @@ def disable(state: State, name: str, reason: str | None) -> None:
 def verify(state: State, as_json: bool) -> None:
     """Check every allowlisted plugin; exit 1 if one is refused, failed or missing."""
     snapshot = state.registry()
+    if not snapshot.config.exists:
+        raise CheckFailed(f"nothing to verify: {state.config_path} does not exist")
     rows = []
     for entry in snapshot.config.allow:
         record = snapshot.get(entry.name)
@@ -390,7 +422,8 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, as_json:
     snapshot = state.registry()
     emit: Callable[[dict[str, Any]], None] = _echo_json if as_json else _echo_report
     try:
-        result = run_generation(needs, snapshot)
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_generation(needs, snapshot)
     except NeedsError as exc:
         emit({"error": "invalid-needs", "problems": [attrs.asdict(p) for p in exc.problems]})
         raise CheckFailed(f"{needs_file}: {len(exc.problems)} problem(s) in the needs") from exc

@@ -282,17 +282,16 @@ def upsert_allow(doc: TOMLDocument, entry: AllowEntry) -> None:
     }
     if entry.roles is not None:
         values["roles"] = list(entry.roles)
-    values["enabled"] = entry.enabled
     values["required"] = entry.required
     for table in allow:
         if table.get("name") == entry.name:
+            # a re-approval keeps the operator's on/off switch and its reason
             for key, value in values.items():
                 table[key] = value
             if entry.roles is None and "roles" in table:
                 del table["roles"]
-            if "disabled_reason" in table:
-                del table["disabled_reason"]
             return
+    values["enabled"] = entry.enabled
     table = tomlkit.table()
     for key, value in values.items():
         table[key] = value

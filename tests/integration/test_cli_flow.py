@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.wheels import build_plugin_wheel, plugin_source
+from support.wheels import build_plugin_wheel, build_wheel, plugin_source
 
 ROOT = Path(__file__).resolve().parents[2]
 TODO = ROOT / "examples" / "needs" / "todo.json"
@@ -206,17 +206,29 @@ def test_safe_plugin_approved_in_process(backend, tmp_path: Path) -> None:
 
 def test_missing_dependency_names_the_requirement(backend, tmp_path: Path) -> None:
     with extra_plugin(backend, tmp_path, "needy", requires=["dihya-core", "leftpad-xyz>=2"]):
+        refused = backend.dihya("plugins", "approve", "needy")
+        assert refused.returncode == 1
+        assert "missing-dependency" in refused.stderr and "leftpad-xyz>=2" in refused.stderr
+        dep = build_wheel(tmp_path / "dep", "leftpad-xyz", "2.0", {"leftpad_xyz.py": "X = 1\n"},
+                          {}, requires=())
+        backend.pip("--no-deps", str(dep))
         assert backend.dihya("plugins", "approve", "needy").returncode == 0
+        assert backend.rows()["needy"]["status"] == "active"
+        subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
+                        "leftpad-xyz"], check=True)
         row = backend.rows()["needy"]
         assert (row["status"], row["reason"]) == ("failed", "missing-dependency")
-        assert "leftpad-xyz>=2" in row["message"]
+        assert "leftpad-xyz>=2" in row["message"] and "not installed" in row["message"]
         assert backend.dihya("plugins", "verify").returncode == 1
 
 
 def test_failing_import_code_is_contained(backend, tmp_path: Path) -> None:
-    source = "raise RuntimeError('broken at import')\n" + plugin_source("boom")
+    trigger = tmp_path / "break-now"
+    source = (f"import os\nif os.path.exists({str(trigger)!r}):\n"
+              "    raise RuntimeError('broken at import')\n" + plugin_source("boom"))
     with extra_plugin(backend, tmp_path, "boom", source=source):
         assert backend.dihya("plugins", "approve", "boom", *BUNDLED).returncode == 0
+        trigger.touch()  # the plugin breaks after approval (an outage, a bad deploy...)
         rows = backend.rows()
         assert (rows["boom"]["status"], rows["boom"]["reason"]) == ("failed", "import-error")
         report = backend.json("generate", str(TODO), "-o", str(backend.home / "o"), "--json")
@@ -241,6 +253,37 @@ def test_editable_install_is_refused(backend, tmp_path: Path) -> None:
     finally:
         subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
                         "dihya-plugin-editme"], check=True)
+
+
+def test_approval_checks_the_class_in_a_child_process(backend, tmp_path: Path) -> None:
+    body = "\ndef befor_generation(self, needs):\n    return needs\n"
+    marker = tmp_path / "imported-in"
+    source = (f"import os\nopen({str(marker)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
+              + plugin_source("typo", body=body))
+    with extra_plugin(backend, tmp_path, "typo", source=source):
+        result = backend.dihya("plugins", "approve", "typo")
+        assert result.returncode == 1
+        assert "befor_generation" in result.stderr and "before_generation" in result.stderr
+        assert "typo" not in backend.config.read_text()
+        assert len(marker.read_text().split()) == 1  # imported once, in the child
+
+
+def test_reapproval_keeps_the_operators_choices(backend) -> None:
+    assert backend.dihya("plugins", "approve", "example", "--roles", "admin",
+                         "--required").returncode == 0
+    assert backend.dihya("plugins", "disable", "example", "--reason", "audit").returncode == 0
+    assert backend.dihya("plugins", "approve", "example").returncode == 0
+    row = backend.rows()["example"]
+    assert (row["status"], row["roles"], row["required"]) == ("disabled", ["admin"], True)
+    assert "audit" in row["message"]
+
+
+def test_missing_config_is_reported(backend) -> None:
+    missing = backend.home / "typo.toml"
+    listed = backend.dihya("plugins", "list", "--json", config=missing)
+    assert listed.returncode == 0 and "does not exist" in listed.stderr
+    verify = backend.dihya("plugins", "verify", config=missing)
+    assert verify.returncode == 1 and "nothing to verify" in verify.stderr
 
 
 def test_help_and_version(backend) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -57,32 +58,17 @@ def _json_copy_any(value: Any) -> Any:
 
 
 def same_json(a: Any, b: Any) -> bool:
-    """True when `a` and `b` are the same JSON document with the same Python types.
+    """True when `a` and `b` are the same data with exactly the same Python types.
 
-    Stricter than `==` (which says `1 == 1.0 == True`): a value that passes is valid
-    wherever the other one is.
+    Stricter than `==` (which says `1 == 1.0 == True` and ignores dict order): compares
+    their `marshal` encodings, which record each value's exact type; subclasses and
+    objects marshal cannot encode give False. Equal encodings load to equal values, so a
+    value that passes validates exactly as the other one does.
     """
-    kind = type(a)
-    if kind is not type(b):
+    try:
+        return marshal.dumps(a) == marshal.dumps(b)
+    except (ValueError, TypeError, RecursionError):
         return False
-    if kind is dict:
-        if len(a) != len(b):
-            return False
-        for k, v in a.items():
-            if type(k) is not str or k not in b:
-                return False
-            w = b[k]
-            if v is not w and not same_json(v, w):
-                return False
-        return all(type(k) is str for k in b)
-    if kind is list:
-        return len(a) == len(b) and all(
-            v is w or same_json(v, w) for v, w in zip(a, b, strict=True))
-    if kind is float:
-        return bool(a == b)  # NaN is never the same: it is validated in full
-    if kind in _ATOM_TYPES:
-        return bool(a == b)
-    return False
 
 
 def _key(key: Any) -> str:

@@ -23,6 +23,11 @@ Feature
 Hooks
     ``after_generation(code, needs) -> code`` only.
 
+Actions
+    ``preview`` (``POST /api/v1/plugins/markdown-docs/actions/preview`` with
+    ``{"needs": {...}}``): the two documents ``after_generation`` would write for those
+    needs, rendered to sanitised HTML, with their tables of contents.
+
 Dependencies
     ``dihya-core`` (``>=0.1,<0.2``) and ``markdown-it-py`` (``>=3,<5``).
 
@@ -38,4 +43,4 @@ from dihya_plugin_markdown_docs.markdown import MarkdownCheckError
 from dihya_plugin_markdown_docs.plugin import MarkdownDocsPlugin, document
 
 __all__ = ["MarkdownCheckError", "MarkdownDocsPlugin", "build_api", "build_readme", "document"]
-__version__ = "1.0.0"
+__version__ = "1.1.0"

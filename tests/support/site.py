@@ -1,19 +1,17 @@
-"""Fixtures for core unit tests: real wheels installed into a private site directory."""
+"""A private site directory that real plugin wheels are pip-installed into, for tests."""
 
 from __future__ import annotations
 
 import itertools
 import sys
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
+from support.wheels import build_plugin_wheel, pip_install
 
 from dihya.config import AllowEntry, Config
 from dihya.discovery import discover
 from dihya.gate import inspect_files
-from support.wheels import build_plugin_wheel, pip_install
 
 _counter = itertools.count()
 
@@ -54,25 +52,3 @@ class PluginSite:
     def config(self, *entries: AllowEntry, timeout: float = 2.0) -> Config:
         return Config(path=self.root / "dihya.toml", exists=False, hook_timeout_s=timeout,
                       allow=entries)
-
-
-@pytest.fixture
-def plugin_site(tmp_path: Path) -> Iterator[PluginSite]:
-    site = PluginSite(tmp_path)
-    sys.path.insert(0, str(site.site))
-    try:
-        yield site
-    finally:
-        sys.path.remove(str(site.site))
-
-
-@pytest.fixture
-def needs() -> dict:
-    return {
-        "project": "shop",
-        "stack": "flask-api",
-        "entities": [{"name": "Item", "fields": [{"name": "label", "type": "string"}]}],
-    }
-
-
-Factory = Callable[..., Path]

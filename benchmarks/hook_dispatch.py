@@ -1,0 +1,240 @@
+"""Benchmark: one `before_generation(needs)` dispatch to N no-op plugins, core vs pluggy.
+
+Sets up N real synthetic plugin wheels (tests/support/wheels.py, pass-through hooks),
+installed into a temporary site directory and loaded by the core's own `build_registry`,
+then times, interleaved (A, B, C, A, B, C...), one call of the hook to every plugin:
+
+  A. core, bare: the executor's call loop, `InProcessExecutor.call` for each active plugin
+     (deep copy of the arguments, the call, the timing check);
+  B. core, guarded: the pipeline's real round (`pipeline.run_before_generation` through
+     `pipeline.hook_caller`): copy + call + validation of each return + timing + report;
+  C. pluggy: `PluginManager` with N implementations of the hookspec
+     `before_generation(needs)`, called as `pm.hook.before_generation(needs=...)`.
+
+If pluggy or the core is missing here, the script makes a temporary venv with both and
+runs itself there.
+
+    python benchmarks/hook_dispatch.py [--plugins N] [--repeat R] [--calls C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import build_core_wheel, make_venv, print_machine, summary, table, verdict
+
+from support.wheels import build_plugin_wheel, pip_install
+
+TARGET = 1.0
+NEEDS: dict[str, Any] = {
+    "project": "shop",
+    "stack": "flask-api",
+    "entities": [
+        {"name": "Item", "fields": [{"name": "label", "type": "string", "max_length": 80},
+                                    {"name": "price", "type": "float"}]},
+        {"name": "Order", "fields": [{"name": "placed", "type": "datetime"}]},
+    ],
+}
+
+
+def reexec_in_venv(argv: list[str]) -> None:
+    """Run this script again in a temporary venv holding the core and pluggy."""
+    tmp = Path(tempfile.mkdtemp(prefix="dihya-bench-hooks-venv-"))
+    try:
+        core = build_core_wheel(tmp / "wheels")
+        python = make_venv(tmp / "venv", [str(core), "pluggy>=1.5"])
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        code = subprocess.run([str(python), __file__, "--in-venv", *argv], env=env).returncode
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    raise SystemExit(code)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plugins", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=200,
+                        help="measured samples per side (each the mean of --calls calls)")
+    parser.add_argument("--calls", type=int, default=50, help="dispatches per sample")
+    parser.add_argument("--in-venv", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    missing = [m for m in ("dihya", "pluggy") if importlib.util.find_spec(m) is None]
+    if missing and not args.in_venv:
+        print(f"{', '.join(missing)} not importable here: running in a temporary venv")
+        reexec_in_venv(sys.argv[1:])
+    print_machine()
+    tmp = Path(tempfile.mkdtemp(prefix="dihya-bench-hooks-"))
+    try:
+        bench(tmp, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def core_records(tmp: Path, count: int) -> tuple[list[Any], float]:
+    """N active plugin records, from real wheels, through discover/gate/load."""
+    from dihya.config import AllowEntry, Config
+    from dihya.discovery import discover
+    from dihya.gate import inspect_files
+    from dihya.registry import build_registry
+
+    site = tmp / "site"
+    names = [f"hookbench{i:03d}" for i in range(count)]
+    wheels = [build_plugin_wheel(tmp / "wheels", name) for name in names]
+    pip_install(sys.executable, *map(str, wheels), target=site)
+    path = [str(site), *sys.path]
+    sys.path.insert(0, str(site))
+    entries = []
+    for plugin in discover(path=path):
+        if plugin.name in names:
+            files, problem = inspect_files(plugin)
+            assert files is not None and problem is None, problem
+            entries.append(AllowEntry(name=plugin.name, distribution=plugin.distribution,
+                                      version=plugin.version, fingerprint=files.fingerprint,
+                                      mode="in-process"))
+    config = Config(path=tmp / "dihya.toml", exists=False, allow=tuple(entries))
+    snapshot = build_registry(config, path=path)
+    active = [r for r in snapshot.active if r.name in names]
+    if len(active) != count:
+        raise SystemExit(f"{len(active)} of {count} plugins active: "
+                         f"{[r.message for r in snapshot.records if not r.active][:3]}")
+    return active, snapshot.config.hook_timeout_s
+
+
+def pluggy_manager(count: int) -> Any:
+    import pluggy
+
+    spec = pluggy.HookspecMarker("bench")
+    impl = pluggy.HookimplMarker("bench")
+
+    class Spec:
+        @spec
+        def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
+            """Return the needs."""
+            raise NotImplementedError
+
+    pm = pluggy.PluginManager("bench")
+    pm.add_hookspecs(Spec)
+    for i in range(count):
+        cls = type(f"P{i}", (), {
+            "before_generation": impl(lambda self, needs: needs),
+        })
+        pm.register(cls(), name=f"p{i}")
+    return pm
+
+
+def bench(tmp: Path, args: argparse.Namespace) -> None:
+    from dihya.executor import InProcessExecutor
+    from dihya.needs import check_needs, validate_needs
+    from dihya.pipeline import HookResult, hook_caller, run_before_generation
+
+    records, timeout = core_records(tmp, args.plugins)
+    needs = check_needs(NEEDS)
+    executor = InProcessExecutor()
+    pm = pluggy_manager(args.plugins)
+    hook = pm.hook.before_generation
+
+    def bare() -> None:
+        call = executor.call
+        for record in records:
+            call(record, "before_generation", (needs,), timeout)
+
+    def on_fail(message: str) -> None:
+        raise RuntimeError(message)
+
+    report: list[HookResult] = []
+
+    def guarded() -> None:
+        report.clear()
+        call = hook_caller(report, lambda _record: executor, timeout, on_fail)
+        run_before_generation(records, needs, call)
+
+    def plug() -> None:
+        hook(needs=needs)
+
+    def revalidate() -> None:
+        # The round when every return is validated in full (a plugin that changed the
+        # needs; before the fast path, every round): the cost of the schema check.
+        report.clear()
+        call = hook_caller(report, lambda _record: executor, timeout, on_fail)
+        for record in records:
+            call(record, "before_generation", (needs,), validate_needs)
+
+    # Sanity: every side reaches every plugin, the guarded round reports them all ok.
+    guarded()
+    assert [h.status for h in report] == ["ok"] * args.plugins, report
+    assert len(hook(needs=needs)) == args.plugins
+    sides = {"bare": bare, "guarded": guarded, "pluggy": plug, "revalidate": revalidate}
+    samples: dict[str, list[float]] = {k: [] for k in sides}
+    counts = {k: args.calls for k in sides}
+    counts["revalidate"] = max(1, args.calls // 25)  # ~100x slower: fewer calls per sample
+    for _ in range(max(5, args.repeat // 10)):  # warm-up
+        for fn in sides.values():
+            fn()
+    for _ in range(args.repeat):
+        for key, fn in sides.items():
+            calls = counts[key]
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[key].append((time.perf_counter() - start) / calls)
+
+    s = {k: summary(v) for k, v in samples.items()}
+    us = lambda x: f"{x * 1e6:.2f}"  # noqa: E731
+    print(f"== one before_generation(needs) dispatch to {args.plugins} no-op plugins "
+          f"(µs per dispatch; {args.repeat} interleaved samples of {args.calls} calls each)")
+    rows = []
+    labels = {"bare": "A  core bare (executor.call: copy + call)",
+              "guarded": "B  core guarded (pipeline round)",
+              "pluggy": "C  pluggy pm.hook.before_generation",
+              "revalidate": "   core guarded, every return re-validated"}
+    for key, label in labels.items():
+        rows.append([label, us(s[key]["median"]), us(s[key]["p90"]), us(s[key]["p99"]),
+                     us(s[key]["min"]), f"{s[key]['median'] / s['pluggy']['median']:.2f}x"])
+    print(table(["side", "median", "p90", "p99", "min", "vs pluggy"], rows))
+    for key in ("bare", "guarded"):
+        ratio = s[key]["median"] / s["pluggy"]["median"]
+        print(f"{key:>7}: target <= {TARGET}x pluggy: {verdict(ratio, TARGET)}")
+    print(f"per plugin: bare {s['bare']['median'] * 1e6 / args.plugins:.2f} µs, guarded "
+          f"{s['guarded']['median'] * 1e6 / args.plugins:.2f} µs, pluggy "
+          f"{s['pluggy']['median'] * 1e6 / args.plugins:.2f} µs")
+    breakdown(needs, samples, args.plugins)
+
+
+def breakdown(needs: dict[str, Any], samples: dict[str, list[float]], count: int) -> None:
+    """What one plugin's share of the guarded round costs, piece by piece."""
+    from dihya.executor import json_copy, same_json
+    from dihya.needs import validate_needs
+
+    copy = json_copy(needs)
+
+    def each(fn: Any, n: int = 2000) -> float:
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.perf_counter() - start) / n)
+        return best
+
+    rows = [
+        ["json_copy(needs)", each(lambda: json_copy(needs))],
+        ["same_json(returned, given) (fast path)", each(lambda: same_json(copy, needs))],
+        ["validate_needs(returned) (full schema, if changed)",
+         each(lambda: validate_needs(copy), 200)],
+        ["time.perf_counter() x2", each(lambda: (time.perf_counter(), time.perf_counter()))],
+    ]
+    print("\n== pieces, per plugin call (µs, best of 5)")
+    print(table(["piece", "µs"], [[r[0], f"{r[1] * 1e6:.2f}"] for r in rows]))
+
+
+if __name__ == "__main__":
+    main()
