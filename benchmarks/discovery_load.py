@@ -105,12 +105,13 @@ if sys.argv[2] == "phases":
 t3 = time.perf_counter()
 snapshot = registry.build_registry(config)
 t4 = time.perf_counter()
+first = dict(phases)  # the phases of the first build only
 again = registry.build_registry(config)
 t5 = time.perf_counter()
 assert all(r.active for r in snapshot.records), [r.message for r in snapshot.records]
 print(json.dumps({"imports": t1 - t0, "cli_imports": t1b - t1, "config": t2 - t1c,
                   "build": t4 - t3,
-                  "rebuild": t5 - t4, "active": len(snapshot.active), **phases}))
+                  "rebuild": t5 - t4, "active": len(snapshot.active), **first}))
 """
 
 STEVEDORE_PROBE = f"""\

@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from typing import Any, ClassVar, Final
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, TypeVar
 
 import attrs
 from packaging.version import InvalidVersion, Version
@@ -19,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 HOOK_API_VERSION: Final = "1.0"
 
 JSON = Any
+_F = TypeVar("_F", bound=Callable[..., Any])
 Needs = dict[str, Any]
 Code = dict[str, str]
 
@@ -189,10 +191,11 @@ class ActionSpec:
                 "input_schema": self.input_schema}
 
 
-def action(name: str, *, input_schema: dict[str, Any], description: str = "") -> Any:
+def action(name: str, *, input_schema: dict[str, Any],
+           description: str = "") -> Callable[[_F], _F]:
     """Declare a method as a plugin action (see `ACTION_SPEC`)."""
 
-    def mark(func: Any) -> Any:
+    def mark(func: _F) -> _F:
         setattr(func, _ACTION_ATTR, (name, description, input_schema))
         return func
 

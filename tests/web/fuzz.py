@@ -117,7 +117,9 @@ def schemathesis(base: str, token: str, args: argparse.Namespace, env: dict[str,
         "--max-examples", str(args.max_examples),
         "--max-time", str(args.max_time),
         "--seed", str(args.seed),
-        "--workers", "2",
+        # One worker: hypothesis's lambda descriptions call ast.parse, which is not
+        # thread-safe in CPython 3.11 ("AST constructor recursion depth mismatch").
+        "--workers", "1",
         "--request-timeout", "30",
         "--generation-database", "none",
         "--report", "junit",

@@ -185,6 +185,9 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
 def _call_action(name: str, action_name: str) -> Response:
     st, token = state(), current_token()
     record = _record_or_404(name)
+    if not record.active:
+        raise ApiProblem(409, "plugin-inactive", "Plugin not active",
+                         f"The plugin is {record.status} ({record.reason}).")
     spec = record.actions.get(action_name)
     if spec is None:
         raise ApiProblem(404, "unknown-action", "Unknown action",
@@ -192,9 +195,6 @@ def _call_action(name: str, action_name: str) -> Response:
                          "actions.")
     audit = {"subject": token.name, "role": token.role, "plugin": name, "action": action_name,
              "plugin_version": record.version, "request_id": g.request_id}
-    if not record.active:
-        raise ApiProblem(409, "plugin-inactive", "Plugin not active",
-                         f"The plugin is {record.status} ({record.reason}).")
     if record.roles is not None and token.role not in record.roles:
         st.auditor.record("acl.denied", "denied", reason="plugin-acl", **audit)
         raise ApiProblem(403, "forbidden", "Forbidden",

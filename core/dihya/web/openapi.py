@@ -292,6 +292,16 @@ def _json(schema_name: str, description: str) -> Schema:
             "content": {"application/json": {"schema": {"$ref": _REF + schema_name}}}}
 
 
+def _plugin_links(name: str) -> dict[str, Schema]:
+    """Links from a response naming a plugin to the operations on that plugin."""
+    return {op_id[0].upper() + op_id[1:]: {"operationId": op_id, "parameters": {"name": name}}
+            for op_id in ("showPlugin", "disablePlugin", "enablePlugin")}
+
+
+def _plugin(description: str) -> Schema:
+    return {**_json("Plugin", description), "links": _plugin_links("$response.body#/name")}
+
+
 def _errors(*statuses: int) -> dict[str, Schema]:
     return {str(s): {"$ref": _RESP + _ERRORS[s][0]} for s in sorted(statuses)}
 
@@ -356,18 +366,19 @@ def _paths() -> dict[str, Schema]:
             "listPlugins", "List every discovered plugin",
             {"200": {**_json("Plugin", "Every discovered plugin."), "content": {
                 "application/json": {"schema": {"type": "array",
-                                                "items": {"$ref": _REF + "Plugin"}}}}}},
+                                                "items": {"$ref": _REF + "Plugin"}}}},
+                "links": _plugin_links("$response.body#/0/name")}},
         )},
         "/api/v1/plugins/{name}": {
             "parameters": [_NAME_PARAM],
             "get": _authenticated("showPlugin", "Show one plugin",
-                                  {"200": _json("Plugin", "The plugin.")}, 404),
+                                  {"200": _plugin("The plugin.")}, 404),
         },
         "/api/v1/plugins/{name}/enable": {
             "parameters": [_NAME_PARAM],
             "post": _authenticated(
                 "enablePlugin", "Lift an admin's (or a quarantine's) switch",
-                {"200": _json("Plugin", "The plugin, after the switch.")}, 404, 409,
+                {"200": _plugin("The plugin, after the switch.")}, 404, 409,
                 description="409 when the config file or DIHYA_PLUGINS_DISABLE switched it "
                             "off: an admin switch cannot override those."),
         },
@@ -375,7 +386,7 @@ def _paths() -> dict[str, Schema]:
             "parameters": [_NAME_PARAM],
             "post": _authenticated(
                 "disablePlugin", "Switch a plugin off at once, on every worker",
-                {"200": _json("Plugin", "The plugin, after the switch.")},
+                {"200": _plugin("The plugin, after the switch.")},
                 400, 404, 413, 415, 422,
                 requestBody={"required": False, "content": {"application/json": {
                     "schema": {"$ref": _REF + "DisableRequest"}}}}),
