@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.site import PluginSite  # noqa: E402
+from support.site import PluginSite
 
 
 @pytest.fixture

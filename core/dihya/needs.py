@@ -11,7 +11,7 @@ import functools
 import json
 import keyword
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any, Final
 
@@ -115,7 +115,7 @@ def _schema_message(error: Any) -> str:
         "maximum": lambda: f"must be at most {want}",
         "pattern": lambda: f"must match the pattern {want}",
     }
-    make = templates.get(kind)
+    make: Callable[[], object] | None = templates.get(kind)
     return str(make()) if make else f"fails the `{kind}` rule of the needs schema"
 
 

@@ -91,7 +91,7 @@ def test_start_generate_disable_generate_stop(backend, server) -> None:
     base, proc = server
     admin, dev = token(backend, "admin", "ops"), token(backend, "developer", "app")
     assert call(base, "GET", "/healthz")[0] == 200
-    status, headers, body = call(base, "GET", "/api/v1/plugins")
+    status, headers, _ = call(base, "GET", "/api/v1/plugins")
     assert status == 401 and headers["Content-Type"] == "application/problem+json"
     assert generated_by(base, dev) == {"example", "markdown-docs"}
 

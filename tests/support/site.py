@@ -7,11 +7,10 @@ import sys
 import uuid
 from pathlib import Path
 
-from support.wheels import build_plugin_wheel, pip_install
-
 from dihya.config import AllowEntry, Config
 from dihya.discovery import discover
 from dihya.gate import inspect_files
+from support.wheels import build_plugin_wheel, pip_install
 
 _counter = itertools.count()
 

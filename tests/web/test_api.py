@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.wheels import plugin_source
 
 from dihya.config import AllowEntry
 from dihya.tokens import create_token
 from dihya.web import create_app
+from support.wheels import plugin_source
 
 PROBLEM = "application/problem+json"
 ACTION_PLUGIN = '''
@@ -158,7 +158,7 @@ def test_bad_requests(api: Api) -> None:
     problem(api.post("/api/v1/generate", data=big, content_type="application/json"), 413)
     missing = problem(api.post("/api/v1/generate", json={"need": {}}), 422)
     pointers = {e["pointer"] for e in missing["errors"]}
-    assert pointers == {"", ""} or pointers == {""}
+    assert pointers == {""} or pointers == {""}
     invalid = dict(TODO, project="Not A Slug", stack="rails")
     invalid["entities"] = [dict(TODO["entities"][0], name="9x")]
     body = problem(api.post("/api/v1/generate", json={"needs": invalid}), 422)

@@ -156,6 +156,16 @@ def test_needs_component_accepts_and_rejects_like_the_real_schema(doc: dict[str,
         assert validator.is_valid(sample) == real.is_valid(sample), sample
 
 
+def test_the_needs_example_generates(app: Any, doc: dict[str, Any],
+                                     tokens: dict[str, str]) -> None:
+    op = doc["paths"]["/api/v1/generate"]["post"]
+    body = op["requestBody"]["content"]["application/json"]["example"]
+    response = app.test_client().post("/api/v1/generate", json=body, headers={
+        "Authorization": f"Bearer {tokens['developer']}"})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["report"]["file_count"] > 0
+
+
 def test_plugin_schema_covers_every_key(doc: dict[str, Any]) -> None:
     record = PluginRecord(name="x", distribution="d", version="1", value="m:C",
                           status="refused", reason="not-allowlisted", message="m", mode=None,

@@ -45,8 +45,12 @@ def json_body(optional: bool = False) -> Any:
                          "Send the body as JSON with `Content-Type: application/json`.")
     try:
         return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ApiProblem(400, "malformed-json", "Malformed JSON",
+                         f"The request body is not valid JSON at line {exc.lineno}, column "
+                         f"{exc.colno}.") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        where = f" at line {exc.lineno}, column {exc.colno}" if hasattr(exc, "lineno") else ""
+        where = ""
         raise ApiProblem(400, "malformed-json", "Malformed JSON",
                          f"The request body is not valid JSON{where}.") from exc
 
@@ -88,7 +92,7 @@ def _unprocessable(errors: list[dict[str, str]]) -> ApiProblem:
 
 
 def _record_or_404(name: str) -> PluginRecord:
-    record = state().snapshot().get(name)
+    record: PluginRecord | None = state().snapshot().get(name)
     if record is None:
         raise ApiProblem(404, "unknown-plugin", "Unknown plugin",
                          "No installed plugin has this name; GET /api/v1/plugins lists them.")

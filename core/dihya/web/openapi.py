@@ -33,6 +33,15 @@ REQUIRED_ROLES: Final = {
     "callPluginAction": "developer",
 }
 
+#: Valid needs, shown as the example of `POST /api/v1/generate`.
+NEEDS_EXAMPLE: Final = {
+    "project": "shop", "title": "Shop", "stack": "flask-api",
+    "entities": [{"name": "Item", "fields": [
+        {"name": "label", "type": "string", "required": True, "max_length": 80},
+        {"name": "price", "type": "float", "default": 0},
+    ]}],
+}
+
 _REF = "#/components/schemas/"
 _RESP = "#/components/responses/"
 _PROBLEM_MEDIA: Final = "application/problem+json"
@@ -360,7 +369,8 @@ def _paths() -> dict[str, Schema]:
             description="Validates the needs, runs the active plugins the caller's role may "
                         "run, and returns the files. Rate limited per token.",
             requestBody={"required": True, "content": {"application/json": {
-                "schema": {"$ref": _REF + "GenerateRequest"}}}},
+                "schema": {"$ref": _REF + "GenerateRequest"},
+                "example": {"needs": NEEDS_EXAMPLE}}}},
         )},
         "/api/v1/plugins": {"get": _authenticated(
             "listPlugins", "List every discovered plugin",
