@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import click
@@ -40,7 +40,9 @@ from dihya.discovery import DiscoveredPlugin, discover
 from dihya.fingerprint import FingerprintError, fingerprint_wheel
 from dihya.gate import FAILED, REFUSED, dependency_problems, inspect_files, resolution_problem
 from dihya.registry import RegistrySnapshot, build_registry
-from dihya.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from dihya.store import Store
 
 
 class CheckFailed(click.ClickException):
@@ -88,6 +90,8 @@ class State:
         url = config.effective_store_url
         if not create and url.startswith("sqlite:///") and not Path(url[10:]).exists():
             return None
+        from dihya.store import Store, StoreError  # SQLAlchemy: only when there is a store
+
         try:
             store = Store(url)
             store.ensure_schema()

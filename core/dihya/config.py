@@ -13,14 +13,15 @@ import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
-import tomlkit
-import tomlkit.exceptions
-from tomlkit.toml_document import TOMLDocument
 
 from dihya.discovery import DEFAULT_GROUP
+
+if TYPE_CHECKING:
+    import tomlkit.exceptions
+    from tomlkit.toml_document import TOMLDocument
 
 MODES: Final = ("sandbox", "in-process")
 ROLES: Final = ("admin", "developer", "viewer")
@@ -88,6 +89,9 @@ def env_disabled(environ: Mapping[str, str] | None = None) -> frozenset[str]:
 
 def read_document(path: Path) -> TOMLDocument:
     """Parse the file with tomlkit, or an empty document if it does not exist."""
+    import tomlkit  # only edits need it: reading a config uses tomllib
+    import tomlkit.exceptions
+
     try:
         text = path.read_text("utf-8")
     except FileNotFoundError:
@@ -142,7 +146,8 @@ def _toml_reason(exc: tomllib.TOMLDecodeError) -> str:
 
 
 def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True) -> Config:
-    data = doc.unwrap() if isinstance(doc, TOMLDocument) else dict(doc)
+    unwrap = getattr(doc, "unwrap", None)  # a tomlkit document, when validating an edit
+    data = unwrap() if callable(unwrap) else dict(doc)
     where = str(path)
     unknown_tables = set(data) - {"plugins", "store", "web", "audit"}
     if unknown_tables:
@@ -247,6 +252,8 @@ def _allow_entry(where: str, index: int, raw: object) -> AllowEntry:
 
 def write_document(path: Path, doc: TOMLDocument) -> None:
     """Validate `doc`, then replace the file atomically, keeping its permissions."""
+    import tomlkit
+
     config_from_document(path, doc)
     text = tomlkit.dumps(doc)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,6 +272,8 @@ def write_document(path: Path, doc: TOMLDocument) -> None:
 
 
 def _allow_array(doc: TOMLDocument) -> Any:
+    import tomlkit
+
     if "plugins" not in doc:
         doc["plugins"] = tomlkit.table()
     plugins: Any = doc["plugins"]
@@ -292,6 +301,8 @@ def upsert_allow(doc: TOMLDocument, entry: AllowEntry) -> None:
                 del table["roles"]
             return
     values["enabled"] = entry.enabled
+    import tomlkit
+
     table = tomlkit.table()
     for key, value in values.items():
         table[key] = value

@@ -89,12 +89,12 @@ HookCall = Callable[[PluginRecord, str, tuple[Any, ...], Callable[[Any], list[Pr
 
 
 def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: float,
-                on_required_failure: Callable[[str], None]) -> HookCall:
+                on_required_failure: Callable[[str, str, str], None]) -> HookCall:
     """The guarded call of one hook of one plugin, as the pipeline makes it.
 
     The executor copies the arguments and calls the hook; the return is checked, the call
     timed and reported in `report`. A failure of a `required` plugin (other than in
-    `on_generation_error`) calls `on_required_failure` with the message.
+    `on_generation_error`) calls `on_required_failure(message, plugin name, status)`.
     """
 
     def call(record: PluginRecord, hook: str, args: tuple[Any, ...],
@@ -116,7 +116,8 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
         if status != OK:
             log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms)
             if record.required and hook != "on_generation_error":
-                on_required_failure(f"required plugin {record.name!r} {hook}: {status}")
+                on_required_failure(f"required plugin {record.name!r} {hook}: {status}",
+                                    record.name, status)
         return status == OK, value
 
     return call
@@ -168,6 +169,16 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     timeout = snapshot.config.hook_timeout_s
     report: list[HookResult] = []
     runnable = []
+    for entry in snapshot.config.allow:
+        # approved but not running: said in the report, and fatal when required
+        other = snapshot.get(entry.name)
+        if other is not None and other.active:
+            continue
+        state = f"{other.status}/{other.reason}" if other else "not-installed"
+        report.append(HookResult(entry.name, "*", SKIPPED, 0.0, state))
+        if entry.required:
+            raise GenerationFailed("plugin", f"required plugin {entry.name!r} is {state}",
+                                   tuple(report))
     for record in snapshot.active:
         if role is not None and record.roles is not None and role not in record.roles:
             report.append(HookResult(record.name, "*", SKIPPED, 0.0, "acl"))
@@ -175,12 +186,14 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
             runnable.append(record)
 
     call = hook_caller(report, executor_for, timeout,
-                       lambda message: _fail(message, "plugin"))
+                       lambda message, plugin, status: _fail(message, "plugin", None, plugin,
+                                                             status))
 
-    def _fail(message: str, stage: str, problems: list[Problem] | None = None) -> None:
+    def _fail(message: str, stage: str, problems: list[Problem] | None = None,
+              plugin: str | None = None, kind: str = "invalid-code") -> None:
+        error = {"stage": stage, "type": kind, "plugin": plugin}
         for record in runnable:
             if "on_generation_error" in record.hooks:
-                error = {"stage": stage, "type": "GenerationFailed", "plugin": None}
                 call(record, "on_generation_error", (error, needs), None)
         raise GenerationFailed(stage, message, tuple(report), problems)
 

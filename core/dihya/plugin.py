@@ -135,7 +135,10 @@ HOOK_SPECS: Final[tuple[HookSpec, ...]] = (
         name="on_generation_error",
         args=(
             HookArg("error", "dict", 'What went wrong, without personal data: '
-                    '`{"stage": str, "type": str, "plugin": str | None}`.'),
+                    '`{"stage": "plugin" | "generator", "type": str, "plugin": str | None}`; '
+                    '`type` is the failing hook\'s status (`failed`, `timeout`, '
+                    '`invalid-output`) or `invalid-code` when the core generator\'s output '
+                    'was invalid; `plugin` names the required plugin that failed.'),
             _NEEDS_ARG,
         ),
         returns="None",
@@ -296,9 +299,7 @@ def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
 
 
 def _action_problems(cls: type) -> list[str]:
-    import jsonschema
-
-    problems = []
+    problems: list[str] = []
     seen: dict[str, str] = {}
     for klass in cls.__mro__:
         for attr, value in vars(klass).items():
@@ -319,6 +320,8 @@ def _action_problems(cls: type) -> list[str]:
                 problems.append(f"{where}: input_schema must be a JSON Schema of an object "
                                 '({"type": "object", ...})')
             else:
+                import jsonschema  # only classes with actions pay for it
+
                 try:
                     jsonschema.Draft202012Validator.check_schema(schema)
                 except jsonschema.SchemaError as exc:

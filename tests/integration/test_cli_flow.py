@@ -115,7 +115,10 @@ def test_tampered_plugin_is_refused_until_restored(backend) -> None:
         verify = backend.dihya("plugins", "verify")
         assert verify.returncode == 1 and "fingerprint-mismatch" in verify.stdout
         report = backend.json("generate", str(TODO), "-o", str(backend.home / "out"), "--json")
-        assert {p["name"] for p in report["plugins"]} == {"example"}
+        assert {p["name"] for p in report["plugins"] if p["status"] == "ok"} == {"example"}
+        skipped = [p for p in report["plugins"] if p["status"] == "skipped"]
+        assert skipped == [{"name": "markdown-docs", "hook": "*", "status": "skipped", "ms": 0.0,
+                            "detail": "refused/fingerprint-mismatch"}]
     assert backend.rows()["markdown-docs"]["status"] == "active"
 
 
@@ -149,7 +152,7 @@ def test_env_var_and_disable_switch_plugins_off(backend) -> None:
     env = {"DIHYA_PLUGINS_DISABLE": "example"}
     assert backend.rows(env=env)["example"]["reason"] == "disabled-by-env"
     report = backend.json("generate", str(TODO), "-o", str(backend.home / "a"), "--json", env=env)
-    assert {p["name"] for p in report["plugins"]} == {"markdown-docs"}
+    assert {p["name"] for p in report["plugins"] if p["status"] == "ok"} == {"markdown-docs"}
 
     disabled = backend.dihya("plugins", "disable", "markdown-docs", "--reason", "CVE-2026-1")
     assert disabled.returncode == 0
@@ -253,6 +256,15 @@ def test_editable_install_is_refused(backend, tmp_path: Path) -> None:
     finally:
         subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
                         "dihya-plugin-editme"], check=True)
+
+
+def test_required_plugin_that_is_not_running_fails_the_generation(backend) -> None:
+    assert backend.dihya("plugins", "approve", "markdown-docs", "--required").returncode == 0
+    out = backend.home / "req"
+    env = {"DIHYA_PLUGINS_DISABLE": "markdown-docs"}
+    result = backend.dihya("generate", str(TODO), "-o", str(out), "--json", env=env)
+    assert result.returncode == 1 and "required plugin 'markdown-docs'" in result.stderr
+    assert not out.exists()
 
 
 def test_approval_checks_the_class_in_a_child_process(backend, tmp_path: Path) -> None:

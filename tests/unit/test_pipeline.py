@@ -117,3 +117,29 @@ def test_invalid_needs_list_every_problem(plugin_site) -> None:
         run_generation({"project": "X", "stack": "flask-api", "entities": []}, snap)
     paths = {p.path for p in info.value.problems}
     assert paths == {"$.project", "$.entities"}
+
+
+def test_on_generation_error_is_told_which_plugin_failed(plugin_site, needs, tmp_path) -> None:
+    seen = tmp_path / "seen.json"
+    watch = hook(f"import json\nopen({str(seen)!r}, 'w').write(json.dumps(error))",
+                 "on_generation_error").replace("self, code, needs", "self, error, needs")
+    snap, names = snapshot_with(plugin_site, {"must": hook("return 42"), "watch": watch},
+                                must={"required": True})
+    with pytest.raises(GenerationFailed):
+        run_generation(needs, snap)
+    import json
+
+    assert json.loads(seen.read_text()) == {"stage": "plugin", "type": "invalid-output",
+                                            "plugin": names["must"]}
+
+
+def test_required_plugin_that_is_not_active_fails_before_any_hook(plugin_site, needs) -> None:
+    snap, names = snapshot_with(plugin_site, {"must": hook("return code")},
+                                must={"required": True})
+    from dihya.registry import build_registry as rebuild
+
+    disabled = rebuild(snap.config, environ={"DIHYA_PLUGINS_DISABLE": names["must"]},
+                       path=plugin_site.path)
+    with pytest.raises(GenerationFailed, match="disabled/disabled-by-env") as info:
+        run_generation(needs, disabled)
+    assert [(h.name, h.status) for h in info.value.plugins] == [(names["must"], "skipped")]

@@ -212,3 +212,115 @@ def test_required_roles_match_the_app(app: Any, doc: dict[str, Any],
                 assert status not in (401, 403), (path, role, status)
                 assert str(status) in op["responses"], (path, role, status)
         assert ("403" in op["responses"]) == (ROLE_RANK[need] > 0), path
+
+
+# ---------------------------------------------------------------- responses as documented
+
+
+def _resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        target: Any = doc
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def assert_documented(doc: dict[str, Any], path: str, method: str, response: Any) -> None:
+    """`response` has a documented status, media type, required headers and body."""
+    import jsonschema
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    if method == "*":
+        documented = doc["components"]["responses"]["MethodNotAllowed"]
+        assert response.status_code == 405
+    else:
+        responses = doc["paths"][path][method.lower()]["responses"]
+        assert str(response.status_code) in responses, (path, method, response.status_code)
+        documented = _resolve(doc, responses[str(response.status_code)])
+    assert response.mimetype in documented["content"], (path, response.mimetype)
+    for name, header in documented.get("headers", {}).items():
+        if _resolve(doc, header).get("required"):
+            assert name in response.headers, (path, response.status_code, name)
+    schema = documented["content"][response.mimetype]["schema"]
+    registry = Registry().with_resource("urn:doc", Resource(doc, DRAFT202012))
+    jsonschema.Draft202012Validator(_absolute(schema), registry=registry).validate(
+        response.get_json())
+
+
+def _absolute(node: Any) -> Any:
+    """`node` with its in-document refs pointing at `urn:doc` (the registered document)."""
+    if isinstance(node, dict):
+        return {k: "urn:doc" + v if k == "$ref" and v.startswith("#") else _absolute(v)
+                for k, v in node.items()}
+    return [_absolute(v) for v in node] if isinstance(node, list) else node
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Any:
+    config = tmp_path / "limited" / "dihya.toml"
+    config.parent.mkdir()
+    config.write_text('[web]\nrate_limit = "2/minute"\n', "utf-8")
+    return create_app(config)
+
+
+def test_error_responses_are_as_documented(app: Any, doc: dict[str, Any],
+                                          tokens: dict[str, str]) -> None:
+    from dihya.needs import MAX_NEEDS_BYTES
+
+    client = app.test_client()
+    dev = {"Authorization": f"Bearer {tokens['developer']}"}
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    gen = "/api/v1/generate"
+    cases = [
+        (gen, "POST", client.post(gen)),  # 401
+        (gen, "POST", client.post(gen, json={}, headers={"Authorization": "Bearer nope"})),
+        (gen, "POST", client.post(gen, json={}, headers={
+            "Authorization": f"Bearer {tokens['viewer']}"})),  # 403
+        (gen, "POST", client.post(gen, data="{", headers=dev,
+                                  content_type="application/json")),  # 400
+        (gen, "POST", client.post(gen, data="x", headers=dev, content_type="text/plain")),
+        (gen, "POST", client.post(gen, json={"needs": {"project": "A"}}, headers=dev)),  # 422
+        (gen, "POST", client.post(gen, data=b" " * (MAX_NEEDS_BYTES + 1), headers=dev,
+                                  content_type="application/json")),  # 413
+        ("/api/v1/plugins/{name}", "GET", client.get("/api/v1/plugins/nope", headers=dev)),
+        ("/api/v1/plugins/{name}/disable", "POST",
+         client.post("/api/v1/plugins/nope/disable", headers=admin)),  # 404
+        ("/api/v1/plugins", "GET", client.get("/api/v1/plugins", headers=dev)),  # 200
+        ("/readyz", "GET", client.get("/readyz")),
+        ("/healthz", "GET", client.get("/healthz")),
+        ("/", "GET", client.get("/")),
+        ("*", "*", client.delete("/api/v1/plugins", headers=dev)),  # 405
+    ]
+    statuses = set()
+    for path, method, response in cases:
+        assert_documented(doc, path, method, response)
+        statuses.add(response.status_code)
+    assert statuses == {200, 400, 401, 403, 404, 405, 413, 415, 422}
+    assert client.delete("/api/v1/plugins").headers["Allow"]
+
+
+def test_rate_limit_answer_is_as_documented(limited: Any, doc: dict[str, Any]) -> None:
+    from dihya.tokens import create_token
+
+    token = create_token(limited.extensions["dihya"].store, "busy", "developer")
+    client = limited.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    answers = [client.post("/api/v1/generate", json={}, headers=headers) for _ in range(3)]
+    assert [r.status_code for r in answers] == [422, 422, 429]
+    assert_documented(doc, "/api/v1/generate", "POST", answers[-1])
+    assert int(answers[-1].headers["Retry-After"]) >= 1
+
+
+def test_internal_error_is_as_documented(app: Any, doc: dict[str, Any],
+                                         tokens: dict[str, str]) -> None:
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    app.extensions["dihya"].snapshot = broken
+    response = app.test_client().get("/api/v1/plugins", headers={
+        "Authorization": f"Bearer {tokens['viewer']}"})
+    assert response.status_code == 500
+    assert_documented(doc, "/api/v1/plugins", "GET", response)
+    assert "boom" not in response.get_data(as_text=True)

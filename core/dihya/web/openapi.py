@@ -136,9 +136,9 @@ def _schemas() -> dict[str, Schema]:
     reasons = sorted({r for rs in STATUSES.values() for r in rs})
     hooks = [spec.name for spec in HOOK_SPECS]
     string, boolean = {"type": "string"}, {"type": "boolean"}
-    generate_body = copy.deepcopy(GENERATE_BODY)
+    generate_body: Any = copy.deepcopy(GENERATE_BODY)
     generate_body["properties"]["needs"] = {"$ref": _REF + "Needs"}
-    disable_body = copy.deepcopy(DISABLE_BODY)
+    disable_body: Any = copy.deepcopy(DISABLE_BODY)
     disable_body["properties"]["reason"]["description"] = (
         "Why the plugin is switched off; kept in the state store and shown as its message.")
     return {
@@ -285,7 +285,7 @@ def _error_responses() -> dict[str, Schema]:
 
     rate = attrs.fields(Config).rate_limit.default
     out = {}
-    for status, (name, description, headers) in _ERRORS.items():
+    for name, description, headers in _ERRORS.values():
         out[name] = {
             "description": description.format(limit=MAX_NEEDS_BYTES, rate=rate),
             "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"},

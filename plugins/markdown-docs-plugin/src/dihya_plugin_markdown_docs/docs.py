@@ -1,9 +1,10 @@
 """Builders of the generated project's `README.md` and `docs/API.md`.
 
 Paths and names come from `dihya.generator.naming`, so they always match the generated
-code. Text from the needs goes through `escape_inline`/`escape_block`; everything put in
-code spans or code blocks is generated (identifiers, paths, example values), never free
-text from the needs. The output is a pure function of the needs: no dates, no randomness.
+code. Every heading is a block of its own (one `#` line), so `join_with_toc` builds the
+tables of contents from the headings written here without parsing. Text from the needs
+goes through `escape_inline`/`escape_block`; everything put in code spans or code blocks
+is generated (identifiers, paths, example values), never free text from the needs. The output is a pure function of the needs: no dates, no randomness.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from typing import Any, Final
 
 from dihya.generator.naming import collection_path, snake_case
 
-from dihya_plugin_markdown_docs.markdown import code_span, escape_block, escape_inline, insert_toc
+from dihya_plugin_markdown_docs.markdown import (
+    code_span,
+    escape_block,
+    escape_inline,
+    join_with_toc,
+)
 
 README_PATH: Final = "README.md"
 API_PATH: Final = "docs/API.md"
@@ -155,7 +161,7 @@ def build_readme(needs: Needs) -> str:
         f"Every endpoint, with an example request and response, is documented in "
         f"[docs/API.md]({API_PATH}).",
     ]
-    return insert_toc("\n\n".join(head), "\n\n".join(rest)) + "\n"
+    return join_with_toc(head, rest) + "\n"
 
 
 # --------------------------------------------------------------------------- API.md
@@ -173,7 +179,7 @@ def build_api(needs: Needs) -> str:
     rest = [*_conventions(), *_health()]
     for entity in needs["entities"]:
         rest += _entity_section(entity)
-    return insert_toc("\n\n".join(head), "\n\n".join(rest)) + "\n"
+    return join_with_toc(head, rest) + "\n"
 
 
 def _conventions() -> list[str]:
