@@ -24,6 +24,7 @@ log = logging.getLogger("dihya.audit")
 ENV_KEY: Final = "DIHYA_AUDIT_KEY"
 EVENT_TYPES: Final = frozenset({
     "plugin.approved", "plugin.revoked", "plugin.enabled", "plugin.disabled",
+    "plugin.quarantined", "plugin.failed",
     "plugin.action", "generation", "auth.failed", "acl.denied", "token.created",
     "token.revoked", "registry.reloaded",
 })

@@ -6,6 +6,7 @@ failed verification), 2 usage (bad arguments, malformed config, non-empty OUTDIR
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import getpass
 import json
@@ -82,7 +83,9 @@ class State:
                         for n, s in store.plugin_switches().items()}
         # Plugins' import-time prints must not corrupt what this command prints.
         with contextlib.redirect_stdout(sys.stderr):
-            return build_registry(config, switches=switches)
+            snapshot = build_registry(config, switches=switches)
+        atexit.register(snapshot.close)  # stop this command's sandbox workers
+        return snapshot
 
     def store(self, config: Config | None = None, create: bool = False) -> Store | None:
         """The state store, if it exists (or `create`); None for a config-only setup."""
@@ -288,7 +291,7 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
                               f"{'; '.join(missing)}")
         previous = config.entries_for(name)
         chosen_mode = mode or (previous[0].mode if previous else "sandbox")
-        _check_class(plugin, files.fingerprint, chosen_mode)
+        _check_class(plugin, files.fingerprint, chosen_mode, config)
         for old in previous:
             if old.fingerprint != files.fingerprint:
                 notes.append(f"note: {name}'s files changed since the previous approval "
@@ -312,14 +315,21 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
                        plugin_version=e.version, plugin_fingerprint=e.fingerprint)
 
 
-def _check_class(plugin: DiscoveredPlugin, fp: str, mode: str) -> None:
-    """Load the plugin in an isolated child process and check its class."""
-    from dihya.introspect import introspect
+def _check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config) -> None:
+    """Load the plugin in a sandbox worker (never in this process) and check its class."""
+    from dihya.executor.sandbox import Worker, WorkerSpec, WorkerStartError
+    from dihya.sandbox.admission import checked_meta
 
     try:
-        meta = introspect(plugin.group, plugin.name, fp)
-    except RuntimeError as exc:
-        raise CheckFailed(f"cannot approve {plugin.name!r}: {exc}") from exc
+        worker = Worker(WorkerSpec(plugin.group, plugin.name, fp), config.sandbox)
+    except WorkerStartError as exc:
+        raise CheckFailed(f"cannot approve {plugin.name!r}: {exc.reason}: {exc.message}") from exc
+    try:
+        meta = checked_meta(worker.hello.meta)
+    except ValueError as exc:
+        raise CheckFailed(f"cannot approve {plugin.name!r}: invalid-plugin: {exc}") from exc
+    finally:
+        worker.close()
     if mode == "in-process" and meta.get("safe") is not True:
         raise CheckFailed(f"cannot approve {plugin.name!r} in-process: its class says "
                           "safe = False; approve it with --mode sandbox")

@@ -50,6 +50,26 @@ class AllowEntry:
 
 
 @attrs.frozen
+class SandboxSettings:
+    """`[sandbox]`: how sandbox workers are started, limited, recycled and reaped."""
+
+    start_timeout_s: float = 5.0
+    memory_mb: int = 512
+    cpu_seconds: int = 60
+    max_calls: int = 1000
+    idle_s: float = 300.0
+    quarantine_after: int = 5
+    require_isolation: bool = False
+
+
+_SANDBOX_KEYS: Final = {
+    "start_timeout_s": (float, 0.1, 120), "memory_mb": (int, 64, 65536),
+    "cpu_seconds": (int, 1, 86400), "max_calls": (int, 1, 10**9),
+    "idle_s": (float, 1, 86400), "quarantine_after": (int, 1, 10**6),
+}
+
+
+@attrs.frozen
 class Config:
     """The parsed backend config."""
 
@@ -62,6 +82,7 @@ class Config:
     rate_limit: str = "60/minute"
     rate_limit_storage: str = "memory://"
     audit_key: str | None = None
+    sandbox: SandboxSettings = attrs.field(factory=lambda: SandboxSettings())
 
     @property
     def effective_store_url(self) -> str:
@@ -149,10 +170,12 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
     unwrap = getattr(doc, "unwrap", None)  # a tomlkit document, when validating an edit
     data = unwrap() if callable(unwrap) else dict(doc)
     where = str(path)
-    unknown_tables = set(data) - {"plugins", "store", "web", "audit"}
+    unknown_tables = set(data) - {"plugins", "store", "web", "audit", "sandbox"}
     if unknown_tables:
         raise ConfigError(f"{where}: unknown tables {sorted(unknown_tables)}; known: plugins, "
-                          "store, web, audit")
+                          "store, web, audit, sandbox")
+    sandbox = _sandbox_settings(where, _table(where, data, "sandbox",
+                                              {*_SANDBOX_KEYS, "require_isolation"}))
     store = _table(where, data, "store", {"url"})
     web = _table(where, data, "web", {"rate_limit", "rate_limit_storage"})
     audit = _table(where, data, "audit", {"key"})
@@ -184,7 +207,27 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
     allow = tuple(_allow_entry(where, i, raw) for i, raw in enumerate(raw_allow, 1))
     return Config(path=path, exists=exists, group=group, hook_timeout_s=float(timeout),
                   allow=allow, store_url=store_url, rate_limit=rate_limit,
-                  rate_limit_storage=storage, audit_key=audit_key)
+                  rate_limit_storage=storage, audit_key=audit_key, sandbox=sandbox)
+
+
+def _sandbox_settings(where: str, table: Mapping[str, Any]) -> SandboxSettings:
+    values: dict[str, Any] = {}
+    for key, (kind, low, high) in _SANDBOX_KEYS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if kind is int:
+            ok = ok and isinstance(value, int)
+        if not ok or not low <= value <= high:
+            raise ConfigError(f"{where}: [sandbox] {key} must be a {kind.__name__} between "
+                              f"{low} and {high}, not {value!r}")
+        values[key] = kind(value)
+    if "require_isolation" in table:
+        if not isinstance(table["require_isolation"], bool):
+            raise ConfigError(f"{where}: [sandbox] require_isolation must be true or false")
+        values["require_isolation"] = table["require_isolation"]
+    return SandboxSettings(**values)
 
 
 def _table(where: str, data: Mapping[str, Any], name: str, keys: set[str]) -> dict[str, Any]:

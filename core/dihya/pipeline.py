@@ -74,9 +74,9 @@ ExecutorFor = Callable[[PluginRecord], HookExecutor]
 _IN_PROCESS = InProcessExecutor()
 
 
-def default_executor(_record: PluginRecord) -> HookExecutor:
-    """Until the sandbox exists every mode runs in-process (`plugins show` says so)."""
-    return _IN_PROCESS
+def default_executor(record: PluginRecord) -> HookExecutor:
+    """The executor the registry chose for the plugin: its sandbox worker, or in-process."""
+    return record.executor or _IN_PROCESS
 
 
 def canonical_sha256(data: Any) -> str:

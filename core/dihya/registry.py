@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from dihya.config import Config, env_disabled
 from dihya.discovery import discover
+from dihya.executor import HookExecutor, InProcessExecutor
 from dihya.gate import ACTIVE, FAILED, REFUSED, Verdict, assess_all
 from dihya.loader import Loaded, load_plugins
 from dihya.plugin import ActionSpec, GenerationPluginBase
 
-SANDBOX_PENDING = ("sandbox mode is not implemented yet: this plugin runs in the backend "
-                   "process with the backend's rights")
+if TYPE_CHECKING:
+    from dihya.executor.sandbox import SandboxPool
+
+_IN_PROCESS = InProcessExecutor()
 
 
 @attrs.frozen
@@ -47,6 +50,7 @@ class PluginRecord:
     isolation: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     actions: Mapping[str, ActionSpec] = attrs.field(factory=dict)
+    executor: HookExecutor | None = attrs.field(default=None, eq=False, repr=False)
     instance: GenerationPluginBase | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -77,6 +81,12 @@ class RegistrySnapshot:
     config: Config
     built_at: float
     build_ms: float
+    sandbox: SandboxPool | None = attrs.field(default=None, eq=False, repr=False)
+
+    def close(self) -> None:
+        """Stop this snapshot's sandbox workers."""
+        if self.sandbox is not None:
+            self.sandbox.close()
 
     @property
     def active(self) -> tuple[PluginRecord, ...]:
@@ -93,8 +103,12 @@ class RegistrySnapshot:
 
 def build_registry(config: Config, environ: Mapping[str, str] | None = None,
                    path: Sequence[str] | None = None,
-                   switches: Mapping[str, tuple[str, str]] | None = None) -> RegistrySnapshot:
+                   switches: Mapping[str, tuple[str, str]] | None = None,
+                   sandbox: SandboxPool | None = None) -> RegistrySnapshot:
     """Discover, verify and load: a fresh snapshot for `config`.
+
+    In-process plugins are imported here, after the gate; sandbox-mode plugins are loaded
+    in their own worker processes (of `sandbox`, or of a new pool owned by the snapshot).
 
     `switches` maps plugin names to a runtime (reason code, message) from the state store
     (`disabled-by-admin`, `quarantined`); such plugins are not imported.
@@ -103,20 +117,61 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     discovered = discover(config.group, path)
     verdicts = assess_all(discovered, config, env_disabled(environ), path, switches)
     admitted = [v for v in verdicts if v.admitted]
-    loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in admitted])
+    in_process = [v for v in admitted if v.entry is not None and v.entry.mode == "in-process"]
+    sandboxed = [v for v in admitted if v not in in_process]
+    loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in in_process])
+    if sandboxed and sandbox is None:
+        from dihya.executor.sandbox import SandboxPool
+
+        sandbox = SandboxPool(config.sandbox)
+    hellos = _start_workers(sandbox, config, sandboxed)
     records = []
     for verdict in verdicts:
         name = verdict.plugin.name
         if not verdict.admitted:
             records.append(_record(verdict, verdict.status or REFUSED, verdict.reason,
                                    verdict.message))
+        elif name in hellos:
+            records.append(_sandboxed_record(verdict, hellos[name], sandbox, config))
         elif name in failures:
             failure = failures[name]
             records.append(_record(verdict, FAILED, failure.reason, failure.message))
         else:
             records.append(_loaded_record(verdict, loaded[name]))
     elapsed = (time.perf_counter() - start) * 1000
-    return RegistrySnapshot(tuple(records), config, time.time(), elapsed)
+    return RegistrySnapshot(tuple(records), config, time.time(), elapsed, sandbox)
+
+
+def _start_workers(sandbox: SandboxPool | None, config: Config,
+                   verdicts: Sequence[Verdict]) -> dict[str, Any]:
+    if sandbox is None or not verdicts:
+        return {}
+    from dihya.executor.sandbox import WorkerSpec
+    from dihya.sandbox.admission import start_all
+
+    return start_all(sandbox, [WorkerSpec(config.group, v.plugin.name, v.fingerprint or "")
+                               for v in verdicts])
+
+
+def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
+                      config: Config) -> PluginRecord:
+    from dihya.executor.sandbox import WorkerStartError
+    from dihya.sandbox.admission import checked_meta
+
+    if isinstance(hello, WorkerStartError):
+        return _record(verdict, FAILED, hello.reason, hello.message)
+    try:
+        meta = checked_meta(hello.meta)
+    except ValueError as exc:
+        return _record(verdict, FAILED, "invalid-plugin", str(exc))
+    warnings = tuple(hello.warnings)
+    if config.sandbox.require_isolation and warnings:
+        return _record(verdict, FAILED, "sandbox-start-failed",
+                       "[sandbox] require_isolation is set and a layer is missing: "
+                       + "; ".join(warnings), isolation=hello.layers, **meta)
+    assert sandbox is not None
+    return _record(verdict, ACTIVE, None, "active", isolation=hello.layers, warnings=warnings,
+                   executor=sandbox.executor(), **meta)
 
 
 def _record(verdict: Verdict, status: str, reason: str | None, message: str,
@@ -140,6 +195,6 @@ def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
         return _record(verdict, REFUSED, "unsafe-in-process",
                        f"approved in-process but {cls.__qualname__}.safe is False; approve "
                        "it with --mode sandbox", **meta)
-    warnings = (SANDBOX_PENDING,) if entry is not None and entry.mode == "sandbox" else ()
     return _record(verdict, ACTIVE, None, "active", instance=loaded.instance,
-                   warnings=warnings, **meta)
+                   executor=_IN_PROCESS, isolation=("none: runs in the backend process",),
+                   **meta)

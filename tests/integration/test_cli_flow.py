@@ -78,7 +78,7 @@ def test_approve_keeps_comments_and_activates(backend) -> None:
     assert rows["markdown-docs"]["hooks"] == ["after_generation"]
     assert set(rows["example"]["hooks"]) == {"before_generation", "after_generation"}
     shown = backend.json("plugins", "show", "example", "--json")
-    assert "runs in the backend process" in shown["warnings"][0]
+    assert shown["mode"] == "sandbox" and (shown["isolation"] or shown["warnings"])
     verify = backend.dihya("plugins", "verify", "--json")
     assert verify.returncode == 0
     assert all(row["ok"] for row in json.loads(verify.stdout))

@@ -132,7 +132,8 @@ def schemathesis(base: str, token: str, args: argparse.Namespace, env: dict[str,
     ]
     print("+", " ".join(c if "Bearer" not in c else "Authorization: Bearer ***"
                         for c in command), flush=True)
-    return subprocess.run(command, env=env, check=False).returncode
+    # Run in the work directory: schemathesis keeps a `.schemathesis/` cache in its cwd.
+    return subprocess.run(command, env=env, cwd=report_dir.parent.parent, check=False).returncode
 
 
 def _interrupted(signum: int, _frame: object) -> None:
@@ -201,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("the server logged internal errors:", *errors[:20], sep="\n  ", flush=True)
             code = code or 1
         return code
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({exc or 'Ctrl-C'}); stopping the server", file=sys.stderr)
+        return 130
     except SetupError as exc:
         print(f"fuzz setup failed: {exc}", file=sys.stderr)
         if log is not None and args.workdir is None:

@@ -11,7 +11,7 @@ import os
 import uuid
 from typing import Any
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g
 from flask_limiter import Limiter
 
 from dihya.config import resolve_path
@@ -54,9 +54,5 @@ def create_app(config_path: str | os.PathLike[str] | None = None,
     app.register_blueprint(health)
     app.register_blueprint(openapi)
     app.register_blueprint(make_api(limiter, state.config.rate_limit))
-
-    @app.get("/")
-    def _index() -> Response:
-        return jsonify({"service": "dihya", "openapi": "/openapi.json"})
 
     return app

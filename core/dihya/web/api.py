@@ -126,6 +126,8 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
             raise ApiProblem(502, "generation-failed", "Generation failed",
                              f"The generation could not complete at stage `{exc.stage}`.",
                              report={"plugins": [h.to_json() for h in exc.plugins]}) from exc
+        st.note_outcomes(((h.name, h.status == "ok") for h in result.plugins
+                          if h.status != "skipped"), g.request_id)
         code_bytes = sum(len(t.encode("utf-8")) for t in result.files.values())
         st.auditor.record(
             "generation", "ok", files=len(result.files), code_bytes=code_bytes,

@@ -272,10 +272,6 @@ def _schemas() -> dict[str, Schema]:
                 "plugins_active": {"type": "integer", "minimum": 0},
             },
         },
-        "Index": {
-            "type": "object", "required": ["service", "openapi"],
-            "properties": {"service": string, "openapi": string},
-        },
     }
 
 
@@ -349,8 +345,6 @@ def _public(op_id: str, summary: str, responses: dict[str, Schema]) -> Schema:
 
 def _paths() -> dict[str, Schema]:
     return {
-        "/": {"get": _public("index", "Where the API document is",
-                             {"200": _json("Index", "The service's name and document.")})},
         "/healthz": {"get": _public("healthz", "Liveness: the process answers",
                                     {"200": _json("Health", "Alive.")})},
         "/readyz": {"get": _public("readyz", "Readiness: config, registry and store", {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from dihya.audit import Auditor
@@ -30,6 +31,7 @@ class DihyaState:
         self.auditor = Auditor(self.config.audit_key)
         self.version_ttl_s = version_ttl_s
         self._lock = threading.Lock()
+        self._failures: dict[str, int] = {}
         self._checked_at = 0.0
         self._version = self.store.state_version()
         self._snapshot = self._build()
@@ -47,17 +49,49 @@ class DihyaState:
                 if now - self._checked_at >= self.version_ttl_s:
                     version = self.store.state_version()
                     if version != self._version:
-                        self._snapshot = self._build()
+                        old, self._snapshot = self._snapshot, self._build()
                         self._version = version
+                        old.close()
                     self._checked_at = time.monotonic()
         return self._snapshot
+
+    def note_outcomes(self, outcomes: Iterable[tuple[str, bool]],
+                      request_id: str | None = None) -> None:
+        """Count consecutive hook failures per plugin; quarantine at the configured limit.
+
+        Counted per worker process: with N workers a plugin is quarantined after at most
+        N x `quarantine_after` failures, and at once everywhere after that.
+        """
+        limit = self.config.sandbox.quarantine_after
+        quarantine = []
+        with self._lock:
+            for name, ok in outcomes:
+                count = 0 if ok else self._failures.get(name, 0) + 1
+                self._failures[name] = count
+                if count >= limit:
+                    quarantine.append(name)
+                    self._failures[name] = 0
+        for name in quarantine:
+            record = self._snapshot.get(name)
+            self.store.set_plugin_disabled(name, True, "quarantined",
+                                           f"{limit} consecutive hook failures", actor="dihya")
+            self.auditor.record("plugin.quarantined", "ok", plugin=name, request_id=request_id,
+                                plugin_version=record.version if record else None,
+                                reason="consecutive-failures")
+        if quarantine:
+            self.refresh()
+
+    def close(self) -> None:
+        """Stop the sandbox workers of the current snapshot."""
+        self._snapshot.close()
 
     def refresh(self) -> RegistrySnapshot:
         """Rebuild now (after this worker changed a switch)."""
         with self._lock:
             self._version = self.store.state_version()
-            self._snapshot = self._build()
+            old, self._snapshot = self._snapshot, self._build()
             self._checked_at = time.monotonic()
+            old.close()
             return self._snapshot
 
 

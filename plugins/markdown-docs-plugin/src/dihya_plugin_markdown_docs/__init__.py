@@ -16,9 +16,10 @@ Feature
 
     URL paths come from ``dihya.generator.naming`` so they always match the generated
     code. Text from the needs is escaped (no raw HTML, no Markdown structure can be
-    injected). Tables of contents are built from the headings found by parsing the
-    documents with markdown-it-py (GitHub anchors) and checked by a second parse: a link
-    that does not resolve raises ``MarkdownCheckError``. The output is deterministic.
+    injected). Tables of contents are built from the headings the builders write (GitHub
+    anchors), without parsing; ``check_document`` (markdown-it-py: links resolve, no raw
+    HTML, else ``MarkdownCheckError``) runs in the ``preview`` action and the test suite.
+    The output is deterministic.
 
 Hooks
     ``after_generation(code, needs) -> code`` only.

@@ -4,7 +4,8 @@ Paths and names come from `dihya.generator.naming`, so they always match the gen
 code. Every heading is a block of its own (one `#` line), so `join_with_toc` builds the
 tables of contents from the headings written here without parsing. Text from the needs
 goes through `escape_inline`/`escape_block`; everything put in code spans or code blocks
-is generated (identifiers, paths, example values), never free text from the needs. The output is a pure function of the needs: no dates, no randomness.
+is generated (identifiers, paths, example values), never free text from the needs. The
+output is a pure function of the needs: no dates, no randomness.
 """
 
 from __future__ import annotations

@@ -1,0 +1,373 @@
+"""Benchmark: requests per second of `POST /api/v1/generate`, plugins on against plugins off.
+
+Sets up, in a temporary directory, a venv holding wheels of the core and of the two bundled
+plugins (built from this checkout, installed non-editable), a config approving both
+(`dihya plugins approve example markdown-docs`, approve's default mode unless `--mode`
+says otherwise) with `[web] rate_limit = "1000000/minute"`
+and a developer token (`dihya tokens create`), then starts two real servers on 127.0.0.1,
+each `dihya serve --workers 2` (gunicorn) on a free port, sharing that config and store:
+
+  A. plugins on: both bundled plugins active;
+  B. plugins off: the same server with `DIHYA_PLUGINS_DISABLE=example,markdown-docs`
+     (every approved plugin switched off; the report lists them as skipped).
+
+A client of T threads, each with its own `http.client` connection (gunicorn's sync workers
+close it after each response; the client reconnects), posts `examples/needs/todo.json`
+for rounds of at most `--seconds` and `--requests`, interleaved A, B, A, B... after a
+warm-up round per side, and prints requests per second, median and p99 latency per side
+and the ratio A/B (target >= 0.8). The servers are always stopped.
+
+    python benchmarks/http_generate.py [--rounds 4] [--seconds 5] [--requests 5000]
+                                       [--threads 4] [--mode sandbox|in-process]
+                                       [--profile] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    ROOT,
+    build_core_wheel,
+    clean_env,
+    make_venv,
+    percentile,
+    print_machine,
+    table,
+)
+
+TARGET = 0.8
+PLUGINS = ("example", "markdown-docs")
+PLUGIN_DIRS = ("plugins/example-plugin", "plugins/markdown-docs-plugin")
+NEEDS_FILE = ROOT / "examples" / "needs" / "todo.json"
+CONFIG = """\
+# benchmark config written by benchmarks/http_generate.py
+[plugins]
+hook_timeout_s = 2.0
+
+[web]
+rate_limit = "1000000/minute"
+"""
+
+# In-process profile of the request path (Flask test client, no HTTP, no gunicorn): the
+# view with its decorators (auth, rate limit), the pipeline and the JSON response, for one
+# side. argv: config, token, needs file, requests.
+PROFILE = """\
+import cProfile, json, pstats, sys, time
+from dihya.web import create_app
+from dihya.web.serve import configure_logging
+configure_logging()  # audit lines on stderr, as under gunicorn
+config, token, needs_file, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+body = json.dumps({"needs": json.load(open(needs_file))})
+client = create_app(config).test_client()
+headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+def once():
+    response = client.post("/api/v1/generate", data=body, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    return response
+report = once().get_json()["report"]
+ran = sorted({p["name"] for p in report["plugins"] if p["status"] == "ok"})
+for _ in range(50):
+    once()
+times = []
+for _ in range(count):
+    t0 = time.perf_counter(); once(); times.append(time.perf_counter() - t0)
+profiler = cProfile.Profile()
+profiler.enable()
+for _ in range(count):
+    once()
+profiler.disable()
+times.sort()
+print(f"plugins that ran: {ran or 'none'}; in-process request, no profiler: median "
+      f"{times[len(times) // 2] * 1000:.2f} ms over {count}")
+sys.stdout.flush()
+stats = pstats.Stats(profiler, stream=sys.stdout)
+stats.sort_stats("cumulative").print_stats(45)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def dihya(bindir: Path, config: Path, *args: str, env: dict[str, str],
+          cwd: Path) -> str:
+    out = subprocess.run([str(bindir / "dihya"), "--config", str(config), *args], env=env,
+                         cwd=cwd, check=True, capture_output=True, text=True)
+    return out.stdout
+
+
+def setup(tmp: Path, mode: str | None) -> tuple[Path, Path, str, Path]:
+    """Build the wheels, the venv, the config and a token; return (bin, config, token,
+    work dir)."""
+    wheels = tmp / "wheels"
+    wheels.mkdir()
+    t0 = time.perf_counter()
+    core = build_core_wheel(wheels)
+    plugins = []
+    for directory in PLUGIN_DIRS:
+        before = set(wheels.glob("*.whl"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                        "--disable-pip-version-check", "-w", str(wheels),
+                        str(ROOT / directory)], check=True)
+        (new,) = set(wheels.glob("*.whl")) - before
+        plugins.append(new)
+    t1 = time.perf_counter()
+    python = make_venv(tmp / "venv", [str(core), *map(str, plugins)])
+    t2 = time.perf_counter()
+    bindir = python.parent
+    work = tmp / "work"
+    work.mkdir()
+    config = work / "dihya.toml"
+    config.write_text(CONFIG)
+    env = clean_env()
+    approve = ["plugins", "approve", *PLUGINS, *(["--mode", mode] if mode else [])]
+    approved = dihya(bindir, config, *approve, env=env, cwd=work)
+    token = dihya(bindir, config, "tokens", "create", "--role", "developer", "--name", "bench",
+                  env=env, cwd=work).strip().splitlines()[-1]
+    t3 = time.perf_counter()
+    print(f"setup: wheels {t1 - t0:.1f} s, venv + pip install {t2 - t1:.1f} s, approve + "
+          f"token {t3 - t2:.1f} s")
+    for line in approved.strip().splitlines():
+        print(f"  {line[:110]}")
+    versions = subprocess.run(
+        [str(python), "-c", "from importlib import metadata as m; print(', '.join("
+         "f'{d} {m.version(d)}' for d in ('dihya-core', 'dihya-plugin-example', "
+         "'dihya-plugin-markdown-docs', 'flask', 'gunicorn')))"],
+        check=True, capture_output=True, text=True).stdout.strip()
+    print(f"  installed: {versions}")
+    return bindir, config, token, work
+
+
+class Server:
+    """One `dihya serve --workers 2` on a free port of 127.0.0.1, in its own process group
+    (the arbiter and its workers), logging to a file."""
+
+    def __init__(self, label: str, bindir: Path, config: Path, work: Path,
+                 env: dict[str, str]) -> None:
+        self.label = label
+        self.port = free_port()
+        self.log_path = work / f"server-{label}.log"
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [str(bindir / "dihya"), "--config", str(config), "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "2"],
+            cwd=work, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.port}/readyz"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    body: dict[str, Any] = json.loads(response.read())
+                    return body
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit(f"server {self.label} did not become ready:\n"
+                         + self.log_path.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # our session: arbiter + workers
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def post(conn: http.client.HTTPConnection, body: bytes,
+         headers: dict[str, str]) -> tuple[int, bytes]:
+    conn.request("POST", "/api/v1/generate", body=body, headers=headers)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def check_side(port: int, body: bytes, headers: dict[str, str]) -> list[str]:
+    """One request; the names of the plugins that ran (fails unless it is a 200)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        status, data = post(conn, body, headers)
+    finally:
+        conn.close()
+    if status != 200:
+        raise SystemExit(f"POST /api/v1/generate on port {port}: {status} {data[:500]!r}")
+    report = json.loads(data)["report"]
+    return sorted({p["name"] for p in report["plugins"] if p["status"] == "ok"})
+
+
+def run_round(port: int, body: bytes, headers: dict[str, str], threads: int,
+              seconds: float, max_requests: int) -> dict[str, Any]:
+    """`threads` clients posting until `seconds` passed or `max_requests` were sent."""
+    lock = threading.Lock()
+    sent = 0
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors: list[str] = []
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    def worker(mine: list[float]) -> None:
+        nonlocal sent
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            while True:
+                with lock:
+                    if sent >= max_requests or time.perf_counter() >= deadline:
+                        return
+                    sent += 1
+                t0 = time.perf_counter()
+                try:
+                    status, data = post(conn, body, headers)
+                except (OSError, http.client.HTTPException) as exc:
+                    conn.close()
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                mine.append(time.perf_counter() - t0)
+                if status != 200:
+                    errors.append(f"HTTP {status}: {data[:200]!r}")
+        finally:
+            conn.close()
+
+    pool = [threading.Thread(target=worker, args=(latencies[i],)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    samples = [x for chunk in latencies for x in chunk]
+    return {"ok": len(samples) - sum(e.startswith("HTTP") for e in errors),
+            "errors": errors, "elapsed": elapsed, "latencies": samples}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4, help="measured rounds per side")
+    parser.add_argument("--seconds", type=float, default=5.0, help="longest round")
+    parser.add_argument("--requests", type=int, default=5000, help="most requests per round")
+    parser.add_argument("--threads", type=int, default=4, help="concurrent client connections")
+    parser.add_argument("--mode", choices=("sandbox", "in-process"), default=None,
+                        help="`plugins approve --mode` (default: none given, i.e. approve's "
+                        "default, sandbox)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print a cProfile of the request path (in-process) per side")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where to create the temporary directory (default: the system's)")
+    args = parser.parse_args()
+    print_machine()
+    tmp = Path(tempfile.mkdtemp(prefix="dihya-bench-http-", dir=args.workdir))
+    try:
+        bench(tmp, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench(tmp: Path, args: argparse.Namespace) -> None:
+    bindir, config, token, work = setup(tmp, args.mode)
+    body = json.dumps({"needs": json.loads(NEEDS_FILE.read_text("utf-8"))}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    sides = {"A": clean_env(), "B": clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS))}
+    servers: dict[str, Server] = {}
+    try:
+        for label, env in sides.items():
+            servers[label] = Server(label, bindir, config, work, env)
+        ready = {label: server.wait_ready() for label, server in servers.items()}
+        ran = {label: check_side(server.port, body, headers) for label, server in servers.items()}
+        if ran["A"] != sorted(PLUGINS) or ran["B"]:
+            raise SystemExit(f"unexpected plugins: A ran {ran['A']}, B ran {ran['B']}")
+        print(f"servers: A on :{servers['A'].port} ({ready['A']['plugins_active']} plugins "
+              f"active, ran {', '.join(ran['A'])}), B on :{servers['B'].port} "
+              f"({ready['B']['plugins_active']} active)")
+
+        results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+        for label in ("A", "B"):  # warm-up: imports, caches, first-call costs, both workers
+            run_round(servers[label].port, body, headers, args.threads,
+                      min(2.0, args.seconds), args.requests)
+        for index in range(args.rounds):
+            for label in (("A", "B") if index % 2 == 0 else ("B", "A")):
+                outcome = run_round(servers[label].port, body, headers, args.threads,
+                                    args.seconds, args.requests)
+                results[label].append(outcome)
+                rps = outcome["ok"] / outcome["elapsed"]
+                print(f"  round {index + 1} {label}: {outcome['ok']} ok in "
+                      f"{outcome['elapsed']:.2f} s = {rps:.1f} rps"
+                      + (f", {len(outcome['errors'])} errors" if outcome["errors"] else ""))
+    finally:
+        for server in servers.values():
+            server.stop()
+    report(args, results)
+    if args.profile:
+        profile(bindir, config, token, work)
+
+
+def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
+    names = {"A": "A  plugins on (example + markdown-docs)",
+             "B": "B  plugins off (DIHYA_PLUGINS_DISABLE)"}
+    rows = []
+    rps: dict[str, float] = {}
+    for label in ("A", "B"):
+        rounds = results[label]
+        ok = sum(r["ok"] for r in rounds)
+        elapsed = sum(r["elapsed"] for r in rounds)
+        rps[label] = ok / elapsed
+        per_round = [r["ok"] / r["elapsed"] for r in rounds]
+        lat = [x * 1000 for r in rounds for x in r["latencies"]]
+        errors = sum(len(r["errors"]) for r in rounds)
+        rows.append([names[label], f"{rps[label]:.1f}", f"{statistics.median(per_round):.1f}",
+                     f"{min(per_round):.1f}-{max(per_round):.1f}",
+                     f"{statistics.median(lat):.2f}", f"{percentile(lat, 99):.2f}",
+                     str(ok), str(errors)])
+    print(f"\n== POST /api/v1/generate (examples/needs/todo.json), plugins approved "
+          f"{args.mode or 'with the default mode'}, gunicorn 2 workers each, "
+          f"{args.threads} client threads, {args.rounds} interleaved rounds per side of at "
+          f"most {args.seconds:g} s / {args.requests} requests")
+    print(table(["side", "rps", "rps/round med", "range", "median ms", "p99 ms", "requests",
+                 "errors"], rows))
+    ratio = rps["A"] / rps["B"]
+    status = ("MET" if ratio >= TARGET else "NOT MET")
+    print(f"ratio A/B (rps, plugins on / off): {ratio:.2f}   target >= {TARGET:.2f}: "
+          f"{status} (ratio {ratio:.2f} {'>=' if ratio >= TARGET else '<'} {TARGET:.2f})")
+    for rounds in results.values():
+        for r in rounds:
+            for error in r["errors"][:3]:
+                print(f"  error: {error}")
+
+
+def profile(bindir: Path, config: Path, token: str, work: Path) -> None:
+    for label, env in (("A plugins on", clean_env()),
+                       ("B plugins off", clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS)))):
+        out = subprocess.run([str(bindir / "python"), "-c", PROFILE, str(config), token,
+                              str(NEEDS_FILE), "300"],
+                             env=env, cwd=work, capture_output=True, text=True)
+        print(f"\n== profile, {label} (in-process, Flask test client, 300 requests)")
+        print(out.stdout[:12000] if out.returncode == 0 else out.stderr[-3000:])
+
+
+if __name__ == "__main__":
+    main()

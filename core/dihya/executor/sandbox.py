@@ -1,0 +1,326 @@
+"""Run hooks in sandboxed worker processes: one plugin per worker, started lazily, kept warm.
+
+Workers are started with `subprocess.Popen` and `python -I` (never forked from the
+backend: a fork inherits its memory and secrets; never `multiprocessing`: its connections
+unpickle what the other side sends). The parent enforces each call's deadline, kills a
+worker that overruns, crashes, sends an oversized or malformed frame, and starts a fresh
+one on the next call. Workers are recycled after `max_calls` and reaped when idle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from dihya.config import SandboxSettings
+from dihya.executor.base import HookTimeout
+from dihya.sandbox.protocol import (
+    MAX_FRAME_BYTES,
+    FrameTimeout,
+    ProtocolError,
+    read_frame,
+    write_frame,
+)
+
+if TYPE_CHECKING:
+    from dihya.registry import PluginRecord
+
+KILL_GRACE_S: Final = 0.5
+
+
+class WorkerFailed(RuntimeError):
+    """The worker died, or broke the protocol; it has been killed."""
+
+
+class PluginRaised(RuntimeError):
+    """The hook raised inside the worker; the worker lives on."""
+
+
+class WorkerStartError(Exception):
+    """The worker could not load the plugin; `reason` is a status reason code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@attrs.frozen
+class WorkerSpec:
+    group: str
+    name: str
+    fingerprint: str
+
+
+@attrs.frozen
+class Hello:
+    """What a worker said about its plugin once loaded, and how it is confined."""
+
+    meta: dict[str, Any]
+    layers: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def read_only_paths(extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """What a worker may read: the Python installation, site-packages and the core."""
+    cwd = os.path.realpath(os.getcwd())
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    import dihya
+
+    paths.add(str(Path(dihya.__file__).resolve().parent))
+    for entry in sys.path:
+        if entry and os.path.isdir(entry) and os.path.realpath(entry) != cwd:
+            paths.add(entry)
+    paths.update(extra)
+    return tuple(sorted(os.path.realpath(p) for p in paths))
+
+
+class Worker:
+    """One running worker process and its plugin; calls are serialised by a lock."""
+
+    def __init__(self, spec: WorkerSpec, settings: SandboxSettings,
+                 max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.max_frame_bytes = max_frame_bytes
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.last_used = time.monotonic()
+        self.scratch = tempfile.mkdtemp(prefix=f"dihya-sbx-{spec.name[:20]}-")
+        os.chmod(self.scratch, 0o700)
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            self.hello = self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> Hello:
+        payload: dict[str, Any] = {"group": self.spec.group, "name": self.spec.name,
+                                   "fingerprint": self.spec.fingerprint,
+                                   "max_frame_bytes": self.max_frame_bytes, "policy": None}
+        argv = [sys.executable, "-I", "-X", f"pycache_prefix={self.scratch}/pycache", "-m",
+                "dihya.sandbox.worker"]
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": self.scratch,
+               "TMPDIR": self.scratch}
+        kwargs: dict[str, Any] = {}
+        outer: list[str] = []
+        warnings: list[str] = []
+        try:
+            from dihya.sandbox import layers
+        except ImportError:
+            layers = None  # type: ignore[assignment]
+            warnings.append("isolation layers unavailable: the worker runs unconfined")
+        if layers is not None:
+            policy = layers.SandboxPolicy(
+                scratch_dir=self.scratch, read_only_paths=read_only_paths(),
+                address_space_bytes=self.settings.memory_mb * 1024 * 1024,
+                cpu_seconds=self.settings.cpu_seconds)
+            payload["policy"] = attrs.asdict(policy)
+            argv, env, kwargs, outer, warnings = layers.launch(argv, policy)
+        argv = [*argv, json.dumps(payload)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, env=env, close_fds=True,
+                                     cwd=self.scratch, start_new_session=True, **kwargs)
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        try:
+            assert self.proc.stdout is not None
+            first = read_frame(self.proc.stdout.fileno(), deadline, self.max_frame_bytes)
+        except FrameTimeout as exc:
+            raise WorkerStartError("sandbox-start-failed", "the plugin did not load within "
+                                   f"{self.settings.start_timeout_s} s") from exc
+        except ProtocolError as exc:
+            code = self.proc.poll()
+            raise WorkerStartError("sandbox-start-failed", f"the worker exited while loading "
+                                   f"(exit status {code}): {exc}") from exc
+        if not first.get("ok"):
+            error = first.get("error") or {}
+            reason = str(error.get("reason", "sandbox-start-failed"))
+            if reason not in ("import-error", "invalid-plugin", "sandbox-start-failed"):
+                reason = "sandbox-start-failed"
+            raise WorkerStartError(reason, str(error.get("message", "unknown failure"))[:2000])
+        meta = first.get("meta")
+        if not isinstance(meta, dict):
+            raise WorkerStartError("sandbox-start-failed", "the worker sent no metadata")
+        inner = [str(x) for x in first.get("layers", []) if isinstance(x, str)]
+        return Hello(meta, tuple(outer + inner), tuple(warnings))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def call(self, method: str, args: Sequence[Any], timeout_s: float) -> Any:
+        with self.lock:
+            if not self.alive or self.proc is None:
+                raise WorkerFailed("the worker is not running")
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.calls += 1
+            self.last_used = time.monotonic()
+            request = {"id": self.calls, "op": "call", "hook": method, "args": list(args)}
+            try:
+                write_frame(self.proc.stdin.fileno(), request, self.max_frame_bytes)
+                answer = read_frame(self.proc.stdout.fileno(), time.monotonic() + timeout_s,
+                                    self.max_frame_bytes)
+            except FrameTimeout as exc:
+                self.kill()
+                raise HookTimeout(f"{method} did not answer within {timeout_s} s; the "
+                                  "worker was killed") from exc
+            except (ProtocolError, OSError) as exc:
+                status = self.kill()
+                raise WorkerFailed(f"the worker failed during {method} ({_describe(status)}): "
+                                   f"{exc}") from exc
+            finally:
+                self.last_used = time.monotonic()
+            if answer.get("id") != self.calls:
+                self.kill()
+                raise WorkerFailed("the worker answered out of order; it was killed")
+            if answer.get("ok"):
+                return answer.get("value")
+            error = answer.get("error") or {}
+            raise PluginRaised(f"{error.get('type', 'Error')}: {error.get('message', '')}"[:600])
+
+    def kill(self) -> int | None:
+        """Stop the worker now; returns its exit status."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, 9)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+        return proc.returncode
+
+    def close(self) -> None:
+        """Ask the worker to stop, then make sure it did; remove its scratch directory."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None and proc.stdin is not None:
+            try:
+                write_frame(proc.stdin.fileno(), {"id": -1, "op": "shutdown"})
+                proc.wait(timeout=KILL_GRACE_S)
+            except (OSError, ProtocolError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _describe(status: int | None) -> str:
+    if status is None:
+        return "still running"
+    if status < 0:
+        return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+class SandboxPool:
+    """The workers of one registry snapshot's sandboxed plugins."""
+
+    def __init__(self, settings: SandboxSettings) -> None:
+        self.settings = settings
+        self._specs: dict[str, WorkerSpec] = {}
+        self._workers: dict[str, Worker] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._reaper: threading.Thread | None = None
+
+    def start(self, spec: WorkerSpec) -> Hello:
+        """Start the plugin's worker (kept warm) and return what it said when loaded."""
+        worker = Worker(spec, self.settings)
+        with self._lock:
+            self._specs[spec.name] = spec
+            old = self._workers.pop(spec.name, None)
+            self._workers[spec.name] = worker
+        if old is not None:
+            old.close()
+        self._ensure_reaper()
+        return worker.hello
+
+    def worker(self, name: str) -> Worker:
+        """The live worker of `name`, started afresh when it died, was recycled or reaped."""
+        with self._lock:
+            if self._closed:
+                raise WorkerFailed("the sandbox pool is closed")
+            worker = self._workers.get(name)
+            spec = self._specs.get(name)
+        if worker is not None and worker.alive and worker.calls < self.settings.max_calls:
+            return worker
+        if spec is None:
+            raise WorkerFailed(f"no sandbox worker is known for {name!r}")
+        if worker is not None:
+            worker.close()
+        fresh = Worker(spec, self.settings)
+        with self._lock:
+            self._workers[name] = fresh
+        return fresh
+
+    def executor(self) -> SandboxExecutor:
+        return SandboxExecutor(self)
+
+    def reap_idle(self, now: float | None = None) -> int:
+        """Stop workers idle for longer than `idle_s`; returns how many."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [n for n, w in self._workers.items()
+                    if now - w.last_used > self.settings.idle_s and not w.lock.locked()]
+            workers = [self._workers.pop(n) for n in idle]
+        for worker in workers:
+            worker.close()
+        return len(workers)
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is not None:
+            return
+
+        def loop() -> None:
+            while not self._closed:
+                time.sleep(min(self.settings.idle_s / 2, 30.0))
+                if not self._closed:
+                    self.reap_idle()
+
+        self._reaper = threading.Thread(target=loop, name="dihya-sandbox-reaper", daemon=True)
+        self._reaper.start()
+
+    def running(self) -> dict[str, int]:
+        """Names of plugins with a live worker, and each worker's pid."""
+        with self._lock:
+            return {n: w.proc.pid for n, w in self._workers.items()
+                    if w.alive and w.proc is not None}
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            worker.close()
+
+
+class SandboxExecutor:
+    """The `HookExecutor` of sandboxed plugins: arguments and results cross as JSON."""
+
+    __slots__ = ("pool",)
+    kind: Final = "sandbox"
+
+    def __init__(self, pool: SandboxPool) -> None:
+        self.pool = pool
+
+    def call(self, record: PluginRecord, hook: str, args: tuple[Any, ...],
+             timeout_s: float) -> Any:
+        return self.pool.worker(record.name).call(hook, args, timeout_s)

@@ -1,0 +1,127 @@
+"""The sandbox worker: one plugin, loaded through the gate, confined, serving hook calls.
+
+Started by the backend as `python -I -X pycache_prefix=<scratch> -m dihya.sandbox.worker
+SPEC` with a scrubbed environment (never forked from the backend). SPEC is JSON: group,
+entry-point name, expected fingerprint and the confinement policy. The worker keeps a
+duplicate of its original stdout for frames and points fd 1 at stderr, so a plugin's
+`print` cannot corrupt the stream. Order: confine (rlimits, Landlock) -> verify the
+fingerprint again -> import with stevedore -> validate the class -> seccomp -> hello ->
+serve requests until the parent closes stdin or says shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from dihya.sandbox.protocol import MAX_FRAME_BYTES, ProtocolError, read_frame, write_frame
+
+
+class LoadFailure(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any], set[str]]:
+    """Verify and import the plugin; return (instance, metadata, callable method names)."""
+    from dihya.discovery import discover
+    from dihya.gate import inspect_files
+    from dihya.loader import load_plugins
+
+    matches = [p for p in discover(spec["group"]) if p.name == spec["name"]]
+    if len(matches) != 1:
+        raise LoadFailure("sandbox-start-failed",
+                          f"{len(matches)} installed entry points named {spec['name']!r}")
+    files, problem = inspect_files(matches[0])
+    if problem is not None or files is None or files.fingerprint != spec["fingerprint"]:
+        raise LoadFailure("sandbox-start-failed",
+                          "the plugin's files changed between verification and loading")
+    loaded, failed = load_plugins(spec["group"], [matches[0].entry_point])
+    if spec["name"] in failed:
+        failure = failed[spec["name"]]
+        raise LoadFailure(failure.reason, failure.message)
+    plugin = loaded[spec["name"]]
+    cls = plugin.cls
+    meta = {"name": cls.name, "version": cls.version, "safe": cls.safe,
+            "priority": cls.priority, "description": cls.description, "author": cls.author,
+            "hooks": list(plugin.hooks),
+            "actions": {n: {"method": a.method, "description": a.description,
+                            "input_schema": a.input_schema} for n, a in plugin.actions.items()}}
+    callable_names = set(plugin.hooks) | {a.method for a in plugin.actions.values()}
+    return plugin.instance, meta, callable_names
+
+
+def serve(in_fd: int, out_fd: int, instance: Any, allowed: set[str], max_bytes: int) -> int:
+    while True:
+        try:
+            message = read_frame(in_fd, None, max_bytes)
+        except ProtocolError:
+            return 0  # the parent went away or closed the stream: exit quietly
+        request_id = message.get("id")
+        op = message.get("op")
+        if op == "shutdown":
+            return 0
+        if op == "ping":
+            write_frame(out_fd, {"id": request_id, "ok": True, "value": "pong"}, max_bytes)
+            continue
+        hook = message.get("hook")
+        if op != "call" or hook not in allowed or not isinstance(message.get("args"), list):
+            write_frame(out_fd, {"id": request_id, "ok": False,
+                                 "error": {"type": "ProtocolError",
+                                           "message": "unknown operation or hook"}}, max_bytes)
+            continue
+        try:
+            value = getattr(instance, hook)(*message["args"])
+            response = {"id": request_id, "ok": True, "value": value}
+        except Exception as exc:
+            response = {"id": request_id, "ok": False,
+                        "error": {"type": type(exc).__name__, "message": str(exc)[:500]}}
+        try:
+            write_frame(out_fd, response, max_bytes)
+        except (TypeError, ValueError, ProtocolError) as exc:
+            write_frame(out_fd, {"id": request_id, "ok": False,
+                                 "error": {"type": "InvalidOutput",
+                                           "message": f"the hook returned something that "
+                                                      f"cannot be sent as JSON: {exc}"[:500]}},
+                        max_bytes)
+
+
+def main(argv: list[str]) -> int:
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # fd 1 now goes to stderr: prints cannot reach the frame stream
+    sys.stdout = os.fdopen(1, "w", closefd=False)
+    spec = json.loads(argv[1])
+    max_bytes = int(spec.get("max_frame_bytes", MAX_FRAME_BYTES))
+    layers_on: list[str] = []
+    policy = None
+    try:
+        if spec.get("policy") is not None:
+            from dihya.sandbox.layers import SandboxPolicy, confine
+
+            policy = SandboxPolicy(**spec["policy"])
+            layers_on += confine(policy, "before-import")
+        instance, meta, allowed = load(spec)
+        if policy is not None:
+            from dihya.sandbox.layers import confine
+
+            layers_on += confine(policy, "after-import")
+    except LoadFailure as exc:
+        write_frame(out_fd, {"id": 0, "ok": False,
+                             "error": {"reason": exc.reason, "message": exc.message[:2000]}})
+        return 1
+    except Exception as exc:
+        write_frame(out_fd, {"id": 0, "ok": False,
+                             "error": {"reason": "sandbox-start-failed",
+                                       "message": f"{type(exc).__name__}: {exc}"[:2000]}})
+        return 1
+    write_frame(out_fd, {"id": 0, "ok": True, "op": "hello", "meta": meta,
+                         "layers": layers_on})
+    return serve(0, out_fd, instance, allowed, max_bytes)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
