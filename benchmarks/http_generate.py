@@ -2,9 +2,9 @@
 
 Sets up, in a temporary directory, a venv holding wheels of the core and of the two bundled
 plugins (built from this checkout, installed non-editable), a config approving both
-(`dihya plugins approve example markdown-docs`, approve's default mode unless `--mode`
-says otherwise) with `[web] rate_limit = "1000000/minute"`
-and a developer token (`dihya tokens create`), then starts two real servers on 127.0.0.1,
+(`dihya plugins approve example markdown-docs`, in approve's default mode unless `--mode`
+says otherwise) with `[web] rate_limit = "1000000/minute"` and a developer token
+(`dihya tokens create`), then starts two real servers on 127.0.0.1,
 each `dihya serve --workers 2` (gunicorn) on a free port, sharing that config and store:
 
   A. plugins on: both bundled plugins active;
@@ -13,12 +13,16 @@ each `dihya serve --workers 2` (gunicorn) on a free port, sharing that config an
 
 A client of T threads, each with its own `http.client` connection (gunicorn's sync workers
 close it after each response; the client reconnects), posts `examples/needs/todo.json`
-for rounds of at most `--seconds` and `--requests`, interleaved A, B, A, B... after a
-warm-up round per side, and prints requests per second, median and p99 latency per side
-and the ratio A/B (target >= 0.8). The servers are always stopped.
+for rounds of at most `--seconds` and `--requests`, interleaved A, B, B, A, A, B... after
+a warm-up round per side (`--warmup` seconds); every answer other than a 200 counts as an
+error, and one request per side first checks which plugins ran. It prints requests per
+second, median and p99 latency per side and the ratio A/B (target >= 0.8). The servers
+are always stopped. `--profile` adds, per side, an in-process run of the request path
+(Flask test client) with each hook's median time and a cProfile.
 
     python benchmarks/http_generate.py [--rounds 4] [--seconds 5] [--requests 5000]
-                                       [--threads 4] [--mode sandbox|in-process]
+                                       [--threads 4] [--warmup 3]
+                                       [--mode sandbox|in-process]
                                        [--profile] [--workdir DIR]
 """
 
@@ -86,9 +90,11 @@ report = once().get_json()["report"]
 ran = sorted({p["name"] for p in report["plugins"] if p["status"] == "ok"})
 for _ in range(50):
     once()
-times = []
+times, hooks = [], {}
 for _ in range(count):
-    t0 = time.perf_counter(); once(); times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter(); response = once(); times.append(time.perf_counter() - t0)
+    for p in response.get_json()["report"]["plugins"]:
+        hooks.setdefault(f"{p['name']} {p['hook']}", []).append(p["ms"])
 profiler = cProfile.Profile()
 profiler.enable()
 for _ in range(count):
@@ -97,6 +103,10 @@ profiler.disable()
 times.sort()
 print(f"plugins that ran: {ran or 'none'}; in-process request, no profiler: median "
       f"{times[len(times) // 2] * 1000:.2f} ms over {count}")
+for name, values in hooks.items():
+    values.sort()
+    print(f"  hook {name}: median {values[len(values) // 2]:.2f} ms (the pipeline's timing: "
+          "copy + call + check)")
 sys.stdout.flush()
 stats = pstats.Stats(profiler, stream=sys.stdout)
 stats.sort_stats("cumulative").print_stats(45)
@@ -113,7 +123,10 @@ def free_port() -> int:
 def dihya(bindir: Path, config: Path, *args: str, env: dict[str, str],
           cwd: Path) -> str:
     out = subprocess.run([str(bindir / "dihya"), "--config", str(config), *args], env=env,
-                         cwd=cwd, check=True, capture_output=True, text=True)
+                         cwd=cwd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"dihya {' '.join(args)}: exit {out.returncode}\n{out.stdout}"
+                         f"{out.stderr}")
     return out.stdout
 
 
@@ -271,6 +284,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="measured rounds per side")
     parser.add_argument("--seconds", type=float, default=5.0, help="longest round")
     parser.add_argument("--requests", type=int, default=5000, help="most requests per round")
+    parser.add_argument("--warmup", type=float, default=3.0,
+                        help="seconds of warm-up per side before the measured rounds")
     parser.add_argument("--threads", type=int, default=4, help="concurrent client connections")
     parser.add_argument("--mode", choices=("sandbox", "in-process"), default=None,
                         help="`plugins approve --mode` (default: none given, i.e. approve's "
@@ -307,8 +322,8 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
 
         results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
         for label in ("A", "B"):  # warm-up: imports, caches, first-call costs, both workers
-            run_round(servers[label].port, body, headers, args.threads,
-                      min(2.0, args.seconds), args.requests)
+            run_round(servers[label].port, body, headers, args.threads, args.warmup,
+                      args.requests)
         for index in range(args.rounds):
             for label in (("A", "B") if index % 2 == 0 else ("B", "A")):
                 outcome = run_round(servers[label].port, body, headers, args.threads,

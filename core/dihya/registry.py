@@ -7,6 +7,7 @@ runs wholly on the snapshot it started with.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -124,7 +125,7 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
         from dihya.executor.sandbox import SandboxPool
 
         sandbox = SandboxPool(config.sandbox)
-    hellos = _start_workers(sandbox, config, sandboxed)
+    hellos = _start_workers(sandbox, config, sandboxed, path)
     records = []
     for verdict in verdicts:
         name = verdict.plugin.name
@@ -143,14 +144,17 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
 
 
 def _start_workers(sandbox: SandboxPool | None, config: Config,
-                   verdicts: Sequence[Verdict]) -> dict[str, Any]:
+                   verdicts: Sequence[Verdict], path: Sequence[str] | None) -> dict[str, Any]:
     if sandbox is None or not verdicts:
         return {}
     from dihya.executor.sandbox import WorkerSpec
     from dihya.sandbox.admission import start_all
 
-    return start_all(sandbox, [WorkerSpec(config.group, v.plugin.name, v.fingerprint or "")
-                               for v in verdicts])
+    # entries outside this Python's own prefixes (the worker's `-I` path has those)
+    prefixes = tuple({sys.prefix, sys.base_prefix})
+    extra = tuple(p for p in path or () if p and not p.startswith(prefixes))
+    return start_all(sandbox, [WorkerSpec(config.group, v.plugin.name, v.fingerprint or "",
+                                          extra) for v in verdicts])
 
 
 def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,

@@ -19,7 +19,11 @@ GROUP = "dihya.generation_plugins"
 
 NOOP_PLUGIN = '''\
 """A synthetic plugin {name}."""
+import uuid
+
 from dihya import GenerationPluginBase
+
+INSTANCE = uuid.uuid4().hex  # tells one import (one worker) from another
 
 
 class Plugin(GenerationPluginBase):

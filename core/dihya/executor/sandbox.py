@@ -18,7 +18,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -59,9 +60,12 @@ class WorkerStartError(Exception):
 
 @attrs.frozen
 class WorkerSpec:
+    """Which plugin a worker loads; `path` adds import-path entries (tests, custom sites)."""
+
     group: str
     name: str
     fingerprint: str
+    path: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -91,8 +95,12 @@ class Worker:
     """One running worker process and its plugin; calls are serialised by a lock."""
 
     def __init__(self, spec: WorkerSpec, settings: SandboxSettings,
-                 max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+                 max_frame_bytes: int = MAX_FRAME_BYTES,
+                 spawn: Callable[[Callable[[], Any]], Any] | None = None) -> None:
         self.spec = spec
+        # bwrap's --die-with-parent follows the *thread* that started it: start workers
+        # from a thread that lives as long as they should (the pool's spawner).
+        self._spawn = spawn or (lambda start: start())
         self.settings = settings
         self.max_frame_bytes = max_frame_bytes
         self.lock = threading.Lock()
@@ -110,6 +118,7 @@ class Worker:
     def _start(self) -> Hello:
         payload: dict[str, Any] = {"group": self.spec.group, "name": self.spec.name,
                                    "fingerprint": self.spec.fingerprint,
+                                   "path": list(self.spec.path),
                                    "max_frame_bytes": self.max_frame_bytes, "policy": None}
         argv = [sys.executable, "-I", "-X", f"pycache_prefix={self.scratch}/pycache", "-m",
                 "dihya.sandbox.worker"]
@@ -125,15 +134,15 @@ class Worker:
             warnings.append("isolation layers unavailable: the worker runs unconfined")
         if layers is not None:
             policy = layers.SandboxPolicy(
-                scratch_dir=self.scratch, read_only_paths=read_only_paths(),
+                scratch_dir=self.scratch, read_only_paths=read_only_paths(self.spec.path),
                 address_space_bytes=self.settings.memory_mb * 1024 * 1024,
                 cpu_seconds=self.settings.cpu_seconds)
             payload["policy"] = attrs.asdict(policy)
             argv, env, kwargs, outer, warnings = layers.launch(argv, policy)
         argv = [*argv, json.dumps(payload)]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, env=env, close_fds=True,
-                                     cwd=self.scratch, start_new_session=True, **kwargs)
+        self.proc = self._spawn(lambda: subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=env, close_fds=True, cwd=self.scratch, start_new_session=True, **kwargs))
         deadline = time.monotonic() + self.settings.start_timeout_s
         try:
             assert self.proc.stdout is not None
@@ -239,10 +248,14 @@ class SandboxPool:
         self._lock = threading.Lock()
         self._closed = False
         self._reaper: threading.Thread | None = None
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dihya-spawner")
+
+    def _spawn(self, start: Callable[[], Any]) -> Any:
+        return self._spawner.submit(start).result()
 
     def start(self, spec: WorkerSpec) -> Hello:
         """Start the plugin's worker (kept warm) and return what it said when loaded."""
-        worker = Worker(spec, self.settings)
+        worker = Worker(spec, self.settings, spawn=self._spawn)
         with self._lock:
             self._specs[spec.name] = spec
             old = self._workers.pop(spec.name, None)
@@ -265,7 +278,7 @@ class SandboxPool:
             raise WorkerFailed(f"no sandbox worker is known for {name!r}")
         if worker is not None:
             worker.close()
-        fresh = Worker(spec, self.settings)
+        fresh = Worker(spec, self.settings, spawn=self._spawn)
         with self._lock:
             self._workers[name] = fresh
         return fresh
@@ -310,6 +323,7 @@ class SandboxPool:
             self._workers.clear()
         for worker in workers:
             worker.close()
+        self._spawner.shutdown(wait=False)
 
 
 class SandboxExecutor:

@@ -248,11 +248,13 @@ def _probe_landlock() -> str:
 
 @functools.cache
 def _libseccomp() -> ctypes.CDLL:
-    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
     try:
-        lib = ctypes.CDLL(name, use_errno=True)
-    except OSError:
         lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:  # find_library runs ldconfig: only when the usual soname is missing
+        name = ctypes.util.find_library("seccomp")
+        if name is None:
+            raise
+        lib = ctypes.CDLL(name, use_errno=True)
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_release.argtypes = [ctypes.c_void_p]
@@ -605,9 +607,9 @@ def _add_path_rule(libc: ctypes.CDLL, number: int, ruleset: int, path: str, righ
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as exc:
-        if required or exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+        if required or exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
             raise SandboxSetupError(f"landlock: cannot open {path}: {exc}") from exc
-        return  # a read-only path that does not exist: nothing to allow
+        return  # a read-only path that does not exist or DAC hides: nothing to allow
     try:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             rights &= _FILE_RIGHTS

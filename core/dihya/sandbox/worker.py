@@ -32,6 +32,8 @@ def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any], set[str]]:
     from dihya.gate import inspect_files
     from dihya.loader import load_plugins
 
+    extra = [p for p in spec.get("path", []) if isinstance(p, str)]
+    sys.path[:0] = [p for p in extra if p not in sys.path]
     matches = [p for p in discover(spec["group"]) if p.name == spec["name"]]
     if len(matches) != 1:
         raise LoadFailure("sandbox-start-failed",

@@ -1,0 +1,102 @@
+"""Sandbox workers on real installed plugins: loading, calls, and every failure contained."""
+
+from __future__ import annotations
+
+import time
+
+from sandbox_support import hook, sandboxed, statuses
+
+from dihya.executor.sandbox import SandboxPool
+from dihya.pipeline import run_generation
+from support.wheels import plugin_source
+
+
+def test_sandboxed_plugin_runs_in_a_worker_not_here(plugin_site, needs, closing) -> None:
+    snap, names = sandboxed(plugin_site, {"ok": hook(
+        'import os\ncode["pid.txt"] = str(os.getpid())\nreturn code')})
+    closing(snap)
+    record = snap.get(names["ok"])
+    assert record.status == "active", record.message
+    assert record.instance is None, "a sandbox-mode plugin was imported by the backend"
+    import sys
+
+    assert f"dihya_plugin_{names['ok']}" not in sys.modules
+    result = run_generation(needs, snap)
+    assert statuses(result) == {names["ok"]: "ok"}
+    import os
+
+    worker_pid = int(result.files["pid.txt"])  # as seen inside its PID namespace, if any
+    assert worker_pid != os.getpid()
+    assert names["ok"] in snap.sandbox.running()
+    again = run_generation(needs, snap)
+    assert int(again.files["pid.txt"]) == worker_pid, "the worker was not kept warm"
+
+
+def test_failures_are_contained_and_the_worker_replaced(plugin_site, needs, closing) -> None:
+    snap, names = sandboxed(plugin_site, {
+        "loop": hook("while True:\n    pass"),
+        "crash": hook("import os\nos._exit(3)"),
+        "segv": hook("import ctypes\nctypes.string_at(0)"),
+        "garbage": hook("import os\nos.write(1, b'garbage' * 1000)\nreturn code"),
+        "raises": hook("raise ValueError('nope')"),
+        "badtype": hook("return {'a.txt': 42}"),
+        "fine": hook('code["fine.txt"] = "ok"\nreturn code'),
+    }, timeout=1.0)
+    closing(snap)
+    assert all(r.status == "active" for r in snap.records if r.name in names.values())
+    start = time.monotonic()
+    result = run_generation(needs, snap)
+    assert time.monotonic() - start < 10
+    got = statuses(result)
+    assert got[names["loop"]] == "timeout"
+    assert got[names["crash"]] == "failed" and got[names["segv"]] == "failed"
+    assert got[names["garbage"]] == "ok", "a plugin's print corrupted the frame stream"
+    assert got[names["raises"]] == "failed" and got[names["badtype"]] == "invalid-output"
+    assert got[names["fine"]] == "ok" and result.files["fine.txt"] == "ok"
+    details = {h.name: h.detail for h in result.plugins}
+    assert "signal" in details[names["segv"]] or "exit" in details[names["segv"]]
+    # the next generation gets fresh workers and the same outcome, quickly
+    again = statuses(run_generation(needs, snap))
+    assert again == got
+
+
+def test_import_failures_and_slow_imports(plugin_site, closing) -> None:
+    snap, names = sandboxed(plugin_site, {
+        "broken": "#!full\nraise RuntimeError('at import')\n",
+        "slow": "#!full\nimport time\ntime.sleep(30)\n",
+        "typo": "#!full\n" + plugin_source("typo", body="\ndef befor_generation(self, needs):\n"
+                                                      "    return needs\n"),
+    }, start_timeout_s=3.0)
+    closing(snap)
+    got = {r.name: (r.status, r.reason) for r in snap.records}
+    assert got[names["broken"]] == ("failed", "import-error"), snap.get(names["broken"]).message
+    assert got[names["slow"]] == ("failed", "sandbox-start-failed")
+    assert got[names["typo"]] == ("failed", "invalid-plugin")
+    assert "befor_generation" in snap.get(names["typo"]).message
+
+
+def test_worker_recycled_after_max_calls_and_reaped_when_idle(plugin_site, needs,
+                                                              closing) -> None:
+    # a value drawn when the worker imports the plugin tells one worker from the next
+    # (PIDs do not: each worker may be PID 2 of its own namespace)
+    snap, _names = sandboxed(plugin_site, {"pid": hook(
+        'code["pid.txt"] = INSTANCE\nreturn code')}, max_calls=2)
+    closing(snap)
+    pids = [run_generation(needs, snap).files["pid.txt"] for _ in range(3)]
+    assert pids[0] == pids[1] != pids[2]
+    pool: SandboxPool = snap.sandbox
+    assert pool.reap_idle(now=time.monotonic() + 10_000) == 1
+    assert pool.running() == {}
+    assert run_generation(needs, snap).files["pid.txt"] not in pids  # started again lazily
+
+
+def test_worker_environment_is_scrubbed(plugin_site, needs, closing, monkeypatch) -> None:
+    monkeypatch.setenv("DIHYA_SECRET_TOKEN", "s3cr3t")
+    snap, _names = sandboxed(plugin_site, {"env": hook(
+        'import os, json\ncode["env.json"] = json.dumps(dict(os.environ))\nreturn code')})
+    closing(snap)
+    import json
+
+    env = json.loads(run_generation(needs, snap).files["env.json"])
+    assert "DIHYA_SECRET_TOKEN" not in env and "s3cr3t" not in json.dumps(env)
+    assert set(env) <= {"PATH", "LC_ALL", "LANG", "HOME", "TMPDIR", "LC_CTYPE", "PWD"}
