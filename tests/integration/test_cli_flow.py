@@ -230,7 +230,9 @@ def test_failing_import_code_is_contained(backend, tmp_path: Path) -> None:
     source = (f"import os\nif os.path.exists({str(trigger)!r}):\n"
               "    raise RuntimeError('broken at import')\n" + plugin_source("boom"))
     with extra_plugin(backend, tmp_path, "boom", source=source):
-        assert backend.dihya("plugins", "approve", "boom", *BUNDLED).returncode == 0
+        # in-process: a sandboxed worker could not even see the trigger file
+        assert backend.dihya("plugins", "approve", "boom", "--mode", "in-process").returncode == 0
+        assert backend.dihya("plugins", "approve", *BUNDLED).returncode == 0
         trigger.touch()  # the plugin breaks after approval (an outage, a bad deploy...)
         rows = backend.rows()
         assert (rows["boom"]["status"], rows["boom"]["reason"]) == ("failed", "import-error")
@@ -267,17 +269,18 @@ def test_required_plugin_that_is_not_running_fails_the_generation(backend) -> No
     assert not out.exists()
 
 
-def test_approval_checks_the_class_in_a_child_process(backend, tmp_path: Path) -> None:
+def test_approval_checks_the_class_in_a_sandbox_worker(backend, tmp_path: Path) -> None:
     body = "\ndef befor_generation(self, needs):\n    return needs\n"
     marker = tmp_path / "imported-in"
-    source = (f"import os\nopen({str(marker)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
-              + plugin_source("typo", body=body))
+    # if the CLI imported the plugin itself, this write would succeed; in a worker it cannot
+    source = (f"try:\n    open({str(marker)!r}, 'a').write('imported')\nexcept OSError:\n"
+              "    pass\n" + plugin_source("typo", body=body))
     with extra_plugin(backend, tmp_path, "typo", source=source):
         result = backend.dihya("plugins", "approve", "typo")
         assert result.returncode == 1
         assert "befor_generation" in result.stderr and "before_generation" in result.stderr
         assert "typo" not in backend.config.read_text()
-        assert len(marker.read_text().split()) == 1  # imported once, in the child
+        assert not marker.exists(), "the plugin was imported outside the sandbox"
 
 
 def test_reapproval_keeps_the_operators_choices(backend) -> None:

@@ -8,6 +8,7 @@ because the core treats every public method of a plugin class as a would-be hook
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Mapping
 from importlib import metadata
@@ -110,8 +111,13 @@ def _trim_key(obj: dict[str, Any], key: str, default: str | None = None) -> None
 # --------------------------------------------------------------------------- code
 
 
+@functools.cache
 def core_version() -> str:
-    """Version of the installed dihya-core distribution (`unknown` if not installed)."""
+    """Version of the installed dihya-core distribution (`unknown` if not installed).
+
+    Looked up once per process: reading package metadata on every call cost more than the
+    whole hook.
+    """
     try:
         return metadata.version("dihya-core")
     except metadata.PackageNotFoundError:
