@@ -4,14 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
 
-.PHONY: demo test clean
+.PHONY: demo test clean sandbox-tools
 
 $(BIN)/tox:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "tox>=4.11"
 
-demo: $(BIN)/tox
+# bubblewrap gives sandbox workers their own network, PID and mount namespaces; without it
+# the sandbox still applies its other layers and `dihya plugins show` warns.
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+	      || echo "warning: could not install bubblewrap; sandbox workers will lack namespaces"; \
+	  else echo "warning: bubblewrap (bwrap) is not installed; install it for the sandbox's namespaces"; fi; }
+
+demo: $(BIN)/tox sandbox-tools
 	$(BIN)/pip install --quiet --force-reinstall --no-deps . ./plugins/example-plugin ./plugins/markdown-docs-plugin
 	$(BIN)/pip install --quiet . ./plugins/example-plugin ./plugins/markdown-docs-plugin
 	mkdir -p $(DEMO)
@@ -21,7 +30,7 @@ demo: $(BIN)/tox
 	$(BIN)/dihya --config $(DEMO)/dihya.toml generate examples/needs/todo.json -o $(DEMO)/todo --force
 	@echo "Generated project: $(DEMO)/todo (try: cd $(DEMO)/todo && python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/pytest)"
 
-test: $(BIN)/tox
+test: $(BIN)/tox sandbox-tools
 	$(BIN)/tox run
 
 clean:

@@ -58,6 +58,30 @@ def _validator() -> Any:
     return jsonschema.Draft202012Validator(needs_schema())
 
 
+@functools.cache
+def _fast_validator() -> Callable[[Any], Any]:
+    import fastjsonschema
+
+    schema = {k: v for k, v in needs_schema().items() if k != "$schema"}
+    validate: Callable[[Any], Any] = fastjsonschema.compile(schema)
+    return validate
+
+
+def _passes_fast_check(needs: object) -> bool:
+    """The schema check compiled to Python (about 30x faster than jsonschema).
+
+    Only a yes/no: when it says no, jsonschema, the reference, finds and words every
+    problem. A test keeps both in agreement.
+    """
+    import fastjsonschema
+
+    try:
+        _fast_validator()(needs)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
+
+
 def json_path(parts: Iterable[object]) -> str:
     out = "$"
     for part in parts:
@@ -73,6 +97,8 @@ def validate_needs(needs: object) -> list[Problem]:
         return [Problem("$", f"not JSON data: {exc}")]
     if size > MAX_NEEDS_BYTES:
         return [Problem("$", f"needs are {size} bytes, the limit is {MAX_NEEDS_BYTES}")]
+    if _passes_fast_check(needs):
+        return _semantic_problems(needs)  # type: ignore[arg-type]
     errors = sorted(_validator().iter_errors(needs), key=lambda e: list(map(str, e.path)))
     problems = [Problem(json_path(e.absolute_path), _schema_message(e)) for e in errors]
     if not problems:

@@ -113,3 +113,31 @@ def test_code_validation(code, fragment) -> None:
 
 def test_valid_code() -> None:
     assert validate_code({"app/x.py": "print(1)\n", "README.md": ""}) == []
+
+
+def _mutations() -> list[object]:
+    base = copy.deepcopy(TODO)
+    field = base["entities"][0]["fields"][0]
+    cases: list[object] = [base, {}, [], None, "needs", {"project": "p"}]
+    for key, value in [("project", 3), ("project", ""), ("project", "a" * 64), ("stack", None),
+                       ("entities", {}), ("entities", []), ("title", "t" * 201), ("version", "1.x"),
+                       ("x-ok", {"any": [1, 2]}), ("x-", 1), ("extra", 1), ("description", True)]:
+        cases.append(dict(base, **{key: value}))
+    for key, value in [("type", "blob"), ("required", 1), ("required", "yes"), ("max_length", True),
+                       ("max_length", 0), ("max_length", 1.5), ("default", [1]), ("default", {}),
+                       ("name", "1x"), ("name", "a" * 65), ("description", 3), ("other", 1)]:
+        mutated = copy.deepcopy(base)
+        mutated["entities"][0]["fields"][0] = dict(field, **{key: value})
+        cases.append(mutated)
+    no_fields = copy.deepcopy(base)
+    no_fields["entities"][0]["fields"] = []
+    cases.append(no_fields)
+    return cases
+
+
+@pytest.mark.parametrize("needs", _mutations())
+def test_fast_check_agrees_with_jsonschema(needs: object) -> None:
+    from dihya.needs import _passes_fast_check, _validator
+
+    reference = not any(True for _ in _validator().iter_errors(needs))
+    assert _passes_fast_check(needs) == reference
