@@ -6,6 +6,7 @@ checks a schema cannot express (unique names, reserved words, typed defaults) li
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
 import json
@@ -62,7 +63,8 @@ def _validator() -> Any:
 def _fast_validator() -> Callable[[Any], Any]:
     import fastjsonschema
 
-    schema = {k: v for k, v in needs_schema().items() if k != "$schema"}
+    # a deep copy: fastjsonschema rewrites the `$ref`s of the schema it is given in place
+    schema = {k: copy.deepcopy(v) for k, v in needs_schema().items() if k != "$schema"}
     validate: Callable[[Any], Any] = fastjsonschema.compile(schema)
     return validate
 

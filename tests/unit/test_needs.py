@@ -141,3 +141,12 @@ def test_fast_check_agrees_with_jsonschema(needs: object) -> None:
 
     reference = not any(True for _ in _validator().iter_errors(needs))
     assert _passes_fast_check(needs) == reference
+
+
+def test_fast_check_leaves_the_shared_schema_untouched() -> None:
+    from dihya.needs import _fast_validator, needs_schema
+
+    before = json.dumps(needs_schema(), sort_keys=True)
+    _fast_validator.cache_clear()
+    _fast_validator()
+    assert json.dumps(needs_schema(), sort_keys=True) == before

@@ -262,3 +262,27 @@ def test_internal_errors_are_problems_without_traces(api: Api) -> None:
     api.app.add_url_rule("/boom", "boom", explode)
     body = problem(api.client.get("/boom"), 500)
     assert "secret internal state" not in json.dumps(body) and body["request_id"]
+
+
+def test_repeated_failures_quarantine_a_plugin(plugin_site, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    name = plugin_site.unique("flaky")
+    body = "\ndef after_generation(self, code, needs):\n    raise RuntimeError('down')\n"
+    plugin_site.install(name, source=plugin_source(name, body=body))
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)],
+                          '[web]\nrate_limit = "1000/minute"\n[sandbox]\nquarantine_after = 3\n')
+    api = Api(create_app(config), {"flaky": name})
+    with caplog.at_level(logging.INFO, logger="dihya.audit"):
+        for _ in range(3):
+            report = api.post("/api/v1/generate", json={"needs": TODO}).get_json()["report"]
+            assert [p["status"] for p in report["plugins"]] == ["failed"]
+    row = api.get(f"/api/v1/plugins/{name}").get_json()
+    assert (row["status"], row["reason"]) == ("disabled", "quarantined")
+    report = api.post("/api/v1/generate", json={"needs": TODO}).get_json()["report"]
+    assert report["plugins"] == [{"name": name, "hook": "*", "status": "skipped", "ms": 0.0,
+                                  "detail": "disabled/quarantined"}]
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "dihya.audit"]
+    assert [e["type"] for e in events].count("plugin.failed") == 3
+    assert any(e["type"] == "plugin.quarantined" and e["plugin"] == name for e in events)
+    enabled = api.post(f"/api/v1/plugins/{name}/enable", "admin").get_json()
+    assert enabled["status"] == "active"

@@ -432,6 +432,10 @@ def launch(argv: list[str], policy: SandboxPolicy
     if want_bwrap and bwrap_ok:
         under_tmp = _hidden_by_tmpfs((*policy.read_only_paths,
                                       os.path.dirname(os.path.abspath(argv[0]))), scratch)
+        if switched and user is not None:
+            # bwrap, running as the sandbox user, fails on a bind source it cannot reach
+            under_tmp = tuple(p for p in under_tmp
+                              if _reachable(p, user.pw_uid, user.pw_gid, os.R_OK | os.X_OK))
         bwrap = shutil.which("bwrap", path=SAFE_PATH) or "bwrap"
         full = _bwrap_prefix(bwrap, rooted, scratch, under_tmp) + full
         layers.append("bwrap")

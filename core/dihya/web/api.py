@@ -126,6 +126,13 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
             raise ApiProblem(502, "generation-failed", "Generation failed",
                              f"The generation could not complete at stage `{exc.stage}`.",
                              report={"plugins": [h.to_json() for h in exc.plugins]}) from exc
+        snapshot_records = {r.name: r for r in st.snapshot().records}
+        for h in result.plugins:
+            if h.status not in ("ok", "skipped"):
+                record = snapshot_records.get(h.name)
+                st.auditor.record("plugin.failed", "failed", plugin=h.name, reason=h.status,
+                                  action=h.hook, request_id=g.request_id,
+                                  plugin_version=record.version if record else None)
         st.note_outcomes(((h.name, h.status == "ok") for h in result.plugins
                           if h.status != "skipped"), g.request_id)
         code_bytes = sum(len(t.encode("utf-8")) for t in result.files.values())
