@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attr
 import attrs
 import pytest
 
@@ -250,6 +251,19 @@ class Lab:
         self.driver = self.root / "driver.py"
         self.driver.write_text(DRIVER)
         self.driver.chmod(0o644)
+        # copies of the packages the driver imports, readable by the sandbox user wherever
+        # the venv lives (tox keeps its envs in a 0700 directory)
+        self.libs = self.root / "lib"
+        for package in (Path(attrs.__file__).parent, Path(attr.__file__).parent):
+            shutil.copytree(package, self.libs / package.name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        # `layers` needs only the standard library and attrs: ship it alone
+        (self.libs / "dihya" / "sandbox").mkdir(parents=True)
+        (self.libs / "dihya" / "__init__.py").write_text("")
+        (self.libs / "dihya" / "sandbox" / "__init__.py").write_text("")
+        shutil.copy(layers.__file__, self.libs / "dihya" / "sandbox" / "layers.py")
+        for path in [self.libs, *self.libs.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
         # 0700, and not under /tmp, which bwrap would hide anyway: Landlock must deny it
         self.backend = Path(tempfile.mkdtemp(
             prefix="dihya-backend-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
@@ -301,8 +315,7 @@ class Lab:
                    "scratch": policy.scratch_dir}
         self.leftovers += [targets["tmp_file"], targets["root_file"], targets["planted_file"]]
         cfg = {
-            "paths": [str(Path(attrs.__file__).resolve().parent.parent),
-                      str(Path(dihya.__file__).resolve().parent.parent)],
+            "paths": [str(self.libs)],
             "policy": attrs.asdict(policy), "stages": list(stages), "sleep": sleep,
             "targets": targets,
         }
