@@ -182,6 +182,7 @@ def show(state: State, name: str, as_json: bool) -> None:
     if as_json:
         _echo_json(data)
         return
+    data["actions"] = [a["name"] for a in data["actions"]]  # schemas: see --json
     for key, value in data.items():
         if isinstance(value, list):
             value = ", ".join(map(str, value)) or "-"

@@ -220,8 +220,9 @@ def _sandbox_settings(where: str, table: Mapping[str, Any]) -> SandboxSettings:
         if kind is int:
             ok = ok and isinstance(value, int)
         if not ok or not low <= value <= high:
-            raise ConfigError(f"{where}: [sandbox] {key} must be a {kind.__name__} between "
-                              f"{low} and {high}, not {value!r}")
+            noun = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{where}: [sandbox] {key} must be {noun} between {low} and "
+                              f"{high}, not {value!r}")
         values[key] = kind(value)
     if "require_isolation" in table:
         if not isinstance(table["require_isolation"], bool):

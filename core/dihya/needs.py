@@ -130,8 +130,9 @@ def _schema_message(error: Any) -> str:
     if kind == "additionalProperties":
         allowed = set(error.schema.get("properties", {}))
         extra = sorted(k for k in error.instance if k not in allowed and not k.startswith("x-"))
-        return (f"unexpected key(s) {', '.join(map(repr, extra))} (remove them, or prefix "
-                "extension keys with `x-`)")
+        advice = (", or prefix extension keys with `x-`"
+                  if "patternProperties" in error.schema else "")
+        return f"unexpected key(s) {', '.join(map(repr, extra))} (remove them{advice})"
     templates = {
         "type": lambda: f"must be of type {' or '.join(_list(want))}",
         "enum": lambda: f"must be one of: {', '.join(map(str, want))}",

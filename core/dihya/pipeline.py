@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import attrs
 
-from dihya.executor import HookExecutor, HookTimeout, InProcessExecutor, same_json
+from dihya.executor import HookExecutor, HookRaised, HookTimeout, InProcessExecutor, same_json
 from dihya.needs import Problem, check_needs, validate_code, validate_needs
 from dihya.registry import PluginRecord, RegistrySnapshot
 
@@ -109,6 +109,8 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
                 detail = "; ".join(map(str, problems[:5]))
         except HookTimeout as exc:
             status, detail = TIMEOUT, str(exc)
+        except HookRaised as exc:
+            status, detail = HOOK_FAILED, str(exc)[:500]
         except Exception as exc:
             status, detail = HOOK_FAILED, f"{type(exc).__name__}: {exc}"[:500]
         ms = (time.perf_counter() - t0) * 1000

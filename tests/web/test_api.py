@@ -286,3 +286,22 @@ def test_repeated_failures_quarantine_a_plugin(plugin_site, tmp_path: Path,
     assert any(e["type"] == "plugin.quarantined" and e["plugin"] == name for e in events)
     enabled = api.post(f"/api/v1/plugins/{name}/enable", "admin").get_json()
     assert enabled["status"] == "active"
+
+
+def test_config_edits_reach_a_running_app(api: Api) -> None:
+    state = api.app.extensions["dihya"]
+    state.version_ttl_s = 0.0
+    name = api.plugins["open"]
+    path = state.config_path
+    original = path.read_text()
+    import time
+
+    time.sleep(0.01)  # a distinct mtime
+    path.write_text(original.replace(f'name = "{name}"', f'name = "{name}"\nenabled = false'))
+    row = api.get(f"/api/v1/plugins/{name}").get_json()
+    assert (row["status"], row["reason"]) == ("disabled", "disabled-by-config")
+    path.write_text("[plugins\n")  # a broken edit: the previous config keeps serving
+    row = api.get(f"/api/v1/plugins/{name}").get_json()
+    assert row["reason"] == "disabled-by-config"
+    path.write_text(original)
+    assert api.get(f"/api/v1/plugins/{name}").get_json()["status"] == "active"

@@ -6,7 +6,14 @@ approval's `mode`, so the sandbox plugs in without touching the pipeline.
 
 from __future__ import annotations
 
-from dihya.executor.base import HookExecutor, HookTimeout, json_copy, same_json
+from dihya.executor.base import HookExecutor, HookRaised, HookTimeout, json_copy, same_json
 from dihya.executor.inprocess import InProcessExecutor
 
-__all__ = ["HookExecutor", "HookTimeout", "InProcessExecutor", "json_copy", "same_json"]
+__all__ = [
+    "HookExecutor",
+    "HookRaised",
+    "HookTimeout",
+    "InProcessExecutor",
+    "json_copy",
+    "same_json",
+]

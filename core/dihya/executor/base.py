@@ -9,6 +9,10 @@ if TYPE_CHECKING:
     from dihya.registry import PluginRecord
 
 
+class HookRaised(Exception):
+    """The hook raised in another process; the message is `ExceptionType: message`."""
+
+
 class HookTimeout(Exception):
     """The hook did not return within the deadline; its result, if any, is discarded."""
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from dihya.config import SandboxSettings
-from dihya.executor.base import HookTimeout
+from dihya.executor.base import HookRaised, HookTimeout
 from dihya.sandbox.protocol import (
     MAX_FRAME_BYTES,
     FrameTimeout,
@@ -45,7 +45,7 @@ class WorkerFailed(RuntimeError):
     """The worker died, or broke the protocol; it has been killed."""
 
 
-class PluginRaised(RuntimeError):
+class PluginRaised(HookRaised):
     """The hook raised inside the worker; the worker lives on."""
 
 

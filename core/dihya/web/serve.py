@@ -48,6 +48,7 @@ def configure_logging() -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         core.addHandler(handler)
         core.setLevel(logging.INFO)
+        core.propagate = False  # gunicorn's root handler would print every line twice
 
 
 def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 60) -> None:
@@ -55,7 +56,9 @@ def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 6
     DihyaServer(config_path, {
         "bind": f"{host}:{port}", "workers": workers, "timeout": timeout,
         "accesslog": "-", "errorlog": "-", "loglevel": "info",
-        # The access log never shows query strings or headers (they may carry data).
-        "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
+        # The access log never shows client addresses, query strings or headers (personal
+        # data, tokens): method, path, status, size and duration only.
+        "access_log_format": '"%(m)s %(U)s" %(s)s %(B)s %(M)sms',
+        "control_socket_disable": True,
         "proc_name": "dihya",
     }).run()

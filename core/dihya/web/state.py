@@ -8,6 +8,7 @@ switch, this worker rebuilds its snapshot.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -15,9 +16,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dihya.audit import Auditor
-from dihya.config import Config, load_config
+from dihya.config import Config, ConfigError, load_config
 from dihya.registry import RegistrySnapshot, build_registry
 from dihya.store import Store
+
+log = logging.getLogger("dihya.web")
 
 
 class DihyaState:
@@ -34,6 +37,7 @@ class DihyaState:
         self._failures: dict[str, int] = {}
         self._checked_at = 0.0
         self._version = self.store.state_version()
+        self._config_stamp = self._stamp()
         self._snapshot = self._build()
 
     def _build(self) -> RegistrySnapshot:
@@ -48,12 +52,38 @@ class DihyaState:
             with self._lock:
                 if now - self._checked_at >= self.version_ttl_s:
                     version = self.store.state_version()
-                    if version != self._version:
+                    self._reload_config_if_changed()
+                    if version != self._version or self._config_changed:
+                        self._config_changed = False
                         old, self._snapshot = self._snapshot, self._build()
                         self._version = version
                         old.close()
                     self._checked_at = time.monotonic()
         return self._snapshot
+
+    _config_changed = False
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.config_path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _reload_config_if_changed(self) -> None:
+        """Pick up an edited config file (a CLI approve, disable...); keep the old one if the
+        new one is invalid, and say so."""
+        stamp = self._stamp()
+        if stamp == self._config_stamp:
+            return
+        self._config_stamp = stamp
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("config change ignored, the previous config keeps serving: %s", exc)
+            return
+        self.config = config
+        self._config_changed = True
 
     def note_outcomes(self, outcomes: Iterable[tuple[str, bool]],
                       request_id: str | None = None) -> None:
