@@ -6,8 +6,6 @@ against it, the pipeline calls hooks by it and `docs/hooks.md` is generated from
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, TypeVar
@@ -18,6 +16,10 @@ from packaging.version import InvalidVersion, Version
 #: Version of the hook API that plugins target (semver: a new hook is a minor bump,
 #: a changed or removed hook a major one).
 HOOK_API_VERSION: Final = "1.0"
+#: The dihya-core releases that implement hook API `HOOK_API_VERSION`: what a plugin that
+#: targets this hook API puts in its `Requires-Dist: dihya-core...` (the scaffold writes
+#: it, and its tox envs test against the lowest and the newest release of the range).
+SUPPORTED_CORE_RANGE: Final = ">=0.1,<0.2"
 
 JSON = Any
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -276,6 +278,8 @@ def validate_plugin_class(obj: object, where: str) -> type[GenerationPluginBase]
 
 
 def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
+    import inspect  # only loading pays for it, not every `dihya` command
+
     method = cls.__dict__.get(spec.name)
     if method is None:
         for base in cls.__mro__[1:]:
@@ -299,6 +303,8 @@ def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
 
 
 def _action_problems(cls: type) -> list[str]:
+    import inspect
+
     problems: list[str] = []
     seen: dict[str, str] = {}
     for klass in cls.__mro__:
@@ -335,6 +341,8 @@ def _action_problems(cls: type) -> list[str]:
 
 
 def _unknown_hook_problems(cls: type) -> list[str]:
+    import difflib
+
     problems = []
     own = {
         name
