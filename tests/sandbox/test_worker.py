@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from sandbox_support import hook, sandboxed, statuses
 
 from dihya.executor.sandbox import SandboxPool
@@ -100,3 +101,30 @@ def test_worker_environment_is_scrubbed(plugin_site, needs, closing, monkeypatch
     env = json.loads(run_generation(needs, snap).files["env.json"])
     assert "DIHYA_SECRET_TOKEN" not in env and "s3cr3t" not in json.dumps(env)
     assert set(env) <= {"PATH", "LC_ALL", "LANG", "HOME", "TMPDIR", "LC_CTYPE", "PWD"}
+
+
+def test_after_generation_changes_cross_back_as_a_diff(plugin_site, needs, closing) -> None:
+    body = ('code.pop("requirements.txt")\ncode["NEW.md"] = "new"\n'
+            'code["wsgi.py"] = code["wsgi.py"] + "# touched\\n"\nreturn code')
+    snap, names = sandboxed(plugin_site, {"edit": hook(body)})
+    closing(snap)
+    from dihya.registry import build_registry
+
+    plain = run_generation(needs, build_registry(plugin_site.config(), path=plugin_site.path))
+    result = run_generation(needs, snap)
+    assert statuses(result) == {names["edit"]: "ok"}
+    expected = dict(plain.files)
+    expected.pop("requirements.txt")
+    expected["NEW.md"] = "new"
+    expected["wsgi.py"] += "# touched\n"
+    assert result.files == expected
+
+
+def test_malformed_changes_are_refused() -> None:
+    from dihya.executor.sandbox import WorkerFailed, apply_changes
+
+    assert apply_changes({"a": "1", "b": "2"}, {"set": {"c": "3"}, "removed": ["a"]}) == {
+        "b": "2", "c": "3"}
+    for bad in (None, [], {"set": []}, {"set": {}, "removed": "a"}):
+        with pytest.raises(WorkerFailed):
+            apply_changes({"a": "1"}, bad)

@@ -196,6 +196,8 @@ class Worker:
                 self.kill()
                 raise WorkerFailed("the worker answered out of order; it was killed")
             if answer.get("ok"):
+                if "changes" in answer:
+                    return apply_changes(args[0] if args else None, answer["changes"])
                 return answer.get("value")
             error = answer.get("error") or {}
             raise PluginRaised(f"{error.get('type', 'Error')}: {error.get('message', '')}"[:600])
@@ -228,6 +230,20 @@ class Worker:
                 pass
         self.kill()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def apply_changes(sent: Any, changes: Any) -> Any:
+    """Rebuild the code mapping a worker returned as changes to what it was sent.
+
+    The result is untrusted like any hook result: the pipeline validates it in full.
+    """
+    if (not isinstance(sent, dict) or not isinstance(changes, dict)
+            or not isinstance(changes.get("set"), dict)
+            or not isinstance(changes.get("removed"), list)):
+        raise WorkerFailed("the worker answered with malformed changes")
+    result = {k: v for k, v in sent.items() if k not in set(map(str, changes["removed"]))}
+    result.update(changes["set"])
+    return result
 
 
 def _describe(status: int | None) -> str:

@@ -57,6 +57,12 @@ def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any], set[str]]:
     return plugin.instance, meta, callable_names
 
 
+def code_changes(before: dict[Any, Any], after: dict[Any, Any]) -> dict[str, Any]:
+    """What `after` changed in `before`: files set (added or rewritten) and files removed."""
+    return {"set": {k: v for k, v in after.items() if k not in before or before[k] != v},
+            "removed": [k for k in before if k not in after]}
+
+
 def serve(in_fd: int, out_fd: int, instance: Any, allowed: set[str], max_bytes: int) -> int:
     while True:
         try:
@@ -77,8 +83,15 @@ def serve(in_fd: int, out_fd: int, instance: Any, allowed: set[str], max_bytes: 
                                            "message": "unknown operation or hook"}}, max_bytes)
             continue
         try:
-            value = getattr(instance, hook)(*message["args"])
-            response = {"id": request_id, "ok": True, "value": value}
+            args = message["args"]
+            original = dict(args[0]) if hook == "after_generation" and args and isinstance(
+                args[0], dict) else None
+            value = getattr(instance, hook)(*args)
+            if original is not None and isinstance(value, dict):
+                # the parent already has the code it sent: answer with the changes only
+                response = {"id": request_id, "ok": True, "changes": code_changes(original, value)}
+            else:
+                response = {"id": request_id, "ok": True, "value": value}
         except Exception as exc:
             response = {"id": request_id, "ok": False,
                         "error": {"type": type(exc).__name__, "message": str(exc)[:500]}}
