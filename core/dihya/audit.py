@@ -1,9 +1,13 @@
 """Audit events: one door (`Auditor.record`) for every critical action, no personal data.
 
 An event is a typed record: only the fields below exist, so needs, code, tokens, IP
-addresses and names cannot be written by mistake. The actor is an HMAC-SHA256 pseudonym of
-the subject id (the token's name, or the CLI's user), keyed by `[audit] key` or
-`DIHYA_AUDIT_KEY`. Events are written as one JSON line each to the `dihya.audit` logger.
+addresses and names cannot be written by mistake. The actor is a pseudonym of the subject
+id (the token's name, or the CLI's user): with a store, a random token from the store's
+mapping table (`dihya.auditlog`), which erasure deletes; without one, an HMAC-SHA256
+under `[audit] key` / `DIHYA_AUDIT_KEY`. Each event is appended to the store's hash-chained
+log, if there is a store, and written as one JSON line to the `dihya.audit` logger.
+Free text that may be personal (a disable reason) is the `note`: stored apart, erasable,
+never logged.
 """
 
 from __future__ import annotations
@@ -15,20 +19,38 @@ import logging
 import os
 import secrets
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
+
+if TYPE_CHECKING:
+    from dihya.auditlog import AuditLog
+    from dihya.pipeline import HookResult
+    from dihya.store import Store
 
 log = logging.getLogger("dihya.audit")
 
 ENV_KEY: Final = "DIHYA_AUDIT_KEY"
 EVENT_TYPES: Final = frozenset({
-    "plugin.approved", "plugin.revoked", "plugin.enabled", "plugin.disabled",
-    "plugin.quarantined", "plugin.failed",
-    "plugin.action", "generation", "auth.failed", "acl.denied", "token.created",
-    "token.revoked", "registry.reloaded",
+    # plugin lifecycle
+    "plugin.discovered", "plugin.refused", "plugin.approved", "plugin.revoked",
+    "plugin.enabled", "plugin.disabled", "plugin.quarantined", "plugin.failed",
+    "plugin.installed", "plugin.uninstalled",
+    # hook calls
+    "hook.failed", "hook.timeout", "hook.sandbox-violation",
+    # requests
+    "generation", "plugin.action", "auth.failed", "acl.denied",
+    # administration
+    "token.created", "token.revoked", "registry.reloaded",
+    # the audit log itself
+    "audit.exported", "audit.purged", "audit.retention",
 })
 OUTCOMES: Final = frozenset({"ok", "denied", "failed", "invalid", "refused"})
+FORMATS: Final = ("json", "csv")
+
+
+def _optional_in(values: frozenset[str] | tuple[str, ...]) -> Any:
+    return attrs.validators.optional(attrs.validators.in_(values))
 
 
 @attrs.frozen(kw_only=True)
@@ -38,13 +60,14 @@ class AuditEvent:
     type: str = attrs.field(validator=attrs.validators.in_(EVENT_TYPES))
     outcome: str = attrs.field(validator=attrs.validators.in_(OUTCOMES))
     at: float
-    actor: str | None = None
+    actor: str | None = None  # pseudonym of who acted
+    target: str | None = None  # pseudonym of the subject an admin acted on (export)
     role: str | None = None
     request_id: str | None = None
     plugin: str | None = None
     plugin_version: str | None = None
     plugin_fingerprint: str | None = None
-    action: str | None = None
+    action: str | None = None  # a plugin action's or a hook's name
     reason: str | None = None  # a reason code such as `acl`, never free text
     needs_sha256: str | None = None
     needs_bytes: int | None = None
@@ -54,30 +77,66 @@ class AuditEvent:
     plugins_ok: int | None = None
     plugins_failed: int | None = None
     duration_ms: float | None = None
+    count: int | None = None  # events exported or removed
+    days: float | None = None  # retention period, or purge --older-than
+    format: str | None = attrs.field(default=None, validator=_optional_in(FORMATS))
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in attrs.asdict(self).items() if v is not None}
 
 
-class Auditor:
-    """Pseudonymises actors and writes events; one per app or CLI invocation."""
+FIELDS: Final = tuple(f.name for f in attrs.fields(AuditEvent))
 
-    def __init__(self, key: str | bytes | None = None) -> None:
-        key = key or os.environ.get(ENV_KEY) or secrets.token_bytes(32)
+
+class Auditor:
+    """Pseudonymises actors and records events; one per app or CLI invocation."""
+
+    def __init__(self, key: str | bytes | None = None, store: Store | None = None) -> None:
+        key = key or os.environ.get(ENV_KEY)
         self._key = key.encode("utf-8") if isinstance(key, str) else key
+        self.log: AuditLog | None = None
+        if store is not None:
+            from dihya.auditlog import AuditLog
+
+            self.log = AuditLog(store, self._key)
+        elif self._key is None:
+            self._key = secrets.token_bytes(32)
 
     def pseudonym(self, subject: str) -> str:
-        """A stable, non-reversible stand-in for `subject` under this key."""
+        """The subject's stand-in: its random pseudonym in the store (created on first
+        use), or without a store an HMAC under this auditor's key."""
+        if self.log is not None:
+            found = self.log.pseudonym(subject)
+            assert found is not None
+            return found
+        assert self._key is not None
         digest = hmac.new(self._key, subject.encode("utf-8"), hashlib.sha256).hexdigest()
         return f"p-{digest[:20]}"
 
     def record(self, type: str, outcome: str, *, subject: str | None = None,
+               target: str | None = None, note: str | None = None,
                **fields: Any) -> AuditEvent:
-        """Record one event; `subject` is pseudonymised and never stored in clear."""
-        event = AuditEvent(type=type, outcome=outcome, at=round(time.time(), 3),
-                           actor=self.pseudonym(subject) if subject else None, **fields)
+        """Record one event. `subject` (who acted) and `target` (whom it is about) are
+        pseudonymised and never stored in clear; `note` is personal free text, kept only
+        in the erasable payload table."""
+        event = AuditEvent(type=type, outcome=outcome, at=round(time.time(), 6), **fields)
+        if self.log is not None:
+            _seq, event = self.log.append(event, subject=subject, target=target, note=note)
+        elif subject or target:
+            event = attrs.evolve(event, actor=self.pseudonym(subject) if subject else None,
+                                 target=self.pseudonym(target) if target else None)
         log.info(json.dumps(event.to_json(), sort_keys=True, separators=(",", ":")))
         return event
+
+
+def hook_event_type(result: HookResult) -> str:
+    """`hook.timeout`, `hook.sandbox-violation` (the worker died or broke the protocol) or
+    `hook.failed`, for a hook result whose status is not ok."""
+    if result.status == "timeout":
+        return "hook.timeout"
+    if (result.detail or "").startswith("WorkerFailed"):
+        return "hook.sandbox-violation"
+    return "hook.failed"
 
 
 def sha256_of(text: str | bytes) -> str:

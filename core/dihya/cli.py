@@ -62,6 +62,7 @@ class Usage(click.ClickException):
 class State:
     config_path: Path
     warned: bool = False
+    _auditor: Auditor | None = None
 
     def config(self) -> Config:
         try:
@@ -103,7 +104,11 @@ class State:
         return store
 
     def auditor(self) -> Auditor:
-        return Auditor(self.config().audit_key)
+        """The audit door, writing to the store (created if needed)."""
+        if self._auditor is None:
+            config = self.config()
+            self._auditor = Auditor(config.audit_key, store=self.store(config, create=True))
+        return self._auditor
 
 
 def _user() -> str:
@@ -124,8 +129,9 @@ pass_state = click.make_pass_decorator(State)
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Dihya Coding: generate code, with plugins only an operator approved."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from dihya.logs import configure
+
+    configure(sys.stderr, logging.INFO if verbose else logging.WARNING)
     ctx.obj = State(resolve_path(config_path))
 
 
@@ -366,7 +372,7 @@ def _switch(state: State, name: str, enabled: bool, reason: str | None) -> None:
     click.echo(f"{'enabled' if enabled else 'disabled'} {name}")
     state.auditor().record("plugin.enabled" if enabled else "plugin.disabled", "ok",
                            subject=_user(), plugin=name,
-                           reason=None if enabled else "disabled-by-config")
+                           reason=None if enabled else "disabled-by-config", note=reason)
 
 
 @plugins.command("enable")
@@ -489,7 +495,7 @@ def tokens_create(state: State, role: str, name: str) -> None:
         token = create_token(store, name, role)
     except TokenError as exc:
         raise CheckFailed(str(exc)) from exc
-    state.auditor().record("token.created", "ok", subject=_user(), role=role)
+    state.auditor().record("token.created", "ok", subject=_user(), target=name, role=role)
     click.echo(f"created token {name!r} with role {role}; it is shown only now:", err=True)
     click.echo(token)
 
@@ -524,7 +530,7 @@ def tokens_revoke(state: State, name: str) -> None:
     store = state.store()
     if store is None or not revoke_token(store, name):
         raise CheckFailed(f"no token named {name!r} (see `dihya tokens list`)")
-    state.auditor().record("token.revoked", "ok", subject=_user())
+    state.auditor().record("token.revoked", "ok", subject=_user(), target=name)
     click.echo(f"revoked token {name!r}")
 
 
@@ -562,6 +568,19 @@ def _echo_report(report: dict[str, Any]) -> None:
         click.echo(f"plugin {hook['name']:<16} {hook['hook']:<20} {hook['status']:<14} "
                    f"{hook['ms']:.1f} ms{detail}")
 
+
+from dihya.cli_audit import audit  # noqa: E402  (it needs the names above)
+
+main.add_command(audit)
+
+from dihya.cli_publish import COMMANDS as PUBLISH_COMMANDS  # noqa: E402  (keygen, sign, ...)
+
+for _command in PUBLISH_COMMANDS:
+    plugins.add_command(_command)
+
+from dihya.cli_scaffold import new_command  # noqa: E402  (plugins new)
+
+plugins.add_command(new_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 
 from dihya.discovery import DEFAULT_GROUP
+from dihya.publishers import Publisher, parse_publishers
 
 if TYPE_CHECKING:
     import tomlkit.exceptions
@@ -47,6 +48,7 @@ class AllowEntry:
     enabled: bool = True
     required: bool = False
     disabled_reason: str | None = None
+    publisher: str | None = None  # set by `plugins install` of a signed wheel
 
 
 @attrs.frozen
@@ -78,10 +80,12 @@ class Config:
     group: str = DEFAULT_GROUP
     hook_timeout_s: float = 2.0
     allow: tuple[AllowEntry, ...] = ()
+    publishers: tuple[Publisher, ...] = ()
     store_url: str | None = None
     rate_limit: str = "60/minute"
     rate_limit_storage: str = "memory://"
     audit_key: str | None = None
+    audit_retention_days: float = 365.0
     sandbox: SandboxSettings = attrs.field(factory=lambda: SandboxSettings())
 
     @property
@@ -178,7 +182,7 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
                                               {*_SANDBOX_KEYS, "require_isolation"}))
     store = _table(where, data, "store", {"url"})
     web = _table(where, data, "web", {"rate_limit", "rate_limit_storage"})
-    audit = _table(where, data, "audit", {"key"})
+    audit = _table(where, data, "audit", {"key", "retention_days"})
     store_url = _optional_str(where, "store", store, "url")
     rate_limit = _optional_str(where, "web", web, "rate_limit") or "60/minute"
     if not re.match(r"^\d+\s*(/|per)\s*\w+", rate_limit):
@@ -186,13 +190,18 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
                           f"{rate_limit!r}")
     storage = _optional_str(where, "web", web, "rate_limit_storage") or "memory://"
     audit_key = _optional_str(where, "audit", audit, "key")
+    retention = audit.get("retention_days", 365)
+    if isinstance(retention, bool) or not isinstance(retention, int | float) or not (
+            0 < retention <= 36500):
+        raise ConfigError(f"{where}: [audit] retention_days must be a number of days between "
+                          f"0 and 36500, not {retention!r}")
     plugins = data.get("plugins", {})
     if not isinstance(plugins, dict):
         raise ConfigError(f"{where}: `plugins` must be a table ([plugins])")
-    unknown = set(plugins) - {"group", "hook_timeout_s", "allow"}
+    unknown = set(plugins) - {"group", "hook_timeout_s", "allow", "publishers"}
     if unknown:
         raise ConfigError(f"{where}: [plugins] has unknown keys {sorted(unknown)}; "
-                          "known: group, hook_timeout_s, allow")
+                          "known: group, hook_timeout_s, allow, publishers")
     group = plugins.get("group", DEFAULT_GROUP)
     if not isinstance(group, str) or not group:
         raise ConfigError(f"{where}: [plugins] group must be a non-empty string")
@@ -205,9 +214,14 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
         raise ConfigError(f"{where}: `plugins.allow` must be an array of tables "
                           "([[plugins.allow]])")
     allow = tuple(_allow_entry(where, i, raw) for i, raw in enumerate(raw_allow, 1))
+    try:
+        publishers = parse_publishers(plugins.get("publishers", []))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
     return Config(path=path, exists=exists, group=group, hook_timeout_s=float(timeout),
-                  allow=allow, store_url=store_url, rate_limit=rate_limit,
-                  rate_limit_storage=storage, audit_key=audit_key, sandbox=sandbox)
+                  allow=allow, publishers=publishers, store_url=store_url, rate_limit=rate_limit,
+                  rate_limit_storage=storage, audit_key=audit_key,
+                  audit_retention_days=float(retention), sandbox=sandbox)
 
 
 def _sandbox_settings(where: str, table: Mapping[str, Any]) -> SandboxSettings:
@@ -251,7 +265,7 @@ def _optional_str(where: str, table_name: str, table: Mapping[str, Any], key: st
 
 _ENTRY_KEYS: Final = {
     "name", "distribution", "version", "fingerprint", "mode", "roles", "enabled", "required",
-    "disabled_reason",
+    "disabled_reason", "publisher",
 }
 
 
@@ -286,11 +300,15 @@ def _allow_entry(where: str, index: int, raw: object) -> AllowEntry:
     reason = raw.get("disabled_reason")
     if reason is not None and not isinstance(reason, str):
         raise ConfigError(f"{label}: `disabled_reason` must be a string")
+    publisher = raw.get("publisher")
+    if publisher is not None and (not isinstance(publisher, str) or not publisher):
+        raise ConfigError(f"{label}: `publisher` must be the name of a [[plugins.publishers]] "
+                          "entry")
     return AllowEntry(
         name=raw["name"], distribution=raw["distribution"], version=raw["version"],
         fingerprint=raw["fingerprint"], mode=mode, roles=roles,
         enabled=raw.get("enabled", True), required=raw.get("required", False),
-        disabled_reason=reason,
+        disabled_reason=reason, publisher=publisher,
     )
 
 
@@ -323,6 +341,15 @@ def _allow_array(doc: TOMLDocument) -> Any:
     plugins: Any = doc["plugins"]
     if "allow" not in plugins:
         plugins["allow"] = tomlkit.aot()
+    elif not isinstance(plugins["allow"], tomlkit.items.AoT):
+        # `allow = []` or inline tables: appending a table to an inline array would
+        # write invalid TOML, so the array becomes [[plugins.allow]] tables
+        aot = tomlkit.aot()
+        for item in plugins["allow"]:
+            table = tomlkit.table()
+            table.update(item.unwrap() if hasattr(item, "unwrap") else item)
+            aot.append(table)
+        plugins["allow"] = aot
     return plugins["allow"]
 
 
@@ -336,6 +363,8 @@ def upsert_allow(doc: TOMLDocument, entry: AllowEntry) -> None:
     if entry.roles is not None:
         values["roles"] = list(entry.roles)
     values["required"] = entry.required
+    if entry.publisher is not None:
+        values["publisher"] = entry.publisher
     for table in allow:
         if table.get("name") == entry.name:
             # a re-approval keeps the operator's on/off switch and its reason
@@ -343,6 +372,8 @@ def upsert_allow(doc: TOMLDocument, entry: AllowEntry) -> None:
                 table[key] = value
             if entry.roles is None and "roles" in table:
                 del table["roles"]
+            if entry.publisher is None and "publisher" in table:
+                del table["publisher"]  # approved by the operator now, not by a signature
             return
     values["enabled"] = entry.enabled
     import tomlkit
@@ -362,6 +393,8 @@ def remove_allow(doc: TOMLDocument, name: str) -> bool:
     for i in reversed(range(len(allow))):
         if i not in keep:
             del allow[i]
+    if not keep:  # an empty array of tables would be written as `allow = []`
+        del doc["plugins"]["allow"]
     return True
 
 

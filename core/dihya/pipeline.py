@@ -116,7 +116,9 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
         ms = (time.perf_counter() - t0) * 1000
         report.append(HookResult(record.name, hook, status, ms, detail))
         if status != OK:
-            log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms)
+            log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms,
+                        extra={"plugin": record.name, "action": hook, "reason": status,
+                               "duration_ms": round(ms, 2)})
             if record.required and hook != "on_generation_error":
                 on_required_failure(f"required plugin {record.name!r} {hook}: {status}",
                                     record.name, status)
@@ -215,7 +217,10 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
                 code = value
     elapsed = (time.perf_counter() - start) * 1000
     result = GenerationResult(code, tuple(report), needs_hash, elapsed)
+    code_bytes = sum(len(t) for t in code.values())
+    plugins_ok = sum(h.status == OK for h in report)
     log.info("generation needs_sha256=%s files=%d bytes=%d plugins_ok=%d ms=%.1f",
-             needs_hash[:16], len(code), sum(len(t) for t in code.values()),
-             sum(h.status == OK for h in report), elapsed)
+             needs_hash[:16], len(code), code_bytes, plugins_ok, elapsed,
+             extra={"needs_sha256": needs_hash, "files": len(code), "code_bytes": code_bytes,
+                    "plugins_ok": plugins_ok, "duration_ms": round(elapsed, 2)})
     return result

@@ -1,8 +1,10 @@
-"""The shared state store (SQLAlchemy Core): tokens, runtime plugin switches, state version.
+"""The shared state store (SQLAlchemy Core): tokens, switches, state version, audit log.
 
-A SQLite file by default (WAL mode, no server), PostgreSQL by URL. Every worker and every
-node that shares the store sees the same tokens and switches; the state version counter
-tells them when to rebuild their registry snapshot.
+A SQLite file by default (WAL mode, no server), PostgreSQL by URL
+(`postgresql+psycopg://...`). Every worker and every node that shares the store sees the
+same tokens and switches; the state version counter tells them when to rebuild their
+registry snapshot. The schema is versioned and upgraded on first use
+(`dihya.migrations`); `Store.locked()` is the one write lock (audit appends, upgrades).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 metadata = sa.MetaData()
 
@@ -46,6 +48,38 @@ plugin_state_table = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("actor", sa.String(64), nullable=True),
     sa.Column("at", sa.Float, nullable=False),
+)
+
+# -- version 2: the audit log ------------------------------------------------------------
+
+subjects_table = sa.Table(
+    "dihya_subjects", metadata,
+    # HMAC-SHA256 of the subject id under the audit key: never the id itself
+    sa.Column("subject_key", sa.String(64), primary_key=True),
+    sa.Column("pseudonym", sa.String(32), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+audit_table = sa.Table(
+    "dihya_audit", metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("type", sa.String(40), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(32), nullable=True, index=True),
+    sa.Column("target", sa.String(32), nullable=True, index=True),
+    sa.Column("fields", sa.Text, nullable=False),  # canonical JSON of the other fields
+    sa.Column("commitment", sa.String(64), nullable=True),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+audit_payload_table = sa.Table(
+    "dihya_audit_payload", metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("actor", sa.String(32), nullable=True, index=True),
+    sa.Column("salt", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
 )
 
 
@@ -79,32 +113,61 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
 
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         self.ensure_schema()
         with self.engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def locked(self, name: str = "write", fast_commit: bool = False) -> Iterator[Connection]:
+        """A transaction holding the store's write lock `name` until it ends.
+
+        SQLite: `BEGIN IMMEDIATE` (one writer at a time, readers go on in WAL mode).
+        PostgreSQL: a transaction-scoped advisory lock keyed by the schema and `name`;
+        `fast_commit` does not wait for the WAL flush (`synchronous_commit = off`): a
+        server crash may lose the last fraction of a second of such commits, never
+        corrupt or reorder them (SQLite's `synchronous=NORMAL` makes the same trade).
+        """
+        with self._locked_raw(name) as conn:
+            if fast_commit and not self.is_sqlite:
+                conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+            yield conn
+
+    @contextmanager
+    def _locked_raw(self, name: str) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(dihya_immediate=True)
+            with conn.begin():
+                if not self.is_sqlite:
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock("
+                                         "hashtext(current_schema() || :name))"),
+                                 {"name": f":dihya-{name}"})
+                yield conn
+
     def ensure_schema(self) -> None:
-        """Create or check the schema once per process."""
+        """Create or upgrade the schema, once per process; safe with concurrent starters."""
         if self._ready:
             return
+        from dihya.migrations import upgrade
+
         try:
-            with self.engine.begin() as conn:
-                metadata.create_all(conn, checkfirst=True)
-                row = conn.execute(sa.select(meta_table.c.value).where(
-                    meta_table.c.key == "schema_version")).scalar_one_or_none()
-                if row is None:
-                    conn.execute(meta_table.insert().values(key="schema_version",
-                                                            value=str(SCHEMA_VERSION)))
-                elif int(row) > SCHEMA_VERSION:
-                    raise StoreError(f"the store has schema version {row}, newer than this "
-                                     f"dihya-core understands ({SCHEMA_VERSION}); upgrade "
-                                     "dihya-core")
+            with self._locked_raw("schema") as conn:
+                upgrade(conn)
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot open the state store {self!r}: {exc.__class__.__name__}: "
                              f"{exc.orig if hasattr(exc, 'orig') else exc}") from exc
         self._ready = True
+
+    def schema_version(self) -> int:
+        from dihya.migrations import current_version
+
+        with self.engine.connect() as conn:
+            return current_version(conn)
 
     def ping(self) -> bool:
         try:
@@ -175,11 +238,20 @@ def _make_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # The driver's own implicit BEGIN is off; `_begin` below emits ours, so a
+            # locked transaction can be `BEGIN IMMEDIATE` (SQLAlchemy's pysqlite recipe).
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")  # erased rows leave zeroes, not bytes
             cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get("dihya_immediate")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)

@@ -282,7 +282,7 @@ def test_repeated_failures_quarantine_a_plugin(plugin_site, tmp_path: Path,
     assert report["plugins"] == [{"name": name, "hook": "*", "status": "skipped", "ms": 0.0,
                                   "detail": "disabled/quarantined"}]
     events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "dihya.audit"]
-    assert [e["type"] for e in events].count("plugin.failed") == 3
+    assert [e["type"] for e in events].count("hook.failed") == 3
     assert any(e["type"] == "plugin.quarantined" and e["plugin"] == name for e in events)
     enabled = api.post(f"/api/v1/plugins/{name}/enable", "admin").get_json()
     assert enabled["status"] == "active"

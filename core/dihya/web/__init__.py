@@ -17,6 +17,7 @@ from flask_limiter import Limiter
 from dihya.config import resolve_path
 from dihya.needs import MAX_NEEDS_BYTES
 from dihya.web.api import make_api
+from dihya.web.audit_api import audit_api
 from dihya.web.health import health
 from dihya.web.openapi import openapi
 from dihya.web.problems import install_error_handlers
@@ -54,5 +55,6 @@ def create_app(config_path: str | os.PathLike[str] | None = None,
     app.register_blueprint(health)
     app.register_blueprint(openapi)
     app.register_blueprint(make_api(limiter, state.config.rate_limit))
+    app.register_blueprint(audit_api)
 
     return app

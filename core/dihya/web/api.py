@@ -14,7 +14,7 @@ from typing import Any, Final
 from flask import Blueprint, Response, g, jsonify, request
 from flask_limiter import Limiter
 
-from dihya.audit import sha256_of
+from dihya.audit import hook_event_type, sha256_of
 from dihya.executor import HookTimeout
 from dihya.needs import NeedsError, Problem
 from dihya.pipeline import GenerationFailed, default_executor, run_generation
@@ -130,14 +130,17 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
         for h in result.plugins:
             if h.status not in ("ok", "skipped"):
                 record = snapshot_records.get(h.name)
-                st.auditor.record("plugin.failed", "failed", plugin=h.name, reason=h.status,
+                st.auditor.record(hook_event_type(h), "failed", plugin=h.name, reason=h.status,
                                   action=h.hook, request_id=g.request_id,
-                                  plugin_version=record.version if record else None)
+                                  duration_ms=round(h.ms, 2),
+                                  plugin_version=record.version if record else None,
+                                  plugin_fingerprint=record.fingerprint if record else None)
         st.note_outcomes(((h.name, h.status == "ok") for h in result.plugins
                           if h.status != "skipped"), g.request_id)
-        code_bytes = sum(len(t.encode("utf-8")) for t in result.files.values())
+        code_text = json.dumps(result.files, sort_keys=True, separators=(",", ":"))
         st.auditor.record(
-            "generation", "ok", files=len(result.files), code_bytes=code_bytes,
+            "generation", "ok", files=len(result.files), code_bytes=len(code_text),
+            code_sha256=sha256_of(code_text),
             plugins_ok=sum(h.status == "ok" for h in result.plugins),
             plugins_failed=sum(h.status not in ("ok", "skipped") for h in result.plugins),
             duration_ms=round(result.ms, 2), **audit)
@@ -162,9 +165,10 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
         st, token = state(), current_token()
         st.store.set_plugin_disabled(name, True, "disabled-by-admin", body.get("reason"),
                                      actor=st.auditor.pseudonym(token.name))
-        record = st.refresh().get(name)
+        record = st.refresh(g.request_id).get(name)
         st.auditor.record("plugin.disabled", "ok", subject=token.name, role=token.role,
-                          plugin=name, request_id=g.request_id, reason="disabled-by-admin")
+                          plugin=name, request_id=g.request_id, reason="disabled-by-admin",
+                          note=body.get("reason"))
         assert record is not None
         return jsonify(record.to_json())
 
@@ -180,7 +184,7 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
                              f"This plugin is switched off in {where}; an admin switch cannot "
                              "override it.")
         st.store.set_plugin_disabled(name, False, actor=st.auditor.pseudonym(token.name))
-        record = st.refresh().get(name)
+        record = st.refresh(g.request_id).get(name)
         st.auditor.record("plugin.enabled", "ok", subject=token.name, role=token.role,
                           plugin=name, request_id=g.request_id)
         assert record is not None

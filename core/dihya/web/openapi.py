@@ -4,7 +4,8 @@ Built from the code's single sources of truth wherever one exists: the needs sch
 (`dihya.needs.needs_schema`), the plugin statuses and reasons (`dihya.gate.STATUSES`),
 the modes and roles (`dihya.config`), the hooks (`dihya.plugin.HOOK_SPECS`), the hook
 result statuses (`dihya.pipeline`), the body schemas and size limits (`dihya.web.api`,
-`dihya.needs`) and the problem type prefix (`dihya.web.problems`). `tests/web` checks
+`dihya.web.audit_api`, `dihya.needs`), the audit event's fields (`dihya.audit.AuditEvent`)
+and the problem type prefix (`dihya.web.problems`). `tests/web` checks
 that it lists exactly the app's routes and `tox -e api-fuzz` that a real server keeps it.
 """
 
@@ -31,6 +32,8 @@ REQUIRED_ROLES: Final = {
     "enablePlugin": "admin",
     "disablePlugin": "admin",
     "callPluginAction": "developer",
+    "exportAudit": "admin",
+    "purgeAudit": "admin",
 }
 
 #: Valid needs, shown as the example of `POST /api/v1/generate`.
@@ -125,12 +128,36 @@ def needs_components(prefix: str = "Needs") -> dict[str, Schema]:
     return out
 
 
+_JSON_TYPES: Final = {"str": "string", "int": "integer", "float": "number"}
+
+
+def audit_event_schema() -> Schema:
+    """An exported audit event: the `AuditEvent` fields that are set, plus `seq` and the
+    erasable `note`."""
+    from dihya.audit import EVENT_TYPES, FORMATS, OUTCOMES, AuditEvent
+
+    properties: dict[str, Schema] = {"seq": {"type": "integer", "minimum": 1}}
+    for field in attrs.fields(AuditEvent):
+        kind = _JSON_TYPES[str(field.type).split(" | ")[0]]
+        properties[field.name] = {"type": kind}
+    properties["type"]["enum"] = sorted(EVENT_TYPES)
+    properties["outcome"]["enum"] = sorted(OUTCOMES)
+    properties["format"]["enum"] = list(FORMATS)
+    for name in ("actor", "target"):
+        properties[name]["description"] = "A pseudonym (`p-` and 20 hex digits), never an id."
+    properties["note"] = {"type": "string", "description": "Free text recorded with the "
+                          "event (a disable reason); deleted when its author is erased."}
+    return {"type": "object", "required": ["seq", "type", "outcome", "at"],
+            "additionalProperties": False, "properties": properties}
+
+
 def _schemas() -> dict[str, Schema]:
     from dihya.config import MODES, ROLES
     from dihya.gate import STATUSES
     from dihya.pipeline import HOOK_FAILED, INVALID_OUTPUT, OK, SKIPPED, TIMEOUT
     from dihya.plugin import HOOK_SPECS
     from dihya.web.api import DISABLE_BODY, GENERATE_BODY
+    from dihya.web.audit_api import PURGE_BODY
     from dihya.web.problems import PROBLEM_TYPE_BASE
 
     reasons = sorted({r for rs in STATUSES.values() for r in rs})
@@ -173,6 +200,24 @@ def _schemas() -> dict[str, Schema]:
         },
         "GenerateRequest": generate_body,
         "DisableRequest": disable_body,
+        "AuditEvent": audit_event_schema(),
+        "PurgeRequest": copy.deepcopy(PURGE_BODY),
+        "PurgeResult": {
+            "type": "object",
+            "required": ["events", "notes", "tokens", "switches", "retention"],
+            "additionalProperties": False,
+            "properties": {
+                "events": {"type": "integer", "minimum": 0, "description": "Events made "
+                           "unlinkable (subject) or removed (older_than_days)."},
+                "notes": {"type": "integer", "minimum": 0},
+                "tokens": {"type": "integer", "minimum": 0},
+                "switches": {"type": "integer", "minimum": 0,
+                             "description": "Plugin switches whose author and reason were "
+                                            "erased."},
+                "retention": {"type": "integer", "minimum": 0,
+                              "description": "Events then removed by the retention period."},
+            },
+        },
         "HookResult": {
             "type": "object",
             "description": "How one hook of one plugin went; never carries needs or code.",
@@ -395,6 +440,26 @@ def _paths() -> dict[str, Schema]:
                 requestBody={"required": False, "content": {"application/json": {
                     "schema": {"$ref": _REF + "DisableRequest"}}}}),
         },
+        "/api/v1/audit/export": {"get": _authenticated(
+            "exportAudit", "Export the audit log, or one subject's events (GDPR access)",
+            {"200": {"description": "Every matching event, oldest first.",
+                     "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
+                     "content": {
+                         "application/json": {"schema": {
+                             "type": "array", "items": {"$ref": _REF + "AuditEvent"}}},
+                         "text/csv": {"schema": {"type": "string"}}}}},
+            422,
+            description="The export is itself audited, with the subject as a pseudonym.",
+            parameters=_export_parameters())},
+        "/api/v1/audit/purge": {"post": _authenticated(
+            "purgeAudit", "Erase a subject, or remove old events (GDPR erasure)",
+            {"200": _json("PurgeResult", "What was erased.")},
+            400, 413, 415, 422,
+            description="A subject's events stay in the hash chain but become unlinkable: "
+                        "their pseudonym mapping, notes and tokens are deleted. Then the "
+                        "retention period is applied. Audited without the subject.",
+            requestBody={"required": True, "content": {"application/json": {
+                "schema": {"$ref": _REF + "PurgeRequest"}}}})},
         "/api/v1/plugins/{name}/actions/{action}": {
             "parameters": [_NAME_PARAM, _ACTION_PARAM],
             "post": _authenticated(
@@ -411,6 +476,16 @@ def _paths() -> dict[str, Schema]:
                     "application/json": {"schema": {"type": "object"}}}}),
         },
     }
+
+
+def _export_parameters() -> list[Schema]:
+    from dihya.web.audit_api import EXPORT_QUERY
+
+    props = EXPORT_QUERY["properties"]
+    return [{"name": name, "in": "query", "required": False,
+             "description": schema.get("description", "`json` or `csv`."),
+             "schema": {k: v for k, v in schema.items() if k != "description"}}
+            for name, schema in props.items()]
 
 
 @functools.cache

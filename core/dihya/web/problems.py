@@ -87,7 +87,9 @@ def install_error_handlers(app: Flask) -> None:
             tb = tb.tb_next
         where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
         log.error("internal error %s at %s request_id=%s", type(exc).__name__, where,
-                  g.get("request_id"))
+                  g.get("request_id"),
+                  extra={"reason": type(exc).__name__, "action": where,
+                         "request_id": g.get("request_id")})
         return problem_response(500, "internal", "Internal Server Error",
                                 "The server failed to answer; the request id identifies it "
                                 "in the server's log.")

@@ -31,24 +31,15 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
 
 
 def configure_logging() -> None:
-    """Audit events as bare JSON lines, other core messages prefixed, all on stderr."""
-    import logging
+    """Audit events and core messages as JSON lines (allowlisted fields only) on stderr.
+
+    They do not propagate: gunicorn's root handler would print every line twice.
+    """
     import sys
 
-    audit = logging.getLogger("dihya.audit")
-    if not audit.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        audit.addHandler(handler)
-        audit.setLevel(logging.INFO)
-        audit.propagate = False
-    core = logging.getLogger("dihya")
-    if not core.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        core.addHandler(handler)
-        core.setLevel(logging.INFO)
-        core.propagate = False  # gunicorn's root handler would print every line twice
+    from dihya.logs import configure
+
+    configure(sys.stderr)
 
 
 def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 60) -> None:

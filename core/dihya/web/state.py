@@ -3,7 +3,9 @@
 Lives in `app.extensions["dihya"]`, never in module globals. The snapshot is replaced, not
 changed: a request takes a reference once and works on it to the end. The store's state
 version is checked at most every `version_ttl_s`; when another worker or node changed a
-switch, this worker rebuilds its snapshot.
+switch, this worker rebuilds its snapshot. Each build audits what changed (a plugin
+discovered, refused or failed; the registry reloaded), and the audit retention runs at
+start and then at most daily per store.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from dihya.audit import Auditor
 from dihya.config import Config, ConfigError, load_config
+from dihya.gdpr import DAY_S, apply_retention
 from dihya.registry import RegistrySnapshot, build_registry
 from dihya.store import Store
 
@@ -31,19 +34,43 @@ class DihyaState:
         self.config: Config = load_config(config_path)
         self.store = Store(self.config.effective_store_url)
         self.store.ensure_schema()
-        self.auditor = Auditor(self.config.audit_key)
+        self.auditor = Auditor(self.config.audit_key, store=self.store)
         self.version_ttl_s = version_ttl_s
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
         self._checked_at = 0.0
         self._version = self.store.state_version()
         self._config_stamp = self._stamp()
-        self._snapshot = self._build()
+        self._snapshot = self._build(None)
+        self._retention_checked = time.monotonic()
+        apply_retention(self.auditor, self.config.audit_retention_days)
 
-    def _build(self) -> RegistrySnapshot:
+    def _build(self, old: RegistrySnapshot | None,
+               request_id: str | None = None) -> RegistrySnapshot:
         switches = {name: (s.reason_code, _switch_message(s.reason_code, s.reason))
                     for name, s in self.store.plugin_switches().items()}
-        return build_registry(self.config, environ=os.environ, switches=switches)
+        new = build_registry(self.config, environ=os.environ, switches=switches)
+        self._audit_changes(old, new, request_id)
+        return new
+
+    def _audit_changes(self, old: RegistrySnapshot | None, new: RegistrySnapshot,
+                       request_id: str | None) -> None:
+        """One event per plugin this process sees for the first time (or in a new version),
+        per plugin newly refused or failed, and one per reload."""
+        before = {r.name: r for r in old.records} if old is not None else {}
+        record = self.auditor.record
+        for r in new.records:
+            prev = before.get(r.name)
+            ids = {"plugin": r.name, "plugin_version": r.version,
+                   "plugin_fingerprint": r.fingerprint, "request_id": request_id}
+            if prev is None or (prev.version, prev.fingerprint) != (r.version, r.fingerprint):
+                record("plugin.discovered", "ok", **ids)
+            changed = prev is None or (prev.status, prev.reason) != (r.status, r.reason)
+            if changed and r.status in ("refused", "failed"):
+                record(f"plugin.{r.status}", r.status, reason=r.reason, **ids)
+        if old is not None:
+            record("registry.reloaded", "ok", request_id=request_id,
+                   plugins_ok=len(new.active))
 
     def snapshot(self) -> RegistrySnapshot:
         """The current snapshot, rebuilt first if the shared state version moved."""
@@ -55,10 +82,14 @@ class DihyaState:
                     self._reload_config_if_changed()
                     if version != self._version or self._config_changed:
                         self._config_changed = False
-                        old, self._snapshot = self._snapshot, self._build()
+                        old = self._snapshot
+                        self._snapshot = self._build(old)
                         self._version = version
                         old.close()
                     self._checked_at = time.monotonic()
+                    if self._checked_at - self._retention_checked >= 3600:
+                        self._retention_checked = self._checked_at
+                        apply_retention(self.auditor, self.config.audit_retention_days, DAY_S)
         return self._snapshot
 
     _config_changed = False
@@ -80,7 +111,8 @@ class DihyaState:
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
-            log.error("config change ignored, the previous config keeps serving: %s", exc)
+            log.error("config change ignored, the previous config keeps serving: %s", exc,
+                      extra={"reason": "invalid-config"})
             return
         self.config = config
         self._config_changed = True
@@ -109,17 +141,18 @@ class DihyaState:
                                 plugin_version=record.version if record else None,
                                 reason="consecutive-failures")
         if quarantine:
-            self.refresh()
+            self.refresh(request_id)
 
     def close(self) -> None:
         """Stop the sandbox workers of the current snapshot."""
         self._snapshot.close()
 
-    def refresh(self) -> RegistrySnapshot:
+    def refresh(self, request_id: str | None = None) -> RegistrySnapshot:
         """Rebuild now (after this worker changed a switch)."""
         with self._lock:
             self._version = self.store.state_version()
-            old, self._snapshot = self._snapshot, self._build()
+            old = self._snapshot
+            self._snapshot = self._build(old, request_id)
             self._checked_at = time.monotonic()
             old.close()
             return self._snapshot

@@ -251,29 +251,6 @@ def test_code_output_validates_and_input_is_not_mutated(
     assert validate_code(out) == []
 
 
-def test_with_the_core_generator_when_available(needs: dict[str, Any]) -> None:
-    generator = pytest.importorskip("dihya.generator")
-    generate = getattr(generator, "generate", None)
-    if not callable(generate):
-        pytest.skip("the core generator is not available")
-    plugin = ExamplePlugin()
-    prepared = plugin.before_generation(needs)
-    try:
-        code = generate(prepared)
-    except TypeError as exc:  # a different signature than this test knows
-        pytest.skip(f"dihya.generator.generate(needs) is not callable as expected: {exc}")
-    if not isinstance(code, dict):
-        code = getattr(code, "files", None)
-        if not isinstance(code, dict):
-            pytest.skip("the core generator returns something this test does not know")
-    out = plugin.after_generation(code, prepared)
-    assert validate_code(out) == []
-    assert plugin.after_generation(out, prepared) == out
-    for path, text in out.items():
-        if path.endswith(".py"):
-            compile(text, path, "exec")
-
-
 def _minimal(**extra: Any) -> dict[str, Any]:
     needs: dict[str, Any] = {
         "project": "shop",

@@ -1,0 +1,268 @@
+"""`dihya plugins keygen|sign|install|uninstall`: publisher signatures and one-command installs.
+
+A publisher runs `keygen` once and `sign` per release; an operator lists the publisher in
+`[[plugins.publishers]]` and runs `install WHEEL` (the `WHEEL.sig` beside it is used). An
+install verifies everything it can before pip runs, installs with `--no-deps` into this
+interpreter's environment, checks the installed files against the wheel's fingerprint,
+loads the plugin once in a sandbox worker (as `approve` does), then records the allowlist
+entry, audits and bumps the store's state version so running servers reload. Any refusal
+leaves nothing installed and the config unchanged.
+
+Exit codes as everywhere: 0 ok, 1 refused, 2 usage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import NoReturn
+
+import click
+from packaging.utils import canonicalize_name
+
+from dihya.cli import (
+    CheckFailed,
+    State,
+    Usage,
+    _check_class,
+    _editing,
+    _parse_roles,
+    _unknown,
+    _user,
+)
+from dihya.config import MODES, AllowEntry, remove_allow, upsert_allow
+from dihya.discovery import discover
+from dihya.install import (
+    CORE_DISTRIBUTION,
+    InstallPlan,
+    InstallRefused,
+    installed_fingerprint_problem,
+    installed_plugins,
+    installed_version,
+    pip_install,
+    pip_uninstall,
+    plan_install,
+)
+from dihya.signing import SigningError, generate_key, load_private_key, sign_wheel
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.command("keygen")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the private key (created with mode 0600; never "
+                   "overwritten).")
+def keygen(out: Path) -> None:
+    """Make a publisher key pair: write the private key, print the public key."""
+    try:
+        public = generate_key(out)
+    except SigningError as exc:
+        raise CheckFailed(str(exc)) from exc
+    click.echo(f"wrote the private key to {out} (mode 0600): keep it secret and out of "
+               "version control; anyone holding it can sign as you", err=True)
+    click.echo("give operators this public key for their [[plugins.publishers]] entry:",
+               err=True)
+    click.echo(public)
+
+
+@click.command("sign")
+@click.argument("wheel", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "key_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The private key written by `dihya plugins keygen`.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the signature (default: WHEEL.sig).")
+def sign(wheel: Path, key_path: Path, out: Path | None) -> None:
+    """Sign WHEEL: its name, version, sha256 and content fingerprint."""
+    try:
+        key = load_private_key(key_path)
+        target, content = sign_wheel(wheel, key, out)
+    except SigningError as exc:
+        raise CheckFailed(str(exc)) from exc
+    doc = content["signed"]
+    click.echo(f"signed {doc['distribution']} {doc['version']}")
+    click.echo(f"  wheel sha256  {doc['wheel_sha256']}")
+    click.echo(f"  fingerprint   {doc['fingerprint']}")
+    click.echo(f"  public key    {content['public_key']}")
+    click.echo(f"wrote {target}")
+
+
+@click.command("install")
+@click.argument("wheel", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--signature", "signature", type=click.Path(dir_okay=False, path_type=Path),
+              help="The publisher's signature (default: WHEEL.sig if it exists).")
+@click.option("--approve", is_flag=True,
+              help="Install and approve an unsigned wheel (after checking its fingerprint), "
+                   "or accept a publisher change or a downgrade.")
+@click.option("--mode", type=click.Choice(MODES), default=None,
+              help="Where the plugin runs (default: sandbox, or what a previous approval "
+                   "said).")
+@click.option("--roles", callback=_parse_roles,
+              help="Comma-separated roles for whom the plugin may run (default: every role, "
+                   "or what a previous approval said).")
+@click.option("--required/--not-required", default=None,
+              help="Whether a failure of this plugin fails the generation.")
+@pass_state
+def install(state: State, wheel: Path, signature: Path | None, approve: bool,
+            mode: str | None, roles: tuple[str, ...] | None, required: bool | None) -> None:
+    """Verify, install and approve a plugin wheel in this backend's environment.
+
+    Signed wheels are checked against [[plugins.publishers]]; an unsigned wheel needs
+    --approve. The wheel's requirements must already be installed (nothing else is
+    fetched). Refused: nothing is installed and the config is left unchanged (exit 1).
+    """
+    config = state.config()
+    if signature is None:
+        beside = wheel.with_name(wheel.name + ".sig")
+        if beside.exists():
+            signature = beside
+            click.echo(f"using the signature {beside}", err=True)
+    elif not signature.exists():
+        raise Usage(f"--signature {signature}: no such file")
+    with tempfile.TemporaryDirectory(prefix="dihya-install-") as tmp:
+        # verify and install one private copy, so the file cannot change in between
+        staged = Path(tmp) / wheel.name
+        shutil.copyfile(wheel, staged)
+        try:
+            plan = plan_install(staged, config, signature, approve)
+        except InstallRefused as exc:
+            _refuse(state, exc, installed=False)
+        _describe(plan)
+        was = installed_version(plan.facts.distribution)
+        try:
+            pip_install(staged)
+        except InstallRefused as exc:
+            _refuse(state, exc, installed=False, plan=plan)
+    problem = installed_fingerprint_problem(plan, config.group)
+    if problem:
+        _undo(plan)
+        _refuse(state, InstallRefused("fingerprint-mismatch", problem, plan.names),
+                installed=True, plan=plan, was=was)
+    entries = []
+    for name in plan.names:
+        prev = [e for e in plan.previous if e.name == name]
+        chosen_mode = mode or (prev[0].mode if prev else "sandbox")
+        (plugin,) = [p for p in installed_plugins(plan.facts.distribution, config.group)
+                     if p.name == name]
+        try:
+            _check_class(plugin, plan.facts.fingerprint, chosen_mode, config)
+        except CheckFailed as exc:
+            _undo(plan)
+            _refuse(state, InstallRefused("invalid-plugin", exc.message, plan.names),
+                    installed=True, plan=plan, was=was)
+        entries.append(AllowEntry(
+            name=name, distribution=plan.facts.distribution, version=plan.facts.version,
+            fingerprint=plan.facts.fingerprint, mode=chosen_mode,  # type: ignore[arg-type]
+            roles=roles if roles is not None else (prev[0].roles if prev else None),
+            required=required if required is not None else any(e.required for e in prev),
+            publisher=plan.publisher))
+    try:
+        with _editing(state) as doc:
+            for entry in entries:
+                upsert_allow(doc, entry)
+    except BaseException:
+        _undo(plan)
+        raise
+    how = f"signed by {plan.publisher}" if plan.publisher else "unsigned, approved by you"
+    for e in entries:
+        old = next((p for p in plan.previous if p.name == e.name), None)
+        upgrade = f" (was {old.version})" if old and old.version != e.version else ""
+        click.echo(f"installed and approved {e.name} ({e.distribution} {e.version}{upgrade}, "
+                   f"{how}) {e.fingerprint} mode={e.mode}")
+    auditor = state.auditor()
+    for e in entries:
+        auditor.record("plugin.installed", "ok", subject=_user(), plugin=e.name,
+                       plugin_version=e.version, plugin_fingerprint=e.fingerprint,
+                       reason="signed" if plan.publisher else "unsigned-approved")
+    _reload(state)
+
+
+def _describe(plan: InstallPlan) -> None:
+    facts = plan.facts
+    if plan.verified is not None:
+        pub = plan.verified.publisher
+        click.echo(f"signature ok: publisher {pub.name!r} ({pub.public_key}) signed")
+        click.echo("  " + json.dumps(plan.verified.document, indent=2, sort_keys=True)
+                   .replace("\n", "\n  "))
+    else:
+        click.echo(f"unsigned {facts.distribution} {facts.version}, approved with --approve: "
+                   f"fingerprint {facts.fingerprint}")
+
+
+def _undo(plan: InstallPlan) -> None:
+    with contextlib.suppress(InstallRefused):
+        pip_uninstall(plan.facts.distribution)
+
+
+def _refuse(state: State, exc: InstallRefused, installed: bool,
+            plan: InstallPlan | None = None, was: str | None = None) -> NoReturn:
+    """Audit the refusal and exit 1."""
+    facts = plan.facts if plan else None
+    with contextlib.suppress(Exception):  # a refusal stands even if auditing fails
+        state.auditor().record("plugin.installed", "refused", subject=_user(),
+                               plugin=exc.names[0] if exc.names else None,
+                               plugin_version=facts.version if facts else None,
+                               plugin_fingerprint=facts.fingerprint if facts else None,
+                               reason=exc.reason)
+    tail = "nothing was installed and the config is unchanged"
+    if installed:
+        tail = "the wheel was uninstalled again and the config is unchanged"
+        if was is not None and facts is not None:
+            tail += (f"; the previously installed {facts.distribution} {was} was replaced "
+                     "and is gone: reinstall it")
+    raise CheckFailed(f"refused ({exc.reason}): {exc}\n{tail}")
+
+
+def _reload(state: State) -> None:
+    store = state.store()
+    if store is not None:
+        store.bump_state_version()
+
+
+@click.command("uninstall")
+@click.argument("name")
+@pass_state
+def uninstall(state: State, name: str) -> None:
+    """Uninstall the plugin NAME (pip uninstall) and revoke its approval."""
+    config = state.config()
+    found = [p for p in discover(config.group) if p.name == name]
+    entries = config.entries_for(name)
+    if not found and not entries:
+        _unknown(name, [p.name for p in discover(config.group)])
+    if len(found) > 1:
+        raise CheckFailed(f"{name!r} is declared by several distributions "
+                          f"({', '.join(p.distribution for p in found)}); uninstall them "
+                          "with pip")
+    distribution = found[0].distribution if found else entries[0].distribution
+    if canonicalize_name(distribution) == CORE_DISTRIBUTION:
+        raise CheckFailed(f"{name!r} belongs to dihya-core, which is not uninstalled here")
+    names = {name} | {p.name for p in installed_plugins(distribution, config.group)}
+    version = found[0].version if found else None
+    if found:
+        try:
+            pip_uninstall(distribution)
+        except InstallRefused as exc:
+            raise CheckFailed(str(exc)) from exc
+        click.echo(f"uninstalled {distribution} {version}")
+    else:
+        click.echo(f"{distribution} was not installed; revoking its approval", err=True)
+    revoked = []
+    with _editing(state) as doc:
+        for n in sorted(names):
+            dist_ok = all(canonicalize_name(e.distribution) == canonicalize_name(distribution)
+                          for e in config.entries_for(n))
+            if dist_ok and remove_allow(doc, n):
+                revoked.append(n)
+    for n in revoked:
+        click.echo(f"revoked {n}")
+    auditor = state.auditor()
+    for n in sorted(names):
+        auditor.record("plugin.uninstalled", "ok", subject=_user(), plugin=n,
+                       plugin_version=version)
+    _reload(state)
+
+
+COMMANDS = (keygen, sign, install, uninstall)

@@ -1,0 +1,80 @@
+"""GDPR operations on the audit log, shared by the CLI and the HTTP API: export a
+subject's events (or all), erase a subject, remove old events, apply retention.
+
+Each operation is itself audited through `Auditor.record`, with the subject only as a
+pseudonym (`target`, for an export) or not at all (a purge).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from typing import Any, Final
+
+from dihya.audit import FIELDS, Auditor
+from dihya.auditlog import AuditLog
+
+DAY_S: Final = 86400.0
+CSV_COLUMNS: Final = ("seq", *FIELDS, "note")
+
+
+def _log(auditor: Auditor) -> AuditLog:
+    if auditor.log is None:
+        raise RuntimeError("this auditor has no store: nothing to export or purge")
+    return auditor.log
+
+
+def render(rows: Iterable[dict[str, Any]], fmt: str) -> str:
+    """Rows as a JSON array (one event per line) or CSV with a fixed header."""
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+        return out.getvalue()
+    lines = [json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows]
+    return "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
+
+
+def export(auditor: Auditor, subject: str | None, fmt: str, *, actor: str,
+           **fields: Any) -> str:
+    """Every event about `subject` (or every event), rendered; audited as
+    `audit.exported` by `actor`."""
+    rows = list(_log(auditor).rows(subject))
+    # an unknown subject gets no pseudonym: exporting must not create one
+    auditor.record("audit.exported", "ok", subject=actor, target=subject if rows else None,
+                   count=len(rows),
+                   format=fmt, **fields)
+    return render(rows, fmt)
+
+
+def purge_subject(auditor: Auditor, subject: str, *, actor: str,
+                  **fields: Any) -> dict[str, int]:
+    """Erase `subject` (see `AuditLog.purge_subject`); audited as `audit.purged`."""
+    counts = _log(auditor).purge_subject(subject)
+    auditor.record("audit.purged", "ok", subject=actor, count=counts["events"],
+                   reason="subject", **fields)
+    return counts
+
+
+def purge_older_than(auditor: Auditor, days: float, *, actor: str, **fields: Any) -> int:
+    """Remove events older than `days`; audited as `audit.purged`."""
+    removed = _log(auditor).purge_older_than(days)
+    auditor.record("audit.purged", "ok", subject=actor, count=removed, days=days,
+                   reason="older-than", **fields)
+    return removed
+
+
+def apply_retention(auditor: Auditor, days: float, interval_s: float = DAY_S) -> int | None:
+    """Remove events older than the retention period, at most once per `interval_s` for
+    the whole store (whichever worker comes first); audited as `audit.retention`.
+    None when another run was recent enough."""
+    log = _log(auditor)
+    if not log.retention_due(interval_s):
+        return None
+    removed = log.purge_older_than(days)
+    auditor.record("audit.retention", "ok", count=removed, days=days)
+    return removed

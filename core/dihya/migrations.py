@@ -1,0 +1,71 @@
+"""Schema versions of the state store and the ordered, locked path between them.
+
+`MIGRATIONS[i]` takes a store from version `i` to `i + 1`. `upgrade()` runs every missing
+step in one transaction that first takes the store's write lock (`BEGIN IMMEDIATE` on
+SQLite, `pg_advisory_xact_lock` on PostgreSQL), so two processes that start at once never
+both upgrade: the second waits, then finds the schema current. A migration never edits an
+earlier one's tables in place: a change to a table is a new step.
+
+Version 1 (dihya-core 0.1-0.3): dihya_meta, dihya_tokens, dihya_plugin_state.
+Version 2: the audit log (dihya_audit, dihya_audit_payload) and pseudonyms
+(dihya_subjects), and a per-store audit key in dihya_meta.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dihya import store as st
+
+Migration = Callable[[Connection], None]
+
+
+def _v1_state(conn: Connection) -> None:
+    st.metadata.create_all(conn, tables=[st.meta_table, st.tokens_table,
+                                         st.plugin_state_table], checkfirst=True)
+
+
+def _v2_audit(conn: Connection) -> None:
+    st.metadata.create_all(conn, tables=[st.subjects_table, st.audit_table,
+                                         st.audit_payload_table], checkfirst=True)
+    exists = conn.execute(sa.select(st.meta_table.c.key).where(
+        st.meta_table.c.key == "audit_key")).first()
+    if exists is None:
+        conn.execute(st.meta_table.insert().values(key="audit_key",
+                                                   value=secrets.token_hex(32)))
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit)
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version recorded in the store; 0 for an empty database."""
+    if not sa.inspect(conn).has_table(st.meta_table.name):
+        return 0
+    value = conn.execute(sa.select(st.meta_table.c.value).where(
+        st.meta_table.c.key == "schema_version")).scalar_one_or_none()
+    return int(value) if value is not None else 0
+
+
+def upgrade(conn: Connection, target: int | None = None) -> tuple[int, int]:
+    """Bring the schema to `target` (default: the latest) inside the caller's locked
+    transaction; returns (version before, version after)."""
+    target = len(MIGRATIONS) if target is None else target
+    before = current_version(conn)
+    if before > len(MIGRATIONS):
+        raise st.StoreError(f"the store has schema version {before}, newer than this "
+                            f"dihya-core understands ({len(MIGRATIONS)}); upgrade dihya-core")
+    for version in range(before, target):
+        MIGRATIONS[version](conn)
+    if target > before:
+        updated = conn.execute(st.meta_table.update().where(
+            st.meta_table.c.key == "schema_version").values(value=str(target)))
+        if updated.rowcount == 0:
+            conn.execute(st.meta_table.insert().values(key="schema_version",
+                                                       value=str(target)))
+    return before, max(before, target)
