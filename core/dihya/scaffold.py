@@ -15,15 +15,17 @@ import re
 import textwrap
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
-from jinja2 import Environment, PackageLoader, StrictUndefined
 from packaging.specifiers import SpecifierSet
 
 from dihya import __version__
 from dihya.discovery import DEFAULT_GROUP
 from dihya.plugin import HOOK_API_VERSION, HOOK_SPECS, SUPPORTED_CORE_RANGE, HookSpec
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 #: Entry-point names the scaffold accepts: lower-case words joined by single dashes.
 NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
@@ -145,6 +147,8 @@ def _hook(spec: HookSpec) -> dict[str, Any]:
 
 
 def _environment() -> Environment:
+    from jinja2 import Environment, PackageLoader, StrictUndefined  # only `plugins new`
+
     env = Environment(loader=PackageLoader("dihya", "templates/plugin"), autoescape=False,
                       keep_trailing_newline=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
