@@ -217,8 +217,14 @@ def _relative_real(origin: str, site: Path) -> str | None:
 def dependency_problems(plugin: DiscoveredPlugin, path: Sequence[str] | None = None) -> list[str]:
     """Requirements of the plugin's distribution that the environment does not satisfy."""
     dist = plugin.entry_point.dist
+    return requirement_problems((requires_of(dist) if dist is not None else None) or [], path)
+
+
+def requirement_problems(requires: Sequence[str], path: Sequence[str] | None = None
+                         ) -> list[str]:
+    """Requirements (after markers) that the environment on `path` does not satisfy."""
     problems = []
-    for text in (requires_of(dist) if dist is not None else None) or []:
+    for text in requires:
         try:
             req = Requirement(text)
             if req.marker is not None and not req.marker.evaluate({"extra": ""}):

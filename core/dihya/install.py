@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Final
 
 import attrs
-from packaging.markers import UndefinedEnvironmentName
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from dihya.config import AllowEntry, Config
 from dihya.discovery import DiscoveredPlugin, discover
-from dihya.gate import inspect_files, resolution_problem
+from dihya.gate import inspect_files, requirement_problems, resolution_problem
 from dihya.signing import SigningError, Verified, WheelFacts, read_wheel, verify_wheel
 
 CORE_DISTRIBUTION: Final = "dihya-core"
@@ -145,23 +143,7 @@ def _check_continuity(facts: WheelFacts, names: Sequence[str], previous: Sequenc
 def unsatisfied_requirements(requires: Sequence[str]) -> list[str]:
     """Requirements (after markers) that this interpreter's environment does not satisfy."""
     importlib.invalidate_caches()
-    problems = []
-    for text in requires:
-        try:
-            req = Requirement(text)
-            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-                continue
-        except (InvalidRequirement, UndefinedEnvironmentName) as exc:
-            problems.append(f"unreadable requirement {text!r}: {exc}")
-            continue
-        try:
-            installed = md.version(req.name)
-        except md.PackageNotFoundError:
-            problems.append(f"requires {req} but {req.name} is not installed")
-            continue
-        if not req.specifier.contains(installed, prereleases=True):
-            problems.append(f"requires {req} but {req.name} {installed} is installed")
-    return problems
+    return requirement_problems(requires)
 
 
 def _pip(*args: str) -> subprocess.CompletedProcess[str]:
