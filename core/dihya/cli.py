@@ -392,6 +392,25 @@ def disable(state: State, name: str, reason: str | None) -> None:
     _switch(state, name, False, reason)
 
 
+@plugins.command("reload")
+@pass_state
+def reload(state: State) -> None:
+    """Tell every running backend sharing the state store to rebuild its plugin registry.
+
+    Goes through the store (no server address needed): each server worker sees the new
+    state version within a second, rediscovers, verifies and loads, and swaps the new
+    registry in; generations under way finish on the one they started with.
+    """
+    state.config()  # a malformed config: exit 2 before telling servers to load it
+    store = state.store(create=True)
+    assert store is not None
+    store.bump_state_version()
+    version = store.state_version()
+    state.auditor().record("registry.reloaded", "ok", subject=_user())
+    click.echo(f"reload requested (state version {version}); running servers rebuild within "
+               "a second")
+
+
 @plugins.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_state

@@ -7,6 +7,7 @@ runs wholly on the snapshot it started with.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -84,9 +85,11 @@ class RegistrySnapshot:
     build_ms: float
     sandbox: SandboxPool | None = attrs.field(default=None, eq=False, repr=False)
 
+    owns_sandbox: bool = attrs.field(default=True, eq=False, repr=False)
+
     def close(self) -> None:
-        """Stop this snapshot's sandbox workers."""
-        if self.sandbox is not None:
+        """Stop this snapshot's sandbox workers, unless the pool is shared (a server's)."""
+        if self.sandbox is not None and self.owns_sandbox:
             self.sandbox.close()
 
     @property
@@ -121,6 +124,7 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     in_process = [v for v in admitted if v.entry is not None and v.entry.mode == "in-process"]
     sandboxed = [v for v in admitted if v not in in_process]
     loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in in_process])
+    owns_sandbox = sandbox is None
     if sandboxed and sandbox is None:
         from dihya.executor.sandbox import SandboxPool
 
@@ -140,7 +144,9 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
         else:
             records.append(_loaded_record(verdict, loaded[name]))
     elapsed = (time.perf_counter() - start) * 1000
-    return RegistrySnapshot(tuple(records), config, time.time(), elapsed, sandbox)
+    if sandbox is not None and not owns_sandbox:
+        sandbox.retain({r.name for r in records if r.active and r.mode == "sandbox"})
+    return RegistrySnapshot(tuple(records), config, time.time(), elapsed, sandbox, owns_sandbox)
 
 
 def _start_workers(sandbox: SandboxPool | None, config: Config,
@@ -150,9 +156,12 @@ def _start_workers(sandbox: SandboxPool | None, config: Config,
     from dihya.executor.sandbox import WorkerSpec
     from dihya.sandbox.admission import start_all
 
-    # entries outside this Python's own prefixes (the worker's `-I` path has those)
+    # The worker must find what this process found: the import-path entries outside this
+    # Python's own prefixes (its `-I` path has those); never the current directory.
     prefixes = tuple({sys.prefix, sys.base_prefix})
-    extra = tuple(p for p in path or () if p and not p.startswith(prefixes))
+    cwd = os.getcwd()
+    extra = tuple(p for p in (sys.path if path is None else path)
+                  if p and not p.startswith(prefixes) and os.path.abspath(p) != cwd)
     return start_all(sandbox, [WorkerSpec(config.group, v.plugin.name, v.fingerprint or "",
                                           extra) for v in verdicts])
 

@@ -306,3 +306,12 @@ def test_help_and_version(backend) -> None:
         assert backend.dihya(*args).returncode == 0
     assert backend.dihya("plugins", "approve", "x", "--mode", "nowhere").returncode == 2
     assert sys.version_info >= (3, 11)
+
+
+def test_reload_goes_through_the_store(backend) -> None:
+    first = backend.dihya("plugins", "reload")
+    assert first.returncode == 0 and "state version 1" in first.stdout
+    second = backend.dihya("plugins", "reload")
+    assert "state version 2" in second.stdout
+    backend.config.write_text("[plugins\n")
+    assert backend.dihya("plugins", "reload").returncode == 2  # never reload a broken config

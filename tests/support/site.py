@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -32,7 +33,12 @@ class PluginSite:
         return f"{stem}{next(_counter)}x{uuid.uuid4().hex[:6]}"
 
     def install(self, name: str, **kwargs: object) -> Path:
+        """Install (or upgrade: the previous version's files go, as pip would do) a plugin."""
         wheel = build_plugin_wheel(self.wheels, name, **kwargs)  # type: ignore[arg-type]
+        module = "dihya_plugin_" + name.replace("-", "_")
+        for old in [*self.site.glob(f"{module}-*.dist-info"), self.site / module]:
+            if old.is_dir():
+                shutil.rmtree(old)
         pip_install(sys.executable, str(wheel), target=self.site)
         return wheel
 

@@ -101,7 +101,7 @@ def pip_install(python: Path | str, *args: str, target: Path | None = None) -> N
     cmd = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
            "--no-warn-script-location"]
     if target is not None:
-        cmd += ["--target", str(target), "--no-deps"]
+        cmd += ["--target", str(target), "--no-deps", "--upgrade"]
     subprocess.run([*cmd, *args], check=True)
 
 

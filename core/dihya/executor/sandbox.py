@@ -270,16 +270,49 @@ class SandboxPool:
         return self._spawner.submit(start).result()
 
     def start(self, spec: WorkerSpec) -> Hello:
-        """Start the plugin's worker (kept warm) and return what it said when loaded."""
+        """Start the plugin's worker (kept warm) and return what it said when loaded.
+
+        A live worker already running exactly this spec (same plugin, same fingerprint) is
+        kept: a reload that changed nothing restarts nothing. A worker of an older spec is
+        retired once its current call, if any, is over.
+        """
+        with self._lock:
+            current = self._workers.get(spec.name)
+        if current is not None and current.spec == spec and current.alive:
+            return current.hello
         worker = Worker(spec, self.settings, spawn=self._spawn)
         with self._lock:
             self._specs[spec.name] = spec
             old = self._workers.pop(spec.name, None)
             self._workers[spec.name] = worker
         if old is not None:
-            old.close()
+            self._retire(old)
         self._ensure_reaper()
         return worker.hello
+
+    def retain(self, names: set[str]) -> None:
+        """Retire (drain, then stop) the workers of plugins not in `names`."""
+        with self._lock:
+            gone = [n for n in self._workers if n not in names]
+            workers = [self._workers.pop(n) for n in gone]
+            for n in gone:
+                self._specs.pop(n, None)
+        for worker in workers:
+            self._retire(worker)
+
+    def _retire(self, worker: Worker, grace_s: float | None = None) -> None:
+        """Stop `worker` after the call it may be serving (at most the grace period)."""
+        grace = self.settings.start_timeout_s + 60.0 if grace_s is None else grace_s
+
+        def drain() -> None:
+            acquired = worker.lock.acquire(timeout=grace)
+            try:
+                worker.close()
+            finally:
+                if acquired:
+                    worker.lock.release()
+
+        threading.Thread(target=drain, name="dihya-sandbox-drain", daemon=True).start()
 
     def worker(self, name: str) -> Worker:
         """The live worker of `name`, started afresh when it died, was recycled or reaped."""

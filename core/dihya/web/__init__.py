@@ -26,14 +26,14 @@ from dihya.web.state import DihyaState
 __all__ = ["create_app"]
 
 
-def create_app(config_path: str | os.PathLike[str] | None = None,
-               **overrides: Any) -> Flask:
+def create_app(config_path: str | os.PathLike[str] | None = None, *,
+               background_reload: bool = False, **overrides: Any) -> Flask:
     """Build a backend app for the config at `config_path`."""
     app = Flask("dihya.web")
     app.config.update(MAX_CONTENT_LENGTH=MAX_NEEDS_BYTES, JSON_SORT_KEYS=False,
                       RATELIMIT_HEADERS_ENABLED=True)
     app.config.update(overrides)
-    state = DihyaState(resolve_path(config_path))
+    state = DihyaState(resolve_path(config_path), background=background_reload)
     app.extensions["dihya"] = state
     limiter = Limiter(key_func=lambda: "anonymous", app=app,
                       storage_uri=state.config.rate_limit_storage, default_limits=[],

@@ -172,6 +172,13 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
         assert record is not None
         return jsonify(record.to_json())
 
+    @api.post("/plugins/reload")
+    @require("admin")
+    def reload_plugins() -> Response:
+        st = state()
+        snapshot = st.reload(g.request_id)
+        return jsonify([r.to_json() for r in snapshot.records])
+
     @api.post("/plugins/<name>/enable")
     @require("admin")
     def enable_plugin(name: str) -> Response:

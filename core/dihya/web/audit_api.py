@@ -15,10 +15,13 @@ from dihya.gdpr import apply_retention, export, purge_older_than, purge_subject
 from dihya.web.api import json_body, validate_body
 from dihya.web.auth import current_token, require, state
 
+#: What a subject id looks like: a token's name or a CLI user's login (short, ASCII).
+SUBJECT_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}$"
+
 EXPORT_QUERY: Final[dict[str, Any]] = {
     "type": "object", "additionalProperties": False,
     "properties": {
-        "subject": {"type": "string", "minLength": 1, "maxLength": 200,
+        "subject": {"type": "string", "pattern": SUBJECT_PATTERN, "maxLength": 128,
                     "description": "Only events about this subject (a token's name or a CLI "
                                    "user); left out: every event."},
         "format": {"type": "string", "enum": list(FORMATS), "default": "json"},
@@ -27,7 +30,7 @@ EXPORT_QUERY: Final[dict[str, Any]] = {
 PURGE_BODY: Final[dict[str, Any]] = {
     "type": "object", "additionalProperties": False,
     "properties": {
-        "subject": {"type": "string", "minLength": 1, "maxLength": 200,
+        "subject": {"type": "string", "pattern": SUBJECT_PATTERN, "maxLength": 128,
                     "description": "Erase this subject: pseudonym, notes, tokens."},
         "older_than_days": {"type": "number", "minimum": 0, "maximum": 36500,
                             "description": "Remove events older than this many days."},

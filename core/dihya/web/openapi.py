@@ -31,6 +31,7 @@ REQUIRED_ROLES: Final = {
     "showPlugin": "viewer",
     "enablePlugin": "admin",
     "disablePlugin": "admin",
+    "reloadPlugins": "admin",
     "callPluginAction": "developer",
     "exportAudit": "admin",
     "purgeAudit": "admin",
@@ -417,6 +418,16 @@ def _paths() -> dict[str, Schema]:
                 "application/json": {"schema": {"type": "array",
                                                 "items": {"$ref": _REF + "Plugin"}}}},
                 "links": _plugin_links("$response.body#/0/name")}},
+        )},
+        "/api/v1/plugins/reload": {"post": _authenticated(
+            "reloadPlugins", "Rebuild the plugin registry on every worker and node",
+            {"200": {**_json("Plugin", "Every discovered plugin, after this worker's rebuild."),
+                     "content": {"application/json": {"schema": {
+                         "type": "array", "items": {"$ref": _REF + "Plugin"}}}}}},
+            description="Bumps the shared state version (every worker sharing the store "
+                        "rebuilds within a second) and rebuilds this worker at once: "
+                        "rediscover, verify, load. Generations under way finish on the "
+                        "registry they started with.",
         )},
         "/api/v1/plugins/{name}": {
             "parameters": [_NAME_PARAM],

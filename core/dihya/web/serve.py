@@ -27,7 +27,7 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
         from dihya.web import create_app
 
         configure_logging()
-        return create_app(self.config_path)
+        return create_app(self.config_path, background_reload=True)
 
 
 def configure_logging() -> None:

@@ -2,8 +2,11 @@
 
 Lives in `app.extensions["dihya"]`, never in module globals. The snapshot is replaced, not
 changed: a request takes a reference once and works on it to the end. The store's state
-version is checked at most every `version_ttl_s`; when another worker or node changed a
-switch, this worker rebuilds its snapshot. Each build audits what changed (a plugin
+version and the config file are checked every `version_ttl_s`; when another worker or node
+changed a switch, reloaded, or an operator edited the config, this worker rebuilds its
+snapshot — off the request path when a background reloader runs (under `dihya serve`),
+else on the next request. Sandbox workers live in one pool per app: a rebuild keeps the
+workers of unchanged plugins and drains the others. Each build audits what changed (a plugin
 discovered, refused or failed; the registry reloaded), and the audit retention runs at
 start and then at most daily per store.
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from dihya.audit import Auditor
 from dihya.config import Config, ConfigError, load_config
+from dihya.executor.sandbox import SandboxPool
 from dihya.gdpr import DAY_S, apply_retention
 from dihya.registry import RegistrySnapshot, build_registry
 from dihya.store import Store
@@ -29,9 +33,11 @@ log = logging.getLogger("dihya.web")
 class DihyaState:
     """Per-app state of the backend; thread-safe."""
 
-    def __init__(self, config_path: Path, version_ttl_s: float = 0.5) -> None:
+    def __init__(self, config_path: Path, version_ttl_s: float = 0.5,
+                 background: bool = False) -> None:
         self.config_path = config_path
         self.config: Config = load_config(config_path)
+        self.pool = SandboxPool(self.config.sandbox)
         self.store = Store(self.config.effective_store_url)
         self.store.ensure_schema()
         self.auditor = Auditor(self.config.audit_key, store=self.store)
@@ -44,12 +50,22 @@ class DihyaState:
         self._snapshot = self._build(None)
         self._retention_checked = time.monotonic()
         apply_retention(self.auditor, self.config.audit_retention_days)
+        self._stop = threading.Event()
+        self._reloader: threading.Thread | None = None
+        if background:
+            self._reloader = threading.Thread(target=self._reload_loop, daemon=True,
+                                              name="dihya-reloader")
+            self._reloader.start()
 
     def _build(self, old: RegistrySnapshot | None,
                request_id: str | None = None) -> RegistrySnapshot:
         switches = {name: (s.reason_code, _switch_message(s.reason_code, s.reason))
                     for name, s in self.store.plugin_switches().items()}
-        new = build_registry(self.config, environ=os.environ, switches=switches)
+        if self.pool.settings != self.config.sandbox:  # [sandbox] edited: new workers
+            old_pool, self.pool = self.pool, SandboxPool(self.config.sandbox)
+            old_pool.retain(set())
+        new = build_registry(self.config, environ=os.environ, switches=switches,
+                             sandbox=self.pool)
         self._audit_changes(old, new, request_id)
         return new
 
@@ -73,24 +89,40 @@ class DihyaState:
                    plugins_ok=len(new.active))
 
     def snapshot(self) -> RegistrySnapshot:
-        """The current snapshot, rebuilt first if the shared state version moved."""
-        now = time.monotonic()
-        if now - self._checked_at >= self.version_ttl_s:
-            with self._lock:
-                if now - self._checked_at >= self.version_ttl_s:
-                    version = self.store.state_version()
-                    self._reload_config_if_changed()
-                    if version != self._version or self._config_changed:
-                        self._config_changed = False
-                        old = self._snapshot
-                        self._snapshot = self._build(old)
-                        self._version = version
-                        old.close()
-                    self._checked_at = time.monotonic()
-                    if self._checked_at - self._retention_checked >= 3600:
-                        self._retention_checked = self._checked_at
-                        apply_retention(self.auditor, self.config.audit_retention_days, DAY_S)
+        """The current snapshot (checked for changes first when no reloader runs)."""
+        if self._reloader is None and time.monotonic() - self._checked_at >= self.version_ttl_s:
+            self._check()
         return self._snapshot
+
+    def _check(self) -> bool:
+        """Rebuild if the shared state version or the config file changed; True if rebuilt."""
+        with self._lock:
+            version = self.store.state_version()
+            self._reload_config_if_changed()
+            rebuilt = False
+            if version != self._version or self._config_changed:
+                self._config_changed = False
+                self._snapshot = self._build(self._snapshot)
+                self._version = version
+                rebuilt = True
+            self._checked_at = time.monotonic()
+            if self._checked_at - self._retention_checked >= 3600:
+                self._retention_checked = self._checked_at
+                apply_retention(self.auditor, self.config.audit_retention_days, DAY_S)
+            return rebuilt
+
+    def _reload_loop(self) -> None:
+        while not self._stop.wait(min(self.version_ttl_s, 0.25)):
+            try:
+                self._check()
+            except Exception as exc:  # keep serving the current snapshot, and say why
+                log.error("background reload failed: %s", type(exc).__name__,
+                          extra={"reason": "reload-failed"})
+
+    def reload(self, request_id: str | None = None) -> RegistrySnapshot:
+        """Tell every worker sharing the store to rebuild, and rebuild this one now."""
+        self.store.bump_state_version()
+        return self.refresh(request_id)
 
     _config_changed = False
 
@@ -144,17 +176,20 @@ class DihyaState:
             self.refresh(request_id)
 
     def close(self) -> None:
-        """Stop the sandbox workers of the current snapshot."""
-        self._snapshot.close()
+        """Stop the reloader and every sandbox worker."""
+        self._stop.set()
+        if self._reloader is not None:
+            self._reloader.join(timeout=5)
+        self.pool.close()
 
     def refresh(self, request_id: str | None = None) -> RegistrySnapshot:
         """Rebuild now (after this worker changed a switch)."""
         with self._lock:
             self._version = self.store.state_version()
-            old = self._snapshot
-            self._snapshot = self._build(old, request_id)
+            self._reload_config_if_changed()
+            self._config_changed = False
+            self._snapshot = self._build(self._snapshot, request_id)
             self._checked_at = time.monotonic()
-            old.close()
             return self._snapshot
 
 

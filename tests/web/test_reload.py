@@ -1,0 +1,90 @@
+"""Reloading a running app: new plugins appear, switches propagate, warm workers survive."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from test_api import TODO, Api, write_config
+
+from dihya.store import Store
+from dihya.web import create_app
+from support.wheels import plugin_source
+
+PID_HOOK = ("\ndef after_generation(self, code, needs):\n"
+            "    code['instance.txt'] = INSTANCE\n    return code\n")
+
+
+@pytest.fixture
+def sandboxed_api(plugin_site, tmp_path: Path):
+    name = plugin_site.unique("warm")
+    plugin_site.install(name, source=plugin_source(name, body=PID_HOOK))
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name, mode="sandbox")],
+                          '[web]\nrate_limit = "1000/minute"\n')
+    api = Api(create_app(config), {"warm": name})
+    yield api
+    api.app.extensions["dihya"].close()
+
+
+def instance(api: Api) -> str:
+    body = api.post("/api/v1/generate", json={"needs": TODO}).get_json()
+    return str(body["files"]["instance.txt"])
+
+
+def test_reload_finds_a_newly_installed_plugin(plugin_site, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "dihya.toml", [])
+    api = Api(create_app(config), {})
+    name = plugin_site.unique("late")
+    plugin_site.install(name)
+    assert name not in {r["name"] for r in api.get("/api/v1/plugins").get_json()}
+    assert api.post("/api/v1/plugins/reload", "developer").status_code == 403
+    response = api.post("/api/v1/plugins/reload", "admin")
+    rows = {r["name"]: r for r in response.get_json()}
+    assert (rows[name]["status"], rows[name]["reason"]) == ("refused", "not-allowlisted")
+    # approving it (an edit of the config file) makes it active without a restart
+    state = api.app.extensions["dihya"]
+    state.version_ttl_s = 0.0
+    time.sleep(0.01)
+    write_config(state.config_path, [plugin_site.entry(name)])
+    assert api.get(f"/api/v1/plugins/{name}").get_json()["status"] == "active"
+
+
+def test_background_reloader_follows_another_node(plugin_site, tmp_path: Path) -> None:
+    name = plugin_site.unique("bg")
+    plugin_site.install(name)
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)])
+    app = create_app(config, background_reload=True)
+    state = app.extensions["dihya"]
+    try:
+        other_node = Store(state.config.effective_store_url)
+        other_node.set_plugin_disabled(name, True, reason="from node B")
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and state.snapshot().get(name).active:
+            time.sleep(0.02)
+        record = state.snapshot().get(name)
+        assert (record.status, record.reason) == ("disabled", "disabled-by-admin")
+    finally:
+        state.close()
+    assert not state._reloader.is_alive()
+
+
+def test_reload_keeps_the_warm_worker_of_an_unchanged_plugin(sandboxed_api: Api,
+                                                            plugin_site) -> None:
+    first = instance(sandboxed_api)
+    assert sandboxed_api.post("/api/v1/plugins/reload", "admin").status_code == 200
+    assert instance(sandboxed_api) == first, "an unchanged plugin's worker was restarted"
+    # an upgrade (new files, new fingerprint) gets a new worker once re-approved
+    name = sandboxed_api.plugins["warm"]
+    plugin_site.install(name, version="1.0.1",
+                        source=plugin_source(name, version="1.0.1", body=PID_HOOK))
+    state = sandboxed_api.app.extensions["dihya"]
+    time.sleep(0.01)
+    write_config(state.config_path, [plugin_site.entry(name, mode="sandbox")],
+                 '[web]\nrate_limit = "1000/minute"\n')
+    state.version_ttl_s = 0.0
+    rows = {r["name"]: r for r in sandboxed_api.get("/api/v1/plugins").get_json()}
+    assert (rows[name]["status"], rows[name]["version"]) == ("active", "1.0.1")
+    assert instance(sandboxed_api) != first
+    assert json.dumps(rows[name]).count("1.0.1") >= 1
