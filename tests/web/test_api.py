@@ -288,7 +288,7 @@ def test_repeated_failures_quarantine_a_plugin(plugin_site, tmp_path: Path,
     assert enabled["status"] == "active"
 
 
-def test_config_edits_reach_a_running_app(api: Api) -> None:
+def test_config_edits_reach_a_running_app(api: Api, caplog: pytest.LogCaptureFixture) -> None:
     state = api.app.extensions["dihya"]
     state.version_ttl_s = 0.0
     name = api.plugins["open"]
@@ -301,7 +301,11 @@ def test_config_edits_reach_a_running_app(api: Api) -> None:
     row = api.get(f"/api/v1/plugins/{name}").get_json()
     assert (row["status"], row["reason"]) == ("disabled", "disabled-by-config")
     path.write_text("[plugins\n")  # a broken edit: the previous config keeps serving
-    row = api.get(f"/api/v1/plugins/{name}").get_json()
+    with caplog.at_level(logging.INFO, logger="dihya.audit"):
+        row = api.get(f"/api/v1/plugins/{name}").get_json()
     assert row["reason"] == "disabled-by-config"
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "dihya.audit"]
+    assert {"type": "registry.reloaded", "outcome": "failed", "reason": "invalid-config"} in [
+        {k: e.get(k) for k in ("type", "outcome", "reason")} for e in events]
     path.write_text(original)
     assert api.get(f"/api/v1/plugins/{name}").get_json()["status"] == "active"

@@ -145,6 +145,7 @@ class DihyaState:
         except ConfigError as exc:
             log.error("config change ignored, the previous config keeps serving: %s", exc,
                       extra={"reason": "invalid-config"})
+            self.auditor.record("registry.reloaded", "failed", reason="invalid-config")
             return
         self.config = config
         self._config_changed = True
