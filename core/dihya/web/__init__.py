@@ -16,7 +16,7 @@ from flask_limiter import Limiter
 
 from dihya.config import resolve_path
 from dihya.needs import MAX_NEEDS_BYTES
-from dihya.web.api import make_api
+from dihya.web.api import PluginNameConverter, make_api
 from dihya.web.audit_api import audit_api
 from dihya.web.health import health
 from dihya.web.openapi import openapi
@@ -52,6 +52,7 @@ def create_app(config_path: str | os.PathLike[str] | None = None, *,
         return response
 
     install_error_handlers(app)
+    app.url_map.converters["plugin"] = PluginNameConverter
     app.register_blueprint(health)
     app.register_blueprint(openapi)
     app.register_blueprint(make_api(limiter, state.config.rate_limit))

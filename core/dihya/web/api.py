@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from flask import Blueprint, Response, g, jsonify, request
 from flask_limiter import Limiter
+from werkzeug.routing import BaseConverter
 
 from dihya.audit import hook_event_type, sha256_of
 from dihya.executor import HookTimeout
@@ -99,6 +100,12 @@ def _record_or_404(name: str) -> PluginRecord:
     return record
 
 
+class PluginNameConverter(BaseConverter):
+    """A plugin name in a URL: one path segment, never `reload` (that is a route)."""
+
+    regex = r"(?!reload(?:/|$))[^/]+"
+
+
 def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
     """The `/api/v1` blueprint, with its rate limits bound to this app's limiter."""
     api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -151,12 +158,12 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
     def list_plugins() -> Response:
         return jsonify([r.to_json() for r in state().snapshot().records])
 
-    @api.get("/plugins/<name>")
+    @api.get("/plugins/<plugin:name>")
     @require("viewer")
     def show_plugin(name: str) -> Response:
         return jsonify(_record_or_404(name).to_json())
 
-    @api.post("/plugins/<name>/disable")
+    @api.post("/plugins/<plugin:name>/disable")
     @require("admin")
     def disable_plugin(name: str) -> Response:
         _record_or_404(name)
@@ -179,7 +186,7 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
         snapshot = st.reload(g.request_id)
         return jsonify([r.to_json() for r in snapshot.records])
 
-    @api.post("/plugins/<name>/enable")
+    @api.post("/plugins/<plugin:name>/enable")
     @require("admin")
     def enable_plugin(name: str) -> Response:
         record = _record_or_404(name)
@@ -197,7 +204,7 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
         assert record is not None
         return jsonify(record.to_json())
 
-    @api.post("/plugins/<name>/actions/<action_name>")
+    @api.post("/plugins/<plugin:name>/actions/<action_name>")
     @require("developer")
     @per_token
     def call_action(name: str, action_name: str) -> Response:

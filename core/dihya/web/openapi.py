@@ -359,8 +359,8 @@ def _errors(*statuses: int) -> dict[str, Schema]:
 
 _NAME_PARAM: Final = {
     "name": "name", "in": "path", "required": True,
-    "description": "The plugin's entry-point name.",
-    "schema": {"type": "string", "pattern": "^[^/]+$"},
+    "description": "The plugin's entry-point name (`reload` is a route, not a name).",
+    "schema": {"type": "string", "pattern": "^(?!reload$)[^/]+$"},
 }
 _ACTION_PARAM: Final = {
     "name": "action", "in": "path", "required": True, "description": "The action's name.",

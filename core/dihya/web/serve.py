@@ -51,5 +51,8 @@ def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 6
         # data, tokens): method, path, status, size and duration only.
         "access_log_format": '"%(m)s %(U)s" %(s)s %(B)s %(M)sms',
         "control_socket_disable": True,
+        # the longest request line gunicorn accepts (4094 by default): longer ones get its
+        # own 414 page; the API's query strings are far shorter
+        "limit_request_line": 8190,
         "proc_name": "dihya",
     }).run()
