@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import attrs
 import click
@@ -251,17 +251,30 @@ def _parse_roles(_ctx: click.Context, _param: click.Parameter,
     return roles
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def approval_options(command: F) -> F:
+    """The options an approval records (`approve`, `install`): mode, roles, required."""
+    options = [
+        click.option("--mode", type=click.Choice(MODES), default=None,
+                     help="Where the plugin runs (default: sandbox, or what a previous "
+                          "approval said); in-process only for classes that say safe = True."),
+        click.option("--roles", callback=_parse_roles,
+                     help="Comma-separated roles for whom the plugin may run (default: every "
+                          "role, or what a previous approval said)."),
+        click.option("--required/--not-required", default=None,
+                     help="Whether a failure of this plugin fails the generation (default: "
+                          "no, or what a previous approval said)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @plugins.command("approve")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--mode", type=click.Choice(MODES), default=None,
-              help="Where the plugin runs (default: sandbox, or what a previous approval "
-                   "said); in-process only for classes that say safe = True.")
-@click.option("--roles", callback=_parse_roles,
-              help="Comma-separated roles for whom the plugin may run (default: every role, "
-                   "or what a previous approval said).")
-@click.option("--required/--not-required", default=None,
-              help="Whether a failure of this plugin fails the generation (default: no, or "
-                   "what a previous approval said).")
+@approval_options
 @pass_state
 def approve(state: State, names: tuple[str, ...], mode: str | None,
             roles: tuple[str, ...] | None, required: bool | None) -> None:

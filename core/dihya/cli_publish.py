@@ -29,11 +29,11 @@ from dihya.cli import (
     Usage,
     _check_class,
     _editing,
-    _parse_roles,
     _unknown,
     _user,
+    approval_options,
 )
-from dihya.config import MODES, AllowEntry, remove_allow, upsert_allow
+from dihya.config import AllowEntry, remove_allow, upsert_allow
 from dihya.discovery import discover
 from dihya.install import (
     CORE_DISTRIBUTION,
@@ -97,14 +97,7 @@ def sign(wheel: Path, key_path: Path, out: Path | None) -> None:
 @click.option("--approve", is_flag=True,
               help="Install and approve an unsigned wheel (after checking its fingerprint), "
                    "or accept a publisher change or a downgrade.")
-@click.option("--mode", type=click.Choice(MODES), default=None,
-              help="Where the plugin runs (default: sandbox, or what a previous approval "
-                   "said).")
-@click.option("--roles", callback=_parse_roles,
-              help="Comma-separated roles for whom the plugin may run (default: every role, "
-                   "or what a previous approval said).")
-@click.option("--required/--not-required", default=None,
-              help="Whether a failure of this plugin fails the generation.")
+@approval_options
 @pass_state
 def install(state: State, wheel: Path, signature: Path | None, approve: bool,
             mode: str | None, roles: tuple[str, ...] | None, required: bool | None) -> None:
