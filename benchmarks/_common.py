@@ -10,7 +10,8 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,17 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
         "min": min(samples),
         "n": float(len(samples)),
     }
+
+
+def best_per_call(fn: Callable[[], object], n: int) -> float:
+    """Seconds per call of `fn`: the best of 5 loops of `n` calls (the least disturbed)."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - start) / n)
+    return best
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

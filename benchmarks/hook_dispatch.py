@@ -30,7 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import build_core_wheel, make_venv, print_machine, summary, table, verdict
+from _common import (
+    best_per_call,
+    build_core_wheel,
+    make_venv,
+    print_machine,
+    summary,
+    table,
+    verdict,
+)
 
 from support.wheels import build_plugin_wheel, pip_install
 
@@ -217,13 +225,7 @@ def breakdown(needs: dict[str, Any], samples: dict[str, list[float]], count: int
     copy = json_copy(needs)
 
     def each(fn: Any, n: int = 2000) -> float:
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            best = min(best, (time.perf_counter() - start) / n)
-        return best
+        return best_per_call(fn, n)
 
     rows = [
         ["json_copy(needs)", each(lambda: json_copy(needs))],

@@ -44,7 +44,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import build_core_wheel, clean_env, make_venv, print_machine, summary, table
+from _common import (
+    best_per_call,
+    build_core_wheel,
+    clean_env,
+    make_venv,
+    print_machine,
+    summary,
+    table,
+)
 
 from support.wheels import build_plugin_wheel, pip_install
 
@@ -343,13 +351,7 @@ def pieces(needs: dict[str, Any], worker: Any, protocol: Any) -> None:
     resp_frame = protocol.encode(response)
 
     def each(fn: Callable[[], Any], n: int = 500) -> float:
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            best = min(best, (time.perf_counter() - start) / n)
-        return best
+        return best_per_call(fn, n)
 
     def ping() -> None:
         with worker.lock:

@@ -80,15 +80,21 @@ def test_paths_match_the_generated_blueprints(needs: dict[str, Any]) -> None:
         assert f"`POST {collection_path(entity['name'])}`" in out["docs/API.md"]
 
 
-def test_documented_examples_match_the_generated_api(
-    needs: dict[str, Any], tmp_path: Path
-) -> None:
-    pytest.importorskip("flask")
-    code = MarkdownDocsPlugin().after_generation(_generate(needs), needs)
+def _write_documented_project(needs: dict[str, Any], tmp_path: Path) -> dict[str, str]:
+    """Generate, add the plugin's docs, write it all under `tmp_path`; return the files."""
+    code: dict[str, str] = MarkdownDocsPlugin().after_generation(_generate(needs), needs)
     for path, text in code.items():
         target = tmp_path / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
+    return code
+
+
+def test_documented_examples_match_the_generated_api(
+    needs: dict[str, Any], tmp_path: Path
+) -> None:
+    pytest.importorskip("flask")
+    code = _write_documented_project(needs, tmp_path)
     api = code["docs/API.md"]
     sections = re.split(r"\n## ", api)
     documented: list[dict[str, Any]] = []
@@ -115,11 +121,7 @@ def test_documented_errors_match_the_generated_api(
     needs: dict[str, Any], tmp_path: Path
 ) -> None:
     pytest.importorskip("flask")
-    code = MarkdownDocsPlugin().after_generation(_generate(needs), needs)
-    for path, text in code.items():
-        target = tmp_path / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+    code = _write_documented_project(needs, tmp_path)
     api = code["docs/API.md"]
     path = collection_path(needs["entities"][0]["name"])
     documented = [
