@@ -133,6 +133,7 @@ class Store:
         server crash may lose the last fraction of a second of such commits, never
         corrupt or reorder them (SQLite's `synchronous=NORMAL` makes the same trade).
         """
+        self.ensure_schema()
         with self._locked_raw(name) as conn:
             if fast_commit and not self.is_sqlite:
                 conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
@@ -193,7 +194,7 @@ class Store:
             conn.execute(meta_table.insert().values(key="state_version", value="1"))
 
     def bump_state_version(self) -> None:
-        with self.begin() as conn:
+        with self.locked("switches") as conn:
             self._bump(conn)
 
     # -- runtime plugin switches ---------------------------------------------------------
@@ -207,8 +208,13 @@ class Store:
 
     def set_plugin_disabled(self, name: str, disabled: bool, reason_code: str = "disabled-by-admin",
                             reason: str | None = None, actor: str | None = None) -> bool:
-        """Record a switch; returns whether anything changed. Bumps the state version."""
-        with self.begin() as conn:
+        """Record a switch; returns whether anything changed. Bumps the state version.
+
+        Read and write under the store's write lock: on SQLite a deferred transaction that
+        read first cannot take the write lock if another process wrote meanwhile
+        (SQLITE_BUSY, at once); on PostgreSQL two admins would race.
+        """
+        with self.locked("switches") as conn:
             current = conn.execute(sa.select(plugin_state_table).where(
                 plugin_state_table.c.name == name)).first()
             if current is not None and not disabled and not current.disabled:

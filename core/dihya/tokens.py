@@ -51,7 +51,7 @@ def create_token(store: Store, name: str, role: str) -> str:
         raise TokenError(f"token name {name!r} must be 1-128 letters, digits, `_.@-`")
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
-    with store.begin() as conn:
+    with store.locked("tokens") as conn:  # read-then-write: under the store's write lock
         exists = conn.execute(sa.select(tokens_table.c.id).where(
             tokens_table.c.name == name)).first()
         if exists:

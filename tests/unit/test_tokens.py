@@ -56,3 +56,30 @@ def test_switches_bump_the_state_version(store: Store) -> None:
     assert store.set_plugin_disabled("x", False) is False  # nothing to change
     assert store.plugin_switches() == {}
     assert store.state_version() == start + 2
+
+
+def test_concurrent_switch_writers_never_fail(tmp_path: Path) -> None:
+    """Read-then-write switches under contention (the HTTP API's disable/enable from
+    several workers, reloads bumping the version): no 'database is locked'."""
+    import threading
+
+    url = sqlite_url(tmp_path / "state.sqlite3")
+    Store(url).ensure_schema()
+    errors: list[BaseException] = []
+
+    def writer(index: int) -> None:
+        store = Store(url)  # its own connections, as another worker process would have
+        try:
+            for round_ in range(15):
+                store.set_plugin_disabled(f"p{index % 3}", round_ % 2 == 0, reason="x")
+                store.bump_state_version()
+                store.state_version()
+        except BaseException as exc:  # pragma: no cover - what the test looks for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
