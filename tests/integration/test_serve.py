@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from support.serving import Server, call
 
 ROOT = Path(__file__).resolve().parents[2]
 TODO = json.loads((ROOT / "examples" / "needs" / "todo.json").read_text())
@@ -22,57 +17,14 @@ TODO = json.loads((ROOT / "examples" / "needs" / "todo.json").read_text())
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def call(base: str, method: str, path: str, token: str | None = None,
-         body: Any = None) -> tuple[int, dict[str, str], Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(base + path, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
-
-
 @pytest.fixture
-def server(backend) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def server(backend) -> Iterator[Server]:
     assert backend.dihya("plugins", "approve", "example", "markdown-docs").returncode == 0
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIHYA_")}
-    proc = subprocess.Popen(
-        [str(backend.venv / "bin" / "dihya"), "--config", str(backend.config), "serve",
-         "--port", str(port), "--workers", "2"],
-        cwd=backend.home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+    srv = Server(backend.venv, backend.config, workers=2, cwd=backend.home).wait_ready()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if call(base, "GET", "/readyz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            proc.kill()
-            pytest.fail("the server did not become ready:\n" + (proc.communicate()[0] or ""))
-        yield base, proc
+        yield srv
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        srv.stop()
 
 
 def token(backend, role: str, name: str) -> str:
@@ -88,7 +40,7 @@ def generated_by(base: str, tok: str) -> set[str]:
 
 
 def test_start_generate_disable_generate_stop(backend, server) -> None:
-    base, proc = server
+    base = server.base
     admin, dev = token(backend, "admin", "ops"), token(backend, "developer", "app")
     assert call(base, "GET", "/healthz")[0] == 200
     status, headers, _ = call(base, "GET", "/api/v1/plugins")
@@ -109,9 +61,8 @@ def test_start_generate_disable_generate_stop(backend, server) -> None:
     status, _, spec = call(base, "GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.1")
 
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0
+    assert server.stop() == 0
+    out = server.output
     for secret in (admin, dev, "Team todo list", "ops"):
         assert secret not in out, "the server log carries a token, a name or needs data"
     assert '"type":"generation"' in out and '"actor":"p-' in out
