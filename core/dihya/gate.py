@@ -56,6 +56,8 @@ class Verdict:
     message: str
     entry: AllowEntry | None
     fingerprint: str | None
+    # the installed files the fingerprint covers (relative to site-packages), when admitted
+    files: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @property
     def admitted(self) -> bool:
@@ -63,8 +65,9 @@ class Verdict:
 
 
 def _verdict(plugin: DiscoveredPlugin, status: str | None, reason: str | None, message: str,
-             entry: AllowEntry | None = None, fingerprint: str | None = None) -> Verdict:
-    return Verdict(plugin, status, reason, message, entry, fingerprint)
+             entry: AllowEntry | None = None, fingerprint: str | None = None,
+             files: tuple[str, ...] = ()) -> Verdict:
+    return Verdict(plugin, status, reason, message, entry, fingerprint, files)
 
 
 # Installed versions looked up while one `assess_all` runs: (name, path) -> version. Many
@@ -137,7 +140,8 @@ def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[
     if missing:
         return _verdict(plugin, FAILED, "missing-dependency", "; ".join(missing), entry,
                         files.fingerprint)
-    return _verdict(plugin, None, None, "passed the gate", entry, files.fingerprint)
+    return _verdict(plugin, None, None, "passed the gate", entry, files.fingerprint,
+                    files.files)
 
 
 def _closest_entry(plugin: DiscoveredPlugin, entries: Sequence[AllowEntry]) -> AllowEntry:

@@ -3,18 +3,21 @@
 The manager's `list_entry_points()` returns exactly the verified entry points, so stevedore
 imports nothing else and consults none of its caches. Bytecode is read from and written to
 a private directory (`sys.pycache_prefix`), so a forged `__pycache__/*.pyc` beside a verified
-source is never used.
+source is never used. `forget_modules` drops an upgraded or removed plugin's modules (and
+their cached bytecode) so that the next load imports the verified files afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
+import importlib.util
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from stevedore import NamedExtensionManager
@@ -95,6 +98,37 @@ def redirect_bytecode() -> None:
     """Point this process's bytecode cache at a private directory (idempotent)."""
     if not sys.pycache_prefix:
         sys.pycache_prefix = str(private_pycache_dir())
+
+
+_CODE_SUFFIXES: Final = (".py", ".pyc", ".so", ".pyd")
+
+
+def forget_modules(site: Path, files: Iterable[str]) -> list[str]:
+    """Remove from `sys.modules` every module loaded from one of `files` (paths relative to
+    the site directory `site`), and delete their cached bytecode; returns their names.
+
+    Objects already holding the old modules (a generation still running on an older
+    snapshot) keep them; the next import of these names reads the files again.
+    """
+    root = os.path.realpath(site)
+    wanted = {os.path.join(root, os.path.normpath(f)) for f in files
+              if f.endswith(_CODE_SUFFIXES)}
+    if not wanted:
+        return []
+    names = {os.path.basename(w) for w in wanted}
+    dropped = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str) or os.path.basename(file) not in names:
+            continue
+        if os.path.realpath(file) not in wanted:
+            continue
+        del sys.modules[name]
+        dropped.append(name)
+        if file.endswith(".py"):
+            with contextlib.suppress(OSError, ValueError, NotImplementedError):
+                os.unlink(importlib.util.cache_from_source(file))
+    return sorted(dropped)
 
 
 def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[

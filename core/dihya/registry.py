@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -19,7 +20,7 @@ from dihya.config import Config, env_disabled
 from dihya.discovery import discover
 from dihya.executor import HookExecutor, InProcessExecutor
 from dihya.gate import ACTIVE, FAILED, REFUSED, Verdict, assess_all
-from dihya.loader import Loaded, load_plugins
+from dihya.loader import Loaded, forget_modules, load_plugins
 from dihya.plugin import ActionSpec, GenerationPluginBase
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ class PluginRecord:
     actions: Mapping[str, ActionSpec] = attrs.field(factory=dict)
     executor: HookExecutor | None = attrs.field(default=None, eq=False, repr=False)
     instance: GenerationPluginBase | None = attrs.field(default=None, eq=False, repr=False)
+    # for an in-process plugin: where its verified files are, to forget its modules later
+    site: Path | None = attrs.field(default=None, eq=False, repr=False)
+    files: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @property
     def active(self) -> bool:
@@ -108,7 +112,8 @@ class RegistrySnapshot:
 def build_registry(config: Config, environ: Mapping[str, str] | None = None,
                    path: Sequence[str] | None = None,
                    switches: Mapping[str, tuple[str, str]] | None = None,
-                   sandbox: SandboxPool | None = None) -> RegistrySnapshot:
+                   sandbox: SandboxPool | None = None,
+                   previous: RegistrySnapshot | None = None) -> RegistrySnapshot:
     """Discover, verify and load: a fresh snapshot for `config`.
 
     In-process plugins are imported here, after the gate; sandbox-mode plugins are loaded
@@ -116,6 +121,10 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
 
     `switches` maps plugin names to a runtime (reason code, message) from the state store
     (`disabled-by-admin`, `quarantined`); such plugins are not imported.
+
+    `previous` is the snapshot this one replaces (a reload): the modules of its in-process
+    plugins that are not loaded again with the same fingerprint (upgraded, removed,
+    disabled) are dropped from `sys.modules`, so an upgrade is imported afresh.
     """
     start = time.perf_counter()
     discovered = discover(config.group, path)
@@ -123,6 +132,8 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     admitted = [v for v in verdicts if v.admitted]
     in_process = [v for v in admitted if v.entry is not None and v.entry.mode == "in-process"]
     sandboxed = [v for v in admitted if v not in in_process]
+    if previous is not None:
+        _forget_stale_modules(previous, in_process)
     loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in in_process])
     owns_sandbox = sandbox is None
     if sandboxed and sandbox is None:
@@ -140,13 +151,21 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
             records.append(_sandboxed_record(verdict, hellos[name], sandbox, config))
         elif name in failures:
             failure = failures[name]
-            records.append(_record(verdict, FAILED, failure.reason, failure.message))
+            records.append(_record(verdict, FAILED, failure.reason, failure.message,
+                                   site=verdict.plugin.site_packages, files=verdict.files))
         else:
             records.append(_loaded_record(verdict, loaded[name]))
     elapsed = (time.perf_counter() - start) * 1000
     if sandbox is not None and not owns_sandbox:
         sandbox.retain({r.name for r in records if r.active and r.mode == "sandbox"})
     return RegistrySnapshot(tuple(records), config, time.time(), elapsed, sandbox, owns_sandbox)
+
+
+def _forget_stale_modules(previous: RegistrySnapshot, in_process: Sequence[Verdict]) -> None:
+    keep = {(v.plugin.name, v.fingerprint, v.plugin.site_packages) for v in in_process}
+    for r in previous.records:
+        if r.site is not None and (r.name, r.fingerprint, r.site) not in keep:
+            forget_modules(r.site, r.files)
 
 
 def _start_workers(sandbox: SandboxPool | None, config: Config,
@@ -203,7 +222,9 @@ def _record(verdict: Verdict, status: str, reason: str | None, message: str,
 def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
     cls, entry = loaded.cls, verdict.entry
     meta = {"hooks": loaded.hooks, "safe": cls.safe, "priority": cls.priority,
-            "description": cls.description, "author": cls.author, "actions": loaded.actions}
+            "description": cls.description, "author": cls.author, "actions": loaded.actions,
+            # its modules are now imported: where they came from, to forget them later
+            "site": verdict.plugin.site_packages, "files": verdict.files}
     if entry is not None and entry.mode == "in-process" and not cls.safe:
         return _record(verdict, REFUSED, "unsafe-in-process",
                        f"approved in-process but {cls.__qualname__}.safe is False; approve "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -88,3 +90,63 @@ def test_reload_keeps_the_warm_worker_of_an_unchanged_plugin(sandboxed_api: Api,
     assert (rows[name]["status"], rows[name]["version"]) == ("active", "1.0.1")
     assert instance(sandboxed_api) != first
     assert json.dumps(rows[name]).count("1.0.1") >= 1
+
+
+VERSION_HOOK = ("\ndef after_generation(self, code, needs):\n"
+                "    code['instance.txt'] = INSTANCE + ' ' + self.version\n    return code\n")
+
+
+def test_an_upgraded_in_process_plugin_is_imported_afresh(plugin_site, tmp_path: Path) -> None:
+    name = plugin_site.unique("inproc")
+    module = "dihya_plugin_" + name
+    plugin_site.install(name, source=plugin_source(name, body=VERSION_HOOK))
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)])
+    api = Api(create_app(config), {})
+    state = api.app.extensions["dihya"]
+    try:
+        first = instance(api)
+        old_module = sys.modules[module]
+        assert first.endswith(" 1.0.0")
+        assert api.post("/api/v1/plugins/reload", "admin").status_code == 200
+        assert instance(api) == first, "an unchanged in-process plugin was imported again"
+
+        plugin_site.install(name, version="1.0.1",
+                            source=plugin_source(name, version="1.0.1", body=VERSION_HOOK))
+        rows = {r["name"]: r for r in api.post("/api/v1/plugins/reload", "admin").get_json()}
+        assert (rows[name]["status"], rows[name]["reason"]) == ("refused", "version-mismatch")
+        assert module not in sys.modules, "a refused upgrade left the old module imported"
+        time.sleep(0.01)
+        write_config(state.config_path, [plugin_site.entry(name)])  # re-approved
+        assert api.post("/api/v1/plugins/reload", "admin").status_code == 200
+        second = instance(api)
+        assert second.endswith(" 1.0.1") and second.split()[0] != first.split()[0]
+        assert sys.modules[module] is not old_module
+
+        # removed: it disappears, and so do its modules
+        for path in [*plugin_site.site.glob(f"{module}-*.dist-info"), plugin_site.site / module]:
+            shutil.rmtree(path)
+        rows = {r["name"]: r for r in api.post("/api/v1/plugins/reload", "admin").get_json()}
+        assert name not in rows
+        assert module not in sys.modules
+    finally:
+        state.close()
+
+
+def test_a_fixed_plugin_loads_after_a_failed_import(plugin_site, tmp_path: Path) -> None:
+    name = plugin_site.unique("fixme")
+    broken = plugin_source(name, body="\ndef before_generation(self, needs, extra):\n"
+                                      "    return needs\n")
+    plugin_site.install(name, source=broken)
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)])
+    api = Api(create_app(config), {})
+    state = api.app.extensions["dihya"]
+    try:
+        row = api.get(f"/api/v1/plugins/{name}").get_json()
+        assert (row["status"], row["reason"]) == ("failed", "invalid-plugin")
+        plugin_site.install(name, version="1.0.1", source=plugin_source(name, version="1.0.1"))
+        time.sleep(0.01)
+        write_config(state.config_path, [plugin_site.entry(name)])
+        rows = {r["name"]: r for r in api.post("/api/v1/plugins/reload", "admin").get_json()}
+        assert (rows[name]["status"], rows[name]["version"]) == ("active", "1.0.1")
+    finally:
+        state.close()

@@ -65,7 +65,7 @@ class DihyaState:
             old_pool, self.pool = self.pool, SandboxPool(self.config.sandbox)
             old_pool.retain(set())
         new = build_registry(self.config, environ=os.environ, switches=switches,
-                             sandbox=self.pool)
+                             sandbox=self.pool, previous=old)
         self._audit_changes(old, new, request_id)
         return new
 
