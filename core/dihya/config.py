@@ -80,6 +80,7 @@ class Config:
     group: str = DEFAULT_GROUP
     hook_timeout_s: float = 2.0
     allow: tuple[AllowEntry, ...] = ()
+    auto_reload: bool = False
     publishers: tuple[Publisher, ...] = ()
     store_url: str | None = None
     rate_limit: str = "60/minute"
@@ -198,10 +199,14 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
     plugins = data.get("plugins", {})
     if not isinstance(plugins, dict):
         raise ConfigError(f"{where}: `plugins` must be a table ([plugins])")
-    unknown = set(plugins) - {"group", "hook_timeout_s", "allow", "publishers"}
+    unknown = set(plugins) - {"group", "hook_timeout_s", "auto_reload", "allow", "publishers"}
     if unknown:
         raise ConfigError(f"{where}: [plugins] has unknown keys {sorted(unknown)}; "
-                          "known: group, hook_timeout_s, allow, publishers")
+                          "known: group, hook_timeout_s, auto_reload, allow, publishers")
+    auto_reload = plugins.get("auto_reload", False)
+    if not isinstance(auto_reload, bool):
+        raise ConfigError(f"{where}: [plugins] auto_reload must be true or false, "
+                          f"not {auto_reload!r}")
     group = plugins.get("group", DEFAULT_GROUP)
     if not isinstance(group, str) or not group:
         raise ConfigError(f"{where}: [plugins] group must be a non-empty string")
@@ -219,7 +224,8 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     return Config(path=path, exists=exists, group=group, hook_timeout_s=float(timeout),
-                  allow=allow, publishers=publishers, store_url=store_url, rate_limit=rate_limit,
+                  allow=allow, auto_reload=auto_reload, publishers=publishers,
+                  store_url=store_url, rate_limit=rate_limit,
                   rate_limit_storage=storage, audit_key=audit_key,
                   audit_retention_days=float(retention), sandbox=sandbox)
 

@@ -3,8 +3,9 @@
 A SQLite file by default (WAL mode, no server), PostgreSQL by URL
 (`postgresql+psycopg://...`). Every worker and every node that shares the store sees the
 same tokens and switches; the state version counter tells them when to rebuild their
-registry snapshot. The schema is versioned and upgraded on first use
-(`dihya.migrations`); `Store.locked()` is the one write lock (audit appends, upgrades).
+registry snapshot (on PostgreSQL each bump also sends a NOTIFY, see `dihya.listen`). The
+schema is versioned and upgraded on first use (`dihya.migrations`); `Store.locked()` is the
+one write lock (audit appends, upgrades).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 SCHEMA_VERSION: Final = 2
+# PostgreSQL: every state version bump notifies this channel, the payload the store's schema
+NOTIFY_CHANNEL: Final = "dihya_state"
 
 metadata = sa.MetaData()
 
@@ -192,6 +195,9 @@ class Store:
                                                      sa.Text)))
         if updated.rowcount == 0:
             conn.execute(meta_table.insert().values(key="state_version", value="1"))
+        if not self.is_sqlite:  # delivered at commit to every LISTENing node (dihya.listen)
+            conn.execute(sa.text("SELECT pg_notify(:channel, current_schema())"),
+                         {"channel": NOTIFY_CHANNEL})
 
     def bump_state_version(self) -> None:
         with self.locked("switches") as conn:

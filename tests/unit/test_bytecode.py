@@ -20,7 +20,13 @@ def forge_pyc(source: Path, forged_text: str) -> Path:
     """Write a timestamp pyc of `forged_text` that CPython accepts as `source`'s cache."""
     st = source.stat()
     code = compile(forged_text, str(source), "exec")
-    pyc = Path(importlib.util.cache_from_source(str(source)))
+    # beside the source, where plain Python looks (not this process's private prefix,
+    # which an earlier test may have set)
+    saved, sys.pycache_prefix = sys.pycache_prefix, None
+    try:
+        pyc = Path(importlib.util.cache_from_source(str(source)))
+    finally:
+        sys.pycache_prefix = saved
     pyc.parent.mkdir(exist_ok=True)
     header = importlib.util.MAGIC_NUMBER + (0).to_bytes(4, "little")
     header += (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")

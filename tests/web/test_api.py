@@ -37,8 +37,10 @@ def after_generation(self, code, needs):
 '''
 
 
-def write_config(path: Path, entries: list[AllowEntry], extra: str = "") -> Path:
-    lines = ["[plugins]", "hook_timeout_s = 2.0"]
+def write_config(path: Path, entries: list[AllowEntry], extra: str = "",
+                 plugins: str = "") -> Path:
+    """A config allowing `entries`; `plugins`: more [plugins] keys, `extra`: more tables."""
+    lines = ["[plugins]", "hook_timeout_s = 2.0", *plugins.splitlines()]
     for e in entries:
         lines += ["[[plugins.allow]]", f'name = "{e.name}"', f'distribution = "{e.distribution}"',
                   f'version = "{e.version}"', f'fingerprint = "{e.fingerprint}"',

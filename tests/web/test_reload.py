@@ -150,3 +150,53 @@ def test_a_fixed_plugin_loads_after_a_failed_import(plugin_site, tmp_path: Path)
         assert (rows[name]["status"], rows[name]["version"]) == ("active", "1.0.1")
     finally:
         state.close()
+
+
+def wait_for(predicate, timeout: float = 5.0) -> float:
+    """Seconds until `predicate()` held (polled every 10 ms); fails after `timeout`."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, "the condition never held"
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def test_auto_reload_notices_installs_upgrades_and_removals(plugin_site,
+                                                            tmp_path: Path) -> None:
+    config = write_config(tmp_path / "dihya.toml", [], plugins="auto_reload = true")
+    app = create_app(config, background_reload=True)
+    state = app.extensions["dihya"]
+    try:
+        name = plugin_site.unique("auto")
+        plugin_site.install(name)  # no reload call, no config edit
+        wait_for(lambda: state.snapshot().get(name) is not None)
+        assert state.snapshot().get(name).reason == "not-allowlisted"
+
+        write_config(config, [plugin_site.entry(name)], plugins="auto_reload = true")
+        wait_for(lambda: state.snapshot().get(name).active)
+        plugin_site.install(name, version="1.0.1", source=plugin_source(name, version="1.0.1"))
+        # (the old files go first, so a rebuild may see no plugin for a moment)
+        wait_for(lambda: getattr(state.snapshot().get(name), "version", None) == "1.0.1")
+        assert state.snapshot().get(name).reason == "version-mismatch"
+
+        module = "dihya_plugin_" + name
+        for path in [*plugin_site.site.glob(f"{module}-*.dist-info"), plugin_site.site / module]:
+            shutil.rmtree(path)
+        wait_for(lambda: state.snapshot().get(name) is None)
+    finally:
+        state.close()
+
+
+def test_without_auto_reload_an_install_waits_for_a_reload(plugin_site, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "dihya.toml", [])
+    app = create_app(config, background_reload=True)
+    state = app.extensions["dihya"]
+    try:
+        name = plugin_site.unique("manual")
+        plugin_site.install(name)
+        time.sleep(1.0)  # four checks of the background reloader
+        assert state.snapshot().get(name) is None
+        state.reload()
+        assert state.snapshot().get(name).reason == "not-allowlisted"
+    finally:
+        state.close()

@@ -2,9 +2,10 @@
 
 Lives in `app.extensions["dihya"]`, never in module globals. The snapshot is replaced, not
 changed: a request takes a reference once and works on it to the end. The store's state
-version and the config file are checked every `version_ttl_s`; when another worker or node
-changed a switch, reloaded, or an operator edited the config, this worker rebuilds its
-snapshot — off the request path when a background reloader runs (under `dihya serve`),
+version and the config file are checked every `version_ttl_s` (and at once on a PostgreSQL
+notification); when another worker or node changed a switch, reloaded, or an operator
+edited the config (or, with `[plugins] auto_reload`, pip changed site-packages), this worker
+rebuilds its snapshot — off the request path when a background reloader runs (under `dihya serve`),
 else on the next request. Sandbox workers live in one pool per app: a rebuild keeps the
 workers of unchanged plugins and drains the others. Each build audits what changed (a plugin
 discovered, refused or failed; the registry reloaded), and the audit retention runs at
@@ -24,10 +25,14 @@ from dihya.audit import Auditor
 from dihya.config import Config, ConfigError, load_config
 from dihya.executor.sandbox import SandboxPool
 from dihya.gdpr import DAY_S, apply_retention
+from dihya.listen import StateListener, open_listener
 from dihya.registry import RegistrySnapshot, build_registry
+from dihya.sitewatch import SiteStamp, site_stamp
 from dihya.store import Store
 
 log = logging.getLogger("dihya.web")
+
+LISTEN_RETRY_S = 5.0  # after a lost PostgreSQL LISTEN connection, polling alone meanwhile
 
 
 class DihyaState:
@@ -95,12 +100,14 @@ class DihyaState:
         return self._snapshot
 
     def _check(self) -> bool:
-        """Rebuild if the shared state version or the config file changed; True if rebuilt."""
+        """Rebuild if the shared state version, the config file or (with auto_reload) the
+        installed distributions changed; True if rebuilt."""
         with self._lock:
             version = self.store.state_version()
             self._reload_config_if_changed()
+            installed = self._site_changed()
             rebuilt = False
-            if version != self._version or self._config_changed:
+            if version != self._version or self._config_changed or installed:
                 self._config_changed = False
                 self._snapshot = self._build(self._snapshot)
                 self._version = version
@@ -112,12 +119,38 @@ class DihyaState:
             return rebuilt
 
     def _reload_loop(self) -> None:
-        while not self._stop.wait(min(self.version_ttl_s, 0.25)):
+        """Every `min(version_ttl_s, 0.25)` s, or at once when PostgreSQL notifies a new
+        state version: check the store, the config file and (auto_reload) site-packages."""
+        listener: StateListener | None = None
+        retry_at = 0.0
+        while not self._stop.is_set():
+            interval = min(self.version_ttl_s, 0.25)
+            if listener is None and time.monotonic() >= retry_at and not self.store.is_sqlite:
+                try:
+                    listener = open_listener(self.store)
+                except Exception as exc:  # polling goes on; try again later
+                    retry_at = time.monotonic() + LISTEN_RETRY_S
+                    log.warning("cannot LISTEN for state changes, polling only: %s",
+                                type(exc).__name__, extra={"reason": "listen-failed"})
+            if listener is not None:
+                try:
+                    listener.wait(interval)
+                except Exception as exc:
+                    listener.close()
+                    listener, retry_at = None, time.monotonic() + LISTEN_RETRY_S
+                    log.warning("state change listener lost, polling only: %s",
+                                type(exc).__name__, extra={"reason": "listen-failed"})
+            elif self._stop.wait(interval):
+                break
+            if self._stop.is_set():
+                break
             try:
                 self._check()
             except Exception as exc:  # keep serving the current snapshot, and say why
                 log.error("background reload failed: %s", type(exc).__name__,
                           extra={"reason": "reload-failed"})
+        if listener is not None:
+            listener.close()
 
     def reload(self, request_id: str | None = None) -> RegistrySnapshot:
         """Tell every worker sharing the store to rebuild, and rebuild this one now."""
@@ -125,6 +158,25 @@ class DihyaState:
         return self.refresh(request_id)
 
     _config_changed = False
+    _site_seen: SiteStamp | None = None
+    _site_built: SiteStamp | None = None
+
+    def _site_changed(self) -> bool:
+        """With `[plugins] auto_reload`: True once site-packages changed and then held still
+        for one check (so a pip install still running is not half-seen)."""
+        if not self.config.auto_reload:
+            self._site_seen = self._site_built = None
+            return False
+        stamp = site_stamp()
+        if self._site_built is None:  # first check since auto_reload is on
+            self._site_seen = self._site_built = stamp
+            return False
+        settled = stamp == self._site_seen
+        self._site_seen = stamp
+        if settled and stamp != self._site_built:
+            self._site_built = stamp
+            return True
+        return False
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
