@@ -200,3 +200,21 @@ def test_without_auto_reload_an_install_waits_for_a_reload(plugin_site, tmp_path
         assert state.snapshot().get(name).reason == "not-allowlisted"
     finally:
         state.close()
+
+
+def test_every_rebuild_honours_dihya_plugins_disable(plugin_site, tmp_path: Path,
+                                                     monkeypatch) -> None:
+    monkeypatch.delenv("DIHYA_PLUGINS_DISABLE", raising=False)
+    name = plugin_site.unique("envoff")
+    plugin_site.install(name)
+    api = Api(create_app(write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)])), {})
+    state = api.app.extensions["dihya"]
+    try:
+        assert state.snapshot().get(name).active
+        monkeypatch.setenv("DIHYA_PLUGINS_DISABLE", name)
+        rows = {r["name"]: r for r in api.post("/api/v1/plugins/reload", "admin").get_json()}
+        assert (rows[name]["status"], rows[name]["reason"]) == ("disabled", "disabled-by-env")
+        # an admin enable cannot override the operator's environment
+        assert api.post(f"/api/v1/plugins/{name}/enable", "admin").status_code == 409
+    finally:
+        state.close()
