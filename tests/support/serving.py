@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -58,6 +59,18 @@ class Server:
             cwd=cwd or config.parent, env=clean_env(env), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
         self.output = ""
+        # Read the output as it comes: a server that logs more than a pipe holds (64 KiB:
+        # a few hundred requests) would otherwise block on its next log line.
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True,
+                                        name=f"dihya-serve-{self.port}-output")
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self._lines.append(line)
 
     def wait_ready(self, timeout: float = 30) -> Server:
         deadline = time.monotonic() + timeout
@@ -82,9 +95,10 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        self.output += out or ""
+            self.proc.wait()
+        self._reader.join(timeout=10)
+        self.output = "".join(self._lines)
         return self.proc.returncode

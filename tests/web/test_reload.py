@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -216,5 +217,27 @@ def test_every_rebuild_honours_dihya_plugins_disable(plugin_site, tmp_path: Path
         assert (rows[name]["status"], rows[name]["reason"]) == ("disabled", "disabled-by-env")
         # an admin enable cannot override the operator's environment
         assert api.post(f"/api/v1/plugins/{name}/enable", "admin").status_code == 409
+    finally:
+        state.close()
+
+
+def test_a_generation_never_waits_for_a_rebuild(plugin_site, tmp_path: Path) -> None:
+    name = plugin_site.unique("busy")
+    plugin_site.install(name)
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)])
+    api = Api(create_app(config, background_reload=True), {})
+    state = api.app.extensions["dihya"]
+    answers: list = []
+    try:
+        with state._lock:  # what a long rebuild (new sandbox workers starting) holds
+            client = threading.Thread(target=lambda: answers.append(
+                api.post("/api/v1/generate", json={"needs": TODO})))
+            client.start()
+            client.join(timeout=20)
+            assert not client.is_alive(), "a generation waited for the rebuild to finish"
+        assert answers[0].status_code == 200
+        ran = {p["name"] for p in answers[0].get_json()["report"]["plugins"]
+               if p["status"] == "ok"}
+        assert name in ran
     finally:
         state.close()

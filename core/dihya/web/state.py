@@ -47,7 +47,11 @@ class DihyaState:
         self.store.ensure_schema()
         self.auditor = Auditor(self.config.audit_key, store=self.store)
         self.version_ttl_s = version_ttl_s
+        # `_lock` serialises rebuilds; requests never take it (they read `_snapshot`, one
+        # reference), so a rebuild never stalls a generation. `_failures_lock` guards the
+        # consecutive-failure counters every generation updates.
         self._lock = threading.Lock()
+        self._failures_lock = threading.Lock()
         self._failures: dict[str, int] = {}
         self._checked_at = 0.0
         self._version = self.store.state_version()
@@ -211,7 +215,7 @@ class DihyaState:
         """
         limit = self.config.sandbox.quarantine_after
         quarantine = []
-        with self._lock:
+        with self._failures_lock:
             for name, ok in outcomes:
                 count = 0 if ok else self._failures.get(name, 0) + 1
                 self._failures[name] = count
