@@ -16,7 +16,14 @@ from typing import Any, Final
 
 import attrs
 
-from dihya.executor import HookExecutor, HookRaised, HookTimeout, InProcessExecutor, same_json
+from dihya.executor import (
+    HookExecutor,
+    HookRaised,
+    HookTimeout,
+    HookUnavailable,
+    InProcessExecutor,
+    same_json,
+)
 from dihya.needs import Problem, check_needs, validate_code, validate_needs
 from dihya.registry import PluginRecord, RegistrySnapshot
 
@@ -109,6 +116,8 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
                 detail = "; ".join(map(str, problems[:5]))
         except HookTimeout as exc:
             status, detail = TIMEOUT, str(exc)
+        except HookUnavailable as exc:  # switched off or replaced since the snapshot
+            status, detail = SKIPPED, str(exc)[:500]
         except HookRaised as exc:
             status, detail = HOOK_FAILED, str(exc)[:500]
         except Exception as exc:

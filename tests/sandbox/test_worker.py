@@ -91,6 +91,50 @@ def test_worker_recycled_after_max_calls_and_reaped_when_idle(plugin_site, needs
     assert run_generation(needs, snap).files["pid.txt"] not in pids  # started again lazily
 
 
+def test_a_plugin_retired_during_a_generation_is_skipped_not_failed(plugin_site, needs,
+                                                                    closing) -> None:
+    """A rebuild (disable, removal, upgrade) retires the plugin's worker while a generation
+    on the previous snapshot is under way: its remaining hooks are `skipped`, never
+    `failed` (which would be audited as a sandbox violation and count towards quarantine)."""
+    from dihya.executor.sandbox import WorkerRetired
+    from dihya.generator import generate
+
+    snap, names = sandboxed(plugin_site, {"both": hook("return needs", "before_generation")
+                                          + hook("return code")})
+    closing(snap)
+    pool: SandboxPool = snap.sandbox
+    held = pool.worker(names["both"])  # a call on its way when the rebuild happens
+
+    def generate_then_retire(current):
+        pool.retain(set())  # what a rebuild without the plugin does
+        return generate(current)
+
+    result = run_generation(needs, snap, generate=generate_then_retire)
+    got = {h.hook: (h.status, h.detail) for h in result.plugins}
+    assert got["before_generation"] == ("ok", None)
+    assert got["after_generation"][0] == "skipped", got
+    assert "switched off or replaced" in got["after_generation"][1]
+    deadline = time.monotonic() + 10
+    while held.alive and time.monotonic() < deadline:  # drained, then stopped
+        time.sleep(0.05)
+    with pytest.raises(WorkerRetired):
+        held.call("after_generation", ({}, needs), 2.0)
+
+
+def test_a_generation_never_runs_a_newer_version_of_a_plugin(plugin_site, closing) -> None:
+    """After an upgrade the pool holds the new version's worker: a caller from the previous
+    snapshot (another fingerprint) is told the plugin was replaced, never served by it."""
+    from dihya.executor.sandbox import WorkerRetired
+
+    snap, names = sandboxed(plugin_site, {"v": hook("return code")})
+    closing(snap)
+    pool: SandboxPool = snap.sandbox
+    name = names["v"]
+    assert pool.worker(name, snap.get(name).fingerprint).alive
+    with pytest.raises(WorkerRetired, match="replaced by another version"):
+        pool.worker(name, "sha256:" + "0" * 64)
+
+
 def test_worker_environment_is_scrubbed(plugin_site, needs, closing, monkeypatch) -> None:
     monkeypatch.setenv("DIHYA_SECRET_TOKEN", "s3cr3t")
     snap, _names = sandboxed(plugin_site, {"env": hook(

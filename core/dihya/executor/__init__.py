@@ -6,13 +6,21 @@ approval's `mode`, so the sandbox plugs in without touching the pipeline.
 
 from __future__ import annotations
 
-from dihya.executor.base import HookExecutor, HookRaised, HookTimeout, json_copy, same_json
+from dihya.executor.base import (
+    HookExecutor,
+    HookRaised,
+    HookTimeout,
+    HookUnavailable,
+    json_copy,
+    same_json,
+)
 from dihya.executor.inprocess import InProcessExecutor
 
 __all__ = [
     "HookExecutor",
     "HookRaised",
     "HookTimeout",
+    "HookUnavailable",
     "InProcessExecutor",
     "json_copy",
     "same_json",

@@ -17,6 +17,11 @@ class HookTimeout(Exception):
     """The hook did not return within the deadline; its result, if any, is discarded."""
 
 
+class HookUnavailable(Exception):
+    """The plugin was switched off, removed or replaced after the registry snapshot this
+    call comes from was taken: its runner is gone, so the hook is not called (`skipped`)."""
+
+
 class HookExecutor(Protocol):
     """Calls one hook of one plugin and returns what the plugin returned.
 

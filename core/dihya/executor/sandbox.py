@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from dihya.config import SandboxSettings
-from dihya.executor.base import HookRaised, HookTimeout
+from dihya.executor.base import HookRaised, HookTimeout, HookUnavailable
 from dihya.sandbox.protocol import (
     MAX_FRAME_BYTES,
     FrameTimeout,
@@ -43,6 +43,12 @@ KILL_GRACE_S: Final = 0.5
 
 class WorkerFailed(RuntimeError):
     """The worker died, or broke the protocol; it has been killed."""
+
+
+class WorkerRetired(WorkerFailed, HookUnavailable):
+    """The plugin's worker was retired by a registry rebuild (the plugin was switched off,
+    removed or replaced) before this call: a generation under way on the previous snapshot
+    skips the plugin's remaining hooks."""
 
 
 class PluginRaised(HookRaised):
@@ -109,6 +115,7 @@ class Worker:
         self.scratch = tempfile.mkdtemp(prefix=f"dihya-sbx-{spec.name[:20]}-")
         os.chmod(self.scratch, 0o700)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.retired = False  # set by the pool before it drains and stops this worker
         try:
             self.hello = self._start()
         except BaseException:
@@ -173,6 +180,9 @@ class Worker:
     def call(self, method: str, args: Sequence[Any], timeout_s: float) -> Any:
         with self.lock:
             if not self.alive or self.proc is None:
+                if self.retired:
+                    raise WorkerRetired(f"{self.spec.name} was switched off or replaced "
+                                        "during this generation")
                 raise WorkerFailed("the worker is not running")
             assert self.proc.stdin is not None and self.proc.stdout is not None
             self.calls += 1
@@ -303,6 +313,7 @@ class SandboxPool:
     def _retire(self, worker: Worker, grace_s: float | None = None) -> None:
         """Stop `worker` after the call it may be serving (at most the grace period)."""
         grace = self.settings.start_timeout_s + 60.0 if grace_s is None else grace_s
+        worker.retired = True
 
         def drain() -> None:
             acquired = worker.lock.acquire(timeout=grace)
@@ -314,17 +325,24 @@ class SandboxPool:
 
         threading.Thread(target=drain, name="dihya-sandbox-drain", daemon=True).start()
 
-    def worker(self, name: str) -> Worker:
-        """The live worker of `name`, started afresh when it died, was recycled or reaped."""
+    def worker(self, name: str, fingerprint: str | None = None) -> Worker:
+        """The live worker of `name`, started afresh when it died, was recycled or reaped.
+
+        With `fingerprint` (the caller's snapshot's), a worker of another version of the
+        plugin is refused (`WorkerRetired`): a generation never mixes two versions.
+        """
         with self._lock:
             if self._closed:
                 raise WorkerFailed("the sandbox pool is closed")
             worker = self._workers.get(name)
             spec = self._specs.get(name)
+        if spec is not None and fingerprint is not None and spec.fingerprint != fingerprint:
+            raise WorkerRetired(f"{name} was replaced by another version during this "
+                                "generation")
         if worker is not None and worker.alive and worker.calls < self.settings.max_calls:
             return worker
-        if spec is None:
-            raise WorkerFailed(f"no sandbox worker is known for {name!r}")
+        if spec is None:  # retired by a rebuild (`retain`) after the caller's snapshot
+            raise WorkerRetired(f"{name} was switched off or replaced during this generation")
         if worker is not None:
             worker.close()
         fresh = Worker(spec, self.settings, spawn=self._spawn)
@@ -386,4 +404,4 @@ class SandboxExecutor:
 
     def call(self, record: PluginRecord, hook: str, args: tuple[Any, ...],
              timeout_s: float) -> Any:
-        return self.pool.worker(record.name).call(hook, args, timeout_s)
+        return self.pool.worker(record.name, record.fingerprint).call(hook, args, timeout_s)

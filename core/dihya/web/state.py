@@ -240,12 +240,16 @@ class DihyaState:
         self.pool.close()
 
     def refresh(self, request_id: str | None = None) -> RegistrySnapshot:
-        """Rebuild now (after this worker changed a switch)."""
+        """The snapshot of the store's current state version, rebuilt now unless the
+        background reloader already built it (woken by this very change's notification,
+        it often has: one rebuild per change, not two)."""
         with self._lock:
-            self._version = self.store.state_version()
+            version = self.store.state_version()
             self._reload_config_if_changed()
-            self._config_changed = False
-            self._snapshot = self._build(self._snapshot, request_id)
+            if version != self._version or self._config_changed:
+                self._config_changed = False
+                self._snapshot = self._build(self._snapshot, request_id)
+                self._version = version
             self._checked_at = time.monotonic()
             return self._snapshot
 
