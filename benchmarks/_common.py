@@ -123,3 +123,30 @@ def clean_env(**extra: str) -> dict[str, str]:
                                                         "PYTHONPYCACHEPREFIX", "PYTHONPATH")}
     env.update(extra)
     return env
+
+
+def verdict_at_most(value: float, limit: float, unit: str = "ms") -> str:
+    """MET / NOT MET for an absolute target (`value` must not exceed `limit`)."""
+    if value <= limit:
+        return f"MET ({value:.1f} {unit} <= {limit:g} {unit})"
+    return (f"NOT MET ({value:.1f} {unit} > {limit:g} {unit}, "
+            f"{(value / limit - 1) * 100:.0f}% over)")
+
+
+def tree_state() -> str:
+    """The checkout the core wheel is built from: its commit and the files of the core
+    modified since (read-only git queries; 'unknown' outside a git checkout)."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        # --no-optional-locks: never refresh (write) the index of the checkout
+        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(ROOT), "status",
+                                "--porcelain", "--untracked-files=no"],
+                               check=True, capture_output=True, text=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    changed = [line[3:] for line in dirty
+               if line[3:].startswith("core/") or line[3:] == "pyproject.toml"]
+    if not changed:
+        return head
+    return f"{head} + uncommitted changes to {', '.join(changed)}"
