@@ -140,12 +140,21 @@ class Worker:
             layers = None  # type: ignore[assignment]
             warnings.append("isolation layers unavailable: the worker runs unconfined")
         if layers is not None:
+            from dihya.sandbox.bytecode import warm_cache
+
+            cache = warm_cache()
             policy = layers.SandboxPolicy(
-                scratch_dir=self.scratch, read_only_paths=read_only_paths(self.spec.path),
+                scratch_dir=self.scratch,
+                read_only_paths=read_only_paths((*self.spec.path, *([cache] if cache else []))),
                 address_space_bytes=self.settings.memory_mb * 1024 * 1024,
                 cpu_seconds=self.settings.cpu_seconds)
             payload["policy"] = attrs.asdict(policy)
             argv, env, kwargs, outer, warnings = layers.launch(argv, policy)
+            if cache is not None and ("bwrap" in outer or "user" in kwargs):
+                # the shared cache, where the worker cannot write it: read-only root, or
+                # another user (dihya.sandbox.bytecode)
+                own = f"pycache_prefix={self.scratch}/pycache"
+                argv = [f"pycache_prefix={cache}" if a == own else a for a in argv]
         argv = [*argv, json.dumps(payload)]
         self.proc = self._spawn(lambda: subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -139,4 +139,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--warm"]:  # fill the workers' bytecode cache (dihya.sandbox.bytecode)
+        from dihya.sandbox.bytecode import warm_imports
+
+        warm_imports()
+        sys.exit(0)
     sys.exit(main(sys.argv))

@@ -1,0 +1,84 @@
+"""A bytecode cache that sandbox workers read and never write, so they start fast.
+
+A worker runs `python -I -X pycache_prefix=DIR`: it must never use `__pycache__` beside
+the sources (a forged `.pyc` there would run instead of the verified source) nor write
+where another worker reads. With a fresh DIR per worker, every start compiled the
+standard library, the core and its dependencies again (≈ 0.35 s of a ≈ 0.5 s start).
+
+This module keeps one cache per backend user (`$XDG_CACHE_HOME/dihya/worker-pycache-UID`,
+mode 0755, owned by that user and writable by nobody else). It is filled by a trusted
+warm-up process — the same interpreter, importing what a worker imports before it loads
+its plugin, and no plugin code — once per backend process. Workers get the cache as their
+`pycache_prefix` only where they cannot write it (inside bwrap's read-only root, or as a
+different user); they compile their plugin's own modules in memory (the write fails
+silently). CPython checks each cached file against its source's mtime and size, as it
+does for any `.pyc`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+_lock = threading.Lock()
+_warmed: dict[str, bool] = {}
+
+
+def cache_dir() -> Path | None:
+    """The worker bytecode cache of this user, created if needed; None if it is unsafe
+    (owned by someone else, writable by group or others) or cannot be made."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = Path(base) / "dihya" / f"worker-pycache-{os.getuid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o755)
+        st = path.lstat()
+    except OSError:
+        return None
+    if not path.is_dir() or path.is_symlink() or st.st_uid != os.getuid() or (
+            st.st_mode & 0o022):
+        return None
+    return path
+
+
+def warm_cache() -> str | None:
+    """The cache directory, filled by one warm-up run per process; None when unusable."""
+    path = cache_dir()
+    if path is None:
+        return None
+    key = str(path)
+    with _lock:
+        if key not in _warmed:
+            _warmed[key] = _run_warm_up(key)
+        return key if _warmed[key] else None
+
+
+def _run_warm_up(prefix: str) -> bool:
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": prefix}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-X", f"pycache_prefix={prefix}", "-m",
+             "dihya.sandbox.worker", "--warm"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def warm_imports() -> None:
+    """What a worker imports and reads before its plugin's code: run by the warm-up."""
+    os.umask(0o022)  # the cache's directories: writable by this user only
+    import ctypes  # seccomp and Landlock go through ctypes
+    import ctypes.util  # noqa: F401
+
+    from dihya.discovery import DEFAULT_GROUP, discover
+    from dihya.gate import inspect_files  # noqa: F401
+    from dihya.loader import load_plugins  # noqa: F401
+    from dihya.sandbox import layers  # noqa: F401
+
+    for plugin in discover(DEFAULT_GROUP)[:1]:  # the metadata parsers, no plugin import
+        _ = plugin.version
+    import stevedore.named  # noqa: F401

@@ -1,0 +1,59 @@
+"""Sandbox workers read a shared bytecode cache that only the backend's warm-up writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from sandbox_support import hook, sandboxed
+
+from dihya.pipeline import run_generation
+from dihya.sandbox import bytecode
+
+PROBE = hook('''import json, os, sys
+prefix = sys.pycache_prefix or ""
+try:
+    with open(os.path.join(prefix, "planted.pyc"), "wb") as fh:
+        fh.write(b"x")
+    wrote = "yes"
+except OSError as exc:
+    wrote = type(exc).__name__
+code["cache.json"] = json.dumps({"prefix": prefix, "wrote": wrote})
+return code''')
+
+
+def test_a_worker_reads_the_shared_cache_and_cannot_write_it(plugin_site, needs,
+                                                            closing) -> None:
+    snap, names = sandboxed(plugin_site, {"probe": PROBE})
+    closing(snap)
+    record = snap.get(names["probe"])
+    assert record.active, record.message
+    cache = bytecode.cache_dir()
+    assert cache is not None
+    seen = json.loads(run_generation(needs, snap).files["cache.json"])
+    if "bwrap" not in " ".join(record.isolation) and os.geteuid() != 0:
+        pytest.skip("without bwrap or a user switch the worker keeps a private cache")
+    assert seen["prefix"] == str(cache)
+    assert seen["wrote"] != "yes", "a sandboxed plugin wrote into the shared bytecode cache"
+    assert not (cache / "planted.pyc").exists()
+    # the worker compiled its plugin's modules in memory: none of them reached the cache
+    plugin_dir = str(plugin_site.site).lstrip("/")
+    assert not (cache / plugin_dir).exists()
+    # the core's own modules are there, written by the warm-up
+    assert any(cache.rglob("worker*.pyc"))
+
+
+def test_an_unsafe_cache_directory_is_not_used(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = bytecode.cache_dir()
+    assert path is not None and path.stat().st_mode & 0o777 == 0o755
+    path.chmod(0o775)  # group-writable: another user could plant bytecode
+    assert bytecode.cache_dir() is None
+    path.chmod(0o755)
+    assert bytecode.cache_dir() == path
+    shutil.rmtree(path)
+    path.symlink_to(tmp_path)  # a link placed where the cache should be
+    assert bytecode.cache_dir() is None
