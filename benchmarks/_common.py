@@ -5,18 +5,37 @@ Standard library only, so a script can start on any Python and set up its own ve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # tests/support/wheels.py builds the synthetic plugin wheels (standard library only).
 sys.path.insert(0, str(ROOT / "tests"))
+
+# Source text for the probe scripts that run in a benchmark's venv (where this module is not
+# importable): a dict `phases` and `timed(key, fn)`, which wraps `fn` so that each call adds
+# its seconds to `phases[key]`. The script must import `time` first.
+PHASE_TIMER = """\
+phases = {}
+
+def timed(key, fn):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            phases[key] = phases.get(key, 0.0) + time.perf_counter() - start
+    return wrapper
+"""
 
 
 def machine() -> list[tuple[str, str]]:
@@ -150,3 +169,24 @@ def tree_state() -> str:
     if not changed:
         return head
     return f"{head} + uncommitted changes to {', '.join(changed)}"
+
+
+def stop_server(proc: subprocess.Popen[Any], log: IO[str]) -> None:
+    """Stop a server started with `start_new_session=True` (the arbiter and its workers):
+    SIGTERM to its process group, SIGKILL if it has not ended within 30 s; then close `log`,
+    the file its output goes to."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # our session: arbiter + workers
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log.close()
+
+
+def server_not_ready(label: str, log_path: Path) -> SystemExit:
+    """The error that ends a script whose server `label` did not become ready (stopped by
+    then): the end of the server's log at `log_path`."""
+    return SystemExit(f"server {label} did not become ready:\n" + log_path.read_text()[-3000:])

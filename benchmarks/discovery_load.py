@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from _common import (
+    PHASE_TIMER,
     build_core_wheel,
     clean_env,
     make_venv,
@@ -86,15 +87,7 @@ from dihya.config import load_config
 t1 = time.perf_counter()
 import dihya.cli  # what the command imports on top (click, the CLI's own imports)
 t1b = time.perf_counter()
-phases = {}
-def timed(name, fn):
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
-    return wrapper
+""" + PHASE_TIMER + """\
 t1c = time.perf_counter()
 config = load_config(Path(sys.argv[1]))
 t2 = time.perf_counter()

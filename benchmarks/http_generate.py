@@ -29,12 +29,9 @@ are always stopped. `--profile` adds, per side, an in-process run of the request
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
-import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -54,6 +51,8 @@ from _common import (
     make_venv,
     percentile,
     print_machine,
+    server_not_ready,
+    stop_server,
     table,
 )
 
@@ -201,19 +200,10 @@ class Server:
             except (OSError, urllib.error.URLError):
                 time.sleep(0.2)
         self.stop()
-        raise SystemExit(f"server {self.label} did not become ready:\n"
-                         + self.log_path.read_text()[-3000:])
+        raise server_not_ready(self.label, self.log_path)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):  # our session: arbiter + workers
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
+        stop_server(self.proc, self.log)
 
 
 def post(conn: http.client.HTTPConnection, body: bytes,

@@ -59,7 +59,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -68,10 +67,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from _common import (
+    PHASE_TIMER,
     build_core_wheel,
     clean_env,
     make_venv,
     print_machine,
+    server_not_ready,
+    stop_server,
     summary,
     table,
     tree_state,
@@ -151,17 +153,7 @@ import dihya.registry as registry
 from dihya.web.state import DihyaState
 t_imports = time.perf_counter()
 
-phases = {}
-
-def timed(key, fn):
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            phases[key] = phases.get(key, 0.0) + time.perf_counter() - start
-    return wrapper
-
+""" + PHASE_TIMER + """
 for attr, key in (("discover", "discover"), ("assess_all", "gate"),
                   ("_forget_stale_modules", "forget"), ("load_plugins", "load"),
                   ("_start_workers", "sandbox")):
@@ -436,19 +428,10 @@ class Server:
                     return ready
             time.sleep(0.2)
         self.stop()
-        raise SystemExit(f"server {self.label} did not become ready:\n"
-                         + self.log_path.read_text()[-3000:])
+        raise server_not_ready(self.label, self.log_path)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):  # our session: arbiter + workers
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
+        stop_server(self.proc, self.log)
 
 
 def timed_run(cmd: list[str], setup: Setup, cwd: Path) -> tuple[float, str]:
