@@ -1,9 +1,10 @@
 """Load and faults on a real `dihya serve --workers 2` (issue #6, item 5).
 
 Four clients generate for `DIHYA_LOAD_SECONDS` (default 30) while the test pip-installs a
-new plugin into the server's venv and approves it, reloads 10 times (HTTP and CLI in turn)
-and disables/enables a bundled plugin 5 times (HTTP). Checked afterwards, from what every
-request recorded (start, end, status, plugins that ran):
+new plugin into the server's venv and approves it, upgrades it (pip, re-approve), removes
+it (pip uninstall, reload), reloads 10 times (HTTP and CLI in turn) and disables/enables a
+bundled plugin 5 times (HTTP). Checked afterwards, from what every request recorded
+(start, end, status, plugins that ran, the new plugin's version):
 
 - every request answered 200, and every hook in it was `ok` or `skipped` (a plugin
   switched off while a generation was under way is `skipped` for its remaining hooks);
@@ -11,8 +12,10 @@ request recorded (start, end, status, plugins that ran):
   enable was called) ran P; every request that started 1 s or more after an enable of P
   returned (and ended before P's next disable) ran P;
 - the new plugin (sandbox mode, the default) ran in no request before its approval, and in
-  every request that started 1 s or more after the approval returned (a short run goes on
-  until 3 s after the approval, so that this is checked);
+  every request that started 1 s or more after the approval returned; its upgrade ran in no
+  request before its re-approval, and in every request from 1 s after it; after the
+  removal's reload returned (+ 1 s) no request ran it (a short run goes on until these
+  steps are done and checked);
 - the server stops with exit status 0 and logged no traceback.
 
 Runs in its own tox env (`tox run -e reload-load`, marker `load`) and its own venv: the
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +37,7 @@ import pytest
 
 from conftest import make_venv
 from support.serving import Server, call
-from support.wheels import build_plugin_wheel
+from support.wheels import build_plugin_wheel, plugin_source
 
 ROOT = Path(__file__).resolve().parents[2]
 TODO = json.loads((ROOT / "examples" / "needs" / "todo.json").read_text())
@@ -43,7 +47,15 @@ RELOADS = 10
 CYCLES = 5
 GRACE = 1.0  # seconds a switch may take to reach every worker
 BUNDLED = ("example", "markdown-docs")
+LIFECYCLE = ("pip-install", "approve", "pip-upgrade", "reapprove", "pip-uninstall",
+             "reload-removed")
 NEW = "hotload"
+VERSIONS = ("1.0.0", "2.0.0")
+# the new plugin says which version of it ran
+VERSION_HOOK = (
+    "\ndef after_generation(self, code, needs):\n"
+    "    code['hotload.txt'] = self.version\n"
+    "    return code\n")
 
 pytestmark = [pytest.mark.slow, pytest.mark.load]
 
@@ -66,6 +78,7 @@ class Sample:
     ran: frozenset[str]
     hooks: tuple[tuple[str, str, str, str], ...]  # (name, hook, status, detail) per entry
     problem: str | None = None
+    hot_version: str | None = None  # the version of the new plugin that ran, if any
 
 
 @dataclass
@@ -118,7 +131,8 @@ def client(index: int, base: str, tok: str, stop: threading.Event, log: Log) -> 
                 hooks = tuple((p["name"], p["hook"], p["status"], p.get("detail") or "")
                               for p in body["report"]["plugins"])
                 sample = Sample(index, start, end, status,
-                                frozenset(h[0] for h in hooks if h[2] == "ok"), hooks)
+                                frozenset(h[0] for h in hooks if h[2] == "ok"), hooks,
+                                hot_version=body["files"].get("hotload.txt"))
             else:
                 sample = Sample(index, start, end, status, frozenset(), (),
                                 json.dumps(body)[:2000])
@@ -160,20 +174,44 @@ def switches(srv: Server, admin: str, t0: float, log: Log) -> None:
             srv, admin, f"/api/v1/plugins/{p}/enable"))
 
 
-def install_new(backend, wheel: Path, t0: float, log: Log) -> None:
-    """pip install the new plugin into the running server's venv, then approve it."""
-    time.sleep(max(0.0, t0 + DURATION * 0.2 - time.monotonic()))
+def lifecycle(backend, wheels: dict[str, Path], t0: float, log: Log) -> None:
+    """The new plugin's life on the running server: pip install and approve it (at 0.2 of
+    DURATION), upgrade and re-approve it (0.5), uninstall it and reload (0.75)."""
 
-    def pip() -> tuple[bool, str]:
-        backend.pip(str(wheel))
-        return True, ""
+    def pip(*args: str) -> Callable[[], tuple[bool, str]]:
+        def run() -> tuple[bool, str]:
+            backend.pip(*args)
+            return True, ""
+        return run
 
-    def approve() -> tuple[bool, str]:
-        result = backend.dihya("plugins", "approve", NEW)
+    def uninstall() -> tuple[bool, str]:
+        result = subprocess.run([str(backend.python), "-m", "pip", "uninstall", "--yes",
+                                 "--quiet", f"dihya-plugin-{NEW}"], capture_output=True,
+                                text=True)
         return result.returncode == 0, result.stdout + result.stderr
 
-    if log.op("pip-install", NEW, pip).ok:
-        log.op("approve", NEW, approve)
+    def dihya(*args: str) -> Callable[[], tuple[bool, str]]:
+        def run() -> tuple[bool, str]:
+            result = backend.dihya(*args)
+            return result.returncode == 0, result.stdout + result.stderr
+        return run
+
+    def at(fraction: float, after: Op | None = None) -> None:
+        not_before = after.returned + GRACE + 1.0 if after is not None else 0.0
+        time.sleep(max(0.0, t0 + DURATION * fraction - time.monotonic(),
+                       not_before - time.monotonic()))
+
+    at(0.2)
+    if not log.op("pip-install", NEW, pip(str(wheels["1.0.0"]))).ok:
+        return
+    approved = log.op("approve", NEW, dihya("plugins", "approve", NEW))
+    at(0.5, approved)
+    if not log.op("pip-upgrade", NEW, pip(str(wheels["2.0.0"]))).ok:
+        return
+    upgraded = log.op("reapprove", NEW, dihya("plugins", "approve", NEW))
+    at(0.75, upgraded)
+    if log.op("pip-uninstall", NEW, uninstall).ok:
+        log.op("reload-removed", NEW, dihya("plugins", "reload"))
 
 
 def describe(s: Sample, t0: float) -> str:
@@ -197,7 +235,9 @@ def test_generate_under_reloads_switches_and_a_new_plugin(backend, server,
                                                           tmp_path: Path) -> None:
     admin = token(backend, "admin", "ops")
     devs = [token(backend, "developer", f"client-{i}") for i in range(CLIENTS)]
-    wheel = build_plugin_wheel(tmp_path / "wheels", NEW)
+    wheels = {v: build_plugin_wheel(tmp_path / "wheels" / v, NEW, version=v,
+                                    source=plugin_source(NEW, version=v, body=VERSION_HOOK))
+              for v in VERSIONS}
     log, stop = Log(), threading.Event()
     t0 = time.monotonic()
     threads = [threading.Thread(target=client, args=(i, server.base, devs[i], stop, log),
@@ -206,16 +246,16 @@ def test_generate_under_reloads_switches_and_a_new_plugin(backend, server,
                                  name="reloads", daemon=True),
                 threading.Thread(target=switches, args=(server, admin, t0, log),
                                  name="switches", daemon=True),
-                threading.Thread(target=install_new, args=(backend, wheel, t0, log),
-                                 name="installer", daemon=True)]
+                threading.Thread(target=lifecycle, args=(backend, wheels, t0, log),
+                                 name="lifecycle", daemon=True)]
     for t in threads:
         t.start()
     time.sleep(max(0.0, t0 + DURATION - time.monotonic()))
-    installer = threads[-1]  # a short run goes on until requests ran the new plugin a while
-    installer.join(timeout=60)
-    approved = [o.returned for o in log.ops if o.kind == "approve"]
-    if approved:
-        time.sleep(max(0.0, approved[0] + GRACE + 2.0 - time.monotonic()))
+    lifecycle_thread = threads[-1]  # a short run goes on until the removal was checked
+    lifecycle_thread.join(timeout=120)
+    removed = [o.returned for o in log.ops if o.kind == "reload-removed"]
+    if removed:
+        time.sleep(max(0.0, removed[0] + GRACE + 2.0 - time.monotonic()))
     stop.set()
     try:
         deadline = time.monotonic() + 60  # in-flight requests and operations finish
@@ -227,7 +267,7 @@ def test_generate_under_reloads_switches_and_a_new_plugin(backend, server,
               t0, t_end)
         status, _, rows = server.call("GET", "/api/v1/plugins", admin)
         assert status == 200
-        assert {r["name"]: r["status"] for r in rows} == dict.fromkeys((*BUNDLED, NEW), "active")
+        assert {r["name"]: r["status"] for r in rows} == dict.fromkeys(BUNDLED, "active")
     except Exception:
         server.stop()
         (tmp_path / "server.log").write_text(server.output)
@@ -253,7 +293,8 @@ def check(samples: list[Sample], ops: list[Op], t0: float, t_end: float) -> None
     assert all(o.ok for o in ops), [o for o in ops if not o.ok]
     kinds = [o.kind for o in ops]
     assert (kinds.count("reload-http") + kinds.count("reload-cli"), kinds.count("disable"),
-            kinds.count("enable"), kinds.count("approve")) == (RELOADS, CYCLES, CYCLES, 1)
+            kinds.count("enable")) == (RELOADS, CYCLES, CYCLES)
+    assert [k for k in kinds if k in LIFECYCLE] == list(LIFECYCLE), kinds
     # measured: 10 to 70 per second, depending on what else the machine runs
     assert len(samples) >= 3 * DURATION, summary
     bad_hooks = [(describe(s, t0), h) for s in samples for h in s.hooks
@@ -287,17 +328,35 @@ def check(samples: list[Sample], ops: list[Op], t0: float, t_end: float) -> None
     if DURATION >= 20:  # off windows of 0.1 x DURATION: requests must have fallen in them
         assert checked_off >= CYCLES, checked_off
 
-    # the new plugin: never before its approval, always from GRACE after it
+    # the new plugin: never before its approval, always from GRACE after it; the upgrade
+    # likewise; nowhere after its removal
     retired = sum(h[2] == "skipped" and "switched off" in h[3] for s in samples for h in s.hooks)
-    pip, approve = (next(o for o in ops if o.kind == k) for k in ("pip-install", "approve"))
-    early = [s for s in samples if s.end < approve.called and NEW in s.ran]
-    assert not early, "\n".join(describe(s, t0) for s in early[:20])
-    after = [s for s in samples if s.start >= approve.returned + GRACE]
-    missing = [s for s in after if NEW not in s.ran]
-    assert after and not missing, (
-        f"{NEW} approved at {approve.returned - t0:.3f}s; {len(missing)} of {len(after)} "
-        "later requests did not run it:\n" + "\n".join(describe(s, t0) for s in missing[:20]))
-    print(f"pip install {pip.returned - pip.called:.1f}s, approve "
-          f"{approve.returned - approve.called:.1f}s, {len(after)} requests ran {NEW} after, "
-          f"{checked_off} requests checked inside disable windows, {retired} hooks skipped "
-          "because their plugin was switched off during the generation")
+    step = {o.kind: o for o in ops if o.kind in LIFECYCLE}
+    approve, reapprove, removal = step["approve"], step["reapprove"], step["reload-removed"]
+
+    def expect(name: str, when: Callable[[Sample], bool], ok: Callable[[Sample], bool]) -> int:
+        chosen = [s for s in samples if when(s)]
+        wrong = [s for s in chosen if not ok(s)]
+        assert not wrong, (f"{name}: {len(wrong)} of {len(chosen)} requests:\n" + "\n".join(
+            describe(s, t0) + f" {NEW} version {s.hot_version}" for s in wrong[:20]))
+        return len(chosen)
+
+    expect(f"{NEW} ran before its approval", lambda s: s.end < approve.called,
+           lambda s: NEW not in s.ran)
+    v1 = expect(f"{NEW} 1.0.0 did not run after its approval",
+                lambda s: (approve.returned + GRACE <= s.start
+                           and s.end < step["pip-upgrade"].called),
+                lambda s: NEW in s.ran and s.hot_version == "1.0.0")
+    expect(f"{NEW} 2.0.0 ran before its re-approval", lambda s: s.end < reapprove.called,
+           lambda s: s.hot_version != "2.0.0")
+    v2 = expect(f"{NEW} 2.0.0 did not run after its re-approval",
+                lambda s: (reapprove.returned + GRACE <= s.start
+                           and s.end < step["pip-uninstall"].called),
+                lambda s: NEW in s.ran and s.hot_version == "2.0.0")
+    gone = expect(f"{NEW} ran after its removal", lambda s: removal.returned + GRACE <= s.start,
+                  lambda s: NEW not in s.ran)
+    assert v1 and v2 and gone, (v1, v2, gone)
+    print(f"{NEW}: {v1} requests ran 1.0.0 after its approval, {v2} ran 2.0.0 after the "
+          f"upgrade's approval, {gone} after its removal ran neither; {checked_off} requests "
+          f"checked inside disable windows; {retired} hooks skipped because their plugin was "
+          "switched off or replaced during the generation")
