@@ -191,7 +191,10 @@ def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
     from dihya.sandbox.admission import checked_meta
 
     if isinstance(hello, WorkerStartError):
-        return _record(verdict, FAILED, hello.reason, hello.message)
+        # files changed between the gate and the worker's own check: a refusal, as the
+        # gate would have said a moment later
+        status = REFUSED if hello.reason == "fingerprint-mismatch" else FAILED
+        return _record(verdict, status, hello.reason, hello.message)
     try:
         meta = checked_meta(hello.meta)
     except ValueError as exc:

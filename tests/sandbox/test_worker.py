@@ -121,6 +121,26 @@ def test_a_plugin_retired_during_a_generation_is_skipped_not_failed(plugin_site,
         held.call("after_generation", ({}, needs), 2.0)
 
 
+def test_a_worker_restart_never_loads_files_changed_since_the_gate(plugin_site, needs,
+                                                                   closing) -> None:
+    """pip upgraded (or someone edited) a sandboxed plugin and no reload ran yet: when its
+    worker must start again, it refuses the changed files; the hooks are `skipped` (not
+    failures that would quarantine the plugin) until a rebuild verifies them."""
+    snap, names = sandboxed(plugin_site, {"edited": hook(
+        'code["edited.txt"] = "original"\nreturn code')})
+    closing(snap)
+    name = names["edited"]
+    assert run_generation(needs, snap).files["edited.txt"] == "original"
+    module = plugin_site.site / f"dihya_plugin_{name}" / "__init__.py"
+    module.write_text(module.read_text().replace('"original"', '"edited"'))
+    snap.sandbox.worker(name).kill()  # a crash, or a recycle after max_calls
+    result = run_generation(needs, snap)
+    got = {h.hook: (h.status, h.detail) for h in result.plugins if h.name == name}
+    assert got["after_generation"][0] == "skipped", got
+    assert "changed on disk" in got["after_generation"][1]
+    assert "edited.txt" not in result.files
+
+
 def test_a_generation_never_runs_a_newer_version_of_a_plugin(plugin_site, closing) -> None:
     """After an upgrade the pool holds the new version's worker: a caller from the previous
     snapshot (another fingerprint) is told the plugin was replaced, never served by it."""

@@ -173,7 +173,8 @@ class Worker:
         if not first.get("ok"):
             error = first.get("error") or {}
             reason = str(error.get("reason", "sandbox-start-failed"))
-            if reason not in ("import-error", "invalid-plugin", "sandbox-start-failed"):
+            if reason not in ("import-error", "invalid-plugin", "sandbox-start-failed",
+                              "fingerprint-mismatch"):
                 reason = "sandbox-start-failed"
             raise WorkerStartError(reason, str(error.get("message", "unknown failure"))[:2000])
         meta = first.get("meta")
@@ -354,7 +355,13 @@ class SandboxPool:
             raise WorkerRetired(f"{name} was switched off or replaced during this generation")
         if worker is not None:
             worker.close()
-        fresh = Worker(spec, self.settings, spawn=self._spawn)
+        try:
+            fresh = Worker(spec, self.settings, spawn=self._spawn)
+        except WorkerStartError as exc:
+            if exc.reason == "fingerprint-mismatch":  # upgraded or edited, not yet reloaded
+                raise WorkerRetired(f"{name} changed on disk since it was verified; it runs "
+                                    "again once approved and reloaded") from exc
+            raise
         with self._lock:
             self._workers[name] = fresh
         return fresh

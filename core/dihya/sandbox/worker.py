@@ -40,8 +40,8 @@ def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any], set[str]]:
                           f"{len(matches)} installed entry points named {spec['name']!r}")
     files, problem = inspect_files(matches[0])
     if problem is not None or files is None or files.fingerprint != spec["fingerprint"]:
-        raise LoadFailure("sandbox-start-failed",
-                          "the plugin's files changed between verification and loading")
+        raise LoadFailure("fingerprint-mismatch",
+                          "the plugin's files changed since the backend verified them")
     loaded, failed = load_plugins(spec["group"], [matches[0].entry_point])
     if spec["name"] in failed:
         failure = failed[spec["name"]]
