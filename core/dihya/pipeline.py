@@ -182,15 +182,18 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     timeout = snapshot.config.hook_timeout_s
     report: list[HookResult] = []
     runnable = []
-    for entry in snapshot.config.allow:
-        # approved but not running: said in the report, and fatal when required
-        other = snapshot.get(entry.name)
+    for name in dict.fromkeys(e.name for e in snapshot.config.allow):
+        # approved but not running: said once per plugin (however many versions are
+        # approved), and fatal when required (by the installed version's entry, else by any)
+        other = snapshot.get(name)
         if other is not None and other.active:
             continue
         state = f"{other.status}/{other.reason}" if other else "not-installed"
-        report.append(HookResult(entry.name, "*", SKIPPED, 0.0, state))
-        if entry.required:
-            raise GenerationFailed("plugin", f"required plugin {entry.name!r} is {state}",
+        report.append(HookResult(name, "*", SKIPPED, 0.0, state))
+        required = (other.required if other is not None and other.approved_fingerprint
+                    else any(e.required for e in snapshot.config.entries_for(name)))
+        if required:
+            raise GenerationFailed("plugin", f"required plugin {name!r} is {state}",
                                    tuple(report))
     for record in snapshot.active:
         if role is not None and record.roles is not None and role not in record.roles:

@@ -1,5 +1,6 @@
 """Two `dihya serve` nodes sharing one PostgreSQL store: a switch or a reload made on one
-node reaches every worker of the other within a second.
+node reaches every worker of the other within a second — a plugin can be disabled and
+enabled, and installed, upgraded and removed (pip, then a reload), on two nodes.
 
 Each node is a directory of its own with its own config file (like two machines) that
 approves the same plugins and names the same `[store] url` (a fresh schema of the test
@@ -8,13 +9,29 @@ the same venv, which stands for "the same wheels installed on both machines".
 
 Which gunicorn worker answered a generation is told by `whoami`, a tiny in-process plugin
 that writes its process id into the generated files: so every worker of a node is seen
-to change, not just whichever one the requests happened to land on.
+to change, not just whichever one the requests happened to land on. Which version of the
+new plugin `latecomer` (sandbox mode) ran is told the same way: it writes its version.
 
-Every request sent to the other node 1 s or more after the admin call on the first node
-returned must see the new state, on each of its workers; `pytest -s` also prints, per
-worker, the interval in which it switched, counted from when the call was sent. The
-servers poll the store's state version every 0.25 s; PostgreSQL LISTEN/NOTIFY, where the
-core has it, only makes it sooner.
+The tests:
+
+- disable on node a, then enable on node b, of a bundled plugin;
+- `latecomer`'s life: both its wheels (1.0.0 and a different 2.0.0) are approved by
+  fingerprint in both config files before the servers start, and `auto_reload` is off, so
+  no config edit and no file watch tells the nodes, only the store does. 1.0.0 is
+  pip-installed into the shared venv, then reloaded on node a: node b runs it; 2.0.0 is
+  pip-installed over it, then reloaded on node a: node b runs 2.0.0; it is pip-uninstalled,
+  then reloaded on node b: node a no longer runs it (its generation report says `skipped`,
+  `not-installed`). Between pip and the reload the other node is watched for CONTROL_S:
+  it must not switch by itself (it still lists the plugin as before: absent, then 1.0.0,
+  then 2.0.0, and no generation runs the new state; during the upgrade its workers keep
+  running 1.0.0, whose code their sandbox worker holds, and never 2.0.0).
+
+No generation may fail (status 200, every hook `ok` or `skipped`), no request answered
+before the admin call was sent may be in the new state, and every request sent to the
+other node 1 s or more after the call returned must be in it, on each of its workers;
+`pytest -s` also prints, per worker, the interval in which it switched, counted from when
+the call was sent. The servers poll the store's state version every 0.25 s; PostgreSQL
+LISTEN/NOTIFY, where the core has it, only makes it sooner.
 """
 
 from __future__ import annotations
@@ -53,6 +70,13 @@ def after_generation(self, code, needs):
     code["whoami.txt"] = str(os.getpid())
     return code
 '''
+LATE_VERSIONS = ("1.0.0", "2.0.0")
+LATE_HOOK = '''
+def after_generation(self, code, needs):
+    code["latecomer.txt"] = self.version
+    return code
+'''
+HOOK_STATUSES = {"ok", "skipped"}  # anything else is a failed hook
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -65,15 +89,32 @@ class Probe:
     answered: float
     pid: str         # the gunicorn worker that answered
     ran: frozenset[str]
+    late: str | None  # the version of latecomer that ran, None if it did not
+    report: tuple[tuple[str, str, str, str | None], ...]  # (plugin, hook, status, detail)
 
 
 def probe(node: Server, token: str, ref: float) -> Probe:
+    """One generation; it must succeed with no failed hook."""
     sent = time.monotonic() - ref
     status, _, body = node.call("POST", "/api/v1/generate", token, {"needs": TODO})
     answered = time.monotonic() - ref
     assert status == 200, body
-    ran = frozenset(p["name"] for p in body["report"]["plugins"] if p["status"] == "ok")
-    return Probe(sent, answered, body["files"]["whoami.txt"], ran)
+    report = tuple((h["name"], h["hook"], h["status"], h.get("detail"))
+                   for h in body["report"]["plugins"])
+    failed = [h for h in report if h[2] not in HOOK_STATUSES]
+    assert not failed, f"{node.base}: failed hooks at +{sent:.3f} s: {failed}"
+    ran = frozenset(h[0] for h in report if h[2] == "ok")
+    return Probe(sent, answered, body["files"]["whoami.txt"], ran,
+                 body["files"].get("latecomer.txt"), report)
+
+
+def running(plugin: str, yes: bool = True) -> Callable[[Probe], bool]:
+    return lambda p: (plugin in p.ran) == yes
+
+
+def late_is(version: str | None) -> Callable[[Probe], bool]:
+    """latecomer ran in this `version` (None: it did not run)."""
+    return lambda p: p.late == version
 
 
 class Poller:
@@ -147,18 +188,26 @@ def workers_of(node: Server, token: str) -> set[str]:
     return set(seen)
 
 
-def follow(node: Server, token: str, pids: set[str], plugin: str, running: bool, what: str,
+def everywhere(node: Server, token: str, pids: set[str], state: Callable[[Probe], bool],
+               what: str) -> None:
+    """Every worker of `node` answers twice, always in `state`."""
+    probes = poll(node, token, seen_after(pids, 0.0, 2))
+    wrong = [p for p in probes if not state(p)]
+    assert not wrong, f"{what}: {wrong[:5]}"
+
+
+def follow(node: Server, token: str, pids: set[str], new: Callable[[Probe], bool], what: str,
            action: Callable[[], Any], lead: float = 0.5,
            before: Callable[[], None] | None = None) -> tuple[Any, list[Probe]]:
     """Generate on every worker of `node` while `action` (an admin call on the other node)
     runs: for `lead` seconds before it (then `before()`, still before it), and after it until
     each worker answered AFTER_LIMIT requests sent LIMIT_S or more after it returned.
 
-    Asserts that `plugin` was in the old state (running or not: `not running`) for every
-    request answered before the call was sent, that no worker went back to the old state
-    once in the new one, and that every request sent LIMIT_S after the call returned saw
-    the new state. Prints, per worker, when it switched. Returns the action's result and
-    the probes sent after the limit."""
+    Asserts that no request answered before the call was sent was in the new state (`new`
+    true), that no worker went back to the old state once in the new one, and that every
+    request sent LIMIT_S after the call returned saw the new state (and every request
+    succeeded: see `probe`). Prints, per worker, when it switched. Returns the action's
+    result and the probes sent after the limit."""
     marks: dict[str, float] = {}
 
     def until(probes: list[Probe]) -> bool:
@@ -177,10 +226,6 @@ def follow(node: Server, token: str, pids: set[str], plugin: str, running: bool,
         probes = poller.join()
     sent, returned = marks["sent"], marks["returned"]
     deadline = returned + LIMIT_S
-
-    def new(p: Probe) -> bool:
-        return (plugin in p.ran) == running
-
     early = [p for p in probes if p.answered <= sent and new(p)]
     assert any(p.answered <= sent for p in probes) and not early, (
         f"{what}: already in the new state before the call: {early[:5]}")
@@ -218,19 +263,23 @@ def postgres_reachable() -> None:
     admin_engine().dispose()
 
 
+def pip(venv: Path, *args: str) -> None:
+    """`pip install WHEEL` (no dependencies) or `pip uninstall -y DIST` in the shared venv."""
+    extra = ["--no-deps"] if args[0] == "install" else ["-y"]
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", *args, *extra, "--quiet",
+                    "--disable-pip-version-check"], check=True)
+
+
 @pytest.fixture(scope="module")
 def whoami(installed_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The `whoami` plugin installed in the shared venv for this module's tests."""
     wheel = build_plugin_wheel(tmp_path_factory.mktemp("whoami"), WHOAMI,
                                source=plugin_source(WHOAMI, body=WHOAMI_HOOK))
-    python = str(installed_venv / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "--no-deps", str(wheel)], check=True)
+    pip(installed_venv, "install", str(wheel))
     try:
         yield WHOAMI
     finally:
-        subprocess.run([python, "-m", "pip", "uninstall", "-y", "--quiet",
-                        f"dihya-plugin-{WHOAMI}"], check=True)
+        pip(installed_venv, "uninstall", f"dihya-plugin-{WHOAMI}")
 
 
 @pytest.fixture
@@ -325,6 +374,27 @@ def rows(node: Server, token: str) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in body}
 
 
+def lists_late(node: Server, token: str, version: str | None) -> None:
+    """`node` lists latecomer active in `version` (None: does not list it), on whichever
+    workers answer."""
+    for _ in range(2 * WORKERS):
+        row = rows(node, token).get(LATE)
+        if version is None:
+            assert row is None, row
+        else:
+            assert row is not None and (row["status"], row["reason"], row["version"]) == (
+                "active", None, version), row
+
+
+def reload_on(node: Server, token: str) -> Callable[[], dict[str, dict[str, Any]]]:
+    """The admin call `POST /api/v1/plugins/reload` on `node`: it answers with its rows."""
+    def reload() -> dict[str, dict[str, Any]]:
+        status, _, body = node.call("POST", "/api/v1/plugins/reload", token)
+        assert status == 200, body
+        return {r["name"]: r for r in body}
+    return reload
+
+
 # -- the tests ---------------------------------------------------------------------------
 
 def test_a_switch_on_one_node_reaches_every_worker_of_the_other(cluster: Cluster) -> None:
@@ -343,7 +413,7 @@ def test_a_switch_on_one_node_reaches_every_worker_of_the_other(cluster: Cluster
         assert status == 200, row
         return dict(row)
 
-    row, after = follow(b, token, workers["b"], "markdown-docs", running=False,
+    row, after = follow(b, token, workers["b"], running("markdown-docs", False),
                         what="disable on a -> b", action=disable)
     assert (row["status"], row["reason"]) == ("disabled", "disabled-by-admin")
     assert all(p.ran == {"example", WHOAMI} for p in after)
@@ -357,55 +427,78 @@ def test_a_switch_on_one_node_reaches_every_worker_of_the_other(cluster: Cluster
         assert status == 200, row
         return dict(row)
 
-    row, after = follow(a, token, workers["a"], "markdown-docs", running=True,
+    row, after = follow(a, token, workers["a"], running("markdown-docs"),
                         what="enable on b -> a", action=enable)
     assert row["status"] == "active"
     assert all(p.ran == everything for p in after)
     cluster.stop()
 
 
-def test_a_reload_on_one_node_makes_the_other_pick_up_a_new_plugin(
+def test_a_reload_on_one_node_makes_the_other_install_upgrade_and_remove_a_plugin(
         cluster: Cluster, tmp_path: Path) -> None:
-    # approved by fingerprint in both configs before the servers start, installed later:
-    # no config file changes while they run, so only the store can tell node b
-    wheel = build_plugin_wheel(tmp_path / "wheels", LATE)
-    fingerprint = cluster.backend.dihya("plugins", "fingerprint", str(wheel)).stdout.strip()
-    assert fingerprint.startswith("sha256:"), fingerprint
-    cluster.configure(
-        "\n# pre-approved from the wheel, before installing it\n"
-        f'[[plugins.allow]]\nname = "{LATE}"\ndistribution = "dihya-plugin-{LATE}"\n'
-        f'version = "1.0.0"\nfingerprint = "{fingerprint}"\nmode = "sandbox"\n')
+    # both versions approved by fingerprint in both configs before the servers start,
+    # installed later: no config file changes while they run, so only the store can tell
+    # the other node
+    wheels, approvals = {}, "\n# pre-approved from the wheels, before installing them\n"
+    for version in LATE_VERSIONS:
+        wheels[version] = build_plugin_wheel(
+            tmp_path / "wheels" / version, LATE, version=version,
+            source=plugin_source(LATE, version=version, body=LATE_HOOK))
+        fingerprint = cluster.backend.dihya("plugins", "fingerprint",
+                                            str(wheels[version])).stdout.strip()
+        assert fingerprint.startswith("sha256:"), fingerprint
+        approvals += (f'[[plugins.allow]]\nname = "{LATE}"\n'
+                      f'distribution = "dihya-plugin-{LATE}"\nversion = "{version}"\n'
+                      f'fingerprint = "{fingerprint}"\nmode = "sandbox"\n\n')
+    cluster.configure(approvals)
     token = admin_token(cluster)
     a, b = cluster.start()
     workers = {"a": workers_of(a, token), "b": workers_of(b, token)}
     for node in (a, b):
-        assert LATE not in rows(node, token)
-    python = cluster.backend.python
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "--no-deps", str(wheel)], check=True)
+        lists_late(node, token, None)
+    venv = cluster.backend.venv
+    without = BUNDLED | {WHOAMI}
     try:
-        # node b is watched for CONTROL_S after the install, before the reload: installed
-        # alone, the plugin is not picked up (no config edit, no store change)
-        def still_absent() -> None:
-            for _ in range(2 * WORKERS):
-                assert LATE not in rows(b, token)
+        # install 1.0.0, reload on node a: node b lists and runs it within a second, on every
+        # worker. Node b is watched for CONTROL_S after the install, before the reload:
+        # installed alone, the plugin is not picked up (no config edit, no store change)
+        pip(venv, "install", str(wheels["1.0.0"]))
+        listed, after = follow(b, token, workers["b"], late_is("1.0.0"),
+                               what="install, reload on a -> b", action=reload_on(a, token),
+                               lead=CONTROL_S, before=lambda: lists_late(b, token, None))
+        assert (listed[LATE]["status"], listed[LATE]["version"]) == ("active", "1.0.0")
+        assert all(p.ran == without | {LATE} for p in after)
+        lists_late(b, token, "1.0.0")
+        everywhere(a, token, workers["a"], late_is("1.0.0"), "node a after the install")
 
-        def reload() -> list[dict[str, Any]]:
-            status, _, body = a.call("POST", "/api/v1/plugins/reload", token)
-            assert status == 200, body
-            return list(body)
+        # upgrade to 2.0.0 (pre-approved too), reload on node a: node b runs 2.0.0 within
+        # a second, on every worker, and never before the reload was sent (until then its
+        # workers keep 1.0.0: its sandbox worker holds the old code)
+        pip(venv, "install", str(wheels["2.0.0"]))
+        listed, after = follow(b, token, workers["b"], late_is("2.0.0"),
+                               what="upgrade, reload on a -> b", action=reload_on(a, token),
+                               lead=CONTROL_S, before=lambda: lists_late(b, token, "1.0.0"))
+        assert (listed[LATE]["status"], listed[LATE]["version"]) == ("active", "2.0.0")
+        assert all(p.ran == without | {LATE} for p in after)
+        lists_late(b, token, "2.0.0")
+        everywhere(a, token, workers["a"], late_is("2.0.0"), "node a after the upgrade")
 
-        # reload on node a: node b lists and runs it within a second, on every worker
-        listed, after = follow(b, token, workers["b"], LATE, running=True,
-                               what="reload on a -> b", action=reload, lead=CONTROL_S,
-                               before=still_absent)
-        row = {r["name"]: r for r in listed}[LATE]
-        assert (row["status"], row["reason"]) == ("active", None), row
-        assert all(p.ran == BUNDLED | {WHOAMI, LATE} for p in after)
-        for _ in range(2 * WORKERS):  # whichever worker answers
-            assert rows(b, token)[LATE]["status"] == "active"
+        # uninstall, reload on node b this time: node a stops running it within a second,
+        # on every worker; still approved, it is reported skipped (not installed), not failed
+        pip(venv, "uninstall", f"dihya-plugin-{LATE}")
+        listed, after = follow(a, token, workers["a"], late_is(None),
+                               what="uninstall, reload on b -> a", action=reload_on(b, token),
+                               lead=CONTROL_S, before=lambda: lists_late(a, token, "2.0.0"))
+        assert LATE not in listed
+        assert all(p.ran == without for p in after)
+        reported = {h for p in after for h in p.report if h[0] == LATE}
+        assert reported == {(LATE, "*", "skipped", "not-installed")}, reported
+        print(f"[two-nodes]   node a's generation report on {LATE} after its removal: "
+              f"{sorted({sum(h[0] == LATE for h in p.report) for p in after})} row(s) "
+              f"{sorted(reported)}")
+        lists_late(a, token, None)
+        everywhere(b, token, workers["b"], late_is(None), "node b after the removal")
         cluster.stop()
     finally:
         cluster.halt()
-        subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "--quiet",
-                        f"dihya-plugin-{LATE}"], check=True)
+        pip(venv, "uninstall", f"dihya-plugin-{LATE}")  # only warns if already gone

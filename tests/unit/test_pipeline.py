@@ -143,3 +143,18 @@ def test_required_plugin_that_is_not_active_fails_before_any_hook(plugin_site, n
     with pytest.raises(GenerationFailed, match="disabled/disabled-by-env") as info:
         run_generation(needs, disabled)
     assert [(h.name, h.status) for h in info.value.plugins] == [(names["must"], "skipped")]
+
+
+def test_a_plugin_approved_in_two_versions_is_reported_once(plugin_site, needs) -> None:
+    """Two allow entries (the running version and the next, pre-approved) for a plugin that
+    is not installed: one `skipped` row, not one per entry."""
+    from dihya.config import AllowEntry, Config
+
+    entries = tuple(AllowEntry(name="absent", distribution="dihya-plugin-absent", version=v,
+                               fingerprint="sha256:" + c * 64, mode="in-process")
+                    for v, c in (("1.0.0", "1"), ("2.0.0", "2")))
+    snap = build_registry(Config(path=plugin_site.root / "dihya.toml", exists=False,
+                                 allow=entries), path=plugin_site.path)
+    result = run_generation(needs, snap)
+    assert [(h.name, h.hook, h.status, h.detail) for h in result.plugins] == [
+        ("absent", "*", "skipped", "not-installed")]
