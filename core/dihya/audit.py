@@ -91,14 +91,23 @@ FIELDS: Final = tuple(f.name for f in attrs.fields(AuditEvent))
 class Auditor:
     """Pseudonymises actors and records events; one per app or CLI invocation."""
 
-    def __init__(self, key: str | bytes | None = None, store: Store | None = None) -> None:
+    def __init__(self, key: str | bytes | None = None, store: Store | None = None,
+                 deferred: bool = False) -> None:
+        """`deferred` (the server): request-path events go through a writer thread that
+        appends them in batches (`dihya.auditqueue`); the others are written at once."""
         key = key or os.environ.get(ENV_KEY)
         self._key = key.encode("utf-8") if isinstance(key, str) else key
         self.log: AuditLog | None = None
+        self._deferred: frozenset[str] = frozenset()
         if store is not None:
             from dihya.auditlog import AuditLog
 
             self.log = AuditLog(store, self._key)
+            if deferred:
+                from dihya.auditqueue import DEFERRED_TYPES
+
+                self.log.start_writer(_log_line)
+                self._deferred = DEFERRED_TYPES
         elif self._key is None:
             self._key = secrets.token_bytes(32)
 
@@ -121,12 +130,31 @@ class Auditor:
         in the erasable payload table."""
         event = AuditEvent(type=type, outcome=outcome, at=round(time.time(), 6), **fields)
         if self.log is not None:
+            if type in self._deferred:
+                from dihya.auditlog import Pending
+
+                if self.log.defer(Pending(event, subject, target, note)):
+                    return event  # logged by the writer once it is in the store
             _seq, event = self.log.append(event, subject=subject, target=target, note=note)
         elif subject or target:
             event = attrs.evolve(event, actor=self.pseudonym(subject) if subject else None,
                                  target=self.pseudonym(target) if target else None)
-        log.info(json.dumps(event.to_json(), sort_keys=True, separators=(",", ":")))
+        _log_line(event)
         return event
+
+    def flush(self) -> None:
+        """Wait until every deferred event of this process is in the store."""
+        if self.log is not None:
+            self.log.flush()
+
+    def close(self) -> None:
+        """Write the deferred events and stop the writer thread (if any)."""
+        if self.log is not None:
+            self.log.close()
+
+
+def _log_line(event: AuditEvent) -> None:
+    log.info(json.dumps(event.to_json(), sort_keys=True, separators=(",", ":")))
 
 
 def hook_event_type(result: HookResult) -> str:

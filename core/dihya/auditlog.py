@@ -11,7 +11,8 @@ chain. Actors are random pseudonyms from `dihya_subjects`, keyed by an HMAC of t
 id, never by the id: deleting that mapping makes a subject's events unlinkable.
 
 Appends take the store's `audit` lock, so concurrent writers (threads, processes, nodes)
-never fork the chain.
+never fork the chain. A server defers its request-path events to a writer thread
+(`dihya.auditqueue`) that appends them in batches; every read flushes it first.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import sqlalchemy as sa
@@ -38,6 +39,9 @@ from dihya.store import (
     subjects_table,
     tokens_table,
 )
+
+if TYPE_CHECKING:
+    from dihya.auditqueue import AuditWriter
 
 GENESIS: Final = "0" * 64
 _COLUMNS: Final = ("at", "type", "outcome", "actor", "target")
@@ -59,16 +63,37 @@ def commitment(salt: str, payload: str) -> str:
     return hashlib.sha256(f"{salt}:{payload}".encode()).hexdigest()
 
 
+# The statements of an append, built once: building and keying an expression per call
+# was most of an append's cost.
+_GET_META = sa.select(meta_table.c.value).where(meta_table.c.key == sa.bindparam("k"))
+_UPDATE_META = meta_table.update().where(meta_table.c.key == sa.bindparam("k")).values(
+    value=sa.bindparam("v"))
+_INSERT_META = meta_table.insert().values(key=sa.bindparam("k"), value=sa.bindparam("v"))
+_GET_PSEUDONYM = sa.select(subjects_table.c.pseudonym).where(
+    subjects_table.c.subject_key == sa.bindparam("skey"))
+_INSERT_SUBJECT = subjects_table.insert()
+_INSERT_ROW = audit_table.insert()
+_INSERT_PAYLOAD = audit_payload_table.insert()
+
+
 def _meta(conn: Connection, key: str) -> str | None:
-    value: str | None = conn.execute(sa.select(meta_table.c.value).where(
-        meta_table.c.key == key)).scalar_one_or_none()
+    value: str | None = conn.execute(_GET_META, {"k": key}).scalar_one_or_none()
     return value
 
 
 def _set_meta(conn: Connection, key: str, value: str) -> None:
-    if conn.execute(meta_table.update().where(meta_table.c.key == key)
-                    .values(value=value)).rowcount == 0:
-        conn.execute(meta_table.insert().values(key=key, value=value))
+    if conn.execute(_UPDATE_META, {"k": key, "v": value}).rowcount == 0:
+        conn.execute(_INSERT_META, {"k": key, "v": value})
+
+
+@attrs.frozen
+class Pending:
+    """An event to append, with the clear-text subject, target and note it names."""
+
+    event: AuditEvent
+    subject: str | None = None
+    target: str | None = None
+    note: str | None = None
 
 
 def _point(text: str | None) -> tuple[int, str]:
@@ -84,6 +109,7 @@ class AuditLog:
     def __init__(self, store: Store, key: bytes | None = None) -> None:
         self.store = store
         self._key = key
+        self._writer: AuditWriter | None = None
 
     # -- pseudonyms -------------------------------------------------------------------
 
@@ -103,13 +129,12 @@ class AuditLog:
     def pseudonym_in(self, conn: Connection, subject: str, create: bool = True) -> str | None:
         """The subject's random pseudonym, created on first use (if `create`)."""
         skey = self.subject_key(subject)
-        found: str | None = conn.execute(sa.select(subjects_table.c.pseudonym).where(
-            subjects_table.c.subject_key == skey)).scalar_one_or_none()
+        found: str | None = conn.execute(_GET_PSEUDONYM, {"skey": skey}).scalar_one_or_none()
         if found is not None or not create:
             return found
         pseudonym = "p-" + secrets.token_hex(10)
-        conn.execute(subjects_table.insert().values(subject_key=skey, pseudonym=pseudonym,
-                                                    created_at=time.time()))
+        conn.execute(_INSERT_SUBJECT, {"subject_key": skey, "pseudonym": pseudonym,
+                                       "created_at": time.time()})
         return pseudonym
 
     def pseudonym(self, subject: str, create: bool = True) -> str | None:
@@ -122,33 +147,75 @@ class AuditLog:
     def append(self, event: AuditEvent, subject: str | None = None,
                target: str | None = None, note: str | None = None) -> tuple[int, AuditEvent]:
         """Add `event` at the head of the chain; returns its sequence number and the event
-        as stored (time taken under the lock, pseudonyms filled in)."""
+        as stored (time taken under the lock, pseudonyms filled in). Events deferred
+        through `defer` are written first, so the chain keeps this process's order."""
+        self.flush()
+        return self.append_many([Pending(event, subject, target, note)])[0]
+
+    def append_many(self, items: Sequence[Pending]) -> list[tuple[int, AuditEvent]]:
+        """Append several events in one transaction (one lock, one head read and write)."""
         self.key()  # read outside the lock
+        written = []
         with self.store.locked("audit", fast_commit=True) as conn:
-            actor = self.pseudonym_in(conn, subject) if subject else event.actor
-            target_p = self.pseudonym_in(conn, target) if target else None
-            event = attrs.evolve(event, at=round(time.time(), 6), actor=actor,
-                                 target=target_p or event.target)
             seq, prev = _point(_meta(conn, "audit_head") or _meta(conn, "audit_anchor"))
-            seq += 1
-            data = event.to_json()
-            row: dict[str, Any] = {k: data.pop(k, None) for k in _COLUMNS}
-            row.update(seq=seq, fields=canonical(data), commitment=None)
-            if note is not None:
-                salt = secrets.token_hex(16)
-                row["commitment"] = commitment(salt, note)
-                conn.execute(audit_payload_table.insert().values(
-                    seq=seq, actor=actor, salt=salt, payload=note))
-            digest = row_hash(prev, row)
-            conn.execute(audit_table.insert().values(prev_hash=prev, hash=digest, **row))
-            _set_meta(conn, "audit_head", f"{seq}:{digest}")
-        return seq, event
+            now = round(time.time(), 6)
+            for item in items:
+                seq += 1
+                event, digest = self._insert(conn, seq, prev, now, item)
+                written.append((seq, event))
+                prev = digest
+            if written:
+                _set_meta(conn, "audit_head", f"{seq}:{prev}")
+        return written
+
+    def _insert(self, conn: Connection, seq: int, prev: str, now: float,
+                item: Pending) -> tuple[AuditEvent, str]:
+        actor = self.pseudonym_in(conn, item.subject) if item.subject else item.event.actor
+        target_p = self.pseudonym_in(conn, item.target) if item.target else None
+        event = attrs.evolve(item.event, at=now, actor=actor,
+                             target=target_p or item.event.target)
+        data = event.to_json()
+        row: dict[str, Any] = {k: data.pop(k, None) for k in _COLUMNS}
+        row.update(seq=seq, fields=canonical(data), commitment=None)
+        if item.note is not None:
+            salt = secrets.token_hex(16)
+            row["commitment"] = commitment(salt, item.note)
+            conn.execute(_INSERT_PAYLOAD, {"seq": seq, "actor": actor, "salt": salt,
+                                           "payload": item.note})
+        digest = row_hash(prev, row)
+        conn.execute(_INSERT_ROW, {"prev_hash": prev, "hash": digest, **row})
+        return event, digest
+
+    # -- deferred appends (the server's request path) -----------------------------------
+
+    def start_writer(self, on_written: Callable[[AuditEvent], None]) -> None:
+        """Write `defer`red events from a background thread, in batches."""
+        from dihya.auditqueue import AuditWriter
+
+        if self._writer is None:
+            self._writer = AuditWriter(self, on_written)
+
+    def defer(self, item: Pending) -> bool:
+        """Queue `item` for the writer thread; False (nothing queued) without a writer."""
+        return self._writer is not None and self._writer.submit(item)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every deferred event of this process is in the store."""
+        if self._writer is not None:
+            self._writer.flush(timeout)
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer thread."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     # -- read -------------------------------------------------------------------------
 
     def rows(self, subject: str | None = None) -> Iterator[dict[str, Any]]:
         """Every event (about `subject`, if given: as actor or target), oldest first, with
         its note when the payload still exists."""
+        self.flush()
         query = (sa.select(audit_table, audit_payload_table.c.payload)
                  .outerjoin(audit_payload_table,
                             audit_payload_table.c.seq == audit_table.c.seq)
@@ -173,6 +240,7 @@ class AuditLog:
         """Erase a subject: their pseudonym mapping, their notes and salts, their tokens,
         and who/why on the switches they set. Their events stay, now unlinkable."""
         counts = {"events": 0, "notes": 0, "tokens": 0, "switches": 0}
+        self.flush()
         with self.store.locked("audit") as conn:
             pseudonym = self.pseudonym_in(conn, subject, create=False)
             counts["tokens"] = conn.execute(tokens_table.delete().where(
@@ -194,6 +262,7 @@ class AuditLog:
     def purge_older_than(self, days: float) -> int:
         """Remove every event older than `days` (a prefix of the chain; the anchor moves to
         the last removed row) and the pseudonyms no remaining event uses. Returns the count."""
+        self.flush()  # first: what this process queued is older than the cutoff
         cutoff = time.time() - days * 86400
         with self.store.locked("audit") as conn:
             last = conn.execute(sa.select(audit_table.c.seq, audit_table.c.hash)
@@ -244,6 +313,7 @@ class AuditLog:
 
     def verify(self) -> VerifyResult:
         """Walk the whole chain; the first row that does not verify, and why."""
+        self.flush()
         with self.store.begin() as conn:
             seq, prev = _point(_meta(conn, "audit_anchor"))
             head = _meta(conn, "audit_head")

@@ -45,7 +45,11 @@ class DihyaState:
         self.pool = SandboxPool(self.config.sandbox)
         self.store = Store(self.config.effective_store_url)
         self.store.ensure_schema()
-        self.auditor = Auditor(self.config.audit_key, store=self.store)
+        # PostgreSQL: request-path events go through a writer thread (the commit's network
+        # wait overlaps the next request); SQLite: written at once, as a thread only adds
+        # GIL contention to a write that is all CPU (see docs/benchmarks.md)
+        self.auditor = Auditor(self.config.audit_key, store=self.store,
+                               deferred=not self.store.is_sqlite)
         self.version_ttl_s = version_ttl_s
         # `_lock` serialises rebuilds; requests never take it (they read `_snapshot`, one
         # reference), so a rebuild never stalls a generation. `_failures_lock` guards the
@@ -238,6 +242,7 @@ class DihyaState:
         if self._reloader is not None:
             self._reloader.join(timeout=5)
         self.pool.close()
+        self.auditor.close()
 
     def refresh(self, request_id: str | None = None) -> RegistrySnapshot:
         """The snapshot of the store's current state version, rebuilt now unless the
