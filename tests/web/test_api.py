@@ -105,6 +105,12 @@ def test_health_checks_need_no_token(api: Api) -> None:
     ready = api.client.get("/readyz").get_json()
     assert ready["status"] == "ok" and ready["checks"]["store"] is True
     assert ready["plugins_active"] == 2
+    assert ready["registry_age_s"] >= 0
+    # a switch bumps the state version, and the worker's registry follows it
+    before = ready["state_version"]
+    assert api.post(f"/api/v1/plugins/{api.plugins['open']}/disable", "admin").status_code == 200
+    after = api.client.get("/readyz").get_json()
+    assert after["state_version"] == before + 1 and after["plugins_active"] == 1
 
 
 @pytest.mark.parametrize("header", [None, "Bearer", "Basic abc", "Bearer dihya_0000000000000000_"

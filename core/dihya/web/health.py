@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response, current_app, jsonify
 
 health = Blueprint("health", __name__)
@@ -15,12 +17,17 @@ def healthz() -> Response:
 
 @health.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready: config loaded, registry built, store reachable."""
+    """Ready: config loaded, registry built, store reachable; and the state version this
+    worker's registry was built for."""
     state = current_app.extensions["dihya"]
     snapshot = state.snapshot()
     store_ok = state.store.ping()
     checks = {"config": True, "registry": snapshot is not None, "store": store_ok}
     ready = all(checks.values())
     body = {"status": "ok" if ready else "unavailable", "checks": checks,
-            "plugins_active": len(snapshot.active) if snapshot else 0}
+            "plugins_active": len(snapshot.active) if snapshot else 0,
+            # which change this worker has caught up with, and since when: compare across
+            # workers and nodes to see a reload or a switch propagate
+            "state_version": state.version,
+            "registry_age_s": round(max(0.0, time.time() - snapshot.built_at), 3)}
     return jsonify(body), 200 if ready else 503

@@ -316,6 +316,11 @@ def _schemas() -> dict[str, Schema]:
                            "properties": {"config": boolean, "registry": boolean,
                                           "store": boolean}},
                 "plugins_active": {"type": "integer", "minimum": 0},
+                "state_version": {"type": "integer", "minimum": 0, "description":
+                                  "The store's state version this worker's registry was "
+                                  "built for; every switch and reload bumps it."},
+                "registry_age_s": {"type": "number", "minimum": 0, "description":
+                                   "Seconds since this worker built its registry."},
             },
         },
     }

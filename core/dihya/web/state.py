@@ -101,6 +101,11 @@ class DihyaState:
             record("registry.reloaded", "ok", request_id=request_id,
                    plugins_ok=len(new.active))
 
+    @property
+    def version(self) -> int:
+        """The store's state version the current snapshot was built for."""
+        return self._version
+
     def snapshot(self) -> RegistrySnapshot:
         """The current snapshot (checked for changes first when no reloader runs)."""
         if self._reloader is None and time.monotonic() - self._checked_at >= self.version_ttl_s:
