@@ -63,11 +63,12 @@ class AuditWriter:
         atexit.register(_close_at_exit, weakref.ref(self))
 
     def submit(self, item: Pending) -> bool:
-        """Queue `item`; False once the writer is closed (the caller writes it itself)."""
+        """Queue `item`; False once the writer is closed or gone (the caller writes it
+        itself)."""
         with self._cond:
             while len(self._queue) >= MAX_QUEUE and not self._closed:
                 self._cond.wait(0.1)  # back-pressure: never drop an event
-            if self._closed:
+            if self._closed or not self._thread.is_alive():
                 return False
             self._queue.append(item)
             self._cond.notify_all()
@@ -134,7 +135,10 @@ class AuditWriter:
                 time.sleep(RETRY_S)
                 continue
             for _seq, event in written:
-                self._on_written(event)
+                try:
+                    self._on_written(event)
+                except Exception:  # a broken log handler must not stop the writer
+                    log.exception("cannot log an audit event written to the store")
             return
 
 
