@@ -130,11 +130,8 @@ class Auditor:
         in the erasable payload table."""
         event = AuditEvent(type=type, outcome=outcome, at=round(time.time(), 6), **fields)
         if self.log is not None:
-            if type in self._deferred:
-                from dihya.auditlog import Pending
-
-                if self.log.defer(Pending(event, subject, target, note)):
-                    return event  # logged by the writer once it is in the store
+            if type in self._deferred and self.log.defer(event, subject, target, note):
+                return event  # logged by the writer once it is in the store
             _seq, event = self.log.append(event, subject=subject, target=target, note=note)
         elif subject or target:
             event = attrs.evolve(event, actor=self.pseudonym(subject) if subject else None,

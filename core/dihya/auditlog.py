@@ -195,9 +195,11 @@ class AuditLog:
         if self._writer is None:
             self._writer = AuditWriter(self, on_written)
 
-    def defer(self, item: Pending) -> bool:
-        """Queue `item` for the writer thread; False (nothing queued) without a writer."""
-        return self._writer is not None and self._writer.submit(item)
+    def defer(self, event: AuditEvent, subject: str | None = None, target: str | None = None,
+              note: str | None = None) -> bool:
+        """Queue an event for the writer thread; False (nothing queued) without a writer."""
+        return self._writer is not None and self._writer.submit(
+            Pending(event, subject, target, note))
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every deferred event of this process is in the store."""

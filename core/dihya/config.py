@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 
 from dihya.discovery import DEFAULT_GROUP
-from dihya.publishers import Publisher, parse_publishers
+from dihya.publishers import Publisher, array_entry, parse_publishers
 
 if TYPE_CHECKING:
     import tomlkit.exceptions
@@ -196,17 +196,9 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
             0 < retention <= 36500):
         raise ConfigError(f"{where}: [audit] retention_days must be a number of days between "
                           f"0 and 36500, not {retention!r}")
-    plugins = data.get("plugins", {})
-    if not isinstance(plugins, dict):
-        raise ConfigError(f"{where}: `plugins` must be a table ([plugins])")
-    unknown = set(plugins) - {"group", "hook_timeout_s", "auto_reload", "allow", "publishers"}
-    if unknown:
-        raise ConfigError(f"{where}: [plugins] has unknown keys {sorted(unknown)}; "
-                          "known: group, hook_timeout_s, auto_reload, allow, publishers")
-    auto_reload = plugins.get("auto_reload", False)
-    if not isinstance(auto_reload, bool):
-        raise ConfigError(f"{where}: [plugins] auto_reload must be true or false, "
-                          f"not {auto_reload!r}")
+    plugins = _table(where, data, "plugins",
+                     {"group", "hook_timeout_s", "auto_reload", "allow", "publishers"})
+    auto_reload = _bool(where, "plugins", plugins, "auto_reload", False)
     group = plugins.get("group", DEFAULT_GROUP)
     if not isinstance(group, str) or not group:
         raise ConfigError(f"{where}: [plugins] group must be a non-empty string")
@@ -245,9 +237,7 @@ def _sandbox_settings(where: str, table: Mapping[str, Any]) -> SandboxSettings:
                               f"{high}, not {value!r}")
         values[key] = kind(value)
     if "require_isolation" in table:
-        if not isinstance(table["require_isolation"], bool):
-            raise ConfigError(f"{where}: [sandbox] require_isolation must be true or false")
-        values["require_isolation"] = table["require_isolation"]
+        values["require_isolation"] = _bool(where, "sandbox", table, "require_isolation", False)
     return SandboxSettings(**values)
 
 
@@ -260,6 +250,14 @@ def _table(where: str, data: Mapping[str, Any], name: str, keys: set[str]) -> di
         raise ConfigError(f"{where}: [{name}] has unknown keys {sorted(unknown)}; known: "
                           f"{', '.join(sorted(keys))}")
     return table
+
+
+def _bool(where: str, table_name: str, table: Mapping[str, Any], key: str,
+          default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: [{table_name}] {key} must be true or false, not {value!r}")
+    return value
 
 
 def _optional_str(where: str, table_name: str, table: Mapping[str, Any], key: str) -> str | None:
@@ -276,15 +274,10 @@ _ENTRY_KEYS: Final = {
 
 
 def _allow_entry(where: str, index: int, raw: object) -> AllowEntry:
-    label = f"{where}: [[plugins.allow]] #{index}"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{label} must be a table")
-    if isinstance(raw.get("name"), str):
-        label += f" (name {raw['name']!r})"
-    unknown = set(raw) - _ENTRY_KEYS
-    if unknown:
-        raise ConfigError(f"{label}: unknown keys {sorted(unknown)}; known: "
-                          f"{', '.join(sorted(_ENTRY_KEYS))}")
+    try:
+        raw, label = array_entry(f"{where}: [[plugins.allow]] #{index}", raw, _ENTRY_KEYS)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     for key in ("name", "distribution", "version", "fingerprint"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ConfigError(f"{label}: `{key}` is required and must be a non-empty string")

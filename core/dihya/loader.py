@@ -13,6 +13,7 @@ import contextlib
 import importlib.metadata as md
 import importlib.util
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -80,16 +81,27 @@ class _VerifiedExtensionManager(NamedExtensionManager):  # type: ignore[type-arg
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
 
 
+def user_cache_path(name: str) -> Path:
+    """`$XDG_CACHE_HOME/dihya/NAME-UID` (default `~/.cache`): this user's cache `name`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dihya" / f"{name}-{os.getuid()}"
+
+
+def owned_dir(path: Path, mode: int, forbidden: int) -> bool:
+    """Create `path` (with `mode`) if needed; True if it is a directory, not a link, owned
+    by this user, with none of the `forbidden` permission bits."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & forbidden
+
+
 def private_pycache_dir() -> Path:
     """A directory only this user can write, for the bytecode of plugin modules."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = Path(base) / "dihya" / f"pycache-{os.getuid()}"
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = path.stat()
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise PermissionError(f"{path} is not private to uid {os.getuid()}")
-    except OSError:
+    path = user_cache_path("pycache")
+    if not owned_dir(path, 0o700, 0o077):
         path = Path(tempfile.mkdtemp(prefix="dihya-pycache-"))
     return path
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import fnmatch
 import re
+from collections.abc import Collection
 from typing import Any, Final
 
 import attrs
@@ -89,16 +90,24 @@ def parse_publishers(raw: object) -> tuple[Publisher, ...]:
     return tuple(found)
 
 
-def _publisher(index: int, item: Any) -> Publisher:
-    label = f"[[plugins.publishers]] #{index}"
+def array_entry(label: str, item: object,
+                known: Collection[str]) -> tuple[dict[str, Any], str]:
+    """One table of a TOML array of tables (`[[plugins.allow]]`, `[[plugins.publishers]]`)
+    and its label for messages, with its name when it has one; ValueError when it is not a
+    table or has keys outside `known`."""
     if not isinstance(item, dict):
         raise ValueError(f"{label} must be a table")
     if isinstance(item.get("name"), str):
         label += f" (name {item['name']!r})"
-    unknown = set(item) - PUBLISHER_KEYS
+    unknown = set(item) - set(known)
     if unknown:
         raise ValueError(f"{label}: unknown keys {sorted(unknown)}; known: "
-                         f"{', '.join(sorted(PUBLISHER_KEYS))}")
+                         f"{', '.join(sorted(known))}")
+    return item, label
+
+
+def _publisher(index: int, item: Any) -> Publisher:
+    item, label = array_entry(f"[[plugins.publishers]] #{index}", item, PUBLISHER_KEYS)
     name = item.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"{label}: `name` is required: letters, digits, '.', '_' or '-' "

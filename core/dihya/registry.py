@@ -55,7 +55,7 @@ class PluginRecord:
     actions: Mapping[str, ActionSpec] = attrs.field(factory=dict)
     executor: HookExecutor | None = attrs.field(default=None, eq=False, repr=False)
     instance: GenerationPluginBase | None = attrs.field(default=None, eq=False, repr=False)
-    # for an in-process plugin: where its verified files are, to forget its modules later
+    # for a plugin imported in this process: its verified files, to forget its modules later
     site: Path | None = attrs.field(default=None, eq=False, repr=False)
     files: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
 
@@ -151,8 +151,7 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
             records.append(_sandboxed_record(verdict, hellos[name], sandbox, config))
         elif name in failures:
             failure = failures[name]
-            records.append(_record(verdict, FAILED, failure.reason, failure.message,
-                                   site=verdict.plugin.site_packages, files=verdict.files))
+            records.append(_record(verdict, FAILED, failure.reason, failure.message))
         else:
             records.append(_loaded_record(verdict, loaded[name]))
     elapsed = (time.perf_counter() - start) * 1000
@@ -212,12 +211,15 @@ def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
 def _record(verdict: Verdict, status: str, reason: str | None, message: str,
             **extra: Any) -> PluginRecord:
     p, entry = verdict.plugin, verdict.entry
+    # admitted in-process: its modules were imported here; where from, to forget them later
+    imported = bool(verdict.files) and entry is not None and entry.mode == "in-process"
     return PluginRecord(
         name=p.name, distribution=p.distribution, version=p.version, value=p.value,
         status=status, reason=reason, message=message,
         mode=entry.mode if entry else None, fingerprint=verdict.fingerprint,
         approved_fingerprint=entry.fingerprint if entry else None,
         required=entry.required if entry else False, roles=entry.roles if entry else None,
+        site=p.site_packages if imported else None, files=verdict.files if imported else (),
         **extra,
     )
 
@@ -225,9 +227,7 @@ def _record(verdict: Verdict, status: str, reason: str | None, message: str,
 def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
     cls, entry = loaded.cls, verdict.entry
     meta = {"hooks": loaded.hooks, "safe": cls.safe, "priority": cls.priority,
-            "description": cls.description, "author": cls.author, "actions": loaded.actions,
-            # its modules are now imported: where they came from, to forget them later
-            "site": verdict.plugin.site_packages, "files": verdict.files}
+            "description": cls.description, "author": cls.author, "actions": loaded.actions}
     if entry is not None and entry.mode == "in-process" and not cls.safe:
         return _record(verdict, REFUSED, "unsafe-in-process",
                        f"approved in-process but {cls.__qualname__}.safe is False; approve "

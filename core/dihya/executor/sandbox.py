@@ -50,6 +50,10 @@ class WorkerRetired(WorkerFailed, HookUnavailable):
     removed or replaced) before this call: a generation under way on the previous snapshot
     skips the plugin's remaining hooks."""
 
+    @classmethod
+    def switched_off(cls, name: str) -> WorkerRetired:
+        return cls(f"{name} was switched off or replaced during this generation")
+
 
 class PluginRaised(HookRaised):
     """The hook raised inside the worker; the worker lives on."""
@@ -191,8 +195,7 @@ class Worker:
         with self.lock:
             if not self.alive or self.proc is None:
                 if self.retired:
-                    raise WorkerRetired(f"{self.spec.name} was switched off or replaced "
-                                        "during this generation")
+                    raise WorkerRetired.switched_off(self.spec.name)
                 raise WorkerFailed("the worker is not running")
             assert self.proc.stdin is not None and self.proc.stdout is not None
             self.calls += 1
@@ -352,7 +355,7 @@ class SandboxPool:
         if worker is not None and worker.alive and worker.calls < self.settings.max_calls:
             return worker
         if spec is None:  # retired by a rebuild (`retain`) after the caller's snapshot
-            raise WorkerRetired(f"{name} was switched off or replaced during this generation")
+            raise WorkerRetired.switched_off(name)
         if worker is not None:
             worker.close()
         try:

@@ -29,18 +29,11 @@ _warmed: dict[str, bool] = {}
 
 def cache_dir() -> Path | None:
     """The worker bytecode cache of this user, created if needed; None if it is unsafe
-    (owned by someone else, writable by group or others) or cannot be made."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = Path(base) / "dihya" / f"worker-pycache-{os.getuid()}"
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o755)
-        st = path.lstat()
-    except OSError:
-        return None
-    if not path.is_dir() or path.is_symlink() or st.st_uid != os.getuid() or (
-            st.st_mode & 0o022):
-        return None
-    return path
+    (owned by someone else, writable by group or others, a link) or cannot be made."""
+    from dihya.loader import owned_dir, user_cache_path
+
+    path = user_cache_path("worker-pycache")
+    return path if owned_dir(path, 0o755, 0o022) else None
 
 
 def warm_cache() -> str | None:

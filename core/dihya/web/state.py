@@ -4,12 +4,12 @@ Lives in `app.extensions["dihya"]`, never in module globals. The snapshot is rep
 changed: a request takes a reference once and works on it to the end. The store's state
 version and the config file are checked every `version_ttl_s` (and at once on a PostgreSQL
 notification); when another worker or node changed a switch, reloaded, or an operator
-edited the config (or, with `[plugins] auto_reload`, pip changed site-packages), this worker
-rebuilds its snapshot — off the request path when a background reloader runs (under `dihya serve`),
-else on the next request. Sandbox workers live in one pool per app: a rebuild keeps the
-workers of unchanged plugins and drains the others. Each build audits what changed (a plugin
-discovered, refused or failed; the registry reloaded), and the audit retention runs at
-start and then at most daily per store.
+edited the config (or, with `[plugins] auto_reload`, pip changed site-packages), this
+worker rebuilds its snapshot — off the request path when a background reloader runs (under
+`dihya serve`), else on the next request. Sandbox workers live in one pool per app: a
+rebuild keeps the workers of unchanged plugins and drains the others. Each build audits what
+changed (a plugin discovered, refused or failed; the registry reloaded), and the audit
+retention runs at start and then at most daily per store.
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ class DihyaState:
         self._checked_at = 0.0
         self._version = self.store.state_version()
         self._config_stamp = self._stamp()
+        self._config_changed = False
+        # auto_reload: the site-packages stamp seen at the last check, and the one built for
+        self._site_seen: SiteStamp | None = None
+        self._site_built: SiteStamp | None = None
         self._snapshot = self._build(None)
         self._retention_checked = time.monotonic()
         apply_retention(self.auditor, self.config.audit_retention_days)
@@ -116,16 +120,7 @@ class DihyaState:
         """Rebuild if the shared state version, the config file or (with auto_reload) the
         installed distributions changed; True if rebuilt."""
         with self._lock:
-            version = self.store.state_version()
-            self._reload_config_if_changed()
-            installed = self._site_changed()
-            rebuilt = False
-            if version != self._version or self._config_changed or installed:
-                self._config_changed = False
-                self._snapshot = self._build(self._snapshot)
-                self._version = version
-                rebuilt = True
-            self._checked_at = time.monotonic()
+            rebuilt = self._rebuild_if_stale(watch_site=True)
             if self._checked_at - self._retention_checked >= 3600:
                 self._retention_checked = self._checked_at
                 apply_retention(self.auditor, self.config.audit_retention_days, DAY_S)
@@ -169,10 +164,6 @@ class DihyaState:
         """Tell every worker sharing the store to rebuild, and rebuild this one now."""
         self.store.bump_state_version()
         return self.refresh(request_id)
-
-    _config_changed = False
-    _site_seen: SiteStamp | None = None
-    _site_built: SiteStamp | None = None
 
     def _site_changed(self) -> bool:
         """With `[plugins] auto_reload`: True once site-packages changed and then held still
@@ -254,14 +245,23 @@ class DihyaState:
         background reloader already built it (woken by this very change's notification,
         it often has: one rebuild per change, not two)."""
         with self._lock:
-            version = self.store.state_version()
-            self._reload_config_if_changed()
-            if version != self._version or self._config_changed:
-                self._config_changed = False
-                self._snapshot = self._build(self._snapshot, request_id)
-                self._version = version
-            self._checked_at = time.monotonic()
+            self._rebuild_if_stale(request_id)
             return self._snapshot
+
+    def _rebuild_if_stale(self, request_id: str | None = None,
+                          watch_site: bool = False) -> bool:
+        """Under `_lock`: rebuild if the store's state version or the config file changed
+        (or, with `watch_site`, the installed distributions); True if rebuilt."""
+        version = self.store.state_version()
+        self._reload_config_if_changed()
+        installed = watch_site and self._site_changed()
+        rebuilt = version != self._version or self._config_changed or installed
+        if rebuilt:
+            self._config_changed = False
+            self._snapshot = self._build(self._snapshot, request_id)
+            self._version = version
+        self._checked_at = time.monotonic()
+        return rebuilt
 
 
 def _switch_message(code: str, reason: str | None) -> str:
