@@ -12,6 +12,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -132,7 +133,14 @@ def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     from dihya.logs import configure
 
     configure(sys.stderr, logging.INFO if verbose else logging.WARNING)
+    # SIGTERM ends a command the way Ctrl-C does: exit handlers run, so its sandbox
+    # workers stop and their scratch directories are removed
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     ctx.obj = State(resolve_path(config_path))
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)
 
 
 @main.group()

@@ -62,6 +62,9 @@ class SandboxSettings:
     idle_s: float = 300.0
     quarantine_after: int = 5
     require_isolation: bool = False
+    # a root backend whose workers cannot run as an unprivileged user: start them as root
+    # (capabilities dropped) instead of refusing them; off unless the operator opts in
+    allow_root: bool = False
 
 
 _SANDBOX_KEYS: Final = {
@@ -180,7 +183,8 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
         raise ConfigError(f"{where}: unknown tables {sorted(unknown_tables)}; known: plugins, "
                           "store, web, audit, sandbox")
     sandbox = _sandbox_settings(where, _table(where, data, "sandbox",
-                                              {*_SANDBOX_KEYS, "require_isolation"}))
+                                              {*_SANDBOX_KEYS, "require_isolation",
+                                                                "allow_root"}))
     store = _table(where, data, "store", {"url"})
     web = _table(where, data, "web", {"rate_limit", "rate_limit_storage"})
     audit = _table(where, data, "audit", {"key", "retention_days"})
@@ -236,8 +240,9 @@ def _sandbox_settings(where: str, table: Mapping[str, Any]) -> SandboxSettings:
             raise ConfigError(f"{where}: [sandbox] {key} must be {noun} between {low} and "
                               f"{high}, not {value!r}")
         values[key] = kind(value)
-    if "require_isolation" in table:
-        values["require_isolation"] = _bool(where, "sandbox", table, "require_isolation", False)
+    for flag in ("require_isolation", "allow_root"):
+        if flag in table:
+            values[flag] = _bool(where, "sandbox", table, flag, False)
     return SandboxSettings(**values)
 
 

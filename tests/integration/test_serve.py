@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +41,23 @@ def generated_by(base: str, tok: str) -> set[str]:
     return {p["name"] for p in body["report"]["plugins"] if p["status"] == "ok"}
 
 
+def scratch_dirs_of_children(master: int) -> list[Path]:
+    """The sandbox scratch dirs made by the server's worker processes (children of
+    `master`): `dihya-sbx-<pid>.<start>-...` in the temporary directory."""
+    found = []
+    for path in Path(tempfile.gettempdir()).glob("dihya-sbx-*"):
+        match = re.match(r"dihya-sbx-(\d+)\.", path.name)
+        if match is None:
+            continue
+        try:
+            stat = Path(f"/proc/{match.group(1)}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2:].split()[1]) == master:
+            found.append(path)
+    return found
+
+
 def test_start_generate_disable_generate_stop(backend, server) -> None:
     base = server.base
     admin, dev = token(backend, "admin", "ops"), token(backend, "developer", "app")
@@ -61,7 +80,10 @@ def test_start_generate_disable_generate_stop(backend, server) -> None:
     status, _, spec = call(base, "GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.1")
 
+    scratches = scratch_dirs_of_children(server.proc.pid)
+    assert scratches, "the bundled plugins run sandboxed: their workers have scratch dirs"
     assert server.stop() == 0
+    assert [d for d in scratches if d.exists()] == [], "SIGTERM left scratch dirs behind"
     out = server.output
     for secret in (admin, dev, "Team todo list", "ops"):
         assert secret not in out, "the server log carries a token, a name or needs data"

@@ -10,23 +10,21 @@ one on the next call. Workers are recycled after `max_calls` and reaped when idl
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from dihya.config import SandboxSettings
 from dihya.executor.base import HookRaised, HookTimeout, HookUnavailable
+from dihya.sandbox.outer import launch
+from dihya.sandbox.policy import SandboxPolicy, SandboxSetupError
 from dihya.sandbox.protocol import (
     MAX_FRAME_BYTES,
     FrameTimeout,
@@ -34,6 +32,8 @@ from dihya.sandbox.protocol import (
     read_frame,
     write_frame,
 )
+from dihya.sandbox.scratch import make_scratch, sweep_once
+from dihya.sandbox.start import import_path, python_argv, read_only_paths
 
 if TYPE_CHECKING:
     from dihya.registry import PluginRecord
@@ -85,20 +85,7 @@ class Hello:
     meta: dict[str, Any]
     layers: tuple[str, ...]
     warnings: tuple[str, ...]
-
-
-def read_only_paths(extra: Sequence[str] = ()) -> tuple[str, ...]:
-    """What a worker may read: the Python installation, site-packages and the core."""
-    cwd = os.path.realpath(os.getcwd())
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    import dihya
-
-    paths.add(str(Path(dihya.__file__).resolve().parent))
-    for entry in sys.path:
-        if entry and os.path.isdir(entry) and os.path.realpath(entry) != cwd:
-            paths.add(entry)
-    paths.update(extra)
-    return tuple(sorted(os.path.realpath(p) for p in paths))
+    uid: int | None = None  # the uid the worker runs as (in its own user namespace)
 
 
 class Worker:
@@ -116,8 +103,7 @@ class Worker:
         self.lock = threading.Lock()
         self.calls = 0
         self.last_used = time.monotonic()
-        self.scratch = tempfile.mkdtemp(prefix=f"dihya-sbx-{spec.name[:20]}-")
-        os.chmod(self.scratch, 0o700)
+        self.scratch = make_scratch(spec.name)
         self.proc: subprocess.Popen[bytes] | None = None
         self.retired = False  # set by the pool before it drains and stops this worker
         try:
@@ -127,39 +113,29 @@ class Worker:
             raise
 
     def _start(self) -> Hello:
+        from dihya.sandbox.bytecode import warm_cache
+
+        cache = warm_cache()
+        policy = SandboxPolicy(
+            scratch_dir=self.scratch,
+            read_only_paths=read_only_paths((*self.spec.path, *([cache] if cache else []))),
+            address_space_bytes=self.settings.memory_mb * 1024 * 1024,
+            cpu_seconds=self.settings.cpu_seconds, allow_root=self.settings.allow_root)
         payload: dict[str, Any] = {"group": self.spec.group, "name": self.spec.name,
                                    "fingerprint": self.spec.fingerprint,
-                                   "path": list(self.spec.path),
-                                   "max_frame_bytes": self.max_frame_bytes, "policy": None}
-        argv = [sys.executable, "-I", "-X", f"pycache_prefix={self.scratch}/pycache", "-m",
-                "dihya.sandbox.worker"]
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": self.scratch,
-               "TMPDIR": self.scratch}
-        kwargs: dict[str, Any] = {}
-        outer: list[str] = []
-        warnings: list[str] = []
+                                   "sys_path": import_path(self.spec.path),
+                                   "max_frame_bytes": self.max_frame_bytes,
+                                   "policy": attrs.asdict(policy)}
+        own = f"pycache_prefix={self.scratch}/pycache"
         try:
-            from dihya.sandbox import layers
-        except ImportError:
-            layers = None  # type: ignore[assignment]
-            warnings.append("isolation layers unavailable: the worker runs unconfined")
-        if layers is not None:
-            from dihya.sandbox.bytecode import warm_cache
-
-            cache = warm_cache()
-            policy = layers.SandboxPolicy(
-                scratch_dir=self.scratch,
-                read_only_paths=read_only_paths((*self.spec.path, *([cache] if cache else []))),
-                address_space_bytes=self.settings.memory_mb * 1024 * 1024,
-                cpu_seconds=self.settings.cpu_seconds)
-            payload["policy"] = attrs.asdict(policy)
-            argv, env, kwargs, outer, warnings = layers.launch(argv, policy)
-            if cache is not None and ("bwrap" in outer or "user" in kwargs):
-                # the shared cache, where the worker cannot write it: read-only root, or
-                # another user (dihya.sandbox.bytecode)
-                own = f"pycache_prefix={self.scratch}/pycache"
-                argv = [f"pycache_prefix={cache}" if a == own else a for a in argv]
-        argv = [*argv, json.dumps(payload)]
+            argv, env, kwargs, outer, warnings = launch(
+                python_argv(payload, f"{self.scratch}/pycache"), policy)
+        except SandboxSetupError as exc:
+            raise WorkerStartError("sandbox-start-failed", str(exc)) from exc
+        if cache is not None and ("bwrap" in outer or "user" in kwargs):
+            # the shared cache, where the worker cannot write it: a read-only view, or
+            # another user (dihya.sandbox.bytecode)
+            argv = [f"pycache_prefix={cache}" if a == own else a for a in argv]
         self.proc = self._spawn(lambda: subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=env, close_fds=True, cwd=self.scratch, start_new_session=True, **kwargs))
@@ -185,7 +161,9 @@ class Worker:
         if not isinstance(meta, dict):
             raise WorkerStartError("sandbox-start-failed", "the worker sent no metadata")
         inner = [str(x) for x in first.get("layers", []) if isinstance(x, str)]
-        return Hello(meta, tuple(outer + inner), tuple(warnings))
+        uid = first.get("uid")
+        return Hello(meta, tuple(outer + inner), tuple(warnings),
+                     uid if isinstance(uid, int) and not isinstance(uid, bool) else None)
 
     @property
     def alive(self) -> bool:
@@ -281,6 +259,7 @@ class SandboxPool:
     """The workers of one registry snapshot's sandboxed plugins."""
 
     def __init__(self, settings: SandboxSettings) -> None:
+        sweep_once()  # what a crashed backend left behind
         self.settings = settings
         self._specs: dict[str, WorkerSpec] = {}
         self._workers: dict[str, Worker] = {}

@@ -8,7 +8,10 @@ standard library, the core and its dependencies again (≈ 0.35 s of a ≈ 0.5 s
 This module keeps one cache per backend user (`$XDG_CACHE_HOME/dihya/worker-pycache-UID`,
 mode 0755, owned by that user and writable by nobody else). It is filled by a trusted
 warm-up process — the same interpreter, importing what a worker imports before it loads
-its plugin, and no plugin code — once per backend process. Workers get the cache as their
+its plugin, and no plugin code — once per backend process. The warm-up is started and
+confined like a worker (`python -I -S`, so no `.pth` file runs; the same filesystem view,
+Landlock and seccomp) except that it keeps the backend's uid, since it writes the cache,
+and may write only there. Workers get the cache as their
 `pycache_prefix` only where they cannot write it (inside bwrap's read-only root, or as a
 different user); they compile their plugin's own modules in memory (the write fails
 silently). CPython checks each cached file against its source's mtime and size, as it
@@ -19,9 +22,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
+
+import attrs
 
 _lock = threading.Lock()
 _warmed: dict[str, bool] = {}
@@ -49,14 +53,19 @@ def warm_cache() -> str | None:
 
 
 def _run_warm_up(prefix: str) -> bool:
-    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": prefix}
+    from dihya.sandbox.outer import launch
+    from dihya.sandbox.policy import SandboxPolicy, SandboxSetupError
+    from dihya.sandbox.start import import_path, python_argv, read_only_paths
+
+    policy = SandboxPolicy(scratch_dir=prefix, read_only_paths=read_only_paths(),
+                           switch_user=False)
+    spec = {"warm": True, "sys_path": import_path(), "policy": attrs.asdict(policy)}
     try:
-        done = subprocess.run(
-            [sys.executable, "-I", "-X", f"pycache_prefix={prefix}", "-m",
-             "dihya.sandbox.worker", "--warm"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        argv, env, kwargs, _, _ = launch(python_argv(spec, prefix), policy)
+        done = subprocess.run(argv, env=env, cwd=prefix, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=60, check=False, close_fds=True, **kwargs)
+    except (OSError, subprocess.TimeoutExpired, SandboxSetupError):
         return False
     return done.returncode == 0
 
@@ -70,7 +79,7 @@ def warm_imports() -> None:
     from dihya.discovery import DEFAULT_GROUP, discover
     from dihya.gate import inspect_files  # noqa: F401
     from dihya.loader import load_plugins  # noqa: F401
-    from dihya.sandbox import layers  # noqa: F401
+    from dihya.sandbox import inner, policy  # noqa: F401
 
     for plugin in discover(DEFAULT_GROUP)[:1]:  # the metadata parsers, no plugin import
         _ = plugin.version

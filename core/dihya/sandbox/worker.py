@@ -1,12 +1,17 @@
 """The sandbox worker: one plugin, loaded through the gate, confined, serving hook calls.
 
-Started by the backend as `python -I -X pycache_prefix=<scratch> -m dihya.sandbox.worker
-SPEC` with a scrubbed environment (never forked from the backend). SPEC is JSON: group,
-entry-point name, expected fingerprint and the confinement policy. The worker keeps a
-duplicate of its original stdout for frames and points fd 1 at stderr, so a plugin's
-`print` cannot corrupt the stream. Order: confine (rlimits, Landlock) -> verify the
-fingerprint again -> import with stevedore -> validate the class -> seccomp -> hello ->
-serve requests until the parent closes stdin or says shutdown.
+Started by the backend as `python -I -S -X pycache_prefix=<dir> -c BOOTSTRAP SPEC` (see
+dihya.sandbox.start) inside the walls of dihya.sandbox.outer, with a scrubbed environment
+(never forked from the backend). SPEC is JSON: the import path, group, entry-point name,
+expected fingerprint and the confinement policy. The worker keeps a duplicate of its
+original stdout for frames and points fd 1 at stderr, so a plugin's `print` cannot corrupt
+the stream. Order: confine (rlimits, no-new-privs, Landlock, seccomp: every layer) ->
+verify the files and their resolution again -> import with stevedore -> validate the class
+-> hello -> serve requests until the parent closes stdin or says shutdown. No plugin code
+runs before every layer is in force.
+
+With `"warm": true` in SPEC it is the bytecode warm-up (dihya.sandbox.bytecode): confined
+the same way, it imports what a worker imports before its plugin, and exits.
 """
 
 from __future__ import annotations
@@ -32,8 +37,6 @@ def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any], set[str]]:
     from dihya.gate import inspect_files
     from dihya.loader import load_plugins
 
-    extra = [p for p in spec.get("path", []) if isinstance(p, str)]
-    sys.path[:0] = [p for p in extra if p not in sys.path]
     matches = [p for p in discover(spec["group"]) if p.name == spec["name"]]
     if len(matches) != 1:
         raise LoadFailure("sandbox-start-failed",
@@ -112,18 +115,18 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
     max_bytes = int(spec.get("max_frame_bytes", MAX_FRAME_BYTES))
     layers_on: list[str] = []
-    policy = None
     try:
         if spec.get("policy") is not None:
-            from dihya.sandbox.layers import SandboxPolicy, confine
+            from dihya.sandbox.inner import confine
+            from dihya.sandbox.policy import SandboxPolicy
 
-            policy = SandboxPolicy(**spec["policy"])
-            layers_on += confine(policy, "before-import")
+            layers_on += confine(SandboxPolicy(**spec["policy"]))
+        if spec.get("warm"):  # fill the workers' bytecode cache (dihya.sandbox.bytecode)
+            from dihya.sandbox.bytecode import warm_imports
+
+            warm_imports()
+            return 0
         instance, meta, allowed = load(spec)
-        if policy is not None:
-            from dihya.sandbox.layers import confine
-
-            layers_on += confine(policy, "after-import")
     except LoadFailure as exc:
         write_frame(out_fd, {"id": 0, "ok": False,
                              "error": {"reason": exc.reason, "message": exc.message[:2000]}})
@@ -134,14 +137,6 @@ def main(argv: list[str]) -> int:
                                        "message": f"{type(exc).__name__}: {exc}"[:2000]}})
         return 1
     write_frame(out_fd, {"id": 0, "ok": True, "op": "hello", "meta": meta,
-                         "layers": layers_on})
+                         "layers": layers_on, "uid": os.getuid()})
     return serve(0, out_fd, instance, allowed, max_bytes)
 
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--warm"]:  # fill the workers' bytecode cache (dihya.sandbox.bytecode)
-        from dihya.sandbox.bytecode import warm_imports
-
-        warm_imports()
-        sys.exit(0)
-    sys.exit(main(sys.argv))

@@ -55,4 +55,14 @@ def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 6
         # own 414 page; the API's query strings are far shorter
         "limit_request_line": 8190,
         "proc_name": "dihya",
+        "worker_exit": close_worker_state,
     }).run()
+
+
+def close_worker_state(_arbiter: Any, worker: Any) -> None:
+    """A server worker that stops (SIGTERM, recycling) stops its sandbox workers and
+    removes their scratch directories; a killed one leaves them to the next start's sweep."""
+    app = getattr(worker, "wsgi", None)
+    state = getattr(app, "extensions", {}).get("dihya")
+    if state is not None:
+        state.close()
