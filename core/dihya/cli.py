@@ -450,7 +450,7 @@ def verify(state: State, as_json: bool) -> None:
             continue
         ok = record.status not in (REFUSED, FAILED)
         rows.append({"name": record.name, "status": record.status, "reason": record.reason,
-                     "message": record.message, "ok": ok})
+                     "message": record.message, "ok": ok, "worker_user": record.worker_user})
     if as_json:
         _echo_json(rows)
     else:

@@ -57,6 +57,7 @@ class SandboxSettings:
 
     start_timeout_s: float = 5.0
     memory_mb: int = 512
+    scratch_mb: int = 64
     cpu_seconds: int = 60
     max_calls: int = 1000
     idle_s: float = 300.0
@@ -71,6 +72,7 @@ _SANDBOX_KEYS: Final = {
     "start_timeout_s": (float, 0.1, 120), "memory_mb": (int, 64, 65536),
     "cpu_seconds": (int, 1, 86400), "max_calls": (int, 1, 10**9),
     "idle_s": (float, 1, 86400), "quarantine_after": (int, 1, 10**6),
+    "scratch_mb": (int, 1, 65536),
 }
 
 

@@ -8,6 +8,7 @@ runs wholly on the snapshot it started with.
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -63,6 +64,18 @@ class PluginRecord:
     def active(self) -> bool:
         return self.status == ACTIVE
 
+    @property
+    def worker_user(self) -> str | None:
+        """Who this sandboxed plugin's worker runs as, as the backend started it (never as
+        the worker claims): the sandbox user, "root" (only with `[sandbox] allow_root`) or
+        the backend's own user; None in-process or when no worker started."""
+        if self.mode != "sandbox" or not self.isolation:
+            return None
+        for layer in self.isolation:
+            if layer.startswith("user:"):
+                return layer.removeprefix("user:")
+        return backend_user()
+
     def to_json(self) -> dict[str, Any]:
         """The fields of `dihya plugins list --json` and the HTTP API."""
         return {
@@ -75,8 +88,18 @@ class PluginRecord:
             "safe": self.safe, "priority": self.priority, "entry_point": self.value,
             "description": self.description, "author": self.author,
             "isolation": list(self.isolation), "warnings": list(self.warnings),
+            "worker_user": self.worker_user,
             "actions": [a.to_json() for a in self.actions.values()],
         }
+
+
+def backend_user() -> str:
+    """This process's user name (its uid when it has no name)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 @attrs.frozen

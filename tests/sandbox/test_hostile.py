@@ -232,3 +232,33 @@ def test_memory_bomb_at_import(plugin_site, needs, closing) -> None:
     record, _, _ = run_with_witness(plugin_site, needs, closing, source)
     assert (record["status"], record["reason"]) == ("failed", "import-error")
     assert "MemoryError" in record["message"]
+
+
+def test_a_forged_deeply_nested_frame_is_the_plugins_failure(plugin_site, needs,
+                                                              closing) -> None:
+    # the plugin writes its own frame on the stream to the backend: 1 MB of `[`
+    forge = hook("import os, stat, struct\n"
+                 "out = [fd for fd in range(3, 64) if _is_pipe(fd)][-1]\n"
+                 "body = b'[' * (1024 * 1024)\n"
+                 "os.write(out, struct.pack('>I', len(body)) + body)\n"
+                 "return code")
+    source = ("#!full\nimport os, stat\n"
+              "def _is_pipe(fd):\n    try:\n        return stat.S_ISFIFO(os.fstat(fd).st_mode)\n"
+              "    except OSError:\n        return False\n" + plugin_source("NAME", body=forge))
+    _, report, _ = run_with_witness(plugin_site, needs, closing, source)
+    assert list(report.values()) == ["failed"]
+
+
+def test_filling_the_scratch_dir_stays_in_the_worker(plugin_site, needs, closing) -> None:
+    require_layers("bwrap")
+    fill = hook("import os\nwritten = 0\n"
+                "try:\n    for i in range(64):\n"
+                "        with open(os.path.join(os.environ['TMPDIR'], f'f{i}'), 'wb') as fh:\n"
+                "            fh.write(b'x' * (1024 * 1024))\n        written += 1\n"
+                "except OSError as exc:\n    code['full.txt'] = f'{written} {exc.errno}'\n"
+                "code['where.txt'] = os.environ['TMPDIR']\nreturn code")
+    _, report, files = run_with_witness(plugin_site, needs, closing, fill, scratch_mb=4)
+    assert list(report.values()) == ["ok"]
+    written, err = files["full.txt"].split()
+    assert int(written) <= 4 and int(err) == 28  # ENOSPC: a private 4 MiB tmpfs
+    assert not any(Path(files["where.txt"]).iterdir()), "the worker wrote to the host's disk"

@@ -153,7 +153,7 @@ def test_a_fixed_plugin_loads_after_a_failed_import(plugin_site, tmp_path: Path)
         state.close()
 
 
-def wait_for(predicate, timeout: float = 5.0) -> float:
+def wait_for(predicate, timeout: float = 60.0) -> float:
     """Seconds until `predicate()` held (polled every 10 ms); fails after `timeout`."""
     start = time.monotonic()
     while not predicate():

@@ -85,7 +85,6 @@ class Hello:
     meta: dict[str, Any]
     layers: tuple[str, ...]
     warnings: tuple[str, ...]
-    uid: int | None = None  # the uid the worker runs as (in its own user namespace)
 
 
 class Worker:
@@ -120,6 +119,7 @@ class Worker:
             scratch_dir=self.scratch,
             read_only_paths=read_only_paths((*self.spec.path, *([cache] if cache else []))),
             address_space_bytes=self.settings.memory_mb * 1024 * 1024,
+            scratch_bytes=self.settings.scratch_mb * 1024 * 1024,
             cpu_seconds=self.settings.cpu_seconds, allow_root=self.settings.allow_root)
         payload: dict[str, Any] = {"group": self.spec.group, "name": self.spec.name,
                                    "fingerprint": self.spec.fingerprint,
@@ -161,9 +161,7 @@ class Worker:
         if not isinstance(meta, dict):
             raise WorkerStartError("sandbox-start-failed", "the worker sent no metadata")
         inner = [str(x) for x in first.get("layers", []) if isinstance(x, str)]
-        uid = first.get("uid")
-        return Hello(meta, tuple(outer + inner), tuple(warnings),
-                     uid if isinstance(uid, int) and not isinstance(uid, bool) else None)
+        return Hello(meta, tuple(outer + inner), tuple(warnings))
 
     @property
     def alive(self) -> bool:

@@ -14,9 +14,11 @@ bwrap (preferred)
     an empty root holding only: the system libraries (SYSTEM_READ_ONLY_PATHS), each path of
     `policy.read_only_paths` (the interpreter's prefixes, the import path, the bytecode
     cache) bound read-only at its own path, `/dev` (null, zero, random, urandom, tty, shm),
-    a `/proc` of the worker's own PID namespace, and the scratch dir read-write; the root
-    is then made read-only. Host `/run`, `/var`, `/home`, `/tmp`, `/etc` (but the loader
-    cache and local time) are absent: a database's unix socket cannot even be named.
+    a `/proc` of the worker's own PID namespace, and the scratch dir: a private tmpfs of
+    `scratch_bytes` (`[sandbox] scratch_mb`), so nothing a worker writes reaches the host's
+    disk and it is gone when the worker exits; the root is then made read-only. Host
+    `/run`, `/var`, `/home`, `/tmp`, `/etc` (but the loader cache and local time) are
+    absent: a database's unix socket cannot even be named.
     Directories that lead to a bound path are created afresh (mode 0755), so an
     interpreter under `/root` (mode 0700 on the host) is reachable inside the view.
 user
@@ -126,8 +128,10 @@ def _outermost(paths: Iterable[str]) -> list[str]:
     return [p for p in found if not any(q != p and _inside(p, q) for q in found)]
 
 
-def view_args(paths: Iterable[str], scratch: str | None) -> list[str]:
-    """bwrap arguments for a root holding only `paths` (read-only) and `scratch` (if any).
+def view_args(paths: Iterable[str], scratch: str | None,
+              scratch_bytes: int | None = None) -> list[str]:
+    """bwrap arguments for a root holding only `paths` (read-only) and `scratch` (if any):
+    the host directory, or with `scratch_bytes` a private tmpfs of that size at its path.
 
     Each path is bound at its real location; a symbolic link on the way to it (`/lib64 ->
     usr/lib64`, `/etc/localtime`) is recreated as a link. Directories leading to a bound
@@ -172,7 +176,10 @@ def view_args(paths: Iterable[str], scratch: str | None) -> list[str]:
     if scratch is not None:
         if not any(_inside(scratch, b) for b in bound):
             make_parents(scratch)
-        args.extend(["--bind", scratch, scratch])
+        if scratch_bytes is None:
+            args.extend(["--bind", scratch, scratch])
+        else:  # only the worker lives in this mount namespace; Landlock still applies
+            args.extend(["--perms", "0777", "--size", str(scratch_bytes), "--tmpfs", scratch])
     return [*args, "--remount-ro", "/"]
 
 
@@ -360,7 +367,8 @@ def launch(argv: list[str], policy: SandboxPolicy
             paths.append(_setpriv() or "/usr/bin/setpriv")
             _warn_unreadable(policy.read_only_paths, user, warnings)
         bwrap = shutil.which("bwrap", path=SAFE_PATH) or "bwrap"
-        full = [*_bwrap_argv(bwrap, view_args(paths, scratch), scratch, privileged=root,
+        view = view_args(paths, scratch, policy.scratch_bytes)
+        full = [*_bwrap_argv(bwrap, view, scratch, privileged=root,
                              switch_to=user if how == "setpriv" else None), *full]
         layers.append("bwrap")
     elif outer == "unshare":

@@ -42,6 +42,9 @@ class SandboxPolicy:
     address_space_bytes: int = 512 * 1024**2
     cpu_seconds: int = 30
     file_size_bytes: int = 16 * 1024**2
+    # with bubblewrap: the scratch dir is a private tmpfs of this size, gone when the worker
+    # exits (nothing it writes reaches the host's disk); None binds the host directory
+    scratch_bytes: int | None = None
     open_files: int = 64
     processes: int = 64              # RLIMIT_NPROC (only meaningful for a non-root user)
     network: bool = False            # always False today

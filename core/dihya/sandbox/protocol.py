@@ -68,6 +68,8 @@ def read_frame(fd: int, deadline: float | None = None,
         message = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame is not JSON: {exc}") from exc
+    except RecursionError as exc:  # `[[[[...` from a hostile worker: never the caller's crash
+        raise ProtocolError("frame is nested too deeply") from exc
     if not isinstance(message, dict):
         raise ProtocolError("frame is not a JSON object")
     return message

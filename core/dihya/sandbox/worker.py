@@ -137,6 +137,6 @@ def main(argv: list[str]) -> int:
                                        "message": f"{type(exc).__name__}: {exc}"[:2000]}})
         return 1
     write_frame(out_fd, {"id": 0, "ok": True, "op": "hello", "meta": meta,
-                         "layers": layers_on, "uid": os.getuid()})
+                         "layers": layers_on})
     return serve(0, out_fd, instance, allowed, max_bytes)
 

@@ -22,12 +22,21 @@ def readyz() -> tuple[Response, int]:
     state = current_app.extensions["dihya"]
     snapshot = state.snapshot()
     store_ok = state.store.ping()
-    checks = {"config": True, "registry": snapshot is not None, "store": store_ok}
+    records = snapshot.records if snapshot else ()
+    # an approved sandbox-mode plugin whose worker cannot start (no isolation it may run
+    # with, e.g. a root backend with no unprivileged user and no `[sandbox] allow_root`)
+    unstartable = sorted(r.name for r in records if r.reason == "sandbox-start-failed")
+    checks = {"config": True, "registry": snapshot is not None, "store": store_ok,
+              "sandbox": not unstartable}
     ready = all(checks.values())
     body = {"status": "ok" if ready else "unavailable", "checks": checks,
             "plugins_active": len(snapshot.active) if snapshot else 0,
             # which change this worker has caught up with, and since when: compare across
             # workers and nodes to see a reload or a switch propagate
             "state_version": state.version,
-            "registry_age_s": round(max(0.0, time.time() - snapshot.built_at), 3)}
+            "registry_age_s": round(max(0.0, time.time() - snapshot.built_at), 3) if snapshot
+            else None,
+            "sandbox": {"failed": unstartable,
+                        "worker_users": sorted({r.worker_user for r in records
+                                                if r.active and r.worker_user})}}
     return jsonify(body), 200 if ready else 503

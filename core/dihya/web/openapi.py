@@ -273,7 +273,7 @@ def _schemas() -> dict[str, Schema]:
             "required": ["name", "distribution", "version", "status", "reason", "message",
                          "mode", "fingerprint", "approved_fingerprint", "hooks", "required",
                          "roles", "safe", "priority", "entry_point", "description", "author",
-                         "isolation", "warnings", "actions"],
+                         "isolation", "warnings", "worker_user", "actions"],
             "additionalProperties": False,
             "properties": {
                 "name": {"type": "string", "description": "The entry-point name."},
@@ -298,6 +298,11 @@ def _schemas() -> dict[str, Schema]:
                 "author": _nullable(string),
                 "isolation": {"type": "array", "items": string},
                 "warnings": {"type": "array", "items": string},
+                "worker_user": _nullable({
+                    "type": "string",
+                    "description": "Who the plugin's sandbox worker runs as: the sandbox "
+                                   "user, `root` (only with `[sandbox] allow_root`) or the "
+                                   "backend's own user; null in-process."}),
                 "actions": {"type": "array", "items": {"$ref": _REF + "Action"}},
             },
         },
@@ -311,16 +316,25 @@ def _schemas() -> dict[str, Schema]:
             "additionalProperties": False,
             "properties": {
                 "status": {"type": "string", "enum": ["ok", "unavailable"]},
-                "checks": {"type": "object", "required": ["config", "registry", "store"],
+                "checks": {"type": "object",
+                           "required": ["config", "registry", "store", "sandbox"],
                            "additionalProperties": boolean,
                            "properties": {"config": boolean, "registry": boolean,
-                                          "store": boolean}},
+                                          "store": boolean, "sandbox": boolean}},
                 "plugins_active": {"type": "integer", "minimum": 0},
                 "state_version": {"type": "integer", "minimum": 0, "description":
                                   "The store's state version this worker's registry was "
                                   "built for; every switch and reload bumps it."},
-                "registry_age_s": {"type": "number", "minimum": 0, "description":
+                "registry_age_s": {"type": ["number", "null"], "minimum": 0, "description":
                                    "Seconds since this worker built its registry."},
+                "sandbox": {
+                    "type": "object", "required": ["failed", "worker_users"],
+                    "additionalProperties": False,
+                    "description": "Sandbox workers: the approved plugins whose worker "
+                                   "cannot start (`checks.sandbox` is false then) and the "
+                                   "users the running workers run as.",
+                    "properties": {"failed": {"type": "array", "items": string},
+                                   "worker_users": {"type": "array", "items": string}}},
             },
         },
     }
