@@ -113,21 +113,23 @@ def make_needs(size: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def outer_layer(outer: str) -> Iterator[None]:
-    """Workers started inside use `SandboxPolicy(outer=...)` (the policy's other fields kept)."""
+    """Workers started inside use `SandboxPolicy(outer=...)` (the policy's other fields kept;
+    without bwrap's view a root backend may need `allow_root` to start one at all)."""
     import attrs
 
-    from dihya.sandbox import layers
+    from dihya.executor import sandbox
 
-    original = layers.launch
+    original = sandbox.launch
 
     def launch(argv: list[str], policy: Any) -> Any:
-        return original(argv, attrs.evolve(policy, outer=outer))
+        return original(argv, attrs.evolve(policy, outer=outer,
+                                           allow_root=policy.allow_root or outer == "none"))
 
-    layers.launch = launch  # type: ignore[assignment]
+    sandbox.launch = launch  # type: ignore[assignment]
     try:
         yield
     finally:
-        layers.launch = original  # type: ignore[assignment]
+        sandbox.launch = original  # type: ignore[assignment]
 
 
 def descendants(pid: int) -> list[int]:
