@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,22 @@ def test_an_unsafe_cache_directory_is_not_used(tmp_path: Path, monkeypatch) -> N
     shutil.rmtree(path)
     path.symlink_to(tmp_path)  # a link placed where the cache should be
     assert bytecode.cache_dir() is None
+
+
+def test_the_warm_up_runs_no_pth_file_and_writes_only_its_cache(tmp_path: Path) -> None:
+    """The warm-up is started like a worker (`-I -S`, the view, Landlock, seccomp): a
+    code-running .pth file in site-packages never runs in it."""
+    token = f"dihya-warm-{os.getpid()}"
+    cache = tmp_path / token / "worker-pycache"
+    cache.mkdir(parents=True, mode=0o755)
+    site = Path(sysconfig.get_paths()["purelib"])
+    pth = site / f"zz-{token}.pth"
+    # only acts in a process whose HOME is this test's cache (the warm-up's HOME)
+    pth.write_text(f"import os; h = os.environ.get('HOME', ''); '{token}' in h and "
+                   f"open(os.path.join(h, 'pth-ran'), 'w').close()\n")
+    try:
+        assert bytecode._run_warm_up(str(cache))
+    finally:
+        pth.unlink()
+    assert not (cache / "pth-ran").exists(), "a .pth file ran in the bytecode warm-up"
+    assert any(cache.rglob("worker*.pyc")), "the warm-up filled its cache"
