@@ -83,8 +83,14 @@ def test_worker_recycled_after_max_calls_and_reaped_when_idle(plugin_site, needs
     snap, _names = sandboxed(plugin_site, {"pid": hook(
         'code["pid.txt"] = INSTANCE\nreturn code')}, max_calls=2)
     closing(snap)
-    pids = [run_generation(needs, snap).files["pid.txt"] for _ in range(3)]
-    assert pids[0] == pids[1] != pids[2]
+    pids = [run_generation(needs, snap).files["pid.txt"] for _ in range(2)]
+    assert pids[0] == pids[1]
+    # from the third call on the old worker serves while its replacement starts
+    deadline = time.monotonic() + 120
+    while (latest := run_generation(needs, snap).files["pid.txt"]) == pids[0]:
+        assert time.monotonic() < deadline, "the worker was never replaced"
+        time.sleep(0.05)
+    pids.append(latest)
     pool: SandboxPool = snap.sandbox
     assert pool.reap_idle(now=time.monotonic() + 10_000) == 1
     assert pool.running() == {}
@@ -192,3 +198,31 @@ def test_malformed_changes_are_refused() -> None:
     for bad in (None, [], {"set": []}, {"set": {}, "removed": "a"}):
         with pytest.raises(WorkerFailed):
             apply_changes({"a": "1"}, bad)
+
+
+def test_a_recycled_worker_serves_until_its_replacement_is_ready(plugin_site, needs,
+                                                                 closing, tmp_path) -> None:
+    """At `max_calls` the replacement starts in the background; the old worker answers
+    meanwhile (here the replacement's import is held until the test lets it go: no call
+    waits for it), and the first call after its hello gets it."""
+    gate = plugin_site.site / "go"  # inside the worker's view (the plugin's site dir)
+    gate.touch()
+    wait_at_import = (f"#!full\nimport os, time\nwhile not os.path.exists({str(gate)!r}):\n"
+                      "    time.sleep(0.01)\n" + plugin_source("NAME", body=hook(
+                          'code["instance.txt"] = INSTANCE\nreturn code')))
+    snap, names = sandboxed(plugin_site, {"r": wait_at_import}, max_calls=3,
+                            start_timeout_s=120.0)
+    closing(snap)
+    assert snap.get(names["r"]).active, snap.get(names["r"]).message
+    first = {run_generation(needs, snap).files["instance.txt"] for _ in range(3)}
+    assert len(first) == 1
+    gate.unlink()  # the replacement, started at the next call, waits at import
+    for _ in range(3):  # served by the old worker: nothing waits for the new one
+        assert run_generation(needs, snap).files["instance.txt"] in first
+    gate.touch()
+    deadline = time.monotonic() + 120
+    while run_generation(needs, snap).files["instance.txt"] in first:
+        assert time.monotonic() < deadline, "the replacement never took over"
+        time.sleep(0.05)
+    running = snap.sandbox.running()
+    assert list(running) == [names["r"]]

@@ -265,6 +265,10 @@ class SandboxPool:
         self._closed = False
         self._reaper: threading.Thread | None = None
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dihya-spawner")
+        # replacements of workers that reached `max_calls`, started in the background
+        # (name -> the spec being started, then the started worker or its start error)
+        self._replacing: dict[str, WorkerSpec] = {}
+        self._replacements: dict[str, Worker | WorkerStartError] = {}
 
     def _spawn(self, start: Callable[[], Any]) -> Any:
         return self._spawner.submit(start).result()
@@ -297,8 +301,13 @@ class SandboxPool:
             workers = [self._workers.pop(n) for n in gone]
             for n in gone:
                 self._specs.pop(n, None)
+            spare = [self._replacements.pop(n) for n in list(self._replacements)
+                     if n not in names]
         for worker in workers:
             self._retire(worker)
+        for extra in spare:
+            if isinstance(extra, Worker):
+                extra.close()
 
     def _retire(self, worker: Worker, grace_s: float | None = None) -> None:
         """Stop `worker` after the call it may be serving (at most the grace period)."""
@@ -316,8 +325,13 @@ class SandboxPool:
         threading.Thread(target=drain, name="dihya-sandbox-drain", daemon=True).start()
 
     def worker(self, name: str, fingerprint: str | None = None) -> Worker:
-        """The live worker of `name`, started afresh when it died, was recycled or reaped.
+        """The live worker of `name`, started afresh when it died or was reaped.
 
+        A worker that reached `max_calls` goes on serving while its replacement starts in
+        the background; the first call after the replacement said hello gets it, and the old
+        one is retired once idle. So no request waits for a recycling, unless the
+        replacement failed or is not ready by `recycle_cap` calls: then the next call starts
+        one itself (and gets the error, if starting fails).
         With `fingerprint` (the caller's snapshot's), a worker of another version of the
         plugin is refused (`WorkerRetired`): a generation never mixes two versions.
         """
@@ -329,12 +343,22 @@ class SandboxPool:
         if spec is not None and fingerprint is not None and spec.fingerprint != fingerprint:
             raise WorkerRetired(f"{name} was replaced by another version during this "
                                 "generation")
-        if worker is not None and worker.alive and worker.calls < self.settings.max_calls:
-            return worker
+        if worker is not None and worker.alive:
+            limit = self.settings.max_calls
+            if worker.calls < limit:
+                return worker
+            assert spec is not None
+            fresh = self._take_replacement(name, spec)
+            if fresh is not None:
+                return fresh
+            if worker.calls < self.recycle_cap:
+                return worker
         if spec is None:  # retired by a rebuild (`retain`) after the caller's snapshot
             raise WorkerRetired.switched_off(name)
         if worker is not None:
             worker.close()
+        with self._lock:
+            self._replacements.pop(name, None)  # a failed background start: try again here
         try:
             fresh = Worker(spec, self.settings, spawn=self._spawn)
         except WorkerStartError as exc:
@@ -346,17 +370,69 @@ class SandboxPool:
             self._workers[name] = fresh
         return fresh
 
+    @property
+    def recycle_cap(self) -> int:
+        """Calls after which a worker is replaced synchronously when its background
+        replacement is not there: twice `max_calls`, and at least 100 more than it."""
+        return max(2 * self.settings.max_calls, self.settings.max_calls + 100)
+
+    def _take_replacement(self, name: str, spec: WorkerSpec) -> Worker | None:
+        """The started replacement of `name`'s worker, swapped in (the old one retired);
+        None while it is starting (started now if it was not) or when it failed to start
+        (no retry in the background: the old worker serves until `recycle_cap`)."""
+        with self._lock:
+            ready = self._replacements.pop(name, None)
+            if isinstance(ready, WorkerStartError):
+                self._replacements[name] = ready
+                return None
+            if ready is None and name not in self._replacing:
+                self._replacing[name] = spec
+                threading.Thread(target=self._start_replacement, args=(spec,), daemon=True,
+                                 name=f"dihya-sandbox-replace-{name[:20]}").start()
+            if ready is None:
+                return None  # starting: the old worker serves on
+            if self._closed or self._specs.get(name) != ready.spec:
+                stale: Worker | None = ready
+                old = None
+            else:
+                stale = None
+                old = self._workers.get(name)
+                self._workers[name] = ready
+        if stale is not None:
+            stale.close()
+            return None
+        if old is not None:
+            self._retire(old)
+        return ready
+
+    def _start_replacement(self, spec: WorkerSpec) -> None:
+        try:
+            fresh: Worker | WorkerStartError = Worker(spec, self.settings, spawn=self._spawn)
+        except WorkerStartError as exc:
+            fresh = exc
+        except OSError as exc:
+            fresh = WorkerStartError("sandbox-start-failed", f"cannot start a worker: {exc}")
+        with self._lock:
+            self._replacing.pop(spec.name, None)
+            keep = not self._closed and self._specs.get(spec.name) == spec
+            if keep:
+                self._replacements[spec.name] = fresh
+        if not keep and isinstance(fresh, Worker):
+            fresh.close()
+
     def executor(self) -> SandboxExecutor:
         return SandboxExecutor(self)
 
     def reap_idle(self, now: float | None = None) -> int:
-        """Stop workers idle for longer than `idle_s`; returns how many."""
+        """Stop workers idle for longer than `idle_s` (and their replacements); returns how
+        many workers."""
         now = time.monotonic() if now is None else now
         with self._lock:
             idle = [n for n, w in self._workers.items()
                     if now - w.last_used > self.settings.idle_s and not w.lock.locked()]
             workers = [self._workers.pop(n) for n in idle]
-        for worker in workers:
+            spare = [self._replacements.pop(n) for n in idle if n in self._replacements]
+        for worker in [*workers, *(w for w in spare if isinstance(w, Worker))]:
             worker.close()
         return len(workers)
 
@@ -383,7 +459,9 @@ class SandboxPool:
         with self._lock:
             self._closed = True
             workers = list(self._workers.values())
+            workers += [w for w in self._replacements.values() if isinstance(w, Worker)]
             self._workers.clear()
+            self._replacements.clear()
         for worker in workers:
             worker.close()
         self._spawner.shutdown(wait=False)
