@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -101,3 +103,31 @@ def test_tokens_cli(backend) -> None:
     assert backend.dihya("tokens", "create", "--role", "root", "--name", "x").returncode == 2
     assert backend.dihya("tokens", "revoke", "reader").returncode == 0
     assert backend.dihya("tokens", "revoke", "reader").returncode == 1
+
+
+def test_workers_stop_when_the_master_is_killed_and_a_restart_works(backend) -> None:
+    """`kill -9` of the gunicorn master: its workers exit (they never serve unsupervised)
+    and a new server starts on the same port."""
+    assert backend.dihya("plugins", "approve", "example").returncode == 0
+    first = Server(backend.venv, backend.config, workers=2, cwd=backend.home).wait_ready()
+    try:
+        workers = first.worker_pids()
+        assert len(workers) == 2
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(timeout=30)
+        # gunicorn's own check of its parent runs only between idle waits of up to half its
+        # 60 s timeout, and never under steady load; SIGTERM on the master's death takes
+        # well under a second
+        start = time.monotonic()
+        while [p for p in workers if Path(f"/proc/{p}").exists()]:
+            assert time.monotonic() - start < 20, "the workers kept running without a master"
+            time.sleep(0.1)
+        print(f"workers gone {time.monotonic() - start:.2f} s after the master's death")
+    finally:
+        first.stop()
+    again = Server(backend.venv, backend.config, workers=2, cwd=backend.home,
+                   port=first.port).wait_ready(timeout=60)
+    try:
+        assert again.call("GET", "/healthz")[0] == 200
+    finally:
+        again.stop()

@@ -50,8 +50,9 @@ class Server:
     """`dihya --config CONFIG serve --port P --workers N` from a venv, until `stop()`."""
 
     def __init__(self, venv: Path, config: Path, *, workers: int = 2, cwd: Path | None = None,
-                 env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> None:
-        self.port = free_port()
+                 env: Mapping[str, str] | None = None, args: Sequence[str] = (),
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [str(venv / "bin" / "dihya"), "--config", str(config), "serve",
@@ -85,6 +86,20 @@ class Server:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError("the server did not become ready:\n" + self.output)
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the server's worker processes (the master's children)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(")") + 2:].split()[1]) == self.proc.pid:
+                found.append(int(entry))
+        return found
 
     def call(self, method: str, path: str, token: str | None = None,
              body: Any = None, timeout: float = 30) -> tuple[int, dict[str, str], Any]:

@@ -55,8 +55,26 @@ def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 6
         # own 414 page; the API's query strings are far shorter
         "limit_request_line": 8190,
         "proc_name": "dihya",
+        "post_fork": die_with_master,
         "worker_exit": close_worker_state,
     }).run()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_master(arbiter: Any, _worker: Any) -> None:
+    """A server worker gets SIGTERM when its master dies, even by `kill -9`: it never serves
+    unsupervised (gunicorn's own check runs only between idle waits), and a restart finds
+    the port free once the workers finished their requests."""
+    import ctypes
+    import os
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != arbiter.pid:  # the master died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def close_worker_state(_arbiter: Any, worker: Any) -> None:
