@@ -43,6 +43,7 @@ from dihya.gate import FAILED, REFUSED, dependency_problems, inspect_files, reso
 from dihya.registry import RegistrySnapshot, build_registry
 
 if TYPE_CHECKING:
+    from dihya.output import OutputError
     from dihya.store import Store
 
 
@@ -483,7 +484,7 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: 
     try:
         _notes(prepare_outdir(outdir, replace_mode(force, update)))
     except OutputError as exc:
-        raise (Usage if exc.usage else CheckFailed)(str(exc)) from exc
+        raise _output_failed(exc) from exc
     needs = _read_json(needs_file)
     snapshot = state.registry()
     emit: Callable[[dict[str, Any]], None] = _echo_json if as_json else _echo_report
@@ -501,7 +502,7 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: 
     try:
         written = write_tree(result.files, outdir, force=force, keep_added=update)
     except OutputError as exc:
-        raise (Usage if exc.usage else CheckFailed)(str(exc)) from exc
+        raise _output_failed(exc) from exc
     _notes(written.recovered)
     emit({"outdir": str(outdir), "files": written.files, "kept": written.kept,
           "plugins": [h.to_json() for h in result.plugins],
@@ -511,6 +512,12 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: 
 def _notes(lines: list[str]) -> None:
     for line in lines:
         click.echo(f"note: {line}", err=True)
+
+
+def _output_failed(exc: OutputError) -> click.ClickException:
+    """Exit 2 for a refusal (what was asked), 1 for a failed write; OUTDIR is as it was."""
+    _notes(exc.recovered)
+    return (Usage if exc.usage else CheckFailed)(str(exc))
 
 
 @main.command()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Final
@@ -60,6 +60,7 @@ class OutputError(Exception):
     def __init__(self, message: str, *, usage: bool = True) -> None:
         super().__init__(message)
         self.usage = usage
+        self.recovered: list[str] = []  # what was put back from an interrupted run first
 
 
 @attrs.frozen
@@ -86,7 +87,8 @@ def prepare_outdir(outdir: Path, replace: Replace) -> list[str]:
         return []
     with locked(target.parent):
         recovered = _recover(target)
-        _plan(target, replace, planned=None)
+        with _reporting(recovered):
+            _plan(target, replace, planned=None)
     return recovered
 
 
@@ -101,9 +103,20 @@ def write_tree(files: Mapping[str, str], outdir: Path, force: bool = False,
         raise _failure(exc, target, f"cannot create {target.parent}") from None
     with locked(target.parent):
         recovered = _recover(target)
-        kept = _plan(target, replace_mode(force, keep_added), planned=contents)
-        _write_and_swap(contents, target, kept)
+        with _reporting(recovered):
+            kept = _plan(target, replace_mode(force, keep_added), planned=contents)
+            _write_and_swap(contents, target, kept)
     return Written(sorted(files), list(kept), recovered)
+
+
+@contextlib.contextmanager
+def _reporting(recovered: list[str]) -> Iterator[None]:
+    """A refusal after a recovery still tells what the recovery put back."""
+    try:
+        yield
+    except OutputError as exc:
+        exc.recovered = recovered
+        raise
 
 
 def _encoded(files: Mapping[str, str]) -> dict[str, bytes]:
@@ -303,10 +316,10 @@ def _undo(target: Path) -> bool:
 
 
 def _failure(exc: OSError, target: Path, doing: str, undone: bool = True) -> OutputError:
+    """One line: what failed, that OUTDIR is intact (or how it will be), what to do."""
     state = (f"{target} is as it was" if undone else
              f"the next `dihya generate -o {target}` puts back what this run left beside it")
-    if exc.errno in _DISK_FULL:
-        return OutputError(f"no space left to write {target} ({exc.strerror}): {state}; free "
-                           "some space, or write to another disk with -o", usage=False)
-    where = f" ({exc.filename})" if exc.filename else ""
-    return OutputError(f"{doing} {target}: {exc.strerror}{where}; {state}", usage=False)
+    where = f" ({exc.filename})" if exc.filename and exc.errno not in _DISK_FULL else ""
+    advice = ("; free some space (or raise the quota or file-size limit), or write to "
+              "another disk with -o" if exc.errno in _DISK_FULL else "")
+    return OutputError(f"{doing} {target}: {exc.strerror}{where}; {state}{advice}", usage=False)
