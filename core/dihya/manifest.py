@@ -73,11 +73,14 @@ def read_manifest(root: Path) -> Manifest | None:
     """The manifest at the top of `root`; None if there is none (no such file)."""
     path = root / MANIFEST_NAME
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
-    except OSError as exc:  # a symbolic link (ELOOP), a directory, no permission
+    except OSError as exc:  # a symbolic link (ELOOP), no permission
         raise ManifestError(f"{MANIFEST_NAME} cannot be read: {exc.strerror}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ManifestError(f"{MANIFEST_NAME} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
         raw = fh.read(64 * 1024 * 1024)
     try:
@@ -103,9 +106,10 @@ def _file_sha256(path: Path) -> str | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None  # a directory, a FIFO or a device under a generated file's name
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            return None  # a FIFO or a device under a generated file's name
         digest = hashlib.sha256()
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
@@ -123,10 +127,6 @@ class Survey:
 
     changed: tuple[str, ...]
     added: tuple[str, ...]
-
-    @property
-    def foreign(self) -> tuple[str, ...]:
-        return self.changed + self.added
 
 
 def survey(root: Path, manifest: Manifest, planned: Iterable[str] = ()) -> Survey:

@@ -162,6 +162,22 @@ def test_a_broken_manifest_is_refused(tmp_path: Path) -> None:
     assert (out / "app/old.py").exists()
 
 
+@pytest.mark.parametrize("kind", ["directory", "fifo", "link"])
+def test_a_manifest_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    out = generated(tmp_path)
+    manifest = out / MANIFEST_NAME
+    manifest.rename(tmp_path / "saved.json")
+    if kind == "directory":
+        manifest.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(manifest)  # opening it for reading must not hang
+    else:
+        manifest.symlink_to(tmp_path / "saved.json")
+    with pytest.raises(OutputError, match=rf"{MANIFEST_NAME} (is not a regular file|cannot be)"):
+        write_tree(SECOND, out, force=True)
+    assert (out / "app/old.py").exists()
+
+
 @pytest.mark.parametrize("where", [".", "..", "/"])
 def test_the_current_directory_its_ancestors_and_the_root_are_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
