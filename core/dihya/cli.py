@@ -460,7 +460,8 @@ def verify(state: State, as_json: bool) -> None:
 @main.command()
 @click.argument("needs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "outdir", required=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Directory to create.")
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write: a new or empty one, else see --force and --update.")
 @click.option("--force", is_flag=True,
               help="Replace OUTDIR if dihya generated it and nothing in it changed since "
                    "(its .dihya-manifest.json says); refuses, naming them, if it holds other "

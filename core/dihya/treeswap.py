@@ -10,12 +10,16 @@ Every run into OUTDIR first recovers what an interrupted run left beside it (`re
 an `.old-` tree goes back into place when OUTDIR is missing, and every leftover tree gives
 back the entries that are not the tool's own (a user's file carried over by `--update`)
 before it is deleted. A leftover without a valid manifest was still being written: it
-holds only the tool's partial files. All of this runs under an exclusive `flock` on the
-parent directory, so a concurrent run never takes another's tree for a leftover.
+holds only the tool's partial files (the manifest is written last, and deleted last). An
+`.old-` tree without a manifest that is not empty was left by an earlier version of the
+tool, which did not write one: it is left alone, with a note. All of this runs under an
+exclusive `flock` on the parent directory, so a concurrent run never takes another's tree
+for a leftover.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -125,21 +129,34 @@ def recover(outdir: Path) -> list[str]:
         os.rename(olds.pop(), outdir)
         done.append(f"put back {outdir}, which an interrupted run had left as a hidden sibling")
     for tree in olds + tmps:
-        moved = give_back(tree, outdir)
+        manifest = _manifest_of(tree)
+        if manifest is None and tree in olds and any(tree.iterdir()):
+            # Ours always have a manifest until their last file goes (see `discard`): this
+            # is a previous OUTDIR that an earlier dihya version was about to delete.
+            done.append(f"left {tree} as it is: a previous {outdir.name} without a manifest; "
+                        "keep what you want from it, then delete it")
+            continue
+        moved = give_back(tree, outdir, manifest)
         if moved:
             done.append(f"put back {', '.join(moved)} into {outdir} from {tree.name}")
         discard(tree)
     return done
 
 
-def give_back(tree: Path, outdir: Path) -> list[str]:
-    """Move every entry of `tree` that is not the tool's own back to the same place in
-    `outdir`; RecoveryError (and nothing deleted) if one would overwrite something."""
+def _manifest_of(tree: Path) -> Manifest | None:
     try:
-        manifest = read_manifest(tree)
+        return read_manifest(tree)
     except ManifestError:
-        manifest = None
-    if manifest is None:  # still being written when the run stopped: only the tool's files
+        return None  # cut short while being written: not a finished tree
+
+
+def give_back(tree: Path, outdir: Path, manifest: Manifest | None) -> list[str]:
+    """Move every entry of `tree` that is not the tool's own back to the same place in
+    `outdir`; RecoveryError (and nothing deleted) if one would overwrite something.
+
+    A tree without a manifest was still being written (the manifest is its last file, and
+    the user's entries are moved in only after it): it holds only the tool's files."""
+    if manifest is None:
         return []
     moved: list[str] = []
     clashes: list[str] = []
@@ -183,9 +200,19 @@ def _is_real_dir(path: Path) -> bool:
 
 
 def discard(tree: Path | None) -> None:
-    """Delete a tree that holds only the tool's files; what fails now, `recover` retries."""
-    if tree is not None:
-        shutil.rmtree(tree, ignore_errors=True)
+    """Delete a tree that holds only the tool's files, its manifest last: a deletion cut
+    short leaves a tree that `recover` still recognises as the tool's, and finishes."""
+    if tree is None:
+        return
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(tree):
+            if entry.name == MANIFEST_NAME:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+    shutil.rmtree(tree, ignore_errors=True)
 
 
 def fsync_tree(root: Path) -> None:

@@ -235,3 +235,36 @@ def test_failure_midway_of_an_update_puts_everything_back(tmp_path: Path) -> Non
     with pytest.raises(OutputError, match="is as it was"):
         write_tree({**SECOND, "x": "1", "x/y": "2"}, out, keep_added=True)
     assert tree(out) == before and siblings(out) == ["out"]
+
+
+def test_leftovers_of_interrupted_runs_are_recovered_or_removed(tmp_path: Path) -> None:
+    """The states a crash leaves, made by hand (test_output_crash.py makes them by killing
+    real runs): OUTDIR renamed away, a half-written tree, a user's file in a new tree."""
+    out = generated(tmp_path)
+    (out / "notes.txt").write_text("keep\n")
+    out.rename(tmp_path / ".out.old-abcd1234")  # killed between the two renames
+    half = tmp_path / ".out.tmp-efgh5678"  # killed while writing: no manifest yet
+    (half / "app").mkdir(parents=True)
+    (half / "app/__init__.py").write_text("x = ")
+    carrying = generated(tmp_path / "b")  # a new tree, killed while carrying notes2.txt
+    (carrying / "notes2.txt").write_text("mine too\n")
+    carrying.rename(tmp_path / ".out.tmp-ijkl9012")
+
+    written = write_tree(SECOND, out, keep_added=True)
+    assert siblings(out) == ["b", "out"]
+    assert (out / "notes.txt").read_text() == "keep\n"
+    assert (out / "notes2.txt").read_text() == "mine too\n"
+    assert written.kept == ["notes.txt", "notes2.txt"]
+    assert any("put back notes2.txt" in line for line in written.recovered)
+    assert (out / "README.md").read_text() == SECOND["README.md"]
+
+
+def test_an_old_tree_without_manifest_from_an_earlier_version_is_left_alone(
+        tmp_path: Path) -> None:
+    out = generated(tmp_path)
+    legacy = tmp_path / ".out.old-mnop3456"  # an earlier dihya's OUTDIR about to be deleted
+    legacy.mkdir()
+    (legacy / "notes.txt").write_text("never written by this version\n")
+    written = write_tree(SECOND, out, force=True)
+    assert (legacy / "notes.txt").is_file()
+    assert any(f"left {legacy} as it is" in line for line in written.recovered)
