@@ -28,6 +28,7 @@ from typing import Final
 
 import attrs
 
+from dihya.logs import escape_text
 from dihya.manifest import MANIFEST_NAME, Manifest, ManifestError, dirs_of, read_manifest, survey
 from dihya.needs import unsafe_path_reason
 from dihya.treeswap import (
@@ -204,7 +205,7 @@ def _plan_unchecked(target: Path, replace: Replace,
     if labels:
         verb = "update" if replace is Replace.KEEP_ADDED else "replace"
         raise OutputError(f"refusing to {verb} {target}: {_listed(labels)}; "
-                          + _advice(replace, bool(found.changed)))
+                          + _advice(bool(found.changed)))
     if planned is not None:
         _check_collisions(target, found.added, planned)
     return found.added
@@ -223,7 +224,7 @@ def _manifest(target: Path, names: list[str]) -> Manifest:
     return manifest
 
 
-def _advice(replace: Replace, changed: bool) -> str:
+def _advice(changed: bool) -> str:
     if changed:
         return ("dihya never overwrites an edit: move your edited files out of it (or undo the "
                 "edits), or generate into a new directory")
@@ -245,7 +246,8 @@ def _check_collisions(target: Path, added: tuple[str, ...], planned: Collection[
 
 
 def _listed(names: list[str] | tuple[str, ...]) -> str:
-    shown = ", ".join(names[:_SHOWN])
+    """The first names (escaped: a file name may hold a line break), then a count."""
+    shown = ", ".join(escape_text(name, backslash=False) for name in names[:_SHOWN])
     more = len(names) - _SHOWN
     return shown + (f" and {more} more" if more > 0 else "")
 
