@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
+NEEDS := examples/needs/todo.json
+DIHYA = $(BIN)/dihya --config $(DEMO)/dihya.toml
 
-.PHONY: demo test clean sandbox-tools
+.PHONY: demo demo-config demo-project test clean sandbox-tools
 
 $(BIN)/tox:
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +22,33 @@ sandbox-tools:
 	      || echo "warning: could not install bubblewrap; sandbox workers will lack namespaces"; \
 	  else echo "warning: bubblewrap (bwrap) is not installed; install it for the sandbox's namespaces"; fi; }
 
+# Re-runnable: it keeps your demo/dihya.toml and what you added to demo/todo.
 demo: $(BIN)/tox sandbox-tools
 	$(BIN)/pip install --quiet --force-reinstall --no-deps . ./plugins/example-plugin ./plugins/markdown-docs-plugin
 	$(BIN)/pip install --quiet . ./plugins/example-plugin ./plugins/markdown-docs-plugin
-	mkdir -p $(DEMO)
-	printf '# Demo backend config written by `make demo`.\n[plugins]\nhook_timeout_s = 2.0\n' > $(DEMO)/dihya.toml
-	$(BIN)/dihya --config $(DEMO)/dihya.toml plugins approve example markdown-docs
-	$(BIN)/dihya --config $(DEMO)/dihya.toml plugins list
-	$(BIN)/dihya --config $(DEMO)/dihya.toml generate examples/needs/todo.json -o $(DEMO)/todo --force
-	@echo "Generated project: $(DEMO)/todo (try: cd $(DEMO)/todo && python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/pytest)"
+	@$(MAKE) --no-print-directory demo-config
+	$(DIHYA) plugins approve example markdown-docs
+	$(DIHYA) plugins list
+	@$(MAKE) --no-print-directory demo-project
+
+# Written only when absent: an existing config is yours (the re-approval above updates just
+# the two bundled plugins' entries, keeping your mode, roles, switches and comments).
+demo-config:
+	@mkdir -p $(DEMO)
+	@if [ -e $(DEMO)/dihya.toml ]; then echo "keeping $(DEMO)/dihya.toml as it is"; \
+	else printf '# Demo backend config written by `make demo`.\n[plugins]\nhook_timeout_s = 2.0\n' > $(DEMO)/dihya.toml \
+	  && echo "wrote $(DEMO)/dihya.toml"; fi
+
+# --update replaces what dihya generated and keeps what you added (a .venv, notes). If it
+# refuses (you edited a generated file), the new project goes beside it, into todo.new.
+demo-project:
+	@$(DIHYA) generate $(NEEDS) -o $(DEMO)/todo --update; rc=$$?; \
+	if [ $$rc = 0 ]; then out=$(DEMO)/todo; \
+	elif [ $$rc = 2 ]; then \
+	  echo "left $(DEMO)/todo as it is (see above); generating beside it, into $(DEMO)/todo.new"; \
+	  $(DIHYA) generate $(NEEDS) -o $(DEMO)/todo.new --update || exit $$?; out=$(DEMO)/todo.new; \
+	else exit $$rc; fi; \
+	echo "Generated project: $$out (try: cd $$out && python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/pytest)"
 
 test: $(BIN)/tox sandbox-tools
 	$(BIN)/tox run

@@ -44,6 +44,7 @@ from dihya.gate import FAILED, REFUSED, dependency_problems, inspect_files, reso
 from dihya.registry import RegistrySnapshot, build_registry
 
 if TYPE_CHECKING:
+    from dihya.output import OutputError
     from dihya.store import Store
 
 
@@ -467,18 +468,32 @@ def verify(state: State, as_json: bool) -> None:
 @main.command()
 @click.argument("needs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "outdir", required=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Directory to create.")
-@click.option("--force", is_flag=True, help="Replace the content of a non-empty OUTDIR.")
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write: a new or empty one, else see --force and --update.")
+@click.option("--force", is_flag=True,
+              help="Replace OUTDIR if dihya generated it and nothing in it changed since "
+                   "(its .dihya-manifest.json says); refuses, naming them, if it holds other "
+                   "files.")
+@click.option("--update", is_flag=True,
+              help="Like --force, but keep the files you added to OUTDIR (a .venv, notes); "
+                   "a generated file you edited is still refused.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_state
-def generate(state: State, needs_file: Path, outdir: Path, force: bool, as_json: bool) -> None:
-    """Generate a project from NEEDS_FILE (JSON) into OUTDIR, with the active plugins."""
+def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: bool,
+             as_json: bool) -> None:
+    """Generate a project from NEEDS_FILE (JSON) into OUTDIR, with the active plugins.
+
+    OUTDIR is written as a whole, atomically, with a manifest of its files
+    (.dihya-manifest.json); never the current directory, your home or /.
+    """
     from dihya.needs import NeedsError
-    from dihya.output import OutputError, write_tree
+    from dihya.output import OutputError, prepare_outdir, replace_mode, write_tree
     from dihya.pipeline import GenerationFailed, run_generation
 
-    if outdir.is_dir() and any(outdir.iterdir()) and not force:
-        raise Usage(f"{outdir} is not empty; choose an empty or new directory, or pass --force")
+    try:
+        _notes(prepare_outdir(outdir, replace_mode(force, update)))
+    except OutputError as exc:
+        raise _output_failed(exc) from exc
     needs = _read_json(needs_file)
     snapshot = state.registry()
     emit: Callable[[dict[str, Any]], None] = _echo_json if as_json else _echo_report
@@ -494,11 +509,24 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, as_json:
               "plugins": [h.to_json() for h in exc.plugins]})
         raise CheckFailed(f"generation failed: {exc}") from exc
     try:
-        files = write_tree(result.files, outdir, force=force)
+        written = write_tree(result.files, outdir, force=force, keep_added=update)
     except OutputError as exc:
-        raise Usage(str(exc)) from exc
-    emit({"outdir": str(outdir), "files": files, "plugins": [h.to_json() for h in result.plugins],
+        raise _output_failed(exc) from exc
+    _notes(written.recovered)
+    emit({"outdir": str(outdir), "files": written.files, "kept": written.kept,
+          "plugins": [h.to_json() for h in result.plugins],
           "needs_sha256": result.needs_sha256, "ms": round(result.ms, 1)})
+
+
+def _notes(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"note: {line}", err=True)
+
+
+def _output_failed(exc: OutputError) -> click.ClickException:
+    """Exit 2 for a refusal (what was asked), 1 for a failed write; OUTDIR is as it was."""
+    _notes(exc.recovered)
+    return (Usage if exc.usage else CheckFailed)(str(exc))
 
 
 @main.command()
@@ -601,6 +629,8 @@ def _echo_report(report: dict[str, Any]) -> None:
     click.echo(f"wrote {len(report['files'])} files to {report['outdir']}")
     for path in report["files"]:
         click.echo(f"  {path}")
+    if report.get("kept"):
+        click.echo(f"kept what you added: {', '.join(report['kept'])}")
     if not report["plugins"]:
         click.echo("no plugin ran (none is approved and enabled: see `dihya plugins list`)")
     for hook in report["plugins"]:

@@ -132,7 +132,8 @@ def test_generate_runs_both_plugins_and_writes_atomically(backend) -> None:
     assert statuses == {("example", "before_generation"): "ok",
                         ("markdown-docs", "after_generation"): "ok",
                         ("example", "after_generation"): "ok"}
-    assert set(report["files"]) == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert on_disk == {*report["files"], ".dihya-manifest.json"}
     assert "docs/API.md" in report["files"] and "README.md" in report["files"]
     assert "plugin example 1.0.0" in (out / "app" / "__init__.py").read_text()
     assert "/api/tasks" in (out / "docs" / "API.md").read_text()
@@ -141,10 +142,13 @@ def test_generate_runs_both_plugins_and_writes_atomically(backend) -> None:
 
     again = backend.dihya("generate", str(TODO), "-o", str(out), "--json")
     assert again.returncode == 2 and "--force" in again.stderr
-    (out / "stale.txt").write_text("old")
     forced = backend.dihya("generate", str(TODO), "-o", str(out), "--force")
-    assert forced.returncode == 0 and not (out / "stale.txt").exists()
-    assert "markdown-docs" in forced.stdout and "wrote" in forced.stdout
+    assert forced.returncode == 0 and "markdown-docs" in forced.stdout and "wrote" in forced.stdout
+    (out / "notes.txt").write_text("mine")  # --force never deletes what it did not write
+    refused = backend.dihya("generate", str(TODO), "-o", str(out), "--force")
+    assert refused.returncode == 2 and "notes.txt" in refused.stderr
+    updated = backend.dihya("generate", str(TODO), "-o", str(out), "--update")
+    assert updated.returncode == 0 and (out / "notes.txt").read_text() == "mine"
 
 
 def test_env_var_and_disable_switch_plugins_off(backend) -> None:

@@ -2,13 +2,68 @@
 
 Each worker builds its own app and registry (no preloading): plugin code is imported in
 the worker that runs it, after the gate, never in the arbiter.
+
+gunicorn's own log lines go through `RequestSafeLogger`: every value that came from a
+request (the path, a header) is escaped in the access log, and every error-log record is
+written on one line, so a `%0a` or `%0d` in a URL cannot forge a second line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
+from gunicorn.glogging import SafeAtoms
+
+from dihya.logs import escape_text
+
+
+class EscapedAtoms(SafeAtoms):  # type: ignore[misc]
+    """The access log's values with control characters escaped (`dihya.logs.escape_text`)
+    and `"` as `\\"`, as gunicorn's own `SafeAtoms` does, so a quoted value stays quoted."""
+
+    def __init__(self, atoms: dict[str, Any]) -> None:
+        dict.__init__(self)
+        for key, value in atoms.items():
+            self[key] = _escape_atom(value) if isinstance(value, str) else value
+
+
+def _escape_atom(value: str) -> str:
+    # WSGI strings hold the request's bytes as latin-1: decode them as the UTF-8 they
+    # usually are, so `é` is logged as `é` and a stray byte as `\xHH`.
+    # A str beyond latin-1 is not a WSGI byte string (a header we set): escaped as it is.
+    with contextlib.suppress(UnicodeEncodeError):
+        value = value.encode("latin-1").decode("utf-8", "surrogateescape")
+    return escape_text(value).replace('"', '\\"')
+
+
+class OneLineFormatter(logging.Formatter):
+    """Another formatter's output with line breaks and control characters escaped: one
+    record, one line, whatever a message or a traceback held."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_text(self.inner.format(record), backslash=False)
+
+
+class RequestSafeLogger(GunicornLogger):  # type: ignore[misc]
+    """gunicorn's logger with request-derived values escaped in every line."""
+
+    atoms_wrapper_class = EscapedAtoms
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if getattr(handler, "_gunicorn", False) and handler.formatter is not None \
+                        and not isinstance(handler.formatter, OneLineFormatter):
+                    handler.setFormatter(OneLineFormatter(handler.formatter))
 
 
 class DihyaServer(BaseApplication):  # type: ignore[misc]
@@ -55,6 +110,7 @@ def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 6
         # own 414 page; the API's query strings are far shorter
         "limit_request_line": 8190,
         "proc_name": "dihya",
+        "logger_class": RequestSafeLogger,
         "post_fork": die_with_master,
         "worker_exit": close_worker_state,
     }).run()
