@@ -17,14 +17,19 @@ def healthz() -> Response:
 
 @health.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready: config loaded, registry built, store reachable; and the state version this
-    worker's registry was built for."""
+    """Ready: the config file on disk is the one in use, registry built, store reachable;
+    and the state version this worker's registry was built for. A config file that is
+    missing, unreadable, empty, invalid or lost every approval fails the config check
+    (`config_problem` says why) while the last good config keeps serving."""
     state = current_app.extensions["dihya"]
     snapshot = state.snapshot()
     store_ok = state.store.ping()
-    checks = {"config": True, "registry": snapshot is not None, "store": store_ok}
+    config_problem = state.config_status()
+    checks = {"config": config_problem is None, "registry": snapshot is not None,
+              "store": store_ok}
     ready = all(checks.values())
     body = {"status": "ok" if ready else "unavailable", "checks": checks,
+            "config_problem": config_problem,
             "plugins_active": len(snapshot.active) if snapshot else 0,
             # which change this worker has caught up with, and since when: compare across
             # workers and nodes to see a reload or a switch propagate

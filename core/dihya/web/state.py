@@ -10,6 +10,13 @@ worker rebuilds its snapshot — off the request path when a background reloader
 rebuild keeps the workers of unchanged plugins and drains the others. Each build audits what
 changed (a plugin discovered, refused or failed; the registry reloaded), and the audit
 retention runs at start and then at most daily per store.
+
+Last good config wins: a config file that is missing, unreadable, empty, malformed or
+invalid, or that lost every approval without saying `allow = []`, is never taken as a
+change (see `dihya.config.config_problem`). The worker keeps serving its last good config,
+logs and audits the reason once per change of the file, and reports it in
+`config_problem`, which `/readyz` turns into a failing config check until a good config
+is back.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dihya.audit import Auditor
-from dihya.config import Config, ConfigError, load_config
+from dihya.config import PROBLEMS, Config, ConfigError, config_problem, load_config
 from dihya.executor.sandbox import SandboxPool
 from dihya.gdpr import DAY_S, apply_retention
 from dihya.listen import StateListener, open_listener
@@ -42,6 +49,11 @@ class DihyaState:
                  background: bool = False) -> None:
         self.config_path = config_path
         self.config: Config = load_config(config_path)
+        # why the file on disk is not the config in use (a reason code), None when it is;
+        # at start there is no last good config: a missing or empty one is served (nothing
+        # approved) but reported all the same
+        self.config_problem: str | None = config_problem(self.config, None)
+        self._good_config = self.config_problem is None
         self.pool = SandboxPool(self.config.sandbox)
         self.store = Store(self.config.effective_store_url)
         self.store.ensure_schema()
@@ -182,16 +194,18 @@ class DihyaState:
             return True
         return False
 
-    def _stamp(self) -> tuple[int, int] | None:
+    def _stamp(self) -> tuple[int, int, int, int] | None:
+        # the inode tells an atomic replacement (rename) apart even when the size and the
+        # mtime (coarse on some filesystems) happen to be equal
         try:
             st = self.config_path.stat()
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
     def _reload_config_if_changed(self) -> None:
-        """Pick up an edited config file (a CLI approve, disable...); keep the old one if the
-        new one is invalid, and say so."""
+        """Pick up an edited config file (a CLI approve, disable...); keep the last good one
+        if the new one must not be taken (see `config_problem`), and say why."""
         stamp = self._stamp()
         if stamp == self._config_stamp:
             return
@@ -199,12 +213,36 @@ class DihyaState:
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
-            log.error("config change ignored, the previous config keeps serving: %s", exc,
-                      extra={"reason": "invalid-config"})
-            self.auditor.record("registry.reloaded", "failed", reason="invalid-config")
+            self._keep_last_good(exc.reason)
             return
-        self.config = config
+        problem = config_problem(config, self.config if self._good_config else None)
+        if problem is not None and self._good_config:
+            self._keep_last_good(problem)
+            return
+        # no last good config yet (started missing or empty): take whatever is there,
+        # reporting its problem if it has one
+        if self.config_problem is not None and problem is None:
+            log.info("config file usable again, serving it")
+        self.config, self.config_problem = config, problem
+        self._good_config = self._good_config or problem is None
         self._config_changed = True
+
+    def _keep_last_good(self, reason: str) -> None:
+        self.config_problem = reason
+        # the reason code only: a parse error's text could quote the file
+        log.error("config change not taken, the last good config keeps serving",
+                  extra={"reason": reason})
+        self.auditor.record("registry.reloaded", "failed", reason=reason)
+
+    def config_status(self) -> dict[str, str] | None:
+        """What `/readyz` says about the config file: None when the config in use is the
+        file on disk, else its problem's reason code and a sentence (no path, no content)."""
+        reason = self.config_problem
+        if reason is None:
+            return None
+        serving = ("the last good config keeps serving" if self._good_config
+                   else "no good config was loaded yet: no plugin is approved")
+        return {"reason": reason, "message": f"{PROBLEMS[reason]}; {serving}"}
 
     def note_outcomes(self, outcomes: Iterable[tuple[str, bool]],
                       request_id: str | None = None) -> None:
