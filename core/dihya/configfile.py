@@ -144,19 +144,21 @@ def _fsync_directory(directory: Path) -> None:
 
 def exposure(path: Path, what: str) -> list[str]:
     """Why the file at `path` (the `what`: "config", "store") is open to other users: one
-    sentence per problem, each with the fix; empty when only its owner may read and write
-    it. A file that does not exist has no exposure."""
+    sentence per problem, each with the fix; empty when it is not. Read or write access
+    for every user counts, and write access for the group; read access for the group does
+    not (mode 0640 with a group holding only the backend's user is how a config owned by
+    the operator is shown to the server). A file that does not exist has no exposure."""
     try:
         st = os.stat(path)
     except OSError:
         return []
     problems = []
     mode = stat.S_IMODE(st.st_mode)
-    shown = f"{path} (mode {mode:04o})"
     who = _who(mode)
     if who:
-        problems.append(f"the {what} file {shown} is {who}: run `chmod go-rwx {path}` "
-                        "(the server's user should own it)")
+        problems.append(f"the {what} file {path} (mode {mode:04o}) is {who}: run "
+                        f"`chmod o-rwx,g-w {path}` (the server's user should own it, or "
+                        "read it through a group of its own)")
     parent = Path(os.path.realpath(path)).parent
     try:
         dmode = stat.S_IMODE(os.stat(parent).st_mode)
@@ -170,11 +172,10 @@ def exposure(path: Path, what: str) -> list[str]:
 
 
 def _who(mode: int) -> str:
-    """Who besides the owner may read or write, e.g. "readable by every user"; "" if nobody."""
-    parts = []
-    for label, shift in (("its group", 3), ("every user", 0)):
-        can = {0o4: "readable", 0o2: "writable", 0o6: "readable and writable"}.get(
-            (mode >> shift) & 0o6)
-        if can:
-            parts.append(f"{can} by {label}")
-    return "; ".join(parts)
+    """Who besides the owner (and a reading group) may read or write, e.g. "readable by
+    every user"; "" if nobody."""
+    parts = ["writable by its group"] if mode & 0o020 else []
+    others = {0o4: "readable", 0o2: "writable", 0o6: "readable and writable"}.get(mode & 0o6)
+    if others:
+        parts.append(f"{others} by every user")
+    return ", ".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import threading
@@ -239,5 +240,82 @@ def test_a_generation_never_waits_for_a_rebuild(plugin_site, tmp_path: Path) -> 
         ran = {p["name"] for p in answers[0].get_json()["report"]["plugins"]
                if p["status"] == "ok"}
         assert name in ran
+    finally:
+        state.close()
+
+
+def _break_config(path: Path, how: str) -> None:
+    if how == "empty":
+        path.write_text("")
+    elif how == "comments":
+        path.write_text("# nothing else\n")
+    elif how == "deleted":
+        path.unlink()
+    elif how == "directory":  # unreadable, whatever the user (root reads any mode)
+        path.unlink()
+        path.mkdir()
+    elif how == "malformed":
+        path.write_text("[plugins\n")
+    elif how == "duplicate":
+        text = path.read_text()
+        path.write_text(text + text[text.index("[[plugins.allow]]"):])
+    elif how == "dropped":
+        path.write_text("[plugins]\nhook_timeout_s = 2.0\n")
+
+
+@pytest.mark.parametrize(("how", "reason"), [
+    ("empty", "empty-config"), ("comments", "empty-config"), ("deleted", "missing-config"),
+    ("directory", "unreadable-config"), ("malformed", "invalid-config"),
+    ("duplicate", "invalid-config"), ("dropped", "allowlist-dropped"),
+])
+def test_a_config_gone_bad_keeps_the_last_good_one_and_readyz_says_why(
+        plugin_site, tmp_path: Path, how: str, reason: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    name = plugin_site.unique("lastgood")
+    plugin_site.install(name, source=plugin_source(name, body=PID_HOOK))
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)])
+    good = config.read_text()
+    api = Api(create_app(config), {})
+    state = api.app.extensions["dihya"]
+    state.version_ttl_s = 0.0
+    try:
+        assert api.client.get("/readyz").status_code == 200
+        time.sleep(0.01)  # a distinct mtime
+        with caplog.at_level(logging.INFO, logger="dihya"):
+            _break_config(config, how)
+            ready = api.client.get("/readyz")
+        body = ready.get_json()
+        assert (ready.status_code, body["checks"]["config"]) == (503, False)
+        assert body["config_problem"]["reason"] == reason
+        assert "the last good config keeps serving" in body["config_problem"]["message"]
+        assert str(tmp_path) not in ready.get_data(as_text=True)  # no path for anonymous callers
+        assert "instance.txt" in api.post("/api/v1/generate", json={"needs": TODO}).get_json()[
+            "files"], "the last good allowlist no longer runs"
+        logged = [(r.levelname, getattr(r, "reason", None)) for r in caplog.records]
+        assert ("ERROR", reason) in logged
+        if config.is_dir():
+            config.rmdir()
+        config.write_text(good)
+        ready = api.client.get("/readyz")
+        assert (ready.status_code, ready.get_json()["config_problem"]) == (200, None)
+    finally:
+        state.close()
+
+
+def test_a_server_started_without_a_usable_config_is_not_ready(plugin_site,
+                                                                tmp_path: Path) -> None:
+    config = tmp_path / "dihya.toml"
+    config.write_text("\n")
+    api = Api(create_app(config), {})
+    state = api.app.extensions["dihya"]
+    state.version_ttl_s = 0.0
+    try:
+        body = api.client.get("/readyz").get_json()
+        assert body["config_problem"] == {
+            "reason": "empty-config", "message": "the config file is empty (no table, no key); "
+            "no good config was loaded yet: no plugin is approved"}
+        time.sleep(0.01)
+        config.write_text("[plugins]\n")
+        assert api.client.get("/readyz").status_code == 200
     finally:
         state.close()
