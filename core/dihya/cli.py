@@ -518,7 +518,8 @@ def _config_checks(state: State) -> tuple[Config | None, list[dict[str, Any]]]:
         if installed:
             rows.append(_check_row(
                 "allowlist", "failed", "nothing-allowlisted",
-                f"{path} allowlists no plugin while {len(installed)} are installed "
+                f"{path} allowlists no plugin{' (allow = [])' if config.allow_declared else ''}"
+                f" while {len(installed)} are installed "
                 f"({', '.join(installed)}): every one is refused. Approve those you reviewed "
                 "(`dihya plugins approve NAME`) and uninstall the others (`dihya plugins "
                 "uninstall NAME`)", False))
