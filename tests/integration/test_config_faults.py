@@ -255,3 +255,43 @@ def test_an_explicit_empty_allowlist_is_taken_by_a_running_server(backend, serve
     poll("no plugin runs once every approval was revoked",
          lambda: plugins_ran(server, token), lambda ran: ran == [set()] * 6)
     assert readiness(server) == [(200, None)] * 6
+
+
+def worker_pids(server: Server) -> set[int]:
+    """The gunicorn workers: the children of the `dihya serve` process."""
+    pids = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
+                          if ":\t" in line)
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields.get("PPid", "0").strip()) == server.proc.pid:
+            pids.add(int(status.parent.name))
+    return pids
+
+
+def test_a_worker_restarted_while_the_config_is_broken_does_not_stop_the_server(
+        backend, served) -> None:
+    """gunicorn restarts a worker (here: killed) while the file is malformed. The new worker
+    starts with the settings `dihya serve` validated and nothing approved, and says so in
+    /readyz, instead of failing to boot (which makes gunicorn stop every worker)."""
+    server, token = served
+    good = backend.config.read_text()
+    before = poll("both workers up", lambda: worker_pids(server), lambda p: len(p) == 2)
+    backend.config.write_text("[plugins\n")
+    poll("/readyz 503 invalid-config", lambda: readiness(server),
+         lambda seen: seen == [(503, "invalid-config")] * 6)
+    victim = min(before)
+    os.kill(victim, 9)
+    after = poll("a new worker in place of the killed one", lambda: worker_pids(server),
+                 lambda p: len(p) == 2 and victim not in p and server.proc.poll() is None)
+    (new,) = after - before
+    poll("every worker, the new one too, answers 503 invalid-config",
+         lambda: readiness(server), lambda seen: seen == [(503, "invalid-config")] * 6)
+    assert server.proc.poll() is None, "the server stopped"
+    backend.config.write_text(good)
+    poll("/readyz 200 once the config is back", lambda: readiness(server),
+         lambda seen: seen == [(200, None)] * 6)
+    assert plugins_ran(server, token, times=8) == [set(BUNDLED)] * 8
+    assert worker_pids(server) == after, f"worker {new} did not stay up"

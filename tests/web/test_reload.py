@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_api import TODO, Api, write_config
 
+from dihya.config import ConfigError
 from dihya.store import Store
 from dihya.web import create_app
 from support.wheels import plugin_source
@@ -317,5 +318,40 @@ def test_a_server_started_without_a_usable_config_is_not_ready(plugin_site,
         time.sleep(0.01)
         config.write_text("[plugins]\n")
         assert api.client.get("/readyz").status_code == 200
+    finally:
+        state.close()
+
+
+def test_a_worker_booted_on_a_broken_config_takes_the_boot_settings_with_nothing_approved(
+        plugin_site, tmp_path: Path) -> None:
+    """What `dihya serve` gives a worker gunicorn restarts while the file is broken: the
+    settings it validated at start (the store above all), no approval, /readyz 503."""
+    from dihya.config import load_config
+
+    name = plugin_site.unique("boot")
+    plugin_site.install(name)
+    store = tmp_path / "elsewhere.sqlite3"
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)],
+                          f'[store]\nurl = "sqlite:///{store}"\n')
+    good = config.read_text()
+    boot = load_config(config)
+    config.write_text("[plugins\n")
+    with pytest.raises(ConfigError):
+        create_app(config)  # no boot config: an error, as before
+    api = Api(create_app(config, boot_config=boot), {})
+    state = api.app.extensions["dihya"]
+    state.version_ttl_s = 0.0
+    try:
+        assert state.config.effective_store_url == f"sqlite:///{store}"
+        body = api.client.get("/readyz").get_json()
+        assert body["config_problem"] == {
+            "reason": "invalid-config", "message": "the config file is malformed or invalid "
+            "(`dihya plugins list` names the line); no good config was loaded yet: no plugin "
+            "is approved"}
+        assert state.snapshot().get(name).reason == "not-allowlisted"
+        time.sleep(0.01)
+        config.write_text(good)
+        assert api.client.get("/readyz").status_code == 200
+        assert state.snapshot().get(name).active
     finally:
         state.close()

@@ -6,17 +6,28 @@ the worker that runs it, after the gate, never in the arbiter.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
+if TYPE_CHECKING:
+    from dihya.config import Config
+
 
 class DihyaServer(BaseApplication):  # type: ignore[misc]
-    """A gunicorn application whose workers call `create_app(config_path)`."""
+    """A gunicorn application whose workers call `create_app(config_path)`.
 
-    def __init__(self, config_path: str, options: dict[str, Any]) -> None:
+    `boot_config` is the config `dihya serve` validated before starting: a worker that
+    starts (or restarts) while the file cannot be used takes its settings with nothing
+    approved and reports the problem in `/readyz`, rather than failing to boot, which would
+    make gunicorn stop the whole server.
+    """
+
+    def __init__(self, config_path: str, options: dict[str, Any],
+                 boot_config: Config | None = None) -> None:
         self.config_path = config_path
         self.options = options
+        self.boot_config = boot_config
         super().__init__()
 
     def load_config(self) -> None:
@@ -27,7 +38,8 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
         from dihya.web import create_app
 
         configure_logging()
-        return create_app(self.config_path, background_reload=True)
+        return create_app(self.config_path, background_reload=True,
+                          boot_config=self.boot_config)
 
 
 def configure_logging() -> None:
@@ -42,7 +54,8 @@ def configure_logging() -> None:
     configure(sys.stderr)
 
 
-def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 60) -> None:
+def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 60,
+          boot_config: Config | None = None) -> None:
     """Serve until interrupted (SIGINT/SIGTERM stop gracefully)."""
     DihyaServer(config_path, {
         "bind": f"{host}:{port}", "workers": workers, "timeout": timeout,
@@ -55,4 +68,4 @@ def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 6
         # own 414 page; the API's query strings are far shorter
         "limit_request_line": 8190,
         "proc_name": "dihya",
-    }).run()
+    }, boot_config).run()

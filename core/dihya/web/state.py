@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import attrs
+
 from dihya.audit import Auditor
 from dihya.config import PROBLEMS, Config, ConfigError, config_problem, load_config
 from dihya.executor.sandbox import SandboxPool
@@ -46,13 +48,11 @@ class DihyaState:
     """Per-app state of the backend; thread-safe."""
 
     def __init__(self, config_path: Path, version_ttl_s: float = 0.5,
-                 background: bool = False) -> None:
+                 background: bool = False, boot_config: Config | None = None) -> None:
         self.config_path = config_path
-        self.config: Config = load_config(config_path)
-        # why the file on disk is not the config in use (a reason code), None when it is;
-        # at start there is no last good config: a missing or empty one is served (nothing
-        # approved) but reported all the same
-        self.config_problem: str | None = config_problem(self.config, None)
+        # why the file on disk is not the config in use (a reason code), None when it is
+        self.config_problem: str | None
+        self.config, self.config_problem = _first_config(config_path, boot_config)
         self._good_config = self.config_problem is None
         self.pool = SandboxPool(self.config.sandbox)
         self.store = Store(self.config.effective_store_url)
@@ -73,6 +73,8 @@ class DihyaState:
         self._version = self.store.state_version()
         self._config_stamp = self._stamp()
         self._config_changed = False
+        # a good file was taken: its problem (if any) is cleared once the registry serves it
+        self._file_served_once_built = False
         # auto_reload: the site-packages stamp seen at the last check, and the one built for
         self._site_seen: SiteStamp | None = None
         self._site_built: SiteStamp | None = None
@@ -216,21 +218,20 @@ class DihyaState:
             self._keep_last_good(exc.reason)
             return
         problem = config_problem(config, self.config if self._good_config else None)
-        if problem is not None and self._good_config:
+        if problem is not None:
             self._keep_last_good(problem)
             return
-        # no last good config yet (started missing or empty): take whatever is there,
-        # reporting its problem if it has one
-        if self.config_problem is not None and problem is None:
-            log.info("config file usable again, serving it")
-        self.config, self.config_problem = config, problem
-        self._good_config = self._good_config or problem is None
-        self._config_changed = True
+        # the problem is cleared once the registry is rebuilt from this config: until then
+        # /readyz must not say the file on disk is what serves
+        self.config, self._good_config = config, True
+        self._config_changed = self._file_served_once_built = True
 
     def _keep_last_good(self, reason: str) -> None:
+        """Keep the config in use (the last good one, if there ever was one), and say why."""
         self.config_problem = reason
+        self._file_served_once_built = False
         # the reason code only: a parse error's text could quote the file
-        log.error("config change not taken, the last good config keeps serving",
+        log.error("config file not taken, the config in use keeps serving",
                   extra={"reason": reason})
         self.auditor.record("registry.reloaded", "failed", reason=reason)
 
@@ -295,11 +296,34 @@ class DihyaState:
         installed = watch_site and self._site_changed()
         rebuilt = version != self._version or self._config_changed or installed
         if rebuilt:
-            self._config_changed = False
             self._snapshot = self._build(self._snapshot, request_id)
             self._version = version
+            self._config_changed = False  # a failed build leaves it set: the next check retries
+            if self._file_served_once_built:
+                self._file_served_once_built = False
+                if self.config_problem is not None:
+                    log.info("config file usable again, serving it")
+                self.config_problem = None
         self._checked_at = time.monotonic()
         return rebuilt
+
+
+def _first_config(path: Path, boot_config: Config | None) -> tuple[Config, str | None]:
+    """The config a worker starts with, and its problem. There is no last good config yet:
+    a missing or empty file is served as it is (nothing approved) but reported. With
+    `boot_config` (what `dihya serve` validated when it started: a worker gunicorn restarts
+    later gets it), a file the worker cannot use gives that config's settings (store,
+    audit key, sandbox) with nothing approved, instead of a worker that cannot start."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        if boot_config is None:
+            raise
+        return attrs.evolve(boot_config, allow=()), exc.reason
+    problem = config_problem(config, None)
+    if problem is not None and boot_config is not None:
+        return attrs.evolve(boot_config, allow=()), problem
+    return config, problem
 
 
 def _switch_message(code: str, reason: str | None) -> str:
