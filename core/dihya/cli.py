@@ -596,11 +596,11 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, as_json:
 @pass_state
 def serve(state: State, host: str, port: int, workers: int) -> None:
     """Serve the HTTP API under gunicorn until interrupted."""
-    config = state.config()  # fail fast, with exit 2, on a malformed config
+    state.config()  # fail fast, with exit 2, on a malformed config
     state.store(create=True)
     from dihya.web.serve import serve as run_server
 
-    run_server(str(state.config_path), host, port, workers, boot_config=config)
+    run_server(str(state.config_path), host, port, workers)
 
 
 @main.group()

@@ -6,28 +6,27 @@ the worker that runs it, after the gate, never in the arbiter.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-if TYPE_CHECKING:
-    from dihya.config import Config
+from dihya.config import Config, ConfigError, load_config
 
 
 class DihyaServer(BaseApplication):  # type: ignore[misc]
     """A gunicorn application whose workers call `create_app(config_path)`.
 
-    `boot_config` is the config `dihya serve` validated before starting: a worker that
-    starts (or restarts) while the file cannot be used takes its settings with nothing
-    approved and reports the problem in `/readyz`, rather than failing to boot, which would
-    make gunicorn stop the whole server.
+    The config is read once here, in the arbiter, before any worker exists (`dihya serve`
+    has just validated it): a worker that starts (or restarts) while the file cannot be
+    used takes its settings with nothing approved and reports the problem in `/readyz`,
+    rather than failing to boot, which would make gunicorn stop the whole server.
     """
 
-    def __init__(self, config_path: str, options: dict[str, Any],
-                 boot_config: Config | None = None) -> None:
+    def __init__(self, config_path: str, options: dict[str, Any]) -> None:
         self.config_path = config_path
         self.options = options
-        self.boot_config = boot_config
+        self.boot_config: Config | None = _boot_config(config_path)
         super().__init__()
 
     def load_config(self) -> None:
@@ -42,6 +41,15 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
                           boot_config=self.boot_config)
 
 
+def _boot_config(config_path: str) -> Config | None:
+    """The config as it is when the server starts; None if it cannot be read now (workers
+    then refuse to boot on a broken file, as `create_app` does without a boot config)."""
+    try:
+        return load_config(Path(config_path))
+    except ConfigError:
+        return None
+
+
 def configure_logging() -> None:
     """Audit events and core messages as JSON lines (allowlisted fields only) on stderr.
 
@@ -54,8 +62,7 @@ def configure_logging() -> None:
     configure(sys.stderr)
 
 
-def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 60,
-          boot_config: Config | None = None) -> None:
+def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 60) -> None:
     """Serve until interrupted (SIGINT/SIGTERM stop gracefully)."""
     DihyaServer(config_path, {
         "bind": f"{host}:{port}", "workers": workers, "timeout": timeout,
@@ -68,4 +75,4 @@ def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 6
         # own 414 page; the API's query strings are far shorter
         "limit_request_line": 8190,
         "proc_name": "dihya",
-    }, boot_config).run()
+    }).run()
