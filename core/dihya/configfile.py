@@ -1,13 +1,14 @@
 """The config file on disk: where it really lives, the edit lock, atomic replacement, exposure.
 
 Edits of the backend config are transactions: `edit_lock` takes an exclusive `flock` on a
-lock file beside the real config (`.dihya.toml.lock`, never deleted), the edit re-reads the
+lock file beside the real config (`.dihya.toml.lock`, left in place), the edit re-reads the
 file, applies its change and `replace_atomically` writes it (a temporary file in the same
 directory, fsync, rename, fsync of the directory). The lock is not on the config itself:
 the rename replaces that file, so a lock held on it would guard an inode nobody reads any
 more. A symlinked config is followed, so edits replace its target and the link stays.
 
-This module knows files, not TOML: `dihya.config` builds on it.
+This module knows files, not TOML: `dihya.configedit` builds the edits on it, and
+`plugins verify` asks `exposure` who else may read or write the config and the store.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class ConfigLockTimeout(ConfigFileError):
 
 def real_path(path: Path) -> Path:
     """The file an edit must replace: `path` with every symlink followed (the target may not
-    exist yet); a symlink loop is an error."""
+    exist yet). A symlink loop is left for `edit_lock` to refuse."""
     try:
         return Path(os.path.realpath(path, strict=False))
     except (OSError, RuntimeError) as exc:  # pragma: no cover - realpath is lenient
@@ -57,9 +58,9 @@ def edit_lock(path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[Path]:
     Every process editing the same real file (whatever symlink it went through) waits for
     the others; readers do not lock (they always see a whole file, old or new).
     """
-    real = real_path(path)
-    lock = real.with_name(f".{real.name}.lock")
     _check_no_loop(path)
+    real = real_path(path)
+    lock = lock_path(real)
     fd = _open_lock(lock)
     try:
         deadline = time.monotonic() + timeout_s

@@ -221,3 +221,14 @@ def test_exposure_names_who_may_read_or_write_and_the_fix(tmp_path: Path) -> Non
         assert exposure(path, "config") == []
     finally:
         tmp_path.chmod(0o700)
+
+
+def test_a_symlink_loop_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from dihya.configfile import ConfigFileError
+
+    (tmp_path / "a.toml").symlink_to("b.toml")
+    (tmp_path / "b.toml").symlink_to("a.toml")
+    with pytest.raises(ConfigFileError, match="symlink loop"), \
+            edit_document(tmp_path / "a.toml"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.toml", "b.toml"]
