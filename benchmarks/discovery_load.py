@@ -58,7 +58,11 @@ print(json.dumps(sorted(manager.names())))
 APPROVE = """\
 import sys
 from pathlib import Path
-from dihya.config import AllowEntry, read_document, upsert_allow, write_document
+from dihya.config import AllowEntry
+try:
+    from dihya.configedit import read_document, upsert_allow, write_document
+except ImportError:  # a core from before dihya.configedit
+    from dihya.config import read_document, upsert_allow, write_document
 from dihya.discovery import discover
 from dihya.gate import inspect_files
 

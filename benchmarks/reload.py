@@ -105,7 +105,11 @@ rate_limit = "1000000/minute"
 APPROVE = """\
 import json, sys
 from pathlib import Path
-from dihya.config import AllowEntry, load_config, read_document, upsert_allow, write_document
+from dihya.config import AllowEntry, load_config
+try:
+    from dihya.configedit import read_document, upsert_allow, write_document
+except ImportError:  # a core from before dihya.configedit
+    from dihya.config import read_document, upsert_allow, write_document
 from dihya.discovery import discover
 from dihya.gate import inspect_files
 

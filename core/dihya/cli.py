@@ -25,25 +25,32 @@ import click
 from dihya import __version__
 from dihya.audit import Auditor
 from dihya.config import (
+    EMPTY,
+    MISSING,
     MODES,
     ROLES,
-    AllowEntry,
+    UNREADABLE,
     Config,
     ConfigError,
     load_config,
-    read_document,
-    remove_allow,
     resolve_path,
-    set_enabled,
-    upsert_allow,
-    write_document,
 )
+from dihya.configedit import (
+    Approval,
+    ApprovalRefused,
+    edit_document,
+    record_approval,
+    remove_allow,
+    set_enabled,
+)
+from dihya.configfile import ConfigFileError, ConfigLockTimeout, exposure
 from dihya.discovery import DiscoveredPlugin, discover
 from dihya.fingerprint import FingerprintError, fingerprint_wheel
 from dihya.gate import FAILED, REFUSED, dependency_problems, inspect_files, resolution_problem
 from dihya.registry import RegistrySnapshot, build_registry
 
 if TYPE_CHECKING:
+    from dihya.fingerprint import InstalledFiles
     from dihya.output import OutputError
     from dihya.store import Store
 
@@ -71,9 +78,10 @@ class State:
             config = load_config(self.config_path)
         except ConfigError as exc:
             raise Usage(str(exc)) from exc
-        if not config.exists and not self.warned:
+        if not self.warned and (not config.exists or config.empty):
             self.warned = True
-            click.echo(f"warning: config file {self.config_path} does not exist: no plugin is "
+            what = "does not exist" if not config.exists else "is empty (no table, no key)"
+            click.echo(f"warning: config file {self.config_path} {what}: no plugin is "
                        "approved (pass --config or set DIHYA_CONFIG)", err=True)
         return config
 
@@ -240,11 +248,16 @@ def _find(state: State, name: str) -> DiscoveredPlugin:
 
 @contextmanager
 def _editing(state: State) -> Iterator[Any]:
+    """A config edit as a transaction (lock, re-read, change, atomic write): the block runs
+    under the lock on the file as it is now, so it must be quick (no sandbox check)."""
     try:
-        doc = read_document(state.config_path)
-        yield doc
-        write_document(state.config_path, doc)
+        with edit_document(state.config_path) as doc:
+            yield doc
     except ConfigError as exc:
+        raise Usage(str(exc)) from exc
+    except (ConfigLockTimeout, ApprovalRefused) as exc:
+        raise CheckFailed(str(exc)) from exc
+    except ConfigFileError as exc:
         raise Usage(str(exc)) from exc
 
 
@@ -295,45 +308,28 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
     approved, the config is left unchanged.
     """
     config = state.config()
-    group = config.group
-    found = discover(group)
-    entries = []
+    found = discover(config.group)
+    approvals = []
     notes = []
+    # the checks (seconds: a sandbox worker per plugin) run before the config is locked
     for name in dict.fromkeys(names):
-        matches = [p for p in found if p.name == name]
-        if not matches:
-            _unknown(name, [p.name for p in found])
-        if len(matches) > 1:
-            raise CheckFailed(f"cannot approve {name!r}: declared by "
-                              f"{', '.join(p.distribution for p in matches)}")
-        plugin = matches[0]
-        files, problem = inspect_files(plugin)
-        if problem is not None or files is None:
-            reason, message = problem or ("missing-file", "no files")
-            raise CheckFailed(f"cannot approve {name!r} ({reason}): {message}")
-        outside = resolution_problem(plugin, files)
-        if outside:
-            raise CheckFailed(f"cannot approve {name!r} (outside-distribution): {outside}")
-        missing = dependency_problems(plugin)
-        if missing:
-            raise CheckFailed(f"cannot approve {name!r} (missing-dependency): "
-                              f"{'; '.join(missing)}")
+        plugin, files = _approvable(name, found)
         previous = config.entries_for(name)
-        chosen_mode = mode or (previous[0].mode if previous else "sandbox")
-        _check_class(plugin, files.fingerprint, chosen_mode, config)
+        check_mode = mode or (previous[0].mode if previous else "sandbox")
+        safe = _check_class(plugin, files.fingerprint, check_mode, config)
         for old in previous:
             if old.fingerprint != files.fingerprint:
                 notes.append(f"note: {name}'s files changed since the previous approval "
                              f"({old.version} {old.fingerprint[:19]}… -> {plugin.version} "
                              f"{files.fingerprint[:19]}…)")
-        entries.append(AllowEntry(
+        approvals.append(Approval(
             name=name, distribution=plugin.distribution, version=plugin.version,
-            fingerprint=files.fingerprint, mode=chosen_mode,  # type: ignore[arg-type]
-            roles=roles if roles is not None else (previous[0].roles if previous else None),
-            required=required if required is not None else any(e.required for e in previous)))
+            fingerprint=files.fingerprint, mode=mode,  # type: ignore[arg-type]
+            roles=roles, required=required, safe=safe))
+    # only the choices given here are applied, to the file as it is once locked: a switch,
+    # role or flag changed by another edit during the checks is kept
     with _editing(state) as doc:
-        for entry in entries:
-            upsert_allow(doc, entry)
+        entries = [record_approval(doc, a) for a in approvals]
     auditor = state.auditor()
     for note in notes:
         click.echo(note, err=True)
@@ -344,8 +340,34 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
                        plugin_version=e.version, plugin_fingerprint=e.fingerprint)
 
 
-def _check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config) -> None:
-    """Load the plugin in a sandbox worker (never in this process) and check its class."""
+def _approvable(name: str, found: Sequence[DiscoveredPlugin]) -> tuple[DiscoveredPlugin,
+                                                                        InstalledFiles]:
+    """The one installed plugin named `name` and its files, if they may be approved; else
+    exit 1."""
+    matches = [p for p in found if p.name == name]
+    if not matches:
+        _unknown(name, [p.name for p in found])
+    if len(matches) > 1:
+        raise CheckFailed(f"cannot approve {name!r}: declared by "
+                          f"{', '.join(p.distribution for p in matches)}")
+    plugin = matches[0]
+    files, problem = inspect_files(plugin)
+    if problem is not None or files is None:
+        reason, message = problem or ("missing-file", "no files")
+        raise CheckFailed(f"cannot approve {name!r} ({reason}): {message}")
+    outside = resolution_problem(plugin, files)
+    if outside:
+        raise CheckFailed(f"cannot approve {name!r} (outside-distribution): {outside}")
+    missing = dependency_problems(plugin)
+    if missing:
+        raise CheckFailed(f"cannot approve {name!r} (missing-dependency): "
+                          f"{'; '.join(missing)}")
+    return plugin, files
+
+
+def _check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config) -> bool:
+    """Load the plugin in a sandbox worker (never in this process) and check its class;
+    True if the class says safe = True (it may run in-process)."""
     from dihya.executor.sandbox import Worker, WorkerSpec, WorkerStartError
     from dihya.sandbox.admission import checked_meta
 
@@ -359,9 +381,11 @@ def _check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config) -
         raise CheckFailed(f"cannot approve {plugin.name!r}: invalid-plugin: {exc}") from exc
     finally:
         worker.close()
-    if mode == "in-process" and meta.get("safe") is not True:
+    safe = meta.get("safe") is True
+    if mode == "in-process" and not safe:
         raise CheckFailed(f"cannot approve {plugin.name!r} in-process: its class says "
                           "safe = False; approve it with --mode sandbox")
+    return safe
 
 
 @plugins.command("revoke")
@@ -437,32 +461,104 @@ def reload(state: State) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_state
 def verify(state: State, as_json: bool) -> None:
-    """Check every allowlisted plugin; exit 1 if one is refused, failed or missing."""
-    snapshot = state.registry()
-    if not snapshot.config.exists:
-        raise CheckFailed(f"nothing to verify: {state.config_path} does not exist")
-    rows = []
-    for entry in snapshot.config.allow:
-        record = snapshot.get(entry.name)
-        if record is None:
-            rows.append({"name": entry.name, "status": "missing", "reason": "not-installed",
-                         "message": f"approved but not installed ({entry.distribution} "
-                                    f"{entry.version})", "ok": False})
-            continue
-        ok = record.status not in (REFUSED, FAILED)
-        rows.append({"name": record.name, "status": record.status, "reason": record.reason,
-                     "message": record.message, "ok": ok, "worker_user": record.worker_user})
+    """Check every allowlisted plugin; exit 1 if one is refused, failed or missing.
+
+    Also exit 1 when the config is missing, unreadable or empty, or allowlists nothing
+    while plugins are installed; warn (exit 0) when the config or the SQLite store file is
+    open to other users.
+    """
+    config, rows = _config_checks(state)
+    failed = next((r for r in rows if not r["ok"]), None)
+    if config is not None and failed is None:
+        rows += _plugin_checks(state)
     if as_json:
         _echo_json(rows)
     else:
         for row in rows:
-            mark = "ok  " if row["ok"] else "FAIL"
+            if row is failed and row["check"] != "plugin":
+                continue  # said once, on stderr, by the error below
+            mark = {"warning": "warn"}.get(row["status"], "ok  " if row["ok"] else "FAIL")
+            if row["check"] != "plugin":
+                click.echo(f"{mark} {row['check']}: {row['message']}")
+                continue
             reason = f"/{row['reason']}" if row["reason"] else ""
             click.echo(f"{mark} {row['name']}: {row['status']}{reason} {row['message']}")
-        if not rows:
-            click.echo("no plugin is allowlisted")
+    if failed is not None and failed["check"] != "plugin":
+        raise CheckFailed(failed["message"])
     if not all(row["ok"] for row in rows):
         sys.exit(1)
+
+
+def _check_row(check: str, status: str, reason: str | None, message: str,
+               ok: bool, name: str | None = None) -> dict[str, Any]:
+    """One row of `plugins verify`: `check` is "plugin" (a row per allowlisted plugin),
+    "config", "allowlist" or "store"."""
+    return {"name": name, "check": check, "status": status, "reason": reason,
+            "message": message, "ok": ok}
+
+
+def _config_checks(state: State) -> tuple[Config | None, list[dict[str, Any]]]:
+    """The config-wide rows of `verify`: can the config be used, does it allowlist
+    anything while plugins are installed, who else may read or write it and the store.
+    A malformed or invalid config is a usage error (exit 2), as for every command."""
+    path = state.config_path
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        if exc.reason != UNREADABLE:
+            raise Usage(str(exc)) from exc
+        return None, [_check_row("config", "failed", UNREADABLE, f"{exc}: make it readable "
+                                 "by this user (and by the server's)", False)]
+    rows = [_check_row(what, "warning", "file-permissions", problem, True)
+            for what, file in (("config", path), ("store", _sqlite_file(config)))
+            if file is not None for problem in exposure(file, what)]
+    if not config.exists:
+        return config, [*rows, _check_row(
+            "config", "failed", MISSING, f"nothing to verify: {path} does not exist (pass "
+            "--config or set DIHYA_CONFIG; `dihya plugins approve NAME` creates it)", False)]
+    if config.empty:
+        rows.append(_check_row(
+            "config", "failed", EMPTY, f"{path} is empty (no table, no key): it approves "
+            "nothing. If it was emptied by accident, restore it (running servers keep their "
+            "last good config meanwhile); to approve nothing on purpose, write `[plugins]` "
+            "and `allow = []`", False))
+    elif not config.allow:
+        installed = sorted({p.name for p in discover(config.group)})
+        if installed:
+            rows.append(_check_row(
+                "allowlist", "failed", "nothing-allowlisted",
+                f"{path} allowlists no plugin{' (allow = [])' if config.allow_declared else ''}"
+                f" while {len(installed)} are installed "
+                f"({', '.join(installed)}): every one is refused. Approve those you reviewed "
+                "(`dihya plugins approve NAME`) and uninstall the others (`dihya plugins "
+                "uninstall NAME`)", False))
+        else:
+            rows.append(_check_row("allowlist", "ok", None, "no plugin is allowlisted and "
+                                   "none is installed", True))
+    return config, rows
+
+
+def _sqlite_file(config: Config) -> Path | None:
+    url = config.effective_store_url
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def _plugin_checks(state: State) -> list[dict[str, Any]]:
+    """A row per allowlisted plugin: ok when active or disabled."""
+    snapshot = state.registry()
+    rows = []
+    for entry in snapshot.config.allow:
+        record = snapshot.get(entry.name)
+        if record is None:
+            rows.append(_check_row("plugin", "missing", "not-installed",
+                                   f"approved but not installed ({entry.distribution} "
+                                   f"{entry.version})", False, entry.name))
+            continue
+        ok = record.status not in (REFUSED, FAILED)
+        row = _check_row("plugin", record.status, record.reason, record.message, ok,
+                         record.name)
+        rows.append({**row, "worker_user": record.worker_user})
+    return rows
 
 
 @main.command()

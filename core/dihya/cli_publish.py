@@ -33,7 +33,7 @@ from dihya.cli import (
     _user,
     approval_options,
 )
-from dihya.config import AllowEntry, remove_allow, upsert_allow
+from dihya.configedit import Approval, record_approval, remove_allow
 from dihya.discovery import discover
 from dihya.install import (
     CORE_DISTRIBUTION,
@@ -134,28 +134,26 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
         _undo(plan)
         _refuse(state, InstallRefused("fingerprint-mismatch", problem, plan.names),
                 installed=True, plan=plan, was=was)
-    entries = []
+    approvals = []
     for name in plan.names:
         prev = [e for e in plan.previous if e.name == name]
         chosen_mode = mode or (prev[0].mode if prev else "sandbox")
         (plugin,) = [p for p in installed_plugins(plan.facts.distribution, config.group)
                      if p.name == name]
         try:
-            _check_class(plugin, plan.facts.fingerprint, chosen_mode, config)
+            safe = _check_class(plugin, plan.facts.fingerprint, chosen_mode, config)
         except CheckFailed as exc:
             _undo(plan)
             _refuse(state, InstallRefused("invalid-plugin", exc.message, plan.names),
                     installed=True, plan=plan, was=was)
-        entries.append(AllowEntry(
+        # only this install's choices: what the file says once locked is kept otherwise
+        approvals.append(Approval(
             name=name, distribution=plan.facts.distribution, version=plan.facts.version,
-            fingerprint=plan.facts.fingerprint, mode=chosen_mode,  # type: ignore[arg-type]
-            roles=roles if roles is not None else (prev[0].roles if prev else None),
-            required=required if required is not None else any(e.required for e in prev),
-            publisher=plan.publisher))
+            fingerprint=plan.facts.fingerprint, mode=mode,  # type: ignore[arg-type]
+            roles=roles, required=required, publisher=plan.publisher, safe=safe))
     try:
         with _editing(state) as doc:
-            for entry in entries:
-                upsert_allow(doc, entry)
+            entries = [record_approval(doc, a) for a in approvals]
     except BaseException:
         _undo(plan)
         raise

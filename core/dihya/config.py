@@ -1,28 +1,27 @@
-"""The backend config (TOML): reading it into a typed model, and edits that keep comments.
+"""The backend config (TOML): reading it into a typed, validated model.
 
 Path: `--config`, else `DIHYA_CONFIG`, else `./dihya.toml`. Reading validates every value
-and names the file, line and what was expected; edits go through tomlkit so an operator's
-comments and layout survive, and are written atomically.
+and names the file, line and what was expected. Edits that keep comments are in
+`dihya.configedit`; the file itself (lock, atomic replacement) in `dihya.configfile`.
+
+An *empty* config (the file parses to no table and no key: zero bytes, whitespace or
+comments only) approves nothing, like a missing one; `config_problem` tells a running server
+which new configs it must not take in place of its last good one.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import attrs
 
 from dihya.discovery import DEFAULT_GROUP
 from dihya.publishers import Publisher, array_entry, parse_publishers
-
-if TYPE_CHECKING:
-    import tomlkit.exceptions
-    from tomlkit.toml_document import TOMLDocument
 
 MODES: Final = ("sandbox", "in-process")
 ROLES: Final = ("admin", "developer", "viewer")
@@ -31,8 +30,30 @@ ENV_DISABLE: Final = "DIHYA_PLUGINS_DISABLE"
 Mode = Literal["sandbox", "in-process"]
 
 
+# Why a config on disk is not (or must not become) the one in use: reason codes shown by
+# `/readyz`, logged and audited by a running server, and reported by `plugins verify`.
+MISSING: Final = "missing-config"
+UNREADABLE: Final = "unreadable-config"
+EMPTY: Final = "empty-config"
+INVALID: Final = "invalid-config"
+ALLOWLIST_DROPPED: Final = "allowlist-dropped"
+PROBLEMS: Final = {
+    MISSING: "the config file does not exist",
+    UNREADABLE: "the config file cannot be read (permissions, a directory, an I/O error)",
+    EMPTY: "the config file is empty (no table, no key)",
+    INVALID: "the config file is malformed or invalid (`dihya plugins list` names the line)",
+    ALLOWLIST_DROPPED: "every [[plugins.allow]] entry disappeared without an explicit "
+                       "`allow = []`",
+}
+
+
 class ConfigError(Exception):
-    """The config file is unreadable or invalid; the message says where and what."""
+    """The config file is unreadable or invalid; the message says where and what, `reason`
+    is `unreadable-config` or `invalid-config`."""
+
+    def __init__(self, message: str, reason: str = INVALID) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @attrs.frozen
@@ -82,6 +103,8 @@ class Config:
 
     path: Path
     exists: bool
+    empty: bool = False  # the file exists but holds no table and no key
+    allow_declared: bool = False  # `[plugins] allow` is in the file (`allow = []` counts)
     group: str = DEFAULT_GROUP
     hook_timeout_s: float = 2.0
     allow: tuple[AllowEntry, ...] = ()
@@ -118,30 +141,6 @@ def env_disabled(environ: Mapping[str, str] | None = None) -> frozenset[str]:
     return frozenset(n.strip() for n in raw.split(",") if n.strip())
 
 
-def read_document(path: Path) -> TOMLDocument:
-    """Parse the file with tomlkit, or an empty document if it does not exist."""
-    import tomlkit  # only edits need it: reading a config uses tomllib
-    import tomlkit.exceptions
-
-    try:
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        return tomlkit.document()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
-    try:
-        return tomlkit.parse(text)
-    except tomlkit.exceptions.ParseError as exc:
-        raise ConfigError(
-            f"{path}:{exc.line}:{exc.col}: malformed TOML: {_parse_reason(exc)}"
-        ) from exc
-
-
-def _parse_reason(exc: tomlkit.exceptions.ParseError) -> str:
-    message = str(exc)
-    return message.split(" at line ")[0]
-
-
 def load_config(path: Path) -> Config:
     """Read and validate the config at `path`; a missing file is an empty config.
 
@@ -153,15 +152,16 @@ def load_config(path: Path) -> Config:
     except FileNotFoundError:
         return config_from_document(path, {}, exists=False)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
+        raise ConfigError(f"{path}: cannot read the config: {exc}", UNREADABLE) from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: the config is not UTF-8 text: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}:{_toml_position(exc)}: malformed TOML: "
                           f"{_toml_reason(exc)}") from exc
-    return config_from_document(path, data, exists=True)
+    return config_from_document(path, data, exists=True, text=text)
 
 
 _POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
@@ -176,7 +176,9 @@ def _toml_reason(exc: tomllib.TOMLDecodeError) -> str:
     return _POSITION.sub("", str(exc)).strip()
 
 
-def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True) -> Config:
+def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True,
+                         text: str | None = None) -> Config:
+    """Validate a parsed config; `text`, the file's text, lets errors name lines."""
     unwrap = getattr(doc, "unwrap", None)  # a tomlkit document, when validating an edit
     data = unwrap() if callable(unwrap) else dict(doc)
     where = str(path)
@@ -217,11 +219,13 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
         raise ConfigError(f"{where}: `plugins.allow` must be an array of tables "
                           "([[plugins.allow]])")
     allow = tuple(_allow_entry(where, i, raw) for i, raw in enumerate(raw_allow, 1))
+    _refuse_duplicates(where, allow, text)
     try:
         publishers = parse_publishers(plugins.get("publishers", []))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
-    return Config(path=path, exists=exists, group=group, hook_timeout_s=float(timeout),
+    return Config(path=path, exists=exists, empty=exists and not data,
+                  allow_declared="allow" in plugins, group=group, hook_timeout_s=float(timeout),
                   allow=allow, auto_reload=auto_reload, publishers=publishers,
                   store_url=store_url, rate_limit=rate_limit,
                   rate_limit_storage=storage, audit_key=audit_key,
@@ -318,102 +322,57 @@ def _allow_entry(where: str, index: int, raw: object) -> AllowEntry:
     )
 
 
-def write_document(path: Path, doc: TOMLDocument) -> None:
-    """Validate `doc`, then replace the file atomically, keeping its permissions."""
-    import tomlkit
-
-    config_from_document(path, doc)
-    text = tomlkit.dumps(doc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# `[[plugins.allow]]` at the start of a line, however its keys are spaced or quoted
+_ALLOW_HEADER: Final = re.compile(
+    r"""^[ \t]*\[\[[ \t]*(?:plugins|"plugins"|'plugins')[ \t]*\.[ \t]*"""
+    r"""(?:allow|"allow"|'allow')[ \t]*\]\]""", re.MULTILINE)
 
 
-def _allow_array(doc: TOMLDocument) -> Any:
-    import tomlkit
-
-    if "plugins" not in doc:
-        doc["plugins"] = tomlkit.table()
-    plugins: Any = doc["plugins"]
-    if "allow" not in plugins:
-        plugins["allow"] = tomlkit.aot()
-    elif not isinstance(plugins["allow"], tomlkit.items.AoT):
-        # `allow = []` or inline tables: appending a table to an inline array would
-        # write invalid TOML, so the array becomes [[plugins.allow]] tables
-        aot = tomlkit.aot()
-        for item in plugins["allow"]:
-            table = tomlkit.table()
-            table.update(item.unwrap() if hasattr(item, "unwrap") else item)
-            aot.append(table)
-        plugins["allow"] = aot
-    return plugins["allow"]
+def _refuse_duplicates(where: str, allow: Sequence[AllowEntry], text: str | None) -> None:
+    """Two entries for one plugin name and version: which one applies would depend on their
+    order, so the config is refused, naming both. (One name in several versions is fine:
+    the installed version's entry applies, so the next one can be approved beforehand.)"""
+    seen: dict[tuple[str, str], int] = {}
+    for index, entry in enumerate(allow):
+        first = seen.setdefault((entry.name, entry.version), index)
+        if first != index:
+            at_first, at_again = (_entry_position(where, text, len(allow), i)
+                                  for i in (first, index))
+            raise ConfigError(
+                f"{at_again}: [[plugins.allow]] #{index + 1} allows {entry.name!r} "
+                f"{entry.version} again, already allowed by #{first + 1} at {at_first}: "
+                "which one applies would depend on their order. Keep one table per plugin "
+                "name and version: delete or merge the other")
 
 
-def upsert_allow(doc: TOMLDocument, entry: AllowEntry) -> None:
-    """Record `entry`, replacing the values of an existing entry of the same name."""
-    allow = _allow_array(doc)
-    values: dict[str, Any] = {
-        "name": entry.name, "distribution": entry.distribution, "version": entry.version,
-        "fingerprint": entry.fingerprint, "mode": entry.mode,
-    }
-    if entry.roles is not None:
-        values["roles"] = list(entry.roles)
-    values["required"] = entry.required
-    if entry.publisher is not None:
-        values["publisher"] = entry.publisher
-    for table in allow:
-        if table.get("name") == entry.name:
-            # a re-approval keeps the operator's on/off switch and its reason
-            for key, value in values.items():
-                table[key] = value
-            if entry.roles is None and "roles" in table:
-                del table["roles"]
-            if entry.publisher is None and "publisher" in table:
-                del table["publisher"]  # approved by the operator now, not by a signature
-            return
-    values["enabled"] = entry.enabled
-    import tomlkit
-
-    table = tomlkit.table()
-    for key, value in values.items():
-        table[key] = value
-    allow.append(table)
+def _entry_position(where: str, text: str | None, count: int, index: int) -> str:
+    """`file:line:col` of the index-th `[[plugins.allow]]` header; just `file` when the
+    headers cannot be matched to the entries one to one (an inline `allow = [...]`)."""
+    if text is None:
+        return where
+    # the offset of each header's `[[`, past any indentation
+    starts = [m.end() - len(m.group(0).lstrip()) for m in _ALLOW_HEADER.finditer(text)]
+    if len(starts) != count:
+        return where
+    offset = starts[index]
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return f"{where}:{line}:{column}"
 
 
-def remove_allow(doc: TOMLDocument, name: str) -> bool:
-    """Drop every entry named `name`; False if there was none."""
-    allow = _allow_array(doc)
-    keep = [i for i, t in enumerate(allow) if t.get("name") != name]
-    if len(keep) == len(allow):
-        return False
-    for i in reversed(range(len(allow))):
-        if i not in keep:
-            del allow[i]
-    if not keep:  # an empty array of tables would be written as `allow = []`
-        del doc["plugins"]["allow"]
-    return True
+def config_problem(new: Config, running: Config | None) -> str | None:
+    """Why a running server must not take `new` as its config (a reason code of
+    `PROBLEMS`), or None. `running`: the config it serves, None when it has none yet.
 
-
-def set_enabled(doc: TOMLDocument, name: str, enabled: bool, reason: str | None) -> bool:
-    """Switch every entry named `name` on or off; False if there was none."""
-    hit = False
-    for table in _allow_array(doc):
-        if table.get("name") == name:
-            hit = True
-            table["enabled"] = enabled
-            if enabled or not reason:
-                if "disabled_reason" in table:
-                    del table["disabled_reason"]
-            else:
-                table["disabled_reason"] = reason
-    return hit
+    A missing or empty file is an accident until proven otherwise (a truncating editor, a
+    failed deploy, a deleted volume); so is a file that lost every approval without saying
+    `allow = []`. Removing every approval is done by `dihya plugins revoke` (which writes
+    `allow = []` for the last one) or by writing `allow = []` by hand.
+    """
+    if not new.exists:
+        return MISSING
+    if new.empty:
+        return EMPTY
+    if running is not None and running.allow and not new.allow and not new.allow_declared:
+        return ALLOWLIST_DROPPED
+    return None

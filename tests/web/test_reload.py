@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_api import TODO, Api, write_config
 
+from dihya.config import ConfigError
 from dihya.store import Store
 from dihya.web import create_app
 from support.wheels import plugin_source
@@ -239,5 +241,117 @@ def test_a_generation_never_waits_for_a_rebuild(plugin_site, tmp_path: Path) -> 
         ran = {p["name"] for p in answers[0].get_json()["report"]["plugins"]
                if p["status"] == "ok"}
         assert name in ran
+    finally:
+        state.close()
+
+
+def _break_config(path: Path, how: str) -> None:
+    if how == "empty":
+        path.write_text("")
+    elif how == "comments":
+        path.write_text("# nothing else\n")
+    elif how == "deleted":
+        path.unlink()
+    elif how == "directory":  # unreadable, whatever the user (root reads any mode)
+        path.unlink()
+        path.mkdir()
+    elif how == "malformed":
+        path.write_text("[plugins\n")
+    elif how == "duplicate":
+        text = path.read_text()
+        path.write_text(text + text[text.index("[[plugins.allow]]"):])
+    elif how == "dropped":
+        path.write_text("[plugins]\nhook_timeout_s = 2.0\n")
+
+
+@pytest.mark.parametrize(("how", "reason"), [
+    ("empty", "empty-config"), ("comments", "empty-config"), ("deleted", "missing-config"),
+    ("directory", "unreadable-config"), ("malformed", "invalid-config"),
+    ("duplicate", "invalid-config"), ("dropped", "allowlist-dropped"),
+])
+def test_a_config_gone_bad_keeps_the_last_good_one_and_readyz_says_why(
+        plugin_site, tmp_path: Path, how: str, reason: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    name = plugin_site.unique("lastgood")
+    plugin_site.install(name, source=plugin_source(name, body=PID_HOOK))
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)])
+    good = config.read_text()
+    api = Api(create_app(config), {})
+    state = api.app.extensions["dihya"]
+    state.version_ttl_s = 0.0
+    try:
+        assert api.client.get("/readyz").status_code == 200
+        time.sleep(0.01)  # a distinct mtime
+        with caplog.at_level(logging.INFO, logger="dihya"):
+            _break_config(config, how)
+            ready = api.client.get("/readyz")
+        body = ready.get_json()
+        assert (ready.status_code, body["checks"]["config"]) == (503, False)
+        assert body["config_problem"]["reason"] == reason
+        assert "the last good config keeps serving" in body["config_problem"]["message"]
+        assert str(tmp_path) not in ready.get_data(as_text=True)  # no path for anonymous callers
+        assert "instance.txt" in api.post("/api/v1/generate", json={"needs": TODO}).get_json()[
+            "files"], "the last good allowlist no longer runs"
+        logged = [(r.levelname, getattr(r, "reason", None)) for r in caplog.records]
+        assert ("ERROR", reason) in logged
+        if config.is_dir():
+            config.rmdir()
+        config.write_text(good)
+        ready = api.client.get("/readyz")
+        assert (ready.status_code, ready.get_json()["config_problem"]) == (200, None)
+    finally:
+        state.close()
+
+
+def test_a_server_started_without_a_usable_config_is_not_ready(plugin_site,
+                                                                tmp_path: Path) -> None:
+    config = tmp_path / "dihya.toml"
+    config.write_text("\n")
+    api = Api(create_app(config), {})
+    state = api.app.extensions["dihya"]
+    state.version_ttl_s = 0.0
+    try:
+        body = api.client.get("/readyz").get_json()
+        assert body["config_problem"] == {
+            "reason": "empty-config", "message": "the config file is empty (no table, no key); "
+            "no good config was loaded yet: no plugin is approved"}
+        time.sleep(0.01)
+        config.write_text("[plugins]\n")
+        assert api.client.get("/readyz").status_code == 200
+    finally:
+        state.close()
+
+
+def test_a_worker_booted_on_a_broken_config_takes_the_boot_settings_with_nothing_approved(
+        plugin_site, tmp_path: Path) -> None:
+    """What `dihya serve` gives a worker gunicorn restarts while the file is broken: the
+    settings it validated at start (the store above all), no approval, /readyz 503."""
+    from dihya.config import load_config
+
+    name = plugin_site.unique("boot")
+    plugin_site.install(name)
+    store = tmp_path / "elsewhere.sqlite3"
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)],
+                          f'[store]\nurl = "sqlite:///{store}"\n')
+    good = config.read_text()
+    boot = load_config(config)
+    config.write_text("[plugins\n")
+    with pytest.raises(ConfigError):
+        create_app(config)  # no boot config: an error, as before
+    api = Api(create_app(config, boot_config=boot), {})
+    state = api.app.extensions["dihya"]
+    state.version_ttl_s = 0.0
+    try:
+        assert state.config.effective_store_url == f"sqlite:///{store}"
+        body = api.client.get("/readyz").get_json()
+        assert body["config_problem"] == {
+            "reason": "invalid-config", "message": "the config file is malformed or invalid "
+            "(`dihya plugins list` names the line); no good config was loaded yet: no plugin "
+            "is approved"}
+        assert state.snapshot().get(name).reason == "not-allowlisted"
+        time.sleep(0.01)
+        config.write_text(good)
+        assert api.client.get("/readyz").status_code == 200
+        assert state.snapshot().get(name).active
     finally:
         state.close()

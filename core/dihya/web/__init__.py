@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, g
 from flask_limiter import Limiter
 
-from dihya.config import resolve_path
+from dihya.config import Config, resolve_path
 from dihya.needs import MAX_NEEDS_BYTES
 from dihya.web.api import PluginNameConverter, make_api
 from dihya.web.audit_api import audit_api
@@ -27,13 +27,17 @@ __all__ = ["create_app"]
 
 
 def create_app(config_path: str | os.PathLike[str] | None = None, *,
-               background_reload: bool = False, **overrides: Any) -> Flask:
-    """Build a backend app for the config at `config_path`."""
+               background_reload: bool = False, boot_config: Config | None = None,
+               **overrides: Any) -> Flask:
+    """Build a backend app for the config at `config_path`. `boot_config`: the config to
+    take the settings from (nothing approved) if the file cannot be used now, as
+    `dihya serve` gives its workers; without it such a file is an error."""
     app = Flask("dihya.web")
     app.config.update(MAX_CONTENT_LENGTH=MAX_NEEDS_BYTES, JSON_SORT_KEYS=False,
                       RATELIMIT_HEADERS_ENABLED=True)
     app.config.update(overrides)
-    state = DihyaState(resolve_path(config_path), background=background_reload)
+    state = DihyaState(resolve_path(config_path), background=background_reload,
+                       boot_config=boot_config)
     app.extensions["dihya"] = state
     limiter = Limiter(key_func=lambda: "anonymous", app=app,
                       storage_uri=state.config.rate_limit_storage, default_limits=[],

@@ -17,19 +17,23 @@ def healthz() -> Response:
 
 @health.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready: config loaded, registry built, store reachable; and the state version this
-    worker's registry was built for."""
+    """Ready: the config file on disk is the one in use, registry built, store reachable;
+    and the state version this worker's registry was built for. A config file that is
+    missing, unreadable, empty, invalid or lost every approval fails the config check
+    (`config_problem` says why) while the last good config keeps serving."""
     state = current_app.extensions["dihya"]
     snapshot = state.snapshot()
     store_ok = state.store.ping()
+    config_problem = state.config_status()
     records = snapshot.records if snapshot else ()
     # an approved sandbox-mode plugin whose worker cannot start (no isolation it may run
     # with, e.g. a root backend with no unprivileged user and no `[sandbox] allow_root`)
     unstartable = sorted(r.name for r in records if r.reason == "sandbox-start-failed")
-    checks = {"config": True, "registry": snapshot is not None, "store": store_ok,
-              "sandbox": not unstartable}
+    checks = {"config": config_problem is None, "registry": snapshot is not None,
+              "store": store_ok, "sandbox": not unstartable}
     ready = all(checks.values())
     body = {"status": "ok" if ready else "unavailable", "checks": checks,
+            "config_problem": config_problem,
             "plugins_active": len(snapshot.active) if snapshot else 0,
             # which change this worker has caught up with, and since when: compare across
             # workers and nodes to see a reload or a switch propagate

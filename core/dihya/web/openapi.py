@@ -154,6 +154,7 @@ def audit_event_schema() -> Schema:
 
 def _schemas() -> dict[str, Schema]:
     from dihya.config import MODES, ROLES
+    from dihya.config import PROBLEMS as CONFIG_PROBLEMS
     from dihya.gate import STATUSES
     from dihya.pipeline import HOOK_FAILED, INVALID_OUTPUT, OK, SKIPPED, TIMEOUT
     from dihya.plugin import HOOK_SPECS
@@ -335,6 +336,14 @@ def _schemas() -> dict[str, Schema]:
                                    "users the running workers run as.",
                     "properties": {"failed": {"type": "array", "items": string},
                                    "worker_users": {"type": "array", "items": string}}},
+                "config_problem": _nullable({
+                    "type": "object", "required": ["reason", "message"],
+                    "additionalProperties": False,
+                    "description": "Why the config file on disk is not the one in use "
+                                   "(the last good config keeps serving); null when it is.",
+                    "properties": {
+                        "reason": {"type": "string", "enum": list(CONFIG_PROBLEMS)},
+                        "message": string}}),
             },
         },
     }
@@ -414,7 +423,8 @@ def _paths() -> dict[str, Schema]:
                                     {"200": _json("Health", "Alive.")})},
         "/readyz": {"get": _public("readyz", "Readiness: config, registry and store", {
             "200": _json("Readiness", "Ready."),
-            "503": _json("Readiness", "Not ready; `checks` says what failed."),
+            "503": _json("Readiness", "Not ready; `checks` says what failed, "
+                                      "`config_problem` why the config file was not taken."),
         })},
         "/openapi.json": {"get": _public("openapi", "This document", {
             "200": {"description": "The OpenAPI 3.1 document.",

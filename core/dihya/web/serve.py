@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.glogging import SafeAtoms
 
+from dihya.config import Config, ConfigError, load_config
 from dihya.logs import escape_text
 
 
@@ -67,11 +69,18 @@ class RequestSafeLogger(GunicornLogger):  # type: ignore[misc]
 
 
 class DihyaServer(BaseApplication):  # type: ignore[misc]
-    """A gunicorn application whose workers call `create_app(config_path)`."""
+    """A gunicorn application whose workers call `create_app(config_path)`.
+
+    The config is read once here, in the arbiter, before any worker exists (`dihya serve`
+    has just validated it): a worker that starts (or restarts) while the file cannot be
+    used takes its settings with nothing approved and reports the problem in `/readyz`,
+    rather than failing to boot, which would make gunicorn stop the whole server.
+    """
 
     def __init__(self, config_path: str, options: dict[str, Any]) -> None:
         self.config_path = config_path
         self.options = options
+        self.boot_config: Config | None = _boot_config(config_path)
         super().__init__()
 
     def load_config(self) -> None:
@@ -82,7 +91,17 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
         from dihya.web import create_app
 
         configure_logging()
-        return create_app(self.config_path, background_reload=True)
+        return create_app(self.config_path, background_reload=True,
+                          boot_config=self.boot_config)
+
+
+def _boot_config(config_path: str) -> Config | None:
+    """The config as it is when the server starts; None if it cannot be read now (workers
+    then refuse to boot on a broken file, as `create_app` does without a boot config)."""
+    try:
+        return load_config(Path(config_path))
+    except ConfigError:
+        return None
 
 
 def configure_logging() -> None:

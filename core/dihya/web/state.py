@@ -10,6 +10,13 @@ worker rebuilds its snapshot — off the request path when a background reloader
 rebuild keeps the workers of unchanged plugins and drains the others. Each build audits what
 changed (a plugin discovered, refused or failed; the registry reloaded), and the audit
 retention runs at start and then at most daily per store.
+
+Last good config wins: a config file that is missing, unreadable, empty, malformed or
+invalid, or that lost every approval without saying `allow = []`, is never taken as a
+change (see `dihya.config.config_problem`). The worker keeps serving its last good config,
+logs and audits the reason once per change of the file, and reports it in
+`config_problem`, which `/readyz` turns into a failing config check until a good config
+is back.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import attrs
+
 from dihya.audit import Auditor
-from dihya.config import Config, ConfigError, load_config
+from dihya.config import PROBLEMS, Config, ConfigError, config_problem, load_config
 from dihya.executor.sandbox import SandboxPool
 from dihya.gdpr import DAY_S, apply_retention
 from dihya.listen import StateListener, open_listener
@@ -39,9 +48,12 @@ class DihyaState:
     """Per-app state of the backend; thread-safe."""
 
     def __init__(self, config_path: Path, version_ttl_s: float = 0.5,
-                 background: bool = False) -> None:
+                 background: bool = False, boot_config: Config | None = None) -> None:
         self.config_path = config_path
-        self.config: Config = load_config(config_path)
+        # why the file on disk is not the config in use (a reason code), None when it is
+        self.config_problem: str | None
+        self.config, self.config_problem = _first_config(config_path, boot_config)
+        self._good_config = self.config_problem is None
         self.pool = SandboxPool(self.config.sandbox)
         self.store = Store(self.config.effective_store_url)
         self.store.ensure_schema()
@@ -61,6 +73,8 @@ class DihyaState:
         self._version = self.store.state_version()
         self._config_stamp = self._stamp()
         self._config_changed = False
+        # a good file was taken: its problem (if any) is cleared once the registry serves it
+        self._file_served_once_built = False
         # auto_reload: the site-packages stamp seen at the last check, and the one built for
         self._site_seen: SiteStamp | None = None
         self._site_built: SiteStamp | None = None
@@ -182,16 +196,18 @@ class DihyaState:
             return True
         return False
 
-    def _stamp(self) -> tuple[int, int] | None:
+    def _stamp(self) -> tuple[int, int, int, int] | None:
+        # the inode tells an atomic replacement (rename) apart even when the size and the
+        # mtime (coarse on some filesystems) happen to be equal
         try:
             st = self.config_path.stat()
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
     def _reload_config_if_changed(self) -> None:
-        """Pick up an edited config file (a CLI approve, disable...); keep the old one if the
-        new one is invalid, and say so."""
+        """Pick up an edited config file (a CLI approve, disable...); keep the last good one
+        if the new one must not be taken (see `config_problem`), and say why."""
         stamp = self._stamp()
         if stamp == self._config_stamp:
             return
@@ -199,12 +215,35 @@ class DihyaState:
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
-            log.error("config change ignored, the previous config keeps serving: %s", exc,
-                      extra={"reason": "invalid-config"})
-            self.auditor.record("registry.reloaded", "failed", reason="invalid-config")
+            self._keep_last_good(exc.reason)
             return
-        self.config = config
-        self._config_changed = True
+        problem = config_problem(config, self.config if self._good_config else None)
+        if problem is not None:
+            self._keep_last_good(problem)
+            return
+        # the problem is cleared once the registry is rebuilt from this config: until then
+        # /readyz must not say the file on disk is what serves
+        self.config, self._good_config = config, True
+        self._config_changed = self._file_served_once_built = True
+
+    def _keep_last_good(self, reason: str) -> None:
+        """Keep the config in use (the last good one, if there ever was one), and say why."""
+        self.config_problem = reason
+        self._file_served_once_built = False
+        # the reason code only: a parse error's text could quote the file
+        log.error("config file not taken, the config in use keeps serving",
+                  extra={"reason": reason})
+        self.auditor.record("registry.reloaded", "failed", reason=reason)
+
+    def config_status(self) -> dict[str, str] | None:
+        """What `/readyz` says about the config file: None when the config in use is the
+        file on disk, else its problem's reason code and a sentence (no path, no content)."""
+        reason = self.config_problem
+        if reason is None:
+            return None
+        serving = ("the last good config keeps serving" if self._good_config
+                   else "no good config was loaded yet: no plugin is approved")
+        return {"reason": reason, "message": f"{PROBLEMS[reason]}; {serving}"}
 
     def note_outcomes(self, outcomes: Iterable[tuple[str, bool]],
                       request_id: str | None = None) -> None:
@@ -257,11 +296,34 @@ class DihyaState:
         installed = watch_site and self._site_changed()
         rebuilt = version != self._version or self._config_changed or installed
         if rebuilt:
-            self._config_changed = False
             self._snapshot = self._build(self._snapshot, request_id)
             self._version = version
+            self._config_changed = False  # a failed build leaves it set: the next check retries
+            if self._file_served_once_built:
+                self._file_served_once_built = False
+                if self.config_problem is not None:
+                    log.info("config file usable again, serving it")
+                self.config_problem = None
         self._checked_at = time.monotonic()
         return rebuilt
+
+
+def _first_config(path: Path, boot_config: Config | None) -> tuple[Config, str | None]:
+    """The config a worker starts with, and its problem. There is no last good config yet:
+    a missing or empty file is served as it is (nothing approved) but reported. With
+    `boot_config` (what `dihya serve` validated when it started: a worker gunicorn restarts
+    later gets it), a file the worker cannot use gives that config's settings (store,
+    audit key, sandbox) with nothing approved, instead of a worker that cannot start."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        if boot_config is None:
+            raise
+        return attrs.evolve(boot_config, allow=()), exc.reason
+    problem = config_problem(config, None)
+    if problem is not None and boot_config is not None:
+        return attrs.evolve(boot_config, allow=()), problem
+    return config, problem
 
 
 def _switch_message(code: str, reason: str | None) -> str:
