@@ -76,8 +76,9 @@ class DihyaState:
         # a good file was taken: its problem (if any) is cleared once the registry serves it
         self._file_served_once_built = False
         # auto_reload: the site-packages stamp seen at the last check, and the one built for
-        self._site_seen: SiteStamp | None = None
-        self._site_built: SiteStamp | None = None
+        # (taken before the first build: an install finishing while it runs is a change)
+        self._site_seen: SiteStamp | None = site_stamp() if self.config.auto_reload else None
+        self._site_built: SiteStamp | None = self._site_seen
         self._snapshot = self._build(None)
         self._retention_checked = time.monotonic()
         apply_retention(self.auditor, self.config.audit_retention_days)
