@@ -39,7 +39,15 @@ from dihya.config import (
 )
 from dihya.discovery import DiscoveredPlugin, discover
 from dihya.fingerprint import FingerprintError, fingerprint_wheel
-from dihya.gate import FAILED, REFUSED, dependency_problems, inspect_files, resolution_problem
+from dihya.gate import (
+    FAILED,
+    REFUSED,
+    SHADOWED_MODULE,
+    dependency_problems,
+    inspect_files,
+    resolution_problem,
+    shadowing_problem,
+)
 from dihya.registry import RegistrySnapshot, build_registry
 
 if TYPE_CHECKING:
@@ -305,6 +313,9 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
         outside = resolution_problem(plugin, files)
         if outside:
             raise CheckFailed(f"cannot approve {name!r} (outside-distribution): {outside}")
+        shadowed = shadowing_problem(plugin, files)
+        if shadowed:
+            raise CheckFailed(f"cannot approve {name!r} ({SHADOWED_MODULE}): {shadowed}")
         missing = dependency_problems(plugin)
         if missing:
             raise CheckFailed(f"cannot approve {name!r} (missing-dependency): "
