@@ -500,6 +500,12 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, as_json:
         files = write_tree(result.files, outdir, force=force)
     except OutputError as exc:
         raise Usage(str(exc)) from exc
+    except (OSError, UnicodeError) as exc:
+        # the disk, permissions, a name the filesystem refuses: one line, never a traceback
+        # (write_tree wrote nothing: its temporary directory is removed)
+        emit({"error": "write-failed", "message": _one_line(exc),
+              "plugins": [h.to_json() for h in result.plugins]})
+        raise CheckFailed(f"cannot write {outdir}: {_one_line(exc)}") from exc
     emit({"outdir": str(outdir), "files": files, "plugins": [h.to_json() for h in result.plugins],
           "needs_sha256": result.needs_sha256, "ms": round(result.ms, 1)})
 
@@ -590,6 +596,11 @@ def _read_json(path: Path) -> Any:
         raise CheckFailed(f"{path}: not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise CheckFailed(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, OSError) else f"{type(exc).__name__}: {text}"
 
 
 def _echo_report(report: dict[str, Any]) -> None:
