@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import attrs
 
-from dihya.fingerprint import IMPORTABLE_SUFFIXES, realpath
+from dihya.fingerprint import IMPORTABLE_SUFFIXES, realpath, realpath_of_file
 
 # Longest first, so `x.cpython-311-x86_64-linux-gnu.so` is not taken for `x.cpython-311-…`
 # + `.so`.
@@ -153,7 +153,14 @@ def _path_entry_finder(entry: object) -> Any:
             entry = os.getcwd()
         except OSError:
             return None
-    return pkgutil.get_importer(entry)
+    try:
+        return sys.path_importer_cache[entry]
+    except KeyError:
+        pass
+    finder = pkgutil.get_importer(entry)  # tries sys.path_hooks, caches a finder it finds
+    if finder is None:
+        sys.path_importer_cache[entry] = None  # no finder: as PathFinder remembers it
+    return finder
 
 
 def _is_namespace(spec: ModuleSpec) -> bool:
@@ -200,7 +207,7 @@ def _describe(spec: ModuleSpec) -> str:
 
 def _relative(origin: str, root: str) -> str | None:
     """`origin`'s real path relative to the real directory `root`, POSIX; None if outside."""
-    real = os.path.realpath(origin)
+    real = realpath_of_file(origin)
     if os.sep != "/":
         try:
             return Path(real).relative_to(root).as_posix()
