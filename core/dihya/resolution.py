@@ -185,9 +185,12 @@ def _module_problem(name: str, listed: tuple[str, ...], spec: ModuleSpec | None,
     if spec is None:
         return None  # nothing at all would be imported: an ImportError, no foreign code
     origin = spec.origin if spec.has_location else None
-    if origin is not None and _relative(origin, root) in listed:
+    real = realpath_of_file(origin) if origin is not None else None
+    if real is not None and _relative(real, root) in listed:
         return None
     found = _describe(spec)
+    if real is not None and real != origin:
+        found += f" (a link to {real})"
     own = " or ".join(listed)
     return Shadowing(name, listed, found,
                      f"module {name!r} would be imported from {found}, not from the "
@@ -205,9 +208,8 @@ def _describe(spec: ModuleSpec) -> str:
     return f"{spec.origin or spec.name!r} (loaded by {kind})"
 
 
-def _relative(origin: str, root: str) -> str | None:
-    """`origin`'s real path relative to the real directory `root`, POSIX; None if outside."""
-    real = realpath_of_file(origin)
+def _relative(real: str, root: str) -> str | None:
+    """The real path `real` relative to the real directory `root`, POSIX; None if outside."""
     if os.sep != "/":
         try:
             return Path(real).relative_to(root).as_posix()

@@ -193,3 +193,19 @@ def test_shadowing_problem_on_the_real_sys_path(plugin_site) -> None:
     (plugin_site.site / helper / "__init__.py").write_text("")
     message = shadowing_problem(plugin, files)
     assert message is not None and f"{helper}/__init__.py" in message
+
+
+def test_listed_file_replaced_by_a_link_to_the_same_bytes_elsewhere(plugin_site,
+                                                                    tmp_path: Path) -> None:
+    """Same content, same fingerprint; but the code would be read from a file outside
+    site-packages that whoever owns it can change after the gate looked."""
+    name, helper = plugin_with_helper(plugin_site)
+    outside = tmp_path / "elsewhere" / f"{helper}.py"
+    outside.parent.mkdir()
+    listed = plugin_site.site / f"{helper}.py"
+    outside.write_bytes(listed.read_bytes())
+    listed.unlink()
+    listed.symlink_to(outside)
+    state, reason, message = status(plugin_site, name)
+    assert (state, reason) == ("refused", SHADOWED_MODULE)
+    assert f"{listed} (a link to {outside})" in message
