@@ -29,6 +29,7 @@ from dihya.config import (
     AllowEntry,
     Config,
     ConfigError,
+    add_known_pth,
     load_config,
     read_document,
     remove_allow,
@@ -49,6 +50,7 @@ from dihya.gate import (
     shadowing_problem,
 )
 from dihya.registry import RegistrySnapshot, build_registry
+from dihya.startup import PthFile, known_entry, pth_json, scan_pth, site_directories
 
 if TYPE_CHECKING:
     from dihya.store import Store
@@ -164,7 +166,8 @@ def list_plugins(state: State, as_json: bool) -> None:
     """List every installed plugin with its status."""
     snapshot = state.registry()
     if as_json:
-        _echo_json([r.to_json() for r in snapshot.records])
+        # the array has no room for facts about the environment: every row carries them
+        _echo_json([_with_pth(r.to_json(), snapshot) for r in snapshot.records])
         return
     from rich.console import Console
     from rich.table import Table
@@ -180,6 +183,18 @@ def list_plugins(state: State, as_json: bool) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     if not snapshot.records:
         click.echo("no plugin installed in group " + snapshot.config.group)
+    _warn_pth(snapshot)
+
+
+def _with_pth(data: dict[str, Any], snapshot: RegistrySnapshot) -> dict[str, Any]:
+    data["pth"] = pth_json(snapshot.pth)
+    return data
+
+
+def _warn_pth(snapshot: RegistrySnapshot) -> None:
+    for pth in snapshot.pth:
+        if not pth.acknowledged:
+            click.echo(f"warning: {pth.describe()}", err=True)
 
 
 @plugins.command("show")
@@ -194,13 +209,15 @@ def show(state: State, name: str, as_json: bool) -> None:
         _unknown(name, snapshot.names())
     data = record.to_json()
     if as_json:
-        _echo_json(data)
+        _echo_json(_with_pth(data, snapshot))
         return
     data["actions"] = [a["name"] for a in data["actions"]]  # schemas: see --json
     for key, value in data.items():
         if isinstance(value, list):
             value = ", ".join(map(str, value)) or "-"
         click.echo(f"{key:>21}: {'-' if value is None else value}")
+    for pth in snapshot.pth or [None]:
+        click.echo(f"{'pth':>21}: {pth.describe() if pth else '-'}")
 
 
 @plugins.command("fingerprint")
@@ -452,19 +469,85 @@ def verify(state: State, as_json: bool) -> None:
                                     f"{entry.version})", "ok": False})
             continue
         ok = record.status not in (REFUSED, FAILED)
-        rows.append({"name": record.name, "status": record.status, "reason": record.reason,
-                     "message": record.message, "ok": ok})
+        rows.append({"kind": "plugin", "name": record.name, "status": record.status,
+                     "reason": record.reason, "message": record.message, "ok": ok})
+    plugin_rows = len(rows)
+    rows += [_pth_row(pth) for pth in snapshot.pth]
     if as_json:
         _echo_json(rows)
     else:
         for row in rows:
             mark = "ok  " if row["ok"] else "FAIL"
+            if row["kind"] == "pth":
+                click.echo(f"{mark} pth {row['message']}")
+                continue
             reason = f"/{row['reason']}" if row["reason"] else ""
             click.echo(f"{mark} {row['name']}: {row['status']}{reason} {row['message']}")
-        if not rows:
+        if not plugin_rows:
             click.echo("no plugin is allowlisted")
     if not all(row["ok"] for row in rows):
         sys.exit(1)
+
+
+UNACKNOWLEDGED_PTH = "unacknowledged-pth"
+
+
+def _pth_row(pth: PthFile) -> dict[str, Any]:
+    """A `verify` row for a `.pth` file that runs code: ok only when acknowledged."""
+    return {"kind": "pth", "name": pth.file,
+            "status": "acknowledged" if pth.acknowledged else "unacknowledged",
+            "reason": None if pth.acknowledged else UNACKNOWLEDGED_PTH,
+            "message": pth.describe(), "ok": pth.acknowledged, **pth.to_json()}
+
+
+@plugins.command("acknowledge-pth")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--note", help="Why this file may run at interpreter start (kept in the config).")
+@pass_state
+def acknowledge_pth(state: State, files: tuple[str, ...], note: str | None) -> None:
+    """Acknowledge .pth files that run code at interpreter start, as they are now.
+
+    FILE is a path, or a file name as `plugins verify` lists it (every code-running .pth of
+    that name). The config records the name and the SHA-256 of the content
+    ([[plugins.known_pth]]), keeping its comments: an edited file is no longer acknowledged.
+    Review the file, and the modules its `import` lines load, first.
+    """
+    config = state.config()
+    found = scan_pth(config.known_pth)
+    chosen: list[PthFile] = []
+    for target in dict.fromkeys(files):
+        chosen += [p for p in _pth_matches(found, target) if p not in chosen]
+    try:
+        entries = [known_entry(p, note) for p in chosen]
+    except ValueError as exc:
+        raise CheckFailed(str(exc)) from exc
+    with _editing(state) as doc:
+        added = [add_known_pth(doc, entry) for entry in entries]
+    auditor = state.auditor()
+    for pth, new in zip(chosen, added, strict=True):
+        click.echo(f"{'acknowledged' if new else 'already acknowledged'} {pth.path} "
+                   f"({pth.owner or 'no owner'}) sha256 {pth.sha256}")
+        auditor.record("pth.acknowledged", "ok", subject=_user(), pth_file=pth.file,
+                       pth_sha256=pth.sha256)
+
+
+def _pth_matches(found: Sequence[PthFile], target: str) -> list[PthFile]:
+    """The code-running .pth files `target` names (a path, or a bare file name)."""
+    if "/" not in target and os.sep not in target:
+        matches = [p for p in found if p.file == target]
+    else:
+        real = os.path.realpath(target)
+        matches = [p for p in found if os.path.realpath(p.path) == real]
+    if matches:
+        return matches
+    where = ", ".join(site_directories()) or "none"
+    listing = ", ".join(p.path for p in found) or "none"
+    if os.path.isfile(target) and target.endswith(".pth"):
+        raise CheckFailed(f"{target} runs no code at interpreter start (no line starts with "
+                          "`import`) or is not in a site directory of this interpreter "
+                          f"({where}): there is nothing to acknowledge")
+    raise CheckFailed(f"no .pth file that runs code is named {target!r} in this interpreter's "
+                      f"site directories ({where}); those that run code: {listing}")
 
 
 @main.command()

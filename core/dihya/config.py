@@ -19,6 +19,7 @@ import attrs
 
 from dihya.discovery import DEFAULT_GROUP
 from dihya.publishers import Publisher, array_entry, parse_publishers
+from dihya.startup import KnownPth, parse_known_pth
 
 if TYPE_CHECKING:
     import tomlkit.exceptions
@@ -82,6 +83,7 @@ class Config:
     allow: tuple[AllowEntry, ...] = ()
     auto_reload: bool = False
     publishers: tuple[Publisher, ...] = ()
+    known_pth: tuple[KnownPth, ...] = ()
     store_url: str | None = None
     rate_limit: str = "60/minute"
     rate_limit_storage: str = "memory://"
@@ -196,8 +198,8 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
             0 < retention <= 36500):
         raise ConfigError(f"{where}: [audit] retention_days must be a number of days between "
                           f"0 and 36500, not {retention!r}")
-    plugins = _table(where, data, "plugins",
-                     {"group", "hook_timeout_s", "auto_reload", "allow", "publishers"})
+    plugins = _table(where, data, "plugins", {"group", "hook_timeout_s", "auto_reload",
+                                              "allow", "publishers", "known_pth"})
     auto_reload = _bool(where, "plugins", plugins, "auto_reload", False)
     group = plugins.get("group", DEFAULT_GROUP)
     if not isinstance(group, str) or not group:
@@ -213,10 +215,12 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
     allow = tuple(_allow_entry(where, i, raw) for i, raw in enumerate(raw_allow, 1))
     try:
         publishers = parse_publishers(plugins.get("publishers", []))
+        known_pth = parse_known_pth(plugins.get("known_pth", []))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     return Config(path=path, exists=exists, group=group, hook_timeout_s=float(timeout),
                   allow=allow, auto_reload=auto_reload, publishers=publishers,
+                  known_pth=known_pth,
                   store_url=store_url, rate_limit=rate_limit,
                   rate_limit_storage=storage, audit_key=audit_key,
                   audit_retention_days=float(retention), sandbox=sandbox)
@@ -350,6 +354,38 @@ def _allow_array(doc: TOMLDocument) -> Any:
             aot.append(table)
         plugins["allow"] = aot
     return plugins["allow"]
+
+
+def add_known_pth(doc: TOMLDocument, values: Mapping[str, str]) -> bool:
+    """Add a `[[plugins.known_pth]]` table with `values` (file, sha256, note); False if an
+    entry already acknowledges that file with that content (its note is then updated)."""
+    import tomlkit
+
+    if "plugins" not in doc:
+        doc["plugins"] = tomlkit.table()
+    plugins: Any = doc["plugins"]
+    if "known_pth" not in plugins:
+        plugins["known_pth"] = tomlkit.aot()
+    elif not isinstance(plugins["known_pth"], tomlkit.items.AoT):
+        # `known_pth = [{...}]`: appending a table to an inline array would write invalid
+        # TOML, so it becomes [[plugins.known_pth]] tables (as `_allow_array` does)
+        aot = tomlkit.aot()
+        for item in plugins["known_pth"]:
+            table = tomlkit.table()
+            table.update(item.unwrap() if hasattr(item, "unwrap") else item)
+            aot.append(table)
+        plugins["known_pth"] = aot
+    for table in plugins["known_pth"]:
+        if (table.get("file"), str(table.get("sha256", "")).lower()) == (
+                values["file"], values["sha256"]):
+            if values.get("note"):
+                table["note"] = values["note"]
+            return False
+    table = tomlkit.table()
+    for key, value in values.items():
+        table[key] = value
+    plugins["known_pth"].append(table)
+    return True
 
 
 def upsert_allow(doc: TOMLDocument, entry: AllowEntry) -> None:

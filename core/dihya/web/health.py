@@ -6,6 +6,8 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from dihya.startup import pth_json, unacknowledged
+
 health = Blueprint("health", __name__)
 
 
@@ -29,5 +31,10 @@ def readyz() -> tuple[Response, int]:
             # which change this worker has caught up with, and since when: compare across
             # workers and nodes to see a reload or a switch propagate
             "state_version": state.version,
-            "registry_age_s": round(max(0.0, time.time() - snapshot.built_at), 3)}
+            "registry_age_s": round(max(0.0, time.time() - snapshot.built_at), 3),
+            # code that runs at interpreter start, as of the last build: names and hashes,
+            # not directories (this route needs no token); `plugins verify` has the paths.
+            # Not a readiness check: an unacknowledged file is for the operator to review.
+            "pth": pth_json(snapshot.pth, with_path=False),
+            "pth_unacknowledged": len(unacknowledged(snapshot.pth))}
     return jsonify(body), 200 if ready else 503
