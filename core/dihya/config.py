@@ -382,6 +382,7 @@ def add_known_pth(doc: TOMLDocument, values: Mapping[str, str]) -> bool:
                 table["note"] = values["note"]
             return False
     table = tomlkit.table()
+    table.trivia.indent = "\n"  # a blank line before its header, for whoever reads the file
     for key, value in values.items():
         table[key] = value
     plugins["known_pth"].append(table)

@@ -176,8 +176,9 @@ def _namespace_problem(name: str, spec: ModuleSpec | None) -> Shadowing | None:
     found = _describe(spec)
     return Shadowing(name, (), found,
                      f"{name!r} is a namespace package the plugin's modules live in, but "
-                     f"{found} makes it a regular module whose code would run when the "
-                     "plugin is imported; remove that file (and find out who wrote it)")
+                     f"{found} turns it into a regular package or module whose code would "
+                     "run when the plugin is imported; remove that file (and find out who "
+                     "wrote it)")
 
 
 def _module_problem(name: str, listed: tuple[str, ...], spec: ModuleSpec | None,

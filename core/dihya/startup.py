@@ -97,8 +97,8 @@ class PthFile:
         elif self.sha256 is None:
             state = "NOT acknowledged: it cannot be read, so its content cannot be pinned"
         else:
-            state = (f"NOT acknowledged: review it, then `dihya plugins acknowledge-pth "
-                     f"{self.path}` (sha256 {self.sha256})")
+            state = (f"NOT acknowledged (sha256 {self.sha256[:16]}…): review it, then "
+                     f"`dihya plugins acknowledge-pth {self.file}`")
         return f"{self.path} ({owner}) runs code at interpreter start; {state}"
 
 
