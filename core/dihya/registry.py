@@ -19,7 +19,7 @@ import attrs
 from dihya.config import Config, env_disabled
 from dihya.discovery import discover
 from dihya.executor import HookExecutor, InProcessExecutor
-from dihya.gate import ACTIVE, FAILED, REFUSED, Verdict, assess_all
+from dihya.gate import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess_all
 from dihya.loader import Loaded, forget_modules, load_plugins
 from dihya.plugin import ActionSpec, GenerationPluginBase
 from dihya.startup import PthFile, scan_pth
@@ -196,9 +196,9 @@ def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
     from dihya.sandbox.admission import checked_meta
 
     if isinstance(hello, WorkerStartError):
-        # files changed between the gate and the worker's own check: a refusal, as the
-        # gate would have said a moment later
-        status = REFUSED if hello.reason == "fingerprint-mismatch" else FAILED
+        # files changed (or something now shadows them) between the gate and the worker's
+        # own check: a refusal, as the gate would have said a moment later
+        status = REFUSED if hello.reason in STATUSES[REFUSED] else FAILED
         return _record(verdict, status, hello.reason, hello.message)
     try:
         meta = checked_meta(hello.meta)

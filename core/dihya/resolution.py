@@ -59,9 +59,9 @@ def listed_modules(files: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """
     modules: dict[str, list[str]] = {}
     for rel in files:
-        suffix = next((s for s in _SUFFIXES if rel.endswith(s)), None)
-        if suffix is None:
+        if not rel.endswith(_SUFFIXES):  # most files of a distribution: one C-level test
             continue
+        suffix = next(s for s in _SUFFIXES if rel.endswith(s))
         parts = rel[: -len(suffix)].split("/")
         if parts[-1] == _INIT:
             parts.pop()
