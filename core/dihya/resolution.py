@@ -94,9 +94,14 @@ def find_shadowing(site: Path, files: Iterable[str],
         parent = name.rpartition(".")[0]
         if parent and parent not in locations:
             continue  # the parent is a plain module: this file is not importable as `name`
-        spec, portions = _find(name, locations[parent] if parent else top, finders,
-                               top_level=not parent)
         listed = modules.get(name)
+        try:
+            spec, portions = _find(name, locations[parent] if parent else top, finders,
+                                   top_level=not parent)
+        except FinderFailed as exc:
+            return Shadowing(name, listed or (), str(exc),
+                             f"looking up module {name!r} as `import` would, {exc}; the "
+                             "plugin's own file cannot be shown to be what runs")
         problem = (_namespace_problem(name, spec) if listed is None
                    else _module_problem(name, listed, spec, root))
         if problem is not None:
@@ -124,7 +129,7 @@ def _find(name: str, where: Sequence[str], finders: Sequence[Any],
         find_spec = getattr(finder, "find_spec", None)
         if find_spec is None:
             continue
-        spec = find_spec(name, None if top_level else list(where))
+        spec = _ask(finder, find_spec, name, None if top_level else list(where))
         if spec is not None:
             if _is_namespace(spec):
                 return None, list(spec.submodule_search_locations or ())
@@ -135,13 +140,25 @@ def _find(name: str, where: Sequence[str], finders: Sequence[Any],
         find_spec = getattr(finder, "find_spec", None)
         if find_spec is None:
             continue
-        spec = find_spec(name)
+        spec = _ask(finder, find_spec, name)
         if spec is None:
             continue
         if not _is_namespace(spec):
             return spec, []
         portions.extend(spec.submodule_search_locations or ())
     return None, portions
+
+
+class FinderFailed(Exception):
+    """A finder raised while looking a module up: `import` would fail the same way."""
+
+
+def _ask(finder: Any, find_spec: Any, *args: Any) -> ModuleSpec | None:
+    try:
+        spec: ModuleSpec | None = find_spec(*args)
+    except Exception as exc:
+        raise FinderFailed(f"{finder!r} raised {type(exc).__name__}: {exc}") from exc
+    return spec
 
 
 def _path_entry_finder(entry: object) -> Any:

@@ -209,3 +209,37 @@ def test_listed_file_replaced_by_a_link_to_the_same_bytes_elsewhere(plugin_site,
     state, reason, message = status(plugin_site, name)
     assert (state, reason) == ("refused", SHADOWED_MODULE)
     assert f"{listed} (a link to {outside})" in message
+
+
+class _ClaimingFinder:
+    """A meta-path finder ahead of PathFinder, as a `.pth` line could install one."""
+
+    def __init__(self, name: str, origin: str | None) -> None:
+        self.name, self.origin = name, origin
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib.util
+
+        if fullname != self.name:
+            return None
+        if self.origin is None:
+            raise RuntimeError("finder broke")
+        return importlib.util.spec_from_file_location(fullname, self.origin)
+
+
+@pytest.mark.parametrize("origin", ["/elsewhere/helper.py", None])
+def test_meta_path_finders_before_pathfinder_count_on_the_real_path(plugin_site, origin) -> None:
+    name, helper = plugin_with_helper(plugin_site)
+    plugin = next(p for p in plugin_site.discover() if p.name == name)
+    files, _ = inspect_files(plugin)
+    finder = _ClaimingFinder(helper, origin)
+    sys.meta_path.insert(0, finder)
+    try:
+        message = shadowing_problem(plugin, files)
+        # an explicit path (tests, custom sites) consults only the path-independent finders
+        explicit = shadowing_problem(plugin, files, plugin_site.path)
+    finally:
+        sys.meta_path.remove(finder)
+    assert message is not None and helper in message
+    assert ("/elsewhere/helper.py" if origin else "RuntimeError: finder broke") in message
+    assert explicit is None
