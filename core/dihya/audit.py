@@ -41,7 +41,7 @@ EVENT_TYPES: Final = frozenset({
     # requests
     "generation", "plugin.action", "auth.failed", "acl.denied",
     # administration
-    "token.created", "token.revoked", "registry.reloaded",
+    "token.created", "token.revoked", "registry.reloaded", "pth.acknowledged",
     # the audit log itself
     "audit.exported", "audit.purged", "audit.retention",
 })
@@ -80,6 +80,8 @@ class AuditEvent:
     count: int | None = None  # events exported or removed
     days: float | None = None  # retention period, or purge --older-than
     format: str | None = attrs.field(default=None, validator=_optional_in(FORMATS))
+    pth_file: str | None = None  # a .pth file's name (never its directory)
+    pth_sha256: str | None = None  # the SHA-256 of its content
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in attrs.asdict(self).items() if v is not None}

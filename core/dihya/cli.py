@@ -38,6 +38,7 @@ from dihya.config import (
 from dihya.configedit import (
     Approval,
     ApprovalRefused,
+    add_known_pth,
     edit_document,
     record_approval,
     remove_allow,
@@ -46,8 +47,17 @@ from dihya.configedit import (
 from dihya.configfile import ConfigFileError, ConfigLockTimeout, exposure
 from dihya.discovery import DiscoveredPlugin, discover
 from dihya.fingerprint import FingerprintError, fingerprint_wheel
-from dihya.gate import FAILED, REFUSED, dependency_problems, inspect_files, resolution_problem
+from dihya.gate import (
+    FAILED,
+    REFUSED,
+    SHADOWED_MODULE,
+    dependency_problems,
+    inspect_files,
+    resolution_problem,
+    shadowing_problem,
+)
 from dihya.registry import RegistrySnapshot, build_registry
+from dihya.startup import PthFile, known_entry, pth_json, scan_pth, site_directories
 
 if TYPE_CHECKING:
     from dihya.fingerprint import InstalledFiles
@@ -173,7 +183,8 @@ def list_plugins(state: State, as_json: bool) -> None:
     """List every installed plugin with its status."""
     snapshot = state.registry()
     if as_json:
-        _echo_json([r.to_json() for r in snapshot.records])
+        # the array has no room for facts about the environment: every row carries them
+        _echo_json([_with_pth(r.to_json(), snapshot) for r in snapshot.records])
         return
     from rich.console import Console
     from rich.table import Table
@@ -189,6 +200,18 @@ def list_plugins(state: State, as_json: bool) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     if not snapshot.records:
         click.echo("no plugin installed in group " + snapshot.config.group)
+    _warn_pth(snapshot)
+
+
+def _with_pth(data: dict[str, Any], snapshot: RegistrySnapshot) -> dict[str, Any]:
+    data["pth"] = pth_json(snapshot.pth)
+    return data
+
+
+def _warn_pth(snapshot: RegistrySnapshot) -> None:
+    for pth in snapshot.pth:
+        if not pth.acknowledged:
+            click.echo(f"warning: {pth.describe()}", err=True)
 
 
 @plugins.command("show")
@@ -203,13 +226,15 @@ def show(state: State, name: str, as_json: bool) -> None:
         _unknown(name, snapshot.names())
     data = record.to_json()
     if as_json:
-        _echo_json(data)
+        _echo_json(_with_pth(data, snapshot))
         return
     data["actions"] = [a["name"] for a in data["actions"]]  # schemas: see --json
     for key, value in data.items():
         if isinstance(value, list):
             value = ", ".join(map(str, value)) or "-"
         click.echo(f"{key:>21}: {'-' if value is None else value}")
+    for pth in snapshot.pth or [None]:
+        click.echo(f"{'pth':>21}: {pth.describe() if pth else '-'}")
 
 
 @plugins.command("fingerprint")
@@ -358,6 +383,9 @@ def _approvable(name: str, found: Sequence[DiscoveredPlugin]) -> tuple[Discovere
     outside = resolution_problem(plugin, files)
     if outside:
         raise CheckFailed(f"cannot approve {name!r} (outside-distribution): {outside}")
+    shadowed = shadowing_problem(plugin, files)
+    if shadowed:
+        raise CheckFailed(f"cannot approve {name!r} ({SHADOWED_MODULE}): {shadowed}")
     missing = dependency_problems(plugin)
     if missing:
         raise CheckFailed(f"cannot approve {name!r} (missing-dependency): "
@@ -471,6 +499,7 @@ def verify(state: State, as_json: bool) -> None:
     failed = next((r for r in rows if not r["ok"]), None)
     if config is not None and failed is None:
         rows += _plugin_checks(state)
+        rows += [_pth_row(pth) for pth in state.registry().pth]
     if as_json:
         _echo_json(rows)
     else:
@@ -561,6 +590,67 @@ def _plugin_checks(state: State) -> list[dict[str, Any]]:
     return rows
 
 
+UNACKNOWLEDGED_PTH = "unacknowledged-pth"
+
+
+def _pth_row(pth: PthFile) -> dict[str, Any]:
+    """A `verify` row for a `.pth` file that runs code: ok only when acknowledged."""
+    return {"name": pth.file, "check": "pth",
+            "status": "acknowledged" if pth.acknowledged else "unacknowledged",
+            "reason": None if pth.acknowledged else UNACKNOWLEDGED_PTH,
+            "message": pth.describe(), "ok": pth.acknowledged, **pth.to_json()}
+
+
+@plugins.command("acknowledge-pth")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--note", help="Why this file may run at interpreter start (kept in the config).")
+@pass_state
+def acknowledge_pth(state: State, files: tuple[str, ...], note: str | None) -> None:
+    """Acknowledge .pth files that run code at interpreter start, as they are now.
+
+    FILE is a path, or a file name as `plugins verify` lists it (every code-running .pth of
+    that name). The config records the name and the SHA-256 of the content
+    ([[plugins.known_pth]]), keeping its comments: an edited file is no longer acknowledged.
+    Review the file, and the modules its `import` lines load, first.
+    """
+    config = state.config()
+    found = scan_pth(config.known_pth)
+    chosen: list[PthFile] = []
+    for target in dict.fromkeys(files):
+        chosen += [p for p in _pth_matches(found, target) if p not in chosen]
+    try:
+        entries = [known_entry(p, note) for p in chosen]
+    except ValueError as exc:
+        raise CheckFailed(str(exc)) from exc
+    with _editing(state) as doc:
+        added = [add_known_pth(doc, entry) for entry in entries]
+    auditor = state.auditor()
+    for pth, new in zip(chosen, added, strict=True):
+        click.echo(f"{'acknowledged' if new else 'already acknowledged'} {pth.path} "
+                   f"({pth.owner or 'no owner'}) sha256 {pth.sha256}")
+        auditor.record("pth.acknowledged", "ok", subject=_user(), pth_file=pth.file,
+                       pth_sha256=pth.sha256)
+
+
+def _pth_matches(found: Sequence[PthFile], target: str) -> list[PthFile]:
+    """The code-running .pth files `target` names (a path, or a bare file name)."""
+    if "/" not in target and os.sep not in target:
+        matches = [p for p in found if p.file == target]
+    else:
+        real = os.path.realpath(target)
+        matches = [p for p in found if os.path.realpath(p.path) == real]
+    if matches:
+        return matches
+    where = ", ".join(site_directories()) or "none"
+    listing = ", ".join(p.path for p in found) or "none"
+    if os.path.isfile(target) and target.endswith(".pth"):
+        raise CheckFailed(f"{target} runs no code at interpreter start (no line starts with "
+                          "`import`) or is not in a site directory of this interpreter "
+                          f"({where}): there is nothing to acknowledge")
+    raise CheckFailed(f"no .pth file that runs code is named {target!r} in this interpreter's "
+                      f"site directories ({where}); those that run code: {listing}")
+
+
 @main.command()
 @click.argument("needs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "outdir", required=True,
@@ -608,6 +698,12 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: 
         written = write_tree(result.files, outdir, force=force, keep_added=update)
     except OutputError as exc:
         raise _output_failed(exc) from exc
+    except (OSError, UnicodeError) as exc:
+        # the disk, permissions, a name the filesystem refuses: one line, never a traceback
+        # (write_tree wrote nothing: its temporary directory is removed)
+        emit({"error": "write-failed", "message": _one_line(exc),
+              "plugins": [h.to_json() for h in result.plugins]})
+        raise CheckFailed(f"cannot write {outdir}: {_one_line(exc)}") from exc
     _notes(written.recovered)
     emit({"outdir": str(outdir), "files": written.files, "kept": written.kept,
           "plugins": [h.to_json() for h in result.plugins],
@@ -711,6 +807,11 @@ def _read_json(path: Path) -> Any:
         raise CheckFailed(f"{path}: not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise CheckFailed(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, OSError) else f"{type(exc).__name__}: {text}"
 
 
 def _echo_report(report: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ import attrs
 
 from dihya.discovery import DEFAULT_GROUP
 from dihya.publishers import Publisher, array_entry, parse_publishers
+from dihya.startup import KnownPth, parse_known_pth
 
 MODES: Final = ("sandbox", "in-process")
 ROLES: Final = ("admin", "developer", "viewer")
@@ -110,6 +111,7 @@ class Config:
     allow: tuple[AllowEntry, ...] = ()
     auto_reload: bool = False
     publishers: tuple[Publisher, ...] = ()
+    known_pth: tuple[KnownPth, ...] = ()
     store_url: str | None = None
     rate_limit: str = "60/minute"
     rate_limit_storage: str = "memory://"
@@ -204,8 +206,8 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
             0 < retention <= 36500):
         raise ConfigError(f"{where}: [audit] retention_days must be a number of days between "
                           f"0 and 36500, not {retention!r}")
-    plugins = _table(where, data, "plugins",
-                     {"group", "hook_timeout_s", "auto_reload", "allow", "publishers"})
+    plugins = _table(where, data, "plugins", {"group", "hook_timeout_s", "auto_reload",
+                                              "allow", "publishers", "known_pth"})
     auto_reload = _bool(where, "plugins", plugins, "auto_reload", False)
     group = plugins.get("group", DEFAULT_GROUP)
     if not isinstance(group, str) or not group:
@@ -222,11 +224,13 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
     _refuse_duplicates(where, allow, text)
     try:
         publishers = parse_publishers(plugins.get("publishers", []))
+        known_pth = parse_known_pth(plugins.get("known_pth", []))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     return Config(path=path, exists=exists, empty=exists and not data,
                   allow_declared="allow" in plugins, group=group, hook_timeout_s=float(timeout),
                   allow=allow, auto_reload=auto_reload, publishers=publishers,
+                  known_pth=known_pth,
                   store_url=store_url, rate_limit=rate_limit,
                   rate_limit_storage=storage, audit_key=audit_key,
                   audit_retention_days=float(retention), sandbox=sandbox)

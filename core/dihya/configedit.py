@@ -9,7 +9,7 @@ moment, so concurrent edits (a `disable` during an `approve`) are all kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,3 +234,36 @@ def set_enabled(doc: TOMLDocument, name: str, enabled: bool, reason: str | None)
             else:
                 table["disabled_reason"] = reason
     return hit
+
+
+def add_known_pth(doc: TOMLDocument, values: Mapping[str, str]) -> bool:
+    """Add a `[[plugins.known_pth]]` table with `values` (file, sha256, note); False if an
+    entry already acknowledges that file with that content (its note is then updated)."""
+    import tomlkit
+
+    if "plugins" not in doc:
+        doc["plugins"] = tomlkit.table()
+    plugins: Any = doc["plugins"]
+    if "known_pth" not in plugins:
+        plugins["known_pth"] = tomlkit.aot()
+    elif not isinstance(plugins["known_pth"], tomlkit.items.AoT):
+        # `known_pth = [{...}]`: appending a table to an inline array would write invalid
+        # TOML, so it becomes [[plugins.known_pth]] tables (as `_allow_array` does)
+        aot = tomlkit.aot()
+        for item in plugins["known_pth"]:
+            table = tomlkit.table()
+            table.update(item.unwrap() if hasattr(item, "unwrap") else item)
+            aot.append(table)
+        plugins["known_pth"] = aot
+    for table in plugins["known_pth"]:
+        if (table.get("file"), str(table.get("sha256", "")).lower()) == (
+                values["file"], values["sha256"]):
+            if values.get("note"):
+                table["note"] = values["note"]
+            return False
+    table = tomlkit.table()
+    table.trivia.indent = "\n"  # a blank line before its header, for whoever reads the file
+    for key, value in values.items():
+        table[key] = value
+    plugins["known_pth"].append(table)
+    return True

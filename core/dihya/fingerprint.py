@@ -125,6 +125,34 @@ def realpath(path: str) -> str:
     return hit
 
 
+def realpath_of_file(path: str) -> str:
+    """`os.path.realpath(path)` for an absolute path; inside `shared_realpaths`, each parent
+    directory is resolved once per pass (one `lstat` per new directory, none for a known
+    one) and only the file itself is looked at afresh."""
+    cache = _REALPATHS.get()
+    parent, name = os.path.split(path)
+    if cache is None or not os.path.isabs(path) or name in ("", ".", ".."):
+        return os.path.realpath(path)
+    full = os.path.join(_real_dir(parent, cache), name)
+    return os.path.realpath(full) if os.path.islink(full) else full
+
+
+def _real_dir(path: str, cache: dict[str, str]) -> str:
+    hit = cache.get(path)
+    if hit is not None:
+        return hit
+    parent, name = os.path.split(path)
+    if name in ("", ".", "..") or parent == path:
+        hit = os.path.realpath(path)  # the root, or a path that is not normalized
+    else:
+        # a plain entry of a real directory is that directory's real path + its name,
+        # unless the entry itself is a link
+        full = os.path.join(_real_dir(parent, cache), name)
+        hit = os.path.realpath(full) if os.path.islink(full) else full
+    cache[path] = hit
+    return hit
+
+
 def _read_bytes(path: str) -> bytes:
     # os.open/os.read: no buffered file object, about half the cost of Path.read_bytes.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))

@@ -1,20 +1,18 @@
 """The gate: decide, without importing anything, whether a discovered plugin may be loaded.
 
 Checks, in order: duplicate names, the allowlist (name, distribution, version), editable
-installs and where the entry point's module resolves, missing and unlisted files, the
-content fingerprint, then the switches (environment, config) and declared dependencies.
+installs, missing and unlisted files, the entry point's module being a file of the
+distribution, every listed module resolving to its own file on the import path (nothing
+shadows it, nothing runs in addition), the content fingerprint, then the switches
+(environment, config) and declared dependencies.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
 import importlib.metadata as md
-import importlib.util
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from pathlib import Path
 from typing import Final
 
 import attrs
@@ -28,20 +26,21 @@ from dihya.fingerprint import (
     FingerprintError,
     InstalledFiles,
     inspect_installed,
-    realpath,
     shared_realpaths,
 )
+from dihya.resolution import find_shadowing
 
 ACTIVE: Final = "active"
 DISABLED: Final = "disabled"
 REFUSED: Final = "refused"
 FAILED: Final = "failed"
+SHADOWED_MODULE: Final = "shadowed-module"
 STATUSES: Final = {
     ACTIVE: (),
     DISABLED: ("disabled-by-config", "disabled-by-env", "disabled-by-admin", "quarantined"),
     REFUSED: ("not-allowlisted", "fingerprint-mismatch", "version-mismatch",
               "distribution-mismatch", "unlisted-file", "missing-file", "duplicate-name",
-              "outside-distribution", "unsafe-in-process"),
+              "outside-distribution", "shadowed-module", "unsafe-in-process"),
     FAILED: ("import-error", "invalid-plugin", "missing-dependency", "sandbox-start-failed"),
 }
 
@@ -117,10 +116,13 @@ def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[
     if problem is not None or files is None:
         return _verdict(plugin, REFUSED, problem[0] if problem else "missing-file",
                         problem[1] if problem else "no files", entry)
-    outside = resolution_problem(plugin, files, path)
+    outside = resolution_problem(plugin, files)
     if outside:
         return _verdict(plugin, REFUSED, "outside-distribution", outside, entry,
                         files.fingerprint)
+    shadowed = shadowing_problem(plugin, files, path)
+    if shadowed:
+        return _verdict(plugin, REFUSED, SHADOWED_MODULE, shadowed, entry, files.fingerprint)
     if files.fingerprint != entry.fingerprint:
         return _verdict(plugin, REFUSED, "fingerprint-mismatch",
                         f"installed files hash to {files.fingerprint}, approved "
@@ -177,45 +179,35 @@ def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,
     return files, None
 
 
-def resolution_problem(plugin: DiscoveredPlugin, files: InstalledFiles,
-                       path: Sequence[str] | None = None) -> str | None:
-    """Why importing the entry point's module would not run this distribution's files."""
+def resolution_problem(plugin: DiscoveredPlugin, files: InstalledFiles) -> str | None:
+    """Why the entry point's module is not a file of the plugin's distribution, or None."""
     module = plugin.module
     parts = module.split(".")
     candidates = {"/".join(parts) + ".py", "/".join(parts) + "/__init__.py"}
-    listed = set(files.files)
-    if not candidates & listed:
+    if not candidates & set(files.files):
         return (f"module {module!r} of entry point {plugin.value!r} is not a file of "
                 f"{plugin.distribution}")
-    spec = (importlib.util.find_spec(parts[0]) if path is None
-            else importlib.machinery.PathFinder.find_spec(parts[0], list(path)))
-    if spec is None:
-        return f"module {parts[0]!r} cannot be found on the import path"
-    origin = spec.origin if spec.has_location else None
-    if origin is None:
-        return None  # a namespace package: the module file itself is listed (checked above)
-    site = plugin.site_packages
-    rel = _relative_real(origin, site) if site else None
-    if rel not in listed:
-        return (f"module {parts[0]!r} resolves to {origin}, which is not a file of "
-                f"{plugin.distribution} (shadowed by another package)")
     return None
 
 
-def _relative_real(origin: str, site: Path) -> str | None:
-    """`Path(origin).resolve().relative_to(site.resolve()).as_posix()`, None if outside."""
-    if os.sep != "/":
-        try:
-            return Path(origin).resolve().relative_to(site.resolve()).as_posix()
-        except ValueError:
-            return None
-    real = os.path.realpath(origin)  # the module file: resolved afresh every time
-    root = realpath(os.fspath(site))
-    if root == "/":
-        return real[1:] or "." if real.startswith("/") else None
-    if real == root:
-        return "."
-    return real[len(root) + 1:] if real.startswith(root + "/") else None
+def shadowing_problem(plugin: DiscoveredPlugin, files: InstalledFiles,
+                      path: Sequence[str] | None = None) -> str | None:
+    """Why importing the plugin would not run exactly its verified files, or None.
+
+    Every module and package the distribution lists is resolved on `path` (default: the
+    real `sys.path` and `sys.meta_path`) as the import system would: another file found
+    first (an earlier path entry, a package directory beside a module, a built-in name), or
+    a namespace package it uses turned into a regular one (an added `__init__.py`), is a
+    refusal with reason `shadowed-module` (`SHADOWED_MODULE`); the message names the file.
+    Imports nothing. The sandbox worker runs it again on its own import path.
+    """
+    site = plugin.site_packages
+    if site is None:
+        return f"{plugin.distribution} has no installed files to verify"
+    found = find_shadowing(site, files.files, path)
+    if found is None:
+        return None
+    return f"{plugin.distribution}: {found.message}"
 
 
 def dependency_problems(plugin: DiscoveredPlugin, path: Sequence[str] | None = None) -> list[str]:

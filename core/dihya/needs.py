@@ -21,6 +21,8 @@ import attrs
 MAX_NEEDS_BYTES: Final = 1024 * 1024
 MAX_FILES: Final = 500
 MAX_FILE_BYTES: Final = 1024 * 1024
+#: Longest file or directory name, in UTF-8 bytes (NAME_MAX of ext4, XFS, Btrfs, tmpfs, APFS).
+MAX_SEGMENT_BYTES: Final = 255
 RESERVED_FIELD_NAMES: Final = frozenset({"id"})
 _SAFE_SEGMENT = re.compile(r"^[^\x00-\x1f\\:*?\"<>|]+$")
 
@@ -241,7 +243,11 @@ def _parses(parse: Any, value: str) -> bool:
 
 
 def validate_code(code: object) -> list[Problem]:
-    """Every problem with a code mapping (relative POSIX path -> text)."""
+    """Every problem with a code mapping (relative POSIX path -> text).
+
+    A mapping that passes can be written: every path is safe and encodable, no path goes
+    through another file of the mapping, every content is UTF-8-encodable text in bounds.
+    """
     if not isinstance(code, dict):
         return [Problem("$", f"code must be an object mapping paths to text, "
                         f"not {type(code).__name__}")]
@@ -250,20 +256,56 @@ def validate_code(code: object) -> list[Problem]:
     problems = []
     for path, text in code.items():
         where = f"$[{json.dumps(path) if isinstance(path, str) else repr(path)}]"
-        reason = unsafe_path_reason(path)
+        reason = unsafe_path_reason(path) or _through_file_reason(path, code)
         if reason:
             problems.append(Problem(where, reason))
-        if not isinstance(text, str):
-            problems.append(Problem(where, f"content must be text, not {type(text).__name__}"))
-        elif len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
-            problems.append(Problem(where, f"content is larger than {MAX_FILE_BYTES} bytes"))
+        reason = _content_reason(text)
+        if reason:
+            problems.append(Problem(where, reason))
     return problems
+
+
+def _content_reason(text: object) -> str | None:
+    if not isinstance(text, str):
+        return f"content must be text, not {type(text).__name__}"
+    if len(text) > MAX_FILE_BYTES:
+        return f"content is larger than {MAX_FILE_BYTES} bytes"
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        return f"content {_not_unicode(exc)}"
+    if size > MAX_FILE_BYTES:
+        return f"content is larger than {MAX_FILE_BYTES} bytes"
+    return None
+
+
+def _not_unicode(exc: UnicodeEncodeError) -> str:
+    char = exc.object[exc.start]
+    return (f"is not valid Unicode text: a lone surrogate U+{ord(char):04X} at character "
+            f"{exc.start} cannot be written as UTF-8")
+
+
+def _through_file_reason(path: object, code: dict[Any, Any]) -> str | None:
+    """Why `path` cannot be written beside the other files of `code`: a parent directory of
+    it is itself a file of the mapping (`README.md` and `README.md/child.txt`)."""
+    assert isinstance(path, str)  # unsafe_path_reason said so
+    cut = path.find("/")
+    while cut != -1:
+        if path[:cut] in code:
+            return (f"goes through {path[:cut]!r}, which is a file of this output: a path "
+                    "cannot be both a file and a directory")
+        cut = path.find("/", cut + 1)
+    return None
 
 
 def unsafe_path_reason(path: object) -> str | None:
     """Why `path` is not a safe relative POSIX path inside the output, or None."""
     if not isinstance(path, str) or not path:
         return "a path must be a non-empty string"
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"the path {_not_unicode(exc)}"
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
         return "absolute paths are not allowed"
     if "\\" in path:
@@ -273,6 +315,10 @@ def unsafe_path_reason(path: object) -> str | None:
             return "empty, `.` and `..` path segments are not allowed"
         if not _SAFE_SEGMENT.match(segment):
             return f"segment {segment!r} has a control or reserved character"
+        size = len(segment.encode("utf-8"))
+        if size > MAX_SEGMENT_BYTES:
+            return (f"a file or directory name of {size} bytes (UTF-8); the limit is "
+                    f"{MAX_SEGMENT_BYTES}")
     if len(path) > 512:
         return "path is longer than 512 characters"
     return None

@@ -22,6 +22,7 @@ from dihya.executor import (
     HookTimeout,
     HookUnavailable,
     InProcessExecutor,
+    is_invalid_output,
     same_json,
 )
 from dihya.needs import Problem, check_needs, validate_code, validate_needs
@@ -119,7 +120,9 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
         except HookUnavailable as exc:  # switched off or replaced since the snapshot
             status, detail = SKIPPED, str(exc)[:500]
         except HookRaised as exc:
-            status, detail = HOOK_FAILED, str(exc)[:500]
+            # a value the worker could not send back is the plugin's invalid output
+            status = INVALID_OUTPUT if is_invalid_output(exc) else HOOK_FAILED
+            detail = str(exc)[:500]
         except Exception as exc:
             status, detail = HOOK_FAILED, f"{type(exc).__name__}: {exc}"[:500]
         ms = (time.perf_counter() - t0) * 1000

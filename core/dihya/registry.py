@@ -20,9 +20,10 @@ import attrs
 from dihya.config import Config, env_disabled
 from dihya.discovery import discover
 from dihya.executor import HookExecutor, InProcessExecutor
-from dihya.gate import ACTIVE, FAILED, REFUSED, Verdict, assess_all
+from dihya.gate import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess_all
 from dihya.loader import Loaded, forget_modules, load_plugins
 from dihya.plugin import ActionSpec, GenerationPluginBase
+from dihya.startup import PthFile, scan_pth
 
 if TYPE_CHECKING:
     from dihya.executor.sandbox import SandboxPool
@@ -113,6 +114,8 @@ class RegistrySnapshot:
     sandbox: SandboxPool | None = attrs.field(default=None, eq=False, repr=False)
 
     owns_sandbox: bool = attrs.field(default=True, eq=False, repr=False)
+    # the `.pth` files of this interpreter's site directories that run code at start
+    pth: tuple[PthFile, ...] = ()
 
     def close(self) -> None:
         """Stop this snapshot's sandbox workers, unless the pool is shared (a server's)."""
@@ -177,10 +180,13 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
             records.append(_record(verdict, FAILED, failure.reason, failure.message))
         else:
             records.append(_loaded_record(verdict, loaded[name]))
-    elapsed = (time.perf_counter() - start) * 1000
     if sandbox is not None and not owns_sandbox:
         sandbox.retain({r.name for r in records if r.active and r.mode == "sandbox"})
-    return RegistrySnapshot(tuple(records), config, time.time(), elapsed, sandbox, owns_sandbox)
+    # looked at with every build: a reload or auto_reload (which watches *.pth) sees a new one
+    pth = scan_pth(config.known_pth)
+    elapsed = (time.perf_counter() - start) * 1000
+    return RegistrySnapshot(tuple(records), config, time.time(), elapsed, sandbox, owns_sandbox,
+                            pth)
 
 
 def _forget_stale_modules(previous: RegistrySnapshot, in_process: Sequence[Verdict]) -> None:
@@ -213,9 +219,9 @@ def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
     from dihya.sandbox.admission import checked_meta
 
     if isinstance(hello, WorkerStartError):
-        # files changed between the gate and the worker's own check: a refusal, as the
-        # gate would have said a moment later
-        status = REFUSED if hello.reason == "fingerprint-mismatch" else FAILED
+        # files changed (or something now shadows them) between the gate and the worker's
+        # own check: a refusal, as the gate would have said a moment later
+        status = REFUSED if hello.reason in STATUSES[REFUSED] else FAILED
         return _record(verdict, status, hello.reason, hello.message)
     try:
         meta = checked_meta(hello.meta)

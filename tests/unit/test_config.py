@@ -20,7 +20,8 @@ def test_auto_reload_is_off_unless_set(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ('[plugins]\nauto_reload = "yes"\n', "[plugins] auto_reload must be true or false, not 'yes'"),
     ("[plugins]\nautoreload = true\n",
-     "unknown keys ['autoreload']; known: allow, auto_reload, group, hook_timeout_s, publishers"),
+     "unknown keys ['autoreload']; known: allow, auto_reload, group, hook_timeout_s, "
+     "known_pth, publishers"),
 ])
 def test_a_wrong_auto_reload_is_refused_with_the_fix(tmp_path: Path, text: str,
                                                      message: str) -> None:

@@ -112,20 +112,6 @@ def test_two_entry_points_with_one_name_are_both_refused(plugin_site) -> None:
     assert snapshot.active == ()
 
 
-def test_module_shadowed_by_another_path_entry_is_outside_distribution(
-        plugin_site, tmp_path: Path) -> None:
-    name = plugin_site.unique()
-    plugin_site.install(name)
-    entry = plugin_site.entry(name)
-    shadow = tmp_path / "shadow"
-    (shadow / f"dihya_plugin_{name}").mkdir(parents=True)
-    (shadow / f"dihya_plugin_{name}" / "__init__.py").write_text("raise SystemExit('owned')\n")
-    path = [str(shadow), *plugin_site.path]
-    snapshot = build_registry(plugin_site.config(entry), path=path)
-    assert statuses(snapshot)[name] == ("refused", "outside-distribution")
-    assert "shadow" in snapshot.get(name).message
-
-
 def test_entry_point_naming_a_module_of_another_distribution(plugin_site) -> None:
     name = plugin_site.unique()
     wheel = build_wheel(plugin_site.wheels, f"dihya-plugin-{name}", "1.0.0",

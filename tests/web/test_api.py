@@ -113,6 +113,18 @@ def test_health_checks_need_no_token(api: Api) -> None:
     assert after["state_version"] == before + 1 and after["plugins_active"] == 1
 
 
+def test_readyz_lists_code_running_pth_without_their_directories(api: Api) -> None:
+    from dihya.startup import scan_pth
+
+    ready = api.client.get("/readyz").get_json()
+    expected = scan_pth()  # this interpreter's: in a venv, setuptools' own at least
+    assert [p["file"] for p in ready["pth"]] == [p.file for p in expected]
+    assert ready["pth_unacknowledged"] == sum(not p.acknowledged for p in expected)
+    for item in ready["pth"]:
+        assert set(item) == {"file", "owner", "sha256", "acknowledged", "acknowledged_by"}
+        assert "/" not in json.dumps(item), "/readyz answers anyone: no paths"
+
+
 @pytest.mark.parametrize("header", [None, "Bearer", "Basic abc", "Bearer dihya_0000000000000000_"
                                     + "x" * 43, "Bearer nonsense"])
 def test_every_api_route_needs_a_valid_token(api: Api, header: str | None) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dihya.executor.base import (
     HookExecutor,
+    HookInvalidOutput,
     HookRaised,
     HookTimeout,
     HookUnavailable,
+    is_invalid_output,
     json_copy,
     same_json,
 )
@@ -18,10 +20,12 @@ from dihya.executor.inprocess import InProcessExecutor
 
 __all__ = [
     "HookExecutor",
+    "HookInvalidOutput",
     "HookRaised",
     "HookTimeout",
     "HookUnavailable",
     "InProcessExecutor",
+    "is_invalid_output",
     "json_copy",
     "same_json",
 ]

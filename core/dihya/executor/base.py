@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import marshal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from dihya.registry import PluginRecord
@@ -11,6 +11,21 @@ if TYPE_CHECKING:
 
 class HookRaised(Exception):
     """The hook raised in another process; the message is `ExceptionType: message`."""
+
+
+class HookInvalidOutput(HookRaised):
+    """The hook returned, but its value could not be handed back (not JSON data, text that
+    is not valid Unicode): the plugin's output is invalid, reported as `invalid-output`."""
+
+
+#: The error type a sandbox worker reports when the hook's value cannot be sent as JSON.
+INVALID_OUTPUT_ERROR: Final = "InvalidOutput"
+
+
+def is_invalid_output(exc: HookRaised) -> bool:
+    """True when `exc` says the hook's value could not be handed back (the sandbox executor
+    raises `HookInvalidOutput` for a worker's `InvalidOutput` error, by its type field)."""
+    return isinstance(exc, HookInvalidOutput)
 
 
 class HookTimeout(Exception):

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from dihya.config import SandboxSettings
-from dihya.executor.base import HookRaised, HookTimeout, HookUnavailable
+from dihya.executor.base import (
+    INVALID_OUTPUT_ERROR,
+    HookInvalidOutput,
+    HookRaised,
+    HookTimeout,
+    HookUnavailable,
+)
 from dihya.sandbox.outer import launch
 from dihya.sandbox.policy import SandboxPolicy, SandboxSetupError
 from dihya.sandbox.protocol import (
@@ -154,7 +160,7 @@ class Worker:
             error = first.get("error") or {}
             reason = str(error.get("reason", "sandbox-start-failed"))
             if reason not in ("import-error", "invalid-plugin", "sandbox-start-failed",
-                              "fingerprint-mismatch"):
+                              "fingerprint-mismatch", "shadowed-module"):
                 reason = "sandbox-start-failed"
             raise WorkerStartError(reason, str(error.get("message", "unknown failure"))[:2000])
         meta = first.get("meta")
@@ -199,7 +205,10 @@ class Worker:
                     return apply_changes(args[0] if args else None, answer["changes"])
                 return answer.get("value")
             error = answer.get("error") or {}
-            raise PluginRaised(f"{error.get('type', 'Error')}: {error.get('message', '')}"[:600])
+            text = f"{error.get('type', 'Error')}: {error.get('message', '')}"[:600]
+            if error.get("type") == INVALID_OUTPUT_ERROR:  # returned, but unsendable
+                raise HookInvalidOutput(text)
+            raise PluginRaised(text)
 
     def kill(self) -> int | None:
         """Stop the worker now; returns its exit status."""

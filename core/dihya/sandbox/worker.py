@@ -34,7 +34,7 @@ class LoadFailure(Exception):
 def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any], set[str]]:
     """Verify and import the plugin; return (instance, metadata, callable method names)."""
     from dihya.discovery import discover
-    from dihya.gate import inspect_files
+    from dihya.gate import SHADOWED_MODULE, inspect_files, shadowing_problem
     from dihya.loader import load_plugins
 
     matches = [p for p in discover(spec["group"]) if p.name == spec["name"]]
@@ -45,6 +45,10 @@ def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any], set[str]]:
     if problem is not None or files is None or files.fingerprint != spec["fingerprint"]:
         raise LoadFailure("fingerprint-mismatch",
                           "the plugin's files changed since the backend verified them")
+    # what `import` would run here, on this worker's own path, must be the verified files
+    shadowed = shadowing_problem(matches[0], files)
+    if shadowed:
+        raise LoadFailure(SHADOWED_MODULE, shadowed)
     loaded, failed = load_plugins(spec["group"], [matches[0].entry_point])
     if spec["name"] in failed:
         failure = failed[spec["name"]]

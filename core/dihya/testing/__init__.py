@@ -30,7 +30,14 @@ import attrs
 from dihya.config import AllowEntry, Config, SandboxSettings
 from dihya.discovery import DEFAULT_GROUP, DiscoveredPlugin, discover
 from dihya.executor import InProcessExecutor
-from dihya.gate import ACTIVE, dependency_problems, inspect_files, resolution_problem
+from dihya.gate import (
+    ACTIVE,
+    SHADOWED_MODULE,
+    dependency_problems,
+    inspect_files,
+    resolution_problem,
+    shadowing_problem,
+)
 from dihya.pipeline import OK, GenerationFailed, GenerationResult, HookResult, run_generation
 from dihya.plugin import (
     GenerationPluginBase,
@@ -262,9 +269,12 @@ def _run_sandboxed(plugin: type[GenerationPluginBase] | str, needs: Any, name: s
     files, problem = inspect_files(found)
     if problem is not None or files is None:
         raise PluginNotAdmitted(*(problem or ("missing-file", "no files")))
-    outside = resolution_problem(found, files, path)
+    outside = resolution_problem(found, files)
     if outside:
         raise PluginNotAdmitted("outside-distribution", outside)
+    shadowed = shadowing_problem(found, files, path)
+    if shadowed:
+        raise PluginNotAdmitted(SHADOWED_MODULE, shadowed)
     missing = dependency_problems(found, path)
     if missing:
         raise PluginNotAdmitted("missing-dependency", "; ".join(missing))

@@ -6,6 +6,8 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from dihya.startup import pth_json, unacknowledged
+
 health = Blueprint("health", __name__)
 
 
@@ -42,5 +44,10 @@ def readyz() -> tuple[Response, int]:
             else None,
             "sandbox": {"failed": unstartable,
                         "worker_users": sorted({r.worker_user for r in records
-                                                if r.active and r.worker_user})}}
+                                                if r.active and r.worker_user})},
+            # code that runs at interpreter start, as of the last build: names and hashes,
+            # not directories (this route needs no token); `plugins verify` has the paths.
+            # Not a readiness check: an unacknowledged file is for the operator to review.
+            "pth": pth_json(snapshot.pth, with_path=False) if snapshot else [],
+            "pth_unacknowledged": len(unacknowledged(snapshot.pth)) if snapshot else 0}
     return jsonify(body), 200 if ready else 503

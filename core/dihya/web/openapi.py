@@ -344,6 +344,31 @@ def _schemas() -> dict[str, Schema]:
                     "properties": {
                         "reason": {"type": "string", "enum": list(CONFIG_PROBLEMS)},
                         "message": string}}),
+                "pth": {"type": "array", "description":
+                        "The `.pth` files of the interpreter's site directories that run "
+                        "code at start-up (an `import` line), as of the last registry "
+                        "build; `plugins verify` also gives their paths.",
+                        "items": {"$ref": _REF + "PthFile"}},
+                "pth_unacknowledged": {"type": "integer", "minimum": 0, "description":
+                                       "How many of them no `[[plugins.known_pth]]` entry "
+                                       "(or setuptools' own list) acknowledges."},
+            },
+        },
+        "PthFile": {
+            "type": "object",
+            "required": ["file", "owner", "sha256", "acknowledged", "acknowledged_by"],
+            "additionalProperties": False,
+            "properties": {
+                "file": {"type": "string", "description": "The file name."},
+                "owner": {"type": ["string", "null"], "description":
+                          "The distribution whose RECORD lists it; null: no owner."},
+                "sha256": {"type": ["string", "null"], "description":
+                           "SHA-256 of its content; null when it cannot be read."},
+                "acknowledged": boolean,
+                "acknowledged_by": {"enum": ["config", "builtin", None], "description":
+                                    "`config`: a `[[plugins.known_pth]]` entry; `builtin`: "
+                                    "a `distutils-precedence.pth` exactly as setuptools "
+                                    "ships it."},
             },
         },
     }

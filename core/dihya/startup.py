@@ -1,0 +1,250 @@
+"""Code that runs when the interpreter starts, before any gate: `.pth` files that execute.
+
+At start-up, `site` reads every `*.pth` file of each site directory and executes each line
+that starts with `import` followed by a space or a tab. That code runs in the backend (and
+in every `dihya` command) before the core is imported: no allowlist can stop it, and a
+distribution merely installed, approved or not, can ship such a file. The gate can only
+report them: this module finds them (in the directories `site` processes: its site
+packages, the user site when enabled, the virtual environment's site-packages), names the
+distribution whose RECORD lists each one, hashes its content, and says whether the operator
+acknowledged that exact content (`[[plugins.known_pth]]`) or it is one of the
+`distutils-precedence.pth` files setuptools ships, acknowledged out of the box.
+
+`[[plugins.known_pth]]` entries (`file`, `sha256`, optional `note`) are parsed here too,
+like `[[plugins.publishers]]` in `dihya.publishers`, so the config module stays a reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import site
+import sys
+import sysconfig
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import attrs
+
+from dihya.fingerprint import record_paths
+from dihya.publishers import array_entry
+
+#: The `distutils-precedence.pth` that setuptools installs with itself (and that `python -m
+#: venv` puts in every new venv through its bundled setuptools), by exact content, with the
+#: setuptools wheels it was read from. Anything else, or an edited copy, is unacknowledged.
+SETUPTOOLS_PTH: Final = "distutils-precedence.pth"
+SETUPTOOLS_PTH_SHA256: Final = {
+    # enabled = os.environ.get('SETUPTOOLS_USE_DISTUTILS') == 'local'
+    "f1701c42efb4c8e791fbb314ed0843c7f83744e70167d2475e752889b7862d8b": "setuptools 49.3-49.6",
+    # enabled = os.environ.get(var, 'stdlib') == 'local'
+    "7ea7ffef3fe2a117ee12c68ed6553617f0d7fd2f0590257c25c484959a3b7373": "setuptools 50.3-59.8",
+    # enabled = os.environ.get(var, 'local') == 'local'
+    "2638ce9e2500e572a5e0de7faed6661eb569d1b696fcba07b0dd223da5f5d224":
+        "setuptools 50.0, 60.0-84.2 (and the 65.5.0 that venv bundles with Python 3.11)",
+}
+#: Who acknowledged a `.pth` file: the operator's config, or this list of setuptools' own.
+BY_CONFIG: Final = "config"
+BY_SETUPTOOLS: Final = "builtin"
+KNOWN_PTH_KEYS: Final = frozenset({"file", "sha256", "note"})
+_SHA256: Final = re.compile(r"^[0-9a-fA-F]{64}$")
+_IMPORT_LINE: Final = ("import ", "import\t")
+
+
+@attrs.frozen
+class KnownPth:
+    """An operator's acknowledgement of one `.pth` file's exact content."""
+
+    file: str
+    sha256: str
+    note: str | None = None
+
+
+@attrs.frozen
+class PthFile:
+    """A `.pth` file that executes code at interpreter start."""
+
+    path: str
+    sha256: str | None  # None: it could not be read (it is then never acknowledged)
+    owner: str | None  # the distribution whose RECORD lists it; None: no owner
+    acknowledged_by: str | None  # BY_CONFIG, BY_SETUPTOOLS, or None
+
+    @property
+    def file(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.acknowledged_by is not None
+
+    def to_json(self, with_path: bool = True) -> dict[str, Any]:
+        """The `pth` items of `plugins list|show|verify --json` (`path` left out on the
+        unauthenticated `/readyz`)."""
+        data: dict[str, Any] = {"file": self.file}
+        if with_path:
+            data["path"] = self.path
+        data.update(owner=self.owner, sha256=self.sha256, acknowledged=self.acknowledged,
+                    acknowledged_by=self.acknowledged_by)
+        return data
+
+    def describe(self) -> str:
+        """One line for people: where, who owns it, whether it is acknowledged."""
+        owner = self.owner or "no owner"
+        if self.acknowledged_by == BY_SETUPTOOLS:
+            state = "acknowledged (setuptools' own, unchanged)"
+        elif self.acknowledged_by == BY_CONFIG:
+            state = "acknowledged in the config"
+        elif self.sha256 is None:
+            state = "NOT acknowledged: it cannot be read, so its content cannot be pinned"
+        else:
+            state = (f"NOT acknowledged (sha256 {self.sha256[:16]}…): review it, then "
+                     f"`dihya plugins acknowledge-pth {self.file}`")
+        return f"{self.path} ({owner}) runs code at interpreter start; {state}"
+
+
+def parse_known_pth(raw: object) -> tuple[KnownPth, ...]:
+    """`[[plugins.known_pth]]` as read from TOML; ValueError saying what to fix."""
+    if not isinstance(raw, list):
+        raise ValueError("`plugins.known_pth` must be an array of tables "
+                         "([[plugins.known_pth]] with `file` and `sha256`)")
+    return tuple(_known(i, item) for i, item in enumerate(raw, 1))
+
+
+def _known(index: int, item: object) -> KnownPth:
+    item, label = array_entry(f"[[plugins.known_pth]] #{index}", item, KNOWN_PTH_KEYS)
+    file = item.get("file")
+    if (not isinstance(file, str) or not file.endswith(".pth") or "/" in file
+            or "\\" in file or file in (".pth",)):
+        raise ValueError(f"{label}: `file` is required: the name of a .pth file without its "
+                         f"directory (such as 'distutils-precedence.pth'), not {file!r}")
+    digest = item.get("sha256")
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise ValueError(f"{label} ({file}): `sha256` is required: the 64 hex digits of the "
+                         "file's SHA-256, as `dihya plugins verify` prints it (`dihya plugins "
+                         f"acknowledge-pth {file}` writes the entry), not {digest!r}")
+    note = item.get("note")
+    if note is not None and not isinstance(note, str):
+        raise ValueError(f"{label} ({file}): `note` must be a string")
+    return KnownPth(file, digest.lower(), note)
+
+
+def site_directories() -> tuple[str, ...]:
+    """The directories whose `.pth` files `site` processes for this interpreter, in order,
+    those that exist, each once."""
+    candidates = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        candidates.append(site.getusersitepackages())
+    if sys.prefix != sys.base_prefix:  # a venv's own site-packages, whatever site reports
+        paths = sysconfig.get_paths()
+        candidates += [paths["purelib"], paths["platlib"]]
+    seen: set[str] = set()
+    found = []
+    for directory in candidates:
+        real = os.path.realpath(directory)
+        if real not in seen and os.path.isdir(real):
+            seen.add(real)
+            found.append(directory)
+    return tuple(found)
+
+
+def runs_code(data: bytes) -> bool:
+    """True if `site` would execute a line of this `.pth` content.
+
+    Decoded as leniently as any Python version reads it (UTF-8 with or without a BOM, bad
+    bytes kept), split on universal newlines: a line that starts with `import` and a space
+    or a tab is executed; every other line is a path, a comment or blank.
+    """
+    text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return any(line.startswith(_IMPORT_LINE) for line in lines)
+
+
+def scan_pth(known: Sequence[KnownPth] = (),
+             directories: Sequence[str] | None = None) -> tuple[PthFile, ...]:
+    """Every `.pth` file that executes code, in the order `site` runs them."""
+    acknowledged = {(k.file, k.sha256) for k in known}
+    found: list[PthFile] = []
+    for directory in site_directories() if directories is None else directories:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(".pth"):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                with open(path, "rb") as fh:
+                    data: bytes | None = fh.read()
+            except IsADirectoryError:
+                continue
+            except OSError:
+                data = None  # unreadable here; `site` may read it as another user
+            if data is not None and not runs_code(data):
+                continue
+            digest = hashlib.sha256(data).hexdigest() if data is not None else None
+            found.append(PthFile(path, digest, owner_of(directory, name, names),
+                                 _acknowledged_by(name, digest, acknowledged)))
+    return tuple(found)
+
+
+def _acknowledged_by(name: str, digest: str | None,
+                     acknowledged: set[tuple[str, str]]) -> str | None:
+    if digest is None:
+        return None
+    if (name, digest) in acknowledged:
+        return BY_CONFIG
+    if name == SETUPTOOLS_PTH and digest in SETUPTOOLS_PTH_SHA256:
+        return BY_SETUPTOOLS
+    return None
+
+
+def owner_of(directory: str, name: str, listing: Iterable[str]) -> str | None:
+    """The distribution in `directory` whose RECORD lists the file `name`, or None."""
+    needle = name.encode("utf-8", "surrogateescape")
+    for entry in listing:
+        if not entry.endswith(".dist-info"):
+            continue
+        try:
+            with open(os.path.join(directory, entry, "RECORD"), "rb") as fh:
+                record = fh.read()
+        except OSError:
+            continue
+        if needle not in record:  # most RECORDs: one substring search, no CSV parsing
+            continue
+        rows = record_paths(record.decode("utf-8", "surrogateescape"))
+        if any(os.path.normpath(row) == name for row in rows):
+            return _distribution_name(os.path.join(directory, entry), entry)
+    return None
+
+
+def _distribution_name(dist_info: str, entry: str) -> str:
+    try:
+        with open(os.path.join(dist_info, "METADATA"), encoding="utf-8",
+                  errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Name:"):
+                    return line[len("Name:"):].strip()
+                if not line.strip():
+                    break
+    except OSError:
+        pass
+    return entry[: -len(".dist-info")].rpartition("-")[0] or entry
+
+
+def pth_json(found: Iterable[PthFile], with_path: bool = True) -> list[dict[str, Any]]:
+    return [p.to_json(with_path) for p in found]
+
+
+def unacknowledged(found: Iterable[PthFile]) -> list[PthFile]:
+    return [p for p in found if not p.acknowledged]
+
+
+def known_entry(pth: PthFile, note: str | None = None) -> Mapping[str, str]:
+    """The `[[plugins.known_pth]]` values that acknowledge `pth` as it is now."""
+    if pth.sha256 is None:
+        raise ValueError(f"{pth.path} cannot be read: its content cannot be acknowledged")
+    values = {"file": pth.file, "sha256": pth.sha256}
+    if note:
+        values["note"] = note
+    return values

@@ -1,0 +1,148 @@
+"""`.pth` files that run code at interpreter start: found, owned, hashed, acknowledged.
+
+A real wheel shipping a `.pth` file is pip-installed into a directory scanned as a site
+directory; the real venv case (`plugins verify` exit codes) is in
+`tests/integration/test_pth.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from dihya.config import (
+    ConfigError,
+    add_known_pth,
+    config_from_document,
+    load_config,
+    read_document,
+    write_document,
+)
+from dihya.startup import (
+    BY_CONFIG,
+    BY_SETUPTOOLS,
+    SETUPTOOLS_PTH,
+    SETUPTOOLS_PTH_SHA256,
+    KnownPth,
+    runs_code,
+    scan_pth,
+    site_directories,
+)
+from support.wheels import build_wheel, pip_install
+
+HOOK = b"import os; os.environ.setdefault('DIHYA_TEST_PTH', '1')\n"
+# what setuptools 60.0-84.2 ship (checked against their wheels)
+SETUPTOOLS_LINE = (b"import os; var = 'SETUPTOOLS_USE_DISTUTILS'; enabled = os.environ.get(var, "
+                   b"'local') == 'local'; enabled and __import__('_distutils_hack')"
+                   b".add_shim(); \n")
+
+
+@pytest.mark.parametrize(("content", "runs"), [
+    (b"import os\n", True),
+    (b"/some/dir\nimport\tsys\n", True),
+    (b"# import os\n", False),
+    (b"/opt/lib\n\n", False),
+    (b" import os\n", False),  # `site` only runs lines that *start* with `import`
+    (b"importlib\n", False),  # a path named importlib...
+    (b"\xef\xbb\xbfimport os\n", True),  # a BOM, which Python 3.13 strips
+    (b"/x\rimport os", True),  # universal newlines
+    (b"\xff\xfe/bad bytes\nimport os\n", True),
+])
+def test_what_runs_code(content: bytes, runs: bool) -> None:
+    assert runs_code(content) is runs
+
+
+def test_setuptools_hash_is_what_setuptools_ships() -> None:
+    assert hashlib.sha256(SETUPTOOLS_LINE).hexdigest() in SETUPTOOLS_PTH_SHA256
+
+
+def install_pth_wheel(tmp_path: Path, dist: str, files: dict[str, bytes]) -> Path:
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    wheel = build_wheel(tmp_path / "wheels", dist, "1.0.0", files, {}, requires=())
+    pip_install(sys.executable, str(wheel), target=site)
+    return site
+
+
+def test_owner_hash_and_acknowledgement(tmp_path: Path) -> None:
+    site = install_pth_wheel(tmp_path, "pth-owner-demo", {
+        "owner_demo_hook.pth": HOOK, "owner_demo_paths.pth": b"/nowhere\n",
+        "owner_demo/__init__.py": b""})
+    (site / SETUPTOOLS_PTH).write_bytes(SETUPTOOLS_LINE)  # as setuptools leaves it
+    (site / "stray.pth").write_bytes(b"import sys\n")
+    found = {p.file: p for p in scan_pth(directories=[str(site)])}
+    # owner_demo_paths.pth only adds a directory to sys.path: not reported
+    assert set(found) == {"owner_demo_hook.pth", SETUPTOOLS_PTH, "stray.pth"}
+    hook = found["owner_demo_hook.pth"]
+    assert (hook.owner, hook.acknowledged) == ("pth-owner-demo", False)
+    assert hook.sha256 == hashlib.sha256(HOOK).hexdigest()
+    assert hook.path == str(site / "owner_demo_hook.pth")
+    assert found["stray.pth"].owner is None and "no owner" in found["stray.pth"].describe()
+    assert found[SETUPTOOLS_PTH].acknowledged_by == BY_SETUPTOOLS
+    known = [KnownPth("owner_demo_hook.pth", hook.sha256)]
+    again = {p.file: p for p in scan_pth(known, [str(site)])}
+    assert again["owner_demo_hook.pth"].acknowledged_by == BY_CONFIG
+    assert not again["stray.pth"].acknowledged
+    assert again["owner_demo_hook.pth"].to_json(with_path=False) == {
+        "file": "owner_demo_hook.pth", "owner": "pth-owner-demo", "sha256": hook.sha256,
+        "acknowledged": True, "acknowledged_by": "config"}
+
+
+def test_an_edited_file_is_no_longer_acknowledged(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / SETUPTOOLS_PTH).write_bytes(SETUPTOOLS_LINE + b"import evil\n")
+    (site / "mine.pth").write_bytes(HOOK)
+    known = [KnownPth("mine.pth", hashlib.sha256(HOOK).hexdigest())]
+    (site / "mine.pth").write_bytes(HOOK + b"import evil\n")
+    assert [p.acknowledged for p in scan_pth(known, [str(site)])] == [False, False]
+    # the same content under another name is another file: not acknowledged either
+    (site / "mine.pth").rename(site / "other.pth")
+    (site / "other.pth").write_bytes(HOOK)
+    assert [p.acknowledged for p in scan_pth(known, [str(site)])] == [False, False]
+
+
+def test_site_directories_are_those_of_this_interpreter() -> None:
+    import site
+    import sysconfig
+
+    dirs = site_directories()
+    assert dirs and all(Path(d).is_dir() for d in dirs)
+    if sys.prefix != sys.base_prefix:  # a venv: its own site-packages is scanned
+        assert sysconfig.get_paths()["purelib"] in dirs
+    assert set(dirs) >= {d for d in site.getsitepackages() if Path(d).is_dir()}
+
+
+@pytest.mark.parametrize(("table", "fragment"), [
+    ('known_pth = "x.pth"', "array of tables"),
+    ('known_pth = [{file = "x.pth"}]', "`sha256` is required"),
+    ('known_pth = [{file = "x.pth", sha256 = "abc"}]', "64 hex digits"),
+    ('known_pth = [{file = "site/x.pth", sha256 = "' + "0" * 64 + '"}]', "without its directory"),
+    ('known_pth = [{file = "x.txt", sha256 = "' + "0" * 64 + '"}]', "name of a .pth file"),
+    ('known_pth = [{file = "x.pth", sha256 = "' + "0" * 64 + '", why = 1}]', "unknown keys"),
+])
+def test_config_errors_say_what_to_fix(tmp_path: Path, table: str, fragment: str) -> None:
+    config = tmp_path / "dihya.toml"
+    config.write_text(f"[plugins]\n{table}\n")
+    with pytest.raises(ConfigError, match="known_pth") as caught:
+        load_config(config)
+    assert fragment in str(caught.value) and str(config) in str(caught.value)
+
+
+def test_acknowledging_keeps_comments_and_is_idempotent(tmp_path: Path) -> None:
+    config = tmp_path / "dihya.toml"
+    digest = "A" * 64
+    config.write_text("# operator: keep me\n[plugins]\nhook_timeout_s = 3.0\n"
+                      f'known_pth = [{{file = "a.pth", sha256 = "{digest}"}}]  # inline\n')
+    doc = read_document(config)
+    assert not add_known_pth(doc, {"file": "a.pth", "sha256": digest.lower()})
+    assert add_known_pth(doc, {"file": "b.pth", "sha256": "b" * 64, "note": "reviewed"})
+    write_document(config, doc)
+    text = config.read_text()
+    assert text.startswith("# operator: keep me\n") and "hook_timeout_s = 3.0" in text
+    parsed = load_config(config).known_pth
+    assert parsed == (KnownPth("a.pth", "a" * 64), KnownPth("b.pth", "b" * 64, "reviewed"))
+    assert config_from_document(config, read_document(config)).known_pth == parsed
