@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -9,7 +10,8 @@ from sandbox_support import hook, sandboxed, statuses
 
 from dihya.executor.sandbox import SandboxPool
 from dihya.pipeline import run_generation
-from support.wheels import plugin_source
+from dihya.registry import build_registry
+from support.wheels import pip_install, plugin_source
 
 
 def test_sandboxed_plugin_runs_in_a_worker_not_here(plugin_site, needs, closing) -> None:
@@ -226,3 +228,33 @@ def test_a_recycled_worker_serves_until_its_replacement_is_ready(plugin_site, ne
         time.sleep(0.05)
     running = snap.sandbox.running()
     assert list(running) == [names["r"]]
+
+
+def test_a_worker_restart_refuses_a_plugin_shadowed_since_it_was_verified(
+        plugin_site, needs, closing, tmp_path) -> None:
+    """A single-module plugin; after it was verified, a package of the same name appears
+    beside it (a package wins over a module). A worker restarted later runs the gate again
+    on its own import path: the plugin is not imported, the injected code never runs."""
+    from support.wheels import build_wheel
+
+    name = plugin_site.unique("single")
+    module = "dihya_plugin_" + name
+    wheel = build_wheel(plugin_site.wheels, f"dihya-plugin-{name}", "1.0.0",
+                        {f"{module}.py": plugin_source(name, body=hook(
+                            'code["ran.txt"] = "verified"\nreturn code'))},
+                        {name: f"{module}:Plugin"})
+    pip_install(sys.executable, str(wheel), target=plugin_site.site)
+    config = plugin_site.config(plugin_site.entry(name, mode="sandbox"))
+    snap = build_registry(config, path=plugin_site.path)
+    closing(snap)
+    assert snap.get(name).active, snap.get(name).message
+    assert run_generation(needs, snap).files["ran.txt"] == "verified"
+    shadow = plugin_site.site / module
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text(plugin_source(name, body=hook(
+        'code["ran.txt"] = "INJECTED"\nreturn code')))
+    assert snap.sandbox.reap_idle(now=time.monotonic() + 10_000) == 1  # the next call restarts
+    result = run_generation(needs, snap)
+    assert "ran.txt" not in result.files, "the shadowing package ran"
+    [report] = [h for h in result.plugins if h.name == name]
+    assert report.status == "skipped" and "shadowed-module" in report.detail

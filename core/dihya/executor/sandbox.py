@@ -371,9 +371,12 @@ class SandboxPool:
         try:
             fresh = Worker(spec, self.settings, spawn=self._spawn)
         except WorkerStartError as exc:
-            if exc.reason == "fingerprint-mismatch":  # upgraded or edited, not yet reloaded
-                raise WorkerRetired(f"{name} changed on disk since it was verified; it runs "
-                                    "again once approved and reloaded") from exc
+            if exc.reason in ("fingerprint-mismatch", "shadowed-module"):
+                # upgraded, edited or shadowed since the registry was built: the next
+                # rebuild's gate decides again; until then the plugin does not run
+                raise WorkerRetired(f"{name} changed on disk since it was verified "
+                                    f"({exc.reason}: {exc.message}); it runs again once "
+                                    "approved and reloaded") from exc
             raise
         with self._lock:
             self._workers[name] = fresh
