@@ -13,14 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dihya.config import (
-    ConfigError,
-    add_known_pth,
-    config_from_document,
-    load_config,
-    read_document,
-    write_document,
-)
+from dihya.config import ConfigError, config_from_document, load_config
+from dihya.configedit import add_known_pth, read_document, write_document
 from dihya.startup import (
     BY_CONFIG,
     BY_SETUPTOOLS,
