@@ -10,7 +10,9 @@ one write lock (audit appends, upgrades).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -86,6 +88,10 @@ audit_payload_table = sa.Table(
 )
 
 
+_READ_STATE_VERSION: Final = (f"SELECT value FROM {meta_table.name} "
+                               "WHERE key = 'state_version'")
+
+
 class StoreError(Exception):
     """The store cannot be reached or has an unknown schema; the message says which."""
 
@@ -112,6 +118,7 @@ class Store:
         self.url = url
         self.engine: Engine = _make_engine(url)
         self._ready = False
+        self._version_reader = threading.local()  # a connection per thread, see below
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -188,6 +195,39 @@ class Store:
             value = conn.execute(sa.select(meta_table.c.value).where(
                 meta_table.c.key == "state_version")).scalar_one_or_none()
         return int(value) if value is not None else 0
+
+    def current_state_version(self) -> int:
+        """`state_version()`, read for every request (read-your-writes kill switches), so
+        as cheaply as the store allows: one autocommit statement on a connection this
+        thread keeps, no pool checkout, no liveness ping, no transaction around it (a
+        single SELECT sees every commit made before it, on SQLite's WAL and PostgreSQL
+        alike). A connection that fails is dropped and the read tried once more on a new
+        one (a server that closed an idle connection); a second failure raises StoreError."""
+        self.ensure_schema()
+        for attempt in (1, 2):
+            conn = getattr(self._version_reader, "conn", None)
+            try:
+                if conn is None:
+                    conn = self.engine.raw_connection()
+                    if not self.is_sqlite:  # SQLite's connections are autocommit already
+                        conn.driver_connection.autocommit = True  # type: ignore[union-attr]
+                    self._version_reader.conn = conn
+                cursor = conn.cursor()
+                try:
+                    cursor.execute(_READ_STATE_VERSION)
+                    row = cursor.fetchone()
+                finally:
+                    cursor.close()
+                return int(row[0]) if row is not None else 0
+            except Exception as exc:
+                self._version_reader.conn = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.invalidate()
+                if attempt == 2:
+                    raise StoreError(f"cannot read the state version from {self!r}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def _bump(self, conn: Connection) -> None:
         updated = conn.execute(meta_table.update().where(meta_table.c.key == "state_version")

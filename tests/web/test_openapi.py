@@ -315,10 +315,10 @@ def test_rate_limit_answer_is_as_documented(limited: Any, doc: dict[str, Any]) -
 
 def test_internal_error_is_as_documented(app: Any, doc: dict[str, Any],
                                          tokens: dict[str, str]) -> None:
-    def broken() -> None:
+    def broken(*_args: Any) -> None:
         raise RuntimeError("boom")
 
-    app.extensions["dihya"].snapshot = broken
+    app.extensions["dihya"].current = broken
     response = app.test_client().get("/api/v1/plugins", headers={
         "Authorization": f"Bearer {tokens['viewer']}"})
     assert response.status_code == 500

@@ -93,7 +93,7 @@ def _unprocessable(errors: list[dict[str, str]]) -> ApiProblem:
 
 
 def _record_or_404(name: str) -> PluginRecord:
-    record: PluginRecord | None = state().snapshot().get(name)
+    record: PluginRecord | None = state().current(g.request_id).get(name)
     if record is None:
         raise ApiProblem(404, "unknown-plugin", "Unknown plugin",
                          "No installed plugin has this name; GET /api/v1/plugins lists them.")
@@ -122,8 +122,9 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
         needs_text = json.dumps(body["needs"], sort_keys=True, separators=(",", ":"))
         audit = {"subject": token.name, "role": token.role, "request_id": g.request_id,
                  "needs_sha256": sha256_of(needs_text), "needs_bytes": len(needs_text)}
+        snapshot = st.current(g.request_id)  # never runs a plugin switched off before now
         try:
-            result = run_generation(body["needs"], st.snapshot(), role=token.role)
+            result = run_generation(body["needs"], snapshot, role=token.role)
         except NeedsError as exc:
             st.auditor.record("generation", "invalid", **audit)
             raise _unprocessable([{"pointer": needs_pointer(p), "detail": p.message}
@@ -133,7 +134,7 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
             raise ApiProblem(502, "generation-failed", "Generation failed",
                              f"The generation could not complete at stage `{exc.stage}`.",
                              report={"plugins": [h.to_json() for h in exc.plugins]}) from exc
-        snapshot_records = {r.name: r for r in st.snapshot().records}
+        snapshot_records = {r.name: r for r in snapshot.records}
         for h in result.plugins:
             if h.status not in ("ok", "skipped"):
                 record = snapshot_records.get(h.name)
@@ -156,7 +157,7 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
     @api.get("/plugins")
     @require("viewer")
     def list_plugins() -> Response:
-        return jsonify([r.to_json() for r in state().snapshot().records])
+        return jsonify([r.to_json() for r in state().current(g.request_id).records])
 
     @api.get("/plugins/<plugin:name>")
     @require("viewer")

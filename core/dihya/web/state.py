@@ -125,8 +125,22 @@ class DihyaState:
         """The store's state version the current snapshot was built for."""
         return self._version
 
+    def current(self, request_id: str | None = None) -> RegistrySnapshot:
+        """The snapshot a request must use: built for the store's current state version.
+
+        Read-your-writes for kill switches: one single-row read of the state version per
+        request; when another worker or node changed it (a disable, an enable, a quarantine,
+        a reload) since this worker's snapshot was built, the request waits for the rebuild
+        (the background reloader's, if it is under way) instead of running on stale state.
+        """
+        snapshot = self.snapshot()
+        if self.store.current_state_version() == self._version:
+            return snapshot
+        return self.refresh(request_id)
+
     def snapshot(self) -> RegistrySnapshot:
-        """The current snapshot (checked for changes first when no reloader runs)."""
+        """The current snapshot (checked for changes first when no reloader runs); requests
+        that must see every switch already answered use `current()`."""
         if self._reloader is None and time.monotonic() - self._checked_at >= self.version_ttl_s:
             self._check()
         return self._snapshot
