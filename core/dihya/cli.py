@@ -801,8 +801,12 @@ def _when(ts: float) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    from dihya.needs import JsonDepthError, load_json
+
     try:
-        return json.loads(path.read_text("utf-8"))
+        return load_json(path.read_text("utf-8"))
+    except JsonDepthError as exc:
+        raise CheckFailed(f"{path}: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise CheckFailed(f"{path}: not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:

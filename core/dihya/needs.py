@@ -24,6 +24,10 @@ MAX_FILE_BYTES: Final = 1024 * 1024
 #: Longest file or directory name, in UTF-8 bytes (NAME_MAX of ext4, XFS, Btrfs, tmpfs, APFS).
 MAX_SEGMENT_BYTES: Final = 255
 RESERVED_FIELD_NAMES: Final = frozenset({"id"})
+#: Deepest nesting of arrays and objects a JSON document may have (needs nest 4 levels).
+MAX_JSON_DEPTH: Final = 64
+#: Most problems one validation lists: the rest are counted in one closing problem.
+MAX_PROBLEMS: Final = 50
 _SAFE_SEGMENT = re.compile(r"^[^\x00-\x1f\\:*?\"<>|]+$")
 
 
@@ -36,6 +40,44 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+class JsonDepthError(ValueError):
+    """A JSON document nested deeper than `MAX_JSON_DEPTH`."""
+
+
+def load_json(text: str | bytes) -> Any:
+    """`json.loads`, refusing documents nested deeper than MAX_JSON_DEPTH (JsonDepthError,
+    also for those too deep for the parser itself) so that nothing downstream recurses
+    without bound; json.JSONDecodeError as usual for malformed text."""
+    try:
+        value = json.loads(text)
+    except RecursionError as exc:
+        raise JsonDepthError(f"arrays and objects are nested deeper than the limit of "
+                             f"{MAX_JSON_DEPTH}") from exc
+    if nesting_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise JsonDepthError(f"arrays and objects are nested deeper than the limit of "
+                             f"{MAX_JSON_DEPTH}")
+    return value
+
+
+def nesting_depth(value: Any, stop: int) -> int:
+    """How deeply arrays and objects nest in `value` (a scalar is 0), counting no further
+    than `stop + 1`; iterative, so any depth is safe to measure."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > stop:
+                    return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth) for child in children
+                         if isinstance(child, dict | list))
+    return deepest
 
 
 class NeedsError(ValueError):
@@ -94,20 +136,49 @@ def json_path(parts: Iterable[object]) -> str:
 
 
 def validate_needs(needs: object) -> list[Problem]:
-    """Every problem with `needs`, or an empty list when they are valid."""
+    """The problems with `needs` (at most MAX_PROBLEMS, then one that says more were not
+    listed), or an empty list when they are valid. Bounded work whatever the input: the
+    schema's errors are drawn lazily and no more than needed are worded."""
     try:
         size = len(json.dumps(needs, ensure_ascii=False).encode("utf-8"))
     except (TypeError, ValueError) as exc:
         return [Problem("$", f"not JSON data: {exc}")]
     if size > MAX_NEEDS_BYTES:
         return [Problem("$", f"needs are {size} bytes, the limit is {MAX_NEEDS_BYTES}")]
+    if nesting_depth(needs, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        return [Problem("$", f"arrays and objects are nested deeper than the limit of "
+                             f"{MAX_JSON_DEPTH}")]
     if _passes_fast_check(needs):
-        return _semantic_problems(needs)  # type: ignore[arg-type]
-    errors = sorted(_validator().iter_errors(needs), key=lambda e: list(map(str, e.path)))
+        return _at_most(_semantic_problems(needs))  # type: ignore[arg-type]
+    errors, more = first_errors(_validator().iter_errors(needs), MAX_PROBLEMS)
     problems = [Problem(json_path(e.absolute_path), _schema_message(e)) for e in errors]
+    if more:
+        problems.append(more_problems())
     if not problems:
-        problems = _semantic_problems(needs)  # type: ignore[arg-type]
+        problems = _at_most(_semantic_problems(needs))  # type: ignore[arg-type]
     return problems
+
+
+def _at_most(problems: list[Problem]) -> list[Problem]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], more_problems()]
+
+
+def first_errors(errors: Iterable[Any], limit: int) -> tuple[list[Any], bool]:
+    """The first `limit` schema errors in document order, and whether there were more:
+    at most `limit + 1` are drawn from the (lazy) iterator."""
+    taken: list[Any] = []
+    for error in errors:
+        if len(taken) == limit:
+            return sorted(taken, key=lambda e: list(map(str, e.absolute_path))), True
+        taken.append(error)
+    return sorted(taken, key=lambda e: list(map(str, e.absolute_path))), False
+
+
+def more_problems() -> Problem:
+    return Problem("$", f"more problems were found: only the first {MAX_PROBLEMS} are listed; "
+                        "fix these and validate again")
 
 
 def check_needs(needs: object) -> dict[str, Any]:

@@ -150,3 +150,37 @@ def test_fast_check_leaves_the_shared_schema_untouched() -> None:
     _fast_validator.cache_clear()
     _fast_validator()
     assert json.dumps(needs_schema(), sort_keys=True) == before
+
+
+def test_load_json_refuses_nesting_past_the_limit() -> None:
+    from dihya.needs import MAX_JSON_DEPTH, JsonDepthError, load_json, nesting_depth
+
+    assert nesting_depth(load_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH),
+                         MAX_JSON_DEPTH) == MAX_JSON_DEPTH
+    for text in ("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1), "[" * 200_000):
+        with pytest.raises(JsonDepthError, match=str(MAX_JSON_DEPTH)):
+            load_json(text)
+
+
+def test_validation_lists_a_bounded_number_of_problems() -> None:
+    from dihya.needs import MAX_PROBLEMS
+
+    problems = validate_needs({"project": "ok", "stack": "flask-api",
+                               "entities": [1] * 100_000})
+    assert len(problems) == MAX_PROBLEMS + 1
+    assert problems[-1].message.startswith("more problems were found")
+
+
+def test_cli_generate_refuses_deep_json_in_one_line(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from dihya.cli import main
+
+    needs = tmp_path / "deep.json"
+    needs.write_text("[" * 200_000)
+    config = tmp_path / "dihya.toml"
+    config.write_text("[plugins]\n")
+    result = CliRunner().invoke(main, ["--config", str(config), "generate", str(needs),
+                                       "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "nested deeper than the limit of 64" in result.output

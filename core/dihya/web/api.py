@@ -17,7 +17,15 @@ from werkzeug.routing import BaseConverter
 
 from dihya.audit import hook_event_type, sha256_of
 from dihya.executor import HookTimeout
-from dihya.needs import NeedsError, Problem
+from dihya.needs import (
+    MAX_PROBLEMS,
+    JsonDepthError,
+    NeedsError,
+    Problem,
+    first_errors,
+    load_json,
+    more_problems,
+)
 from dihya.pipeline import GenerationFailed, default_executor, run_generation
 from dihya.registry import PluginRecord
 from dihya.web.auth import current_token, require, state
@@ -45,7 +53,10 @@ def json_body(optional: bool = False) -> Any:
         raise ApiProblem(415, "unsupported-media-type", "Unsupported Media Type",
                          "Send the body as JSON with `Content-Type: application/json`.")
     try:
-        return json.loads(raw)
+        return load_json(raw)
+    except JsonDepthError as exc:
+        raise ApiProblem(400, "malformed-json", "JSON nested too deeply",
+                         f"The request body's {exc}.") from exc
     except json.JSONDecodeError as exc:
         raise ApiProblem(400, "malformed-json", "Malformed JSON",
                          f"The request body is not valid JSON at line {exc.lineno}, column "
@@ -57,14 +68,18 @@ def json_body(optional: bool = False) -> Any:
 
 
 def validate_body(schema: dict[str, Any], body: Any) -> None:
-    """422 listing every schema violation of `body`, each with its JSON pointer."""
+    """422 listing the schema violations of `body` (the first MAX_PROBLEMS, then one entry
+    saying more were found), each with its JSON pointer."""
     import jsonschema
 
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(body),
-                    key=lambda e: list(map(str, e.absolute_path)))
+    errors, more = first_errors(jsonschema.Draft202012Validator(schema).iter_errors(body),
+                                MAX_PROBLEMS)
     if errors:
-        raise _unprocessable([{"pointer": _pointer(e.absolute_path),
-                               "detail": _schema_detail(e)} for e in errors])
+        listed = [{"pointer": _pointer(e.absolute_path), "detail": _schema_detail(e)}
+                  for e in errors]
+        if more:
+            listed.append({"pointer": "", "detail": more_problems().message})
+        raise _unprocessable(listed)
 
 
 def _schema_detail(error: Any) -> str:
@@ -87,9 +102,12 @@ def needs_pointer(problem: Problem) -> str:
 
 def _unprocessable(errors: list[dict[str, str]]) -> ApiProblem:
     count = len(errors)
-    return ApiProblem(422, "validation", "Unprocessable Content",
-                      f"{count} problem{'s' if count != 1 else ''} in the request body.",
-                      errors=errors)
+    if errors and errors[-1]["detail"] == more_problems().message:
+        detail = (f"More than {MAX_PROBLEMS} problems in the request body; the first "
+                  f"{MAX_PROBLEMS} are listed.")
+    else:
+        detail = f"{count} problem{'s' if count != 1 else ''} in the request body."
+    return ApiProblem(422, "validation", "Unprocessable Content", detail, errors=errors)
 
 
 def _record_or_404(name: str) -> PluginRecord:
