@@ -153,7 +153,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
     def bare() -> None:
         call = executor.call
         for record in records:
-            call(record, "before_generation", (needs,), timeout)
+            call(record, "before_generation", {"needs": needs}, timeout)
 
     def on_fail(message: str) -> None:
         raise RuntimeError(message)
@@ -174,7 +174,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
         report.clear()
         call = hook_caller(report, lambda _record: executor, timeout, on_fail)
         for record in records:
-            call(record, "before_generation", (needs,), validate_needs)
+            call(record, "before_generation", {"needs": needs}, validate_needs)
 
     # Sanity: every side reaches every plugin, the guarded round reports them all ok.
     guarded()

@@ -270,7 +270,7 @@ def run(args: argparse.Namespace, needs: dict[str, Any], payload: bytes, site: s
 
     def warm(record: Any) -> Callable[[], Any]:
         executor = record.executor
-        return lambda: executor.call(record, HOOK, (needs,), timeout)
+        return lambda: executor.call(record, HOOK, {"needs": needs}, timeout)
 
     sides = {"auto": warm(records["auto"]), "none": warm(records["none"]),
              "in-process": warm(records["in-process"])}

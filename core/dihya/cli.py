@@ -409,6 +409,8 @@ def _check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config) -
         raise CheckFailed(f"cannot approve {plugin.name!r}: invalid-plugin: {exc}") from exc
     finally:
         worker.close()
+    for warning in meta["deprecations"]:
+        click.echo(f"warning: {plugin.name}: {warning}", err=True)
     safe = meta.get("safe") is True
     if mode == "in-process" and not safe:
         raise CheckFailed(f"cannot approve {plugin.name!r} in-process: its class says "

@@ -27,6 +27,7 @@ from dihya.plugin import (
     ActionSpec,
     GenerationPluginBase,
     InvalidPluginError,
+    hook_arguments,
     implemented_hooks,
     plugin_actions,
     validate_plugin_class,
@@ -42,6 +43,8 @@ class Loaded:
     instance: GenerationPluginBase
     hooks: tuple[str, ...]
     actions: dict[str, ActionSpec] = attrs.field(factory=dict)
+    # the arguments each implemented hook takes (it is called with those, by keyword)
+    hook_args: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -169,5 +172,5 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
                                            f"{type(exc).__name__}: {exc}")
             continue
         loaded[ext.name] = Loaded(ext.name, cls, instance, implemented_hooks(cls),
-                                  plugin_actions(cls))
+                                  plugin_actions(cls), hook_arguments(cls))
     return loaded, failed

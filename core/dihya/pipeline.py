@@ -26,6 +26,7 @@ from dihya.executor import (
     same_json,
 )
 from dihya.needs import Problem, check_needs, validate_code, validate_needs
+from dihya.plugin import HOOK_API_VERSION
 from dihya.registry import PluginRecord, RegistrySnapshot
 
 log = logging.getLogger("dihya.pipeline")
@@ -92,7 +93,7 @@ def canonical_sha256(data: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-HookCall = Callable[[PluginRecord, str, tuple[Any, ...], Callable[[Any], list[Problem]] | None],
+HookCall = Callable[[PluginRecord, str, dict[str, Any], Callable[[Any], list[Problem]] | None],
                    tuple[bool, Any]]
 
 
@@ -105,12 +106,12 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     `on_generation_error`) calls `on_required_failure(message, plugin name, status)`.
     """
 
-    def call(record: PluginRecord, hook: str, args: tuple[Any, ...],
+    def call(record: PluginRecord, hook: str, kwargs: dict[str, Any],
              check: Callable[[Any], list[Problem]] | None) -> tuple[bool, Any]:
         t0 = time.perf_counter()
         status, detail, value = OK, None, None
         try:
-            value = executor_for(record).call(record, hook, args, timeout)
+            value = executor_for(record).call(record, hook, kwargs, timeout)
             problems = check(value) if check else []
             if problems:
                 status = INVALID_OUTPUT
@@ -139,10 +140,17 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     return call
 
 
+def generation_context(records: Sequence[PluginRecord], role: str | None = None,
+                       request_id: str | None = None) -> dict[str, Any]:
+    """The `context` argument of every hook of one generation (no personal data)."""
+    return {"hook_api_version": HOOK_API_VERSION, "request_id": request_id, "role": role,
+            "plugins": [r.name for r in records]}
+
+
 def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any],
                           call: HookCall,
                           accepted: Callable[[dict[str, Any]], None] | None = None,
-                          ) -> dict[str, Any]:
+                          context: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `before_generation` round: each plugin gets the needs the previous one returned.
 
     `needs` must be valid (the pipeline checked them, and each accepted return was
@@ -150,6 +158,8 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
     and values) is therefore valid and skips the schema validation; any other return is
     validated in full. `accepted` is told each accepted return as it happens.
     """
+    if context is None:
+        context = generation_context(records)
     for record in records:
         if "before_generation" in record.hooks:
             current = needs
@@ -157,7 +167,8 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
             def check(value: Any, current: dict[str, Any] = current) -> list[Problem]:
                 return [] if same_json(value, current) else validate_needs(value)
 
-            ok, value = call(record, "before_generation", (needs,), check)
+            ok, value = call(record, "before_generation",
+                             {"needs": needs, "context": context}, check)
             if ok:
                 needs = value
                 if accepted is not None:
@@ -168,11 +179,12 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
 def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None = None,
                    executor_for: ExecutorFor = default_executor,
                    generate: Callable[[dict[str, Any]], dict[str, str]] | None = None,
-                   ) -> GenerationResult:
+                   request_id: str | None = None) -> GenerationResult:
     """Generate code for `needs` with the active plugins of `snapshot`.
 
     `role` is the caller's role for the per-plugin ACL (None: the operator, who may run
-    every active plugin). Raises `NeedsError` for invalid needs and `GenerationFailed`
+    every active plugin); it and `request_id` reach the hooks in their `context`. Raises
+    `NeedsError` for invalid needs and `GenerationFailed`
     when a required plugin fails or the generator's output is invalid.
     """
     if generate is None:
@@ -204,6 +216,7 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         else:
             runnable.append(record)
 
+    context = generation_context(runnable, role, request_id)
     call = hook_caller(report, executor_for, timeout,
                        lambda message, plugin, status: _fail(message, "plugin", None, plugin,
                                                              status))
@@ -213,21 +226,23 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         error = {"stage": stage, "type": kind, "plugin": plugin}
         for record in runnable:
             if "on_generation_error" in record.hooks:
-                call(record, "on_generation_error", (error, needs), None)
+                call(record, "on_generation_error",
+                     {"error": error, "needs": needs, "context": context}, None)
         raise GenerationFailed(stage, message, tuple(report), problems)
 
     def accept(value: dict[str, Any]) -> None:
         nonlocal needs  # what `_fail` hands to on_generation_error
         needs = value
 
-    needs = run_before_generation(runnable, needs, call, accept)
+    needs = run_before_generation(runnable, needs, call, accept, context)
     code = generate(needs)
     problems = validate_code(code)
     if problems:
         _fail("the core generator produced invalid code", "generator", problems)
     for record in runnable:
         if "after_generation" in record.hooks:
-            ok, value = call(record, "after_generation", (code, needs), validate_code)
+            ok, value = call(record, "after_generation",
+                             {"code": code, "needs": needs, "context": context}, validate_code)
             if ok:
                 code = value
     elapsed = (time.perf_counter() - start) * 1000

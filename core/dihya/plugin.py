@@ -13,9 +13,11 @@ from typing import Any, ClassVar, Final, TypeVar
 import attrs
 from packaging.version import InvalidVersion, Version
 
-#: Version of the hook API that plugins target (semver: a new hook is a minor bump,
-#: a changed or removed hook a major one).
-HOOK_API_VERSION: Final = "1.0"
+#: Version of the hook API that plugins target (semver: a new hook or a new argument of a
+#: hook is a minor bump, a changed or removed hook a major one). Hooks are called by keyword
+#: and an implementation takes the arguments it names, a subset of the spec's, so a plugin
+#: written against 1.0 runs unchanged on 1.1.
+HOOK_API_VERSION: Final = "1.1"
 #: The dihya-core releases that implement hook API `HOOK_API_VERSION`: what a plugin that
 #: targets this hook API puts in its `Requires-Dist: dihya-core...` (the scaffold writes
 #: it, and its tox envs test against the lowest and the newest release of the range).
@@ -47,15 +49,19 @@ class GenerationPluginBase:
     #: Lower runs first; ties are broken by entry-point name.
     priority: ClassVar[int] = 100
 
-    def before_generation(self, needs: Needs) -> Needs:
+    # Overrides may take any subset of a hook's arguments, by name (see HOOK_SPECS):
+    # `def after_generation(self, code)` is a valid implementation.
+
+    def before_generation(self, needs: Needs, context: dict[str, Any]) -> Needs:
         """Return the (possibly changed) needs; gets a private copy."""
         return needs
 
-    def after_generation(self, code: Code, needs: Needs) -> Code:
+    def after_generation(self, code: Code, needs: Needs, context: dict[str, Any]) -> Code:
         """Return the (possibly changed) code mapping; gets private copies."""
         return code
 
-    def on_generation_error(self, error: dict[str, Any], needs: Needs) -> None:
+    def on_generation_error(self, error: dict[str, Any], needs: Needs,
+                            context: dict[str, Any]) -> None:
         """Be told that the generation failed; the return value is ignored."""
         return None
 
@@ -67,6 +73,8 @@ class HookArg:
     name: str
     type: str
     doc: str
+    since: str = "1.0"          # the hook API version that added it
+    deprecated: str | None = None  # why and what to use instead, when it is deprecated
 
 
 @attrs.frozen
@@ -81,20 +89,34 @@ class HookSpec:
     validated: tuple[str, ...]
     example: str
     since: str = "1.0"
+    # the argument the return value replaces (the sandbox then sends only what changed)
+    replaces: str | None = None
+    deprecated: str | None = None  # why and what to use instead, when it is deprecated
 
     @property
     def signature(self) -> str:
         params = ", ".join(["self", *(f"{a.name}: {a.type}" for a in self.args)])
         return f"{self.name}({params}) -> {self.returns}"
 
+    @property
+    def arg_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.args)
+
 
 _NEEDS_ARG = HookArg("needs", "dict", "The needs, validated against the needs schema "
                      "(see `docs/needs.md`). A private deep copy: changing it affects nobody.")
+_CONTEXT_ARG = HookArg(
+    "context", "dict", 'About this generation, without personal data: `{"hook_api_version": '
+    'str, "request_id": str | None, "role": str | None, "plugins": [str, ...]}`: the hook '
+    "API the core implements, the HTTP request's id (None from the CLI), the caller's role "
+    "(None for the operator), and the entry-point names of the plugins that run, in call "
+    "order. A private copy.", since="1.1")
 
 HOOK_SPECS: Final[tuple[HookSpec, ...]] = (
     HookSpec(
         name="before_generation",
-        args=(_NEEDS_ARG,),
+        args=(_NEEDS_ARG, _CONTEXT_ARG),
+        replaces="needs",
         returns="dict",
         returns_doc="The needs to generate from, given to the next plugin and then to the "
         "core generator.",
@@ -118,7 +140,9 @@ HOOK_SPECS: Final[tuple[HookSpec, ...]] = (
                     "mapped to their text. A private copy."),
             HookArg("needs", "dict", "The needs the code was generated from (after every "
                     "`before_generation`). A private copy."),
+            _CONTEXT_ARG,
         ),
+        replaces="code",
         returns="dict[str, str]",
         returns_doc="The files to write: the given mapping changed, extended or trimmed.",
         summary="Called after the core generator produced the code, in (priority, name) "
@@ -129,7 +153,7 @@ HOOK_SPECS: Final[tuple[HookSpec, ...]] = (
             "at most 500 files, each at most 1 MiB of UTF-8",
             "an exception, an invalid return or a timeout skips this plugin's change",
         ),
-        example='''def after_generation(self, code, needs):
+        example='''def after_generation(self, code):  # takes only the arguments it needs
     code["CONTRIBUTORS.md"] = "# Contributors\\n"
     return code''',
     ),
@@ -142,14 +166,15 @@ HOOK_SPECS: Final[tuple[HookSpec, ...]] = (
                     '`invalid-output`) or `invalid-code` when the core generator\'s output '
                     'was invalid; `plugin` names the required plugin that failed.'),
             _NEEDS_ARG,
+            _CONTEXT_ARG,
         ),
         returns="None",
         returns_doc="Nothing: the return value is ignored.",
         summary="Called when a generation fails (invalid generator output or a failing "
         "`required` plugin), for cleanup or alerting.",
         validated=("an exception or a timeout is reported and otherwise ignored",),
-        example='''def on_generation_error(self, error, needs):
-    self.failures += 1''',
+        example='''def on_generation_error(self, error, context):
+    self.failures.append((context["request_id"], error["type"]))''',
     ),
 )
 
@@ -226,7 +251,6 @@ _METADATA_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "safe": (bool,),
     "priority": (int,),
 }
-_HOOKISH = re.compile(r"^(before|after|on)_")
 
 
 class InvalidPluginError(Exception):
@@ -277,29 +301,81 @@ def validate_plugin_class(obj: object, where: str) -> type[GenerationPluginBase]
     return cls
 
 
+def _hook_method(cls: type, spec: HookSpec) -> Any:
+    """The function implementing `spec` in `cls` (None when only the base class has it)."""
+    for klass in cls.__mro__:
+        if klass is GenerationPluginBase:
+            return None
+        if spec.name in klass.__dict__:
+            return klass.__dict__[spec.name]
+    return None
+
+
 def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
+    """An implementation takes `self` and any subset of the spec's arguments, by name (in
+    any order, keyword-only or not, with or without defaults), or `**kwargs` for all."""
     import inspect  # only loading pays for it, not every `dihya` command
 
-    method = cls.__dict__.get(spec.name)
+    method = _hook_method(cls, spec)
     if method is None:
-        for base in cls.__mro__[1:]:
-            if base is GenerationPluginBase:
-                return []
-            if spec.name in base.__dict__:
-                method = base.__dict__[spec.name]
-                break
-        else:
-            return []
+        return []
     if isinstance(method, staticmethod | classmethod) or not inspect.isfunction(method):
-        return [f"`{spec.name}` must be a plain method `def {spec.signature}`"]
+        return [f"hook `{spec.name}` must be a plain method, such as `def {spec.signature}`"]
     params = list(inspect.signature(method).parameters.values())
-    want = ["self", *(a.name for a in spec.args)]
-    got = [p.name for p in params]
-    kinds_ok = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
-    if got != want or not kinds_ok:
-        return [f"method `{spec.name}({', '.join(got)})` has the wrong signature, expected "
-                f"`def {spec.signature}`"]
-    return []
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY,
+                                            params[0].POSITIONAL_OR_KEYWORD):
+        return [f"hook `{spec.name}` must take `self` first, such as `def {spec.signature}`"]
+    known = ", ".join(f"`{a.name}`" + (f" (since hook API {a.since})" if a.since != "1.0"
+                                       else "") for a in spec.args)
+    problems = []
+    for param in params[1:]:
+        if param.kind is param.VAR_KEYWORD:
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY):
+            problems.append(f"hook `{spec.name}`: argument `{param.name}` cannot be "
+                            "positional-only or `*args`: hooks are called by keyword")
+        elif param.name not in spec.arg_names:
+            problems.append(f"hook `{spec.name}`: argument `{param.name}` is not an argument "
+                            f"of this hook; it takes any of {known}")
+    return problems
+
+
+def hook_arguments(cls: type) -> dict[str, tuple[str, ...]]:
+    """For each hook `cls` implements, the spec's arguments it takes (in spec order): what
+    a call passes it, by keyword. `**kwargs` takes them all."""
+    import inspect
+
+    found = {}
+    for spec in HOOK_SPECS:
+        method = _hook_method(cls, spec)
+        if method is None:
+            continue
+        params = inspect.signature(method).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            found[spec.name] = spec.arg_names
+        else:
+            names = {p.name for p in params}
+            found[spec.name] = tuple(n for n in spec.arg_names if n in names)
+    return found
+
+
+def deprecation_warnings(cls: type, specs: tuple[HookSpec, ...] | None = None) -> list[str]:
+    """What `cls` uses that the hook API deprecates: implemented hooks, and arguments it
+    takes, marked deprecated in `specs` (default: HOOK_SPECS). Shown at approval, in
+    `plugins show` (warnings) and in the hooks reference."""
+    import inspect
+
+    warnings = []
+    for spec in specs if specs is not None else HOOK_SPECS:
+        method = _hook_method(cls, spec)
+        if method is None or not inspect.isfunction(method):
+            continue
+        if spec.deprecated:
+            warnings.append(f"hook `{spec.name}` is deprecated: {spec.deprecated}")
+        taken = set(inspect.signature(method).parameters)
+        warnings.extend(f"argument `{a.name}` of hook `{spec.name}` is deprecated: "
+                        f"{a.deprecated}" for a in spec.args if a.deprecated and a.name in taken)
+    return warnings
 
 
 def _action_problems(cls: type) -> list[str]:
@@ -341,6 +417,8 @@ def _action_problems(cls: type) -> list[str]:
 
 
 def _unknown_hook_problems(cls: type) -> list[str]:
+    """A public method whose name is a near miss of a hook's (`befor_generation`): surely
+    a typo, which would make the hook silently never called. Other methods are helpers."""
     import difflib
 
     problems = []
@@ -352,12 +430,8 @@ def _unknown_hook_problems(cls: type) -> list[str]:
         if callable(value) and not name.startswith("_") and not hasattr(value, _ACTION_ATTR)
     }
     for name in sorted(own - HOOKS_BY_NAME.keys()):
-        close = difflib.get_close_matches(name, HOOKS_BY_NAME, n=1, cutoff=0.8)
+        close = difflib.get_close_matches(name, HOOKS_BY_NAME, n=1, cutoff=0.85)
         if close:
             problems.append(f"method `{name}` is not a hook; did you mean `{close[0]}`? "
                             f"expected `def {HOOKS_BY_NAME[close[0]].signature}`")
-        elif _HOOKISH.match(name):
-            known = ", ".join(HOOKS_BY_NAME)
-            problems.append(f"method `{name}` looks like a hook but no such hook exists "
-                            f"(known hooks: {known})")
     return problems

@@ -22,7 +22,7 @@ from dihya.discovery import discover
 from dihya.executor import HookExecutor, InProcessExecutor
 from dihya.gate import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess_all
 from dihya.loader import Loaded, forget_modules, load_plugins
-from dihya.plugin import ActionSpec, GenerationPluginBase
+from dihya.plugin import ActionSpec, GenerationPluginBase, deprecation_warnings
 from dihya.startup import PthFile, scan_pth
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ class PluginRecord:
     isolation: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     actions: Mapping[str, ActionSpec] = attrs.field(factory=dict)
+    # the arguments each implemented hook takes: a call passes those, by keyword
+    hook_args: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     executor: HookExecutor | None = attrs.field(default=None, eq=False, repr=False)
     instance: GenerationPluginBase | None = attrs.field(default=None, eq=False, repr=False)
     # for a plugin imported in this process: its verified files, to forget its modules later
@@ -227,14 +229,15 @@ def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
         meta = checked_meta(hello.meta)
     except ValueError as exc:
         return _record(verdict, FAILED, "invalid-plugin", str(exc))
-    warnings = tuple(hello.warnings)
+    deprecated = meta.pop("deprecations")
+    warnings = tuple(hello.warnings)  # isolation only: deprecations are no reason to refuse
     if config.sandbox.require_isolation and warnings:
         return _record(verdict, FAILED, "sandbox-start-failed",
                        "[sandbox] require_isolation is set and a layer is missing: "
                        + "; ".join(warnings), isolation=hello.layers, **meta)
     assert sandbox is not None
-    return _record(verdict, ACTIVE, None, "active", isolation=hello.layers, warnings=warnings,
-                   executor=sandbox.executor(), **meta)
+    return _record(verdict, ACTIVE, None, "active", isolation=hello.layers,
+                   warnings=(*warnings, *deprecated), executor=sandbox.executor(), **meta)
 
 
 def _record(verdict: Verdict, status: str, reason: str | None, message: str,
@@ -256,11 +259,12 @@ def _record(verdict: Verdict, status: str, reason: str | None, message: str,
 def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
     cls, entry = loaded.cls, verdict.entry
     meta = {"hooks": loaded.hooks, "safe": cls.safe, "priority": cls.priority,
-            "description": cls.description, "author": cls.author, "actions": loaded.actions}
+            "description": cls.description, "author": cls.author, "actions": loaded.actions,
+            "hook_args": loaded.hook_args}
     if entry is not None and entry.mode == "in-process" and not cls.safe:
         return _record(verdict, REFUSED, "unsafe-in-process",
                        f"approved in-process but {cls.__qualname__}.safe is False; approve "
                        "it with --mode sandbox", **meta)
     return _record(verdict, ACTIVE, None, "active", instance=loaded.instance,
                    executor=_IN_PROCESS, isolation=("none: runs in the backend process",),
-                   **meta)
+                   warnings=tuple(deprecation_warnings(cls)), **meta)

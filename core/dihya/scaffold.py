@@ -46,12 +46,13 @@ FILES: Final = {
 }
 _PY_TYPES: Final = {"dict": "dict[str, Any]", "dict[str, str]": "dict[str, str]",
                     "None": "None"}
-#: The body of each hook stub: it changes nothing, except `after_generation`, which adds
-#: one file so that a first generation shows the plugin at work.
+#: Each hook stub's arguments and body: it changes nothing, except `after_generation`, which
+#: adds one file so that a first generation shows the plugin at work. The arguments are a
+#: subset of the hook's (hooks are called by keyword; the docstring lists them all).
 _BODIES: Final = {
-    "before_generation": "return needs",
-    "after_generation": "code[NOTE_PATH] = note(needs)\nreturn code",
-    "on_generation_error": "return None",
+    "before_generation": (("needs",), "return needs"),
+    "after_generation": (("code", "needs"), "code[NOTE_PATH] = note(needs)\nreturn code"),
+    "on_generation_error": (("error",), "return None"),
 }
 
 
@@ -133,13 +134,17 @@ def _wrap(text: str, indent: int, width: int = 92, hanging: int = 0) -> str:
 
 
 def _hook(spec: HookSpec) -> dict[str, Any]:
-    params = ", ".join(["self", *(f"{a.name}: {_PY_TYPES[a.type]}" for a in spec.args)])
-    doc = [_wrap(spec.summary, 8), ""]
+    takes, text = _BODIES.get(spec.name, (spec.arg_names, "raise NotImplementedError"))
+    params = ", ".join(["self", *(f"{a.name}: {_PY_TYPES[a.type]}" for a in spec.args
+                                  if a.name in takes)])
+    doc = [_wrap(spec.summary, 8), "",
+           _wrap("Takes any of these arguments, by name (add those you need):", 8), ""]
     for arg in spec.args:
-        doc.append(_wrap(f"`{arg.name}`: {arg.doc}", 8))
+        since = f" (since hook API {arg.since})" if arg.since != "1.0" else ""
+        doc.append(_wrap(f"`{arg.name}`{since}: {arg.doc}", 8))
     doc += [_wrap(f"Returns: {spec.returns_doc}", 8), "", " " * 8 + "The core checks:"]
     doc += [_wrap(f"- {rule}", 8, hanging=2) for rule in spec.validated]
-    body = textwrap.indent(_BODIES.get(spec.name, "raise NotImplementedError"), " " * 8)
+    body = textwrap.indent(text, " " * 8)
     return {"name": spec.name, "signature": spec.signature, "since": spec.since,
             "def": f"def {spec.name}({params}) -> {_PY_TYPES[spec.returns]}:",
             "doc": "\n".join(line.rstrip() for line in doc).strip(), "body": body,

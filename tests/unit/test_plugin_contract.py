@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from dihya import GenerationPluginBase
-from dihya.plugin import HOOK_SPECS, InvalidPluginError, implemented_hooks, validate_plugin_class
+from dihya.plugin import (
+    HOOK_SPECS,
+    InvalidPluginError,
+    hook_arguments,
+    implemented_hooks,
+    validate_plugin_class,
+)
 
 
 def check(cls: object) -> str:
@@ -39,15 +45,84 @@ def test_not_a_subclass() -> None:
     assert "not a subclass" in check(lambda: None)
 
 
-def test_wrong_signature_names_class_method_and_expectation() -> None:
+def test_an_argument_the_hook_lacks_is_named_with_the_plugin_and_the_hook() -> None:
     class Bad(GenerationPluginBase):
-        def after_generation(self, code):
+        def after_generation(self, code, extra):
             return code
 
     message = check(Bad)
-    assert "Bad" in message and "after_generation(self, code)" in message
-    expected = "def after_generation(self, code: dict[str, str], needs: dict) -> dict[str, str]"
-    assert expected in message
+    assert "entry point 'x'" in message and "Bad" in message
+    assert "hook `after_generation`: argument `extra` is not an argument of this hook" in message
+    assert "`code`, `needs`, `context` (since hook API 1.1)" in message
+
+
+def test_implementations_take_any_subset_of_the_arguments_by_name() -> None:
+    class Subset(GenerationPluginBase):
+        def before_generation(self, needs):  # written against hook API 1.0
+            return needs
+
+        def after_generation(self, code):  # only what it uses
+            return code
+
+        def on_generation_error(self, *, context, error=None):  # keyword-only, any order
+            return None
+
+    class Everything(GenerationPluginBase):
+        def after_generation(self, **kwargs):
+            return kwargs["code"]
+
+    assert validate_plugin_class(Subset, "ep") is Subset
+    assert hook_arguments(Subset) == {"before_generation": ("needs",),
+                                      "after_generation": ("code",),
+                                      "on_generation_error": ("error", "context")}
+    assert hook_arguments(Everything) == {"after_generation": ("code", "needs", "context")}
+
+
+def test_positional_only_and_star_args_are_refused() -> None:
+    class Star(GenerationPluginBase):
+        def after_generation(self, *args):
+            return args[0]
+
+    class PositionalOnly(GenerationPluginBase):
+        def after_generation(self, code, /):
+            return code
+
+    assert "`args` cannot be positional-only or `*args`" in check(Star)
+    assert "`code` cannot be positional-only" in check(PositionalOnly)
+
+
+def test_deprecated_hooks_and_arguments_are_reported() -> None:
+    import attrs
+
+    from dihya.docgen import render_hooks
+    from dihya.plugin import deprecation_warnings
+
+    after = next(s for s in HOOK_SPECS if s.name == "after_generation")
+    needs = next(a for a in after.args if a.name == "needs")
+    specs = (attrs.evolve(after, args=tuple(
+        attrs.evolve(a, deprecated="use `context`") if a is needs else a for a in after.args)),
+        attrs.evolve(next(s for s in HOOK_SPECS if s.name == "before_generation"),
+                     deprecated="normalise needs in `after_generation`"))
+
+    class Old(GenerationPluginBase):
+        def before_generation(self, needs):
+            return needs
+
+        def after_generation(self, code, needs):
+            return code
+
+    class New(GenerationPluginBase):
+        def after_generation(self, code):
+            return code
+
+    assert deprecation_warnings(Old, specs) == [
+        "argument `needs` of hook `after_generation` is deprecated: use `context`",
+        "hook `before_generation` is deprecated: normalise needs in `after_generation`"]
+    assert deprecation_warnings(New, specs) == []
+    assert deprecation_warnings(Old) == []  # nothing is deprecated in hook API 1.1
+    reference = render_hooks(specs)
+    assert "**Deprecated**: normalise needs in `after_generation`" in reference
+    assert "**deprecated**: use `context`" in reference
 
 
 def test_misspelt_hook_suggests_the_right_name() -> None:
@@ -59,12 +134,15 @@ def test_misspelt_hook_suggests_the_right_name() -> None:
     assert "`befor_generation` is not a hook; did you mean `before_generation`?" in message
 
 
-def test_unknown_hook_like_method() -> None:
-    class Future(GenerationPluginBase):
-        def on_deploy(self, needs):
+def test_helpers_named_like_hooks_are_fine() -> None:
+    class Helpers(GenerationPluginBase):
+        def on_deploy(self, needs):  # a helper, not a typo of a hook
             return None
 
-    assert "no such hook exists" in check(Future)
+        def before_anything(self):
+            return None
+
+    assert validate_plugin_class(Helpers, "ep") is Helpers
 
 
 @pytest.mark.parametrize(("attr", "value", "expected"), [

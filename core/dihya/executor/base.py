@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import marshal
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
@@ -38,14 +39,24 @@ class HookUnavailable(Exception):
 
 
 class HookExecutor(Protocol):
-    """Calls one hook of one plugin and returns what the plugin returned.
+    """Calls one hook (or action method) of one plugin and returns what it returned.
 
-    Raises `HookTimeout` past `timeout_s`, or whatever the hook raised. The caller
-    validates the returned value; executors never trust it.
+    `kwargs` holds every argument of the hook's spec, by name; the implementation gets
+    those it takes (`PluginRecord.hook_args`; an action method gets them all). Raises
+    `HookTimeout` past `timeout_s`, or whatever the hook raised. The caller validates the
+    returned value; executors never trust it.
     """
 
-    def call(self, record: PluginRecord, hook: str, args: tuple[Any, ...],
+    def call(self, record: PluginRecord, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any: ...
+
+
+def arguments_for(record: PluginRecord, hook: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of `kwargs` that `record`'s implementation of `hook` takes."""
+    takes = record.hook_args.get(hook)
+    if takes is None:
+        return dict(kwargs)
+    return {name: kwargs[name] for name in takes if name in kwargs}
 
 
 _ATOMS = (str, int, float, bool, type(None))

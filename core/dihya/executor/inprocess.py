@@ -9,9 +9,10 @@ timeout and its result discarded once it returns (the sandbox kills its worker i
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from dihya.executor.base import HookTimeout, json_copy
+from dihya.executor.base import HookTimeout, arguments_for, json_copy
 
 if TYPE_CHECKING:
     from dihya.registry import PluginRecord
@@ -23,14 +24,14 @@ class InProcessExecutor:
     __slots__ = ()
     kind: Final = "in-process"
 
-    def call(self, record: PluginRecord, hook: str, args: tuple[Any, ...],
+    def call(self, record: PluginRecord, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any:
         if record.instance is None:
             raise RuntimeError(f"plugin {record.name!r} is not loaded in this process")
         method = getattr(record.instance, hook)
-        copies = tuple(json_copy(a) for a in args)
+        copies = {k: json_copy(v) for k, v in arguments_for(record, hook, kwargs).items()}
         start = time.perf_counter()
-        result = method(*copies)
+        result = method(**copies)
         elapsed = time.perf_counter() - start
         if elapsed > timeout_s:
             raise HookTimeout(f"{hook} took {elapsed:.3f} s, the limit is {timeout_s} s")

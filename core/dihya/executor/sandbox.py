@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,7 +28,9 @@ from dihya.executor.base import (
     HookRaised,
     HookTimeout,
     HookUnavailable,
+    arguments_for,
 )
+from dihya.plugin import HOOKS_BY_NAME
 from dihya.sandbox.outer import launch
 from dihya.sandbox.policy import SandboxPolicy, SandboxSetupError
 from dihya.sandbox.protocol import (
@@ -173,7 +175,7 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def call(self, method: str, args: Sequence[Any], timeout_s: float) -> Any:
+    def call(self, method: str, kwargs: Mapping[str, Any], timeout_s: float) -> Any:
         with self.lock:
             if not self.alive or self.proc is None:
                 if self.retired:
@@ -182,7 +184,7 @@ class Worker:
             assert self.proc.stdin is not None and self.proc.stdout is not None
             self.calls += 1
             self.last_used = time.monotonic()
-            request = {"id": self.calls, "op": "call", "hook": method, "args": list(args)}
+            request = {"id": self.calls, "op": "call", "hook": method, "kwargs": dict(kwargs)}
             try:
                 write_frame(self.proc.stdin.fileno(), request, self.max_frame_bytes)
                 answer = read_frame(self.proc.stdout.fileno(), time.monotonic() + timeout_s,
@@ -202,7 +204,9 @@ class Worker:
                 raise WorkerFailed("the worker answered out of order; it was killed")
             if answer.get("ok"):
                 if "changes" in answer:
-                    return apply_changes(args[0] if args else None, answer["changes"])
+                    spec = HOOKS_BY_NAME.get(method)
+                    sent = kwargs.get(spec.replaces) if spec and spec.replaces else None
+                    return apply_changes(sent, answer["changes"])
                 return answer.get("value")
             error = answer.get("error") or {}
             text = f"{error.get('type', 'Error')}: {error.get('message', '')}"[:600]
@@ -488,6 +492,7 @@ class SandboxExecutor:
     def __init__(self, pool: SandboxPool) -> None:
         self.pool = pool
 
-    def call(self, record: PluginRecord, hook: str, args: tuple[Any, ...],
+    def call(self, record: PluginRecord, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any:
-        return self.pool.worker(record.name, record.fingerprint).call(hook, args, timeout_s)
+        worker = self.pool.worker(record.name, record.fingerprint)
+        return worker.call(hook, arguments_for(record, hook, kwargs), timeout_s)

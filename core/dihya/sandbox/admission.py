@@ -43,6 +43,15 @@ def checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
     hooks = meta.get("hooks")
     if not isinstance(hooks, list) or not all(h in HOOKS_BY_NAME for h in hooks):
         raise ValueError("the worker reported unknown hooks")
+    raw_args = meta.get("hook_args")
+    if not isinstance(raw_args, dict) or set(raw_args) != set(hooks) or not all(
+            isinstance(names, list) and set(names) <= set(HOOKS_BY_NAME[h].arg_names)
+            for h, names in raw_args.items()):
+        raise ValueError("the worker reported bad hook arguments")
+    deprecations = meta.get("deprecations", [])
+    if not isinstance(deprecations, list) or not all(
+            isinstance(d, str) and len(d) <= 500 for d in deprecations) or len(deprecations) > 50:
+        raise ValueError("the worker reported bad deprecation warnings")
     for key, kind in (("safe", bool), ("priority", int), ("description", str),
                       ("author", str), ("version", str)):
         value = meta.get(key)
@@ -67,6 +76,9 @@ def checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"action {name!r} has an invalid input schema") from exc
         actions[name] = ActionSpec(name, spec["method"], spec.get("description", ""),
                                    spec["input_schema"])
-    return {"hooks": tuple(h for h in HOOKS_BY_NAME if h in hooks), "safe": meta["safe"],
+    hook_args = {h: tuple(n for n in HOOKS_BY_NAME[h].arg_names if n in raw_args[h])
+                 for h in HOOKS_BY_NAME if h in hooks}
+    return {"hooks": tuple(h for h in HOOKS_BY_NAME if h in hooks), "hook_args": hook_args,
+            "deprecations": tuple(deprecations), "safe": meta["safe"],
             "priority": meta["priority"], "description": meta["description"],
             "author": meta["author"], "actions": dict(sorted(actions.items()))}

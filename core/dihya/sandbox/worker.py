@@ -31,7 +31,8 @@ class LoadFailure(Exception):
         self.message = message
 
 
-def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any], set[str]]:
+def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any],
+                                        dict[str, tuple[str, ...] | None]]:
     """Verify and import the plugin; return (instance, metadata, callable method names)."""
     from dihya.discovery import discover
     from dihya.gate import SHADOWED_MODULE, inspect_files, shadowing_problem
@@ -55,12 +56,18 @@ def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any], set[str]]:
         raise LoadFailure(failure.reason, failure.message)
     plugin = loaded[spec["name"]]
     cls = plugin.cls
+    from dihya.plugin import deprecation_warnings
+
     meta = {"name": cls.name, "version": cls.version, "safe": cls.safe,
             "priority": cls.priority, "description": cls.description, "author": cls.author,
             "hooks": list(plugin.hooks),
+            "hook_args": {h: list(names) for h, names in plugin.hook_args.items()},
+            "deprecations": deprecation_warnings(cls),
             "actions": {n: {"method": a.method, "description": a.description,
                             "input_schema": a.input_schema} for n, a in plugin.actions.items()}}
-    callable_names = set(plugin.hooks) | {a.method for a in plugin.actions.values()}
+    # what may be called, and with which arguments (None: an action, which takes all)
+    callable_names: dict[str, tuple[str, ...] | None] = dict(plugin.hook_args)
+    callable_names.update({a.method: None for a in plugin.actions.values()})
     return plugin.instance, meta, callable_names
 
 
@@ -70,7 +77,14 @@ def code_changes(before: dict[Any, Any], after: dict[Any, Any]) -> dict[str, Any
             "removed": [k for k in before if k not in after]}
 
 
-def serve(in_fd: int, out_fd: int, instance: Any, allowed: set[str], max_bytes: int) -> int:
+def serve(in_fd: int, out_fd: int, instance: Any,
+          allowed: dict[str, tuple[str, ...] | None], max_bytes: int) -> int:
+    """Answer calls until the parent closes the stream or says shutdown. A call names a
+    hook (or action method) and its arguments by name; the method gets those it takes.
+    When the hook's return replaces one of its arguments (`HookSpec.replaces`: the code,
+    the needs), the answer carries only the top-level keys that changed."""
+    from dihya.plugin import HOOKS_BY_NAME
+
     while True:
         try:
             message = read_frame(in_fd, None, max_bytes)
@@ -84,18 +98,21 @@ def serve(in_fd: int, out_fd: int, instance: Any, allowed: set[str], max_bytes: 
             write_frame(out_fd, {"id": request_id, "ok": True, "value": "pong"}, max_bytes)
             continue
         hook = message.get("hook")
-        if op != "call" or hook not in allowed or not isinstance(message.get("args"), list):
+        kwargs = message.get("kwargs")
+        if op != "call" or hook not in allowed or not isinstance(kwargs, dict):
             write_frame(out_fd, {"id": request_id, "ok": False,
                                  "error": {"type": "ProtocolError",
                                            "message": "unknown operation or hook"}}, max_bytes)
             continue
         try:
-            args = message["args"]
-            original = dict(args[0]) if hook == "after_generation" and args and isinstance(
-                args[0], dict) else None
-            value = getattr(instance, hook)(*args)
+            takes = allowed[hook]
+            given = {k: v for k, v in kwargs.items() if takes is None or k in takes}
+            spec = HOOKS_BY_NAME.get(hook)
+            replaced = kwargs.get(spec.replaces) if spec and spec.replaces else None
+            original = dict(replaced) if isinstance(replaced, dict) else None
+            value = getattr(instance, hook)(**given)
             if original is not None and isinstance(value, dict):
-                # the parent already has the code it sent: answer with the changes only
+                # the parent already has what it sent: answer with the changes only
                 response = {"id": request_id, "ok": True, "changes": code_changes(original, value)}
             else:
                 response = {"id": request_id, "ok": True, "value": value}

@@ -41,6 +41,7 @@ from dihya.gate import (
 from dihya.pipeline import OK, GenerationFailed, GenerationResult, HookResult, run_generation
 from dihya.plugin import (
     GenerationPluginBase,
+    hook_arguments,
     implemented_hooks,
     plugin_actions,
     validate_plugin_class,
@@ -172,7 +173,8 @@ def run_plugin(plugin: type[GenerationPluginBase] | str, needs: Any = None, *,
         name=name or found_name, distribution=distribution, version=cls.version,
         value=f"{cls.__module__}:{cls.__qualname__}", status=ACTIVE, reason=None,
         message="active", mode="in-process", fingerprint=None, approved_fingerprint=None,
-        hooks=implemented_hooks(cls), required=required, safe=cls.safe,
+        hooks=implemented_hooks(cls), hook_args=hook_arguments(cls), required=required,
+        safe=cls.safe,
         priority=cls.priority, description=cls.description, author=cls.author,
         isolation=("none: runs in the test process",), actions=plugin_actions(cls),
         executor=InProcessExecutor(), instance=cls())

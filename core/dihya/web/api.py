@@ -142,7 +142,8 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
                  "needs_sha256": sha256_of(needs_text), "needs_bytes": len(needs_text)}
         snapshot = st.current(g.request_id)  # never runs a plugin switched off before now
         try:
-            result = run_generation(body["needs"], snapshot, role=token.role)
+            result = run_generation(body["needs"], snapshot, role=token.role,
+                                    request_id=g.request_id)
         except NeedsError as exc:
             st.auditor.record("generation", "invalid", **audit)
             raise _unprocessable([{"pointer": needs_pointer(p), "detail": p.message}
@@ -253,7 +254,7 @@ def _call_action(name: str, action_name: str) -> Response:
     validate_body(spec.input_schema, payload)
     start = time.perf_counter()
     try:
-        result = default_executor(record).call(record, spec.method, (payload,),
+        result = default_executor(record).call(record, spec.method, {"payload": payload},
                                                st.config.hook_timeout_s)
     except HookTimeout as exc:
         st.auditor.record("plugin.action", "failed", reason="timeout", **audit)
