@@ -161,7 +161,7 @@ def hook_event_type(result: HookResult) -> str:
     `hook.failed`, for a hook result whose status is not ok."""
     if result.status == "timeout":
         return "hook.timeout"
-    if (result.detail or "").startswith("WorkerFailed"):
+    if result.violation:
         return "hook.sandbox-violation"
     return "hook.failed"
 

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dihya.audit import AuditEvent
+from dihya.canonical import canonical_text
 from dihya.store import (
     Store,
     audit_payload_table,
@@ -47,10 +48,7 @@ GENESIS: Final = "0" * 64
 _COLUMNS: Final = ("at", "type", "outcome", "actor", "target")
 
 
-def canonical(value: Any) -> str:
-    """The one JSON text of `value` that is hashed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+canonical = canonical_text  # the chain hashes the core's one canonical JSON
 
 
 def row_hash(prev_hash: str, row: dict[str, Any]) -> str:

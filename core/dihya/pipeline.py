@@ -7,8 +7,6 @@ reported, and the generation goes on unless the plugin's approval says `required
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,12 +14,14 @@ from typing import Any, Final
 
 import attrs
 
+from dihya.canonical import canonical_sha256
 from dihya.executor import (
     HookExecutor,
     HookRaised,
     HookTimeout,
     HookUnavailable,
     InProcessExecutor,
+    SandboxViolation,
     is_invalid_output,
     same_json,
 )
@@ -47,6 +47,8 @@ class HookResult:
     status: str
     ms: float
     detail: str | None = None
+    # the plugin's sandbox worker died or broke the protocol (not part of the report)
+    violation: bool = attrs.field(default=False, kw_only=True)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "hook": self.hook, "status": self.status,
@@ -88,11 +90,6 @@ def default_executor(record: PluginRecord) -> HookExecutor:
     return record.executor or _IN_PROCESS
 
 
-def canonical_sha256(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 HookCall = Callable[[PluginRecord, str, dict[str, Any], Callable[[Any], list[Problem]] | None],
                    tuple[bool, Any]]
 
@@ -109,7 +106,7 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     def call(record: PluginRecord, hook: str, kwargs: dict[str, Any],
              check: Callable[[Any], list[Problem]] | None) -> tuple[bool, Any]:
         t0 = time.perf_counter()
-        status, detail, value = OK, None, None
+        status, detail, value, violation = OK, None, None, False
         try:
             value = executor_for(record).call(record, hook, kwargs, timeout)
             problems = check(value) if check else []
@@ -126,8 +123,9 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
             detail = str(exc)[:500]
         except Exception as exc:
             status, detail = HOOK_FAILED, f"{type(exc).__name__}: {exc}"[:500]
+            violation = isinstance(exc, SandboxViolation)
         ms = (time.perf_counter() - t0) * 1000
-        report.append(HookResult(record.name, hook, status, ms, detail))
+        report.append(HookResult(record.name, hook, status, ms, detail, violation=violation))
         if status != OK:
             log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms,
                         extra={"plugin": record.name, "action": hook, "reason": status,

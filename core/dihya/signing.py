@@ -88,7 +88,10 @@ class Verified:
 
 
 def canonical_bytes(document: dict[str, str]) -> bytes:
-    """The exact bytes that are signed."""
+    """The exact bytes that are signed. The signature format `dihya-signature-v1` fixed
+    them as ASCII-escaped JSON before `dihya.canonical` existed; released signatures must
+    keep verifying, so this one stays as it is (for ASCII documents, the values a signed
+    document holds, both give the same bytes)."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"),
                       ensure_ascii=True).encode("ascii")
 

@@ -303,6 +303,24 @@ def test_audit_lines_pseudonymise_and_never_carry_data(api: Api,
     assert len(generation["needs_sha256"]) == 64
 
 
+def test_audit_and_report_hash_non_ascii_needs_alike(api: Api,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """One canonical JSON: an auditor matches a report with its audit event by the hash of
+    the needs and of the code, whatever the script of the text (they used to differ for
+    non-ASCII needs: the API hashed an ASCII-escaped text, the pipeline UTF-8)."""
+    from dihya.canonical import canonical_sha256
+
+    needs = dict(TODO, description="Gestion des tâches — été, 東京, ☕")
+    with caplog.at_level(logging.INFO, logger="dihya.audit"):
+        answer = api.post("/api/v1/generate", json={"needs": needs})
+    assert answer.status_code == 200
+    body = answer.get_json()
+    [event] = [json.loads(r.getMessage()) for r in caplog.records
+               if r.name == "dihya.audit" and '"generation"' in r.getMessage()]
+    assert event["needs_sha256"] == body["report"]["needs_sha256"] == canonical_sha256(needs)
+    assert event["code_sha256"] == canonical_sha256(body["files"])
+
+
 def test_internal_errors_are_problems_without_traces(api: Api) -> None:
     def explode() -> None:
         raise RuntimeError("secret internal state")

@@ -33,6 +33,11 @@ class HookTimeout(Exception):
     """The hook did not return within the deadline; its result, if any, is discarded."""
 
 
+class SandboxViolation(RuntimeError):
+    """A sandbox worker died or broke the protocol during a call (it has been killed):
+    audited as `hook.sandbox-violation`, not as an ordinary hook failure."""
+
+
 class HookUnavailable(Exception):
     """The plugin was switched off, removed or replaced after the registry snapshot this
     call comes from was taken: its runner is gone, so the hook is not called (`skipped`)."""

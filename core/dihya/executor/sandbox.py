@@ -28,6 +28,7 @@ from dihya.executor.base import (
     HookRaised,
     HookTimeout,
     HookUnavailable,
+    SandboxViolation,
     arguments_for,
 )
 from dihya.plugin import HOOKS_BY_NAME
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 KILL_GRACE_S: Final = 0.5
 
 
-class WorkerFailed(RuntimeError):
+class WorkerFailed(SandboxViolation):
     """The worker died, or broke the protocol; it has been killed."""
 
 

@@ -16,6 +16,7 @@ from flask_limiter import Limiter
 from werkzeug.routing import BaseConverter
 
 from dihya.audit import hook_event_type, sha256_of
+from dihya.canonical import canonical_bytes
 from dihya.executor import HookTimeout
 from dihya.needs import (
     MAX_PROBLEMS,
@@ -137,9 +138,9 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
         validate_body(GENERATE_BODY, body)
         token = current_token()
         st = state()
-        needs_text = json.dumps(body["needs"], sort_keys=True, separators=(",", ":"))
+        needs_bytes = canonical_bytes(body["needs"])  # hashed as the report's needs_sha256
         audit = {"subject": token.name, "role": token.role, "request_id": g.request_id,
-                 "needs_sha256": sha256_of(needs_text), "needs_bytes": len(needs_text)}
+                 "needs_sha256": sha256_of(needs_bytes), "needs_bytes": len(needs_bytes)}
         snapshot = st.current(g.request_id)  # never runs a plugin switched off before now
         try:
             result = run_generation(body["needs"], snapshot, role=token.role,
@@ -164,7 +165,7 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
                                   plugin_fingerprint=record.fingerprint if record else None)
         st.note_outcomes(((h.name, h.status == "ok") for h in result.plugins
                           if h.status != "skipped"), g.request_id)
-        code_text = json.dumps(result.files, sort_keys=True, separators=(",", ":"))
+        code_text = canonical_bytes(result.files)
         st.auditor.record(
             "generation", "ok", files=len(result.files), code_bytes=len(code_text),
             code_sha256=sha256_of(code_text),
