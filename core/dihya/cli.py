@@ -501,7 +501,8 @@ def verify(state: State, as_json: bool) -> None:
     failed = next((r for r in rows if not r["ok"]), None)
     if config is not None and failed is None:
         rows += _plugin_checks(state)
-        rows += [_pth_row(pth) for pth in state.registry().pth]
+    if config is not None:  # facts of the environment, whatever the allowlist says
+        rows += [_pth_row(pth) for pth in scan_pth(config.known_pth)]
     if as_json:
         _echo_json(rows)
     else:
@@ -523,7 +524,7 @@ def verify(state: State, as_json: bool) -> None:
 def _check_row(check: str, status: str, reason: str | None, message: str,
                ok: bool, name: str | None = None) -> dict[str, Any]:
     """One row of `plugins verify`: `check` is "plugin" (a row per allowlisted plugin),
-    "config", "allowlist" or "store"."""
+    "config", "allowlist", "store" or "pth"."""
     return {"name": name, "check": check, "status": status, "reason": reason,
             "message": message, "ok": ok}
 

@@ -38,7 +38,16 @@ def pth_wheel_installed(backend, tmp_path: Path) -> Iterator[Path]:
 
 
 def pth_rows(verify: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:
-    return {r["file"]: r for r in json.loads(verify.stdout) if r["kind"] == "pth"}
+    return {r["file"]: r for r in json.loads(verify.stdout) if r["check"] == "pth"}
+
+
+@pytest.fixture
+def backend(backend):
+    """The session venv's backend with its bundled plugins approved: `verify` is then
+    about the `.pth` files only (an empty allowlist fails it on its own)."""
+    approved = backend.dihya("plugins", "approve", "example", "markdown-docs")
+    assert approved.returncode == 0, approved.stderr
+    return backend
 
 
 def test_fresh_venv_verifies_with_setuptools_pth_acknowledged(backend) -> None:

@@ -70,7 +70,7 @@ class DihyaState:
         self._failures_lock = threading.Lock()
         self._failures: dict[str, int] = {}
         self._checked_at = 0.0
-        self._version = self.store.state_version()
+        version = self.store.state_version()
         self._config_stamp = self._stamp()
         self._config_changed = False
         # a good file was taken: its problem (if any) is cleared once the registry serves it
@@ -79,7 +79,9 @@ class DihyaState:
         # (taken before the first build: an install finishing while it runs is a change)
         self._site_seen: SiteStamp | None = site_stamp() if self.config.auto_reload else None
         self._site_built: SiteStamp | None = self._site_seen
-        self._snapshot = self._build(None)
+        # (snapshot, the state version it was built for): swapped as one, so a request
+        # never pairs a newer version with an older snapshot (see `current`)
+        self._built: tuple[RegistrySnapshot, int] = (self._build(None), version)
         self._retention_checked = time.monotonic()
         apply_retention(self.auditor, self.config.audit_retention_days)
         self._stop = threading.Event()
@@ -123,7 +125,15 @@ class DihyaState:
     @property
     def version(self) -> int:
         """The store's state version the current snapshot was built for."""
-        return self._version
+        return self._built[1]
+
+    @property
+    def _snapshot(self) -> RegistrySnapshot:
+        return self._built[0]
+
+    @property
+    def _version(self) -> int:
+        return self._built[1]
 
     def current(self, request_id: str | None = None) -> RegistrySnapshot:
         """The snapshot a request must use: built for the store's current state version.
@@ -133,8 +143,9 @@ class DihyaState:
         a reload) since this worker's snapshot was built, the request waits for the rebuild
         (the background reloader's, if it is under way) instead of running on stale state.
         """
-        snapshot = self.snapshot()
-        if self.store.current_state_version() == self._version:
+        self.snapshot()  # without a reloader: the periodic check of the config file
+        snapshot, version = self._built
+        if self.store.current_state_version() == version:
             return snapshot
         return self.refresh(request_id)
 
@@ -311,8 +322,7 @@ class DihyaState:
         installed = watch_site and self._site_changed()
         rebuilt = version != self._version or self._config_changed or installed
         if rebuilt:
-            self._snapshot = self._build(self._snapshot, request_id)
-            self._version = version
+            self._built = (self._build(self._snapshot, request_id), version)
             self._config_changed = False  # a failed build leaves it set: the next check retries
             if self._file_served_once_built:
                 self._file_served_once_built = False
