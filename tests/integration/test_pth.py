@@ -87,7 +87,7 @@ def test_unknown_pth_fails_verify_until_acknowledged_and_again_when_edited(
         pth.write_bytes(HOOK + b"import this\n")  # edited after the acknowledgement
         verify = backend.dihya("plugins", "verify")
         assert verify.returncode == 1
-        assert f"FAIL pth {pth} ({DIST})" in verify.stdout
+        assert f"FAIL pth: {pth} ({DIST})" in verify.stdout
 
 
 def test_acknowledging_an_unknown_pth_names_those_that_run_code(backend) -> None:
