@@ -52,6 +52,7 @@ __all__ = [
     "MODES",
     "PluginNotAdmitted",
     "PluginRun",
+    "action_input_problems",
     "assert_generation_ok",
     "assert_hook_ok",
     "assert_hook_status",
@@ -329,3 +330,23 @@ def assert_generation_ok(run: PluginRun) -> None:
 def installed_plugins(group: str = DEFAULT_GROUP) -> Mapping[str, str]:
     """Entry-point names of the installed plugins of `group`, mapped to their distribution."""
     return {p.name: p.distribution for p in discover(group)}
+
+
+def action_input_problems(plugin: type[GenerationPluginBase], action: str,
+                          payload: Any) -> list[dict[str, str]]:
+    """What the backend answers when `payload` is posted to `action` of `plugin`: the
+    `errors` of its 422 (each a JSON `pointer` and a `detail`), or [] when the payload
+    passes the action's `input_schema`. The same check as `POST
+    /api/v1/plugins/<name>/actions/<action>`, without a server."""
+    from dihya.web.api import validate_body
+    from dihya.web.problems import ApiProblem
+
+    spec = plugin_actions(plugin).get(action)
+    if spec is None:
+        raise KeyError(f"{plugin.__qualname__} declares no action {action!r}")
+    try:
+        validate_body(spec.input_schema, payload)
+    except ApiProblem as problem:
+        errors: list[dict[str, str]] = problem.extra["errors"]
+        return errors
+    return []

@@ -8,9 +8,13 @@ from importlib import metadata
 from typing import Any
 
 import pytest
-from dihya import GenerationPluginBase
-from dihya.needs import validate_code, validate_needs
-from dihya.plugin import implemented_hooks, validate_plugin_class
+from dihya import (
+    GenerationPluginBase,
+    implemented_hooks,
+    validate_code,
+    validate_needs,
+    validate_plugin_class,
+)
 
 from dihya_plugin_example import ExamplePlugin, header_line
 from dihya_plugin_example.plugin import core_version, title_from_slug

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dihya.needs import validate_code
+from dihya import validate_code
 
 from dihya_plugin_example import ExamplePlugin, header_line
 

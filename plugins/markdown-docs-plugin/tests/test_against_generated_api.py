@@ -16,8 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from dihya.generator.naming import api_module_path, collection_path
-from dihya.needs import validate_code
+from dihya import api_module_path, collection_path, validate_code
 
 from dihya_plugin_markdown_docs import MarkdownDocsPlugin
 

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dihya.generator import generate
-from dihya.needs import validate_needs
+from dihya import generate, validate_needs
 
 from dihya_plugin_markdown_docs import MarkdownDocsPlugin, docs, markdown
 from dihya_plugin_markdown_docs.markdown import (

@@ -9,10 +9,14 @@ from importlib import metadata
 from typing import Any
 
 import pytest
-from dihya import GenerationPluginBase
-from dihya.generator.naming import collection_path
-from dihya.needs import validate_code, validate_needs
-from dihya.plugin import implemented_hooks, validate_plugin_class
+from dihya import (
+    GenerationPluginBase,
+    collection_path,
+    implemented_hooks,
+    validate_code,
+    validate_needs,
+    validate_plugin_class,
+)
 from markdown_it import MarkdownIt
 
 from dihya_plugin_markdown_docs import MarkdownCheckError, MarkdownDocsPlugin
@@ -49,7 +53,7 @@ def test_metadata_and_contract() -> None:
     assert issubclass(MarkdownDocsPlugin, GenerationPluginBase)
     assert MarkdownDocsPlugin.safe is True
     assert MarkdownDocsPlugin.priority == 50
-    assert MarkdownDocsPlugin.version == "1.1.1"
+    assert MarkdownDocsPlugin.version == "1.1.2"
     assert validate_plugin_class(MarkdownDocsPlugin, "markdown-docs") is MarkdownDocsPlugin
     assert implemented_hooks(MarkdownDocsPlugin) == ("after_generation",)
 

@@ -10,10 +10,15 @@ from typing import Any
 
 import jsonschema
 import pytest
-from dihya.generator import generate
-from dihya.generator.naming import collection_path
-from dihya.needs import NeedsError, validate_needs
-from dihya.plugin import ActionSpec, plugin_actions, validate_plugin_class
+from dihya import (
+    ActionSpec,
+    NeedsError,
+    collection_path,
+    generate,
+    plugin_actions,
+    validate_needs,
+    validate_plugin_class,
+)
 from markdown_it import MarkdownIt
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
@@ -97,7 +102,7 @@ def test_action_is_declared() -> None:
 def test_plugin_class_is_valid() -> None:
     assert validate_plugin_class(MarkdownDocsPlugin, "markdown-docs") is MarkdownDocsPlugin
     jsonschema.Draft202012Validator.check_schema(PREVIEW_INPUT_SCHEMA)
-    assert MarkdownDocsPlugin.version == "1.1.1"
+    assert MarkdownDocsPlugin.version == "1.1.2"
 
 
 # ------------------------------------------------------------------ content
@@ -329,16 +334,13 @@ def test_input_schema_points_into_the_needs(needs: dict[str, Any]) -> None:
 
 
 def test_core_answers_bad_needs_with_pointers(needs: dict[str, Any]) -> None:
-    api = pytest.importorskip("dihya.web.api")
-    from dihya.web.problems import ApiProblem
+    from dihya.testing import action_input_problems
 
     bad = copy.deepcopy(needs)
     bad["entities"][0]["fields"][0]["name"] = "has space"
-    with pytest.raises(ApiProblem) as caught:
-        api.validate_body(PREVIEW_INPUT_SCHEMA, {"needs": bad})
-    assert caught.value.status == 422
-    pointers = [e["pointer"] for e in caught.value.extra["errors"]]
-    assert pointers == ["/needs/entities/0/fields/0/name"]
+    problems = action_input_problems(MarkdownDocsPlugin, "preview", {"needs": bad})
+    assert [e["pointer"] for e in problems] == ["/needs/entities/0/fields/0/name"]
+    assert action_input_problems(MarkdownDocsPlugin, "preview", {"needs": needs}) == []
 
 
 def test_semantic_problems_raise_needs_error(needs: dict[str, Any]) -> None:

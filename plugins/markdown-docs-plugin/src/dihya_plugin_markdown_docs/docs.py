@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from dihya.generator.naming import collection_path, snake_case
+from dihya import collection_path, snake_case
 
 from dihya_plugin_markdown_docs.markdown import (
     code_span,

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from dihya import GenerationPluginBase, action
-from dihya.generator import generate
-from dihya.needs import check_needs
+from dihya import GenerationPluginBase, action, check_needs, generate
 
 from dihya_plugin_markdown_docs.docs import API_PATH, README_PATH, build_api, build_readme
 from dihya_plugin_markdown_docs.markdown import check_document
 from dihya_plugin_markdown_docs.preview import PREVIEW_INPUT_SCHEMA, preview_result
 
-PLUGIN_VERSION: Final = "1.1.1"
+PLUGIN_VERSION: Final = "1.1.2"
 #: The files the plugin writes, in the order the preview lists them.
 DOC_PATHS: Final = (README_PATH, API_PATH)
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from html.parser import HTMLParser
 from typing import Any, Final
 
-from dihya.needs import needs_schema
+from dihya import needs_schema
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml, unescapeAll
 from markdown_it.renderer import RendererHTML
