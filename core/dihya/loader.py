@@ -55,7 +55,8 @@ class LoadFailure:
 
 
 class _VerifiedExtensionManager(NamedExtensionManager):  # type: ignore[type-arg]
-    """A NamedExtensionManager that sees only the entry points it is given."""
+    """A NamedExtensionManager that sees only the entry points it is given (through the
+    public `list_entry_points`), so it imports nothing else and consults no cache."""
 
     def __init__(self, group: str, entry_points: Sequence[md.EntryPoint],
                  failures: dict[str, BaseException]) -> None:
@@ -75,13 +76,19 @@ class _VerifiedExtensionManager(NamedExtensionManager):  # type: ignore[type-arg
     def list_entry_points(self) -> list[md.EntryPoint]:
         return self._verified
 
-    def _load_one_plugin(self, ep: md.EntryPoint, *args: Any) -> Any:
-        # stevedore lets AssertionError (and BaseException) through: a plugin's import
-        # must never end the backend, so they become ordinary load failures.
-        try:
-            return super()._load_one_plugin(ep, *args)
-        except (AssertionError, SystemExit) as exc:
-            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+
+def _load_one(group: str, ep: md.EntryPoint,
+              failures: dict[str, BaseException]) -> list[Any]:
+    """The extension of one verified entry point, loaded by its own manager. stevedore lets
+    AssertionError (and any BaseException) raised by an import through: caught here, so
+    that a plugin's import can never end the backend nor stop the others from loading."""
+    try:
+        return list(_VerifiedExtensionManager(group, [ep], failures).extensions)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a plugin's import: any failure is its own
+        failures[ep.name] = RuntimeError(f"{type(exc).__name__}: {exc}")
+        return []
 
 
 def user_cache_path(name: str) -> Path:
@@ -151,14 +158,14 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
     """Import and validate the given (verified) entry points; nothing else is imported."""
     redirect_bytecode()
     errors: dict[str, BaseException] = {}
-    manager = _VerifiedExtensionManager(group, entry_points, errors)
+    extensions = [ext for ep in entry_points for ext in _load_one(group, ep, errors)]
     loaded: dict[str, Loaded] = {}
     failed: dict[str, LoadFailure] = {
         name: LoadFailure(name, "import-error", f"importing the plugin raised "
                           f"{type(err).__name__}: {err}")
         for name, err in errors.items()
     }
-    for ext in manager.extensions:
+    for ext in extensions:
         where = f"entry point {ext.name!r} ({ext.entry_point.value})"
         try:
             cls = validate_plugin_class(ext.plugin, where)
