@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import json
+import os
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,17 +57,16 @@ def discover(
     search = list(sys.path if path is None else path)
     seen: set[str] = set()
     found: list[DiscoveredPlugin] = []
-    for dist in md.distributions(path=search):
-        key = _normalized_name(dist)
-        if key is None or key in seen:
+    for dist_info, key in _metadata_dirs(search):
+        if key in seen:
             continue
         seen.add(key)
+        dist = md.PathDistribution(dist_info)
         eps = _group_entry_points(dist, group)
         if not eps:
             continue
         meta = dist.metadata
         _METADATA[dist] = meta
-        dist_info = _dist_info_dir(dist)
         editable = _is_editable(dist)
         for ep in eps:
             found.append(
@@ -101,31 +101,34 @@ def requires_of(dist: md.Distribution) -> list[str] | None:
     return requires
 
 
+def _metadata_dirs(search: Sequence[str]) -> Iterator[tuple[Path, str]]:
+    """Each `*.dist-info` / `*.egg-info` directory of the directories on `search`, in path
+    order, with the distribution's normalized name read from the directory's name (PEP
+    427/376: `NAME-VERSION.dist-info`), so no METADATA is parsed to tell duplicates apart.
+    What `importlib.metadata.distributions(path=...)` finds, through public API only;
+    entries that are not directories (zip files) hold no plugin the gate could verify."""
+    for entry in search:
+        try:
+            with os.scandir(entry or ".") as it:
+                names = sorted(e.name for e in it if e.name.endswith(_SUFFIXES)
+                               and e.is_dir())
+        except OSError:  # not a directory, gone, unreadable
+            continue
+        for name in names:
+            stem = name.rpartition(".")[0]
+            yield Path(entry or ".") / name, canonicalize_name(stem.partition("-")[0])
+
+
+_SUFFIXES: Final = (".dist-info", ".egg-info")
+
+
 def _group_entry_points(dist: md.Distribution, group: str) -> md.EntryPoints:
     # Most distributions declare no entry point of the group: a section named `group` can
-    # only exist where the text contains it, so only those texts are parsed.
+    # only exist where the text contains it, so only those are parsed (by the public API).
     text = dist.read_text("entry_points.txt")
     if not text or group not in text:
         return md.EntryPoints(())
-    from_text = getattr(md.EntryPoints, "_from_text_for", None)
-    eps: md.EntryPoints = (from_text(text, dist) if from_text is not None
-                           else dist.entry_points)
-    return eps.select(group=group)
-
-
-def _normalized_name(dist: md.Distribution) -> str | None:
-    # The dist-info directory's name gives the name without parsing METADATA.
-    fast = getattr(dist, "_normalized_name", None)
-    if isinstance(fast, str) and fast:
-        return canonicalize_name(fast)
-    name = dist.metadata["Name"]
-    return canonicalize_name(name) if name else None
-
-
-def _dist_info_dir(dist: md.Distribution) -> Path | None:
-    # PathDistribution keeps its directory in `_path`; other finders have no files.
-    path = getattr(dist, "_path", None)
-    return Path(path) if path is not None else None
+    return dist.entry_points.select(group=group)
 
 
 def _is_editable(dist: md.Distribution) -> bool:
