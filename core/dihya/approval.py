@@ -13,6 +13,7 @@ The operator console uses both; the reviewed fingerprint must still be the insta
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -111,8 +112,14 @@ def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str,
     from dihya.executor.sandbox import Worker, WorkerSpec, WorkerStartError
     from dihya.sandbox.admission import checked_meta
 
+    # the worker must find the plugin where this process found it: the plugin's own
+    # site directory when it is not one of this Python's (a custom site, tests)
+    site = plugin.site_packages
+    extra = () if site is None or str(site).startswith(
+        (sys.prefix, sys.base_prefix)) else (str(site),)
     try:
-        worker = Worker(WorkerSpec(plugin.group, plugin.name, fingerprint), config.sandbox)
+        worker = Worker(WorkerSpec(plugin.group, plugin.name, fingerprint, extra),
+                        config.sandbox)
     except WorkerStartError as exc:
         raise CannotApprove(exc.reason, exc.message) from exc
     try:

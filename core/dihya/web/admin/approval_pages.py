@@ -35,7 +35,7 @@ def _plan(name: str) -> ApprovalPlan:
 
 def _review(plan: ApprovalPlan, status: int = 200, error: str | None = None,
             **choices: Any) -> Response:
-    record = guard.state().snapshot().get(plan.name)
+    record = guard.snapshot().get(plan.name)
     problem = plan.problem
     return guard.render(
         "approve.html", status, plan=plan, record=record, error=error, modes=MODES,

@@ -27,6 +27,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
+from dihya.registry import RegistrySnapshot
 from dihya.web.admin.sessions import ConsoleSession, SessionStore
 from dihya.web.state import DihyaState
 
@@ -56,6 +57,14 @@ class Denied(Exception):
 def state() -> DihyaState:
     st: DihyaState = current_app.extensions["dihya"]
     return st
+
+
+def snapshot() -> RegistrySnapshot:
+    """This worker's registry, caught up with the store and the config file first: a page
+    shown right after a change (made here, by another worker or with the CLI) shows it,
+    whichever worker serves the page. Costs one read of the state version when nothing
+    changed."""
+    return state().refresh(request_id())
 
 
 def sessions() -> SessionStore:

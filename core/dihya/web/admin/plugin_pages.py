@@ -57,12 +57,12 @@ def plugin_view(r: PluginRecord) -> dict[str, Any]:
 
 
 def _listing(status: str | None) -> dict[str, Any]:
-    st = guard.state()
-    records = st.snapshot().records
+    snapshot = guard.snapshot()
+    records = snapshot.records
     counts = {s: sum(r.status == s for r in records) for s in STATUS_WORDS}
     shown = [plugin_view(r) for r in records if status is None or r.status == status]
     return {"rows": shown, "counts": counts, "total": len(records), "status": status,
-            "state_version": st.version, "built_at": st.snapshot().built_at}
+            "state_version": guard.state().version, "built_at": snapshot.built_at}
 
 
 def _status_filter() -> str | None:
@@ -104,11 +104,11 @@ def live_plugins() -> Response:
 
 
 def _record(name: str) -> PluginRecord:
-    try:
-        return operations.record_or_404(guard.state(), name)
-    except ApiProblem as exc:
+    record = guard.snapshot().get(name)
+    if record is None:
         raise guard.Denied(404, "No such plugin", "No installed plugin has this name; the "
-                           "plugins page lists them.") from exc
+                           "plugins page lists them.")
+    return record
 
 
 @console.get("/plugins/<plugin:name>")
