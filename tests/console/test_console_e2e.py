@@ -153,7 +153,7 @@ def test_admin_approves_after_the_diff_disables_exports_and_purges(
     screenshot(page, "tokens")
     assert call(backend.base, "GET", "/api/v1/plugins", token)[0] == 200
     page.goto(backend.base + "/admin/audit")
-    page.get_by_label("Subject id").nth(1).fill("leaver")
+    page.get_by_label("Subject id to erase").fill("leaver")
     page.get_by_role("button", name="Review the purge…").click()
     check(page.locator("h1")).to_have_text("Confirm the purge")
     check(page.locator("#purge-preview")).to_contain_text("1")

@@ -176,12 +176,12 @@ def test_tokens_are_shown_once_listed_with_last_use_and_revoked(upgraded: Setup)
     assert "never" not in row and "<time" in row
     assert console.post("/admin/tokens", {"name": "ci-bot", "role": "admin"}) \
         .status_code == 422
-    assert console.post("/admin/tokens/ci-bot/revoke").status_code == 303
+    assert console.post("/admin/tokens/revoke", {"name": "ci-bot"}).status_code == 303
     assert client.get("/api/v1/plugins", headers=headers).status_code == 401
     made, revoked = upgraded.events("token.created")[-1], upgraded.events("token.revoked")[-1]
     assert made["target"] == revoked["target"] and made["target"].startswith("p-")
     assert (made["role"], made["actor"]) == ("developer", revoked["actor"])
-    assert console.post("/admin/tokens/nope/revoke").status_code == 404
+    assert console.post("/admin/tokens/revoke", {"name": "nope"}).status_code == 404
 
 
 def test_health_page_says_what_readyz_says(upgraded: Setup) -> None:

@@ -37,11 +37,14 @@ def _review(plan: ApprovalPlan, status: int = 200, error: str | None = None,
             **choices: Any) -> Response:
     record = guard.snapshot().get(plan.name)
     problem = plan.problem
+    # refused because its class is not safe in-process: the way out is sandbox mode
+    default_mode = ("sandbox" if record is not None and record.reason == "unsafe-in-process"
+                    else plan.default_mode)
     return guard.render(
         "approve.html", status, plan=plan, record=record, error=error, modes=MODES,
         roles=ROLES, problem_words=reason_words(problem[0]) if problem else None,
         problem_advice=reason_advice(problem[0]) if problem else None,
-        mode=choices.get("mode", plan.default_mode),
+        mode=choices.get("mode", default_mode),
         chosen_roles=choices.get("roles", plan.default_roles or ROLES),
         required=choices.get("required", plan.default_required))
 

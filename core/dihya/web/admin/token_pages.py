@@ -46,10 +46,12 @@ def create() -> Response:
     return _page(201, created=token, created_name=name)
 
 
-@console.post("/tokens/<token_name>/revoke")
+@console.post("/tokens/revoke")
 @guard.page("admin")
-def revoke(token_name: str) -> Response:
-    """Revoke a token at once (its console sessions end with it)."""
+def revoke() -> Response:
+    """Revoke a token at once (its console sessions end with it). The name comes in the
+    form, not the path: a token's name is a subject id, and paths are in the access log."""
+    token_name = request.form.get("name", "")
     st, session = guard.state(), guard.current()
     if not revoke_token(st.store, token_name):
         raise guard.Denied(404, "No such token", "No token has this name (any more); the "
