@@ -56,8 +56,11 @@ class PageFacts(HTMLParser):
         self.resources: list[str] = []
         self.forms: list[dict[str, str]] = []
         self.buttons: list[str] = []
+        self.controls: list[dict[str, str]] = []  # inputs, selects, textareas
+        self.label_for: set[str] = set()
         self._in_script = False
         self._in_button = False
+        self._in_label = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {k: v or "" for k, v in attrs}
@@ -77,9 +80,23 @@ class PageFacts(HTMLParser):
             self.forms.append(values)
         if tag == "button":
             self._in_button = True
-            self.buttons.append("")
+            self.buttons.append(values.get("aria-label", ""))
+        if tag == "label":
+            self._in_label += 1
+            if values.get("for"):
+                self.label_for.add(values["for"])
+        if tag in ("input", "select", "textarea") and values.get("type") != "hidden":
+            self.controls.append({**values, "tag": tag,
+                                  "wrapped": "yes" if self._in_label else ""})
+
+    def unlabelled(self) -> list[dict[str, str]]:
+        """Form controls that no label names (by `for`, by wrapping, or `aria-label`)."""
+        return [c for c in self.controls if not (c.get("id") in self.label_for
+                                                  or c["wrapped"] or c.get("aria-label"))]
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "label":
+            self._in_label -= 1
         if tag == "script":
             self._in_script = False
         if tag == "button":

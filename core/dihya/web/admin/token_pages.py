@@ -58,4 +58,6 @@ def revoke() -> Response:
                            "tokens page lists them.")
     st.auditor.record("token.revoked", "ok", subject=session.token.name, target=token_name,
                       request_id=guard.request_id())
-    return guard.done(f"Revoked the token {token_name!r}.", "console.tokens")
+    # the notice waits in the store until the next page: no subject id in it
+    return guard.done("Token revoked: it no longer opens the API or the console.",
+                      "console.tokens")
