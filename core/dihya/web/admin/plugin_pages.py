@@ -62,7 +62,7 @@ def _listing(status: str | None) -> dict[str, Any]:
     counts = {s: sum(r.status == s for r in records) for s in STATUS_WORDS}
     shown = [plugin_view(r) for r in records if status is None or r.status == status]
     return {"rows": shown, "counts": counts, "total": len(records), "status": status,
-            "state_version": guard.state().version, "built_at": snapshot.built_at}
+            "state_version": guard.state().version}
 
 
 def _status_filter() -> str | None:
