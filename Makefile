@@ -6,7 +6,7 @@ DEMO := demo
 NEEDS := examples/needs/todo.json
 DIHYA = $(BIN)/dihya --config $(DEMO)/dihya.toml
 
-.PHONY: demo demo-config demo-project test clean sandbox-tools
+.PHONY: demo demo-config demo-project test clean sandbox-tools browser
 
 $(BIN)/tox:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ sandbox-tools:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
 	      || echo "warning: could not install bubblewrap; sandbox workers will lack namespaces"; \
 	  else echo "warning: bubblewrap (bwrap) is not installed; install it for the sandbox's namespaces"; fi; }
+
+# Debian's Chromium runs the operator console's browser tests (tox -e console-e2e, driven
+# by Playwright; no browser is ever downloaded). Without it, and outside CI, they are skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium; the console's browser tests will be skipped (they fail under CI=true)"; \
+	  else echo "warning: chromium is not installed (apt-get install chromium); the console's browser tests will be skipped"; fi; }
 
 # Re-runnable: it keeps your demo/dihya.toml and what you added to demo/todo.
 demo: $(BIN)/tox sandbox-tools
@@ -50,7 +59,7 @@ demo-project:
 	else exit $$rc; fi; \
 	echo "Generated project: $$out (try: cd $$out && python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/pytest)"
 
-test: $(BIN)/tox sandbox-tools
+test: $(BIN)/tox sandbox-tools browser
 	$(BIN)/tox run
 
 clean:

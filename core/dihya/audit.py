@@ -42,11 +42,13 @@ EVENT_TYPES: Final = frozenset({
     "generation", "plugin.action", "auth.failed", "acl.denied",
     # administration
     "token.created", "token.revoked", "registry.reloaded", "pth.acknowledged",
+    # the operator console: a session started with a token, or ended by its owner
+    "session.started", "session.ended",
     # the audit log itself
     "audit.exported", "audit.purged", "audit.retention",
 })
 OUTCOMES: Final = frozenset({"ok", "denied", "failed", "invalid", "refused"})
-FORMATS: Final = ("json", "csv")
+FORMATS: Final = ("json", "jsonl", "csv")
 
 
 def _optional_in(values: frozenset[str] | tuple[str, ...]) -> Any:

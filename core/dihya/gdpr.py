@@ -27,7 +27,8 @@ def _log(auditor: Auditor) -> AuditLog:
 
 
 def render(rows: Iterable[dict[str, Any]], fmt: str) -> str:
-    """Rows as a JSON array (one event per line) or CSV with a fixed header."""
+    """Rows as a JSON array (one event per line), JSON Lines (one object per line, no
+    array: a stream a log tool reads line by line) or CSV with a fixed header."""
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -36,6 +37,8 @@ def render(rows: Iterable[dict[str, Any]], fmt: str) -> str:
             writer.writerow(row)
         return out.getvalue()
     lines = [json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows]
+    if fmt == "jsonl":
+        return "".join(line + "\n" for line in lines)
     return "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
 
 

@@ -9,6 +9,8 @@ earlier one's tables in place: a change to a table is a new step.
 Version 1 (dihya-core 0.1-0.3): dihya_meta, dihya_tokens, dihya_plugin_state.
 Version 2: the audit log (dihya_audit, dihya_audit_payload) and pseudonyms
 (dihya_subjects), and a per-store audit key in dihya_meta.
+Version 3: the operator console's sessions (dihya_console_sessions) and the file lists of
+approved plugins (dihya_file_lists).
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ def _v2_audit(conn: Connection) -> None:
                                                    value=secrets.token_hex(32)))
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit)
+def _v3_console(conn: Connection) -> None:
+    st.metadata.create_all(conn, tables=[st.console_sessions_table, st.file_lists_table],
+                           checkfirst=True)
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console)
 
 
 def current_version(conn: Connection) -> int:

@@ -1,4 +1,5 @@
-"""The shared state store (SQLAlchemy Core): tokens, switches, state version, audit log.
+"""The shared state store (SQLAlchemy Core): tokens, switches, state version, audit log,
+console sessions and the file lists of approved plugins.
 
 A SQLite file by default (WAL mode, no server), PostgreSQL by URL
 (`postgresql+psycopg://...`). Every worker and every node that shares the store sees the
@@ -23,7 +24,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 # PostgreSQL: every state version bump notifies this channel, the payload the store's schema
 NOTIFY_CHANNEL: Final = "dihya_state"
 
@@ -85,6 +86,30 @@ audit_payload_table = sa.Table(
     sa.Column("actor", sa.String(32), nullable=True, index=True),
     sa.Column("salt", sa.String(64), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
+)
+
+# -- version 3: the operator console ----------------------------------------------------
+
+console_sessions_table = sa.Table(
+    "dihya_console_sessions", metadata,
+    # SHA-256 of the cookie's random value: a copy of the store holds no usable session
+    sa.Column("id_sha256", sa.String(64), primary_key=True),
+    sa.Column("token_id", sa.String(32), nullable=False, index=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("seen_at", sa.Float, nullable=False, index=True),
+    # one message for the next page (post/redirect/get), never personal data
+    sa.Column("notice", sa.Text, nullable=True),
+)
+
+file_lists_table = sa.Table(
+    "dihya_file_lists", metadata,
+    # the files behind an approved fingerprint, so a new version can be compared with them
+    sa.Column("fingerprint", sa.String(80), primary_key=True),
+    sa.Column("distribution", sa.String(200), nullable=False),
+    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("files", sa.Text, nullable=False),  # JSON [[path, sha256, size], ...]
+    sa.Column("recorded_at", sa.Float, nullable=False),
 )
 
 

@@ -2,7 +2,8 @@
 
 A token reads `dihya_<id>_<secret>`: the id finds the row, the secret's SHA-256 is compared
 with `hmac.compare_digest`. Secrets are 256 random bits, so a fast hash is enough (a slow
-KDF protects guessable passwords, not random keys).
+KDF protects guessable passwords, not random keys). A token's last use is recorded to the
+minute (`LAST_USED_STEP_S`): one write per token per minute at most, not one per request.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dihya.store import Store, tokens_table
 
 _TOKEN: Final = re.compile(r"^dihya_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+LAST_USED_STEP_S: Final = 60.0
 
 
 class TokenError(ValueError):
@@ -85,4 +87,28 @@ def authenticate(store: Store, token: str) -> TokenInfo | None:
     expected = row.secret_sha256 if row is not None else "0" * 64
     if not hmac.compare_digest(_digest(secret), expected) or row is None or match is None:
         return None
+    last_used = _note_use(store, row.id, row.last_used_at)
+    return TokenInfo(row.id, row.name, row.role, row.created_at, last_used)
+
+
+def token_by_id(store: Store, token_id: str) -> TokenInfo | None:
+    """The token with this id, if it still exists (a console session's owner)."""
+    with store.begin() as conn:
+        row = conn.execute(sa.select(tokens_table).where(tokens_table.c.id == token_id)).first()
+    if row is None:
+        return None
     return TokenInfo(row.id, row.name, row.role, row.created_at, row.last_used_at)
+
+
+def _note_use(store: Store, token_id: str, last: float | None) -> float | None:
+    """Record that the token was used now, unless that was recorded less than a minute ago."""
+    now = time.time()
+    if last is not None and now - last < LAST_USED_STEP_S:
+        return last
+    try:
+        with store.begin() as conn:
+            conn.execute(tokens_table.update().where(tokens_table.c.id == token_id)
+                         .values(last_used_at=now))
+    except sa.exc.SQLAlchemyError:  # a busy store must not refuse a valid token
+        return last
+    return now

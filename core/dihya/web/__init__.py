@@ -16,6 +16,7 @@ from flask_limiter import Limiter
 
 from dihya.config import Config, resolve_path
 from dihya.needs import MAX_NEEDS_BYTES
+from dihya.web.admin import init_console
 from dihya.web.api import PluginNameConverter, make_api
 from dihya.web.audit_api import audit_api
 from dihya.web.health import health
@@ -61,5 +62,6 @@ def create_app(config_path: str | os.PathLike[str] | None = None, *,
     app.register_blueprint(openapi)
     app.register_blueprint(make_api(limiter, state.config.rate_limit))
     app.register_blueprint(audit_api)
+    init_console(app)  # the operator console, /admin
 
     return app

@@ -29,7 +29,9 @@ from dihya.needs import (
 )
 from dihya.pipeline import GenerationFailed, default_executor, run_generation
 from dihya.registry import PluginRecord
+from dihya.web import operations
 from dihya.web.auth import current_token, require, state
+from dihya.web.operations import record_or_404
 from dihya.web.problems import ApiProblem
 
 MAX_ACTION_RESULT_BYTES: Final = 1024 * 1024
@@ -112,11 +114,7 @@ def _unprocessable(errors: list[dict[str, str]]) -> ApiProblem:
 
 
 def _record_or_404(name: str) -> PluginRecord:
-    record: PluginRecord | None = state().current(g.request_id).get(name)
-    if record is None:
-        raise ApiProblem(404, "unknown-plugin", "Unknown plugin",
-                         "No installed plugin has this name; GET /api/v1/plugins lists them.")
-    return record
+    return record_or_404(state(), name)
 
 
 class PluginNameConverter(BaseConverter):
@@ -190,39 +188,20 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
         _record_or_404(name)
         body = json_body(optional=True)
         validate_body(DISABLE_BODY, body)
-        st, token = state(), current_token()
-        st.store.set_plugin_disabled(name, True, "disabled-by-admin", body.get("reason"),
-                                     actor=st.auditor.pseudonym(token.name))
-        record = st.refresh(g.request_id).get(name)
-        st.auditor.record("plugin.disabled", "ok", subject=token.name, role=token.role,
-                          plugin=name, request_id=g.request_id, reason="disabled-by-admin",
-                          note=body.get("reason"))
-        assert record is not None
+        record = operations.disable_plugin(state(), current_token(), name, body.get("reason"),
+                                           g.request_id)
         return jsonify(record.to_json())
 
     @api.post("/plugins/reload")
     @require("admin")
     def reload_plugins() -> Response:
-        st = state()
-        snapshot = st.reload(g.request_id)
+        snapshot = operations.reload_plugins(state(), g.request_id)
         return jsonify([r.to_json() for r in snapshot.records])
 
     @api.post("/plugins/<plugin:name>/enable")
     @require("admin")
     def enable_plugin(name: str) -> Response:
-        record = _record_or_404(name)
-        st, token = state(), current_token()
-        if record.reason in ("disabled-by-config", "disabled-by-env"):
-            where = ("the config file (`dihya plugins enable`)" if record.reason ==
-                     "disabled-by-config" else "DIHYA_PLUGINS_DISABLE of the server's process")
-            raise ApiProblem(409, "conflict", "Switched off elsewhere",
-                             f"This plugin is switched off in {where}; an admin switch cannot "
-                             "override it.")
-        st.store.set_plugin_disabled(name, False, actor=st.auditor.pseudonym(token.name))
-        record = st.refresh(g.request_id).get(name)
-        st.auditor.record("plugin.enabled", "ok", subject=token.name, role=token.role,
-                          plugin=name, request_id=g.request_id)
-        assert record is not None
+        record = operations.enable_plugin(state(), current_token(), name, g.request_id)
         return jsonify(record.to_json())
 
     @api.post("/plugins/<plugin:name>/actions/<action_name>")

@@ -512,6 +512,9 @@ def _paths() -> dict[str, Schema]:
                      "content": {
                          "application/json": {"schema": {
                              "type": "array", "items": {"$ref": _REF + "AuditEvent"}}},
+                         "application/jsonl": {"schema": {
+                             "type": "string", "description": "One AuditEvent object per "
+                             "line (`format=jsonl`)."}},
                          "text/csv": {"schema": {"type": "string"}}}}},
             422,
             description="The export is itself audited, with the subject as a pseudonym.",
@@ -548,7 +551,7 @@ def _export_parameters() -> list[Schema]:
 
     props = EXPORT_QUERY["properties"]
     return [{"name": name, "in": "query", "required": False,
-             "description": schema.get("description", "`json` or `csv`."),
+             "description": schema.get("description", "`json`, `jsonl` or `csv`."),
              "schema": {k: v for k, v in schema.items() if k != "description"}}
             for name, schema in props.items()]
 

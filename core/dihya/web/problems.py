@@ -1,7 +1,9 @@
 """Errors as `application/problem+json` (RFC 9457), for every status the API can return.
 
 Bodies carry type, title, status, detail and the request id, and never a stack trace, a
-token or an echo of the request's data.
+token or an echo of the request's data. A face that answers in HTML (the operator console)
+registers `app.extensions["dihya.error_page"]`: a callable that returns a page for the
+requests it serves and None for the others, which keep their problem documents.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from flask import Flask, Response, g, json
+from flask import Flask, Response, current_app, g, json
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("dihya.web")
@@ -34,6 +36,13 @@ class ApiProblem(Exception):
 
 def problem_response(status: int, slug: str, title: str, detail: str,
                      headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    page = current_app.extensions.get("dihya.error_page")
+    response = page(status, title, detail) if page is not None else None
+    if response is not None:
+        for key, value in (headers or {}).items():
+            if key != "WWW-Authenticate":  # a page's reader signs in with a form
+                response.headers[key] = value
+        return response  # type: ignore[no-any-return]
     body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status,
                             "detail": detail}
     request_id = g.get("request_id")

@@ -1,0 +1,162 @@
+"""Approving an installed plugin by review: what exactly would be approved, then the record.
+
+`plan_approval` says what an approval of the installed plugin NAME would record (entry
+point, distribution, version, fingerprint, files), what the previous approval was, which
+files changed since the files it approved (when their list was recorded, see
+`dihya.filelists`) and who could have signed it; or why it cannot be approved. Its checks
+are the gate's own (`dihya.gate.assess`, run with the candidate as the only allowlist
+entry), so an approval is refused for every reason the gate would refuse the plugin at
+load. `approve` then loads the class in a sandbox worker (never in this process), as
+`dihya plugins approve` does, and writes the allowlist entry, keeping the config's comments.
+The operator console uses both; the reviewed fingerprint must still be the installed one.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import attrs
+
+from dihya.config import AllowEntry, Config, Mode
+from dihya.configedit import Approval, ApprovalRefused, edit_document, record_approval
+from dihya.discovery import DiscoveredPlugin, discover
+from dihya.filelists import FileDiff, FileList, diff, list_files, recall
+from dihya.gate import FAILED, REFUSED, assess
+from dihya.store import Store
+
+
+class CannotApprove(Exception):
+    """The plugin cannot be approved as it is; `reason` is a reason code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@attrs.frozen
+class ApprovalPlan:
+    """What approving the installed plugin `name` would record, and what it replaces."""
+
+    name: str
+    plugin: DiscoveredPlugin | None
+    fingerprint: str | None
+    files: FileList | None
+    previous: tuple[AllowEntry, ...]
+    # the files of the previous approval, when recorded, and what changed since them
+    previous_files: FileList | None
+    changes: FileDiff | None
+    # trusted publishers who may sign this distribution (`[[plugins.publishers]]`)
+    publishers: tuple[str, ...]
+    problem: tuple[str, str] | None  # (reason code, message) when it cannot be approved
+
+    @property
+    def approvable(self) -> bool:
+        return self.problem is None
+
+    @property
+    def already_approved(self) -> bool:
+        """True when an allowlist entry names these very files."""
+        return any(e.fingerprint == self.fingerprint for e in self.previous)
+
+    @property
+    def default_mode(self) -> Mode:
+        return self.previous[0].mode if self.previous else "sandbox"
+
+    @property
+    def default_roles(self) -> tuple[str, ...] | None:
+        return self.previous[0].roles if self.previous else None
+
+    @property
+    def default_required(self) -> bool:
+        return any(e.required for e in self.previous)
+
+
+def plan_approval(name: str, config: Config, store: Store | None = None,
+                  path: Sequence[str] | None = None) -> ApprovalPlan:
+    """What approving `name` as installed now would record, or why it cannot be."""
+    found = [p for p in discover(config.group, path) if p.name == name]
+    previous = config.entries_for(name)
+    if not found:
+        raise CannotApprove("not-installed", f"no installed plugin is named {name!r}")
+    plugin = found[0]
+    publishers = tuple(p.name for p in config.publishers if p.may_sign(plugin.distribution))
+    files = list_files(plugin)
+    empty = ApprovalPlan(name, plugin, None, files, previous, None, None, publishers, None)
+    if len(found) > 1:
+        dists = ", ".join(p.distribution for p in found)
+        return attrs.evolve(empty, problem=("duplicate-name", f"{name!r} is declared by "
+                                            f"several distributions ({dists}); uninstall all "
+                                            "but one"))
+    if files is None:
+        return attrs.evolve(empty, problem=("missing-file", "the installed files cannot be "
+                                            "read, or changed while they were read"))
+    candidate = AllowEntry(name=name, distribution=plugin.distribution,
+                           version=plugin.version, fingerprint=files.fingerprint)
+    verdict = assess(plugin, attrs.evolve(config, allow=(candidate,)), frozenset(), path)
+    problem = None
+    if verdict.status in (REFUSED, FAILED):
+        problem = (verdict.reason or "refused", verdict.message)
+    old = next((e for e in previous if e.fingerprint != files.fingerprint), None)
+    old_files = recall(store, old.fingerprint) if store is not None and old else None
+    return ApprovalPlan(name, plugin, files.fingerprint, files, previous, old_files,
+                        diff(old_files, files) if old_files is not None else None,
+                        publishers, problem)
+
+
+def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str,
+                config: Config) -> bool:
+    """Load the plugin in a sandbox worker (never in this process) and check its class,
+    as `dihya plugins approve` does; CannotApprove says why not. True when the class says
+    safe = True (it may run in-process)."""
+    from dihya.executor.sandbox import Worker, WorkerSpec, WorkerStartError
+    from dihya.sandbox.admission import checked_meta
+
+    # the worker must find the plugin where this process found it: the plugin's own
+    # site directory when it is not one of this Python's (a custom site, tests)
+    site = plugin.site_packages
+    extra = () if site is None or str(site).startswith(
+        (sys.prefix, sys.base_prefix)) else (str(site),)
+    try:
+        worker = Worker(WorkerSpec(plugin.group, plugin.name, fingerprint, extra),
+                        config.sandbox)
+    except WorkerStartError as exc:
+        raise CannotApprove(exc.reason, exc.message) from exc
+    try:
+        meta = checked_meta(worker.hello.meta)
+    except ValueError as exc:
+        raise CannotApprove("invalid-plugin", str(exc)) from exc
+    finally:
+        worker.close()
+    safe = meta.get("safe") is True
+    if mode == "in-process" and not safe:
+        raise CannotApprove("unsafe-in-process", "its class says safe = False: approve it "
+                            "in sandbox mode")
+    return safe
+
+
+def approve(plan: ApprovalPlan, config: Config, *, reviewed: str, mode: Mode,
+            roles: tuple[str, ...] | None, required: bool) -> AllowEntry:
+    """Check the class and record the approval of the files `plan` describes.
+
+    `reviewed` is the fingerprint the operator saw: if the installed files hash to
+    anything else now, nothing is approved.
+    """
+    if plan.problem is not None:
+        raise CannotApprove(*plan.problem)
+    assert plan.plugin is not None and plan.fingerprint is not None
+    if reviewed != plan.fingerprint:
+        raise CannotApprove("fingerprint-mismatch", "the installed files changed since you "
+                            f"reviewed them (now {plan.fingerprint}): review them again")
+    safe = check_class(plan.plugin, plan.fingerprint, mode, config)
+    # the same locked transaction as `dihya plugins approve`: only this approval's fields,
+    # applied to the file as it is now; a re-approval keeps the on/off switch
+    approval = Approval(name=plan.name, distribution=plan.plugin.distribution,
+                        version=plan.plugin.version, fingerprint=plan.fingerprint, mode=mode,
+                        roles=roles, required=required, safe=safe)
+    try:
+        with edit_document(config.path) as doc:
+            return record_approval(doc, approval)
+    except ApprovalRefused as exc:
+        raise CannotApprove("unsafe-in-process", str(exc)) from exc
