@@ -158,8 +158,11 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     discovered = discover(config.group, path)
     verdicts = assess_all(discovered, config, env_disabled(environ), path, switches)
     admitted = [v for v in verdicts if v.admitted]
-    in_process = [v for v in admitted if v.entry is not None and v.entry.mode == "in-process"]
-    sandboxed = [v for v in admitted if v not in in_process]
+    in_process: list[Verdict] = []
+    sandboxed: list[Verdict] = []
+    for v in admitted:  # one pass (a membership test per verdict was quadratic in N)
+        (in_process if v.entry is not None and v.entry.mode == "in-process"
+         else sandboxed).append(v)
     if previous is not None:
         _forget_stale_modules(previous, in_process)
     loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in in_process])
