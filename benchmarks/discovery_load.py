@@ -60,11 +60,11 @@ import sys
 from pathlib import Path
 from dihya.config import AllowEntry
 try:
-    from dihya.configedit import read_document, upsert_allow, write_document
-except ImportError:  # a core from before dihya.configedit
+    from dihya.config.edit import read_document, upsert_allow, write_document
+except ImportError:  # a core from before dihya.config.edit
     from dihya.config import read_document, upsert_allow, write_document
-from dihya.discovery import discover
-from dihya.gate import inspect_files
+from dihya.gate.discovery import discover
+from dihya.gate.decide import inspect_files
 
 path = Path(sys.argv[1])
 doc = read_document(path)

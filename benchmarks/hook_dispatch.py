@@ -90,8 +90,8 @@ def main() -> None:
 def core_records(tmp: Path, count: int) -> tuple[list[Any], float]:
     """N active plugin records, from real wheels, through discover/gate/load."""
     from dihya.config import AllowEntry, Config
-    from dihya.discovery import discover
-    from dihya.gate import inspect_files
+    from dihya.gate.decide import inspect_files
+    from dihya.gate.discovery import discover
     from dihya.registry import build_registry
 
     site = tmp / "site"
@@ -140,9 +140,9 @@ def pluggy_manager(count: int) -> Any:
 
 
 def bench(tmp: Path, args: argparse.Namespace) -> None:
-    from dihya.executor import InProcessExecutor
     from dihya.needs import check_needs, validate_needs
     from dihya.pipeline import HookResult, hook_caller, run_before_generation
+    from dihya.sandbox.executor import InProcessExecutor
 
     records, timeout = core_records(tmp, args.plugins)
     needs = check_needs(NEEDS)
@@ -219,8 +219,8 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
 
 def breakdown(needs: dict[str, Any], samples: dict[str, list[float]], count: int) -> None:
     """What one plugin's share of the guarded round costs, piece by piece."""
-    from dihya.executor import json_copy, same_json
     from dihya.needs import validate_needs
+    from dihya.sandbox.executor import json_copy, same_json
 
     copy = json_copy(needs)
 

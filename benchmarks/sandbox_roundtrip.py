@@ -117,7 +117,7 @@ def outer_layer(outer: str) -> Iterator[None]:
     without bwrap's view a root backend may need `allow_root` to start one at all)."""
     import attrs
 
-    from dihya.executor import sandbox
+    from dihya.sandbox import pool as sandbox
 
     original = sandbox.launch
 
@@ -198,8 +198,8 @@ def main() -> None:
 def setup(tmp: Path) -> tuple[list[str], str, Any]:
     """Install the plugin into a site dir; return (import path, site dir, its AllowEntry)."""
     from dihya.config import AllowEntry
-    from dihya.discovery import discover
-    from dihya.gate import inspect_files
+    from dihya.gate.decide import inspect_files
+    from dihya.gate.discovery import discover
 
     site = tmp / "site"
     wheel = build_plugin_wheel(tmp / "wheels", NAME)
@@ -219,10 +219,10 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
     import attrs
 
     from dihya.config import Config, SandboxSettings
-    from dihya.executor.sandbox import SandboxPool, Worker, WorkerSpec
     from dihya.needs import check_needs
     from dihya.registry import build_registry
     from dihya.sandbox import protocol
+    from dihya.sandbox.pool import SandboxPool, Worker, WorkerSpec
 
     path, site, entry = setup(tmp)
     needs = check_needs(make_needs(int(args.kib * 1024)))

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import attrs
 
 from dihya.config import AllowEntry, Config, Mode
-from dihya.configedit import Approval, ApprovalRefused, edit_document, record_approval
-from dihya.discovery import DiscoveredPlugin, discover
+from dihya.config.edit import Approval, ApprovalRefused, edit_document, record_approval
 from dihya.filelists import FileDiff, FileList, diff, list_files, recall
-from dihya.gate import FAILED, REFUSED, assess
+from dihya.gate.decide import FAILED, REFUSED, assess
+from dihya.gate.discovery import DiscoveredPlugin, discover
 from dihya.store import Store
 
 
@@ -110,8 +110,8 @@ def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str,
     """Load the plugin in a sandbox worker (never in this process) and check its class,
     as `dihya plugins approve` does; CannotApprove says why not. True when the class says
     safe = True (it may run in-process)."""
-    from dihya.executor.sandbox import Worker, WorkerSpec, WorkerStartError
     from dihya.sandbox.admission import checked_meta
+    from dihya.sandbox.pool import Worker, WorkerSpec, WorkerStartError
 
     # the worker must find the plugin where this process found it: the plugin's own
     # site directory when it is not one of this Python's (a custom site, tests)

@@ -35,7 +35,7 @@ from dihya.config import (
     load_config,
     resolve_path,
 )
-from dihya.configedit import (
+from dihya.config.edit import (
     Approval,
     ApprovalRefused,
     add_known_pth,
@@ -44,10 +44,8 @@ from dihya.configedit import (
     remove_allow,
     set_enabled,
 )
-from dihya.configfile import ConfigFileError, ConfigLockTimeout, exposure
-from dihya.discovery import DiscoveredPlugin, discover
-from dihya.fingerprint import FingerprintError, fingerprint_wheel
-from dihya.gate import (
+from dihya.config.file import ConfigFileError, ConfigLockTimeout, exposure
+from dihya.gate.decide import (
     FAILED,
     REFUSED,
     SHADOWED_MODULE,
@@ -56,11 +54,13 @@ from dihya.gate import (
     resolution_problem,
     shadowing_problem,
 )
+from dihya.gate.discovery import DiscoveredPlugin, discover
+from dihya.gate.fingerprint import FingerprintError, fingerprint_wheel
+from dihya.gate.startup import PthFile, known_entry, pth_json, scan_pth, site_directories
 from dihya.registry import RegistrySnapshot, build_registry
-from dihya.startup import PthFile, known_entry, pth_json, scan_pth, site_directories
 
 if TYPE_CHECKING:
-    from dihya.fingerprint import InstalledFiles
+    from dihya.gate.fingerprint import InstalledFiles
     from dihya.output import OutputError
     from dihya.store import Store
 
@@ -396,8 +396,8 @@ def _approvable(name: str, found: Sequence[DiscoveredPlugin]) -> tuple[Discovere
 def _check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config) -> bool:
     """Load the plugin in a sandbox worker (never in this process) and check its class;
     True if the class says safe = True (it may run in-process)."""
-    from dihya.executor.sandbox import Worker, WorkerSpec, WorkerStartError
     from dihya.sandbox.admission import checked_meta
+    from dihya.sandbox.pool import Worker, WorkerSpec, WorkerStartError
 
     try:
         worker = Worker(WorkerSpec(plugin.group, plugin.name, fp), config.sandbox)

@@ -23,19 +23,7 @@ from typing import NoReturn
 import click
 from packaging.utils import canonicalize_name
 
-from dihya.cli import (
-    CheckFailed,
-    State,
-    Usage,
-    _check_class,
-    _editing,
-    _unknown,
-    _user,
-    approval_options,
-)
-from dihya.configedit import Approval, record_approval, remove_allow
-from dihya.discovery import discover
-from dihya.install import (
+from dihya.authoring.install import (
     CORE_DISTRIBUTION,
     InstallPlan,
     InstallRefused,
@@ -46,7 +34,19 @@ from dihya.install import (
     pip_uninstall,
     plan_install,
 )
-from dihya.signing import SigningError, generate_key, load_private_key, sign_wheel
+from dihya.cli import (
+    CheckFailed,
+    State,
+    Usage,
+    _check_class,
+    _editing,
+    _unknown,
+    _user,
+    approval_options,
+)
+from dihya.config.edit import Approval, record_approval, remove_allow
+from dihya.gate.discovery import discover
+from dihya.gate.signing import SigningError, generate_key, load_private_key, sign_wheel
 
 pass_state = click.make_pass_decorator(State)
 

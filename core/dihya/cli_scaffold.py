@@ -1,4 +1,4 @@
-"""`dihya plugins new NAME`: scaffold a plugin project (see `dihya.scaffold`).
+"""`dihya plugins new NAME`: scaffold a plugin project (see `dihya.authoring.scaffold`).
 
 Exit codes as everywhere: 0 ok, 2 usage (an invalid name, author or license, a non-empty
 target directory).
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
+from dihya.authoring.scaffold import DEFAULT_LICENSE, LICENSES, ScaffoldError, new_project
 from dihya.cli import Usage
-from dihya.scaffold import DEFAULT_LICENSE, LICENSES, ScaffoldError, new_project
 
 
 @click.command("new")

@@ -1,7 +1,7 @@
 """The files behind a fingerprint, kept so that a new version can be compared with them.
 
 A fingerprint is one hash over the lines `"<sha256> <size> <path>"` of a distribution's
-files (`dihya.fingerprint`); an operator about to approve a new version wants to see which
+files (`dihya.gate.fingerprint`); an operator about to approve a new version wants to see which
 files were added, removed or changed since the approved one. pip keeps nothing of a
 replaced version, so the list of an approved version's files is recorded in the store
 (`dihya_file_lists`) when the console approves it and whenever the server sees an
@@ -23,9 +23,9 @@ from typing import Final
 import attrs
 import sqlalchemy as sa
 
-from dihya.discovery import DiscoveredPlugin
-from dihya.fingerprint import FINGERPRINT_HEADER, InstalledFiles
-from dihya.gate import inspect_files
+from dihya.gate.decide import inspect_files
+from dihya.gate.discovery import DiscoveredPlugin
+from dihya.gate.fingerprint import FINGERPRINT_HEADER, InstalledFiles
 from dihya.store import Store, file_lists_table
 
 #: How a dist-info directory is named in a diff: its version is in its name, so without
@@ -68,7 +68,7 @@ class FileDiff:
 
 
 def fingerprint_of(entries: Iterable[FileEntry]) -> str:
-    """The fingerprint of files given by their hashes and sizes (`dihya.fingerprint.digest`
+    """The fingerprint of files given by their hashes and sizes (`dihya.gate.fingerprint.digest`
     computes the same value from their bytes)."""
     h = hashlib.sha256(FINGERPRINT_HEADER)
     for line in sorted(f"{e.sha256} {e.size} {e.path}\n" for e in entries):

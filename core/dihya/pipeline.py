@@ -15,7 +15,10 @@ from typing import Any, Final
 import attrs
 
 from dihya.canonical import canonical_sha256
-from dihya.executor import (
+from dihya.needs import Problem, check_needs, validate_code, validate_needs
+from dihya.plugin import HOOK_API_VERSION
+from dihya.registry import PluginRecord, RegistrySnapshot
+from dihya.sandbox.executor import (
     HookExecutor,
     HookRaised,
     HookTimeout,
@@ -25,9 +28,6 @@ from dihya.executor import (
     is_invalid_output,
     same_json,
 )
-from dihya.needs import Problem, check_needs, validate_code, validate_needs
-from dihya.plugin import HOOK_API_VERSION
-from dihya.registry import PluginRecord, RegistrySnapshot
 
 log = logging.getLogger("dihya.pipeline")
 

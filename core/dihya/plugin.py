@@ -22,6 +22,8 @@ HOOK_API_VERSION: Final = "1.1"
 #: targets this hook API puts in its `Requires-Dist: dihya-core...` (the scaffold writes
 #: it, and its tox envs test against the lowest and the newest release of the range).
 SUPPORTED_CORE_RANGE: Final = ">=0.1,<0.2"
+#: The entry-point group plugins declare themselves in (`[plugins] group` can change it).
+DEFAULT_GROUP: Final = "dihya.generation_plugins"
 
 JSON = Any
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from dihya.config import Config, env_disabled
-from dihya.discovery import discover
-from dihya.executor import HookExecutor, InProcessExecutor
-from dihya.gate import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess_all
-from dihya.loader import Loaded, forget_modules, load_plugins
+from dihya.gate.decide import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess_all
+from dihya.gate.discovery import discover
+from dihya.gate.loader import Loaded, forget_modules, load_plugins
+from dihya.gate.startup import PthFile, scan_pth
 from dihya.plugin import ActionSpec, GenerationPluginBase, deprecation_warnings
-from dihya.startup import PthFile, scan_pth
+from dihya.sandbox.executor import HookExecutor, InProcessExecutor
 
 if TYPE_CHECKING:
-    from dihya.executor.sandbox import SandboxPool
+    from dihya.sandbox.pool import SandboxPool
 
 _IN_PROCESS = InProcessExecutor()
 
@@ -168,7 +168,7 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in in_process])
     owns_sandbox = sandbox is None
     if sandboxed and sandbox is None:
-        from dihya.executor.sandbox import SandboxPool
+        from dihya.sandbox.pool import SandboxPool
 
         sandbox = SandboxPool(config.sandbox)
     hellos = _start_workers(sandbox, config, sandboxed, path)
@@ -205,8 +205,8 @@ def _start_workers(sandbox: SandboxPool | None, config: Config,
                    verdicts: Sequence[Verdict], path: Sequence[str] | None) -> dict[str, Any]:
     if sandbox is None or not verdicts:
         return {}
-    from dihya.executor.sandbox import WorkerSpec
     from dihya.sandbox.admission import start_all
+    from dihya.sandbox.pool import WorkerSpec
 
     # The worker must find what this process found: the import-path entries outside this
     # Python's own prefixes (its `-I` path has those); never the current directory.
@@ -220,8 +220,8 @@ def _start_workers(sandbox: SandboxPool | None, config: Config,
 
 def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
                       config: Config) -> PluginRecord:
-    from dihya.executor.sandbox import WorkerStartError
     from dihya.sandbox.admission import checked_meta
+    from dihya.sandbox.pool import WorkerStartError
 
     if isinstance(hello, WorkerStartError):
         # files changed (or something now shadows them) between the gate and the worker's

@@ -8,9 +8,9 @@ import time
 import pytest
 from sandbox_support import hook, sandboxed, statuses
 
-from dihya.executor.sandbox import SandboxPool
 from dihya.pipeline import run_generation
 from dihya.registry import build_registry
+from dihya.sandbox.pool import SandboxPool
 from support.wheels import pip_install, plugin_source
 
 
@@ -104,8 +104,8 @@ def test_a_plugin_retired_during_a_generation_is_skipped_not_failed(plugin_site,
     """A rebuild (disable, removal, upgrade) retires the plugin's worker while a generation
     on the previous snapshot is under way: its remaining hooks are `skipped`, never
     `failed` (which would be audited as a sandbox violation and count towards quarantine)."""
-    from dihya.executor.sandbox import WorkerRetired
     from dihya.generator import generate
+    from dihya.sandbox.pool import WorkerRetired
 
     snap, names = sandboxed(plugin_site, {"both": hook("return needs", "before_generation")
                                           + hook("return code")})
@@ -152,7 +152,7 @@ def test_a_worker_restart_never_loads_files_changed_since_the_gate(plugin_site, 
 def test_a_generation_never_runs_a_newer_version_of_a_plugin(plugin_site, closing) -> None:
     """After an upgrade the pool holds the new version's worker: a caller from the previous
     snapshot (another fingerprint) is told the plugin was replaced, never served by it."""
-    from dihya.executor.sandbox import WorkerRetired
+    from dihya.sandbox.pool import WorkerRetired
 
     snap, names = sandboxed(plugin_site, {"v": hook("return code")})
     closing(snap)
@@ -193,7 +193,7 @@ def test_after_generation_changes_cross_back_as_a_diff(plugin_site, needs, closi
 
 
 def test_malformed_changes_are_refused() -> None:
-    from dihya.executor.sandbox import WorkerFailed, apply_changes
+    from dihya.sandbox.pool import WorkerFailed, apply_changes
 
     assert apply_changes({"a": "1", "b": "2"}, {"set": {"c": "3"}, "removed": ["a"]}) == {
         "b": "2", "c": "3"}

@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 from dihya.config import AllowEntry, Config
-from dihya.discovery import discover
-from dihya.gate import inspect_files
+from dihya.gate.decide import inspect_files
+from dihya.gate.discovery import discover
 from support.wheels import build_plugin_wheel, pip_install
 
 _counter = itertools.count()

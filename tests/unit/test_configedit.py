@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dihya.config import ConfigError, config_problem, load_config
-from dihya.configedit import (
+from dihya.config.edit import (
     Approval,
     ApprovalRefused,
     edit_document,
@@ -22,7 +22,7 @@ from dihya.configedit import (
     set_enabled,
     write_document,
 )
-from dihya.configfile import ConfigLockTimeout, edit_lock, exposure, lock_path
+from dihya.config.file import ConfigLockTimeout, edit_lock, exposure, lock_path
 
 BASE = "# operator note\n[plugins]\nhook_timeout_s = 5.0  # slow disk\n"
 
@@ -41,7 +41,7 @@ def allow(path: Path) -> dict[str, dict[str, object]]:
 EDITOR = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from dihya.configedit import Approval, edit_document, record_approval
+    from dihya.config.edit import Approval, edit_document, record_approval
 
     path, name = Path(sys.argv[1]), sys.argv[2]
     while not Path(sys.argv[3]).exists():  # every process starts its edit at once
@@ -103,7 +103,7 @@ def test_an_edit_waits_for_the_lock_and_gives_up_with_a_clear_message(tmp_path: 
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from dihya.configfile import edit_lock
+        from dihya.config.file import edit_lock
         with edit_lock(Path({str(path)!r})):
             print("locked", flush=True)
             sys.stdin.read()
@@ -224,7 +224,7 @@ def test_exposure_names_who_may_read_or_write_and_the_fix(tmp_path: Path) -> Non
 
 
 def test_a_symlink_loop_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    from dihya.configfile import ConfigFileError
+    from dihya.config.file import ConfigFileError
 
     (tmp_path / "a.toml").symlink_to("b.toml")
     (tmp_path / "b.toml").symlink_to("a.toml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dihya.docgen import RENDERERS
+from dihya.authoring.docgen import RENDERERS
 from dihya.plugin import HOOK_SPECS
 
 DOCS = Path(__file__).parents[2] / "docs"
@@ -13,7 +13,8 @@ DOCS = Path(__file__).parents[2] / "docs"
 def test_generated_docs_are_up_to_date() -> None:
     for filename, render in RENDERERS.items():
         current = (DOCS / filename).read_text("utf-8")
-        assert current == render(), f"docs/{filename} is stale: run `python -m dihya.docgen docs`"
+        assert current == render(), (f"docs/{filename} is stale: run "
+                                     "`python -m dihya.authoring.docgen docs`")
 
 
 def test_every_hook_is_documented() -> None:

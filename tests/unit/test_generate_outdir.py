@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dihya.manifest import MANIFEST_NAME
+from dihya.output.manifest import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 TODO = ROOT / "examples" / "needs" / "todo.json"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dihya.manifest import MANIFEST_NAME
 from dihya.output import OutputError, write_tree
+from dihya.output.manifest import MANIFEST_NAME
 
 FIRST = {"README.md": "# one\n", "app/__init__.py": "x = 1\n", "app/old.py": "gone\n"}
 SECOND = {"README.md": "# two\n", "app/__init__.py": "x = 2\n", "docs/API.md": "api\n"}

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from dihya.manifest import MANIFEST_NAME
-from dihya.treeswap import exchange
+from dihya.output.manifest import MANIFEST_NAME
+from dihya.output.treeswap import exchange
 
 DIHYA = Path(sys.executable).parent / "dihya"
 USER_FILES = {"notes.txt": "keep\n", ".venv/bin/python": "venv\n", "app/mine.py": "mine\n"}
@@ -30,10 +30,10 @@ USER_FILES = {"notes.txt": "keep\n", ".venv/bin/python": "venv\n", "app/mine.py"
 DRIVER = r"""
 import json, os, signal, sys
 spec = json.loads(sys.argv[1])
-import dihya.output, dihya.treeswap
+import dihya.output, dihya.output.treeswap
 if spec.get("no_exchange"):  # a filesystem without RENAME_EXCHANGE
-    dihya.treeswap.exchange = lambda a, b: False
-module = {"output": dihya.output, "treeswap": dihya.treeswap, "os": os}[spec["module"]]
+    dihya.output.treeswap.exchange = lambda a, b: False
+module = {"output": dihya.output, "treeswap": dihya.output.treeswap, "os": os}[spec["module"]]
 real = getattr(module, spec["name"])
 calls = 0
 

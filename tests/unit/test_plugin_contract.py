@@ -94,7 +94,7 @@ def test_positional_only_and_star_args_are_refused() -> None:
 def test_deprecated_hooks_and_arguments_are_reported() -> None:
     import attrs
 
-    from dihya.docgen import render_hooks
+    from dihya.authoring.docgen import render_hooks
     from dihya.plugin import deprecation_warnings
 
     after = next(s for s in HOOK_SPECS if s.name == "after_generation")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dihya.authoring.scaffold import LICENSES, ScaffoldError, new_project, oldest_core
 from dihya.cli import main
 from dihya.plugin import HOOK_SPECS, SUPPORTED_CORE_RANGE, validate_plugin_class
-from dihya.scaffold import LICENSES, ScaffoldError, new_project, oldest_core
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dihya.gate import SHADOWED_MODULE, STATUSES, inspect_files, shadowing_problem
+from dihya.gate.decide import SHADOWED_MODULE, STATUSES, inspect_files, shadowing_problem
 from dihya.registry import build_registry
 from support.wheels import build_wheel, pip_install, plugin_source
 

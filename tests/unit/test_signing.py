@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dihya.authoring.install import InstallRefused, plan_install, unsatisfied_requirements
 from dihya.cli import main
 from dihya.config import AllowEntry, Config, ConfigError, config_from_document, load_config
-from dihya.configedit import read_document, upsert_allow, write_document
-from dihya.install import InstallRefused, plan_install, unsatisfied_requirements
-from dihya.publishers import Publisher, decode_public_key, parse_publishers
-from dihya.signing import (
+from dihya.config.edit import read_document, upsert_allow, write_document
+from dihya.config.publishers import Publisher, decode_public_key, parse_publishers
+from dihya.gate.signing import (
     BAD_SIGNATURE,
     MALFORMED,
     NOT_ALLOWED,
@@ -337,7 +337,7 @@ def test_removing_the_last_entry_then_adding_one_writes_valid_toml(tmp_path: Pat
                     "public_key = \"ed25519:" + "A" * 43 + "=\"\ndistributions = [\"x\"]\n")
     entry = AllowEntry(name="a", distribution="dihya-plugin-a", version="1.0",
                        fingerprint="sha256:01")
-    from dihya.configedit import remove_allow
+    from dihya.config.edit import remove_allow
 
     for step in ("add", "remove", "add", "remove", "add"):
         doc = read_document(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from dihya.sitewatch import site_stamp
+from dihya.gate.sitewatch import site_stamp
 from support.site import PluginSite
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from dihya.config import ConfigError, config_from_document, load_config
-from dihya.configedit import add_known_pth, read_document, write_document
-from dihya.startup import (
+from dihya.config.edit import add_known_pth, read_document, write_document
+from dihya.gate.startup import (
     BY_CONFIG,
     BY_SETUPTOOLS,
     SETUPTOOLS_PTH,

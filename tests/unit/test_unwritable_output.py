@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from dihya.cli import main
-from dihya.configedit import read_document, upsert_allow, write_document
+from dihya.config.edit import read_document, upsert_allow, write_document
 from dihya.needs import MAX_SEGMENT_BYTES, unsafe_path_reason, validate_code
 from dihya.output import write_tree
 from dihya.pipeline import run_generation

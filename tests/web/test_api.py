@@ -114,7 +114,7 @@ def test_health_checks_need_no_token(api: Api) -> None:
 
 
 def test_readyz_lists_code_running_pth_without_their_directories(api: Api) -> None:
-    from dihya.startup import scan_pth
+    from dihya.gate.startup import scan_pth
 
     ready = api.client.get("/readyz").get_json()
     expected = scan_pth()  # this interpreter's: in a venv, setuptools' own at least

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from dihya.gate import STATUSES
+from dihya.gate.decide import STATUSES
 from dihya.store import console_sessions_table
 from dihya.tokens import create_token, revoke_token
 from dihya.web import create_app

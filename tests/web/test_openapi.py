@@ -12,7 +12,7 @@ from openapi_spec_validator import validate
 
 import dihya
 from dihya.config import MODES, ROLES
-from dihya.gate import STATUSES
+from dihya.gate.decide import STATUSES
 from dihya.needs import needs_schema
 from dihya.pipeline import HookResult
 from dihya.registry import PluginRecord

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
-from dihya.executor.sandbox import Hello, SandboxPool, WorkerSpec, WorkerStartError
 from dihya.plugin import HOOKS_BY_NAME, ActionSpec
+from dihya.sandbox.pool import Hello, SandboxPool, WorkerSpec, WorkerStartError
 
 _ACTION_NAME: Final = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _METHOD: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")

@@ -34,7 +34,7 @@ _warmed: dict[str, bool] = {}
 def cache_dir() -> Path | None:
     """The worker bytecode cache of this user, created if needed; None if it is unsafe
     (owned by someone else, writable by group or others, a link) or cannot be made."""
-    from dihya.loader import owned_dir, user_cache_path
+    from dihya.gate.loader import owned_dir, user_cache_path
 
     path = user_cache_path("worker-pycache")
     return path if owned_dir(path, 0o755, 0o022) else None
@@ -76,9 +76,10 @@ def warm_imports() -> None:
     import ctypes  # seccomp and Landlock go through ctypes
     import ctypes.util  # noqa: F401
 
-    from dihya.discovery import DEFAULT_GROUP, discover
-    from dihya.gate import inspect_files  # noqa: F401
-    from dihya.loader import load_plugins  # noqa: F401
+    from dihya.gate.decide import inspect_files  # noqa: F401
+    from dihya.gate.discovery import discover
+    from dihya.gate.loader import load_plugins  # noqa: F401
+    from dihya.plugin import DEFAULT_GROUP
     from dihya.sandbox import inner, policy  # noqa: F401
 
     for plugin in discover(DEFAULT_GROUP)[:1]:  # the metadata parsers, no plugin import

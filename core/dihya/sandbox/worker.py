@@ -34,9 +34,9 @@ class LoadFailure(Exception):
 def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any],
                                         dict[str, tuple[str, ...] | None]]:
     """Verify and import the plugin; return (instance, metadata, callable method names)."""
-    from dihya.discovery import discover
-    from dihya.gate import SHADOWED_MODULE, inspect_files, shadowing_problem
-    from dihya.loader import load_plugins
+    from dihya.gate.decide import SHADOWED_MODULE, inspect_files, shadowing_problem
+    from dihya.gate.discovery import discover
+    from dihya.gate.loader import load_plugins
 
     matches = [p for p in discover(spec["group"]) if p.name == spec["name"]]
     if len(matches) != 1:

@@ -28,9 +28,7 @@ from typing import Any, Final, Literal
 import attrs
 
 from dihya.config import AllowEntry, Config, SandboxSettings
-from dihya.discovery import DEFAULT_GROUP, DiscoveredPlugin, discover
-from dihya.executor import InProcessExecutor
-from dihya.gate import (
+from dihya.gate.decide import (
     ACTIVE,
     SHADOWED_MODULE,
     dependency_problems,
@@ -38,8 +36,10 @@ from dihya.gate import (
     resolution_problem,
     shadowing_problem,
 )
+from dihya.gate.discovery import DiscoveredPlugin, discover
 from dihya.pipeline import OK, GenerationFailed, GenerationResult, HookResult, run_generation
 from dihya.plugin import (
+    DEFAULT_GROUP,
     GenerationPluginBase,
     hook_arguments,
     implemented_hooks,
@@ -47,6 +47,7 @@ from dihya.plugin import (
     validate_plugin_class,
 )
 from dihya.registry import PluginRecord, RegistrySnapshot, build_registry
+from dihya.sandbox.executor import InProcessExecutor
 
 __all__ = [
     "MODES",

@@ -17,7 +17,6 @@ from werkzeug.routing import BaseConverter
 
 from dihya.audit import hook_event_type, sha256_of
 from dihya.canonical import canonical_bytes
-from dihya.executor import HookTimeout
 from dihya.needs import (
     MAX_PROBLEMS,
     JsonDepthError,
@@ -29,6 +28,7 @@ from dihya.needs import (
 )
 from dihya.pipeline import GenerationFailed, default_executor, run_generation
 from dihya.registry import PluginRecord
+from dihya.sandbox.executor import HookTimeout
 from dihya.web import operations
 from dihya.web.auth import current_token, require, state
 from dihya.web.operations import record_or_404

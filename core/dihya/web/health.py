@@ -6,7 +6,7 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from dihya.startup import pth_json, unacknowledged
+from dihya.gate.startup import pth_json, unacknowledged
 
 health = Blueprint("health", __name__)
 

@@ -155,7 +155,7 @@ def audit_event_schema() -> Schema:
 def _schemas() -> dict[str, Schema]:
     from dihya.config import MODES, ROLES
     from dihya.config import PROBLEMS as CONFIG_PROBLEMS
-    from dihya.gate import STATUSES
+    from dihya.gate.decide import STATUSES
     from dihya.pipeline import HOOK_FAILED, INVALID_OUTPUT, OK, SKIPPED, TIMEOUT
     from dihya.plugin import HOOK_SPECS
     from dihya.web.api import DISABLE_BODY, GENERATE_BODY

@@ -32,11 +32,11 @@ import attrs
 
 from dihya.audit import Auditor
 from dihya.config import PROBLEMS, Config, ConfigError, config_problem, load_config
-from dihya.executor.sandbox import SandboxPool
+from dihya.gate.sitewatch import SiteStamp, site_stamp
 from dihya.gdpr import DAY_S, apply_retention
 from dihya.listen import StateListener, open_listener
 from dihya.registry import RegistrySnapshot, build_registry
-from dihya.sitewatch import SiteStamp, site_stamp
+from dihya.sandbox.pool import SandboxPool
 from dihya.store import Store
 
 log = logging.getLogger("dihya.web")

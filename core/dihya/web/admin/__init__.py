@@ -18,8 +18,8 @@ from typing import Final
 from flask import Flask, g, request
 from werkzeug.wrappers import Response
 
-from dihya.discovery import discover
 from dihya.filelists import list_files, recorded, remember
+from dihya.gate.discovery import discover
 from dihya.registry import RegistrySnapshot
 from dihya.web.admin import (
     approval_pages,

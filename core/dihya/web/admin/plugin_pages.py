@@ -18,9 +18,9 @@ from markupsafe import Markup
 from werkzeug.wrappers import Response
 
 from dihya.auditquery import AuditFilter, search
-from dihya.discovery import discover
 from dihya.filelists import list_files
-from dihya.gate import dependency_problems, inspect_files
+from dihya.gate.decide import dependency_problems, inspect_files
+from dihya.gate.discovery import discover
 from dihya.registry import PluginRecord
 from dihya.web import operations
 from dihya.web.admin import guard

@@ -4,7 +4,7 @@ A publisher is a name, an Ed25519 public key in the text form `ed25519:<base64 o
 raw bytes>` (what `dihya plugins keygen` prints) and the distributions it may sign: exact
 names, or a glob with `*` (`dihya-plugin-acme-*`), compared after PEP 503 normalisation.
 This module only parses and matches; it imports no cryptography, so reading a config
-stays cheap. Signatures are made and checked in `dihya.signing`.
+stays cheap. Signatures are made and checked in `dihya.gate.signing`.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 from packaging.utils import canonicalize_name
 
-from dihya.fingerprint import FingerprintError, fingerprint_wheel
-from dihya.publishers import Publisher, decode_public_key, encode_public_key
+from dihya.config.publishers import Publisher, decode_public_key, encode_public_key
+from dihya.gate.fingerprint import FingerprintError, fingerprint_wheel
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

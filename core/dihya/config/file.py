@@ -7,7 +7,7 @@ directory, fsync, rename, fsync of the directory). The lock is not on the config
 the rename replaces that file, so a lock held on it would guard an inode nobody reads any
 more. A symlinked config is followed, so edits replace its target and the link stays.
 
-This module knows files, not TOML: `dihya.configedit` builds the edits on it, and
+This module knows files, not TOML: `dihya.config.edit` builds the edits on it, and
 `plugins verify` asks `exposure` who else may read or write the config and the store.
 """
 

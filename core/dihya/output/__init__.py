@@ -1,8 +1,8 @@
 """Write generated files as the new content of OUTDIR: all of them or none, never a user's.
 
-The files and a manifest of them (`.dihya-manifest.json`, see `dihya.manifest`) are
+The files and a manifest of them (`.dihya-manifest.json`, see `dihya.output.manifest`) are
 written into a temporary sibling directory, flushed to disk and then swapped with OUTDIR
-(`dihya.treeswap`): a crash or an error never leaves a half-written or a missing OUTDIR.
+(`dihya.output.treeswap`): a crash or an error never leaves a half-written or a missing OUTDIR.
 
 What may be replaced:
 
@@ -29,9 +29,16 @@ from typing import Final
 import attrs
 
 from dihya.logs import escape_text
-from dihya.manifest import MANIFEST_NAME, Manifest, ManifestError, dirs_of, read_manifest, survey
 from dihya.needs import unsafe_path_reason
-from dihya.treeswap import (
+from dihya.output.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    dirs_of,
+    read_manifest,
+    survey,
+)
+from dihya.output.treeswap import (
     RecoveryError,
     discard,
     fsync_dir,

@@ -17,21 +17,22 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import attrs
 
 from dihya.config import SandboxSettings
-from dihya.executor.base import (
+from dihya.plugin import HOOKS_BY_NAME
+from dihya.sandbox.executor import (
     INVALID_OUTPUT_ERROR,
     HookInvalidOutput,
     HookRaised,
+    HookTarget,
     HookTimeout,
     HookUnavailable,
     SandboxViolation,
     arguments_for,
 )
-from dihya.plugin import HOOKS_BY_NAME
 from dihya.sandbox.outer import launch
 from dihya.sandbox.policy import SandboxPolicy, SandboxSetupError
 from dihya.sandbox.protocol import (
@@ -43,9 +44,6 @@ from dihya.sandbox.protocol import (
 )
 from dihya.sandbox.scratch import make_scratch, sweep_once
 from dihya.sandbox.start import import_path, python_argv, read_only_paths
-
-if TYPE_CHECKING:
-    from dihya.registry import PluginRecord
 
 KILL_GRACE_S: Final = 0.5
 
@@ -493,7 +491,7 @@ class SandboxExecutor:
     def __init__(self, pool: SandboxPool) -> None:
         self.pool = pool
 
-    def call(self, record: PluginRecord, hook: str, kwargs: Mapping[str, Any],
+    def call(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any:
         worker = self.pool.worker(record.name, record.fingerprint)
         return worker.call(hook, arguments_for(record, hook, kwargs), timeout_s)

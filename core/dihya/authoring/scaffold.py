@@ -21,8 +21,7 @@ import attrs
 from packaging.specifiers import SpecifierSet
 
 from dihya import __version__
-from dihya.discovery import DEFAULT_GROUP
-from dihya.plugin import HOOK_API_VERSION, HOOK_SPECS, SUPPORTED_CORE_RANGE, HookSpec
+from dihya.plugin import DEFAULT_GROUP, HOOK_API_VERSION, HOOK_SPECS, SUPPORTED_CORE_RANGE, HookSpec
 
 if TYPE_CHECKING:
     from jinja2 import Environment

@@ -1,13 +1,37 @@
-"""The executor interface and what every executor shares."""
+"""How a hook is called: the executor interface, what every executor shares, and the
+in-process executor (the sandboxed one is `dihya.sandbox.pool`).
+
+The pipeline only knows `HookExecutor`; which executor serves a plugin is decided by its
+approval's `mode`. In-process runs a hook in the backend's own process: fastest, but with
+the backend's rights, only for plugins whose class says `safe = True` and that an operator
+approved with `mode = "in-process"`. Arguments are deep-copied so a plugin cannot change
+what others see; a hook cannot be interrupted there: one that overruns its deadline is
+reported as a timeout once it returns (the sandbox kills its worker instead).
+"""
 
 from __future__ import annotations
 
 import marshal
+import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
-if TYPE_CHECKING:
-    from dihya.registry import PluginRecord
+
+class HookTarget(Protocol):
+    """What an executor needs of a plugin (a registry record is one): executors sit below
+    the registry and never import it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str | None: ...
+
+    @property
+    def instance(self) -> Any: ...
+
+    @property
+    def hook_args(self) -> Mapping[str, tuple[str, ...]]: ...
 
 
 class HookRaised(Exception):
@@ -47,16 +71,16 @@ class HookExecutor(Protocol):
     """Calls one hook (or action method) of one plugin and returns what it returned.
 
     `kwargs` holds every argument of the hook's spec, by name; the implementation gets
-    those it takes (`PluginRecord.hook_args`; an action method gets them all). Raises
+    those it takes (`HookTarget.hook_args`; an action method gets them all). Raises
     `HookTimeout` past `timeout_s`, or whatever the hook raised. The caller validates the
     returned value; executors never trust it.
     """
 
-    def call(self, record: PluginRecord, hook: str, kwargs: Mapping[str, Any],
+    def call(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any: ...
 
 
-def arguments_for(record: PluginRecord, hook: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def arguments_for(record: HookTarget, hook: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The arguments of `kwargs` that `record`'s implementation of `hook` takes."""
     takes = record.hook_args.get(hook)
     if takes is None:
@@ -115,3 +139,23 @@ def _key(key: Any) -> str:
     if isinstance(key, str):
         return key
     raise TypeError(f"object keys must be strings, not {type(key).__name__}")
+
+
+class InProcessExecutor:
+    """Calls hooks directly on the plugin instance held by the registry record."""
+
+    __slots__ = ()
+    kind: Final = "in-process"
+
+    def call(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
+             timeout_s: float) -> Any:
+        if record.instance is None:
+            raise RuntimeError(f"plugin {record.name!r} is not loaded in this process")
+        method = getattr(record.instance, hook)
+        copies = {k: json_copy(v) for k, v in arguments_for(record, hook, kwargs).items()}
+        start = time.perf_counter()
+        result = method(**copies)
+        elapsed = time.perf_counter() - start
+        if elapsed > timeout_s:
+            raise HookTimeout(f"{hook} took {elapsed:.3f} s, the limit is {timeout_s} s")
+        return result

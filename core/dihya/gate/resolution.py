@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import attrs
 
-from dihya.fingerprint import IMPORTABLE_SUFFIXES, realpath, realpath_of_file
+from dihya.gate.fingerprint import IMPORTABLE_SUFFIXES, realpath, realpath_of_file
 
 # Longest first, so `x.cpython-311-x86_64-linux-gnu.so` is not taken for `x.cpython-311-…`
 # + `.so`.

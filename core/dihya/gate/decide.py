@@ -21,14 +21,14 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from dihya.config import AllowEntry, Config
-from dihya.discovery import DiscoveredPlugin, requires_of
-from dihya.fingerprint import (
+from dihya.gate.discovery import DiscoveredPlugin, requires_of
+from dihya.gate.fingerprint import (
     FingerprintError,
     InstalledFiles,
     inspect_installed,
     shared_realpaths,
 )
-from dihya.resolution import find_shadowing
+from dihya.gate.resolution import find_shadowing
 
 ACTIVE: Final = "active"
 DISABLED: Final = "disabled"

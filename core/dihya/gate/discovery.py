@@ -20,7 +20,7 @@ from typing import Any, Final
 import attrs
 from packaging.utils import canonicalize_name
 
-DEFAULT_GROUP: Final = "dihya.generation_plugins"
+from dihya.plugin import DEFAULT_GROUP
 
 
 @attrs.frozen

@@ -2,7 +2,7 @@
 
 Path: `--config`, else `DIHYA_CONFIG`, else `./dihya.toml`. Reading validates every value
 and names the file, line and what was expected. Edits that keep comments are in
-`dihya.configedit`; the file itself (lock, atomic replacement) in `dihya.configfile`.
+`dihya.config.edit`; the file itself (lock, atomic replacement) in `dihya.config.file`.
 
 An *empty* config (the file parses to no table and no key: zero bytes, whitespace or
 comments only) approves nothing, like a missing one; `config_problem` tells a running server
@@ -20,9 +20,9 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from dihya.discovery import DEFAULT_GROUP
-from dihya.publishers import Publisher, array_entry, parse_publishers
-from dihya.startup import KnownPth, parse_known_pth
+from dihya.config.knownpth import KnownPth, parse_known_pth
+from dihya.config.publishers import Publisher, array_entry, parse_publishers
+from dihya.plugin import DEFAULT_GROUP
 
 MODES: Final = ("sandbox", "in-process")
 ROLES: Final = ("admin", "developer", "viewer")

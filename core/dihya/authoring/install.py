@@ -27,9 +27,9 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from dihya.config import AllowEntry, Config
-from dihya.discovery import DiscoveredPlugin, discover
-from dihya.gate import inspect_files, requirement_problems, resolution_problem
-from dihya.signing import SigningError, Verified, WheelFacts, read_wheel, verify_wheel
+from dihya.gate.decide import inspect_files, requirement_problems, resolution_problem
+from dihya.gate.discovery import DiscoveredPlugin, discover
+from dihya.gate.signing import SigningError, Verified, WheelFacts, read_wheel, verify_wheel
 
 CORE_DISTRIBUTION: Final = "dihya-core"
 PIP_TIMEOUT_S: Final = 600

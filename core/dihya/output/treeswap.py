@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-from dihya.manifest import MANIFEST_NAME, Manifest, ManifestError, dirs_of, read_manifest
+from dihya.output.manifest import MANIFEST_NAME, Manifest, ManifestError, dirs_of, read_manifest
 
 _AT_FDCWD: Final = -100
 _RENAME_EXCHANGE: Final = 2

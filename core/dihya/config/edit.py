@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from dihya.config import UNREADABLE, AllowEntry, ConfigError, Mode, config_from_document
-from dihya.configfile import edit_lock, replace_atomically
+from dihya.config.file import edit_lock, replace_atomically
 
 if TYPE_CHECKING:
     import tomlkit.exceptions
@@ -68,7 +68,7 @@ def edit_document(path: Path) -> Iterator[TOMLDocument]:
 
     Nothing is written if the caller raises. Long checks belong before this block, so the
     lock is held for milliseconds and the edit applies to the file of that moment.
-    Raises ConfigError (invalid file or edit) and `dihya.configfile.ConfigFileError`
+    Raises ConfigError (invalid file or edit) and `dihya.config.file.ConfigFileError`
     (cannot lock or resolve).
     """
     with edit_lock(path):

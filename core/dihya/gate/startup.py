@@ -11,14 +11,13 @@ acknowledged that exact content (`[[plugins.known_pth]]`) or it is one of the
 `distutils-precedence.pth` files setuptools ships, acknowledged out of the box.
 
 `[[plugins.known_pth]]` entries (`file`, `sha256`, optional `note`) are parsed here too,
-like `[[plugins.publishers]]` in `dihya.publishers`, so the config module stays a reader.
+like `[[plugins.publishers]]` in `dihya.config.publishers`, so the config module stays a reader.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import site
 import sys
 import sysconfig
@@ -27,8 +26,8 @@ from typing import Any, Final
 
 import attrs
 
-from dihya.fingerprint import record_paths
-from dihya.publishers import array_entry
+from dihya.config.knownpth import KnownPth
+from dihya.gate.fingerprint import record_paths
 
 #: The `distutils-precedence.pth` that setuptools installs with itself (and that `python -m
 #: venv` puts in every new venv through its bundled setuptools), by exact content, with the
@@ -46,18 +45,7 @@ SETUPTOOLS_PTH_SHA256: Final = {
 #: Who acknowledged a `.pth` file: the operator's config, or this list of setuptools' own.
 BY_CONFIG: Final = "config"
 BY_SETUPTOOLS: Final = "builtin"
-KNOWN_PTH_KEYS: Final = frozenset({"file", "sha256", "note"})
-_SHA256: Final = re.compile(r"^[0-9a-fA-F]{64}$")
 _IMPORT_LINE: Final = ("import ", "import\t")
-
-
-@attrs.frozen
-class KnownPth:
-    """An operator's acknowledgement of one `.pth` file's exact content."""
-
-    file: str
-    sha256: str
-    note: str | None = None
 
 
 @attrs.frozen
@@ -100,32 +88,6 @@ class PthFile:
             state = (f"NOT acknowledged (sha256 {self.sha256[:16]}…): review it, then "
                      f"`dihya plugins acknowledge-pth {self.file}`")
         return f"{self.path} ({owner}) runs code at interpreter start; {state}"
-
-
-def parse_known_pth(raw: object) -> tuple[KnownPth, ...]:
-    """`[[plugins.known_pth]]` as read from TOML; ValueError saying what to fix."""
-    if not isinstance(raw, list):
-        raise ValueError("`plugins.known_pth` must be an array of tables "
-                         "([[plugins.known_pth]] with `file` and `sha256`)")
-    return tuple(_known(i, item) for i, item in enumerate(raw, 1))
-
-
-def _known(index: int, item: object) -> KnownPth:
-    item, label = array_entry(f"[[plugins.known_pth]] #{index}", item, KNOWN_PTH_KEYS)
-    file = item.get("file")
-    if (not isinstance(file, str) or not file.endswith(".pth") or "/" in file
-            or "\\" in file or file in (".pth",)):
-        raise ValueError(f"{label}: `file` is required: the name of a .pth file without its "
-                         f"directory (such as 'distutils-precedence.pth'), not {file!r}")
-    digest = item.get("sha256")
-    if not isinstance(digest, str) or not _SHA256.match(digest):
-        raise ValueError(f"{label} ({file}): `sha256` is required: the 64 hex digits of the "
-                         "file's SHA-256, as `dihya plugins verify` prints it (`dihya plugins "
-                         f"acknowledge-pth {file}` writes the entry), not {digest!r}")
-    note = item.get("note")
-    if note is not None and not isinstance(note, str):
-        raise ValueError(f"{label} ({file}): `note` must be a string")
-    return KnownPth(file, digest.lower(), note)
 
 
 def site_directories() -> tuple[str, ...]:
