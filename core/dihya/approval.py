@@ -23,16 +23,12 @@ from dihya.config.edit import Approval, ApprovalRefused, edit_document, record_a
 from dihya.filelists import FileDiff, FileList, diff, list_files, recall
 from dihya.gate.decide import FAILED, REFUSED, assess
 from dihya.gate.discovery import DiscoveredPlugin, discover
+from dihya.reasons import DihyaError, Reason
 from dihya.store import Store
 
 
-class CannotApprove(Exception):
+class CannotApprove(DihyaError):
     """The plugin cannot be approved as it is; `reason` is a reason code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @attrs.frozen
@@ -86,11 +82,11 @@ def plan_approval(name: str, config: Config, store: Store | None = None,
     empty = ApprovalPlan(name, plugin, None, files, previous, None, None, publishers, None)
     if len(found) > 1:
         dists = ", ".join(p.distribution for p in found)
-        return attrs.evolve(empty, problem=("duplicate-name", f"{name!r} is declared by "
+        return attrs.evolve(empty, problem=(Reason.DUPLICATE_NAME, f"{name!r} is declared by "
                                             f"several distributions ({dists}); uninstall all "
                                             "but one"))
     if files is None:
-        return attrs.evolve(empty, problem=("missing-file", "the installed files cannot be "
+        return attrs.evolve(empty, problem=(Reason.MISSING_FILE, "the installed files cannot be "
                                             "read, or changed while they were read"))
     candidate = AllowEntry(name=name, distribution=plugin.distribution,
                            version=plugin.version, fingerprint=files.fingerprint)
@@ -126,12 +122,12 @@ def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str,
     try:
         meta = checked_meta(worker.hello.meta)
     except ValueError as exc:
-        raise CannotApprove("invalid-plugin", str(exc)) from exc
+        raise CannotApprove(Reason.INVALID_PLUGIN, str(exc)) from exc
     finally:
         worker.close()
     safe = meta.get("safe") is True
     if mode == "in-process" and not safe:
-        raise CannotApprove("unsafe-in-process", "its class says safe = False: approve it "
+        raise CannotApprove(Reason.UNSAFE_IN_PROCESS, "its class says safe = False: approve it "
                             "in sandbox mode")
     return safe
 
@@ -147,7 +143,7 @@ def approve(plan: ApprovalPlan, config: Config, *, reviewed: str, mode: Mode,
         raise CannotApprove(*plan.problem)
     assert plan.plugin is not None and plan.fingerprint is not None
     if reviewed != plan.fingerprint:
-        raise CannotApprove("fingerprint-mismatch", "the installed files changed since you "
+        raise CannotApprove(Reason.FINGERPRINT_MISMATCH, "the installed files changed since you "
                             f"reviewed them (now {plan.fingerprint}): review them again")
     safe = check_class(plan.plugin, plan.fingerprint, mode, config)
     # the same locked transaction as `dihya plugins approve`: only this approval's fields,
@@ -159,4 +155,4 @@ def approve(plan: ApprovalPlan, config: Config, *, reviewed: str, mode: Mode,
         with edit_document(config.path) as doc:
             return record_approval(doc, approval)
     except ApprovalRefused as exc:
-        raise CannotApprove("unsafe-in-process", str(exc)) from exc
+        raise CannotApprove(Reason.UNSAFE_IN_PROCESS, str(exc)) from exc

@@ -17,6 +17,7 @@ import attrs
 from dihya.canonical import canonical_sha256
 from dihya.needs import Problem, check_needs, validate_code, validate_needs
 from dihya.plugin import HOOK_API_VERSION
+from dihya.reasons import HookStatus
 from dihya.registry import PluginRecord, RegistrySnapshot
 from dihya.sandbox.executor import (
     HookExecutor,
@@ -31,11 +32,11 @@ from dihya.sandbox.executor import (
 
 log = logging.getLogger("dihya.pipeline")
 
-OK: Final = "ok"
-SKIPPED: Final = "skipped"
-HOOK_FAILED: Final = "failed"
-TIMEOUT: Final = "timeout"
-INVALID_OUTPUT: Final = "invalid-output"
+OK: Final = HookStatus.OK
+SKIPPED: Final = HookStatus.SKIPPED
+HOOK_FAILED: Final = HookStatus.FAILED
+TIMEOUT: Final = HookStatus.TIMEOUT
+INVALID_OUTPUT: Final = HookStatus.INVALID_OUTPUT
 
 
 @attrs.frozen

@@ -23,6 +23,7 @@ from dihya.gate.discovery import discover
 from dihya.gate.loader import Loaded, forget_modules, load_plugins
 from dihya.gate.startup import PthFile, scan_pth
 from dihya.plugin import ActionSpec, GenerationPluginBase, deprecation_warnings
+from dihya.reasons import Reason
 from dihya.sandbox.executor import HookExecutor, InProcessExecutor
 
 if TYPE_CHECKING:
@@ -231,11 +232,11 @@ def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
     try:
         meta = checked_meta(hello.meta)
     except ValueError as exc:
-        return _record(verdict, FAILED, "invalid-plugin", str(exc))
+        return _record(verdict, FAILED, Reason.INVALID_PLUGIN, str(exc))
     deprecated = meta.pop("deprecations")
     warnings = tuple(hello.warnings)  # isolation only: deprecations are no reason to refuse
     if config.sandbox.require_isolation and warnings:
-        return _record(verdict, FAILED, "sandbox-start-failed",
+        return _record(verdict, FAILED, Reason.SANDBOX_START_FAILED,
                        "[sandbox] require_isolation is set and a layer is missing: "
                        + "; ".join(warnings), isolation=hello.layers, **meta)
     assert sandbox is not None
@@ -265,7 +266,7 @@ def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
             "description": cls.description, "author": cls.author, "actions": loaded.actions,
             "hook_args": loaded.hook_args}
     if entry is not None and entry.mode == "in-process" and not cls.safe:
-        return _record(verdict, REFUSED, "unsafe-in-process",
+        return _record(verdict, REFUSED, Reason.UNSAFE_IN_PROCESS,
                        f"approved in-process but {cls.__qualname__}.safe is False; approve "
                        "it with --mode sandbox", **meta)
     return _record(verdict, ACTIVE, None, "active", instance=loaded.instance,

@@ -30,17 +30,18 @@ from dihya.config import AllowEntry, Config
 from dihya.gate.decide import inspect_files, requirement_problems, resolution_problem
 from dihya.gate.discovery import DiscoveredPlugin, discover
 from dihya.gate.signing import SigningError, Verified, WheelFacts, read_wheel, verify_wheel
+from dihya.reasons import DihyaError, Reason
 
 CORE_DISTRIBUTION: Final = "dihya-core"
 PIP_TIMEOUT_S: Final = 600
 
 
-class InstallRefused(Exception):
-    """The wheel may not be installed (or was removed again); `reason` is a short code."""
+class InstallRefused(DihyaError):
+    """The wheel may not be installed (or was removed again); `reason` is a short code,
+    `names` the plugins it concerns."""
 
     def __init__(self, reason: str, message: str, names: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(reason, message)
         self.names = tuple(names)
 
 
@@ -88,7 +89,7 @@ def plan_install(wheel: Path, config: Config, signature: Path | None,
     missing = unsatisfied_requirements(facts.requires)
     if missing:
         raise InstallRefused(
-            "missing-dependency", f"{facts.distribution} {facts.version} needs what this "
+            Reason.MISSING_DEPENDENCY, f"{facts.distribution} {facts.version} needs what this "
             f"environment ({sys.prefix}) does not have: {'; '.join(missing)}. Install is "
             "--no-deps: install those first (and approve them, if they are plugins)", names)
     return InstallPlan(facts=facts, names=names, verified=verified, previous=previous)
@@ -100,13 +101,13 @@ def _check_takeover(facts: WheelFacts, names: Sequence[str],
     for entry in previous:
         if canonicalize_name(entry.distribution) != dist:
             raise InstallRefused(
-                "distribution-mismatch", f"the name {entry.name!r} is approved from "
+                Reason.DISTRIBUTION_MISMATCH, f"the name {entry.name!r} is approved from "
                 f"{entry.distribution!r}, not {facts.distribution!r}; uninstall or revoke "
                 f"{entry.name!r} first", names)
     for plugin in discover(_group_of(facts, names)):
         if plugin.name in names and canonicalize_name(plugin.distribution) != dist:
             raise InstallRefused(
-                "duplicate-name", f"the plugin name {plugin.name!r} is already declared by "
+                Reason.DUPLICATE_NAME, f"the plugin name {plugin.name!r} is already declared by "
                 f"the installed {plugin.distribution} {plugin.version}; uninstall it first",
                 names)
 

@@ -29,20 +29,15 @@ from dihya.gate.fingerprint import (
     shared_realpaths,
 )
 from dihya.gate.resolution import find_shadowing
+from dihya.reasons import REASONS_BY_STATUS, Reason, Status
 
-ACTIVE: Final = "active"
-DISABLED: Final = "disabled"
-REFUSED: Final = "refused"
-FAILED: Final = "failed"
-SHADOWED_MODULE: Final = "shadowed-module"
-STATUSES: Final = {
-    ACTIVE: (),
-    DISABLED: ("disabled-by-config", "disabled-by-env", "disabled-by-admin", "quarantined"),
-    REFUSED: ("not-allowlisted", "fingerprint-mismatch", "version-mismatch",
-              "distribution-mismatch", "unlisted-file", "missing-file", "duplicate-name",
-              "outside-distribution", "shadowed-module", "unsafe-in-process"),
-    FAILED: ("import-error", "invalid-plugin", "missing-dependency", "sandbox-start-failed"),
-}
+# the statuses as the gate's callers name them (members of dihya.reasons.Status)
+ACTIVE: Final = Status.ACTIVE
+DISABLED: Final = Status.DISABLED
+REFUSED: Final = Status.REFUSED
+FAILED: Final = Status.FAILED
+SHADOWED_MODULE: Final = Reason.SHADOWED_MODULE
+STATUSES: Final = REASONS_BY_STATUS
 
 
 @attrs.frozen
@@ -95,52 +90,52 @@ def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[
            switches: Mapping[str, tuple[str, str]] | None = None) -> Verdict:
     """Run every check of the gate on one plugin."""
     if duplicate:
-        return _verdict(plugin, REFUSED, "duplicate-name",
+        return _verdict(plugin, REFUSED, Reason.DUPLICATE_NAME,
                         f"more than one installed entry point is named {plugin.name!r}; "
                         "uninstall all but one distribution")
     entries = config.entries_for(plugin.name)
     if not entries:
-        return _verdict(plugin, REFUSED, "not-allowlisted",
+        return _verdict(plugin, REFUSED, Reason.NOT_ALLOWLISTED,
                         f"not in the allowlist of {config.path}; approve it with "
                         f"`dihya plugins approve {plugin.name}`")
     entry = _closest_entry(plugin, entries)
     if canonicalize_name(entry.distribution) != canonicalize_name(plugin.distribution):
-        return _verdict(plugin, REFUSED, "distribution-mismatch",
+        return _verdict(plugin, REFUSED, Reason.DISTRIBUTION_MISMATCH,
                         f"approved from distribution {entry.distribution!r}, installed from "
                         f"{plugin.distribution!r}", entry)
     if entry.version != plugin.version:
-        return _verdict(plugin, REFUSED, "version-mismatch",
+        return _verdict(plugin, REFUSED, Reason.VERSION_MISMATCH,
                         f"approved version {entry.version}, installed {plugin.version}; "
                         "re-approve after reviewing the new version", entry)
     files, problem = inspect_files(plugin)
     if problem is not None or files is None:
-        return _verdict(plugin, REFUSED, problem[0] if problem else "missing-file",
+        return _verdict(plugin, REFUSED, problem[0] if problem else Reason.MISSING_FILE,
                         problem[1] if problem else "no files", entry)
     outside = resolution_problem(plugin, files)
     if outside:
-        return _verdict(plugin, REFUSED, "outside-distribution", outside, entry,
+        return _verdict(plugin, REFUSED, Reason.OUTSIDE_DISTRIBUTION, outside, entry,
                         files.fingerprint)
     shadowed = shadowing_problem(plugin, files, path)
     if shadowed:
         return _verdict(plugin, REFUSED, SHADOWED_MODULE, shadowed, entry, files.fingerprint)
     if files.fingerprint != entry.fingerprint:
-        return _verdict(plugin, REFUSED, "fingerprint-mismatch",
+        return _verdict(plugin, REFUSED, Reason.FINGERPRINT_MISMATCH,
                         f"installed files hash to {files.fingerprint}, approved "
                         f"{entry.fingerprint}: the files changed since approval",
                         entry, files.fingerprint)
     if plugin.name in disabled_by_env:
-        return _verdict(plugin, DISABLED, "disabled-by-env", "listed in DIHYA_PLUGINS_DISABLE",
+        return _verdict(plugin, DISABLED, Reason.DISABLED_BY_ENV, "listed in DIHYA_PLUGINS_DISABLE",
                         entry, files.fingerprint)
     if switches and plugin.name in switches:
         code, message = switches[plugin.name]
         return _verdict(plugin, DISABLED, code, message, entry, files.fingerprint)
     if not entry.enabled:
         why = f": {entry.disabled_reason}" if entry.disabled_reason else ""
-        return _verdict(plugin, DISABLED, "disabled-by-config",
+        return _verdict(plugin, DISABLED, Reason.DISABLED_BY_CONFIG,
                         f"enabled = false in {config.path}{why}", entry, files.fingerprint)
     missing = dependency_problems(plugin, path)
     if missing:
-        return _verdict(plugin, FAILED, "missing-dependency", "; ".join(missing), entry,
+        return _verdict(plugin, FAILED, Reason.MISSING_DEPENDENCY, "; ".join(missing), entry,
                         files.fingerprint)
     return _verdict(plugin, None, None, "passed the gate", entry, files.fingerprint,
                     files.files)
@@ -160,21 +155,21 @@ def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,
                                                      tuple[str, str] | None]:
     """Fingerprint the plugin's distribution, or a (reason, message) refusal."""
     if plugin.editable:
-        return None, ("outside-distribution",
+        return None, (Reason.OUTSIDE_DISTRIBUTION,
                       f"{plugin.distribution} is an editable install: its code lives in a "
                       "source tree that no fingerprint covers; install a built wheel instead")
     if plugin.dist_info is None:
-        return None, ("outside-distribution",
+        return None, (Reason.OUTSIDE_DISTRIBUTION,
                       f"{plugin.distribution} has no installed files to verify")
     try:
         files = inspect_installed(plugin.dist_info)
     except FingerprintError as exc:
-        return None, ("missing-file", str(exc))
+        return None, (Reason.MISSING_FILE, str(exc))
     if files.missing:
-        return files, ("missing-file", f"listed in RECORD but missing: "
+        return files, (Reason.MISSING_FILE, f"listed in RECORD but missing: "
                        f"{', '.join(files.missing[:5])}")
     if files.unlisted:
-        return files, ("unlisted-file", f"code files in the package that RECORD does not "
+        return files, (Reason.UNLISTED_FILE, f"code files in the package that RECORD does not "
                        f"list: {', '.join(files.unlisted[:5])}")
     return files, None
 

@@ -32,6 +32,7 @@ from dihya.plugin import (
     plugin_actions,
     validate_plugin_class,
 )
+from dihya.reasons import Reason
 
 
 @attrs.frozen
@@ -161,7 +162,7 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
     extensions = [ext for ep in entry_points for ext in _load_one(group, ep, errors)]
     loaded: dict[str, Loaded] = {}
     failed: dict[str, LoadFailure] = {
-        name: LoadFailure(name, "import-error", f"importing the plugin raised "
+        name: LoadFailure(name, Reason.IMPORT_ERROR, f"importing the plugin raised "
                           f"{type(err).__name__}: {err}")
         for name, err in errors.items()
     }
@@ -171,10 +172,10 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
             cls = validate_plugin_class(ext.plugin, where)
             instance = cls()
         except InvalidPluginError as exc:
-            failed[ext.name] = LoadFailure(ext.name, "invalid-plugin", str(exc))
+            failed[ext.name] = LoadFailure(ext.name, Reason.INVALID_PLUGIN, str(exc))
             continue
         except Exception as exc:
-            failed[ext.name] = LoadFailure(ext.name, "invalid-plugin",
+            failed[ext.name] = LoadFailure(ext.name, Reason.INVALID_PLUGIN,
                                            f"{where}: creating the plugin raised "
                                            f"{type(exc).__name__}: {exc}")
             continue

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from dihya.plugin import HOOKS_BY_NAME, ActionSpec
+from dihya.reasons import Reason
 from dihya.sandbox.pool import Hello, SandboxPool, WorkerSpec, WorkerStartError
 
 _ACTION_NAME: Final = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -30,7 +31,7 @@ def start_all(pool: SandboxPool, specs: Sequence[WorkerSpec]
         except WorkerStartError as exc:
             return exc
         except OSError as exc:
-            return WorkerStartError("sandbox-start-failed", f"cannot start a worker: {exc}")
+            return WorkerStartError(Reason.SANDBOX_START_FAILED, f"cannot start a worker: {exc}")
 
     if not specs:
         return {}

@@ -23,6 +23,7 @@ import attrs
 
 from dihya.config import SandboxSettings
 from dihya.plugin import HOOKS_BY_NAME
+from dihya.reasons import DihyaError, Reason
 from dihya.sandbox.executor import (
     INVALID_OUTPUT_ERROR,
     HookInvalidOutput,
@@ -46,6 +47,9 @@ from dihya.sandbox.scratch import make_scratch, sweep_once
 from dihya.sandbox.start import import_path, python_argv, read_only_paths
 
 KILL_GRACE_S: Final = 0.5
+_WORKER_REASONS: Final = frozenset({Reason.IMPORT_ERROR, Reason.INVALID_PLUGIN,
+                                    Reason.SANDBOX_START_FAILED, Reason.FINGERPRINT_MISMATCH,
+                                    Reason.SHADOWED_MODULE})
 
 
 class WorkerFailed(SandboxViolation):
@@ -66,13 +70,8 @@ class PluginRaised(HookRaised):
     """The hook raised inside the worker; the worker lives on."""
 
 
-class WorkerStartError(Exception):
+class WorkerStartError(DihyaError):
     """The worker could not load the plugin; `reason` is a status reason code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @attrs.frozen
@@ -138,7 +137,7 @@ class Worker:
             argv, env, kwargs, outer, warnings = launch(
                 python_argv(payload, f"{self.scratch}/pycache"), policy)
         except SandboxSetupError as exc:
-            raise WorkerStartError("sandbox-start-failed", str(exc)) from exc
+            raise WorkerStartError(Reason.SANDBOX_START_FAILED, str(exc)) from exc
         if cache is not None and ("bwrap" in outer or "user" in kwargs):
             # the shared cache, where the worker cannot write it: a read-only view, or
             # another user (dihya.sandbox.bytecode)
@@ -151,22 +150,21 @@ class Worker:
             assert self.proc.stdout is not None
             first = read_frame(self.proc.stdout.fileno(), deadline, self.max_frame_bytes)
         except FrameTimeout as exc:
-            raise WorkerStartError("sandbox-start-failed", "the plugin did not load within "
+            raise WorkerStartError(Reason.SANDBOX_START_FAILED, "the plugin did not load within "
                                    f"{self.settings.start_timeout_s} s") from exc
         except ProtocolError as exc:
             code = self.proc.poll()
-            raise WorkerStartError("sandbox-start-failed", f"the worker exited while loading "
+            raise WorkerStartError(Reason.SANDBOX_START_FAILED, f"the worker exited while loading "
                                    f"(exit status {code}): {exc}") from exc
         if not first.get("ok"):
             error = first.get("error") or {}
-            reason = str(error.get("reason", "sandbox-start-failed"))
-            if reason not in ("import-error", "invalid-plugin", "sandbox-start-failed",
-                              "fingerprint-mismatch", "shadowed-module"):
-                reason = "sandbox-start-failed"
+            reason = str(error.get("reason"))
+            if reason not in _WORKER_REASONS:  # what the (untrusted) worker may report
+                reason = Reason.SANDBOX_START_FAILED
             raise WorkerStartError(reason, str(error.get("message", "unknown failure"))[:2000])
         meta = first.get("meta")
         if not isinstance(meta, dict):
-            raise WorkerStartError("sandbox-start-failed", "the worker sent no metadata")
+            raise WorkerStartError(Reason.SANDBOX_START_FAILED, "the worker sent no metadata")
         inner = [str(x) for x in first.get("layers", []) if isinstance(x, str)]
         return Hello(meta, tuple(outer + inner), tuple(warnings))
 
@@ -374,7 +372,7 @@ class SandboxPool:
         try:
             fresh = Worker(spec, self.settings, spawn=self._spawn)
         except WorkerStartError as exc:
-            if exc.reason in ("fingerprint-mismatch", "shadowed-module"):
+            if exc.reason in (Reason.FINGERPRINT_MISMATCH, Reason.SHADOWED_MODULE):
                 # upgraded, edited or shadowed since the registry was built: the next
                 # rebuild's gate decides again; until then the plugin does not run
                 raise WorkerRetired(f"{name} changed on disk since it was verified "
@@ -426,7 +424,7 @@ class SandboxPool:
         except WorkerStartError as exc:
             fresh = exc
         except OSError as exc:
-            fresh = WorkerStartError("sandbox-start-failed", f"cannot start a worker: {exc}")
+            fresh = WorkerStartError(Reason.SANDBOX_START_FAILED, f"cannot start a worker: {exc}")
         with self._lock:
             self._replacing.pop(spec.name, None)
             keep = not self._closed and self._specs.get(spec.name) == spec

@@ -21,14 +21,12 @@ import os
 import sys
 from typing import Any
 
+from dihya.reasons import DihyaError, Reason
 from dihya.sandbox.protocol import MAX_FRAME_BYTES, ProtocolError, read_frame, write_frame
 
 
-class LoadFailure(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+class PluginLoadError(DihyaError):
+    """The worker could not load its plugin; `reason` is the status reason it reports."""
 
 
 def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any],
@@ -40,20 +38,20 @@ def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any],
 
     matches = [p for p in discover(spec["group"]) if p.name == spec["name"]]
     if len(matches) != 1:
-        raise LoadFailure("sandbox-start-failed",
+        raise PluginLoadError(Reason.SANDBOX_START_FAILED,
                           f"{len(matches)} installed entry points named {spec['name']!r}")
     files, problem = inspect_files(matches[0])
     if problem is not None or files is None or files.fingerprint != spec["fingerprint"]:
-        raise LoadFailure("fingerprint-mismatch",
+        raise PluginLoadError(Reason.FINGERPRINT_MISMATCH,
                           "the plugin's files changed since the backend verified them")
     # what `import` would run here, on this worker's own path, must be the verified files
     shadowed = shadowing_problem(matches[0], files)
     if shadowed:
-        raise LoadFailure(SHADOWED_MODULE, shadowed)
+        raise PluginLoadError(SHADOWED_MODULE, shadowed)
     loaded, failed = load_plugins(spec["group"], [matches[0].entry_point])
     if spec["name"] in failed:
         failure = failed[spec["name"]]
-        raise LoadFailure(failure.reason, failure.message)
+        raise PluginLoadError(failure.reason, failure.message)
     plugin = loaded[spec["name"]]
     cls = plugin.cls
     from dihya.plugin import deprecation_warnings
@@ -148,13 +146,13 @@ def main(argv: list[str]) -> int:
             warm_imports()
             return 0
         instance, meta, allowed = load(spec)
-    except LoadFailure as exc:
+    except PluginLoadError as exc:
         write_frame(out_fd, {"id": 0, "ok": False,
                              "error": {"reason": exc.reason, "message": exc.message[:2000]}})
         return 1
     except Exception as exc:
         write_frame(out_fd, {"id": 0, "ok": False,
-                             "error": {"reason": "sandbox-start-failed",
+                             "error": {"reason": Reason.SANDBOX_START_FAILED,
                                        "message": f"{type(exc).__name__}: {exc}"[:2000]}})
         return 1
     write_frame(out_fd, {"id": 0, "ok": True, "op": "hello", "meta": meta,

@@ -46,6 +46,7 @@ from dihya.plugin import (
     plugin_actions,
     validate_plugin_class,
 )
+from dihya.reasons import DihyaError, Reason
 from dihya.registry import PluginRecord, RegistrySnapshot, build_registry
 from dihya.sandbox.executor import InProcessExecutor
 
@@ -68,17 +69,15 @@ MODES: Final = ("in-process", "sandbox")
 _CONFIG_PATH: Final = Path("dihya-testing.toml")  # never read: the config is built in memory
 
 
-class PluginNotAdmitted(Exception):
+class PluginNotAdmitted(DihyaError):
     """The plugin could not be run: not installed, refused by the gate or failed to load.
 
     `reason` is the status reason the backend would report (`not-installed`,
     `outside-distribution`, `missing-dependency`, `import-error`, `invalid-plugin`, ...).
     """
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
 
 
 @attrs.frozen
@@ -217,7 +216,7 @@ def _resolve_class(plugin: type[GenerationPluginBase] | str,
         try:
             obj = found.entry_point.load()
         except Exception as exc:
-            raise PluginNotAdmitted("import-error", f"importing the plugin raised "
+            raise PluginNotAdmitted(Reason.IMPORT_ERROR, f"importing the plugin raised "
                                     f"{type(exc).__name__}: {exc}") from exc
         return validate_plugin_class(obj, where), plugin, found.distribution
     cls = validate_plugin_class(plugin, f"class {getattr(plugin, '__qualname__', plugin)}")
@@ -251,7 +250,7 @@ def _installed(name: str, group: str, path: Sequence[str] | None = None) -> Disc
                                 "does) or pass the plugin class with mode='in-process'")
     if len(matches) > 1:
         dists = ", ".join(p.distribution for p in matches)
-        raise PluginNotAdmitted("duplicate-name", f"{name!r} is declared by {dists}")
+        raise PluginNotAdmitted(Reason.DUPLICATE_NAME, f"{name!r} is declared by {dists}")
     return matches[0]
 
 
@@ -272,16 +271,16 @@ def _run_sandboxed(plugin: type[GenerationPluginBase] | str, needs: Any, name: s
     found = _installed(name, group, path)
     files, problem = inspect_files(found)
     if problem is not None or files is None:
-        raise PluginNotAdmitted(*(problem or ("missing-file", "no files")))
+        raise PluginNotAdmitted(*(problem or (Reason.MISSING_FILE, "no files")))
     outside = resolution_problem(found, files)
     if outside:
-        raise PluginNotAdmitted("outside-distribution", outside)
+        raise PluginNotAdmitted(Reason.OUTSIDE_DISTRIBUTION, outside)
     shadowed = shadowing_problem(found, files, path)
     if shadowed:
         raise PluginNotAdmitted(SHADOWED_MODULE, shadowed)
     missing = dependency_problems(found, path)
     if missing:
-        raise PluginNotAdmitted("missing-dependency", "; ".join(missing))
+        raise PluginNotAdmitted(Reason.MISSING_DEPENDENCY, "; ".join(missing))
     entry = AllowEntry(name=name, distribution=found.distribution, version=found.version,
                        fingerprint=files.fingerprint, mode="sandbox", required=required)
     config = Config(path=_CONFIG_PATH, exists=False, group=group,

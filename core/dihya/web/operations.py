@@ -7,6 +7,7 @@ events under the same rules. Refusals are `ApiProblem`s; the console words them 
 
 from __future__ import annotations
 
+from dihya.reasons import Reason
 from dihya.registry import PluginRecord, RegistrySnapshot
 from dihya.tokens import TokenInfo
 from dihya.web.problems import ApiProblem
@@ -27,11 +28,11 @@ def disable_plugin(st: DihyaState, token: TokenInfo, name: str, reason: str | No
                    request_id: str | None) -> PluginRecord:
     """Switch the plugin off on every worker sharing the store (`disabled-by-admin`)."""
     record_or_404(st, name)
-    st.store.set_plugin_disabled(name, True, "disabled-by-admin", reason,
+    st.store.set_plugin_disabled(name, True, Reason.DISABLED_BY_ADMIN, reason,
                                  actor=st.auditor.pseudonym(token.name))
     record = st.refresh(request_id).get(name)
     st.auditor.record("plugin.disabled", "ok", subject=token.name, role=token.role,
-                      plugin=name, request_id=request_id, reason="disabled-by-admin",
+                      plugin=name, request_id=request_id, reason=Reason.DISABLED_BY_ADMIN,
                       note=reason)
     assert record is not None
     return record
@@ -42,9 +43,9 @@ def enable_plugin(st: DihyaState, token: TokenInfo, name: str,
     """Lift an admin switch or a quarantine; 409 when the config file or the server's
     environment switched the plugin off (an admin switch cannot override those)."""
     record = record_or_404(st, name)
-    if record.reason in ("disabled-by-config", "disabled-by-env"):
+    if record.reason in (Reason.DISABLED_BY_CONFIG, Reason.DISABLED_BY_ENV):
         where = ("the config file (`dihya plugins enable`)" if record.reason ==
-                 "disabled-by-config" else "DIHYA_PLUGINS_DISABLE of the server's process")
+                 Reason.DISABLED_BY_CONFIG else "DIHYA_PLUGINS_DISABLE of the server's process")
         raise ApiProblem(409, "conflict", "Switched off elsewhere",
                          f"This plugin is switched off in {where}; an admin switch cannot "
                          "override it.")

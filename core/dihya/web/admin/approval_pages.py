@@ -19,6 +19,7 @@ from werkzeug.wrappers import Response
 from dihya.approval import ApprovalPlan, CannotApprove, approve, plan_approval
 from dihya.config import MODES, ROLES
 from dihya.filelists import remember
+from dihya.reasons import Reason
 from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
 from dihya.web.admin.words import reason_advice, reason_words
@@ -38,7 +39,7 @@ def _review(plan: ApprovalPlan, status: int = 200, error: str | None = None,
     record = guard.snapshot().get(plan.name)
     problem = plan.problem
     # refused because its class is not safe in-process: the way out is sandbox mode
-    default_mode = ("sandbox" if record is not None and record.reason == "unsafe-in-process"
+    default_mode = ("sandbox" if record is not None and record.reason == Reason.UNSAFE_IN_PROCESS
                     else plan.default_mode)
     return guard.render(
         "approve.html", status, plan=plan, record=record, error=error, modes=MODES,

@@ -21,6 +21,7 @@ from dihya.auditquery import AuditFilter, search
 from dihya.filelists import list_files
 from dihya.gate.decide import dependency_problems, inspect_files
 from dihya.gate.discovery import discover
+from dihya.reasons import Reason
 from dihya.registry import PluginRecord
 from dihya.web import operations
 from dihya.web.admin import guard
@@ -29,8 +30,9 @@ from dihya.web.admin.words import STATUS_WORDS, reason_advice, reason_words, war
 from dihya.web.problems import ApiProblem
 
 MAX_REASON: Final = 500  # as the API's DISABLE_BODY
-APPROVABLE: Final = frozenset({"not-allowlisted", "fingerprint-mismatch", "version-mismatch",
-                               "distribution-mismatch", "unsafe-in-process"})
+APPROVABLE: Final = frozenset({Reason.NOT_ALLOWLISTED, Reason.FINGERPRINT_MISMATCH,
+                               Reason.VERSION_MISMATCH, Reason.DISTRIBUTION_MISMATCH,
+                               Reason.UNSAFE_IN_PROCESS})
 
 
 def plugin_view(r: PluginRecord) -> dict[str, Any]:
@@ -44,7 +46,7 @@ def plugin_view(r: PluginRecord) -> dict[str, Any]:
         "fingerprint": r.fingerprint, "approved_fingerprint": r.approved_fingerprint,
         "changed": bool(r.approved_fingerprint and r.fingerprint
                         and r.fingerprint != r.approved_fingerprint),
-        "quarantined": r.reason == "quarantined", "worker_user": r.worker_user,
+        "quarantined": r.reason == Reason.QUARANTINED, "worker_user": r.worker_user,
         "isolation": list(r.isolation),
         "warnings": [(w, warning_advice(w)) for w in r.warnings]
         + [(layer, warning_advice(layer)) for layer in r.isolation if layer.startswith("none")],
@@ -52,7 +54,7 @@ def plugin_view(r: PluginRecord) -> dict[str, Any]:
         "required": r.required, "priority": r.priority, "safe": r.safe,
         "description": r.description, "author": r.author,
         "approvable": r.status == "refused" and r.reason in APPROVABLE,
-        "switchable": r.reason not in ("disabled-by-config", "disabled-by-env"),
+        "switchable": r.reason not in (Reason.DISABLED_BY_CONFIG, Reason.DISABLED_BY_ENV),
     }
 
 
