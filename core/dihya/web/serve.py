@@ -92,7 +92,7 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
 
         configure_logging()
         return create_app(self.config_path, background_reload=True,
-                          boot_config=self.boot_config)
+                          boot_config=self.boot_config, create_store=False)
 
 
 def _boot_config(config_path: str) -> Config | None:
