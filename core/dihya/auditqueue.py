@@ -10,8 +10,9 @@ commits its own event at once, in its own thread: no hand-off to another thread,
 lingering for company.
 
 Retries never duplicate. A batch whose transaction failed in a way that may be transient
-(a lost connection, a refused one, a timeout, a busy lock) is retried with backoff until
-the callers' deadline (`COMMIT_TIMEOUT_S`); every retry first looks up the batch's event
+(a lost connection, a refused one, a timeout, a busy lock) is retried with backoff, until
+the callers' deadline (`COMMIT_TIMEOUT_S`) when the commit's outcome is unknown, for a
+second otherwise; every retry first looks up the batch's event
 ids (`AuditLog.append_many(retry=True)`): events that an earlier attempt did commit — its
 COMMIT acknowledgement was lost — are not appended again, and the unique index on
 `event_id` refuses any that would be. A batch that fails for good (read-only store, full
@@ -43,6 +44,10 @@ STUCK_S: Final = 5.0  # a commit running this long makes /readyz fail
 RECENT_FAILURE_S: Final = 10.0  # a failed commit not followed by a success fails /readyz
 FIRST_BACKOFF_S: Final = 0.05
 MAX_BACKOFF_S: Final = 1.0
+# a connection lost or timed out mid-commit is retried until the deadline (the commit may
+# have happened: the retry finds out); a refused connection or a busy store only this long,
+# so that a client of a server that is down gets its 503 quickly
+SHORT_RETRY_S: Final = 1.0
 
 Written = list[tuple[int, "AuditEvent"]]
 WriteBatch = Callable[[list["Pending"], bool], Written]
@@ -118,6 +123,7 @@ class GroupCommit:
 
     def _lead(self, batch: list[_Ticket]) -> None:
         deadline = max(t.deadline for t in batch)
+        short = min(deadline, time.monotonic() + SHORT_RETRY_S)
         backoff = FIRST_BACKOFF_S
         attempt = 0
         written: Written | None = None
@@ -129,6 +135,8 @@ class GroupCommit:
                 break
             except StoreUnavailable as exc:
                 error, retry = exc, exc.fault.transient
+                if exc.fault not in (StoreFault.CONNECTION_LOST, StoreFault.TIMED_OUT):
+                    retry = retry and time.monotonic() + backoff <= short
             except Exception as exc:
                 # a duplicate event id (an earlier attempt did commit) is settled by the
                 # retry's look-up; anything else is a bug, not worth retrying

@@ -213,10 +213,15 @@ class Store:
         transaction. Nothing to check on PostgreSQL."""
         if self.path is None:
             return
-        if self._identity is None:
-            raise StoreMissing(f"no state store at {self.path}: it is created by `dihya "
-                               "serve`, `dihya tokens create` or the first approval")
         now = _identity(self.path)
+        if self._identity is None:
+            if now is None:
+                self.health.failed(StoreFault.STORE_MISSING)
+                raise StoreMissing(f"no state store at {self.path}: it is created by `dihya "
+                                   "serve`, `dihya tokens create` or the first approval")
+            # missing when opened, there now: the first file seen is the store (the server
+            # checks it is the one the store marker recorded before it serves from it)
+            self._identity = now
         if now != self._identity:
             fault = StoreFault.FILE_DELETED if now is None else StoreFault.FILE_REPLACED
             self.health.failed(fault)

@@ -160,12 +160,18 @@ def _schemas() -> dict[str, Schema]:
     from dihya.config import MODES, ROLES
     from dihya.config import PROBLEMS as CONFIG_PROBLEMS
     from dihya.gate import STATUSES
-    from dihya.pipeline import HOOK_FAILED, INVALID_OUTPUT, OK, SKIPPED, TIMEOUT
+    from dihya.pipeline import (
+        HOOK_FAILED,
+        INVALID_OUTPUT,
+        OK,
+        SANDBOX_UNAVAILABLE,
+        SKIPPED,
+        TIMEOUT,
+    )
     from dihya.plugin import HOOK_SPECS
+    from dihya.storefault import StoreFault
     from dihya.web.api import DISABLE_BODY, GENERATE_BODY
     from dihya.web.audit_api import PURGE_BODY
-    from dihya.pipeline import SANDBOX_UNAVAILABLE
-    from dihya.storefault import StoreFault
     from dihya.web.problems import PROBLEM_TYPE_BASE
 
     reasons = sorted({r for rs in STATUSES.values() for r in rs})
