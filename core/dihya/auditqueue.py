@@ -174,17 +174,19 @@ class GroupCommit:
                 raise RuntimeError("the audit events could not be written") from t.error
         return [t.result for t in tickets if t.result is not None]
 
-    def status(self) -> dict[str, Any]:
+    def status(self, written_at: float | None = None) -> dict[str, Any]:
         """What `/readyz` reports: events waiting, the commit in progress and its age,
-        and the problem (stuck, backed up, failing) if there is one."""
+        and the problem (stuck, backed up, failing) if there is one. A failed commit
+        counts until a later commit, or a later write to the store (`written_at`, a
+        `time.monotonic()`: the readiness probe's), succeeded."""
         with self._cond:
             now = time.monotonic()
             running = now - self._batch_started if self._batch_started is not None else 0.0
             pending, in_flight = len(self._queue), self._batch_size
+            since = max(self._last_success or 0.0, written_at or 0.0)
             failing = (self._last_failure is not None
                        and now - self._last_failure < RECENT_FAILURE_S
-                       and (self._last_success is None
-                            or self._last_success < self._last_failure))
+                       and since < self._last_failure)
             fault = self._last_fault
         problem: dict[str, str] | None = None
         if running > STUCK_S:

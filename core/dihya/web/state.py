@@ -78,6 +78,7 @@ class DihyaState:
         self._open_lock = threading.Lock()
         self._open_retry_at = 0.0
         self._open_fault: StoreFault | None = None
+        self._probe_ok_at: float | None = None
         self.version_ttl_s = version_ttl_s
         # `_lock` serialises rebuilds; requests never take it (they read `_snapshot`, one
         # reference), so a rebuild never stalls a generation. `_failures_lock` guards the
@@ -202,12 +203,14 @@ class DihyaState:
         except StoreUnavailable as exc:
             return {"reason": exc.fault.value,
                     "message": f"{exc.fault.describe()}: {exc.fault.advice()}"}
+        self._probe_ok_at = time.monotonic()
         return None
 
     def audit_status(self) -> dict[str, object]:
-        """The audit commits of this worker: waiting, running, and the problem if any."""
+        """The audit commits of this worker: waiting, running, and the problem if any (a
+        failed commit no longer counts once the readiness probe's write succeeded)."""
         assert self.auditor.log is not None
-        return self.auditor.log.group.status()
+        return self.auditor.log.group.status(self._probe_ok_at)
 
     def snapshot(self) -> RegistrySnapshot:
         """The current snapshot (checked for changes first when no reloader runs)."""
