@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection
 from dihya.audit import AuditEvent
 from dihya.auditqueue import COMMIT_TIMEOUT_S, GroupCommit
 from dihya.store import (
+    RawTransaction,
     Store,
     audit_payload_table,
     audit_table,
@@ -81,15 +82,26 @@ _UPDATE_META = meta_table.update().where(meta_table.c.key == sa.bindparam("k")).
 _INSERT_META = meta_table.insert().values(key=sa.bindparam("k"), value=sa.bindparam("v"))
 _GET_PSEUDONYM = sa.select(subjects_table.c.pseudonym).where(
     subjects_table.c.subject_key == sa.bindparam("skey"))
-_GET_PSEUDONYMS = sa.select(subjects_table.c.subject_key, subjects_table.c.pseudonym).where(
-    subjects_table.c.subject_key.in_(sa.bindparam("skeys", expanding=True)))
-_GET_HEAD = sa.select(meta_table.c.key, meta_table.c.value).where(
-    meta_table.c.key.in_(("audit_head", "audit_anchor")))
-_GET_EVENTS = sa.select(audit_table).where(
-    audit_table.c.event_id.in_(sa.bindparam("ids", expanding=True)))
+# The append's statements as driver SQL (`Store.raw_locked`, `:name` placeholders)
+_STORED: Final = "seq, at, type, outcome, actor, target, fields, event_id"
+_SQL_HEAD: Final = ("SELECT key, value FROM dihya_meta "
+                    "WHERE key IN ('audit_head', 'audit_anchor')")
+_SQL_SET_HEAD: Final = "UPDATE dihya_meta SET value = :v WHERE key = 'audit_head'"
+_SQL_NEW_HEAD: Final = "INSERT INTO dihya_meta (key, value) VALUES ('audit_head', :v)"
+_SQL_SUBJECT: Final = ("INSERT INTO dihya_subjects (subject_key, pseudonym, created_at) "
+                       "VALUES (:subject_key, :pseudonym, :created_at)")
+_SQL_ROW: Final = ("INSERT INTO dihya_audit (seq, at, type, outcome, actor, target, fields, "
+                   "commitment, prev_hash, hash, event_id) VALUES (:seq, :at, :type, :outcome, "
+                   ":actor, :target, :fields, :commitment, :prev_hash, :hash, :event_id)")
+_SQL_PAYLOAD: Final = ("INSERT INTO dihya_audit_payload (seq, actor, salt, payload) "
+                       "VALUES (:seq, :actor, :salt, :payload)")
+
+
+def _in_list(prefix: str, values: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """Placeholders and parameters for `IN (...)` over `values`."""
+    params = {f"{prefix}{i}": v for i, v in enumerate(values)}
+    return ", ".join(f":{name}" for name in params), params
 _INSERT_SUBJECT = subjects_table.insert()
-_INSERT_ROW = audit_table.insert()
-_INSERT_PAYLOAD = audit_payload_table.insert()
 
 
 def _meta(conn: Connection, key: str) -> str | None:
@@ -112,12 +124,12 @@ class Pending:
     note: str | None = None
 
 
-def _stored_event(r: Any) -> AuditEvent:
-    """The event a stored row holds."""
-    fields = {k: getattr(r, k) for k in _COLUMNS}
-    fields.update(json.loads(r.fields))
-    return AuditEvent(event_id=r.event_id, **{k: v for k, v in fields.items()
-                                              if v is not None})
+def _stored_event(r: Sequence[Any]) -> AuditEvent:
+    """The event a stored row holds (the columns of `_STORED`, in that order)."""
+    _seq, *columns, fields_json, event_id = r
+    fields = dict(zip(_COLUMNS, columns, strict=True))
+    fields.update(json.loads(fields_json))
+    return AuditEvent(event_id=event_id, **{k: v for k, v in fields.items() if v is not None})
 
 
 def _point(text: str | None) -> tuple[int, str]:
@@ -206,20 +218,27 @@ class AuditLog:
 
         `retry`: an earlier attempt with these items may have committed (its outcome was
         unknown): events whose id the log already holds are returned as stored, not
-        appended again, and the others are appended after the current head."""
+        appended again, and the others are appended after the current head. The unique
+        index on `event_id` refuses a second row for one event in any case.
+
+        Written on the driver's connection (`Store.raw_locked`): this runs for every
+        request, and SQLAlchemy's per-statement work was most of its cost.
+        """
         self.key()  # read outside the lock
         written: list[tuple[int, AuditEvent]] = []
-        with self.store.locked("audit") as conn:
+        with self.store.raw_locked("audit") as tx:
             stored: dict[str, tuple[int, AuditEvent]] = {}
             ids = [i.event.event_id for i in items if i.event.event_id]
             if retry and ids:
-                stored = {r.event_id: (r.seq, _stored_event(r))
-                          for r in conn.execute(_GET_EVENTS, {"ids": ids})}
-            head = {key: value for key, value in conn.execute(_GET_HEAD)}
+                names, params = _in_list("e", ids)
+                stored = {r[-1]: (r[0], _stored_event(r))
+                          for r in tx.rows(f"SELECT {_STORED} FROM dihya_audit "
+                                           f"WHERE event_id IN ({names})", params)}
+            head = dict(tx.rows(_SQL_HEAD))
             seq, prev = _point(head.get("audit_head") or head.get("audit_anchor"))
             now = round(time.time(), 6)
             new = [i for i in items if i.event.event_id not in stored]
-            pseudonyms = self._pseudonyms_in(conn, new)
+            pseudonyms = self._pseudonyms_raw(tx, new)
             rows, payloads = [], []
             for item in items:
                 if item.event.event_id in stored:
@@ -234,24 +253,28 @@ class AuditLog:
                 prev = row["hash"]
             if rows:
                 if payloads:
-                    conn.execute(_INSERT_PAYLOAD, payloads)
-                conn.execute(_INSERT_ROW, rows)
-                _set_meta(conn, "audit_head", f"{seq}:{prev}")
+                    tx.many(_SQL_PAYLOAD, payloads)
+                tx.many(_SQL_ROW, rows)
+                head_value = {"v": f"{seq}:{prev}"}
+                if tx.execute(_SQL_SET_HEAD, head_value) == 0:
+                    tx.execute(_SQL_NEW_HEAD, head_value)
         return written
 
-    def _pseudonyms_in(self, conn: Connection, items: Sequence[Pending]) -> dict[str, str]:
+    def _pseudonyms_raw(self, tx: RawTransaction,
+                        items: Sequence[Pending]) -> dict[str, str]:
         """The pseudonym of every subject and target `items` name, by subject id: looked up
         in one query, the missing ones created."""
         subjects = {s for i in items for s in (i.subject, i.target) if s}
         if not subjects:
             return {}
         keys = {self.subject_key(s): s for s in subjects}
-        found = {skey: pseudonym for skey, pseudonym in conn.execute(
-            _GET_PSEUDONYMS, {"skeys": list(keys)})}
+        names, params = _in_list("k", list(keys))
+        found = dict(tx.rows("SELECT subject_key, pseudonym FROM dihya_subjects "
+                             f"WHERE subject_key IN ({names})", params))
         missing = [{"subject_key": k, "pseudonym": "p-" + secrets.token_hex(10),
                     "created_at": time.time()} for k in keys if k not in found]
         if missing:
-            conn.execute(_INSERT_SUBJECT, missing)
+            tx.many(_SQL_SUBJECT, missing)
             found.update((m["subject_key"], m["pseudonym"]) for m in missing)
         return {subject: found[k] for k, subject in keys.items()}
 

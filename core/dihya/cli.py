@@ -796,14 +796,21 @@ def _output_failed(exc: OutputError) -> click.ClickException:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="gunicorn worker processes.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Requests each worker answers at once (more than 1: gunicorn's gthread "
+                   "worker); concurrent requests of a worker share their audit commits.")
 @pass_state
-def serve(state: State, host: str, port: int, workers: int) -> None:
-    """Serve the HTTP API under gunicorn until interrupted."""
+def serve(state: State, host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the HTTP API under gunicorn until interrupted.
+
+    Creates the state store if there is none (and the store marker does not say one was
+    there: then exit 1); the workers themselves never create it.
+    """
     state.config()  # fail fast, with exit 2, on a malformed config
     state.store(create=True)
     from dihya.web.serve import serve as run_server
 
-    run_server(str(state.config_path), host, port, workers)
+    run_server(str(state.config_path), host, port, workers, threads=threads)
 
 
 @main.group()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -246,6 +247,7 @@ class Store:
         (a file deleted meanwhile took the commit with it); every database error comes out
         as `StoreUnavailable` with its cause, and the health follows."""
         self.check_file()
+        dbapi = self.engine.dialect.loaded_dbapi
         try:
             yield
         except StoreUnavailable as exc:
@@ -253,7 +255,9 @@ class Store:
             raise
         except (sa.exc.IntegrityError, sa.exc.DataError):
             raise  # the data, not the store: the caller decides
-        except (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError) as exc:
+        except dbapi.IntegrityError as exc:  # from `raw_locked`: as SQLAlchemy would say it
+            raise sa.exc.IntegrityError(None, None, exc) from exc
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError, dbapi.Error) as exc:
             fault = self.fault_of(exc)
             self.health.failed(fault)
             raise StoreUnavailable(fault, self.where) from exc
@@ -284,6 +288,40 @@ class Store:
             self.ensure_schema()
             with self._locked_raw(name) as conn:
                 yield conn
+
+    @contextmanager
+    def raw_locked(self, name: str) -> Iterator[RawTransaction]:
+        """`locked`, with statements run on the driver's own connection: for the one write
+        on every request's path (the audit append), where SQLAlchemy's per-statement work
+        was most of the cost. Same lock, same settings, same errors as `locked`."""
+        with self._guard(wrote=True):
+            self.ensure_schema()
+            fairy = self.engine.raw_connection()
+            cursor = fairy.cursor()
+            try:
+                if self.is_sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                else:
+                    cursor.execute(_PG_LOCK_RAW, {
+                        "name": f":dihya-{name}", "sync": SYNCHRONOUS[self.synchronous][1],
+                        "lock_timeout": PG_LOCK_TIMEOUT})
+                yield RawTransaction(cursor, self.is_sqlite)
+                if self.is_sqlite:
+                    cursor.execute("COMMIT")
+                else:
+                    fairy.commit()
+            except BaseException:
+                try:
+                    if self.is_sqlite:
+                        cursor.execute("ROLLBACK")
+                    else:
+                        fairy.rollback()
+                except Exception:
+                    fairy.invalidate()  # the connection is gone: the pool drops it
+                raise
+            finally:
+                cursor.close()
+                fairy.close()
 
     @contextmanager
     def _locked_raw(self, name: str) -> Iterator[Connection]:
@@ -418,6 +456,44 @@ class Store:
 _PG_LOCK = sa.text("SELECT set_config('synchronous_commit', :sync, true), "
                    "set_config('lock_timeout', :lock_timeout, true), "
                    "pg_advisory_xact_lock(hashtext(current_schema() || :name))")
+_PG_LOCK_RAW: Final = ("SELECT set_config('synchronous_commit', %(sync)s, true), "
+                       "set_config('lock_timeout', %(lock_timeout)s, true), "
+                       "pg_advisory_xact_lock(hashtext(current_schema() || %(name)s))")
+
+
+class RawTransaction:
+    """Statements on a driver cursor inside `Store.raw_locked`, written with `:name`
+    placeholders (SQLite's named style) and rewritten once for PostgreSQL's `%(name)s`."""
+
+    __slots__ = ("_cursor", "_sqlite")
+    _PG: Final[dict[str, str]] = {}
+
+    def __init__(self, cursor: Any, sqlite: bool) -> None:
+        self._cursor = cursor
+        self._sqlite = sqlite
+
+    def _sql(self, text: str) -> str:
+        if self._sqlite:
+            return text
+        sql = self._PG.get(text)
+        if sql is None:
+            sql = self._PG[text] = re.sub(r":(\w+)", r"%(\1)s", text)
+        return sql
+
+    def execute(self, text: str, params: Mapping[str, Any] | None = None) -> int:
+        """Run one statement; the number of rows it changed."""
+        self._cursor.execute(self._sql(text), params or {})
+        count: int = self._cursor.rowcount
+        return count
+
+    def rows(self, text: str, params: Mapping[str, Any] | None = None) -> list[Any]:
+        self._cursor.execute(self._sql(text), params or {})
+        return list(self._cursor.fetchall())
+
+    def many(self, text: str, params: list[dict[str, Any]]) -> None:
+        self._cursor.executemany(self._sql(text), params)
+
+
 _GET_META = sa.select(meta_table.c.value).where(meta_table.c.key == sa.bindparam("k"))
 _UPDATE_META = meta_table.update().where(meta_table.c.key == sa.bindparam("k")).values(
     value=sa.bindparam("v"))

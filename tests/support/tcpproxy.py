@@ -5,8 +5,10 @@ The client-to-server stream is split into PostgreSQL protocol messages (untyped 
 packets, then a type byte and a length), so the proxy knows when a connection sends
 `COMMIT` after inserting into `dihya_audit`: `lose_commit_reply()` arms it to forward
 that COMMIT to the server, wait for the server's reply — the transaction is committed by
-then — and close both sockets instead of forwarding it. The client sees its connection
-die during COMMIT, exactly as when a network or a server host fails at that instant.
+then — and close both sockets instead of forwarding it. (An insert is seen in a simple
+query, in a Parse, or in a Bind of a statement psycopg prepared from such a Parse.) The
+client sees its connection die during COMMIT, exactly as when a network or a server host
+fails at that instant.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from typing import Final
 _UNTYPED_CODES: Final = {80877103, 80877104, 80877102}  # SSL, GSSENC, cancel requests
 
 
+def _is_audit_insert(text: bytes) -> bool:
+    text = text.upper()
+    return b"INSERT INTO DIHYA_AUDIT " in text or b"INSERT INTO DIHYA_AUDIT(" in text
+
+
 class _Link:
     """One client connection and its server connection."""
 
@@ -29,6 +36,7 @@ class _Link:
         self.server = server
         self.started = False  # past the untyped start-up packets
         self.audit_insert = False  # an INSERT INTO dihya_audit since the last COMMIT
+        self.audit_statements: set[bytes] = set()  # prepared statements that are one
         self.lose_next_reply = False
         self.closed = False
 
@@ -77,12 +85,25 @@ class _Link:
         return buffer[:1 + length], buffer[1 + length:]
 
     def _inspect(self, message: bytes) -> None:
-        if not self.started or message[:1] not in (b"Q", b"P"):
+        kind = message[:1]
+        if not self.started or kind not in (b"Q", b"P", b"B"):
+            return
+        if kind == b"B":  # Bind: runs a statement prepared earlier, known by its name
+            _portal, statement, _rest = message[5:].split(b"\0", 2)
+            if statement and statement in self.audit_statements:
+                self.audit_insert = True
+            return
+        if kind == b"P":  # Parse: name, then the query
+            name, text, _rest = message[5:].split(b"\0", 2)
+            if _is_audit_insert(text):
+                self.audit_insert = True
+                if name:  # psycopg prepares a statement it runs often: Binds name it
+                    self.audit_statements.add(name)
             return
         text = message[5:].upper()
-        if b"INSERT INTO DIHYA_AUDIT " in text or b"INSERT INTO DIHYA_AUDIT(" in text:
+        if _is_audit_insert(text):
             self.audit_insert = True
-        elif message[:1] == b"Q" and text.rstrip(b"\0 ;") in (b"COMMIT", b"ROLLBACK"):
+        elif text.rstrip(b"\0 ;") in (b"COMMIT", b"ROLLBACK"):
             if text.startswith(b"COMMIT") and self.audit_insert and self.proxy.take_cut():
                 self.lose_next_reply = True  # set before the server can answer
             self.audit_insert = False
