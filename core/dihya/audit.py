@@ -142,7 +142,7 @@ class Auditor:
         """Nothing to wait for: `record` returns once the event is committed."""
 
     def close(self) -> None:
-        """Nothing to stop (kept for callers of 0.3, which had a writer thread)."""
+        """Nothing to stop (kept for callers written when a writer thread deferred events)."""
 
 
 def _log_line(event: AuditEvent) -> None:

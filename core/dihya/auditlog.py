@@ -298,10 +298,12 @@ class AuditLog:
         return event, row, payload
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Nothing to do: every append returns committed (kept for callers of 0.3)."""
+        """Nothing to do: every append returns committed (kept for callers written when
+        a writer thread deferred events)."""
 
     def close(self) -> None:
-        """Nothing to do: no writer thread (kept for callers of 0.3)."""
+        """Nothing to do: no writer thread (kept for callers written when a writer thread
+        deferred events)."""
 
     # -- read -------------------------------------------------------------------------
 

@@ -116,7 +116,7 @@ def test_sqlite_and_os_answers_are_classified_into_causes(tmp_path: Path) -> Non
     assert classify(OSError(30, "Read-only file system")) == StoreFault.READ_ONLY
 
 
-# The audit tables exactly as schema version 2 created them (dihya-core 0.4).
+# The tables exactly as schema version 2 created them.
 V2_DDL = [
     "CREATE TABLE dihya_meta (key VARCHAR(64) NOT NULL, value TEXT NOT NULL, PRIMARY KEY (key))",
     "CREATE TABLE dihya_tokens (id VARCHAR(32) NOT NULL, name VARCHAR(128) NOT NULL, "
