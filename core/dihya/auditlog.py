@@ -36,7 +36,6 @@ from sqlalchemy.engine import Connection
 from dihya.audit import AuditEvent
 from dihya.auditqueue import COMMIT_TIMEOUT_S, GroupCommit
 from dihya.store import (
-    RawTransaction,
     Store,
     audit_payload_table,
     audit_table,
@@ -86,8 +85,8 @@ _GET_PSEUDONYM = sa.select(subjects_table.c.pseudonym).where(
 _STORED: Final = "seq, at, type, outcome, actor, target, fields, event_id"
 _SQL_HEAD: Final = ("SELECT key, value FROM dihya_meta "
                     "WHERE key IN ('audit_head', 'audit_anchor')")
-_SQL_SET_HEAD: Final = "UPDATE dihya_meta SET value = :v WHERE key = 'audit_head'"
-_SQL_NEW_HEAD: Final = "INSERT INTO dihya_meta (key, value) VALUES ('audit_head', :v)"
+_SQL_HEAD_UPSERT: Final = ("INSERT INTO dihya_meta (key, value) VALUES ('audit_head', :v) "
+                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 _SQL_SUBJECT: Final = ("INSERT INTO dihya_subjects (subject_key, pseudonym, created_at) "
                        "VALUES (:subject_key, :pseudonym, :created_at)")
 _SQL_ROW: Final = ("INSERT INTO dihya_audit (seq, at, type, outcome, actor, target, fields, "
@@ -234,11 +233,22 @@ class AuditLog:
                 stored = {r[-1]: (r[0], _stored_event(r))
                           for r in tx.rows(f"SELECT {_STORED} FROM dihya_audit "
                                            f"WHERE event_id IN ({names})", params)}
-            head = dict(tx.rows(_SQL_HEAD))
+            new = [i for i in items if i.event.event_id not in stored]
+            keys = {self.subject_key(s): s
+                    for i in new for s in (i.subject, i.target) if s}
+            # the head and the pseudonyms in one query (one round trip on PostgreSQL)
+            names, params = _in_list("k", list(keys))
+            found = tx.rows(_SQL_HEAD + (f" UNION ALL SELECT subject_key, pseudonym FROM "
+                                         f"dihya_subjects WHERE subject_key IN ({names})"
+                                         if keys else ""), params)
+            head = {k: v for k, v in found if k in ("audit_head", "audit_anchor")}
+            known = {k: v for k, v in found if k in keys}
+            missing = [{"subject_key": k, "pseudonym": "p-" + secrets.token_hex(10),
+                        "created_at": time.time()} for k in keys if k not in known]
+            known.update((m["subject_key"], m["pseudonym"]) for m in missing)
+            pseudonyms = {subject: known[k] for k, subject in keys.items()}
             seq, prev = _point(head.get("audit_head") or head.get("audit_anchor"))
             now = round(time.time(), 6)
-            new = [i for i in items if i.event.event_id not in stored]
-            pseudonyms = self._pseudonyms_raw(tx, new)
             rows, payloads = [], []
             for item in items:
                 if item.event.event_id in stored:
@@ -252,31 +262,11 @@ class AuditLog:
                 written.append((seq, event))
                 prev = row["hash"]
             if rows:
-                if payloads:
-                    tx.many(_SQL_PAYLOAD, payloads)
-                tx.many(_SQL_ROW, rows)
-                head_value = {"v": f"{seq}:{prev}"}
-                if tx.execute(_SQL_SET_HEAD, head_value) == 0:
-                    tx.execute(_SQL_NEW_HEAD, head_value)
+                tx.write(_SQL_SUBJECT, missing)
+                tx.write(_SQL_PAYLOAD, payloads)
+                tx.write(_SQL_ROW, rows)
+                tx.write(_SQL_HEAD_UPSERT, [{"v": f"{seq}:{prev}"}])
         return written
-
-    def _pseudonyms_raw(self, tx: RawTransaction,
-                        items: Sequence[Pending]) -> dict[str, str]:
-        """The pseudonym of every subject and target `items` name, by subject id: looked up
-        in one query, the missing ones created."""
-        subjects = {s for i in items for s in (i.subject, i.target) if s}
-        if not subjects:
-            return {}
-        keys = {self.subject_key(s): s for s in subjects}
-        names, params = _in_list("k", list(keys))
-        found = dict(tx.rows("SELECT subject_key, pseudonym FROM dihya_subjects "
-                             f"WHERE subject_key IN ({names})", params))
-        missing = [{"subject_key": k, "pseudonym": "p-" + secrets.token_hex(10),
-                    "created_at": time.time()} for k in keys if k not in found]
-        if missing:
-            tx.many(_SQL_SUBJECT, missing)
-            found.update((m["subject_key"], m["pseudonym"]) for m in missing)
-        return {subject: found[k] for k, subject in keys.items()}
 
     @staticmethod
     def _row(seq: int, prev: str, now: float, item: Pending, pseudonyms: dict[str, str]

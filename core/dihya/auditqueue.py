@@ -122,6 +122,18 @@ class GroupCommit:
                 self._cond.wait(max(0.05, min(left, 0.5)))
 
     def _lead(self, batch: list[_Ticket]) -> None:
+        written: Written | None = None
+        error: BaseException | None = None
+        try:
+            written, error = self._attempts(batch)
+        except BaseException as exc:  # interrupted (SystemExit...): release the waiters
+            error = exc
+            raise
+        finally:
+            self._settle(batch, written, error)
+
+    def _attempts(self, batch: list[_Ticket]) -> tuple[Written | None, BaseException | None]:
+        """Write the batch, retrying what may be transient: (written, None) or the error."""
         deadline = max(t.deadline for t in batch)
         short = min(deadline, time.monotonic() + SHORT_RETRY_S)
         backoff = FIRST_BACKOFF_S
@@ -146,6 +158,11 @@ class GroupCommit:
                 break
             time.sleep(backoff)
             backoff = min(2 * backoff, MAX_BACKOFF_S)
+        return written, error
+
+    def _settle(self, batch: list[_Ticket], written: Written | None,
+                error: BaseException | None) -> None:
+        """Hand each waiter its outcome and give the lead up."""
         with self._cond:
             now = time.monotonic()
             for i, t in enumerate(batch):

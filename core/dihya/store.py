@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from dihya.directwrite import RawTransaction, pg_begin
 from dihya.storefault import (
     StoreError,
     StoreFault,
@@ -61,6 +61,9 @@ SQLITE_BUSY_TIMEOUT_S: Final = 10.0
 PG_CONNECT_TIMEOUT_S: Final = 5
 PG_TCP_USER_TIMEOUT_MS: Final = 5000
 PG_LOCK_TIMEOUT: Final = "10s"
+# SQLite faults after which pooled connections are not to be trusted again
+_REOPEN_FAULTS: Final = frozenset({StoreFault.READ_ONLY, StoreFault.IO_ERROR,
+                                   StoreFault.CORRUPT})
 # faults that only a write can clear (a read that works says nothing about them)
 _WRITE_FAULTS: Final = frozenset({StoreFault.READ_ONLY, StoreFault.DISK_FULL,
                                   StoreFault.IO_ERROR})
@@ -190,6 +193,7 @@ class Store:
                     os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
             self._identity = _identity(self.path)
         self.engine: Engine = _make_engine(url, self.path, synchronous)
+        self._direct: Engine | None = None  # PostgreSQL: the pool of `raw_locked`
         self._ready = False
         self.created_now = False  # this handle created the schema (the store was new)
         self._store_id: str | None = None
@@ -260,6 +264,10 @@ class Store:
         except (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError, dbapi.Error) as exc:
             fault = self.fault_of(exc)
             self.health.failed(fault)
+            if self.is_sqlite and fault in _REOPEN_FAULTS:
+                # a connection SQLite opened read-only (the file was not writable then)
+                # stays read-only: every connection is opened afresh from now on
+                self.engine.dispose()
             raise StoreUnavailable(fault, self.where) from exc
         if wrote:
             self.check_file()
@@ -291,37 +299,46 @@ class Store:
 
     @contextmanager
     def raw_locked(self, name: str) -> Iterator[RawTransaction]:
-        """`locked`, with statements run on the driver's own connection: for the one write
-        on every request's path (the audit append), where SQLAlchemy's per-statement work
-        was most of the cost. Same lock, same settings, same errors as `locked`."""
+        """`locked`, with statements run on the driver's own connection (`dihya.directwrite`):
+        for the one write on every request's path, the audit append. Same lock, same
+        settings, same errors as `locked`."""
         with self._guard(wrote=True):
             self.ensure_schema()
-            fairy = self.engine.raw_connection()
+            fairy = (self.engine if self.is_sqlite else self._direct_engine()).raw_connection()
             cursor = fairy.cursor()
+            begin = None if self.is_sqlite else pg_begin(
+                f":dihya-{name}", SYNCHRONOUS[self.synchronous][1], PG_LOCK_TIMEOUT)
+            tx = RawTransaction(cursor, self.is_sqlite, begin)
             try:
                 if self.is_sqlite:
                     cursor.execute("BEGIN IMMEDIATE")
-                else:
-                    cursor.execute(_PG_LOCK_RAW, {
-                        "name": f":dihya-{name}", "sync": SYNCHRONOUS[self.synchronous][1],
-                        "lock_timeout": PG_LOCK_TIMEOUT})
-                yield RawTransaction(cursor, self.is_sqlite)
-                if self.is_sqlite:
-                    cursor.execute("COMMIT")
-                else:
-                    fairy.commit()
+                yield tx
+                tx.commit()
             except BaseException:
                 try:
-                    if self.is_sqlite:
-                        cursor.execute("ROLLBACK")
-                    else:
-                        fairy.rollback()
+                    tx.rollback()
                 except Exception:
                     fairy.invalidate()  # the connection is gone: the pool drops it
                 raise
             finally:
                 cursor.close()
                 fairy.close()
+
+    def _direct_engine(self) -> Engine:
+        """PostgreSQL connections for `raw_locked`: autocommit (it begins the transaction
+        itself, with the lock, in one round trip) and no liveness ping (a dead one fails
+        the attempt, which is retried)."""
+        if self._direct is None:
+            self._direct = sa.create_engine(
+                self.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8,
+                pool_timeout=10, connect_args=_pg_connect_args(self.url))
+        return self._direct
+
+    def dispose(self) -> None:
+        """Close every pooled connection (tests, benchmarks, a process about to fork)."""
+        self.engine.dispose()
+        if self._direct is not None:
+            self._direct.dispose()
 
     @contextmanager
     def _locked_raw(self, name: str) -> Iterator[Connection]:
@@ -456,43 +473,6 @@ class Store:
 _PG_LOCK = sa.text("SELECT set_config('synchronous_commit', :sync, true), "
                    "set_config('lock_timeout', :lock_timeout, true), "
                    "pg_advisory_xact_lock(hashtext(current_schema() || :name))")
-_PG_LOCK_RAW: Final = ("SELECT set_config('synchronous_commit', %(sync)s, true), "
-                       "set_config('lock_timeout', %(lock_timeout)s, true), "
-                       "pg_advisory_xact_lock(hashtext(current_schema() || %(name)s))")
-
-
-class RawTransaction:
-    """Statements on a driver cursor inside `Store.raw_locked`, written with `:name`
-    placeholders (SQLite's named style) and rewritten once for PostgreSQL's `%(name)s`."""
-
-    __slots__ = ("_cursor", "_sqlite")
-    _PG: Final[dict[str, str]] = {}
-
-    def __init__(self, cursor: Any, sqlite: bool) -> None:
-        self._cursor = cursor
-        self._sqlite = sqlite
-
-    def _sql(self, text: str) -> str:
-        if self._sqlite:
-            return text
-        sql = self._PG.get(text)
-        if sql is None:
-            sql = self._PG[text] = re.sub(r":(\w+)", r"%(\1)s", text)
-        return sql
-
-    def execute(self, text: str, params: Mapping[str, Any] | None = None) -> int:
-        """Run one statement; the number of rows it changed."""
-        self._cursor.execute(self._sql(text), params or {})
-        count: int = self._cursor.rowcount
-        return count
-
-    def rows(self, text: str, params: Mapping[str, Any] | None = None) -> list[Any]:
-        self._cursor.execute(self._sql(text), params or {})
-        return list(self._cursor.fetchall())
-
-    def many(self, text: str, params: list[dict[str, Any]]) -> None:
-        self._cursor.executemany(self._sql(text), params)
-
 
 _GET_META = sa.select(meta_table.c.value).where(meta_table.c.key == sa.bindparam("k"))
 _UPDATE_META = meta_table.update().where(meta_table.c.key == sa.bindparam("k")).values(
@@ -527,15 +507,18 @@ def _make_engine(url: str, path: Path | None, synchronous: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    parsed = sa.engine.make_url(url)
-    connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql":
-        # bounded waits on a dead server or a silent network (libpq's own settings; the
-        # URL's query wins where it sets them)
-        defaults = {"connect_timeout": PG_CONNECT_TIMEOUT_S,
-                    "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS,
-                    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
-                    "keepalives_count": 3}
-        connect_args = {k: v for k, v in defaults.items() if k not in parsed.query}
     return sa.create_engine(url, pool_pre_ping=True, pool_timeout=10,
-                            connect_args=connect_args)
+                            connect_args=_pg_connect_args(url))
+
+
+def _pg_connect_args(url: str) -> dict[str, Any]:
+    """PostgreSQL: bounded waits on a dead server or a silent network (libpq's own
+    settings; the URL's query wins where it sets them)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    defaults = {"connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS,
+                "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
+                "keepalives_count": 3}
+    return {k: v for k, v in defaults.items() if k not in parsed.query}

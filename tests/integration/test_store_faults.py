@@ -419,3 +419,29 @@ def test_cli_reads_never_create_a_store(backend: Any, tmp_path: Path) -> None:
         if command[1] in ("create", "reload"):
             assert result.returncode == 1 and "no config file" in result.stderr, result
     shutil.rmtree(bare)
+
+
+def test_concurrent_requests_of_threaded_workers_each_wait_for_their_own_event(
+        backend: Any) -> None:
+    """`dihya serve --threads 4`: the requests of a worker share commits (group commit) and
+    every one answered 200 has its event, once."""
+    import threading
+
+    write_config(backend)
+    token = make_token(backend)
+    server = Server(backend.venv, backend.config, workers=2, cwd=backend.home,
+                    args=("--threads", "4")).wait_ready()
+    clients = [Client(server, token) for _ in range(8)]
+    try:
+        threads = [threading.Thread(target=c.several, args=(15,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        server.stop()
+    merged = Client(server, token)
+    merged.answers = [a for c in clients for a in c.answers]
+    assert [status for status, _, _ in merged.answers] == [200] * 120
+    assert "gthread" in server.output
+    assert_every_200_has_one_event(backend, merged)

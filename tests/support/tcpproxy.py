@@ -22,6 +22,10 @@ from typing import Final
 _UNTYPED_CODES: Final = {80877103, 80877104, 80877102}  # SSL, GSSENC, cancel requests
 
 
+class _Cut(Exception):
+    """The answer to an audit COMMIT reached the proxy: the connection dies here."""
+
+
 def _is_audit_insert(text: bytes) -> bool:
     text = text.upper()
     return b"INSERT INTO DIHYA_AUDIT " in text or b"INSERT INTO DIHYA_AUDIT(" in text
@@ -36,8 +40,8 @@ class _Link:
         self.server = server
         self.started = False  # past the untyped start-up packets
         self.audit_insert = False  # an INSERT INTO dihya_audit since the last COMMIT
-        self.audit_statements: set[bytes] = set()  # prepared statements that are one
-        self.lose_next_reply = False
+        self.prepared: dict[bytes, bytes] = {}  # prepared statement names -> their text
+        self.lose_commit = False
         self.closed = False
 
     def close(self) -> None:
@@ -90,36 +94,56 @@ class _Link:
             return
         if kind == b"B":  # Bind: runs a statement prepared earlier, known by its name
             _portal, statement, _rest = message[5:].split(b"\0", 2)
-            if statement and statement in self.audit_statements:
-                self.audit_insert = True
+            if statement in self.prepared:
+                self._statement(self.prepared[statement])
             return
-        if kind == b"P":  # Parse: name, then the query
+        if kind == b"P":  # Parse: name, then the query (a pipeline sends COMMIT so too)
             name, text, _rest = message[5:].split(b"\0", 2)
-            if _is_audit_insert(text):
-                self.audit_insert = True
-                if name:  # psycopg prepares a statement it runs often: Binds name it
-                    self.audit_statements.add(name)
+            if name:  # psycopg prepares a statement it runs often: later Binds name it
+                self.prepared[name] = text.upper()
+            self._statement(text.upper())
             return
-        text = message[5:].upper()
+        self._statement(message[5:].upper())
+
+    def _statement(self, text: bytes) -> None:
         if _is_audit_insert(text):
             self.audit_insert = True
-        elif text.rstrip(b"\0 ;") in (b"COMMIT", b"ROLLBACK"):
-            if text.startswith(b"COMMIT") and self.audit_insert and self.proxy.take_cut():
-                self.lose_next_reply = True  # set before the server can answer
-            self.audit_insert = False
+        else:
+            self._transaction_end(text)
+
+    def _transaction_end(self, text: bytes) -> None:
+        if text.rstrip(b"\0 ;") not in (b"COMMIT", b"ROLLBACK"):
+            return
+        if text.startswith(b"COMMIT") and self.audit_insert and self.proxy.take_cut():
+            self.lose_commit = True  # set before the server can answer
+        self.audit_insert = False
 
     def pump_down(self) -> None:
-        """Server to client, as it comes (unless the reply to COMMIT is to be lost)."""
+        """Server to client, message by message, until the server says COMMIT for a
+        transaction whose answer is to be lost: then both sockets close, unanswered.
+        (Every server message is framed: `url_for` turns SSL and GSS negotiation off, whose
+        one-byte answers are not.)"""
+        buffer = b""
         try:
             while not self.closed:
                 data = self.server.recv(65536)
                 if not data:
                     break
-                if self.lose_next_reply:
-                    self.proxy.lost_replies += 1
-                    break  # the server committed; the client will never know
-                self.client.sendall(data)
-        except OSError:
+                buffer += data
+                out = b""
+                while len(buffer) >= 5:
+                    (length,) = struct.unpack("!I", buffer[1:5])
+                    if len(buffer) < 1 + length:
+                        break
+                    message, buffer = buffer[:1 + length], buffer[1 + length:]
+                    # CommandComplete "COMMIT": the transaction is committed on the server
+                    if self.lose_commit and message[:1] == b"C" and message[5:11] == b"COMMIT":
+                        self.proxy.lost_replies += 1
+                        self.client.sendall(out)  # what came before the COMMIT's answer
+                        raise _Cut
+                    out += message
+                self.client.sendall(out)
+        except (_Cut, OSError):
             pass
         self.close()
 
