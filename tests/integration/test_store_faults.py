@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import pytest
 
 from support.postgres import PG_URL, fresh_schema_url, postgres_required
-from support.serving import Server
+from support.serving import Server, free_port
 from support.tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +160,8 @@ def test_a_deleted_sqlite_store_fails_closed_and_comes_back(backend: Any,
 
     # the CLI neither reads an empty store nor makes one in its place
     for command in (("tokens", "list"), ("audit", "verify"), ("audit", "export"),
-                    ("tokens", "create", "--role", "viewer", "--name", "late")):
+                    ("tokens", "create", "--role", "viewer", "--name", "late"),
+                    ("serve", "--port", str(free_port()))):
         result = backend.dihya(*command)
         assert result.returncode == 1, (command, result.stdout, result.stderr)
         assert "is missing" in result.stderr and "store-marker" in result.stderr, command
@@ -192,23 +193,45 @@ def _chattr(flag: str, *paths: Path) -> None:
     subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
 
 
+def _make_read_only(server: Server, store: Path) -> Callable[[], None]:
+    """Make the store read-only for the server; returns how to undo it.
+
+    As root: `chattr +i` on the database, its WAL and their directory (not the -shm file,
+    SQLite's shared-memory index: an immutable mapping kills the process that writes to
+    it, SIGBUS). As another user, permissions bind only files opened afterwards: the
+    files and the directory lose their write bits and both workers are killed, so the
+    workers gunicorn starts in their place open the store read-only."""
+    files = [p for p in (store, Path(f"{store}-wal")) if p.exists()]
+    if os.geteuid() == 0:
+        try:
+            _chattr("+i", *files, store.parent)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            if postgres_required():  # CI
+                raise
+            pytest.skip(f"chattr +i does not work here: {exc}")
+        return lambda: _chattr("-i", *files, store.parent)
+    modes = {p: p.stat().st_mode & 0o777 for p in (*files, store.parent)}
+    for path in files:
+        path.chmod(0o444)
+    store.parent.chmod(0o555)
+    before = set(server.worker_pids())
+    for pid in before:
+        os.kill(pid, 9)
+    poll("two new workers", lambda: set(server.worker_pids()),
+         lambda pids: len(pids) == 2 and not pids & before)
+
+    def undo() -> None:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    return undo
+
+
 def test_a_read_only_sqlite_store_answers_503_and_says_why(backend: Any,
                                                           sqlite_served: Any) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("an immutable file needs root (chattr +i); as another user the "
-                    "server's open descriptors keep write access whatever chmod says")
     server, client = sqlite_served
     store = backend.home / "dihya.sqlite3"
     assert client.several() == [(200, None)] * 6
-    # the database, its WAL and their directory; not the -shm file, SQLite's shared-memory
-    # index: an immutable mapping kills the process that writes to it (SIGBUS)
-    files = [p for p in (store, Path(f"{store}-wal")) if p.exists()]
-    try:
-        _chattr("+i", *files, backend.home)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        if postgres_required():  # CI
-            raise
-        pytest.skip(f"chattr +i does not work here: {exc}")
+    undo = _make_read_only(server, store)
     try:
         read_only = [(503, "store-read-only")] * 6
         poll("every generation 503 store-read-only", client.several,
@@ -216,7 +239,7 @@ def test_a_read_only_sqlite_store_answers_503_and_says_why(backend: Any,
         poll("/readyz 503 store-read-only", lambda: readiness(server),
              lambda seen: seen == read_only)
     finally:
-        _chattr("-i", *files, backend.home)
+        undo()
     poll("every generation 200 once writable again", client.several,
          lambda seen: seen == [(200, None)] * 6)
     poll("/readyz 200", lambda: readiness(server), lambda seen: seen == [(200, None)] * 6)
