@@ -1,45 +1,60 @@
-"""Benchmark: audit-log writes on SQLite and PostgreSQL, and auditing's share of a generation.
+"""Benchmark: durable audit writes, and their share of a generation's latency.
 
-Three measurements, each on a SQLite file (WAL, beside a temporary config) and on the
-PostgreSQL of `--postgres URL` (default: postgres@127.0.0.1:5432/test, in a schema of its
-own, dropped afterwards; skipped with a note if unreachable):
+Every answer now waits for its audit event's commit (group commit, `dihya/auditqueue.py`);
+this measures what that costs, on a SQLite file and on the PostgreSQL of `--postgres URL`
+(default: postgres@127.0.0.1:5432/test, in a schema of its own, dropped afterwards;
+skipped with a note if unreachable), each with `[store] synchronous = "full"` (the
+default: a commit survives power loss) and `"normal"` (any process crash):
 
-  1. sequential appends: `Auditor.record("plugin.action", ..., subject=...)` in one
-     process, one transaction each (lock, pseudonym look-up, chain head, insert) — events
+  1. sequential appends: `Auditor.record(...)` in one process, one commit each — events
      per second and the median per event;
-  2. concurrent appends: 8 processes recording `--events` each at once — total events per
+  2. concurrent appends: 8 processes recording `--events / 4` each at once — events per
      second, and the chain verified afterwards (every event there, no fork);
-  3. a generation's latency through the HTTP API (Flask test client, a developer token,
-     `examples/needs/todo.json`, no plugin approved — the shortest generation, so the
-     largest share): the time spent inside `Auditor.record` over the request's time, with
-     the server's deferred writer (`dihya.auditqueue`) and, interleaved in rounds, with
-     synchronous writes (one transaction per event, as before). Target: at most 5 %.
+  3. a generation's latency over HTTP, side by side: two real servers
+     (`_audit_server.py`: `DihyaServer` with `dihya serve`'s options, `--workers 2`) on
+     the same config and store, one auditing as `dihya serve` does, one with auditing
+     replaced by a no-op; clients post `examples/needs/todo.json` (no plugin approved:
+     the shortest generation, so the largest share) for `--rounds` interleaved rounds of
+     `--seconds` per side, each request on a new connection. Two loads: 1 client
+     (sync workers, one request at a time: every event is its own commit) and
+     `--clients` clients against `--threads` threads per worker (concurrent requests of a
+     worker share commits). The audit share is (median with audit - median without) /
+     median with audit; target <= 5 %. The machine's load average is printed per row.
 
-    python benchmarks/audit_write.py [--events N] [--requests R] [--postgres URL]
+    python benchmarks/audit_write.py [--events N] [--seconds S] [--rounds R]
+                                     [--clients C] [--threads T] [--postgres URL]
+                                     [--only sqlite|postgres]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import os
+import re
 import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from _common import ROOT, print_machine, table
+from _common import ROOT, percentile, print_machine, table
+
+HERE = Path(__file__).resolve().parent
+NEEDS = (ROOT / "examples" / "needs" / "todo.json").read_text()
+TARGET_SHARE = 5.0
 
 WRITER = """
 import sys, time
 from dihya.audit import Auditor
 from dihya.store import Store
-auditor = Auditor(store=Store(sys.argv[1]))
+auditor = Auditor(store=Store(sys.argv[1], synchronous=sys.argv[3]))
 auditor.record("plugin.action", "ok", subject="warm-up")
 print("ready", flush=True)
 sys.stdin.readline()
@@ -48,21 +63,31 @@ for i in range(int(sys.argv[2])):
 """
 
 
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f}/{five:.2f}"
+
+
 @contextmanager
-def backends(pg_url: str) -> Iterator[list[tuple[str, str]]]:
+def stores(pg_url: str, only: str | None) -> Iterator[list[tuple[str, str]]]:
     import sqlalchemy as sa
 
     with tempfile.TemporaryDirectory() as tmp:
-        out = [("SQLite (WAL)", f"sqlite:///{tmp}/dihya.sqlite3")]
+        out = []
+        if only in (None, "sqlite"):
+            out.append(("SQLite", f"sqlite:///{tmp}/dihya.sqlite3"))
+        schema = ""
         admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-        schema = "dihya_bench_" + secrets.token_hex(4)
-        try:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-            out.append(("PostgreSQL", f"{pg_url}?options=-csearch_path%3D{schema}"))
-        except Exception as exc:
-            print(f"note: PostgreSQL at {pg_url} unreachable ({type(exc).__name__}); skipped")
-            schema = ""
+        if only in (None, "postgres"):
+            schema = "dihya_bench_" + secrets.token_hex(4)
+            try:
+                with admin.connect() as conn:
+                    conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+                out.append(("PostgreSQL", f"{pg_url}?options=-csearch_path%3D{schema}"))
+            except Exception as exc:
+                print(f"note: PostgreSQL at {pg_url} unreachable ({type(exc).__name__}); "
+                      "skipped")
+                schema = ""
         try:
             yield out
         finally:
@@ -72,11 +97,12 @@ def backends(pg_url: str) -> Iterator[list[tuple[str, str]]]:
             admin.dispose()
 
 
-def sequential(url: str, events: int) -> list[float]:
+def sequential(url: str, sync: str, events: int) -> list[float]:
     from dihya.audit import Auditor
     from dihya.store import Store
 
-    auditor = Auditor(store=Store(url))
+    store = Store(url, create=True, synchronous=sync)
+    auditor = Auditor(store=store)
     auditor.record("plugin.action", "ok", subject="warm-up")
     times = []
     for i in range(events):
@@ -84,14 +110,15 @@ def sequential(url: str, events: int) -> list[float]:
         auditor.record("plugin.action", "ok", subject=f"user-{i % 10}", action="bench",
                        plugin="example", duration_ms=1.0)
         times.append(time.perf_counter() - t0)
+    store.engine.dispose()
     return times
 
 
-def concurrent(url: str, events: int, processes: int = 8) -> tuple[float, bool, int]:
+def concurrent(url: str, sync: str, events: int, processes: int = 8) -> tuple[float, bool, int]:
     from dihya.auditlog import AuditLog
     from dihya.store import Store
 
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, url, str(events)],
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, url, str(events), sync],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(processes)]
     for p in procs:
@@ -104,98 +131,188 @@ def concurrent(url: str, events: int, processes: int = 8) -> tuple[float, bool, 
     for p in procs:
         p.wait()
     elapsed = time.perf_counter() - t0
-    result = AuditLog(Store(url)).verify()
+    store = Store(url)
+    result = AuditLog(store).verify()
+    store.engine.dispose()
     return processes * events / elapsed, result.ok, result.rows
 
 
-def generation_share(url: str, requests: int, deferred: bool) -> tuple[list[float],
-                                                                       list[float]]:
-    from dihya.audit import Auditor
-    from dihya.tokens import create_token
-    from dihya.web import create_app
+# -- generation latency over HTTP, with and without audit ---------------------------------
 
-    needs = json.loads((ROOT / "examples/needs/todo.json").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "dihya.toml"
-        config.write_text(f'[plugins]\n[store]\nurl = "{url}"\n'
-                          '[web]\nrate_limit = "100000/minute"\n')
-        app = create_app(config)
-        state = app.extensions["dihya"]
-        # either write mode, whatever the server would pick for this store
-        state.auditor.close()
-        state.auditor = Auditor(state.config.audit_key, store=state.store, deferred=deferred)
-        token = create_token(state.store, "bench-" + secrets.token_hex(3), "developer")
-        spent: list[float] = []
-        original: Callable[..., Any] = state.auditor.record
+def free_port() -> int:
+    import socket
 
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Side:
+    """One benchmark server: with or without audit."""
+
+    def __init__(self, config: Path, audit: bool, threads: int, log: Path) -> None:
+        self.audit = audit
+        self.port = free_port()
+        self.log_path = log
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "_audit_server.py"), str(config), str(self.port), "2",
+             str(threads), "audit" if audit else "no-audit"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("DIHYA_")})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             try:
-                return original(*args, **kwargs)
-            finally:
-                spent.append(time.perf_counter() - t0)
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise SystemExit("a benchmark server did not start:\n" + log.read_text()[-3000:])
 
-        state.auditor.record = timed
-        client = app.test_client()
-        headers = {"Authorization": f"Bearer {token}"}
-        client.post("/api/v1/generate", json={"needs": needs}, headers=headers)  # warm-up
-        spent.clear()
-        totals = []
-        for _ in range(requests):
+    def stop(self) -> tuple[int, int]:
+        """Stop; (audit transactions, events) the workers reported."""
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        self.log.close()
+        commits = events = 0
+        for m in re.finditer(r"audit-commits (\d+) (\d+)", self.log_path.read_text()):
+            commits += int(m.group(1))
+            events += int(m.group(2))
+        return commits, events
+
+
+def run_round(port: int, token: str, clients: int, seconds: float) -> tuple[list[float], int]:
+    body = json.dumps({"needs": json.loads(NEEDS)}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    stop_at = time.monotonic() + seconds
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0]
+
+    def client(mine: list[float]) -> None:
+        while time.monotonic() < stop_at:
             t0 = time.perf_counter()
-            response = client.post("/api/v1/generate", json={"needs": needs}, headers=headers)
-            totals.append(time.perf_counter() - t0)
-            assert response.status_code == 200, response.get_data(as_text=True)
-        state.close()
-    return totals, spent
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            try:
+                conn.request("POST", "/api/v1/generate", body, headers)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except OSError:
+                ok = False
+            finally:
+                conn.close()
+            if ok:
+                mine.append(time.perf_counter() - t0)
+            else:
+                errors[0] += 1
+
+    threads = [threading.Thread(target=client, args=(lat,)) for lat in latencies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [x for lat in latencies for x in lat], errors[0]
 
 
-ROUNDS = 3
+def latency_rows(label: str, url: str, sync: str, args: argparse.Namespace,
+                 work: Path) -> list[list[str]]:
+    from dihya.store import Store
+    from dihya.tokens import create_token
+
+    config = work / f"dihya-{label}-{sync}.toml".replace(" ", "")
+    config.write_text(f'[plugins]\nallow = []\n[store]\nurl = {json.dumps(url)}\n'
+                      f'synchronous = "{sync}"\n[web]\nrate_limit = "100000000/minute"\n')
+    store = Store(url, create=True, synchronous=sync)
+    token = create_token(store, "bench-" + secrets.token_hex(3), "developer")
+    store.engine.dispose()
+    rows = []
+    for clients, threads in ((1, 1), (args.clients, args.threads)):
+        sides = {audit: Side(config, audit, threads, work / f"{label}-{sync}-{audit}.log")
+                 for audit in (True, False)}
+        samples: dict[bool, list[float]] = {True: [], False: []}
+        errors = {True: 0, False: 0}
+        loads = [load()]
+        try:
+            for audit in (True, False):  # warm-up, unrecorded
+                run_round(sides[audit].port, token, clients, 1.0)
+            for r in range(args.rounds):
+                order = (True, False) if r % 2 == 0 else (False, True)
+                for audit in order:
+                    got, failed = run_round(sides[audit].port, token, clients, args.seconds)
+                    samples[audit] += got
+                    errors[audit] += failed
+            loads.append(load())
+        finally:
+            counts = {audit: side.stop() for audit, side in sides.items()}
+        with_audit = statistics.median(samples[True])
+        without = statistics.median(samples[False])
+        share = (with_audit - without) / with_audit * 100
+        commits, events = counts[True]
+        per_commit = f"{events / commits:.2f}" if commits else "-"
+        total_s = args.rounds * args.seconds
+        rows.append([
+            f"{label}, synchronous={sync}", f"{clients}/{threads}",
+            f"{with_audit * 1000:.2f} / {percentile(samples[True], 90) * 1000:.2f}",
+            f"{without * 1000:.2f} / {percentile(samples[False], 90) * 1000:.2f}",
+            f"{len(samples[True]) / total_s:.0f} / {len(samples[False]) / total_s:.0f}",
+            f"{share:.1f} %", per_commit, f"{errors[True]}/{errors[False]}",
+            " -> ".join(loads)])
+        print(f"  {rows[-1]}", flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1000, help="events per measurement "
-                        "(per process for the concurrent one)")
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--events", type=int, default=1000, help="sequential appends; "
+                        "a quarter of that per process for the concurrent ones")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--only", choices=("sqlite", "postgres"))
     args = parser.parse_args()
     print_machine()
-    rows: list[list[str]] = []
-    shares: list[tuple[str, str, float]] = []
-    with backends(args.postgres) as stores:
-        for label, url in stores:
-            seq = sequential(url, args.events)
-            rate, ok, count = concurrent(url, args.events // 4 or 1)
-            # the server's deferred writer against synchronous writes, rounds interleaved
-            sides: dict[bool, tuple[list[float], list[float]]] = {True: ([], []),
-                                                                  False: ([], [])}
-            for _round in range(ROUNDS):
-                for deferred in (True, False):
-                    totals, spent = generation_share(url, args.requests // ROUNDS or 1,
-                                                     deferred)
-                    sides[deferred][0].extend(totals)
-                    sides[deferred][1].extend(spent)
-            server_mode = "sqlite" not in url  # what `dihya serve` uses for this store
-            for deferred in (True, False):
-                totals, spent = sides[deferred]
-                share = sum(spent) / sum(totals) * 100
-                if deferred == server_mode:
-                    shares.append((label, "deferred" if deferred else "synchronous", share))
-                rows.append([f"{label}, {'deferred' if deferred else 'synchronous'}",
-                             f"{len(seq) / sum(seq):,.0f}",
-                             f"{statistics.median(seq) * 1e6:,.0f} µs", f"{rate:,.0f}",
-                             f"{'ok' if ok else 'BROKEN'} ({count})",
-                             f"{statistics.median(totals) * 1000:.2f} ms",
-                             f"{statistics.median(spent) * 1000:.3f} ms", f"{share:.1f} %"])
-    print(table(["store, audit writes", "events/s (1 proc)", "median/event",
-                 "events/s (8 procs)", "chain", "generation (median)", "audit (median)",
-                 "audit share"], rows))
-    print("events/s and median/event: synchronous appends (the CLI's, and the server's "
-          "administrative events)")
-    for label, mode, share in shares:
-        print(f"target: audit share <= 5 %, {label} as `dihya serve` writes ({mode}): "
-              f"{share:.1f} % {'met' if share <= 5 else 'NOT MET'}")
+    print(f"load average (1 min/5 min) at start: {load()}\n", flush=True)
+    append_rows: list[list[str]] = []
+    http_rows: list[list[str]] = []
+    with stores(args.postgres, args.only) as found, tempfile.TemporaryDirectory() as tmp:
+        for label, base_url in found:
+            for sync in ("full", "normal"):
+                # a store per setting: the SQLite file's pragma is per connection, the
+                # PostgreSQL setting per transaction; separate files keep counts apart
+                url = (base_url.replace("dihya.sqlite3", f"dihya-{sync}.sqlite3")
+                       if base_url.startswith("sqlite") else base_url)
+                seq = sequential(url, sync, args.events)
+                rate, ok, count = concurrent(url, sync, args.events // 4 or 1)
+                append_rows.append([f"{label}, synchronous={sync}",
+                                    f"{len(seq) / sum(seq):,.0f}",
+                                    f"{statistics.median(seq) * 1e6:,.0f} µs",
+                                    f"{rate:,.0f}", f"{'ok' if ok else 'BROKEN'} ({count})",
+                                    load()])
+                print(f"  {append_rows[-1]}", flush=True)
+                http_rows += latency_rows(label, url, sync, args, Path(tmp))
+    print()
+    print(table(["store", "events/s (1 proc)", "median/event", "events/s (8 procs)",
+                 "chain", "load"], append_rows))
+    print()
+    print(table(["store", "clients/threads", "with audit ms (median / p90)",
+                 "without ms (median / p90)", "req/s with / without", "audit share",
+                 "events/commit", "errors", "load before -> after"], http_rows))
+    print()
+    for row in http_rows:
+        share = float(row[5].split()[0])
+        verdict = "met" if share <= TARGET_SHARE else "NOT MET"
+        print(f"target: audit share <= {TARGET_SHARE:g} %, {row[0]}, {row[1]} "
+              f"clients/threads: {share:.1f} % {verdict}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ addresses and names cannot be written by mistake. The actor is a pseudonym of th
 id (the token's name, or the CLI's user): with a store, a random token from the store's
 mapping table (`dihya.auditlog`), which erasure deletes; without one, an HMAC-SHA256
 under `[audit] key` / `DIHYA_AUDIT_KEY`. Each event is appended to the store's hash-chained
-log, if there is a store, and written as one JSON line to the `dihya.audit` logger.
-Free text that may be personal (a disable reason) is the `note`: stored apart, erasable,
-never logged.
+log, if there is a store, and written as one JSON line to the `dihya.audit` logger once it
+is committed: `record` returns only then, and raises `StoreUnavailable` (the caller answers
+503, or exits 1) when it cannot be. Every event gets a random `event_id`, the key that
+keeps a retried write from storing it twice. Free text that may be personal (a disable
+reason) is the `note`: stored apart, erasable, never logged.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from dihya.auditlog import AuditLog
     from dihya.pipeline import HookResult
     from dihya.store import Store
+    from dihya.storemarker import StoreMarker
 
 log = logging.getLogger("dihya.audit")
 
@@ -84,6 +87,7 @@ class AuditEvent:
     format: str | None = attrs.field(default=None, validator=_optional_in(FORMATS))
     pth_file: str | None = None  # a .pth file's name (never its directory)
     pth_sha256: str | None = None  # the SHA-256 of its content
+    event_id: str | None = None  # random, unique in the store: a retried write finds it
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in attrs.asdict(self).items() if v is not None}
@@ -96,22 +100,15 @@ class Auditor:
     """Pseudonymises actors and records events; one per app or CLI invocation."""
 
     def __init__(self, key: str | bytes | None = None, store: Store | None = None,
-                 deferred: bool = False) -> None:
-        """`deferred` (the server): request-path events go through a writer thread that
-        appends them in batches (`dihya.auditqueue`); the others are written at once."""
+                 marker: StoreMarker | None = None) -> None:
+        """`marker`: the config's store marker, told once that events were written."""
         key = key or os.environ.get(ENV_KEY)
         self._key = key.encode("utf-8") if isinstance(key, str) else key
         self.log: AuditLog | None = None
-        self._deferred: frozenset[str] = frozenset()
         if store is not None:
             from dihya.auditlog import AuditLog
 
-            self.log = AuditLog(store, self._key)
-            if deferred:
-                from dihya.auditqueue import DEFERRED_TYPES
-
-                self.log.start_writer(_log_line)
-                self._deferred = DEFERRED_TYPES
+            self.log = AuditLog(store, self._key, marker)
         elif self._key is None:
             self._key = secrets.token_bytes(32)
 
@@ -129,13 +126,13 @@ class Auditor:
     def record(self, type: str, outcome: str, *, subject: str | None = None,
                target: str | None = None, note: str | None = None,
                **fields: Any) -> AuditEvent:
-        """Record one event. `subject` (who acted) and `target` (whom it is about) are
+        """Record one event and return it as stored, once committed (`StoreUnavailable`
+        if it cannot be). `subject` (who acted) and `target` (whom it is about) are
         pseudonymised and never stored in clear; `note` is personal free text, kept only
         in the erasable payload table."""
-        event = AuditEvent(type=type, outcome=outcome, at=round(time.time(), 6), **fields)
+        event = AuditEvent(type=type, outcome=outcome, at=round(time.time(), 6),
+                           event_id=secrets.token_hex(16), **fields)
         if self.log is not None:
-            if type in self._deferred and self.log.defer(event, subject, target, note):
-                return event  # logged by the writer once it is in the store
             _seq, event = self.log.append(event, subject=subject, target=target, note=note)
         elif subject or target:
             event = attrs.evolve(event, actor=self.pseudonym(subject) if subject else None,
@@ -144,14 +141,10 @@ class Auditor:
         return event
 
     def flush(self) -> None:
-        """Wait until every deferred event of this process is in the store."""
-        if self.log is not None:
-            self.log.flush()
+        """Nothing to wait for: `record` returns once the event is committed."""
 
     def close(self) -> None:
-        """Write the deferred events and stop the writer thread (if any)."""
-        if self.log is not None:
-            self.log.close()
+        """Nothing to stop (kept for callers written when a writer thread deferred events)."""
 
 
 def _log_line(event: AuditEvent) -> None:

@@ -11,8 +11,11 @@ chain. Actors are random pseudonyms from `dihya_subjects`, keyed by an HMAC of t
 id, never by the id: deleting that mapping makes a subject's events unlinkable.
 
 Appends take the store's `audit` lock, so concurrent writers (threads, processes, nodes)
-never fork the chain. A server defers its request-path events to a writer thread
-(`dihya.auditqueue`) that appends them in batches; every read flushes it first.
+never fork the chain. Every append returns once committed; the threads of a process that
+append at the same time share one transaction (group commit, `dihya.auditqueue`). Each
+event carries a unique `event_id` (a unique index in the store): a batch retried after a
+lost COMMIT acknowledgement finds the events that did commit and does not append them
+again, so the chain holds each event once. Since version 3 the id is hashed with its row.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -30,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dihya.audit import AuditEvent
+from dihya.auditqueue import COMMIT_TIMEOUT_S, GroupCommit
 from dihya.canonical import canonical_text
 from dihya.store import (
     Store,
@@ -42,7 +47,9 @@ from dihya.store import (
 )
 
 if TYPE_CHECKING:
-    from dihya.auditqueue import AuditWriter
+    from dihya.storemarker import StoreMarker
+
+log = logging.getLogger("dihya.audit.log")
 
 GENESIS: Final = "0" * 64
 _COLUMNS: Final = ("at", "type", "outcome", "actor", "target")
@@ -52,8 +59,11 @@ canonical = canonical_text  # the chain hashes the core's one canonical JSON
 
 
 def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    """SHA-256 of the previous hash and the canonical JSON of the row (without its hash)."""
+    """SHA-256 of the previous hash and the canonical JSON of the row (without its hash).
+    `event_id` is hashed when the row has one (rows written before version 3 have none)."""
     doc = {k: row[k] for k in ("seq", *_COLUMNS, "fields", "commitment")}
+    if row.get("event_id") is not None:
+        doc["event_id"] = row["event_id"]
     return hashlib.sha256((prev_hash + canonical(doc)).encode("utf-8")).hexdigest()
 
 
@@ -69,9 +79,26 @@ _UPDATE_META = meta_table.update().where(meta_table.c.key == sa.bindparam("k")).
 _INSERT_META = meta_table.insert().values(key=sa.bindparam("k"), value=sa.bindparam("v"))
 _GET_PSEUDONYM = sa.select(subjects_table.c.pseudonym).where(
     subjects_table.c.subject_key == sa.bindparam("skey"))
+# The append's statements as driver SQL (`Store.raw_locked`, `:name` placeholders)
+_STORED: Final = "seq, at, type, outcome, actor, target, fields, event_id"
+_SQL_HEAD: Final = ("SELECT key, value FROM dihya_meta "
+                    "WHERE key IN ('audit_head', 'audit_anchor')")
+_SQL_HEAD_UPSERT: Final = ("INSERT INTO dihya_meta (key, value) VALUES ('audit_head', :v) "
+                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+_SQL_SUBJECT: Final = ("INSERT INTO dihya_subjects (subject_key, pseudonym, created_at) "
+                       "VALUES (:subject_key, :pseudonym, :created_at)")
+_SQL_ROW: Final = ("INSERT INTO dihya_audit (seq, at, type, outcome, actor, target, fields, "
+                   "commitment, prev_hash, hash, event_id) VALUES (:seq, :at, :type, :outcome, "
+                   ":actor, :target, :fields, :commitment, :prev_hash, :hash, :event_id)")
+_SQL_PAYLOAD: Final = ("INSERT INTO dihya_audit_payload (seq, actor, salt, payload) "
+                       "VALUES (:seq, :actor, :salt, :payload)")
+
+
+def _in_list(prefix: str, values: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """Placeholders and parameters for `IN (...)` over `values`."""
+    params = {f"{prefix}{i}": v for i, v in enumerate(values)}
+    return ", ".join(f":{name}" for name in params), params
 _INSERT_SUBJECT = subjects_table.insert()
-_INSERT_ROW = audit_table.insert()
-_INSERT_PAYLOAD = audit_payload_table.insert()
 
 
 def _meta(conn: Connection, key: str) -> str | None:
@@ -94,6 +121,14 @@ class Pending:
     note: str | None = None
 
 
+def _stored_event(r: Sequence[Any]) -> AuditEvent:
+    """The event a stored row holds (the columns of `_STORED`, in that order)."""
+    _seq, *columns, fields_json, event_id = r
+    fields = dict(zip(_COLUMNS, columns, strict=True))
+    fields.update(json.loads(fields_json))
+    return AuditEvent(event_id=event_id, **{k: v for k, v in fields.items() if v is not None})
+
+
 def _point(text: str | None) -> tuple[int, str]:
     if not text:
         return 0, GENESIS
@@ -102,12 +137,19 @@ def _point(text: str | None) -> tuple[int, str]:
 
 
 class AuditLog:
-    """Appends, reads and erases audit rows of one store."""
+    """Appends, reads and erases audit rows of one store.
 
-    def __init__(self, store: Store, key: bytes | None = None) -> None:
+    `marker` (the store marker of the config, `dihya.storemarker`) is told once per process
+    that events were committed to this store, so that an emptied or replaced store is
+    noticed later (`dihya audit verify`)."""
+
+    def __init__(self, store: Store, key: bytes | None = None,
+                 marker: StoreMarker | None = None) -> None:
         self.store = store
         self._key = key
-        self._writer: AuditWriter | None = None
+        self._marker = marker
+        self._marked = marker is None
+        self.group = GroupCommit(self.append_many)
 
     # -- pseudonyms -------------------------------------------------------------------
 
@@ -144,78 +186,118 @@ class AuditLog:
 
     def append(self, event: AuditEvent, subject: str | None = None,
                target: str | None = None, note: str | None = None) -> tuple[int, AuditEvent]:
-        """Add `event` at the head of the chain; returns its sequence number and the event
-        as stored (time taken under the lock, pseudonyms filled in). Events deferred
-        through `defer` are written first, so the chain keeps this process's order."""
-        self.flush()
-        return self.append_many([Pending(event, subject, target, note)])[0]
+        """Add `event` at the head of the chain and return once it is committed: its
+        sequence number and the event as stored (time taken under the lock, pseudonyms
+        filled in). Raises `StoreUnavailable` if it cannot be committed."""
+        return self.commit([Pending(event, subject, target, note)])[0]
 
-    def append_many(self, items: Sequence[Pending]) -> list[tuple[int, AuditEvent]]:
-        """Append several events in one transaction (one lock, one head read and write)."""
-        self.key()  # read outside the lock
-        written = []
-        with self.store.locked("audit", fast_commit=True) as conn:
-            seq, prev = _point(_meta(conn, "audit_head") or _meta(conn, "audit_anchor"))
-            now = round(time.time(), 6)
-            for item in items:
-                seq += 1
-                event, digest = self._insert(conn, seq, prev, now, item)
-                written.append((seq, event))
-                prev = digest
-            if written:
-                _set_meta(conn, "audit_head", f"{seq}:{prev}")
+    def commit(self, items: Sequence[Pending],
+               timeout: float = COMMIT_TIMEOUT_S) -> list[tuple[int, AuditEvent]]:
+        """Append `items` in one go with whatever other threads of this process append at
+        the same time (group commit); return once committed, else raise `StoreUnavailable`."""
+        written = self.group.commit(items, timeout)
+        if not self._marked:
+            self._mark()
         return written
 
-    def _insert(self, conn: Connection, seq: int, prev: str, now: float,
-                item: Pending) -> tuple[AuditEvent, str]:
-        actor = self.pseudonym_in(conn, item.subject) if item.subject else item.event.actor
-        target_p = self.pseudonym_in(conn, item.target) if item.target else None
-        event = attrs.evolve(item.event, at=now, actor=actor,
-                             target=target_p or item.event.target)
+    def _mark(self) -> None:
+        self._marked = True
+        assert self._marker is not None
+        try:
+            self._marker.note_events(self.store.store_id())
+        except OSError as exc:  # the config's directory is read-only: say so, go on
+            log.warning("cannot record in the store marker that audit events were written: "
+                        + (exc.strerror or type(exc).__name__), extra={"reason": "marker"})
+
+    def append_many(self, items: Sequence[Pending],
+                    retry: bool = False) -> list[tuple[int, AuditEvent]]:
+        """Append several events in one transaction (one lock, one head read and write).
+
+        `retry`: an earlier attempt with these items may have committed (its outcome was
+        unknown): events whose id the log already holds are returned as stored, not
+        appended again, and the others are appended after the current head. The unique
+        index on `event_id` refuses a second row for one event in any case.
+
+        Written on the driver's connection (`Store.raw_locked`): this runs for every
+        request, and SQLAlchemy's per-statement work was most of its cost.
+        """
+        self.key()  # read outside the lock
+        written: list[tuple[int, AuditEvent]] = []
+        with self.store.raw_locked("audit") as tx:
+            stored: dict[str, tuple[int, AuditEvent]] = {}
+            ids = [i.event.event_id for i in items if i.event.event_id]
+            if retry and ids:
+                names, params = _in_list("e", ids)
+                stored = {r[-1]: (r[0], _stored_event(r))
+                          for r in tx.rows(f"SELECT {_STORED} FROM dihya_audit "
+                                           f"WHERE event_id IN ({names})", params)}
+            new = [i for i in items if i.event.event_id not in stored]
+            keys = {self.subject_key(s): s
+                    for i in new for s in (i.subject, i.target) if s}
+            # the head and the pseudonyms in one query (one round trip on PostgreSQL)
+            names, params = _in_list("k", list(keys))
+            found = tx.rows(_SQL_HEAD + (f" UNION ALL SELECT subject_key, pseudonym FROM "
+                                         f"dihya_subjects WHERE subject_key IN ({names})"
+                                         if keys else ""), params)
+            head = {k: v for k, v in found if k in ("audit_head", "audit_anchor")}
+            known = {k: v for k, v in found if k in keys}
+            missing = [{"subject_key": k, "pseudonym": "p-" + secrets.token_hex(10),
+                        "created_at": time.time()} for k in keys if k not in known]
+            known.update((m["subject_key"], m["pseudonym"]) for m in missing)
+            pseudonyms = {subject: known[k] for k, subject in keys.items()}
+            seq, prev = _point(head.get("audit_head") or head.get("audit_anchor"))
+            now = round(time.time(), 6)
+            rows, payloads = [], []
+            for item in items:
+                if item.event.event_id in stored:
+                    written.append(stored[item.event.event_id])
+                    continue
+                seq += 1
+                event, row, payload = self._row(seq, prev, now, item, pseudonyms)
+                rows.append(row)
+                if payload is not None:
+                    payloads.append(payload)
+                written.append((seq, event))
+                prev = row["hash"]
+            if rows:
+                tx.write(_SQL_SUBJECT, missing)
+                tx.write(_SQL_PAYLOAD, payloads)
+                tx.write(_SQL_ROW, rows)
+                tx.write(_SQL_HEAD_UPSERT, [{"v": f"{seq}:{prev}"}])
+        return written
+
+    @staticmethod
+    def _row(seq: int, prev: str, now: float, item: Pending, pseudonyms: dict[str, str]
+             ) -> tuple[AuditEvent, dict[str, Any], dict[str, Any] | None]:
+        """The event as stored, its audit row (hash included) and its payload row."""
+        actor = pseudonyms[item.subject] if item.subject else item.event.actor
+        target = pseudonyms[item.target] if item.target else item.event.target
+        event = attrs.evolve(item.event, at=now, actor=actor, target=target)
         data = event.to_json()
         row: dict[str, Any] = {k: data.pop(k, None) for k in _COLUMNS}
-        row.update(seq=seq, fields=canonical(data), commitment=None)
+        row.update(seq=seq, event_id=data.pop("event_id", None), commitment=None)
+        row["fields"] = canonical(data)
+        payload = None
         if item.note is not None:
             salt = secrets.token_hex(16)
             row["commitment"] = commitment(salt, item.note)
-            conn.execute(_INSERT_PAYLOAD, {"seq": seq, "actor": actor, "salt": salt,
-                                           "payload": item.note})
-        digest = row_hash(prev, row)
-        conn.execute(_INSERT_ROW, {"prev_hash": prev, "hash": digest, **row})
-        return event, digest
-
-    # -- deferred appends (the server's request path) -----------------------------------
-
-    def start_writer(self, on_written: Callable[[AuditEvent], None]) -> None:
-        """Write `defer`red events from a background thread, in batches."""
-        from dihya.auditqueue import AuditWriter
-
-        if self._writer is None:
-            self._writer = AuditWriter(self, on_written)
-
-    def defer(self, event: AuditEvent, subject: str | None = None, target: str | None = None,
-              note: str | None = None) -> bool:
-        """Queue an event for the writer thread; False (nothing queued) without a writer."""
-        return self._writer is not None and self._writer.submit(
-            Pending(event, subject, target, note))
+            payload = {"seq": seq, "actor": actor, "salt": salt, "payload": item.note}
+        row.update(prev_hash=prev, hash=row_hash(prev, row))
+        return event, row, payload
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every deferred event of this process is in the store."""
-        if self._writer is not None:
-            self._writer.flush(timeout)
+        """Nothing to do: every append returns committed (kept for callers written when
+        a writer thread deferred events)."""
 
     def close(self) -> None:
-        """Write what is queued and stop the writer thread."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
+        """Nothing to do: no writer thread (kept for callers written when a writer thread
+        deferred events)."""
 
     # -- read -------------------------------------------------------------------------
 
     def rows(self, subject: str | None = None) -> Iterator[dict[str, Any]]:
         """Every event (about `subject`, if given: as actor or target), oldest first, with
         its note when the payload still exists."""
-        self.flush()
         query = (sa.select(audit_table, audit_payload_table.c.payload)
                  .outerjoin(audit_payload_table,
                             audit_payload_table.c.seq == audit_table.c.seq)
@@ -228,7 +310,8 @@ class AuditLog:
                 query = query.where(sa.or_(audit_table.c.actor == pseudonym,
                                            audit_table.c.target == pseudonym))
             for r in conn.execute(query):
-                out: dict[str, Any] = {"seq": r.seq, **{k: getattr(r, k) for k in _COLUMNS}}
+                out: dict[str, Any] = {"seq": r.seq, **{k: getattr(r, k) for k in _COLUMNS},
+                                       "event_id": r.event_id}
                 out.update(json.loads(r.fields))
                 if r.payload is not None:
                     out["note"] = r.payload
@@ -240,7 +323,6 @@ class AuditLog:
         """Erase a subject: their pseudonym mapping, their notes and salts, their tokens,
         and who/why on the switches they set. Their events stay, now unlinkable."""
         counts = {"events": 0, "notes": 0, "tokens": 0, "switches": 0}
-        self.flush()
         with self.store.locked("audit") as conn:
             pseudonym = self.pseudonym_in(conn, subject, create=False)
             counts["tokens"] = conn.execute(tokens_table.delete().where(
@@ -262,7 +344,6 @@ class AuditLog:
     def purge_older_than(self, days: float) -> int:
         """Remove every event older than `days` (a prefix of the chain; the anchor moves to
         the last removed row) and the pseudonyms no remaining event uses. Returns the count."""
-        self.flush()  # first: what this process queued is older than the cutoff
         cutoff = time.time() - days * 86400
         with self.store.locked("audit") as conn:
             last = conn.execute(sa.select(audit_table.c.seq, audit_table.c.hash)
@@ -311,9 +392,20 @@ class AuditLog:
 
     # -- verify -----------------------------------------------------------------------
 
+    def hash_at(self, seq: int) -> str | None:
+        """The hash of row `seq` (or of the anchor, if retention removed up to it); None
+        if the row is gone."""
+        with self.store.begin() as conn:
+            found: str | None = conn.execute(sa.select(audit_table.c.hash).where(
+                audit_table.c.seq == seq)).scalar_one_or_none()
+            if found is None:
+                anchor_seq, anchor_hash = _point(_meta(conn, "audit_anchor"))
+                if anchor_seq == seq and seq:
+                    found = anchor_hash
+        return found
+
     def verify(self) -> VerifyResult:
         """Walk the whole chain; the first row that does not verify, and why."""
-        self.flush()
         with self.store.begin() as conn:
             seq, prev = _point(_meta(conn, "audit_anchor"))
             head = _meta(conn, "audit_head")
@@ -332,7 +424,8 @@ class AuditLog:
                 if r.prev_hash != prev:
                     return VerifyResult(False, count, r.seq, f"row {r.seq}: prev_hash does "
                                         f"not match row {r.seq - 1} (one of them was altered)")
-                row = {k: getattr(r, k) for k in ("seq", *_COLUMNS, "fields", "commitment")}
+                row = {k: getattr(r, k) for k in ("seq", *_COLUMNS, "fields", "commitment",
+                                                  "event_id")}
                 if row_hash(prev, row) != r.hash:
                     return VerifyResult(False, count, r.seq, f"row {r.seq} was altered")
                 if r.payload is not None and (

@@ -1,148 +1,219 @@
-"""Deferred audit appends: a writer thread that batches a server's request-path events.
+"""Group commit of audit events: an answer waits for its own event's commit, and the threads
+of a process that record at the same time share one transaction.
 
-One transaction per event (lock, pseudonym, chain head, insert, head update, commit) cost a
-quarter of the shortest generation on SQLite and two fifths on PostgreSQL. Under
-`dihya serve` the events of the request path (`DEFERRED_TYPES`) are queued instead and
-appended by one thread per process, as many as are waiting in one transaction.
+No request is answered before its audit event is committed (`AuditLog.commit` returns only
+then). So that durability does not cost one transaction per event under concurrency, the
+events of concurrent callers are committed together: the first caller to find no commit
+in progress leads — it takes everything queued (up to `MAX_BATCH`) and appends it in one
+transaction — while the others wait for the batch that holds their events. A caller alone
+commits its own event at once, in its own thread: no hand-off to another thread, no
+lingering for company.
 
-What this trades, and how little: an event reaches the store a few milliseconds after the
-request that caused it (every read of the log in this process — export, purge, verify —
-flushes the queue first; another process may miss the last milliseconds of this one). A
-graceful stop (SIGTERM, SIGINT, `close()`, interpreter exit) writes what is queued; a
-process killed with SIGKILL loses at most what was queued, and the JSON log line of an
-event is written only once the event is in the store, so the two never disagree. When the
-store is down the writer keeps the events and retries every second; when the queue is
-full (`MAX_QUEUE`), `record` waits for room instead of dropping anything. Events outside
-`DEFERRED_TYPES` (administration, switches, quarantine, sandbox violations) are written
-synchronously, after the queue, so the chain keeps each process's order.
+Retries never duplicate. A batch whose transaction failed in a way that may be transient
+(a lost connection, a refused one, a timeout, a busy lock) is retried with backoff, until
+the callers' deadline (`COMMIT_TIMEOUT_S`) when the commit's outcome is unknown, for a
+second otherwise; every retry first looks up the batch's event
+ids (`AuditLog.append_many(retry=True)`): events that an earlier attempt did commit — its
+COMMIT acknowledgement was lost — are not appended again, and the unique index on
+`event_id` refuses any that would be. A batch that fails for good (read-only store, full
+disk, deleted file) fails at once. Either way each waiting caller gets `StoreUnavailable`
+naming the cause, and the web layer answers 503 with `Retry-After`. The outcome of an
+attempt can be unknown (the connection died during COMMIT): when that attempt was the last
+one, the caller answers 503 although its event may be stored — the log may hold an event
+for a request that failed, never lack one for a request that succeeded.
 """
 
 from __future__ import annotations
 
-import atexit
 import collections
-import logging
 import threading
 import time
-import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from dihya.storefault import StoreFault, StoreUnavailable
 
 if TYPE_CHECKING:
     from dihya.audit import AuditEvent
-    from dihya.auditlog import AuditLog, Pending
+    from dihya.auditlog import Pending
 
-log = logging.getLogger("dihya.audit.writer")
-
-# request-path and registry-observation events; everything else is written synchronously
-DEFERRED_TYPES: Final = frozenset({
-    "generation", "plugin.action", "auth.failed", "acl.denied",
-    "plugin.discovered", "plugin.refused", "plugin.failed", "registry.reloaded",
-})
+COMMIT_TIMEOUT_S: Final = 5.0  # how long a caller may wait for its commit, retries included
 MAX_BATCH: Final = 500
-LINGER_S: Final = 0.02  # how long the first event of a batch waits for company
-MAX_QUEUE: Final = 10_000
-RETRY_S: Final = 1.0
-CLOSE_RETRIES: Final = 10
+MAX_PENDING: Final = 10_000  # events waiting beyond this: refused at once (503), not queued
+STUCK_S: Final = 5.0  # a commit running this long makes /readyz fail
+RECENT_FAILURE_S: Final = 10.0  # a failed commit not followed by a success fails /readyz
+FIRST_BACKOFF_S: Final = 0.05
+MAX_BACKOFF_S: Final = 1.0
+# a connection lost or timed out mid-commit is retried until the deadline (the commit may
+# have happened: the retry finds out); a refused connection or a busy store only this long,
+# so that a client of a server that is down gets its 503 quickly
+SHORT_RETRY_S: Final = 1.0
+
+Written = list[tuple[int, "AuditEvent"]]
+WriteBatch = Callable[[list["Pending"], bool], Written]
 
 
-class AuditWriter:
-    """The queue and the thread of one `AuditLog`."""
+class _Ticket:
+    __slots__ = ("deadline", "done", "error", "item", "result", "taken")
 
-    def __init__(self, audit_log: AuditLog, on_written: Callable[[AuditEvent], None]) -> None:
-        self._log = audit_log
-        self._on_written = on_written
-        self._queue: collections.deque[Pending] = collections.deque()
+    def __init__(self, item: Pending, deadline: float) -> None:
+        self.item = item
+        self.deadline = deadline
+        self.taken = False  # in a batch being written
+        self.done = False
+        self.result: tuple[int, AuditEvent] | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """The queue and the commit leadership of one `AuditLog` (one per process)."""
+
+    def __init__(self, write: WriteBatch) -> None:
+        self._write = write
         self._cond = threading.Condition()
-        self._busy = 0  # events taken from the queue and not yet committed
-        self._flushing = 0  # callers waiting in `flush`: no lingering meanwhile
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="dihya-audit-writer",
-                                        daemon=True)
-        self._thread.start()
-        atexit.register(_close_at_exit, weakref.ref(self))
+        self._queue: collections.deque[_Ticket] = collections.deque()
+        self._leading = False
+        self._batch_started: float | None = None
+        self._batch_size = 0
+        self._last_success: float | None = None
+        self._last_failure: float | None = None
+        self._last_fault: StoreFault | None = None
+        self.transactions = 0  # committed batches, for tests and benchmarks
 
-    def submit(self, item: Pending) -> bool:
-        """Queue `item`; False once the writer is closed or gone (the caller writes it
-        itself)."""
-        with self._cond:
-            while len(self._queue) >= MAX_QUEUE and not self._closed:
-                self._cond.wait(0.1)  # back-pressure: never drop an event
-            if self._closed or not self._thread.is_alive():
-                return False
-            self._queue.append(item)
-            self._cond.notify_all()
-        return True
-
-    def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until everything queued so far is committed; False on timeout."""
+    def commit(self, items: Sequence[Pending],
+               timeout: float = COMMIT_TIMEOUT_S) -> Written:
+        """Append `items` (in order) and return once they are committed: their sequence
+        numbers and the events as stored. Raises `StoreUnavailable` if they cannot be."""
         deadline = time.monotonic() + timeout
+        tickets = [_Ticket(item, deadline) for item in items]
         with self._cond:
-            self._flushing += 1
-            self._cond.notify_all()
-            try:
-                while self._queue or self._busy:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._thread.is_alive():
-                        return False
-                    self._cond.wait(min(left, 0.5))
-            finally:
-                self._flushing -= 1
-        return True
+            if len(self._queue) + len(tickets) > MAX_PENDING:
+                raise StoreUnavailable(StoreFault.AUDIT_BACKLOG)
+            self._queue.extend(tickets)
+        while True:
+            batch = self._wait_or_lead(tickets, deadline)
+            if batch is None:
+                return self._outcome(tickets)
+            self._lead(batch)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued, then stop the thread."""
+    def _wait_or_lead(self, tickets: list[_Ticket], deadline: float) -> list[_Ticket] | None:
+        """Under the lock: None once `tickets` are done; else a batch to lead."""
         with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
+            while True:
+                if all(t.done for t in tickets):
+                    return None
+                if not self._leading:
+                    self._leading = True
+                    batch = [self._queue.popleft()
+                             for _ in range(min(MAX_BATCH, len(self._queue)))]
+                    for t in batch:
+                        t.taken = True
+                    self._batch_started, self._batch_size = time.monotonic(), len(batch)
+                    return batch
+                left = deadline - time.monotonic()
+                if left <= 0 and not any(t.taken for t in tickets):
+                    # still queued behind a slow commit: nothing of ours was sent, give up
+                    for t in tickets:
+                        if not t.done:
+                            self._queue.remove(t)
+                            t.done, t.error = True, StoreUnavailable(StoreFault.TIMED_OUT)
+                    return None
+                # in flight: the leader's own retries are bounded, wait for its outcome
+                self._cond.wait(max(0.05, min(left, 0.5)))
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return  # closed and drained
-                if not self._closed and not self._flushing and len(self._queue) < MAX_BATCH:
-                    # let the events of the next requests join this batch
-                    self._cond.wait(LINGER_S)
-                batch = [self._queue.popleft()
-                         for _ in range(min(MAX_BATCH, len(self._queue)))]
-                self._busy = len(batch)
-            self._write(batch)
-            with self._cond:
-                self._busy = 0
-                self._cond.notify_all()
+    def _lead(self, batch: list[_Ticket]) -> None:
+        written: Written | None = None
+        error: BaseException | None = None
+        try:
+            written, error = self._attempts(batch)
+        except BaseException as exc:  # interrupted (SystemExit...): release the waiters
+            error = exc
+            raise
+        finally:
+            self._settle(batch, written, error)
 
-    def _write(self, batch: list[Pending]) -> None:
-        retries_after_close = 0
+    def _attempts(self, batch: list[_Ticket]) -> tuple[Written | None, BaseException | None]:
+        """Write the batch, retrying what may be transient: (written, None) or the error."""
+        deadline = max(t.deadline for t in batch)
+        short = min(deadline, time.monotonic() + SHORT_RETRY_S)
+        backoff = FIRST_BACKOFF_S
+        attempt = 0
+        written: Written | None = None
+        error: BaseException | None = None
         while True:
             try:
-                written = self._log.append_many(batch)
-            except Exception as exc:  # the store is down: keep the events, try again
-                log.error("audit events not written yet, retrying: %s", type(exc).__name__,
-                          extra={"reason": "audit-write-failed", "count": len(batch)})
-                if self._closed:  # stopping: retry for a while, not for ever
-                    retries_after_close += 1
-                    if retries_after_close > CLOSE_RETRIES:
-                        log.error("audit events lost: the store stayed unreachable while "
-                                  "stopping", extra={"reason": "audit-write-failed",
-                                                     "count": len(batch)})
-                        return
-                time.sleep(RETRY_S)
-                continue
-            for _seq, event in written:
-                try:
-                    self._on_written(event)
-                except Exception:  # a broken log handler must not stop the writer
-                    log.exception("cannot log an audit event written to the store")
-            return
+                written = self._write([t.item for t in batch], attempt > 0)
+                error = None
+                break
+            except StoreUnavailable as exc:
+                error, retry = exc, exc.fault.transient
+                if exc.fault not in (StoreFault.CONNECTION_LOST, StoreFault.TIMED_OUT):
+                    retry = retry and time.monotonic() + backoff <= short
+            except Exception as exc:
+                # a duplicate event id (an earlier attempt did commit) is settled by the
+                # retry's look-up; anything else is a bug, not worth retrying
+                error, retry = exc, type(exc).__name__ == "IntegrityError" and attempt > 0
+            attempt += 1
+            if not retry or time.monotonic() + backoff > deadline:
+                break
+            time.sleep(backoff)
+            backoff = min(2 * backoff, MAX_BACKOFF_S)
+        return written, error
 
+    def _settle(self, batch: list[_Ticket], written: Written | None,
+                error: BaseException | None) -> None:
+        """Hand each waiter its outcome and give the lead up."""
+        with self._cond:
+            now = time.monotonic()
+            for i, t in enumerate(batch):
+                t.done = True
+                if written is not None:
+                    t.result = written[i]
+                else:
+                    t.error = error
+            if written is not None:
+                self._last_success = now
+                self.transactions += 1
+            else:
+                self._last_failure = now
+                self._last_fault = (error.fault if isinstance(error, StoreUnavailable)
+                                    else StoreFault.ERROR)
+            self._leading = False
+            self._batch_started, self._batch_size = None, 0
+            self._cond.notify_all()
 
-def _close_at_exit(ref: weakref.ref[AuditWriter]) -> None:
-    writer = ref()
-    if writer is not None:
-        writer.close()
+    @staticmethod
+    def _outcome(tickets: list[_Ticket]) -> Written:
+        for t in tickets:
+            if t.error is not None:
+                if isinstance(t.error, StoreUnavailable):
+                    raise StoreUnavailable(t.error.fault) from t.error
+                raise RuntimeError("the audit events could not be written") from t.error
+        return [t.result for t in tickets if t.result is not None]
+
+    def status(self, written_at: float | None = None) -> dict[str, Any]:
+        """What `/readyz` reports: events waiting, the commit in progress and its age,
+        and the problem (stuck, backed up, failing) if there is one. A failed commit
+        counts until a later commit, or a later write to the store (`written_at`, a
+        `time.monotonic()`: the readiness probe's), succeeded."""
+        with self._cond:
+            now = time.monotonic()
+            running = now - self._batch_started if self._batch_started is not None else 0.0
+            pending, in_flight = len(self._queue), self._batch_size
+            since = max(self._last_success or 0.0, written_at or 0.0)
+            failing = (self._last_failure is not None
+                       and now - self._last_failure < RECENT_FAILURE_S
+                       and since < self._last_failure)
+            fault = self._last_fault
+        problem: dict[str, str] | None = None
+        if running > STUCK_S:
+            problem = {"reason": "audit-writer-stuck",
+                       "message": f"an audit commit has been running for {running:.0f} s"}
+        elif pending > MAX_PENDING // 2:
+            problem = {"reason": StoreFault.AUDIT_BACKLOG.value,
+                       "message": f"{pending} audit events wait for a commit"}
+        elif failing and fault is not None:
+            problem = {"reason": fault.value,
+                       "message": f"the last audit commit failed: {fault.describe()}"}
+        return {"ok": problem is None, "pending": pending, "in_flight": in_flight,
+                "in_flight_s": round(running, 3), "problem": problem}

@@ -58,6 +58,7 @@ from dihya.gate.discovery import DiscoveredPlugin, discover
 from dihya.gate.fingerprint import FingerprintError, fingerprint_wheel
 from dihya.gate.startup import PthFile, known_entry, pth_json, scan_pth, site_directories
 from dihya.registry import RegistrySnapshot, build_registry
+from dihya.storemarker import StoreMarker
 
 if TYPE_CHECKING:
     from dihya.gate.fingerprint import InstalledFiles
@@ -109,26 +110,82 @@ class State:
         return snapshot
 
     def store(self, config: Config | None = None, create: bool = False) -> Store | None:
-        """The state store, if it exists (or `create`); None for a config-only setup."""
+        """The state store; None where there is none yet and `create` is not asked.
+
+        Created only with `create`, and only beside a config that exists. A store missing
+        where the store marker says one was, or a different store in its place, is an
+        error (exit 1) saying what to do — never a new, empty store.
+        """
         config = config or self.config()
         url = config.effective_store_url
-        if not create and url.startswith("sqlite:///") and not Path(url[10:]).exists():
-            return None
-        from dihya.store import Store, StoreError  # SQLAlchemy: only when there is a store
+        marker = self.marker(config)
+        file = _sqlite_file(config)
+        if file is not None and not file.exists():
+            if marker.expected:
+                raise CheckFailed(_missing_store(file, marker))
+            if not create:
+                return None
+            if not config.exists:
+                raise CheckFailed(f"no config file at {self.config_path}, so no state store "
+                                  "is created: the store lives beside the config (or at its "
+                                  "[store] url). Pass --config or set DIHYA_CONFIG, or write "
+                                  "the config first (`dihya plugins approve NAME` writes "
+                                  "one)")
+        from dihya.store import Store, StoreError, StoreMissing, StoreUnavailable
 
         try:
-            store = Store(url)
+            store = Store(url, create=create and not marker.expected,
+                          synchronous=config.store_synchronous)
             store.ensure_schema()
+            problem = marker.mismatch(store.store_id()) if marker.expected else None
+        except StoreMissing as exc:
+            if marker.expected:
+                raise CheckFailed(f"{exc}; but {marker.describe()}: restore the store from "
+                                  "a backup, or, to start an empty one on purpose, delete "
+                                  f"{marker.path}") from exc
+            return None
+        except StoreUnavailable as exc:
+            raise CheckFailed(str(exc)) from exc
         except StoreError as exc:
             raise Usage(str(exc)) from exc
+        if problem is not None:
+            raise CheckFailed(problem)
+        if store.created_now:
+            try:
+                marker.note_created(store.store_id())
+            except OSError as exc:
+                click.echo(f"warning: cannot write the store marker {marker.path} "
+                           f"({exc.strerror}): a deleted store will not be noticed", err=True)
         return store
+
+    def marker(self, config: Config | None = None) -> StoreMarker:
+        config = config or self.config()
+        return StoreMarker.for_config(self.config_path, config.effective_store_url)
 
     def auditor(self) -> Auditor:
         """The audit door, writing to the store (created if needed)."""
         if self._auditor is None:
             config = self.config()
-            self._auditor = Auditor(config.audit_key, store=self.store(config, create=True))
+            self._auditor = Auditor(config.audit_key, store=self.store(config, create=True),
+                                    marker=self.marker(config))
         return self._auditor
+
+    def existing_auditor(self) -> Auditor | None:
+        """The audit door of the store if it exists; None (and nothing created) if not."""
+        if self._auditor is None:
+            config = self.config()
+            store = self.store(config)
+            if store is None:
+                return None
+            self._auditor = Auditor(config.audit_key, store=store, marker=self.marker(config))
+        return self._auditor
+
+
+def _missing_store(file: Path, marker: StoreMarker) -> str:
+    return (f"the state store {file} is missing, but {marker.describe()}: it was deleted or "
+            "moved. Restore it from a backup (with its -wal file, if there is one) or put it "
+            "back, then retry; to start an empty store on purpose (every token, runtime "
+            f"switch and audit event of the old one is lost), delete {marker.path}")
 
 
 def _user() -> str:
@@ -141,7 +198,20 @@ def _user() -> str:
 pass_state = click.make_pass_decorator(State)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The `dihya` group: a store that fails under a command (read-only, full, deleted,
+    unreachable) ends it with exit 1 and the cause in words, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from dihya.storefault import StoreUnavailable
+
+        try:
+            return super().invoke(ctx)
+        except StoreUnavailable as exc:
+            raise CheckFailed(str(exc)) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Backend config (TOML). Default: $DIHYA_CONFIG, else ./dihya.toml.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the core does to stderr.")
@@ -729,14 +799,21 @@ def _output_failed(exc: OutputError) -> click.ClickException:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="gunicorn worker processes.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Requests each worker answers at once (more than 1: gunicorn's gthread "
+                   "worker); concurrent requests of a worker share their audit commits.")
 @pass_state
-def serve(state: State, host: str, port: int, workers: int) -> None:
-    """Serve the HTTP API under gunicorn until interrupted."""
+def serve(state: State, host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the HTTP API under gunicorn until interrupted.
+
+    Creates the state store if there is none (and the store marker does not say one was
+    there: then exit 1); the workers themselves never create it.
+    """
     state.config()  # fail fast, with exit 2, on a malformed config
     state.store(create=True)
     from dihya.web.serve import serve as run_server
 
-    run_server(str(state.config_path), host, port, workers)
+    run_server(str(state.config_path), host, port, workers, threads=threads)
 
 
 @main.group()

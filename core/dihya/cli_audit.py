@@ -1,11 +1,17 @@
 """`dihya audit`: export, purge and verify the audit log (GDPR access and erasure).
 
-Exit codes as everywhere: 0 ok, 1 the chain does not verify, 2 usage.
+None of them creates a store: where there is none (and the store marker expects none),
+export prints nothing, purge erases nothing and verify says there is nothing to verify. A
+store missing where the marker says one was is exit 1 (`State.store`).
+
+Exit codes as everywhere: 0 ok, 1 the chain does not verify (or the store is missing,
+replaced or emptied), 2 usage.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -15,10 +21,12 @@ from dihya.cli import CheckFailed, State, Usage, _user
 pass_state = click.make_pass_decorator(State)
 
 
-def _auditor(state: State) -> Auditor:
-    auditor = state.auditor()
-    if auditor.log is None:  # pragma: no cover - State.auditor always has a store
-        raise Usage("no state store is configured")
+def _auditor(state: State) -> Auditor | None:
+    """The store's audit door; None (with a note) when there is no store yet."""
+    auditor = state.existing_auditor()
+    if auditor is None:
+        click.echo(f"note: no state store yet ({state.config().effective_store_url}): no "
+                   "audit event was written", err=True)
     return auditor
 
 
@@ -33,9 +41,13 @@ def audit() -> None:
 @pass_state
 def export_cmd(state: State, subject: str | None, fmt: str) -> None:
     """Print every event (about SUBJECT) as JSON or CSV; the export is itself audited."""
-    from dihya.gdpr import export
+    from dihya.gdpr import export, render
 
-    click.echo(export(_auditor(state), subject, fmt, actor=_user()), nl=False)
+    auditor = _auditor(state)
+    if auditor is None:
+        click.echo(render([], fmt), nl=False)
+        return
+    click.echo(export(auditor, subject, fmt, actor=_user()), nl=False)
 
 
 @audit.command("purge")
@@ -50,6 +62,9 @@ def purge_cmd(state: State, subject: str | None, days: float | None) -> None:
     if (subject is None) == (days is None):
         raise Usage("give exactly one of --subject ID or --older-than DAYS")
     auditor = _auditor(state)
+    if auditor is None:
+        click.echo("nothing to erase: there is no state store")
+        return
     if subject is not None:
         counts = purge_subject(auditor, subject, actor=_user())
         click.echo(f"erased the subject: {counts['events']} events unlinked, "
@@ -68,15 +83,65 @@ def purge_cmd(state: State, subject: str | None, days: float | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @pass_state
 def verify_cmd(state: State, as_json: bool) -> None:
-    """Check the whole hash chain; exit 1 naming the first bad row."""
-    log = _auditor(state).log
+    """Check the whole hash chain; exit 1 naming the first bad row.
+
+    Also exit 1 when the store marker says events were written but the store has none,
+    when the chain no longer reaches the head a previous verify saw (rows removed from the
+    end), and when the store is missing or not the one the marker recorded.
+    """
+    auditor = _auditor(state)
+    if auditor is None:
+        _print_verify(as_json, {"ok": True, "rows": 0, "first_bad": None, "problem": None,
+                                "head": None}, "ok: no state store yet: nothing to verify")
+        return
+    log = auditor.log
     assert log is not None
     result = log.verify()
+    marker = state.marker()
+    store_id = log.store.store_id()
+    problem = result.problem
+    if result.ok:
+        problem = _marker_problem(marker.read(), result.head, log.hash_at, marker.describe)
+    ok = result.ok and problem is None
+    _print_verify(as_json, {"ok": ok, "rows": result.rows, "first_bad": result.first_bad,
+                            "problem": problem, "head": result.head},
+                  f"ok: {result.rows} rows verified; head {result.head}")
+    if not ok:
+        raise CheckFailed(f"the audit log does not verify: {problem}")
+    try:
+        marker.note_verified(store_id, result.head if result.rows or marker.expected
+                             else None)
+    except OSError as exc:
+        click.echo(f"warning: cannot record the verified head in {marker.path} "
+                   f"({exc.strerror})", err=True)
+
+
+def _print_verify(as_json: bool, data: dict[str, Any], ok_line: str) -> None:
     if as_json:
-        click.echo(json.dumps({"ok": result.ok, "rows": result.rows,
-                               "first_bad": result.first_bad, "problem": result.problem,
-                               "head": result.head}))
-    elif result.ok:
-        click.echo(f"ok: {result.rows} rows verified; head {result.head}")
-    if not result.ok:
-        raise CheckFailed(f"the audit log does not verify: {result.problem}")
+        click.echo(json.dumps(data))
+    elif data["ok"]:
+        click.echo(ok_line)
+
+
+def _marker_problem(record: dict[str, Any] | None, head: str | None,
+                    hash_at: Any, describe: Any) -> str | None:
+    """What the store marker knows that the chain contradicts: events written but none
+    left, or a head verified before that the chain no longer reaches."""
+    if record is None or head is None:
+        return None
+    seq = int(head.partition(":")[0])
+    if record.get("events") and seq == 0:
+        return (f"the store holds no audit event, but {describe()}: its events were deleted "
+                "or the store was emptied")
+    verified = record.get("verified_head")
+    if isinstance(verified, str) and ":" in verified:
+        old_seq_text, _, old_hash = verified.partition(":")
+        old_seq = int(old_seq_text)
+        if old_seq > seq:
+            return (f"the chain ends at row {seq}, but a previous verify saw it reach row "
+                    f"{old_seq} ({verified}): rows were removed from its end")
+        found = hash_at(old_seq)
+        if found is not None and found != old_hash:
+            return (f"row {old_seq} is not the row a previous verify saw ({verified}): the "
+                    "chain was rewritten from there on")
+    return None

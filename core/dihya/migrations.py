@@ -11,6 +11,9 @@ Version 2: the audit log (dihya_audit, dihya_audit_payload) and pseudonyms
 (dihya_subjects), and a per-store audit key in dihya_meta.
 Version 3: the operator console's sessions (dihya_console_sessions) and the file lists of
 approved plugins (dihya_file_lists).
+Version 4: `dihya_audit.event_id` with a unique index (a retried batch cannot store an
+event twice), a random `store_id` in dihya_meta (tells a store from its replacement) and
+the `heartbeat` row `/readyz` rewrites to probe a write.
 """
 
 from __future__ import annotations
@@ -47,7 +50,28 @@ def _v3_console(conn: Connection) -> None:
                            checkfirst=True)
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console)
+def _v4_event_ids(conn: Connection) -> None:
+    # A store created at version 4 got the column and its index from `_v2_audit` (which
+    # creates the tables as they are now): add them only where they are missing.
+    inspector = sa.inspect(conn)
+    columns = {c["name"] for c in inspector.get_columns(st.audit_table.name)}
+    if "event_id" not in columns:
+        conn.execute(sa.text(f"ALTER TABLE {st.audit_table.name} "
+                             "ADD COLUMN event_id VARCHAR(32)"))
+    indexes = {i["name"] for i in inspector.get_indexes(st.audit_table.name)}
+    if "ux_dihya_audit_event_id" not in indexes:
+        conn.execute(sa.text(f"CREATE UNIQUE INDEX ux_dihya_audit_event_id "
+                             f"ON {st.audit_table.name} (event_id)"))
+    for key, value in (("store_id", secrets.token_hex(16)), ("heartbeat", "0")):
+        exists = conn.execute(sa.select(st.meta_table.c.key).where(
+            st.meta_table.c.key == key)).first()
+        if exists is None:
+            conn.execute(st.meta_table.insert().values(key=key, value=value))
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console,
+                                            _v4_event_ids)
+LATEST: Final = len(MIGRATIONS)
 
 
 def current_version(conn: Connection) -> int:

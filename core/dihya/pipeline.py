@@ -71,15 +71,22 @@ class GenerationResult:
                 "ms": round(self.ms, 3), "file_count": len(self.files)}
 
 
+#: `GenerationFailed.reason` when a required plugin could not run because its sandbox
+#: worker cannot start: the service is unavailable, not the plugin broken (HTTP 503)
+SANDBOX_UNAVAILABLE: Final = "sandbox-start-failed"
+
+
 class GenerationFailed(Exception):
-    """The generation could not complete; nothing is to be written."""
+    """The generation could not complete; nothing is to be written. `reason` is
+    `SANDBOX_UNAVAILABLE` when a required plugin's sandbox worker could not start."""
 
     def __init__(self, stage: str, message: str, plugins: tuple[HookResult, ...],
-                 problems: list[Problem] | None = None) -> None:
+                 problems: list[Problem] | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.stage = stage
         self.plugins = plugins
         self.problems = problems or []
+        self.reason = reason
 
 
 ExecutorFor = Callable[[PluginRecord], HookExecutor]
@@ -96,12 +103,14 @@ HookCall = Callable[[PluginRecord, str, dict[str, Any], Callable[[Any], list[Pro
 
 
 def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: float,
-                on_required_failure: Callable[[str, str, str], None]) -> HookCall:
+                on_required_failure: Callable[[str, str, str], None],
+                unstartable: set[str] | None = None) -> HookCall:
     """The guarded call of one hook of one plugin, as the pipeline makes it.
 
     The executor copies the arguments and calls the hook; the return is checked, the call
     timed and reported in `report`. A failure of a `required` plugin (other than in
     `on_generation_error`) calls `on_required_failure(message, plugin name, status)`.
+    A plugin whose sandbox worker could not start is added to `unstartable`.
     """
 
     def call(record: PluginRecord, hook: str, kwargs: dict[str, Any],
@@ -125,6 +134,8 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
         except Exception as exc:
             status, detail = HOOK_FAILED, f"{type(exc).__name__}: {exc}"[:500]
             violation = isinstance(exc, SandboxViolation)
+            if unstartable is not None and _worker_cannot_start(exc):
+                unstartable.add(record.name)
         ms = (time.perf_counter() - t0) * 1000
         report.append(HookResult(record.name, hook, status, ms, detail, violation=violation))
         if status != OK:
@@ -144,6 +155,12 @@ def generation_context(records: Sequence[PluginRecord], role: str | None = None,
     """The `context` argument of every hook of one generation (no personal data)."""
     return {"hook_api_version": HOOK_API_VERSION, "request_id": request_id, "role": role,
             "plugins": [r.name for r in records]}
+
+
+def _worker_cannot_start(exc: Exception) -> bool:
+    from dihya.sandbox.pool import WorkerStartError
+
+    return isinstance(exc, WorkerStartError) and exc.reason == SANDBOX_UNAVAILABLE
 
 
 def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any],
@@ -207,8 +224,10 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         required = (other.required if other is not None and other.approved_fingerprint
                     else any(e.required for e in snapshot.config.entries_for(name)))
         if required:
+            reason = (SANDBOX_UNAVAILABLE if other is not None
+                      and other.reason == SANDBOX_UNAVAILABLE else None)
             raise GenerationFailed("plugin", f"required plugin {name!r} is {state}",
-                                   tuple(report))
+                                   tuple(report), reason=reason)
     for record in snapshot.active:
         if role is not None and record.roles is not None and role not in record.roles:
             report.append(HookResult(record.name, "*", SKIPPED, 0.0, "acl"))
@@ -216,9 +235,11 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
             runnable.append(record)
 
     context = generation_context(runnable, role, request_id)
+    unstartable: set[str] = set()  # plugins whose sandbox worker could not start
     call = hook_caller(report, executor_for, timeout,
                        lambda message, plugin, status: _fail(message, "plugin", None, plugin,
-                                                             status))
+                                                             status),
+                       unstartable)
 
     def _fail(message: str, stage: str, problems: list[Problem] | None = None,
               plugin: str | None = None, kind: str = "invalid-code") -> None:
@@ -227,7 +248,8 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
             if "on_generation_error" in record.hooks:
                 call(record, "on_generation_error",
                      {"error": error, "needs": needs, "context": context}, None)
-        raise GenerationFailed(stage, message, tuple(report), problems)
+        raise GenerationFailed(stage, message, tuple(report), problems,
+                               SANDBOX_UNAVAILABLE if plugin in unstartable else None)
 
     def accept(value: dict[str, Any]) -> None:
         nonlocal needs  # what `_fail` hands to on_generation_error

@@ -7,6 +7,22 @@ same tokens and switches; the state version counter tells them when to rebuild t
 registry snapshot (on PostgreSQL each bump also sends a NOTIFY, see `dihya.listen`). The
 schema is versioned and upgraded on first use (`dihya.migrations`); `Store.locked()` is the
 one write lock (audit appends, upgrades).
+
+A store is created only when asked (`Store(url, create=True)`): a SQLite file is opened with
+`mode=rw`, so no connection ever creates an empty file where the store was, and an empty
+PostgreSQL schema is not a store. The SQLite file's identity (device, inode) is taken when
+the store is opened and checked before and after every transaction: a file deleted or
+replaced under a running server fails every transaction (`StoreUnavailable`) instead of
+writing to an unlinked inode. Every database error that reaches `begin`/`locked` comes out
+as `StoreUnavailable` naming its cause (`dihya.storefault`).
+
+Durability (`[store] synchronous`, see `SYNCHRONOUS`): "full" (the default) makes every
+commit survive power loss — SQLite in WAL mode with `synchronous=FULL` (the WAL is synced
+at each commit), PostgreSQL with `synchronous_commit = on` for the store's writes (the
+commit waits for the WAL flush); "normal" makes it survive any process crash only — SQLite
+`synchronous=NORMAL` (a power loss may lose the last commits, never corrupt the file),
+PostgreSQL `synchronous_commit = off` (a crash of the database server may lose its last
+fraction of a second of commits).
 """
 
 from __future__ import annotations
@@ -24,7 +40,35 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION: Final = 3
+from dihya.directwrite import RawTransaction, pg_begin
+from dihya.storefault import (
+    StoreError,
+    StoreFault,
+    StoreHealth,
+    StoreMissing,
+    StoreUnavailable,
+    classify,
+    sqlite_file_fault,
+)
+
+__all__ = ["SCHEMA_VERSION", "PluginSwitch", "Store", "StoreError", "StoreFault",
+           "StoreMissing", "StoreUnavailable", "sqlite_url"]
+
+SCHEMA_VERSION: Final = 4
+#: `[store] synchronous` -> (SQLite `PRAGMA synchronous`, PostgreSQL `synchronous_commit`)
+SYNCHRONOUS: Final = {"full": ("FULL", "on"), "normal": ("NORMAL", "off")}
+SQLITE_BUSY_TIMEOUT_S: Final = 10.0
+# PostgreSQL: how long a connection attempt, an unacknowledged write on a silent network
+# and a lock wait may take before the store counts as unavailable
+PG_CONNECT_TIMEOUT_S: Final = 5
+PG_TCP_USER_TIMEOUT_MS: Final = 5000
+PG_LOCK_TIMEOUT: Final = "10s"
+# SQLite faults after which pooled connections are not to be trusted again
+_REOPEN_FAULTS: Final = frozenset({StoreFault.READ_ONLY, StoreFault.IO_ERROR,
+                                   StoreFault.CORRUPT})
+# faults that only a write can clear (a read that works says nothing about them)
+_WRITE_FAULTS: Final = frozenset({StoreFault.READ_ONLY, StoreFault.DISK_FULL,
+                                  StoreFault.IO_ERROR})
 # PostgreSQL: every state version bump notifies this channel, the payload the store's schema
 NOTIFY_CHANNEL: Final = "dihya_state"
 
@@ -78,6 +122,10 @@ audit_table = sa.Table(
     sa.Column("commitment", sa.String(64), nullable=True),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # version 3: a unique id per event, drawn when it is recorded, so that a batch retried
+    # after a lost COMMIT acknowledgement can never store an event twice (NULL before v3)
+    sa.Column("event_id", sa.String(32), nullable=True),
+    sa.Index("ux_dihya_audit_event_id", "event_id", unique=True),
 )
 
 audit_payload_table = sa.Table(
@@ -117,10 +165,6 @@ _READ_STATE_VERSION: Final = (f"SELECT value FROM {meta_table.name} "
                                "WHERE key = 'state_version'")
 
 
-class StoreError(Exception):
-    """The store cannot be reached or has an unknown schema; the message says which."""
-
-
 @attrs.frozen
 class PluginSwitch:
     """A runtime switch recorded by an admin (or the quarantine)."""
@@ -136,43 +180,196 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-class Store:
-    """A handle on the store; cheap to share between threads, one per process."""
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite store URL; None for another database or `:memory:`."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    database = str(parsed.database)
+    return Path(database.removeprefix("file:").split("?", 1)[0])
 
-    def __init__(self, url: str) -> None:
+
+_Identity = tuple[int, int]
+
+
+def _identity(path: Path) -> _Identity | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class Store:
+    """A handle on the store; cheap to share between threads, one per process.
+
+    `create`: make the store (the SQLite file, the schema) if it does not exist; without it
+    a missing store raises `StoreMissing` on first use and nothing is created.
+    `synchronous`: "full" or "normal", see `SYNCHRONOUS`.
+    """
+
+    def __init__(self, url: str, create: bool = False, synchronous: str = "full") -> None:
         self.url = url
-        self.engine: Engine = _make_engine(url)
+        self.create = create
+        self.synchronous = synchronous
+        self.path = sqlite_path(url)
+        self.health = StoreHealth()
+        self._identity: _Identity | None = None
+        if self.path is not None:
+            if create and not self.path.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # token hashes and switches: readable by the backend's user only
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+            self._identity = _identity(self.path)
+        self.engine: Engine = _make_engine(url, self.path, synchronous)
+        self._direct: Engine | None = None  # PostgreSQL: the pool of `raw_locked`
         self._ready = False
         self._version_reader = threading.local()  # a connection per thread, see below
+        self.created_now = False  # this handle created the schema (the store was new)
+        self._store_id: str | None = None
 
     def __repr__(self) -> str:
-        return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
+        return f"Store({self.where})"
+
+    @property
+    def where(self) -> str:
+        """The store's URL without its password."""
+        return repr(self.engine.url.render_as_string(hide_password=True))
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
-    @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        self.ensure_schema()
-        with self.engine.begin() as conn:
-            yield conn
+    # -- the file under a running process -----------------------------------------------
+
+    def check_file(self) -> None:
+        """Raise `StoreUnavailable` if the SQLite file is not the one this store opened: it
+        was deleted (or never existed) or replaced. A stat: cheap enough for every
+        transaction. Nothing to check on PostgreSQL."""
+        if self.path is None:
+            return
+        now = _identity(self.path)
+        if self._identity is None:
+            if now is None:
+                self.health.failed(StoreFault.STORE_MISSING)
+                raise StoreMissing(f"no state store at {self.path}: it is created by `dihya "
+                                   "serve`, `dihya tokens create` or the first approval")
+            # missing when opened, there now: the first file seen is the store (the server
+            # checks it is the one the store marker recorded before it serves from it)
+            self._identity = now
+        if now != self._identity:
+            fault = StoreFault.FILE_DELETED if now is None else StoreFault.FILE_REPLACED
+            self.health.failed(fault)
+            raise StoreUnavailable(fault, str(self.path))
+
+    def fault_of(self, exc: BaseException) -> StoreFault:
+        """The cause of `exc` in this store's terms (asks the OS or the server if need be)."""
+        if isinstance(exc, StoreUnavailable):
+            return exc.fault
+        server = None
+        if self.path is None and self.engine.url.host and not self.engine.url.host.startswith(
+                "/"):
+            server = (self.engine.url.host, self.engine.url.port or 5432)
+        fault = classify(exc, self.path, server)
+        if fault in (StoreFault.ERROR, StoreFault.IO_ERROR) and self.path is not None:
+            fault = sqlite_file_fault(self.path) or fault
+        return fault
 
     @contextmanager
-    def locked(self, name: str = "write", fast_commit: bool = False) -> Iterator[Connection]:
+    def _guard(self, wrote: bool) -> Iterator[None]:
+        """Around a transaction: the file check before and, for a write, after its commit
+        (a file deleted meanwhile took the commit with it); every database error comes out
+        as `StoreUnavailable` with its cause, and the health follows."""
+        self.check_file()
+        dbapi = self.engine.dialect.loaded_dbapi
+        try:
+            yield
+        except StoreUnavailable as exc:
+            self.health.failed(exc.fault)
+            raise
+        except (sa.exc.IntegrityError, sa.exc.DataError):
+            raise  # the data, not the store: the caller decides
+        except dbapi.IntegrityError as exc:  # from `raw_locked`: as SQLAlchemy would say it
+            raise sa.exc.IntegrityError(None, None, exc) from exc
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError, dbapi.Error) as exc:
+            fault = self.fault_of(exc)
+            self.health.failed(fault)
+            if self.is_sqlite and fault in _REOPEN_FAULTS:
+                # a connection SQLite opened read-only (the file was not writable then)
+                # stays read-only: every connection is opened afresh from now on
+                self.engine.dispose()
+            raise StoreUnavailable(fault, self.where) from exc
+        if wrote:
+            self.check_file()
+        if self.health.fault is not None and (wrote or self.health.fault not in _WRITE_FAULTS):
+            self.health.succeeded()
+
+    # -- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self._guard(wrote=False):
+            self.ensure_schema()
+            with self.engine.begin() as conn:
+                yield conn
+
+    @contextmanager
+    def locked(self, name: str = "write") -> Iterator[Connection]:
         """A transaction holding the store's write lock `name` until it ends.
 
         SQLite: `BEGIN IMMEDIATE` (one writer at a time, readers go on in WAL mode).
-        PostgreSQL: a transaction-scoped advisory lock keyed by the schema and `name`;
-        `fast_commit` does not wait for the WAL flush (`synchronous_commit = off`): a
-        server crash may lose the last fraction of a second of such commits, never
-        corrupt or reorder them (SQLite's `synchronous=NORMAL` makes the same trade).
+        PostgreSQL: a transaction-scoped advisory lock keyed by the schema and `name`, with
+        `synchronous_commit` set as `[store] synchronous` says (see the module docstring)
+        and a lock timeout, so a stuck holder makes this fail instead of hang.
         """
-        self.ensure_schema()
-        with self._locked_raw(name) as conn:
-            if fast_commit and not self.is_sqlite:
-                conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
-            yield conn
+        with self._guard(wrote=True):
+            self.ensure_schema()
+            with self._locked_raw(name) as conn:
+                yield conn
+
+    @contextmanager
+    def raw_locked(self, name: str) -> Iterator[RawTransaction]:
+        """`locked`, with statements run on the driver's own connection (`dihya.directwrite`):
+        for the one write on every request's path, the audit append. Same lock, same
+        settings, same errors as `locked`."""
+        with self._guard(wrote=True):
+            self.ensure_schema()
+            fairy = (self.engine if self.is_sqlite else self._direct_engine()).raw_connection()
+            cursor = fairy.cursor()
+            begin = None if self.is_sqlite else pg_begin(
+                f":dihya-{name}", SYNCHRONOUS[self.synchronous][1], PG_LOCK_TIMEOUT)
+            tx = RawTransaction(cursor, self.is_sqlite, begin)
+            try:
+                if self.is_sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                yield tx
+                tx.commit()
+            except BaseException:
+                try:
+                    tx.rollback()
+                except Exception:
+                    fairy.invalidate()  # the connection is gone: the pool drops it
+                raise
+            finally:
+                cursor.close()
+                fairy.close()
+
+    def _direct_engine(self) -> Engine:
+        """PostgreSQL connections for `raw_locked`: autocommit (it begins the transaction
+        itself, with the lock, in one round trip) and no liveness ping (a dead one fails
+        the attempt, which is retried)."""
+        if self._direct is None:
+            self._direct = sa.create_engine(
+                self.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8,
+                pool_timeout=10, connect_args=_pg_connect_args(self.url))
+        return self._direct
+
+    def dispose(self) -> None:
+        """Close every pooled connection (tests, benchmarks, a process about to fork)."""
+        self.engine.dispose()
+        if self._direct is not None:
+            self._direct.dispose()
 
     @contextmanager
     def _locked_raw(self, name: str) -> Iterator[Connection]:
@@ -180,38 +377,72 @@ class Store:
             conn.execution_options(dihya_immediate=True)
             with conn.begin():
                 if not self.is_sqlite:
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock("
-                                         "hashtext(current_schema() || :name))"),
-                                 {"name": f":dihya-{name}"})
+                    # one round trip: the settings, then the lock (evaluated in this order)
+                    conn.execute(_PG_LOCK, {"name": f":dihya-{name}",
+                                            "sync": SYNCHRONOUS[self.synchronous][1],
+                                            "lock_timeout": PG_LOCK_TIMEOUT})
                 yield conn
 
     def ensure_schema(self) -> None:
-        """Create or upgrade the schema, once per process; safe with concurrent starters."""
+        """Create or upgrade the schema, once per process; safe with concurrent starters.
+        A store that does not exist (an empty database) is created only with `create`."""
         if self._ready:
             return
-        from dihya.migrations import upgrade
+        from dihya.migrations import LATEST, current_version, upgrade
 
+        self.check_file()
         try:
-            with self._locked_raw("schema") as conn:
-                upgrade(conn)
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"cannot open the state store {self!r}: {exc.__class__.__name__}: "
-                             f"{exc.orig if hasattr(exc, 'orig') else exc}") from exc
+            with self.engine.connect() as conn:
+                version = current_version(conn)
+            if version == 0 and not self.create:
+                raise StoreMissing(f"{self.where} holds no dihya state store (no tables): "
+                                   "it is created by `dihya serve`, `dihya tokens create` or "
+                                   "the first approval")
+            if version != LATEST:  # the write lock only when there is something to do
+                with self._locked_raw("schema") as conn:
+                    before, _after = upgrade(conn)
+                self.created_now = before == 0
+        except StoreError:
+            raise
+        except (sa.exc.DBAPIError, OSError) as exc:
+            fault = self.fault_of(exc)
+            self.health.failed(fault)
+            raise StoreUnavailable(fault, self.where) from exc
         self._ready = True
 
     def schema_version(self) -> int:
         from dihya.migrations import current_version
 
-        with self.engine.connect() as conn:
+        with self._guard(wrote=False), self.engine.connect() as conn:
             return current_version(conn)
 
     def ping(self) -> bool:
         try:
             with self.begin() as conn:
                 conn.execute(sa.text("SELECT 1"))
-        except (StoreError, sa.exc.SQLAlchemyError):
+        except StoreError:
             return False
         return True
+
+    def probe_write(self) -> None:
+        """Commit a small write, as an audit append would, or raise `StoreUnavailable`
+        naming why not. The write rewrites one row (`heartbeat` in dihya_meta) in place:
+        probing does not grow the store."""
+        with self.locked("heartbeat") as conn:
+            values = {"k": "heartbeat", "v": repr(time.time())}
+            if conn.execute(_UPDATE_META, values).rowcount == 0:
+                conn.execute(_INSERT_META, values)
+
+    def store_id(self) -> str:
+        """The random id this store was given when created (or upgraded to version 3):
+        tells a store from a replacement at the same place."""
+        if self._store_id is None:
+            with self.begin() as conn:
+                value = conn.execute(_GET_META, {"k": "store_id"}).scalar_one_or_none()
+            if value is None:  # pragma: no cover - migration 3 always writes one
+                raise StoreError(f"{self.where} has no store id; upgrade its schema")
+            self._store_id = str(value)
+        return self._store_id
 
     # -- state version ------------------------------------------------------------------
 
@@ -226,9 +457,14 @@ class Store:
         as cheaply as the store allows: one autocommit statement on a connection this
         thread keeps, no pool checkout, no liveness ping, no transaction around it (a
         single SELECT sees every commit made before it, on SQLite's WAL and PostgreSQL
-        alike). A connection that fails is dropped and the read tried once more on a new
-        one (a server that closed an idle connection); a second failure raises StoreError."""
-        self.ensure_schema()
+        alike); the file check and fault classification of every transaction still apply.
+        A connection that fails is dropped and the read tried once more on a new one (a
+        server that closed an idle connection); a second failure is StoreUnavailable."""
+        with self._guard(wrote=False):
+            self.ensure_schema()
+            return self._read_version()
+
+    def _read_version(self) -> int:
         for attempt in (1, 2):
             conn = getattr(self._version_reader, "conn", None)
             try:
@@ -244,14 +480,13 @@ class Store:
                 finally:
                     cursor.close()
                 return int(row[0]) if row is not None else 0
-            except Exception as exc:
+            except Exception:
                 self._version_reader.conn = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.invalidate()
                 if attempt == 2:
-                    raise StoreError(f"cannot read the state version from {self!r}: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                    raise
         raise AssertionError("unreachable")
 
     def _bump(self, conn: Connection) -> None:
@@ -303,15 +538,24 @@ class Store:
         return True
 
 
-def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        path = sa.engine.make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            # token hashes and switches: readable by the backend's user only
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-            os.close(fd)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+_PG_LOCK = sa.text("SELECT set_config('synchronous_commit', :sync, true), "
+                   "set_config('lock_timeout', :lock_timeout, true), "
+                   "pg_advisory_xact_lock(hashtext(current_schema() || :name))")
+
+_GET_META = sa.select(meta_table.c.value).where(meta_table.c.key == sa.bindparam("k"))
+_UPDATE_META = meta_table.update().where(meta_table.c.key == sa.bindparam("k")).values(
+    value=sa.bindparam("v"))
+_INSERT_META = meta_table.insert().values(key=sa.bindparam("k"), value=sa.bindparam("v"))
+
+
+def _make_engine(url: str, path: Path | None, synchronous: str) -> Engine:
+    if path is not None:
+        # `mode=rw`: a connection never creates the file (a deleted store stays missing
+        # instead of coming back empty); `Store(create=True)` made it beforehand
+        engine = sa.create_engine(f"sqlite:///file:{path}?mode=rw&uri=true",
+                                  connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S,
+                                                "check_same_thread": False})
+        sqlite_sync = SYNCHRONOUS[synchronous][0]
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -320,7 +564,7 @@ def _make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA synchronous={sqlite_sync}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA secure_delete=ON")  # erased rows leave zeroes, not bytes
             cur.close()
@@ -331,4 +575,18 @@ def _make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url, pool_pre_ping=True, pool_timeout=10,
+                            connect_args=_pg_connect_args(url))
+
+
+def _pg_connect_args(url: str) -> dict[str, Any]:
+    """PostgreSQL: bounded waits on a dead server or a silent network (libpq's own
+    settings; the URL's query wins where it sets them)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    defaults = {"connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS,
+                "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
+                "keepalives_count": 3}
+    return {k: v for k, v in defaults.items() if k not in parsed.query}

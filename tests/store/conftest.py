@@ -40,7 +40,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def store(store_url: str) -> Iterator[Store]:
-    s = Store(store_url)
+    s = Store(store_url, create=True)
     s.ensure_schema()
     yield s
     s.engine.dispose()

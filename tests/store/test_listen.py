@@ -40,7 +40,7 @@ def test_a_store_in_another_schema_does_not_wake_the_listener(store: Store) -> N
     assert listener is not None
     try:
         with fresh_schema_url() as other_url:
-            other = Store(other_url)
+            other = Store(other_url, create=True)
             other.bump_state_version()
             assert listener.wait(0.5) is False
             other.engine.dispose()

@@ -77,7 +77,7 @@ def test_a_newer_schema_is_refused(store: Store) -> None:
 
 
 def test_concurrent_upgraders_upgrade_once(store_url: str) -> None:
-    code = ("import sys; from dihya.store import Store; s = Store(sys.argv[1]); "
+    code = ("import sys; from dihya.store import Store; s = Store(sys.argv[1], create=True); "
             "s.ensure_schema(); print(s.schema_version())")
     procs = [subprocess.Popen([sys.executable, "-c", code, store_url], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(8)]

@@ -12,7 +12,7 @@ from dihya.tokens import TokenError, authenticate, create_token, list_tokens, re
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    return Store(sqlite_url(tmp_path / "state.sqlite3"))
+    return Store(sqlite_url(tmp_path / "state.sqlite3"), create=True)
 
 
 def test_create_authenticate_revoke(store: Store, tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_concurrent_switch_writers_never_fail(tmp_path: Path) -> None:
     import threading
 
     url = sqlite_url(tmp_path / "state.sqlite3")
-    Store(url).ensure_schema()
+    Store(url, create=True).ensure_schema()
     errors: list[BaseException] = []
 
     def writer(index: int) -> None:

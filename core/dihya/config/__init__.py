@@ -113,6 +113,9 @@ class Config:
     publishers: tuple[Publisher, ...] = ()
     known_pth: tuple[KnownPth, ...] = ()
     store_url: str | None = None
+    # "full": a committed transaction survives power loss; "normal": any process crash
+    # (see `dihya.store.SYNCHRONOUS`)
+    store_synchronous: str = "full"
     rate_limit: str = "60/minute"
     rate_limit_storage: str = "memory://"
     audit_key: str | None = None
@@ -191,10 +194,15 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
     sandbox = _sandbox_settings(where, _table(where, data, "sandbox",
                                               {*_SANDBOX_KEYS, "require_isolation",
                                                                 "allow_root"}))
-    store = _table(where, data, "store", {"url"})
+    store = _table(where, data, "store", {"url", "synchronous"})
     web = _table(where, data, "web", {"rate_limit", "rate_limit_storage"})
     audit = _table(where, data, "audit", {"key", "retention_days"})
     store_url = _optional_str(where, "store", store, "url")
+    synchronous = _optional_str(where, "store", store, "synchronous") or "full"
+    if synchronous not in ("full", "normal"):
+        raise ConfigError(f"{where}: [store] synchronous must be \"full\" (a committed write "
+                          f"survives power loss) or \"normal\" (any process crash), not "
+                          f"{synchronous!r}")
     rate_limit = _optional_str(where, "web", web, "rate_limit") or "60/minute"
     if not re.match(r"^\d+\s*(/|per)\s*\w+", rate_limit):
         raise ConfigError(f"{where}: [web] rate_limit must look like '60/minute', not "
@@ -231,7 +239,7 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
                   allow_declared="allow" in plugins, group=group, hook_timeout_s=float(timeout),
                   allow=allow, auto_reload=auto_reload, publishers=publishers,
                   known_pth=known_pth,
-                  store_url=store_url, rate_limit=rate_limit,
+                  store_url=store_url, store_synchronous=synchronous, rate_limit=rate_limit,
                   rate_limit_storage=storage, audit_key=audit_key,
                   audit_retention_days=float(retention), sandbox=sandbox)
 

@@ -11,7 +11,7 @@ import os
 import uuid
 from typing import Any
 
-from flask import Flask, Response, g
+from flask import Flask, Response, g, request
 from flask_limiter import Limiter
 
 from dihya.config import Config, resolve_path
@@ -26,19 +26,24 @@ from dihya.web.state import DihyaState
 
 __all__ = ["create_app"]
 
+_WITHOUT_STORE = frozenset({"health.healthz", "health.readyz", "openapi.document", "static",
+                            None})
+
 
 def create_app(config_path: str | os.PathLike[str] | None = None, *,
                background_reload: bool = False, boot_config: Config | None = None,
-               **overrides: Any) -> Flask:
+               create_store: bool = True, **overrides: Any) -> Flask:
     """Build a backend app for the config at `config_path`. `boot_config`: the config to
     take the settings from (nothing approved) if the file cannot be used now, as
-    `dihya serve` gives its workers; without it such a file is an error."""
+    `dihya serve` gives its workers; without it such a file is an error. `create_store`:
+    create the state store if there is none and none was there before (the store
+    marker); `dihya serve` workers never do (the command did, before starting them)."""
     app = Flask("dihya.web")
     app.config.update(MAX_CONTENT_LENGTH=MAX_NEEDS_BYTES, JSON_SORT_KEYS=False,
                       RATELIMIT_HEADERS_ENABLED=True)
     app.config.update(overrides)
     state = DihyaState(resolve_path(config_path), background=background_reload,
-                       boot_config=boot_config)
+                       boot_config=boot_config, create_store=create_store)
     app.extensions["dihya"] = state
     limiter = Limiter(key_func=lambda: "anonymous", app=app,
                       storage_uri=state.config.rate_limit_storage, default_limits=[],
@@ -48,6 +53,13 @@ def create_app(config_path: str | os.PathLike[str] | None = None, *,
     @app.before_request
     def _request_id() -> None:
         g.request_id = uuid.uuid4().hex
+
+    @app.before_request
+    def _store_first() -> None:
+        # fail closed: no call but the health checks and the OpenAPI document is served
+        # by a worker that has not got its store (503, see problems.store_unavailable)
+        if request.endpoint not in _WITHOUT_STORE:
+            state.require_store()
 
     @app.after_request
     def _headers(response: Response) -> Response:

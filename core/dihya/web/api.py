@@ -26,9 +26,15 @@ from dihya.needs import (
     load_json,
     more_problems,
 )
-from dihya.pipeline import GenerationFailed, default_executor, run_generation
+from dihya.pipeline import (
+    SANDBOX_UNAVAILABLE,
+    GenerationFailed,
+    default_executor,
+    run_generation,
+)
 from dihya.registry import PluginRecord
 from dihya.sandbox.executor import HookTimeout
+from dihya.storefault import RETRY_AFTER_S
 from dihya.web import operations
 from dihya.web.auth import current_token, require, state
 from dihya.web.operations import record_or_404
@@ -149,6 +155,16 @@ def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
                                   for p in exc.problems]) from exc
         except GenerationFailed as exc:
             st.auditor.record("generation", "failed", **audit)
+            if exc.reason == SANDBOX_UNAVAILABLE:
+                # a required plugin cannot run because no sandbox worker can start: the
+                # service, not the request or the plugin, is at fault (like a down store)
+                raise ApiProblem(503, "sandbox-unavailable", "Service Unavailable",
+                                 "A required plugin cannot run: its sandbox worker cannot "
+                                 "start. Retry after the number of seconds in Retry-After.",
+                                 headers={"Retry-After": str(RETRY_AFTER_S)},
+                                 reason=SANDBOX_UNAVAILABLE,
+                                 report={"plugins": [h.to_json() for h in exc.plugins]}
+                                 ) from exc
             raise ApiProblem(502, "generation-failed", "Generation failed",
                              f"The generation could not complete at stage `{exc.stage}`.",
                              report={"plugins": [h.to_json() for h in exc.plugins]}) from exc

@@ -70,6 +70,10 @@ _ERRORS: Final[dict[int, tuple[str, str, tuple[str, ...]]]] = {
     500: ("InternalServerError", "The server failed; `request_id` identifies the failure in "
           "its log.", ()),
     502: ("BadGateway", "A plugin (or the generation) failed.", ()),
+    503: ("ServiceUnavailable", "The state store is unavailable (read-only, disk full, "
+          "deleted, unreachable...), so the request was not done or not recorded in the audit "
+          "log; or (`sandbox-unavailable`) a required plugin's sandbox worker cannot start. "
+          "`reason` names the cause; retry after Retry-After seconds.", ("Retry-After",)),
 }
 
 _HEADERS: Final[dict[str, Schema]] = {
@@ -156,8 +160,16 @@ def _schemas() -> dict[str, Schema]:
     from dihya.config import MODES, ROLES
     from dihya.config import PROBLEMS as CONFIG_PROBLEMS
     from dihya.gate.decide import STATUSES
-    from dihya.pipeline import HOOK_FAILED, INVALID_OUTPUT, OK, SKIPPED, TIMEOUT
+    from dihya.pipeline import (
+        HOOK_FAILED,
+        INVALID_OUTPUT,
+        OK,
+        SANDBOX_UNAVAILABLE,
+        SKIPPED,
+        TIMEOUT,
+    )
     from dihya.plugin import HOOK_SPECS
+    from dihya.storefault import StoreFault
     from dihya.web.api import DISABLE_BODY, GENERATE_BODY
     from dihya.web.audit_api import PURGE_BODY
     from dihya.web.problems import PROBLEM_TYPE_BASE
@@ -191,9 +203,17 @@ def _schemas() -> dict[str, Schema]:
                     "items": {"type": "object", "required": ["pointer", "detail"],
                               "properties": {"pointer": string, "detail": string}},
                 },
+                "reason": {
+                    "type": "string",
+                    "description": "503 only: why the service is unavailable, a reason code "
+                                   "such as `store-read-only`, `disk-full`, "
+                                   "`database-file-deleted`, `connection-refused` or "
+                                   "`sandbox-start-failed`.",
+                    "enum": [*sorted(f.value for f in StoreFault), SANDBOX_UNAVAILABLE]},
                 "report": {
                     "type": "object",
-                    "description": "A failed generation (502) only: how each hook went.",
+                    "description": "A failed generation (502, or 503 "
+                                   "`sandbox-unavailable`): how each hook went.",
                     "required": ["plugins"],
                     "properties": {"plugins": {"type": "array",
                                                "items": {"$ref": _REF + "HookResult"}}},
@@ -318,10 +338,39 @@ def _schemas() -> dict[str, Schema]:
             "properties": {
                 "status": {"type": "string", "enum": ["ok", "unavailable"]},
                 "checks": {"type": "object",
-                           "required": ["config", "registry", "store", "sandbox"],
+                           "required": ["config", "registry", "store", "audit", "sandbox"],
                            "additionalProperties": boolean,
+                           "description": "`store`: a write commits (a heartbeat row is "
+                                          "rewritten); `audit`: audit commits are neither "
+                                          "stuck, backed up nor failing.",
                            "properties": {"config": boolean, "registry": boolean,
-                                          "store": boolean, "sandbox": boolean}},
+                                          "store": boolean, "audit": boolean,
+                                          "sandbox": boolean}},
+                "store_problem": _nullable({
+                    "type": "object", "required": ["reason", "message"],
+                    "additionalProperties": False,
+                    "description": "Why the store takes no write (null when it does): "
+                                   "`store-read-only`, `disk-full`, `database-file-deleted`, "
+                                   "`connection-refused`...; the message says what to do.",
+                    "properties": {"reason": {"type": "string",
+                                              "enum": sorted(f.value for f in StoreFault)},
+                                   "message": string}}),
+                "audit": {
+                    "type": "object",
+                    "required": ["ok", "pending", "in_flight", "in_flight_s", "problem"],
+                    "additionalProperties": False,
+                    "description": "This worker's audit commits (each answer waits for its "
+                                   "own): events waiting, events in the commit running and "
+                                   "for how long, and why `checks.audit` fails if it does.",
+                    "properties": {
+                        "ok": boolean,
+                        "pending": {"type": "integer", "minimum": 0},
+                        "in_flight": {"type": "integer", "minimum": 0},
+                        "in_flight_s": {"type": "number", "minimum": 0},
+                        "problem": _nullable({
+                            "type": "object", "required": ["reason", "message"],
+                            "additionalProperties": False,
+                            "properties": {"reason": string, "message": string}})}},
                 "plugins_active": {"type": "integer", "minimum": 0},
                 "state_version": {"type": "integer", "minimum": 0, "description":
                                   "The store's state version this worker's registry was "
@@ -427,7 +476,7 @@ def _authenticated(op_id: str, summary: str, responses: dict[str, Schema],
     from dihya.web.auth import ROLE_RANK
 
     role = REQUIRED_ROLES[op_id]
-    errors = {401, 500, *statuses}
+    errors = {401, 500, 503, *statuses}  # 503: every authenticated call needs the store
     if ROLE_RANK[role] > min(ROLE_RANK.values()):
         errors.add(403)
     description = f"Needs a token with the role `{role}` or higher."
@@ -446,10 +495,13 @@ def _paths() -> dict[str, Schema]:
     return {
         "/healthz": {"get": _public("healthz", "Liveness: the process answers",
                                     {"200": _json("Health", "Alive.")})},
-        "/readyz": {"get": _public("readyz", "Readiness: config, registry and store", {
+        "/readyz": {"get": _public("readyz", "Readiness: would a generation succeed now", {
             "200": _json("Readiness", "Ready."),
-            "503": _json("Readiness", "Not ready; `checks` says what failed, "
-                                      "`config_problem` why the config file was not taken."),
+            "503": {**_json("Readiness", "Not ready; `checks` says what failed, "
+                                         "`config_problem`, `store_problem`, `audit.problem` "
+                                         "and `sandbox.failed` say why."),
+                    "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"},
+                                "Retry-After": {"$ref": "#/components/headers/Retry-After"}}},
         })},
         "/openapi.json": {"get": _public("openapi", "This document", {
             "200": {"description": "The OpenAPI 3.1 document.",

@@ -4,6 +4,11 @@ Bodies carry type, title, status, detail and the request id, and never a stack t
 token or an echo of the request's data. A face that answers in HTML (the operator console)
 registers `app.extensions["dihya.error_page"]`: a callable that returns a page for the
 requests it serves and None for the others, which keep their problem documents.
+
+A store that fails under a request (`StoreUnavailable`, or a database error that escaped
+the store's door) is 503 `store-unavailable` with `Retry-After` and the cause's reason
+code, never 500: the request did not happen, or happened without its audit event and so
+is not answered as done. The store's health logs the cause in words.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
+import sqlalchemy as sa
 from flask import Flask, Response, current_app, g, json
 from werkzeug.exceptions import HTTPException
+
+from dihya.storefault import RETRY_AFTER_S, StoreFault, StoreUnavailable
 
 log = logging.getLogger("dihya.web")
 
@@ -87,6 +95,19 @@ def install_error_handlers(app: Flask) -> None:
         return problem_response(status, _SLUGS.get(status, "http-error"), exc.name, detail,
                                 headers)
 
+    @app.errorhandler(StoreUnavailable)
+    def _store_unavailable(exc: StoreUnavailable) -> Response:
+        return store_unavailable(exc.fault)
+
+    @app.errorhandler(sa.exc.OperationalError)
+    @app.errorhandler(sa.exc.InterfaceError)
+    @app.errorhandler(sa.exc.TimeoutError)
+    def _database_error(exc: Exception) -> Response:
+        store = current_app.extensions["dihya"].store
+        fault = store.fault_of(exc)
+        store.health.failed(fault)
+        return store_unavailable(fault)
+
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Response:
         # The type and where, never the message (it may carry request data) or a trace
@@ -102,6 +123,16 @@ def install_error_handlers(app: Flask) -> None:
         return problem_response(500, "internal", "Internal Server Error",
                                 "The server failed to answer; the request id identifies it "
                                 "in the server's log.")
+
+
+def store_unavailable(fault: StoreFault) -> Response:
+    """503: the state store failed (`fault` says how); the client may retry later."""
+    return problem_response(
+        503, "store-unavailable", "Service Unavailable",
+        f"The state store is unavailable ({fault.describe()}): the request was not "
+        "completed, or not recorded in the audit log, so it is not answered as done. Retry "
+        "after the number of seconds in Retry-After.",
+        {"Retry-After": str(RETRY_AFTER_S)}, reason=fault.value)
 
 
 def _retry_after(exc: HTTPException) -> int:

@@ -92,7 +92,7 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
 
         configure_logging()
         return create_app(self.config_path, background_reload=True,
-                          boot_config=self.boot_config)
+                          boot_config=self.boot_config, create_store=False)
 
 
 def _boot_config(config_path: str) -> Config | None:
@@ -116,10 +116,12 @@ def configure_logging() -> None:
     configure(sys.stderr)
 
 
-def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 60) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM stop gracefully)."""
-    DihyaServer(config_path, {
-        "bind": f"{host}:{port}", "workers": workers, "timeout": timeout,
+def server_options(host: str, port: int, workers: int, threads: int = 1,
+                   timeout: int = 60) -> dict[str, Any]:
+    """gunicorn's settings for `dihya serve`. `threads` > 1: gunicorn's gthread worker, each
+    worker answering that many requests at once (their audit events then share commits)."""
+    return {
+        "bind": f"{host}:{port}", "workers": workers, "threads": threads, "timeout": timeout,
         "accesslog": "-", "errorlog": "-", "loglevel": "info",
         # The access log never shows client addresses, query strings or headers (personal
         # data, tokens): method, path, status, size and duration only.
@@ -132,7 +134,13 @@ def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 6
         "logger_class": RequestSafeLogger,
         "post_fork": die_with_master,
         "worker_exit": close_worker_state,
-    }).run()
+    }
+
+
+def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 60,
+          threads: int = 1) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM stop gracefully)."""
+    DihyaServer(config_path, server_options(host, port, workers, threads, timeout)).run()
 
 
 _PR_SET_PDEATHSIG = 1

@@ -11,6 +11,13 @@ rebuild keeps the workers of unchanged plugins and drains the others. Each build
 changed (a plugin discovered, refused or failed; the registry reloaded), and the audit
 retention runs at start and then at most daily per store.
 
+The store fails closed. A worker whose store cannot be opened when it starts (a deleted
+SQLite file — `dihya serve` workers never create one —, a replaced one, PostgreSQL down)
+still starts, with nothing approved, and answers every call that needs the store with 503
+(`require_store`) until the store is there; then it builds its real registry before it
+serves. A store that fails later fails each transaction (`dihya.store`), and each answer,
+the same way; `store_status` is what `/readyz` probes: a committed write.
+
 Last good config wins: a config file that is missing, unreadable, empty, malformed or
 invalid, or that lost every approval without saying `allow = []`, is never taken as a
 change (see `dihya.config.config_problem`). The worker keeps serving its last good config,
@@ -38,6 +45,8 @@ from dihya.listen import StateListener, open_listener
 from dihya.registry import RegistrySnapshot, build_registry
 from dihya.sandbox.pool import SandboxPool
 from dihya.store import Store
+from dihya.storefault import StoreFault, StoreUnavailable
+from dihya.storemarker import StoreMarker
 
 log = logging.getLogger("dihya.web")
 
@@ -48,20 +57,28 @@ class DihyaState:
     """Per-app state of the backend; thread-safe."""
 
     def __init__(self, config_path: Path, version_ttl_s: float = 0.5,
-                 background: bool = False, boot_config: Config | None = None) -> None:
+                 background: bool = False, boot_config: Config | None = None,
+                 create_store: bool = True) -> None:
         self.config_path = config_path
         # why the file on disk is not the config in use (a reason code), None when it is
         self.config_problem: str | None
         self.config, self.config_problem = _first_config(config_path, boot_config)
         self._good_config = self.config_problem is None
         self.pool = SandboxPool(self.config.sandbox)
-        self.store = Store(self.config.effective_store_url)
-        self.store.ensure_schema()
-        # PostgreSQL: request-path events go through a writer thread (the commit's network
-        # wait overlaps the next request); SQLite: written at once, as a thread only adds
-        # GIL contention to a write that is all CPU (see docs/benchmarks.md)
-        self.auditor = Auditor(self.config.audit_key, store=self.store,
-                               deferred=not self.store.is_sqlite)
+        url = self.config.effective_store_url
+        self.marker = StoreMarker.for_config(config_path, url)
+        # created only by an app allowed to (not a `dihya serve` worker: the command made
+        # it before starting them), and never where the marker says a store already was
+        self.store = Store(url, create=create_store and not self.marker.expected,
+                           synchronous=self.config.store_synchronous)
+        # every event is committed before `record` returns; concurrent requests of this
+        # process share the commit (`dihya.auditqueue`)
+        self.auditor = Auditor(self.config.audit_key, store=self.store, marker=self.marker)
+        self._store_opened = False
+        self._open_lock = threading.Lock()
+        self._open_retry_at = 0.0
+        self._open_fault: StoreFault | None = None
+        self._probe_ok_at: float | None = None
         self.version_ttl_s = version_ttl_s
         # `_lock` serialises rebuilds; requests never take it (they read `_snapshot`, one
         # reference), so a rebuild never stalls a generation. `_failures_lock` guards the
@@ -70,7 +87,6 @@ class DihyaState:
         self._failures_lock = threading.Lock()
         self._failures: dict[str, int] = {}
         self._checked_at = 0.0
-        version = self.store.state_version()
         self._config_stamp = self._stamp()
         self._config_changed = False
         # a good file was taken: its problem (if any) is cleared once the registry serves it
@@ -79,11 +95,26 @@ class DihyaState:
         # (taken before the first build: an install finishing while it runs is a change)
         self._site_seen: SiteStamp | None = site_stamp() if self.config.auto_reload else None
         self._site_built: SiteStamp | None = self._site_seen
-        # (snapshot, the state version it was built for): swapped as one, so a request
-        # never pairs a newer version with an older snapshot (see `current`)
-        self._built: tuple[RegistrySnapshot, int] = (self._build(None), version)
         self._retention_checked = time.monotonic()
-        apply_retention(self.auditor, self.config.audit_retention_days)
+        self._serving = False  # the snapshot is built from the store's switches
+        # (snapshot, the state version it was built for): swapped as one, so a request
+        # never pairs a newer version with an older snapshot (see `current`); version -1:
+        # none yet, the first check builds the registry of the store
+        self._built: tuple[RegistrySnapshot, int]
+        try:
+            self._open_store()
+            version = self.store.state_version()
+            self._built = (self._build(None), version)
+            self._serving = True
+            apply_retention(self.auditor, self.config.audit_retention_days)
+        except StoreUnavailable as exc:
+            # fail closed: nothing approved, every call that needs the store answers 503
+            # until it is back (the health has logged why)
+            self._open_fault, self._open_retry_at = exc.fault, time.monotonic() + 1.0
+            if not hasattr(self, "_built"):
+                self._built = (build_registry(attrs.evolve(self.config, allow=()),
+                                              environ=os.environ, switches={},
+                                              sandbox=self.pool), -1)
         self._stop = threading.Event()
         self._reloader: threading.Thread | None = None
         if background:
@@ -124,8 +155,9 @@ class DihyaState:
 
     @property
     def version(self) -> int:
-        """The store's state version the current snapshot was built for."""
-        return self._built[1]
+        """The store's state version the current snapshot was built for (0 before the
+        store could be read)."""
+        return max(0, self._version)
 
     @property
     def _snapshot(self) -> RegistrySnapshot:
@@ -149,11 +181,71 @@ class DihyaState:
             return snapshot
         return self.refresh(request_id)
 
+    # -- the store ------------------------------------------------------------------------
+
+    def _open_store(self) -> None:
+        """Once: the schema, and the store is the one the marker recorded, not a
+        replacement (a store this app created is recorded in the marker)."""
+        if self._store_opened:
+            return
+        with self._open_lock:
+            if self._store_opened:
+                return
+            self.store.ensure_schema()
+            if self.marker.expected:
+                if self.marker.mismatch(self.store.store_id()) is not None:
+                    self.store.health.failed(StoreFault.STORE_REPLACED)
+                    raise StoreUnavailable(StoreFault.STORE_REPLACED, self.store.where)
+            elif self.store.created_now:
+                try:
+                    self.marker.note_created(self.store.store_id())
+                except OSError:
+                    log.warning("cannot write the store marker: a deleted store will not be "
+                                "noticed after a restart", extra={"reason": "marker"})
+            self._store_opened = True
+
+    def require_store(self) -> None:
+        """Raise `StoreUnavailable` unless this worker serves from its store: opened, and
+        the registry built from it. A worker that started without its store builds the
+        registry here, once the store is back, before it answers."""
+        if self._serving:
+            return
+        now = time.monotonic()
+        if self._open_fault is not None and now < self._open_retry_at:
+            raise StoreUnavailable(self._open_fault)  # tried less than a second ago
+        try:
+            self.refresh()
+        except StoreUnavailable as exc:
+            self._open_fault, self._open_retry_at = exc.fault, now + 1.0
+            raise
+
+    def store_status(self) -> dict[str, str] | None:
+        """What `/readyz` says about the store: None when a write commits (a heartbeat row
+        rewritten in place), else the reason code and a sentence (no path, no data)."""
+        try:
+            self.require_store()
+            self.store.probe_write()
+        except StoreUnavailable as exc:
+            return {"reason": exc.fault.value,
+                    "message": f"{exc.fault.describe()}: {exc.fault.advice()}"}
+        self._probe_ok_at = time.monotonic()
+        return None
+
+    def audit_status(self) -> dict[str, object]:
+        """The audit commits of this worker: waiting, running, and the problem if any (a
+        failed commit no longer counts once the readiness probe's write succeeded)."""
+        assert self.auditor.log is not None
+        return self.auditor.log.group.status(self._probe_ok_at)
+
     def snapshot(self) -> RegistrySnapshot:
         """The current snapshot (checked for changes first when no reloader runs); requests
         that must see every switch already answered use `current()`."""
         if self._reloader is None and time.monotonic() - self._checked_at >= self.version_ttl_s:
             self._check()
+        return self._snapshot
+
+    def current_snapshot(self) -> RegistrySnapshot:
+        """The current snapshot, without checking the store for changes."""
         return self._snapshot
 
     def _check(self) -> bool:
@@ -194,6 +286,8 @@ class DihyaState:
                 break
             try:
                 self._check()
+            except StoreUnavailable:
+                pass  # the store's health logs the cause once per change; keep serving
             except Exception as exc:  # keep serving the current snapshot, and say why
                 log.error("background reload failed: %s", type(exc).__name__,
                           extra={"reason": "reload-failed"})
@@ -317,12 +411,16 @@ class DihyaState:
                           watch_site: bool = False) -> bool:
         """Under `_lock`: rebuild if the store's state version or the config file changed
         (or, with `watch_site`, the installed distributions); True if rebuilt."""
+        self._open_store()
         version = self.store.state_version()
         self._reload_config_if_changed()
         installed = watch_site and self._site_changed()
         rebuilt = version != self._version or self._config_changed or installed
         if rebuilt:
-            self._built = (self._build(self._snapshot, request_id), version)
+            # the first build from the store after a start without it audits like a start
+            self._built = (self._build(self._snapshot if self._serving else None, request_id),
+                           version)
+            self._serving = True
             self._config_changed = False  # a failed build leaves it set: the next check retries
             if self._file_served_once_built:
                 self._file_served_once_built = False

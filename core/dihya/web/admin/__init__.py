@@ -87,7 +87,10 @@ class ApprovedFileLists:
         self._lock = threading.Lock()
 
     def check(self) -> None:
-        snapshot = self.st.snapshot()
+        try:
+            snapshot = self.st.snapshot()
+        except Exception:  # the store is unavailable: its health says why; try later
+            return
         if snapshot is self._seen or not self._lock.acquire(blocking=False):
             return
         try:
