@@ -115,7 +115,7 @@ def sequential(url: str, sync: str, events: int) -> list[float]:
 
 
 def concurrent(url: str, sync: str, events: int, processes: int = 8) -> tuple[float, bool, int]:
-    from dihya.auditlog import AuditLog
+    from dihya.audit.chain import AuditLog
     from dihya.store import Store
 
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, url, str(events), sync],
@@ -225,7 +225,7 @@ def run_round(port: int, token: str, clients: int, seconds: float) -> tuple[list
 def latency_rows(label: str, url: str, sync: str, args: argparse.Namespace,
                  work: Path) -> list[list[str]]:
     from dihya.store import Store
-    from dihya.tokens import create_token
+    from dihya.store.tokens import create_token
 
     config = work / f"dihya-{label}-{sync}.toml".replace(" ", "")
     config.write_text(f'[plugins]\nallow = []\n[store]\nurl = {json.dumps(url)}\n'

@@ -49,7 +49,7 @@ def _postgres_schema() -> tuple[Any, str] | None:
 
 
 def _app(root: Path, store_url: str) -> tuple[Any, dict[str, str]]:
-    from dihya.tokens import create_token
+    from dihya.store.tokens import create_token
     from dihya.web import create_app
 
     config = root / "dihya.toml"

@@ -3,7 +3,7 @@
 `plan_approval` says what an approval of the installed plugin NAME would record (entry
 point, distribution, version, fingerprint, files), what the previous approval was, which
 files changed since the files it approved (when their list was recorded, see
-`dihya.filelists`) and who could have signed it; or why it cannot be approved. Its checks
+`dihya.store.filelists`) and who could have signed it; or why it cannot be approved. Its checks
 are the gate's own (`dihya.gate.assess`, run with the candidate as the only allowlist
 entry), so an approval is refused for every reason the gate would refuse the plugin at
 load. `approve` then loads the class in a sandbox worker (never in this process), as
@@ -20,11 +20,11 @@ import attrs
 
 from dihya.config import AllowEntry, Config, Mode
 from dihya.config.edit import Approval, ApprovalRefused, edit_document, record_approval
-from dihya.filelists import FileDiff, FileList, diff, list_files, recall
 from dihya.gate.decide import FAILED, REFUSED, assess
 from dihya.gate.discovery import DiscoveredPlugin, discover
 from dihya.reasons import DihyaError, Reason
 from dihya.store import Store
+from dihya.store.filelists import FileDiff, FileList, diff, list_files, recall
 
 
 class CannotApprove(DihyaError):

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from dihya.audit import AuditEvent, Auditor
-from dihya.auditlog import AuditLog
-from dihya.gdpr import apply_retention, export, purge_older_than, purge_subject
+from dihya.audit.gdpr import apply_retention, export, purge_older_than, purge_subject
+from dihya.audit.chain import AuditLog
 from dihya.store import Store, audit_table
 
 
@@ -80,7 +80,7 @@ def test_an_edited_or_deleted_row_is_named(store: Store, tamper: str, bad_row: i
 
 
 def test_a_rehashed_row_breaks_the_next_link(store: Store) -> None:
-    from dihya.auditlog import row_hash
+    from dihya.audit.chain import row_hash
 
     auditor, log = _auditor(store)
     _fill(auditor)
@@ -150,7 +150,7 @@ def test_retention_removes_a_prefix_and_the_chain_still_verifies(store: Store) -
 
 
 def _rechain(store: Store) -> None:
-    from dihya.auditlog import GENESIS, row_hash
+    from dihya.audit.chain import GENESIS, row_hash
 
     prev = GENESIS
     with store.engine.begin() as conn:

@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from dihya.audit import Auditor
-from dihya.auditlog import AuditLog, Pending
-from dihya.auditqueue import GroupCommit
+from dihya.audit.chain import AuditLog, Pending
+from dihya.audit.writer import GroupCommit
 from dihya.store import Store, StoreFault, StoreUnavailable, audit_table
 
 

@@ -8,11 +8,11 @@ import time
 import sqlalchemy as sa
 
 from dihya.audit import Auditor
-from dihya.auditquery import AuditFilter, export_filtered, matching, purge_preview, search
-from dihya.filelists import FileEntry, FileList, fingerprint_of, recall, recorded, remember
-from dihya.gdpr import purge_subject
+from dihya.audit.gdpr import purge_subject
+from dihya.audit.query import AuditFilter, export_filtered, matching, purge_preview, search
 from dihya.store import Store, console_sessions_table, file_lists_table
-from dihya.tokens import create_token, revoke_token
+from dihya.store.filelists import FileEntry, FileList, fingerprint_of, recall, recorded, remember
+from dihya.store.tokens import create_token, revoke_token
 from dihya.web.admin.sessions import SessionStore
 
 
@@ -91,7 +91,7 @@ def test_purge_preview_counts_without_changing_anything(store: Store) -> None:
 def test_sessions(store: Store) -> None:
     token_id = create_token(store, "dana", "admin").split("_")[1]
     sessions = SessionStore(store, idle_s=60, max_age_s=3600)
-    from dihya.tokens import token_by_id
+    from dihya.store.tokens import token_by_id
 
     token = token_by_id(store, token_id)
     assert token is not None

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dihya.listen import open_listener
 from dihya.store import Store
+from dihya.store.listen import open_listener
 from dihya.web.state import DihyaState
 from support.site import PluginSite
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from dihya import migrations
+from dihya.store import migrations
 from dihya.store import SCHEMA_VERSION, Store, StoreError, metadata
 
 # The tables exactly as dihya-core 0.3 (schema version 1) created them.
@@ -57,7 +57,7 @@ def test_version_1_database_is_upgraded_keeping_its_data(store_url: str) -> None
     assert store.schema_version() == SCHEMA_VERSION
     assert store.state_version() == 7
     assert set(store.plugin_switches()) == {"example"}
-    from dihya.tokens import list_tokens
+    from dihya.store.tokens import list_tokens
 
     assert [t.name for t in list_tokens(store)] == ["ci-bot"]
     # the upgraded store works: audit events chain and verify

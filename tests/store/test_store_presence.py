@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from dihya.auditlog import GENESIS, canonical, row_hash
+from dihya.audit.chain import GENESIS, canonical, row_hash
 from dihya.cli import main
 from dihya.store import (
     SCHEMA_VERSION,
@@ -33,7 +33,7 @@ from dihya.store import (
     StoreUnavailable,
     sqlite_url,
 )
-from dihya.storefault import classify
+from dihya.store.faults import classify
 
 
 def test_a_missing_sqlite_store_is_never_created_by_opening_it(tmp_path: Path) -> None:

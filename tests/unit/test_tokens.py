@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dihya.store import Store, sqlite_url
-from dihya.tokens import TokenError, authenticate, create_token, list_tokens, revoke_token
+from dihya.store.tokens import TokenError, authenticate, create_token, list_tokens, revoke_token
 
 
 @pytest.fixture

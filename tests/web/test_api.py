@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dihya.config import AllowEntry
-from dihya.tokens import create_token
+from dihya.store.tokens import create_token
 from dihya.web import create_app
 from support.wheels import plugin_source
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from test_api import TODO, Api, problem, write_config
 
-from dihya.logs import json_handler
-from dihya.tokens import create_token
+from dihya.audit.logs import json_handler
+from dihya.store.tokens import create_token
 
 NAME, EMAIL = "Jane Doe", "jane.doe@example.org"
 SUBJECT = "jane.doe@example.org"  # the token's name is the subject id

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from dihya.gate.decide import STATUSES
 from dihya.store import console_sessions_table
-from dihya.tokens import create_token, revoke_token
+from dihya.store.tokens import create_token, revoke_token
 from dihya.web import create_app
 from dihya.web.admin import CONTENT_SECURITY_POLICY
 from dihya.web.admin.words import REASONS, STATUS_WORDS

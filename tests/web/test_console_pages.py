@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from dihya.audit.gdpr import CSV_COLUMNS
 from dihya.config import load_config
-from dihya.gdpr import CSV_COLUMNS
-from dihya.tokens import list_tokens
+from dihya.store.tokens import list_tokens
 from dihya.web import create_app
 from support.wheels import plugin_source
 from web.test_api import write_config

@@ -13,7 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
-from dihya.logs import json_handler
+from dihya.audit.logs import json_handler
 from support.serving import Server
 
 # each raw character a log viewer could take for a line break or use to disguise a line
@@ -58,7 +58,7 @@ def test_a_served_request_with_control_characters_is_one_access_log_line(
 
 
 def test_access_log_atoms_are_escaped_and_decoded_as_utf8() -> None:
-    from dihya.logs import escape_text
+    from dihya.audit.logs import escape_text
     from dihya.web.serve import EscapedAtoms
 
     # WSGI hands the path over as latin-1-decoded bytes

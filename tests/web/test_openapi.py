@@ -32,7 +32,7 @@ def app(tmp_path: Path) -> Any:
 
 @pytest.fixture
 def tokens(app: Any) -> dict[str, str]:
-    from dihya.tokens import create_token
+    from dihya.store.tokens import create_token
 
     store = app.extensions["dihya"].store
     return {role: create_token(store, f"test-{role}", role) for role in ROLES}
@@ -304,7 +304,7 @@ def test_error_responses_are_as_documented(app: Any, doc: dict[str, Any],
 
 
 def test_rate_limit_answer_is_as_documented(limited: Any, doc: dict[str, Any]) -> None:
-    from dihya.tokens import create_token
+    from dihya.store.tokens import create_token
 
     token = create_token(limited.extensions["dihya"].store, "busy", "developer")
     client = limited.test_client()

@@ -8,7 +8,7 @@ distribution, that a signed upgrade comes from the publisher the allowlist names
 is not a downgrade, and that every requirement is already satisfied here (installs use
 `--no-deps`: nothing else is fetched). `pip_install` then installs the staged copy with
 this interpreter's pip, and `installed_fingerprint_problem` checks that the files on disk
-hash to the wheel's fingerprint. The `dihya plugins install` command (`dihya.cli_publish`)
+hash to the wheel's fingerprint. The `dihya plugins install` command (`dihya.cli.publish`)
 strings these together and records the allowlist entry.
 """
 

@@ -34,7 +34,7 @@ from dihya.pipeline import (
 )
 from dihya.registry import PluginRecord
 from dihya.sandbox.executor import HookTimeout
-from dihya.storefault import RETRY_AFTER_S
+from dihya.store.faults import RETRY_AFTER_S
 from dihya.web import operations
 from dihya.web.auth import current_token, require, state
 from dihya.web.operations import record_or_404

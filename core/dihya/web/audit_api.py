@@ -1,6 +1,6 @@
 """`/api/v1/audit`: export and purge the audit log over HTTP (admin only).
 
-The same operations as `dihya audit export|purge` (`dihya.gdpr`), each itself audited
+The same operations as `dihya audit export|purge` (`dihya.audit.gdpr`), each itself audited
 with the admin as actor and the subject only as a pseudonym (export) or not at all (purge).
 """
 
@@ -11,8 +11,8 @@ from typing import Any, Final
 from flask import Blueprint, Response, g, jsonify, request
 
 from dihya.audit import FORMATS
-from dihya.gdpr import apply_retention, export, purge_older_than, purge_subject
-from dihya.tokens import TokenInfo
+from dihya.audit.gdpr import apply_retention, export, purge_older_than, purge_subject
+from dihya.store.tokens import TokenInfo
 from dihya.web.api import json_body, validate_body
 from dihya.web.auth import current_token, require, state
 from dihya.web.state import DihyaState

@@ -12,7 +12,7 @@ from typing import Any, Final, TypeVar
 
 from flask import current_app, g, request
 
-from dihya.tokens import TokenInfo, authenticate
+from dihya.store.tokens import TokenInfo, authenticate
 from dihya.web.problems import ApiProblem
 
 ROLE_RANK: Final = {"viewer": 0, "developer": 1, "admin": 2}

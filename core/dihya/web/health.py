@@ -7,7 +7,7 @@ import time
 from flask import Blueprint, Response, current_app, jsonify
 
 from dihya.gate.startup import pth_json, unacknowledged
-from dihya.storefault import RETRY_AFTER_S
+from dihya.store.faults import RETRY_AFTER_S
 
 health = Blueprint("health", __name__)
 

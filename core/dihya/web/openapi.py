@@ -169,7 +169,7 @@ def _schemas() -> dict[str, Schema]:
         TIMEOUT,
     )
     from dihya.plugin import HOOK_SPECS
-    from dihya.storefault import StoreFault
+    from dihya.store.faults import StoreFault
     from dihya.web.api import DISABLE_BODY, GENERATE_BODY
     from dihya.web.audit_api import PURGE_BODY
     from dihya.web.problems import PROBLEM_TYPE_BASE

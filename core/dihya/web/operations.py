@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dihya.reasons import Reason
 from dihya.registry import PluginRecord, RegistrySnapshot
-from dihya.tokens import TokenInfo
+from dihya.store.tokens import TokenInfo
 from dihya.web.problems import ApiProblem
 from dihya.web.state import DihyaState
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from flask import Flask, Response, current_app, g, json
 from werkzeug.exceptions import HTTPException
 
-from dihya.storefault import RETRY_AFTER_S, StoreFault, StoreUnavailable
+from dihya.store.faults import RETRY_AFTER_S, StoreFault, StoreUnavailable
 
 log = logging.getLogger("dihya.web")
 

@@ -19,12 +19,12 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.glogging import SafeAtoms
 
+from dihya.audit.logs import escape_text
 from dihya.config import Config, ConfigError, load_config
-from dihya.logs import escape_text
 
 
 class EscapedAtoms(SafeAtoms):  # type: ignore[misc]
-    """The access log's values with control characters escaped (`dihya.logs.escape_text`)
+    """The access log's values with control characters escaped (`dihya.audit.logs.escape_text`)
     and `"` as `\\"`, as gunicorn's own `SafeAtoms` does, so a quoted value stays quoted."""
 
     def __init__(self, atoms: dict[str, Any]) -> None:
@@ -111,7 +111,7 @@ def configure_logging() -> None:
     """
     import sys
 
-    from dihya.logs import configure
+    from dihya.audit.logs import configure
 
     configure(sys.stderr)
 

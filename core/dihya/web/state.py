@@ -38,15 +38,15 @@ from pathlib import Path
 import attrs
 
 from dihya.audit import Auditor
+from dihya.audit.gdpr import DAY_S, apply_retention
 from dihya.config import PROBLEMS, Config, ConfigError, config_problem, load_config
 from dihya.gate.sitewatch import SiteStamp, site_stamp
-from dihya.gdpr import DAY_S, apply_retention
-from dihya.listen import StateListener, open_listener
 from dihya.registry import RegistrySnapshot, build_registry
 from dihya.sandbox.pool import SandboxPool
 from dihya.store import Store
-from dihya.storefault import StoreFault, StoreUnavailable
-from dihya.storemarker import StoreMarker
+from dihya.store.faults import StoreFault, StoreUnavailable
+from dihya.store.listen import StateListener, open_listener
+from dihya.store.marker import StoreMarker
 
 log = logging.getLogger("dihya.web")
 
@@ -72,7 +72,7 @@ class DihyaState:
         self.store = Store(url, create=create_store and not self.marker.expected,
                            synchronous=self.config.store_synchronous)
         # every event is committed before `record` returns; concurrent requests of this
-        # process share the commit (`dihya.auditqueue`)
+        # process share the commit (`dihya.audit.writer`)
         self.auditor = Auditor(self.config.audit_key, store=self.store, marker=self.marker)
         self._store_opened = False
         self._open_lock = threading.Lock()

@@ -5,7 +5,7 @@ state store (`sessions`), so every worker and node serves it. Every page goes ou
 strict Content-Security-Policy (scripts and styles from this app only, no inline code, no
 framing); every form carries the session's CSRF token (`guard`). Actions call the same
 functions as the JSON API (`dihya.web.operations`, `dihya.web.audit_api.purge_events`) or
-the CLI (`dihya.tokens`, `dihya.approval`) and are audited as those are. The page modules
+the CLI (`dihya.store.tokens`, `dihya.approval`) and are audited as those are. The page modules
 below attach their routes to the `console` blueprint.
 """
 
@@ -18,9 +18,9 @@ from typing import Final
 from flask import Flask, g, request
 from werkzeug.wrappers import Response
 
-from dihya.filelists import list_files, recorded, remember
 from dihya.gate.discovery import discover
 from dihya.registry import RegistrySnapshot
+from dihya.store.filelists import list_files, recorded, remember
 from dihya.web.admin import (
     approval_pages,
     audit_pages,

@@ -18,8 +18,8 @@ from werkzeug.wrappers import Response
 
 from dihya.approval import ApprovalPlan, CannotApprove, approve, plan_approval
 from dihya.config import MODES, ROLES
-from dihya.filelists import remember
 from dihya.reasons import Reason
+from dihya.store.filelists import remember
 from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
 from dihya.web.admin.words import reason_advice, reason_words

@@ -18,8 +18,8 @@ from flask import request
 from werkzeug.wrappers import Response
 
 from dihya.audit import EVENT_TYPES, OUTCOMES
-from dihya.auditquery import AuditFilter, export_filtered, purge_preview, search
-from dihya.gdpr import export
+from dihya.audit.gdpr import export
+from dihya.audit.query import AuditFilter, export_filtered, purge_preview, search
 from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
 from dihya.web.audit_api import EXPORT_MEDIA_TYPES, SUBJECT_PATTERN, purge_events

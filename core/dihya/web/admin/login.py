@@ -3,7 +3,7 @@
 `GET /admin/login` sets a one-off cookie and puts the same random value in the form's
 hidden `csrf_token` input: a form posted from another site has neither (the cookie is
 `SameSite=Strict`), so nobody can sign a victim in to the attacker's session. `POST
-/admin/login` checks the token (`dihya.tokens.authenticate`, as the API does), refuses
+/admin/login` checks the token (`dihya.store.tokens.authenticate`, as the API does), refuses
 `developer` tokens, and starts a fresh server-side session (a new id every time).
 """
 
@@ -16,7 +16,7 @@ from typing import Final
 from flask import redirect, request, url_for
 from werkzeug.wrappers import Response
 
-from dihya.tokens import authenticate
+from dihya.store.tokens import authenticate
 from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
 from dihya.web.admin.sessions import CONSOLE_ROLES

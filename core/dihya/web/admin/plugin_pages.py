@@ -17,12 +17,12 @@ from flask import jsonify, redirect, render_template, request, url_for
 from markupsafe import Markup
 from werkzeug.wrappers import Response
 
-from dihya.auditquery import AuditFilter, search
-from dihya.filelists import list_files
+from dihya.audit.query import AuditFilter, search
 from dihya.gate.decide import dependency_problems, inspect_files
 from dihya.gate.discovery import discover
 from dihya.reasons import Reason
 from dihya.registry import PluginRecord
+from dihya.store.filelists import list_files
 from dihya.web import operations
 from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console

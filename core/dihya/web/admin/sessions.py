@@ -20,7 +20,7 @@ import attrs
 import sqlalchemy as sa
 
 from dihya.store import Store, console_sessions_table, tokens_table
-from dihya.tokens import TokenInfo
+from dihya.store.tokens import TokenInfo
 
 #: Roles that may sign in: `admin` changes things, `viewer` only looks.
 CONSOLE_ROLES: Final = ("admin", "viewer")

@@ -1,6 +1,6 @@
 """API tokens: create (shown once), list with last use, revoke; admins only.
 
-The same core functions as `dihya tokens create|list|revoke` (`dihya.tokens`), audited as
+The same core functions as `dihya tokens create|list|revoke` (`dihya.store.tokens`), audited as
 the CLI audits them (`token.created`, `token.revoked`, the new token's name only as a
 pseudonym), with the admin as actor. A new token is shown in the answer to the POST that
 created it, never in a URL, a redirect or the store.
@@ -12,7 +12,7 @@ from flask import request
 from werkzeug.wrappers import Response
 
 from dihya.config import ROLES
-from dihya.tokens import TokenError, create_token, list_tokens, revoke_token
+from dihya.store.tokens import TokenError, create_token, list_tokens, revoke_token
 from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
 

@@ -31,11 +31,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from dihya.storefault import StoreFault, StoreUnavailable
+from dihya.store.faults import StoreFault, StoreUnavailable
 
 if TYPE_CHECKING:
     from dihya.audit import AuditEvent
-    from dihya.auditlog import Pending
+    from dihya.audit.chain import Pending
 
 COMMIT_TIMEOUT_S: Final = 5.0  # how long a caller may wait for its commit, retries included
 MAX_BATCH: Final = 500

@@ -3,7 +3,7 @@
 An event is a typed record: only the fields below exist, so needs, code, tokens, IP
 addresses and names cannot be written by mistake. The actor is a pseudonym of the subject
 id (the token's name, or the CLI's user): with a store, a random token from the store's
-mapping table (`dihya.auditlog`), which erasure deletes; without one, an HMAC-SHA256
+mapping table (`dihya.audit.chain`), which erasure deletes; without one, an HMAC-SHA256
 under `[audit] key` / `DIHYA_AUDIT_KEY`. Each event is appended to the store's hash-chained
 log, if there is a store, and written as one JSON line to the `dihya.audit` logger once it
 is committed: `record` returns only then, and raises `StoreUnavailable` (the caller answers
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 if TYPE_CHECKING:
-    from dihya.auditlog import AuditLog
+    from dihya.audit.chain import AuditLog
     from dihya.pipeline import HookResult
     from dihya.store import Store
-    from dihya.storemarker import StoreMarker
+    from dihya.store.marker import StoreMarker
 
 log = logging.getLogger("dihya.audit")
 
@@ -106,7 +106,7 @@ class Auditor:
         self._key = key.encode("utf-8") if isinstance(key, str) else key
         self.log: AuditLog | None = None
         if store is not None:
-            from dihya.auditlog import AuditLog
+            from dihya.audit.chain import AuditLog
 
             self.log = AuditLog(store, self._key, marker)
         elif self._key is None:

@@ -58,7 +58,7 @@ from dihya.gate.discovery import DiscoveredPlugin, discover
 from dihya.gate.fingerprint import FingerprintError, fingerprint_wheel
 from dihya.gate.startup import PthFile, known_entry, pth_json, scan_pth, site_directories
 from dihya.registry import RegistrySnapshot, build_registry
-from dihya.storemarker import StoreMarker
+from dihya.store.marker import StoreMarker
 
 if TYPE_CHECKING:
     from dihya.gate.fingerprint import InstalledFiles
@@ -203,7 +203,7 @@ class _Group(click.Group):
     unreachable) ends it with exit 1 and the cause in words, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from dihya.storefault import StoreUnavailable
+        from dihya.store.faults import StoreUnavailable
 
         try:
             return super().invoke(ctx)
@@ -219,7 +219,7 @@ class _Group(click.Group):
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Dihya Coding: generate code, with plugins only an operator approved."""
-    from dihya.logs import configure
+    from dihya.audit.logs import configure
 
     configure(sys.stderr, logging.INFO if verbose else logging.WARNING)
     # SIGTERM ends a command the way Ctrl-C does: exit handlers run, so its sandbox
@@ -827,7 +827,7 @@ def tokens() -> None:
 @pass_state
 def tokens_create(state: State, role: str, name: str) -> None:
     """Create a token; it is printed once, alone on the last line."""
-    from dihya.tokens import TokenError, create_token
+    from dihya.store.tokens import TokenError, create_token
 
     store = state.store(create=True)
     assert store is not None
@@ -845,7 +845,7 @@ def tokens_create(state: State, role: str, name: str) -> None:
 @pass_state
 def tokens_list(state: State, as_json: bool) -> None:
     """List tokens (names, roles, dates; never the secrets)."""
-    from dihya.tokens import list_tokens
+    from dihya.store.tokens import list_tokens
 
     store = state.store()
     rows = [attrs.asdict(t) for t in list_tokens(store)] if store is not None else []
@@ -865,7 +865,7 @@ def tokens_list(state: State, as_json: bool) -> None:
 @pass_state
 def tokens_revoke(state: State, name: str) -> None:
     """Revoke the token named NAME at once."""
-    from dihya.tokens import revoke_token
+    from dihya.store.tokens import revoke_token
 
     store = state.store()
     if store is None or not revoke_token(store, name):
@@ -920,16 +920,16 @@ def _echo_report(report: dict[str, Any]) -> None:
                    f"{hook['ms']:.1f} ms{detail}")
 
 
-from dihya.cli_audit import audit  # noqa: E402  (it needs the names above)
+from dihya.cli.audit import audit  # noqa: E402  (it needs the names above)
 
 main.add_command(audit)
 
-from dihya.cli_publish import COMMANDS as PUBLISH_COMMANDS  # noqa: E402  (keygen, sign, ...)
+from dihya.cli.publish import COMMANDS as PUBLISH_COMMANDS  # noqa: E402  (keygen, sign, ...)
 
 for _command in PUBLISH_COMMANDS:
     plugins.add_command(_command)
 
-from dihya.cli_scaffold import new_command  # noqa: E402  (plugins new)
+from dihya.cli.scaffold import new_command  # noqa: E402  (plugins new)
 
 plugins.add_command(new_command)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from dihya.audit import FIELDS, Auditor
-from dihya.auditlog import AuditLog
+from dihya.audit.chain import AuditLog
 
 DAY_S: Final = 86400.0
 CSV_COLUMNS: Final = ("seq", *FIELDS, "note")

@@ -12,7 +12,7 @@ id, never by the id: deleting that mapping makes a subject's events unlinkable.
 
 Appends take the store's `audit` lock, so concurrent writers (threads, processes, nodes)
 never fork the chain. Every append returns once committed; the threads of a process that
-append at the same time share one transaction (group commit, `dihya.auditqueue`). Each
+append at the same time share one transaction (group commit, `dihya.audit.writer`). Each
 event carries a unique `event_id` (a unique index in the store): a batch retried after a
 lost COMMIT acknowledgement finds the events that did commit and does not append them
 again, so the chain holds each event once. Since version 3 the id is hashed with its row.
@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dihya.audit import AuditEvent
-from dihya.auditqueue import COMMIT_TIMEOUT_S, GroupCommit
+from dihya.audit.writer import COMMIT_TIMEOUT_S, GroupCommit
 from dihya.canonical import canonical_text
 from dihya.store import (
     Store,
@@ -47,9 +47,9 @@ from dihya.store import (
 )
 
 if TYPE_CHECKING:
-    from dihya.storemarker import StoreMarker
+    from dihya.store.marker import StoreMarker
 
-log = logging.getLogger("dihya.audit.log")
+log = logging.getLogger("dihya.audit.chain")
 
 GENESIS: Final = "0" * 64
 _COLUMNS: Final = ("at", "type", "outcome", "actor", "target")
@@ -139,7 +139,7 @@ def _point(text: str | None) -> tuple[int, str]:
 class AuditLog:
     """Appends, reads and erases audit rows of one store.
 
-    `marker` (the store marker of the config, `dihya.storemarker`) is told once per process
+    `marker` (the store marker of the config, `dihya.store.marker`) is told once per process
     that events were committed to this store, so that an emptied or replaced store is
     noticed later (`dihya audit verify`)."""
 

@@ -2,9 +2,9 @@
 
 The operator console's audit page filters by event type, plugin, pseudonym (as actor or
 target), outcome and time range, pages through the result newest first, and exports what
-is filtered. Exports are rendered by `dihya.gdpr.render` and audited as `audit.exported`,
+is filtered. Exports are rendered by `dihya.audit.gdpr.render` and audited as `audit.exported`,
 like every other export; a purge is previewed here (what it would remove) and made by
-`dihya.gdpr`.
+`dihya.audit.gdpr`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import attrs
 import sqlalchemy as sa
 
 from dihya.audit import Auditor
-from dihya.auditlog import AuditLog
-from dihya.gdpr import render
+from dihya.audit.gdpr import render
+from dihya.audit.chain import AuditLog
 from dihya.store import audit_payload_table, audit_table, tokens_table
 
 PAGE_SIZE: Final = 50
@@ -145,7 +145,7 @@ def matching(log: AuditLog, flt: AuditFilter) -> Iterator[dict[str, Any]]:
 
 def export_filtered(auditor: Auditor, flt: AuditFilter, fmt: str, *, actor: str,
                     **fields: Any) -> str:
-    """Every event `flt` matches, rendered like `dihya.gdpr.export`; audited as
+    """Every event `flt` matches, rendered like `dihya.audit.gdpr.export`; audited as
     `audit.exported` by `actor`, naming the plugin when the filter names one."""
     if auditor.log is None:
         raise RuntimeError("this auditor has no store: nothing to export")

@@ -41,7 +41,7 @@ def audit() -> None:
 @pass_state
 def export_cmd(state: State, subject: str | None, fmt: str) -> None:
     """Print every event (about SUBJECT) as JSON or CSV; the export is itself audited."""
-    from dihya.gdpr import export, render
+    from dihya.audit.gdpr import export, render
 
     auditor = _auditor(state)
     if auditor is None:
@@ -57,7 +57,7 @@ def export_cmd(state: State, subject: str | None, fmt: str) -> None:
 @pass_state
 def purge_cmd(state: State, subject: str | None, days: float | None) -> None:
     """Erase a subject or old events, then apply the retention period."""
-    from dihya.gdpr import apply_retention, purge_older_than, purge_subject
+    from dihya.audit.gdpr import apply_retention, purge_older_than, purge_subject
 
     if (subject is None) == (days is None):
         raise Usage("give exactly one of --subject ID or --older-than DAYS")

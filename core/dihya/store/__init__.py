@@ -4,8 +4,8 @@ console sessions and the file lists of approved plugins.
 A SQLite file by default (WAL mode, no server), PostgreSQL by URL
 (`postgresql+psycopg://...`). Every worker and every node that shares the store sees the
 same tokens and switches; the state version counter tells them when to rebuild their
-registry snapshot (on PostgreSQL each bump also sends a NOTIFY, see `dihya.listen`). The
-schema is versioned and upgraded on first use (`dihya.migrations`); `Store.locked()` is the
+registry snapshot (on PostgreSQL each bump also sends a NOTIFY, see `dihya.store.listen`). The
+schema is versioned and upgraded on first use (`dihya.store.migrations`); `Store.locked()` is the
 one write lock (audit appends, upgrades).
 
 A store is created only when asked (`Store(url, create=True)`): a SQLite file is opened with
@@ -14,7 +14,7 @@ PostgreSQL schema is not a store. The SQLite file's identity (device, inode) is 
 the store is opened and checked before and after every transaction: a file deleted or
 replaced under a running server fails every transaction (`StoreUnavailable`) instead of
 writing to an unlinked inode. Every database error that reaches `begin`/`locked` comes out
-as `StoreUnavailable` naming its cause (`dihya.storefault`).
+as `StoreUnavailable` naming its cause (`dihya.store.faults`).
 
 Durability (`[store] synchronous`, see `SYNCHRONOUS`): "full" (the default) makes every
 commit survive power loss — SQLite in WAL mode with `synchronous=FULL` (the WAL is synced
@@ -40,8 +40,8 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dihya.directwrite import RawTransaction, pg_begin
-from dihya.storefault import (
+from dihya.store.directwrite import RawTransaction, pg_begin
+from dihya.store.faults import (
     StoreError,
     StoreFault,
     StoreHealth,
@@ -330,7 +330,7 @@ class Store:
 
     @contextmanager
     def raw_locked(self, name: str) -> Iterator[RawTransaction]:
-        """`locked`, with statements run on the driver's own connection (`dihya.directwrite`):
+        """`locked`, with statements run on the driver's own connection (`dihya.store.directwrite`):
         for the one write on every request's path, the audit append. Same lock, same
         settings, same errors as `locked`."""
         with self._guard(wrote=True):
@@ -388,7 +388,7 @@ class Store:
         A store that does not exist (an empty database) is created only with `create`."""
         if self._ready:
             return
-        from dihya.migrations import LATEST, current_version, upgrade
+        from dihya.store.migrations import LATEST, current_version, upgrade
 
         self.check_file()
         try:
@@ -411,7 +411,7 @@ class Store:
         self._ready = True
 
     def schema_version(self) -> int:
-        from dihya.migrations import current_version
+        from dihya.store.migrations import current_version
 
         with self._guard(wrote=False), self.engine.connect() as conn:
             return current_version(conn)
@@ -495,7 +495,7 @@ class Store:
                                                      sa.Text)))
         if updated.rowcount == 0:
             conn.execute(meta_table.insert().values(key="state_version", value="1"))
-        if not self.is_sqlite:  # delivered at commit to every LISTENing node (dihya.listen)
+        if not self.is_sqlite:  # delivered at commit to every LISTENing node (dihya.store.listen)
             conn.execute(sa.text("SELECT pg_notify(:channel, current_schema())"),
                          {"channel": NOTIFY_CHANNEL})
 

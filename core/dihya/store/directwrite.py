@@ -12,7 +12,7 @@ psycopg's own `BEGIN`): eight per event. Here:
   (2) every write (`write`), queued and sent in one pipeline with `COMMIT`. Connections
   come from a pool of their own, in autocommit mode (the transaction is begun by hand) and
   without a liveness ping: a dead connection fails the attempt, which the group commit
-  retries with a look-up of what did commit (`dihya.auditqueue`). Each statement of a
+  retries with a look-up of what did commit (`dihya.audit.writer`). Each statement of a
   simple query gets its own snapshot, so the read sees every commit made before the lock
   was granted.
 
