@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from dihya.audit import FORMATS, Auditor
-from dihya.cli import CheckFailed, State, Usage, _user
+from dihya.cli._common import CheckFailed, State, Usage, user
 
 pass_state = click.make_pass_decorator(State)
 
@@ -47,7 +47,7 @@ def export_cmd(state: State, subject: str | None, fmt: str) -> None:
     if auditor is None:
         click.echo(render([], fmt), nl=False)
         return
-    click.echo(export(auditor, subject, fmt, actor=_user()), nl=False)
+    click.echo(export(auditor, subject, fmt, actor=user()), nl=False)
 
 
 @audit.command("purge")
@@ -66,13 +66,13 @@ def purge_cmd(state: State, subject: str | None, days: float | None) -> None:
         click.echo("nothing to erase: there is no state store")
         return
     if subject is not None:
-        counts = purge_subject(auditor, subject, actor=_user())
+        counts = purge_subject(auditor, subject, actor=user())
         click.echo(f"erased the subject: {counts['events']} events unlinked, "
                    f"{counts['notes']} notes, {counts['tokens']} tokens and "
                    f"{counts['switches']} switch authors removed")
     else:
         assert days is not None
-        click.echo(f"removed {purge_older_than(auditor, days, actor=_user())} events older "
+        click.echo(f"removed {purge_older_than(auditor, days, actor=user())} events older "
                    f"than {days:g} days")
     retention = state.config().audit_retention_days
     removed = apply_retention(auditor, retention, interval_s=0)

@@ -34,16 +34,16 @@ from dihya.authoring.install import (
     pip_uninstall,
     plan_install,
 )
-from dihya.cli import (
+from dihya.cli._common import (
     CheckFailed,
     State,
     Usage,
-    _check_class,
-    _editing,
-    _unknown,
-    _user,
     approval_options,
+    editing,
+    unknown,
+    user,
 )
+from dihya.cli.approve import check_class
 from dihya.config.edit import Approval, record_approval, remove_allow
 from dihya.gate.discovery import discover
 from dihya.gate.signing import SigningError, generate_key, load_private_key, sign_wheel
@@ -141,7 +141,7 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
         (plugin,) = [p for p in installed_plugins(plan.facts.distribution, config.group)
                      if p.name == name]
         try:
-            safe = _check_class(plugin, plan.facts.fingerprint, chosen_mode, config)
+            safe = check_class(plugin, plan.facts.fingerprint, chosen_mode, config)
         except CheckFailed as exc:
             _undo(plan)
             _refuse(state, InstallRefused("invalid-plugin", exc.message, plan.names),
@@ -152,7 +152,7 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
             fingerprint=plan.facts.fingerprint, mode=mode,  # type: ignore[arg-type]
             roles=roles, required=required, publisher=plan.publisher, safe=safe))
     try:
-        with _editing(state) as doc:
+        with editing(state) as doc:
             entries = [record_approval(doc, a) for a in approvals]
     except BaseException:
         _undo(plan)
@@ -165,7 +165,7 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
                    f"{how}) {e.fingerprint} mode={e.mode}")
     auditor = state.auditor()
     for e in entries:
-        auditor.record("plugin.installed", "ok", subject=_user(), plugin=e.name,
+        auditor.record("plugin.installed", "ok", subject=user(), plugin=e.name,
                        plugin_version=e.version, plugin_fingerprint=e.fingerprint,
                        reason="signed" if plan.publisher else "unsigned-approved")
     _reload(state)
@@ -193,7 +193,7 @@ def _refuse(state: State, exc: InstallRefused, installed: bool,
     """Audit the refusal and exit 1."""
     facts = plan.facts if plan else None
     with contextlib.suppress(Exception):  # a refusal stands even if auditing fails
-        state.auditor().record("plugin.installed", "refused", subject=_user(),
+        state.auditor().record("plugin.installed", "refused", subject=user(),
                                plugin=exc.names[0] if exc.names else None,
                                plugin_version=facts.version if facts else None,
                                plugin_fingerprint=facts.fingerprint if facts else None,
@@ -222,7 +222,7 @@ def uninstall(state: State, name: str) -> None:
     found = [p for p in discover(config.group) if p.name == name]
     entries = config.entries_for(name)
     if not found and not entries:
-        _unknown(name, [p.name for p in discover(config.group)])
+        unknown(name, [p.name for p in discover(config.group)])
     if len(found) > 1:
         raise CheckFailed(f"{name!r} is declared by several distributions "
                           f"({', '.join(p.distribution for p in found)}); uninstall them "
@@ -241,7 +241,7 @@ def uninstall(state: State, name: str) -> None:
     else:
         click.echo(f"{distribution} was not installed; revoking its approval", err=True)
     revoked = []
-    with _editing(state) as doc:
+    with editing(state) as doc:
         for n in sorted(names):
             dist_ok = all(canonicalize_name(e.distribution) == canonicalize_name(distribution)
                           for e in config.entries_for(n))
@@ -251,7 +251,7 @@ def uninstall(state: State, name: str) -> None:
         click.echo(f"revoked {n}")
     auditor = state.auditor()
     for n in sorted(names):
-        auditor.record("plugin.uninstalled", "ok", subject=_user(), plugin=n,
+        auditor.record("plugin.uninstalled", "ok", subject=user(), plugin=n,
                        plugin_version=version)
     _reload(state)
 

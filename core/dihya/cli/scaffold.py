@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from dihya.authoring.scaffold import DEFAULT_LICENSE, LICENSES, ScaffoldError, new_project
-from dihya.cli import Usage
+from dihya.cli._common import Usage
 
 
 @click.command("new")

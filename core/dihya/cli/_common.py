@@ -1,0 +1,237 @@
+"""Shared by the `dihya` command's modules: the state of one invocation (config, store, registry,
+auditor), the exit-code exceptions, and the option and output helpers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import attrs
+import click
+
+from dihya.audit import Auditor
+from dihya.config import (
+    MODES,
+    ROLES,
+    Config,
+    ConfigError,
+    load_config,
+)
+from dihya.config.edit import (
+    ApprovalRefused,
+    edit_document,
+)
+from dihya.config.file import ConfigFileError, ConfigLockTimeout
+from dihya.gate.discovery import DiscoveredPlugin, discover
+from dihya.registry import RegistrySnapshot, build_registry
+from dihya.store.marker import StoreMarker
+
+if TYPE_CHECKING:
+    from dihya.store import Store
+
+
+
+class CheckFailed(click.ClickException):
+    """A check failed: exit 1."""
+
+    exit_code = 1
+
+class Usage(click.ClickException):
+    """Bad usage or config: exit 2."""
+
+    exit_code = 2
+
+@attrs.define
+class State:
+    config_path: Path
+    warned: bool = False
+    _auditor: Auditor | None = None
+
+    def config(self) -> Config:
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            raise Usage(str(exc)) from exc
+        if not self.warned and (not config.exists or config.empty):
+            self.warned = True
+            what = "does not exist" if not config.exists else "is empty (no table, no key)"
+            click.echo(f"warning: config file {self.config_path} {what}: no plugin is "
+                       "approved (pass --config or set DIHYA_CONFIG)", err=True)
+        return config
+
+    def registry(self) -> RegistrySnapshot:
+        config = self.config()
+        store = self.store(config)
+        switches = {}
+        if store is not None:
+            switches = {n: (s.reason_code, f"{s.reason_code}: {s.reason or ''}".rstrip(": "))
+                        for n, s in store.plugin_switches().items()}
+        # Plugins' import-time prints must not corrupt what this command prints.
+        with contextlib.redirect_stdout(sys.stderr):
+            snapshot = build_registry(config, switches=switches)
+        atexit.register(snapshot.close)  # stop this command's sandbox workers
+        return snapshot
+
+    def store(self, config: Config | None = None, create: bool = False) -> Store | None:
+        """The state store; None where there is none yet and `create` is not asked.
+
+        Created only with `create`, and only beside a config that exists. A store missing
+        where the store marker says one was, or a different store in its place, is an
+        error (exit 1) saying what to do — never a new, empty store.
+        """
+        config = config or self.config()
+        url = config.effective_store_url
+        marker = self.marker(config)
+        file = sqlite_file(config)
+        if file is not None and not file.exists():
+            if marker.expected:
+                raise CheckFailed(missing_store(file, marker))
+            if not create:
+                return None
+            if not config.exists:
+                raise CheckFailed(f"no config file at {self.config_path}, so no state store "
+                                  "is created: the store lives beside the config (or at its "
+                                  "[store] url). Pass --config or set DIHYA_CONFIG, or write "
+                                  "the config first (`dihya plugins approve NAME` writes "
+                                  "one)")
+        from dihya.store import Store, StoreError, StoreMissing, StoreUnavailable
+
+        try:
+            store = Store(url, create=create and not marker.expected,
+                          synchronous=config.store_synchronous)
+            store.ensure_schema()
+            problem = marker.mismatch(store.store_id()) if marker.expected else None
+        except StoreMissing as exc:
+            if marker.expected:
+                raise CheckFailed(f"{exc}; but {marker.describe()}: restore the store from "
+                                  "a backup, or, to start an empty one on purpose, delete "
+                                  f"{marker.path}") from exc
+            return None
+        except StoreUnavailable as exc:
+            raise CheckFailed(str(exc)) from exc
+        except StoreError as exc:
+            raise Usage(str(exc)) from exc
+        if problem is not None:
+            raise CheckFailed(problem)
+        if store.created_now:
+            try:
+                marker.note_created(store.store_id())
+            except OSError as exc:
+                click.echo(f"warning: cannot write the store marker {marker.path} "
+                           f"({exc.strerror}): a deleted store will not be noticed", err=True)
+        return store
+
+    def marker(self, config: Config | None = None) -> StoreMarker:
+        config = config or self.config()
+        return StoreMarker.for_config(self.config_path, config.effective_store_url)
+
+    def auditor(self) -> Auditor:
+        """The audit door, writing to the store (created if needed)."""
+        if self._auditor is None:
+            config = self.config()
+            self._auditor = Auditor(config.audit_key, store=self.store(config, create=True),
+                                    marker=self.marker(config))
+        return self._auditor
+
+    def existing_auditor(self) -> Auditor | None:
+        """The audit door of the store if it exists; None (and nothing created) if not."""
+        if self._auditor is None:
+            config = self.config()
+            store = self.store(config)
+            if store is None:
+                return None
+            self._auditor = Auditor(config.audit_key, store=store, marker=self.marker(config))
+        return self._auditor
+
+def missing_store(file: Path, marker: StoreMarker) -> str:
+    return (f"the state store {file} is missing, but {marker.describe()}: it was deleted or "
+            "moved. Restore it from a backup (with its -wal file, if there is one) or put it "
+            "back, then retry; to start an empty store on purpose (every token, runtime "
+            f"switch and audit event of the old one is lost), delete {marker.path}")
+
+def user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}"
+
+pass_state = click.make_pass_decorator(State)
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+def unknown(name: str, known: Sequence[str]) -> NoReturn:
+    listing = ", ".join(sorted(set(known))) or "none installed"
+    raise CheckFailed(f"no plugin named {name!r} is installed (known: {listing})")
+
+def find_plugin(state: State, name: str) -> DiscoveredPlugin:
+    found = discover(state.config().group)
+    matches = [p for p in found if p.name == name]
+    if not matches:
+        unknown(name, [p.name for p in found])
+    if len(matches) > 1:
+        dists = ", ".join(p.distribution for p in matches)
+        raise CheckFailed(f"{name!r} is declared by several distributions ({dists}); "
+                          "uninstall all but one")
+    return matches[0]
+
+@contextmanager
+def editing(state: State) -> Iterator[Any]:
+    """A config edit as a transaction (lock, re-read, change, atomic write): the block runs
+    under the lock on the file as it is now, so it must be quick (no sandbox check)."""
+    try:
+        with edit_document(state.config_path) as doc:
+            yield doc
+    except ConfigError as exc:
+        raise Usage(str(exc)) from exc
+    except (ConfigLockTimeout, ApprovalRefused) as exc:
+        raise CheckFailed(str(exc)) from exc
+    except ConfigFileError as exc:
+        raise Usage(str(exc)) from exc
+
+def parse_roles(_ctx: click.Context, _param: click.Parameter,
+                 value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    roles = tuple(r.strip() for r in value.split(",") if r.strip())
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise click.BadParameter(f"roles must be a comma-separated list of "
+                                 f"{', '.join(ROLES)}, not {value!r}")
+    return roles
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+def approval_options(command: F) -> F:
+    """The options an approval records (`approve`, `install`): mode, roles, required."""
+    options = [
+        click.option("--mode", type=click.Choice(MODES), default=None,
+                     help="Where the plugin runs (default: sandbox, or what a previous "
+                          "approval said); in-process only for classes that say safe = True."),
+        click.option("--roles", callback=parse_roles,
+                     help="Comma-separated roles for whom the plugin may run (default: every "
+                          "role, or what a previous approval said)."),
+        click.option("--required/--not-required", default=None,
+                     help="Whether a failure of this plugin fails the generation (default: "
+                          "no, or what a previous approval said)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+def sqlite_file(config: Config) -> Path | None:
+    url = config.effective_store_url
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, OSError) else f"{type(exc).__name__}: {text}"

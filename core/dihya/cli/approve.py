@@ -1,0 +1,233 @@
+"""`dihya plugins approve|revoke|enable|disable|acknowledge-pth`: the operator's decisions, each a
+locked transaction on the config file (`dihya.config.edit`), each audited.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+import click
+
+from dihya.config import (
+    Config,
+)
+from dihya.config.edit import (
+    Approval,
+    add_known_pth,
+    record_approval,
+    remove_allow,
+    set_enabled,
+)
+from dihya.gate.decide import (
+    SHADOWED_MODULE,
+    dependency_problems,
+    inspect_files,
+    resolution_problem,
+    shadowing_problem,
+)
+from dihya.gate.discovery import DiscoveredPlugin, discover
+from dihya.gate.startup import PthFile, known_entry, scan_pth, site_directories
+
+if TYPE_CHECKING:
+    from dihya.gate.fingerprint import InstalledFiles
+from dihya.cli._common import (
+    CheckFailed,
+    State,
+    approval_options,
+    editing,
+    pass_state,
+    unknown,
+    user,
+)
+
+
+@click.command("approve")
+@click.argument("names", nargs=-1, required=True)
+@approval_options
+@pass_state
+def approve(state: State, names: tuple[str, ...], mode: str | None,
+            roles: tuple[str, ...] | None, required: bool | None) -> None:
+    """Approve installed plugins as they are now (records name, version, fingerprint).
+
+    Each plugin is loaded once in a separate, isolated process to check its class and
+    hooks before it is approved. Re-approving keeps the previous mode, roles, required and
+    on/off switch unless options say otherwise. All or nothing: if one NAME cannot be
+    approved, the config is left unchanged.
+    """
+    config = state.config()
+    found = discover(config.group)
+    approvals = []
+    notes = []
+    # the checks (seconds: a sandbox worker per plugin) run before the config is locked
+    for name in dict.fromkeys(names):
+        plugin, files = _approvable(name, found)
+        previous = config.entries_for(name)
+        check_mode = mode or (previous[0].mode if previous else "sandbox")
+        safe = check_class(plugin, files.fingerprint, check_mode, config)
+        for old in previous:
+            if old.fingerprint != files.fingerprint:
+                notes.append(f"note: {name}'s files changed since the previous approval "
+                             f"({old.version} {old.fingerprint[:19]}… -> {plugin.version} "
+                             f"{files.fingerprint[:19]}…)")
+        approvals.append(Approval(
+            name=name, distribution=plugin.distribution, version=plugin.version,
+            fingerprint=files.fingerprint, mode=mode,  # type: ignore[arg-type]
+            roles=roles, required=required, safe=safe))
+    # only the choices given here are applied, to the file as it is once locked: a switch,
+    # role or flag changed by another edit during the checks is kept
+    with editing(state) as doc:
+        entries = [record_approval(doc, a) for a in approvals]
+    auditor = state.auditor()
+    for note in notes:
+        click.echo(note, err=True)
+    for e in entries:
+        click.echo(f"approved {e.name} ({e.distribution} {e.version}) {e.fingerprint} "
+                   f"mode={e.mode}")
+        auditor.record("plugin.approved", "ok", subject=user(), plugin=e.name,
+                       plugin_version=e.version, plugin_fingerprint=e.fingerprint)
+
+def _approvable(name: str, found: Sequence[DiscoveredPlugin]) -> tuple[DiscoveredPlugin,
+                                                                        InstalledFiles]:
+    """The one installed plugin named `name` and its files, if they may be approved; else
+    exit 1."""
+    matches = [p for p in found if p.name == name]
+    if not matches:
+        unknown(name, [p.name for p in found])
+    if len(matches) > 1:
+        raise CheckFailed(f"cannot approve {name!r}: declared by "
+                          f"{', '.join(p.distribution for p in matches)}")
+    plugin = matches[0]
+    files, problem = inspect_files(plugin)
+    if problem is not None or files is None:
+        reason, message = problem or ("missing-file", "no files")
+        raise CheckFailed(f"cannot approve {name!r} ({reason}): {message}")
+    outside = resolution_problem(plugin, files)
+    if outside:
+        raise CheckFailed(f"cannot approve {name!r} (outside-distribution): {outside}")
+    shadowed = shadowing_problem(plugin, files)
+    if shadowed:
+        raise CheckFailed(f"cannot approve {name!r} ({SHADOWED_MODULE}): {shadowed}")
+    missing = dependency_problems(plugin)
+    if missing:
+        raise CheckFailed(f"cannot approve {name!r} (missing-dependency): "
+                          f"{'; '.join(missing)}")
+    return plugin, files
+
+def check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config) -> bool:
+    """Load the plugin in a sandbox worker (never in this process) and check its class;
+    True if the class says safe = True (it may run in-process)."""
+    from dihya.sandbox.admission import checked_meta
+    from dihya.sandbox.pool import Worker, WorkerSpec, WorkerStartError
+
+    try:
+        worker = Worker(WorkerSpec(plugin.group, plugin.name, fp), config.sandbox)
+    except WorkerStartError as exc:
+        raise CheckFailed(f"cannot approve {plugin.name!r}: {exc.reason}: {exc.message}") from exc
+    try:
+        meta = checked_meta(worker.hello.meta)
+    except ValueError as exc:
+        raise CheckFailed(f"cannot approve {plugin.name!r}: invalid-plugin: {exc}") from exc
+    finally:
+        worker.close()
+    for warning in meta["deprecations"]:
+        click.echo(f"warning: {plugin.name}: {warning}", err=True)
+    safe = meta.get("safe") is True
+    if mode == "in-process" and not safe:
+        raise CheckFailed(f"cannot approve {plugin.name!r} in-process: its class says "
+                          "safe = False; approve it with --mode sandbox")
+    return safe
+
+@click.command("revoke")
+@click.argument("name")
+@pass_state
+def revoke(state: State, name: str) -> None:
+    """Remove a plugin's approval: it becomes refused/not-allowlisted."""
+    with editing(state) as doc:
+        if not remove_allow(doc, name):
+            _not_approved(state, name)
+    click.echo(f"revoked {name}")
+    state.auditor().record("plugin.revoked", "ok", subject=user(), plugin=name)
+
+def _not_approved(state: State, name: str) -> NoReturn:
+    approved = ", ".join(e.name for e in state.config().allow) or "none"
+    raise CheckFailed(f"{name!r} is not in the allowlist of {state.config_path} "
+                      f"(approved: {approved})")
+
+def _switch(state: State, name: str, enabled: bool, reason: str | None) -> None:
+    with editing(state) as doc:
+        if not set_enabled(doc, name, enabled, reason):
+            _not_approved(state, name)
+    if enabled:
+        # also lift a runtime switch (HTTP disable, quarantine) recorded in the store
+        store = state.store()
+        if store is not None:
+            store.set_plugin_disabled(name, False, actor=state.auditor().pseudonym(user()))
+    click.echo(f"{'enabled' if enabled else 'disabled'} {name}")
+    state.auditor().record("plugin.enabled" if enabled else "plugin.disabled", "ok",
+                           subject=user(), plugin=name,
+                           reason=None if enabled else "disabled-by-config", note=reason)
+
+@click.command("enable")
+@click.argument("name")
+@pass_state
+def enable(state: State, name: str) -> None:
+    """Switch an approved plugin back on."""
+    _switch(state, name, True, None)
+
+@click.command("disable")
+@click.argument("name")
+@click.option("--reason", help="Why, recorded in the config beside the switch.")
+@pass_state
+def disable(state: State, name: str, reason: str | None) -> None:
+    """Switch an approved plugin off (it stays approved)."""
+    _switch(state, name, False, reason)
+
+@click.command("acknowledge-pth")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--note", help="Why this file may run at interpreter start (kept in the config).")
+@pass_state
+def acknowledge_pth(state: State, files: tuple[str, ...], note: str | None) -> None:
+    """Acknowledge .pth files that run code at interpreter start, as they are now.
+
+    FILE is a path, or a file name as `plugins verify` lists it (every code-running .pth of
+    that name). The config records the name and the SHA-256 of the content
+    ([[plugins.known_pth]]), keeping its comments: an edited file is no longer acknowledged.
+    Review the file, and the modules its `import` lines load, first.
+    """
+    config = state.config()
+    found = scan_pth(config.known_pth)
+    chosen: list[PthFile] = []
+    for target in dict.fromkeys(files):
+        chosen += [p for p in _pth_matches(found, target) if p not in chosen]
+    try:
+        entries = [known_entry(p, note) for p in chosen]
+    except ValueError as exc:
+        raise CheckFailed(str(exc)) from exc
+    with editing(state) as doc:
+        added = [add_known_pth(doc, entry) for entry in entries]
+    auditor = state.auditor()
+    for pth, new in zip(chosen, added, strict=True):
+        click.echo(f"{'acknowledged' if new else 'already acknowledged'} {pth.path} "
+                   f"({pth.owner or 'no owner'}) sha256 {pth.sha256}")
+        auditor.record("pth.acknowledged", "ok", subject=user(), pth_file=pth.file,
+                       pth_sha256=pth.sha256)
+
+def _pth_matches(found: Sequence[PthFile], target: str) -> list[PthFile]:
+    """The code-running .pth files `target` names (a path, or a bare file name)."""
+    if "/" not in target and os.sep not in target:
+        matches = [p for p in found if p.file == target]
+    else:
+        real = os.path.realpath(target)
+        matches = [p for p in found if os.path.realpath(p.path) == real]
+    if matches:
+        return matches
+    where = ", ".join(site_directories()) or "none"
+    listing = ", ".join(p.path for p in found) or "none"
+    if os.path.isfile(target) and target.endswith(".pth"):
+        raise CheckFailed(f"{target} runs no code at interpreter start (no line starts with "
+                          "`import`) or is not in a site directory of this interpreter "
+                          f"({where}): there is nothing to acknowledge")
+    raise CheckFailed(f"no .pth file that runs code is named {target!r} in this interpreter's "
+                      f"site directories ({where}); those that run code: {listing}")

@@ -1,0 +1,131 @@
+"""`dihya plugins list|show|fingerprint|reload`: what is installed, what the core decided about it,
+and telling running servers to rebuild.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from dihya.gate.decide import (
+    inspect_files,
+)
+from dihya.gate.fingerprint import FingerprintError, fingerprint_wheel
+from dihya.gate.startup import pth_json
+from dihya.registry import RegistrySnapshot
+
+if TYPE_CHECKING:
+    pass
+from dihya.cli._common import (
+    CheckFailed,
+    State,
+    echo_json,
+    find_plugin,
+    pass_state,
+    unknown,
+    user,
+)
+
+
+@click.group()
+def plugins() -> None:
+    """Discover, approve, switch and verify generation plugins."""
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_state
+def list_plugins(state: State, as_json: bool) -> None:
+    """List every installed plugin with its status."""
+    snapshot = state.registry()
+    if as_json:
+        # the array has no room for facts about the environment: every row carries them
+        echo_json([_with_pth(r.to_json(), snapshot) for r in snapshot.records])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"plugins ({snapshot.config.path})")
+    for column in ("name", "status", "reason", "mode", "version", "distribution", "hooks"):
+        table.add_column(column, overflow="fold")
+    colors = {"active": "green", "disabled": "yellow", "refused": "red", "failed": "red"}
+    for r in snapshot.records:
+        table.add_row(r.name, f"[{colors.get(r.status, 'white')}]{r.status}[/]",
+                      r.reason or "", r.mode or "", r.version, r.distribution,
+                      ", ".join(r.hooks))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    if not snapshot.records:
+        click.echo("no plugin installed in group " + snapshot.config.group)
+    _warn_pth(snapshot)
+
+def _with_pth(data: dict[str, Any], snapshot: RegistrySnapshot) -> dict[str, Any]:
+    data["pth"] = pth_json(snapshot.pth)
+    return data
+
+def _warn_pth(snapshot: RegistrySnapshot) -> None:
+    for pth in snapshot.pth:
+        if not pth.acknowledged:
+            click.echo(f"warning: {pth.describe()}", err=True)
+
+@plugins.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@pass_state
+def show(state: State, name: str, as_json: bool) -> None:
+    """Show everything known about one plugin."""
+    snapshot = state.registry()
+    record = snapshot.get(name)
+    if record is None:
+        unknown(name, snapshot.names())
+    data = record.to_json()
+    if as_json:
+        echo_json(_with_pth(data, snapshot))
+        return
+    data["actions"] = [a["name"] for a in data["actions"]]  # schemas: see --json
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = ", ".join(map(str, value)) or "-"
+        click.echo(f"{key:>21}: {'-' if value is None else value}")
+    for pth in snapshot.pth or [None]:
+        click.echo(f"{'pth':>21}: {pth.describe() if pth else '-'}")
+
+@plugins.command("fingerprint")
+@click.argument("target")
+@pass_state
+def fingerprint(state: State, target: str) -> None:
+    """Print the fingerprint of an installed plugin (NAME) or of a wheel file (PATH.whl)."""
+    if target.endswith(".whl"):
+        try:
+            click.echo(fingerprint_wheel(Path(target)))
+        except FingerprintError as exc:
+            raise CheckFailed(str(exc)) from exc
+        return
+    plugin = find_plugin(state, target)
+    files, problem = inspect_files(plugin)
+    if files is None:
+        reason, message = problem or ("missing-file", "no files")
+        raise CheckFailed(f"cannot fingerprint {target!r} ({reason}): {message}")
+    click.echo(files.fingerprint)
+    if problem is not None:
+        raise CheckFailed(f"{target}: {problem[1]}: this install would be refused "
+                          f"({problem[0]})")
+
+@plugins.command("reload")
+@pass_state
+def reload(state: State) -> None:
+    """Tell every running backend sharing the state store to rebuild its plugin registry.
+
+    Goes through the store (no server address needed): each server worker sees the new
+    state version within a second, rediscovers, verifies and loads, and swaps the new
+    registry in; generations under way finish on the one they started with.
+    """
+    state.config()  # a malformed config: exit 2 before telling servers to load it
+    store = state.store(create=True)
+    assert store is not None
+    store.bump_state_version()
+    version = store.state_version()
+    state.auditor().record("registry.reloaded", "ok", subject=user())
+    click.echo(f"reload requested (state version {version}); running servers rebuild within "
+               "a second")
