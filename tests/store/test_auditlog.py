@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from dihya.audit import AuditEvent, Auditor
-from dihya.audit.gdpr import apply_retention, export, purge_older_than, purge_subject
 from dihya.audit.chain import AuditLog
+from dihya.audit.gdpr import apply_retention, export, purge_older_than, purge_subject
 from dihya.store import Store, audit_table
 
 

@@ -8,8 +8,7 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from dihya.store import migrations
-from dihya.store import SCHEMA_VERSION, Store, StoreError, metadata
+from dihya.store import SCHEMA_VERSION, Store, StoreError, metadata, migrations
 
 # The tables exactly as dihya-core 0.3 (schema version 1) created them.
 V1_DDL = [

@@ -58,7 +58,7 @@ def test_a_served_request_with_control_characters_is_one_access_log_line(
 
 
 def test_access_log_atoms_are_escaped_and_decoded_as_utf8() -> None:
-    from dihya.audit.logs import escape_text
+    from dihya.escaping import escape_text
     from dihya.web.serve import EscapedAtoms
 
     # WSGI hands the path over as latin-1-decoded bytes

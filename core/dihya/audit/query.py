@@ -18,8 +18,8 @@ import attrs
 import sqlalchemy as sa
 
 from dihya.audit import Auditor
-from dihya.audit.gdpr import render
 from dihya.audit.chain import AuditLog
+from dihya.audit.gdpr import render
 from dihya.store import audit_payload_table, audit_table, tokens_table
 
 PAGE_SIZE: Final = 50

@@ -28,7 +28,7 @@ from typing import Final
 
 import attrs
 
-from dihya.audit.logs import escape_text
+from dihya.escaping import escape_text
 from dihya.needs import unsafe_path_reason
 from dihya.output.manifest import (
     MANIFEST_NAME,

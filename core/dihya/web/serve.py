@@ -19,8 +19,8 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.glogging import SafeAtoms
 
-from dihya.audit.logs import escape_text
 from dihya.config import Config, ConfigError, load_config
+from dihya.escaping import escape_text
 
 
 class EscapedAtoms(SafeAtoms):  # type: ignore[misc]
