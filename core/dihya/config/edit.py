@@ -78,23 +78,28 @@ def edit_document(path: Path) -> Iterator[TOMLDocument]:
 
 
 def _allow_array(doc: TOMLDocument) -> Any:
+    return _tables(doc, "allow")
+
+
+def _tables(doc: TOMLDocument, key: str) -> Any:
+    """`[plugins] KEY` as an array of tables ([[plugins.KEY]]), created if missing. An
+    inline array (`KEY = []`, inline tables) becomes one: appending a table to an inline
+    array would write invalid TOML."""
     import tomlkit
 
     if "plugins" not in doc:
         doc["plugins"] = tomlkit.table()
     plugins: Any = doc["plugins"]
-    if "allow" not in plugins:
-        plugins["allow"] = tomlkit.aot()
-    elif not isinstance(plugins["allow"], tomlkit.items.AoT):
-        # `allow = []` or inline tables: appending a table to an inline array would
-        # write invalid TOML, so the array becomes [[plugins.allow]] tables
+    if key not in plugins:
+        plugins[key] = tomlkit.aot()
+    elif not isinstance(plugins[key], tomlkit.items.AoT):
         aot = tomlkit.aot()
-        for item in plugins["allow"]:
+        for item in plugins[key]:
             table = tomlkit.table()
             table.update(item.unwrap() if hasattr(item, "unwrap") else item)
             aot.append(table)
-        plugins["allow"] = aot
-    return plugins["allow"]
+        plugins[key] = aot
+    return plugins[key]
 
 
 class ApprovalRefused(Exception):
@@ -241,21 +246,8 @@ def add_known_pth(doc: TOMLDocument, values: Mapping[str, str]) -> bool:
     entry already acknowledges that file with that content (its note is then updated)."""
     import tomlkit
 
-    if "plugins" not in doc:
-        doc["plugins"] = tomlkit.table()
-    plugins: Any = doc["plugins"]
-    if "known_pth" not in plugins:
-        plugins["known_pth"] = tomlkit.aot()
-    elif not isinstance(plugins["known_pth"], tomlkit.items.AoT):
-        # `known_pth = [{...}]`: appending a table to an inline array would write invalid
-        # TOML, so it becomes [[plugins.known_pth]] tables (as `_allow_array` does)
-        aot = tomlkit.aot()
-        for item in plugins["known_pth"]:
-            table = tomlkit.table()
-            table.update(item.unwrap() if hasattr(item, "unwrap") else item)
-            aot.append(table)
-        plugins["known_pth"] = aot
-    for table in plugins["known_pth"]:
+    known = _tables(doc, "known_pth")
+    for table in known:
         if (table.get("file"), str(table.get("sha256", "")).lower()) == (
                 values["file"], values["sha256"]):
             if values.get("note"):
@@ -265,5 +257,5 @@ def add_known_pth(doc: TOMLDocument, values: Mapping[str, str]) -> bool:
     table.trivia.indent = "\n"  # a blank line before its header, for whoever reads the file
     for key, value in values.items():
         table[key] = value
-    plugins["known_pth"].append(table)
+    known.append(table)
     return True

@@ -35,6 +35,7 @@ from packaging.utils import canonicalize_name
 
 from dihya.config.publishers import Publisher, decode_public_key, encode_public_key
 from dihya.gate.fingerprint import FingerprintError, fingerprint_wheel
+from dihya.reasons import DihyaError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -52,12 +53,8 @@ NOT_ALLOWED: Final = "publisher-not-allowed"
 WHEEL_MISMATCH: Final = "wheel-altered"
 
 
-class SigningError(Exception):
+class SigningError(DihyaError):
     """A key, wheel or signature cannot be used; `reason` is a short code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @attrs.frozen
