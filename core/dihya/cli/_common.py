@@ -31,7 +31,9 @@ from dihya.config.edit import (
     edit_document,
 )
 from dihya.config.file import ConfigFileError, ConfigLockTimeout
-from dihya.gate.discovery import DiscoveredPlugin, discover
+from dihya.gate.decide import PluginNotFound, find_installed
+from dihya.gate.discovery import DiscoveredPlugin
+from dihya.reasons import Reason
 from dihya.registry import RegistrySnapshot, build_registry
 from dihya.store.marker import StoreMarker
 
@@ -174,15 +176,13 @@ def unknown(name: str, known: Sequence[str]) -> NoReturn:
     raise CheckFailed(f"no plugin named {name!r} is installed (known: {listing})")
 
 def find_plugin(state: State, name: str) -> DiscoveredPlugin:
-    found = discover(state.config().group)
-    matches = [p for p in found if p.name == name]
-    if not matches:
-        unknown(name, [p.name for p in found])
-    if len(matches) > 1:
-        dists = ", ".join(p.distribution for p in matches)
-        raise CheckFailed(f"{name!r} is declared by several distributions ({dists}); "
-                          "uninstall all but one")
-    return matches[0]
+    """The one installed plugin named `name`; exit 1 saying what is installed, if not."""
+    try:
+        return find_installed(name, state.config().group)
+    except PluginNotFound as exc:
+        if exc.reason != Reason.DUPLICATE_NAME:
+            unknown(name, exc.installed)
+        raise CheckFailed(exc.message) from exc
 
 @contextmanager
 def editing(state: State) -> Iterator[Any]:

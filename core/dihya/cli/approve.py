@@ -21,14 +21,12 @@ from dihya.config.edit import (
     set_enabled,
 )
 from dihya.gate.decide import (
-    SHADOWED_MODULE,
     dependency_problems,
-    inspect_files,
-    resolution_problem,
-    shadowing_problem,
+    verified_files,
 )
 from dihya.gate.discovery import DiscoveredPlugin, discover
 from dihya.gate.startup import PthFile, known_entry, scan_pth, site_directories
+from dihya.reasons import Reason
 
 if TYPE_CHECKING:
     from dihya.gate.fingerprint import InstalledFiles
@@ -99,16 +97,10 @@ def _approvable(name: str, found: Sequence[DiscoveredPlugin]) -> tuple[Discovere
         raise CheckFailed(f"cannot approve {name!r}: declared by "
                           f"{', '.join(p.distribution for p in matches)}")
     plugin = matches[0]
-    files, problem = inspect_files(plugin)
+    files, problem = verified_files(plugin)
     if problem is not None or files is None:
-        reason, message = problem or ("missing-file", "no files")
+        reason, message = problem or (Reason.MISSING_FILE, "no files")
         raise CheckFailed(f"cannot approve {name!r} ({reason}): {message}")
-    outside = resolution_problem(plugin, files)
-    if outside:
-        raise CheckFailed(f"cannot approve {name!r} (outside-distribution): {outside}")
-    shadowed = shadowing_problem(plugin, files)
-    if shadowed:
-        raise CheckFailed(f"cannot approve {name!r} ({SHADOWED_MODULE}): {shadowed}")
     missing = dependency_problems(plugin)
     if missing:
         raise CheckFailed(f"cannot approve {name!r} (missing-dependency): "

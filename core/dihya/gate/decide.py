@@ -21,7 +21,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from dihya.config import AllowEntry, Config
-from dihya.gate.discovery import DiscoveredPlugin, requires_of
+from dihya.gate.discovery import DiscoveredPlugin, discover, requires_of
 from dihya.gate.fingerprint import (
     FingerprintError,
     InstalledFiles,
@@ -29,7 +29,7 @@ from dihya.gate.fingerprint import (
     shared_realpaths,
 )
 from dihya.gate.resolution import find_shadowing
-from dihya.reasons import REASONS_BY_STATUS, Reason, Status
+from dihya.reasons import REASONS_BY_STATUS, DihyaError, Reason, Status
 
 # the statuses as the gate's callers name them (members of dihya.reasons.Status)
 ACTIVE: Final = Status.ACTIVE
@@ -107,17 +107,14 @@ def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[
         return _verdict(plugin, REFUSED, Reason.VERSION_MISMATCH,
                         f"approved version {entry.version}, installed {plugin.version}; "
                         "re-approve after reviewing the new version", entry)
-    files, problem = inspect_files(plugin)
+    files, problem = verified_files(plugin, path)
     if problem is not None or files is None:
-        return _verdict(plugin, REFUSED, problem[0] if problem else Reason.MISSING_FILE,
-                        problem[1] if problem else "no files", entry)
-    outside = resolution_problem(plugin, files)
-    if outside:
-        return _verdict(plugin, REFUSED, Reason.OUTSIDE_DISTRIBUTION, outside, entry,
-                        files.fingerprint)
-    shadowed = shadowing_problem(plugin, files, path)
-    if shadowed:
-        return _verdict(plugin, REFUSED, SHADOWED_MODULE, shadowed, entry, files.fingerprint)
+        reason, message = problem or (Reason.MISSING_FILE, "no files")
+        # the fingerprint is said where the files are all there but would not run as hashed
+        whole = files is not None and reason in (Reason.OUTSIDE_DISTRIBUTION,
+                                                 Reason.SHADOWED_MODULE)
+        return _verdict(plugin, REFUSED, reason, message, entry,
+                        files.fingerprint if whole and files else None)
     if files.fingerprint != entry.fingerprint:
         return _verdict(plugin, REFUSED, Reason.FINGERPRINT_MISMATCH,
                         f"installed files hash to {files.fingerprint}, approved "
@@ -149,6 +146,50 @@ def _closest_entry(plugin: DiscoveredPlugin, entries: Sequence[AllowEntry]) -> A
         return same_dist * 2 + (same_dist and e.version == plugin.version)
 
     return max(entries, key=score)
+
+
+def find_installed(name: str, group: str, path: Sequence[str] | None = None
+                   ) -> DiscoveredPlugin:
+    """The one installed entry point named `name` (nothing is imported); PluginNotFound
+    (reason `not-installed`, or `duplicate-name` when several distributions declare it)."""
+    found = discover(group, path)
+    matches = [p for p in found if p.name == name]
+    if not matches:
+        raise PluginNotFound("not-installed", f"no installed plugin is named {name!r}",
+                             sorted({p.name for p in found}))
+    if len(matches) > 1:
+        dists = ", ".join(p.distribution for p in matches)
+        raise PluginNotFound(Reason.DUPLICATE_NAME, f"{name!r} is declared by several "
+                             f"distributions ({dists}); uninstall all but one",
+                             sorted({p.name for p in found}))
+    return matches[0]
+
+
+class PluginNotFound(DihyaError):
+    """No single installed plugin has the name asked for; `installed` lists the names."""
+
+    def __init__(self, reason: str, message: str, installed: Sequence[str]) -> None:
+        super().__init__(reason, message)
+        self.installed = tuple(installed)
+
+
+def verified_files(plugin: DiscoveredPlugin, path: Sequence[str] | None = None
+                   ) -> tuple[InstalledFiles | None, tuple[str, str] | None]:
+    """Every check of the gate that needs no allowlist, in one place for the registry, an
+    approval and a sandbox worker (before it imports): the installed files (none missing,
+    none unlisted, not editable) and their fingerprint, the entry point's module among
+    them, and nothing shadowing them on `path`. The files (when they could be read) and
+    a (reason, message) refusal, or None."""
+    files, problem = inspect_files(plugin)
+    if problem is not None or files is None:
+        return files, problem
+    outside = resolution_problem(plugin, files)
+    if outside:
+        return files, (Reason.OUTSIDE_DISTRIBUTION, outside)
+    shadowed = shadowing_problem(plugin, files, path)
+    if shadowed:
+        return files, (Reason.SHADOWED_MODULE, shadowed)
+    return files, None
 
 
 def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,

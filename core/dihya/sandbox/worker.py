@@ -32,23 +32,22 @@ class PluginLoadError(DihyaError):
 def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any],
                                         dict[str, tuple[str, ...] | None]]:
     """Verify and import the plugin; return (instance, metadata, callable method names)."""
-    from dihya.gate.decide import SHADOWED_MODULE, inspect_files, shadowing_problem
-    from dihya.gate.discovery import discover
+    from dihya.gate.decide import PluginNotFound, find_installed, verified_files
     from dihya.gate.loader import load_plugins
 
-    matches = [p for p in discover(spec["group"]) if p.name == spec["name"]]
-    if len(matches) != 1:
-        raise PluginLoadError(Reason.SANDBOX_START_FAILED,
-                          f"{len(matches)} installed entry points named {spec['name']!r}")
-    files, problem = inspect_files(matches[0])
+    try:
+        found = find_installed(spec["name"], spec["group"])
+    except PluginNotFound as exc:
+        raise PluginLoadError(Reason.SANDBOX_START_FAILED, exc.message) from exc
+    # the gate again, on this worker's own import path, before anything is imported
+    files, problem = verified_files(found)
+    if problem is not None and problem[0] in (Reason.SHADOWED_MODULE,
+                                              Reason.OUTSIDE_DISTRIBUTION):
+        raise PluginLoadError(*problem)
     if problem is not None or files is None or files.fingerprint != spec["fingerprint"]:
         raise PluginLoadError(Reason.FINGERPRINT_MISMATCH,
-                          "the plugin's files changed since the backend verified them")
-    # what `import` would run here, on this worker's own path, must be the verified files
-    shadowed = shadowing_problem(matches[0], files)
-    if shadowed:
-        raise PluginLoadError(SHADOWED_MODULE, shadowed)
-    loaded, failed = load_plugins(spec["group"], [matches[0].entry_point])
+                              "the plugin's files changed since the backend verified them")
+    loaded, failed = load_plugins(spec["group"], [found.entry_point])
     if spec["name"] in failed:
         failure = failed[spec["name"]]
         raise PluginLoadError(failure.reason, failure.message)

@@ -30,11 +30,10 @@ import attrs
 from dihya.config import AllowEntry, Config, SandboxSettings
 from dihya.gate.decide import (
     ACTIVE,
-    SHADOWED_MODULE,
+    PluginNotFound,
     dependency_problems,
-    inspect_files,
-    resolution_problem,
-    shadowing_problem,
+    find_installed,
+    verified_files,
 )
 from dihya.gate.discovery import DiscoveredPlugin, discover
 from dihya.pipeline import OK, GenerationFailed, GenerationResult, HookResult, run_generation
@@ -243,15 +242,14 @@ def _entry_point_of(cls: type, group: str,
 
 
 def _installed(name: str, group: str, path: Sequence[str] | None = None) -> DiscoveredPlugin:
-    matches = [p for p in discover(group, path) if p.name == name]
-    if not matches:
+    try:
+        return find_installed(name, group, path)
+    except PluginNotFound as exc:
+        if exc.reason == Reason.DUPLICATE_NAME:
+            raise PluginNotAdmitted(exc.reason, exc.message) from exc
         raise PluginNotAdmitted("not-installed", f"no installed distribution declares the "
                                 f"entry point {name!r} in {group}; install the plugin (tox "
-                                "does) or pass the plugin class with mode='in-process'")
-    if len(matches) > 1:
-        dists = ", ".join(p.distribution for p in matches)
-        raise PluginNotAdmitted(Reason.DUPLICATE_NAME, f"{name!r} is declared by {dists}")
-    return matches[0]
+                                "does) or pass the plugin class with mode='in-process'") from exc
 
 
 def _run_sandboxed(plugin: type[GenerationPluginBase] | str, needs: Any, name: str | None,
@@ -269,15 +267,9 @@ def _run_sandboxed(plugin: type[GenerationPluginBase] | str, needs: Any, name: s
                     "a wheel (tox installs it so)")
             name = match.name
     found = _installed(name, group, path)
-    files, problem = inspect_files(found)
+    files, problem = verified_files(found, path)
     if problem is not None or files is None:
         raise PluginNotAdmitted(*(problem or (Reason.MISSING_FILE, "no files")))
-    outside = resolution_problem(found, files)
-    if outside:
-        raise PluginNotAdmitted(Reason.OUTSIDE_DISTRIBUTION, outside)
-    shadowed = shadowing_problem(found, files, path)
-    if shadowed:
-        raise PluginNotAdmitted(SHADOWED_MODULE, shadowed)
     missing = dependency_problems(found, path)
     if missing:
         raise PluginNotAdmitted(Reason.MISSING_DEPENDENCY, "; ".join(missing))
