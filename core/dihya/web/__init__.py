@@ -12,16 +12,16 @@ import uuid
 from typing import Any
 
 from flask import Flask, Response, g, request
-from flask_limiter import Limiter
 
 from dihya.config import Config, resolve_path
 from dihya.needs import MAX_NEEDS_BYTES
 from dihya.web.admin import init_console
-from dihya.web.api import PluginNameConverter, make_api
+from dihya.web.api import PluginNameConverter, api
 from dihya.web.audit_api import audit_api
 from dihya.web.health import health
 from dihya.web.openapi import openapi
 from dihya.web.problems import install_error_handlers
+from dihya.web.ratelimit import init_rate_limits
 from dihya.web.state import DihyaState
 
 __all__ = ["create_app"]
@@ -39,16 +39,15 @@ def create_app(config_path: str | os.PathLike[str] | None = None, *,
     create the state store if there is none and none was there before (the store
     marker); `dihya serve` workers never do (the command did, before starting them)."""
     app = Flask("dihya.web")
-    app.config.update(MAX_CONTENT_LENGTH=MAX_NEEDS_BYTES, JSON_SORT_KEYS=False,
-                      RATELIMIT_HEADERS_ENABLED=True)
-    app.config.update(overrides)
     state = DihyaState(resolve_path(config_path), background=background_reload,
                        boot_config=boot_config, create_store=create_store)
     app.extensions["dihya"] = state
-    limiter = Limiter(key_func=lambda: "anonymous", app=app,
-                      storage_uri=state.config.rate_limit_storage, default_limits=[],
-                      headers_enabled=True)
-    app.extensions["dihya.limiter"] = limiter
+    app.config.update(MAX_CONTENT_LENGTH=MAX_NEEDS_BYTES, JSON_SORT_KEYS=False,
+                      RATELIMIT_HEADERS_ENABLED=True,
+                      RATELIMIT_STORAGE_URI=state.config.rate_limit_storage,
+                      DIHYA_RATE_LIMIT=state.config.rate_limit)
+    app.config.update(overrides)
+    init_rate_limits(app)
 
     @app.before_request
     def _request_id() -> None:
@@ -72,7 +71,7 @@ def create_app(config_path: str | os.PathLike[str] | None = None, *,
     app.url_map.converters["plugin"] = PluginNameConverter
     app.register_blueprint(health)
     app.register_blueprint(openapi)
-    app.register_blueprint(make_api(limiter, state.config.rate_limit))
+    app.register_blueprint(api)
     app.register_blueprint(audit_api)
     init_console(app)  # the operator console, /admin
 

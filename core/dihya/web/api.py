@@ -12,7 +12,6 @@ import time
 from typing import Any, Final
 
 from flask import Blueprint, Response, g, jsonify, request
-from flask_limiter import Limiter
 from werkzeug.routing import BaseConverter
 
 from dihya.audit import hook_event_type, sha256_of
@@ -39,6 +38,7 @@ from dihya.web import operations
 from dihya.web.auth import current_token, require, state
 from dihya.web.operations import record_or_404
 from dihya.web.problems import ApiProblem
+from dihya.web.ratelimit import per_token
 
 MAX_ACTION_RESULT_BYTES: Final = 1024 * 1024
 GENERATE_BODY: Final = {
@@ -129,107 +129,105 @@ class PluginNameConverter(BaseConverter):
     regex = r"(?!reload(?:/|$))[^/]+"
 
 
-def make_api(limiter: Limiter, rate_limit: str) -> Blueprint:
-    """The `/api/v1` blueprint, with its rate limits bound to this app's limiter."""
-    api = Blueprint("api", __name__, url_prefix="/api/v1")
-    per_token = limiter.limit(rate_limit, key_func=lambda: f"token:{g.token.id}")
-
-    @api.post("/generate")
-    @require("developer")
-    @per_token
-    def generate() -> Response:
-        body = json_body()
-        validate_body(GENERATE_BODY, body)
-        token = current_token()
-        st = state()
-        needs_bytes = canonical_bytes(body["needs"])  # hashed as the report's needs_sha256
-        audit = {"subject": token.name, "role": token.role, "request_id": g.request_id,
-                 "needs_sha256": sha256_of(needs_bytes), "needs_bytes": len(needs_bytes)}
-        snapshot = st.current(g.request_id)  # never runs a plugin switched off before now
-        try:
-            result = run_generation(body["needs"], snapshot, role=token.role,
-                                    request_id=g.request_id)
-        except NeedsError as exc:
-            st.auditor.record("generation", "invalid", **audit)
-            raise _unprocessable([{"pointer": needs_pointer(p), "detail": p.message}
-                                  for p in exc.problems]) from exc
-        except GenerationFailed as exc:
-            st.auditor.record("generation", "failed", **audit)
-            if exc.reason == SANDBOX_UNAVAILABLE:
-                # a required plugin cannot run because no sandbox worker can start: the
-                # service, not the request or the plugin, is at fault (like a down store)
-                raise ApiProblem(503, "sandbox-unavailable", "Service Unavailable",
-                                 "A required plugin cannot run: its sandbox worker cannot "
-                                 "start. Retry after the number of seconds in Retry-After.",
-                                 headers={"Retry-After": str(RETRY_AFTER_S)},
-                                 reason=SANDBOX_UNAVAILABLE,
-                                 report={"plugins": [h.to_json() for h in exc.plugins]}
-                                 ) from exc
-            raise ApiProblem(502, "generation-failed", "Generation failed",
-                             f"The generation could not complete at stage `{exc.stage}`.",
-                             report={"plugins": [h.to_json() for h in exc.plugins]}) from exc
-        snapshot_records = {r.name: r for r in snapshot.records}
-        for h in result.plugins:
-            if h.status not in ("ok", "skipped"):
-                record = snapshot_records.get(h.name)
-                st.auditor.record(hook_event_type(h), "failed", plugin=h.name, reason=h.status,
-                                  action=h.hook, request_id=g.request_id,
-                                  duration_ms=round(h.ms, 2),
-                                  plugin_version=record.version if record else None,
-                                  plugin_fingerprint=record.fingerprint if record else None)
-        st.note_outcomes(((h.name, h.status == "ok") for h in result.plugins
-                          if h.status != "skipped"), g.request_id)
-        code_text = canonical_bytes(result.files)
-        st.auditor.record(
-            "generation", "ok", files=len(result.files), code_bytes=len(code_text),
-            code_sha256=sha256_of(code_text),
-            plugins_ok=sum(h.status == "ok" for h in result.plugins),
-            plugins_failed=sum(h.status not in ("ok", "skipped") for h in result.plugins),
-            duration_ms=round(result.ms, 2), **audit)
-        return jsonify({"files": result.files, "report": result.report()})
-
-    @api.get("/plugins")
-    @require("viewer")
-    def list_plugins() -> Response:
-        return jsonify([r.to_json() for r in state().current(g.request_id).records])
-
-    @api.get("/plugins/<plugin:name>")
-    @require("viewer")
-    def show_plugin(name: str) -> Response:
-        return jsonify(_record_or_404(name).to_json())
-
-    @api.post("/plugins/<plugin:name>/disable")
-    @require("admin")
-    def disable_plugin(name: str) -> Response:
-        _record_or_404(name)
-        body = json_body(optional=True)
-        validate_body(DISABLE_BODY, body)
-        record = operations.disable_plugin(state(), current_token(), name, body.get("reason"),
-                                           g.request_id)
-        return jsonify(record.to_json())
-
-    @api.post("/plugins/reload")
-    @require("admin")
-    def reload_plugins() -> Response:
-        snapshot = operations.reload_plugins(state(), g.request_id)
-        return jsonify([r.to_json() for r in snapshot.records])
-
-    @api.post("/plugins/<plugin:name>/enable")
-    @require("admin")
-    def enable_plugin(name: str) -> Response:
-        record = operations.enable_plugin(state(), current_token(), name, g.request_id)
-        return jsonify(record.to_json())
-
-    @api.post("/plugins/<plugin:name>/actions/<action_name>")
-    @require("developer")
-    @per_token
-    def call_action(name: str, action_name: str) -> Response:
-        return _call_action(name, action_name)
-
-    return api
+api = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
-def _call_action(name: str, action_name: str) -> Response:
+@api.post("/generate")
+@require("developer")
+@per_token
+def generate() -> Response:
+    body = json_body()
+    validate_body(GENERATE_BODY, body)
+    token = current_token()
+    st = state()
+    needs_bytes = canonical_bytes(body["needs"])  # hashed as the report's needs_sha256
+    audit = {"subject": token.name, "role": token.role, "request_id": g.request_id,
+             "needs_sha256": sha256_of(needs_bytes), "needs_bytes": len(needs_bytes)}
+    snapshot = st.current(g.request_id)  # never runs a plugin switched off before now
+    try:
+        result = run_generation(body["needs"], snapshot, role=token.role,
+                                request_id=g.request_id)
+    except NeedsError as exc:
+        st.auditor.record("generation", "invalid", **audit)
+        raise _unprocessable([{"pointer": needs_pointer(p), "detail": p.message}
+                              for p in exc.problems]) from exc
+    except GenerationFailed as exc:
+        st.auditor.record("generation", "failed", **audit)
+        if exc.reason == SANDBOX_UNAVAILABLE:
+            # a required plugin cannot run because no sandbox worker can start: the
+            # service, not the request or the plugin, is at fault (like a down store)
+            raise ApiProblem(503, "sandbox-unavailable", "Service Unavailable",
+                             "A required plugin cannot run: its sandbox worker cannot "
+                             "start. Retry after the number of seconds in Retry-After.",
+                             headers={"Retry-After": str(RETRY_AFTER_S)},
+                             reason=SANDBOX_UNAVAILABLE,
+                             report={"plugins": [h.to_json() for h in exc.plugins]}
+                             ) from exc
+        raise ApiProblem(502, "generation-failed", "Generation failed",
+                         f"The generation could not complete at stage `{exc.stage}`.",
+                         report={"plugins": [h.to_json() for h in exc.plugins]}) from exc
+    snapshot_records = {r.name: r for r in snapshot.records}
+    for h in result.plugins:
+        if h.status not in ("ok", "skipped"):
+            record = snapshot_records.get(h.name)
+            st.auditor.record(hook_event_type(h), "failed", plugin=h.name, reason=h.status,
+                              action=h.hook, request_id=g.request_id,
+                              duration_ms=round(h.ms, 2),
+                              plugin_version=record.version if record else None,
+                              plugin_fingerprint=record.fingerprint if record else None)
+    st.note_outcomes(((h.name, h.status == "ok") for h in result.plugins
+                      if h.status != "skipped"), g.request_id)
+    code_text = canonical_bytes(result.files)
+    st.auditor.record(
+        "generation", "ok", files=len(result.files), code_bytes=len(code_text),
+        code_sha256=sha256_of(code_text),
+        plugins_ok=sum(h.status == "ok" for h in result.plugins),
+        plugins_failed=sum(h.status not in ("ok", "skipped") for h in result.plugins),
+        duration_ms=round(result.ms, 2), **audit)
+    return jsonify({"files": result.files, "report": result.report()})
+
+
+@api.get("/plugins")
+@require("viewer")
+def list_plugins() -> Response:
+    return jsonify([r.to_json() for r in state().current(g.request_id).records])
+
+
+@api.get("/plugins/<plugin:name>")
+@require("viewer")
+def show_plugin(name: str) -> Response:
+    return jsonify(_record_or_404(name).to_json())
+
+
+@api.post("/plugins/<plugin:name>/disable")
+@require("admin")
+def disable_plugin(name: str) -> Response:
+    _record_or_404(name)
+    body = json_body(optional=True)
+    validate_body(DISABLE_BODY, body)
+    record = operations.disable_plugin(state(), current_token(), name, body.get("reason"),
+                                       g.request_id)
+    return jsonify(record.to_json())
+
+
+@api.post("/plugins/reload")
+@require("admin")
+def reload_plugins() -> Response:
+    snapshot = operations.reload_plugins(state(), g.request_id)
+    return jsonify([r.to_json() for r in snapshot.records])
+
+
+@api.post("/plugins/<plugin:name>/enable")
+@require("admin")
+def enable_plugin(name: str) -> Response:
+    record = operations.enable_plugin(state(), current_token(), name, g.request_id)
+    return jsonify(record.to_json())
+
+
+@api.post("/plugins/<plugin:name>/actions/<action_name>")
+@require("developer")
+@per_token
+def call_plugin_action(name: str, action_name: str) -> Response:
     st, token = state(), current_token()
     record = _record_or_404(name)
     if not record.active:

@@ -49,7 +49,7 @@ audit_api = Blueprint("audit", __name__, url_prefix="/api/v1/audit")
 
 @audit_api.get("/export")
 @require("admin")
-def export_events() -> Response:
+def export_audit() -> Response:
     query = request.args.to_dict()
     validate_body(EXPORT_QUERY, query)
     fmt = query.get("format", "json")
@@ -61,7 +61,7 @@ def export_events() -> Response:
 
 @audit_api.post("/purge")
 @require("admin")
-def purge() -> Response:
+def purge_audit() -> Response:
     body = json_body()
     validate_body(PURGE_BODY, body)
     return jsonify(purge_events(state(), current_token(), g.request_id,

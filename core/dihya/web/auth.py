@@ -47,8 +47,14 @@ def _deny_auth(reason: str, detail: str) -> None:
                      headers={"WWW-Authenticate": 'Bearer realm="dihya"'})
 
 
+def required_role(view: Callable[..., Any]) -> str | None:
+    """The role `view` was declared with by `@require`, None for a public view."""
+    return getattr(view, "required_role", None)
+
+
 def require(role: str) -> Callable[[F], F]:
-    """Route decorator: a valid token whose role ranks at least `role`."""
+    """Route decorator: a valid token whose role ranks at least `role` (the OpenAPI
+    document reads it back with `required_role`, so the role is written only here)."""
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
@@ -63,6 +69,7 @@ def require(role: str) -> Callable[[F], F]:
                                  f"`{info.role}`.")
             return view(*args, **kwargs)
 
+        wrapper.required_role = role  # type: ignore[attr-defined]  # read by openapi
         return wrapper  # type: ignore[return-value]
 
     return decorate

@@ -5,7 +5,8 @@ Built from the code's single sources of truth wherever one exists: the needs sch
 the modes and roles (`dihya.config`), the hooks (`dihya.plugin.HOOK_SPECS`), the hook
 result statuses (`dihya.pipeline`), the body schemas and size limits (`dihya.web.api`,
 `dihya.web.audit_api`, `dihya.needs`), the audit event's fields (`dihya.audit.AuditEvent`)
-and the problem type prefix (`dihya.web.problems`). `tests/web` checks
+the problem type prefix (`dihya.web.problems`), and each operation's id and role
+(the view's name and its `@require`). `tests/web` checks
 that it lists exactly the app's routes and `tox -e api-fuzz` that a real server keeps it.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
@@ -22,20 +24,6 @@ from flask import Blueprint, Response, jsonify
 openapi = Blueprint("openapi", __name__)
 
 Schema = dict[str, Any]
-
-#: The role each authenticated operation needs (see `dihya.web.auth.require`), by
-#: operationId. `tests/web/test_openapi.py` checks these against the running app.
-REQUIRED_ROLES: Final = {
-    "generate": "developer",
-    "listPlugins": "viewer",
-    "showPlugin": "viewer",
-    "enablePlugin": "admin",
-    "disablePlugin": "admin",
-    "reloadPlugins": "admin",
-    "callPluginAction": "developer",
-    "exportAudit": "admin",
-    "purgeAudit": "admin",
-}
 
 #: Valid needs, shown as the example of `POST /api/v1/generate`.
 NEEDS_EXAMPLE: Final = {
@@ -470,12 +458,22 @@ _ACTION_PARAM: Final = {
 }
 
 
-def _authenticated(op_id: str, summary: str, responses: dict[str, Schema],
-                   *statuses: int, **extra: Any) -> Schema:
-    """An operation behind a bearer token: 401 always, 403 when a lower role exists."""
-    from dihya.web.auth import ROLE_RANK
+def operation_id(view: Callable[..., Any]) -> str:
+    """The operationId of a view: its name in camelCase (`list_plugins`: `listPlugins`)."""
+    first, *rest = view.__name__.split("_")
+    return first + "".join(part.title() for part in rest)
 
-    role = REQUIRED_ROLES[op_id]
+
+def _authenticated(view: Callable[..., Any], summary: str, responses: dict[str, Schema],
+                   *statuses: int, **extra: Any) -> Schema:
+    """An operation behind a bearer token: 401 always, 403 when a lower role exists. The
+    operationId and the role come from the view (its name, its `@require`)."""
+    from dihya.web.auth import ROLE_RANK, required_role
+
+    op_id = operation_id(view)
+    role = required_role(view)
+    if role is None:
+        raise TypeError(f"{op_id} is documented as authenticated but has no @require")
     errors = {401, 500, 503, *statuses}  # 503: every authenticated call needs the store
     if ROLE_RANK[role] > min(ROLE_RANK.values()):
         errors.add(403)
@@ -483,7 +481,8 @@ def _authenticated(op_id: str, summary: str, responses: dict[str, Schema],
     if "description" in extra:
         description = extra.pop("description") + "\n\n" + description
     return {"operationId": op_id, "summary": summary, "description": description,
-            "tags": ["api"], **extra, "responses": {**responses, **_errors(*errors)}}
+            "tags": ["api"], "x-required-role": role, **extra,
+            "responses": {**responses, **_errors(*errors)}}
 
 
 def _public(op_id: str, summary: str, responses: dict[str, Schema]) -> Schema:
@@ -492,6 +491,17 @@ def _public(op_id: str, summary: str, responses: dict[str, Schema]) -> Schema:
 
 
 def _paths() -> dict[str, Schema]:
+    from dihya.web.api import (
+        call_plugin_action,
+        disable_plugin,
+        enable_plugin,
+        generate,
+        list_plugins,
+        reload_plugins,
+        show_plugin,
+    )
+    from dihya.web.audit_api import export_audit, purge_audit
+
     return {
         "/healthz": {"get": _public("healthz", "Liveness: the process answers",
                                     {"200": _json("Health", "Alive.")})},
@@ -509,7 +519,7 @@ def _paths() -> dict[str, Schema]:
                     "content": {"application/json": {"schema": {"type": "object"}}}},
         })},
         "/api/v1/generate": {"post": _authenticated(
-            "generate", "Generate code from needs",
+            generate, "Generate code from needs",
             {"200": _json("GenerateResponse", "The generated files and the report.")},
             400, 413, 415, 422, 429, 502,
             description="Validates the needs, runs the active plugins the caller's role may "
@@ -519,14 +529,14 @@ def _paths() -> dict[str, Schema]:
                 "example": {"needs": NEEDS_EXAMPLE}}}},
         )},
         "/api/v1/plugins": {"get": _authenticated(
-            "listPlugins", "List every discovered plugin",
+            list_plugins, "List every discovered plugin",
             {"200": {**_json("Plugin", "Every discovered plugin."), "content": {
                 "application/json": {"schema": {"type": "array",
                                                 "items": {"$ref": _REF + "Plugin"}}}},
                 "links": _plugin_links("$response.body#/0/name")}},
         )},
         "/api/v1/plugins/reload": {"post": _authenticated(
-            "reloadPlugins", "Rebuild the plugin registry on every worker and node",
+            reload_plugins, "Rebuild the plugin registry on every worker and node",
             {"200": {**_json("Plugin", "Every discovered plugin, after this worker's rebuild."),
                      "content": {"application/json": {"schema": {
                          "type": "array", "items": {"$ref": _REF + "Plugin"}}}}}},
@@ -537,13 +547,13 @@ def _paths() -> dict[str, Schema]:
         )},
         "/api/v1/plugins/{name}": {
             "parameters": [_NAME_PARAM],
-            "get": _authenticated("showPlugin", "Show one plugin",
+            "get": _authenticated(show_plugin, "Show one plugin",
                                   {"200": _plugin("The plugin.")}, 404),
         },
         "/api/v1/plugins/{name}/enable": {
             "parameters": [_NAME_PARAM],
             "post": _authenticated(
-                "enablePlugin", "Lift an admin's (or a quarantine's) switch",
+                enable_plugin, "Lift an admin's (or a quarantine's) switch",
                 {"200": _plugin("The plugin, after the switch.")}, 404, 409,
                 description="409 when the config file or DIHYA_PLUGINS_DISABLE switched it "
                             "off: an admin switch cannot override those."),
@@ -551,14 +561,14 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/plugins/{name}/disable": {
             "parameters": [_NAME_PARAM],
             "post": _authenticated(
-                "disablePlugin", "Switch a plugin off at once, on every worker",
+                disable_plugin, "Switch a plugin off at once, on every worker",
                 {"200": _plugin("The plugin, after the switch.")},
                 400, 404, 413, 415, 422,
                 requestBody={"required": False, "content": {"application/json": {
                     "schema": {"$ref": _REF + "DisableRequest"}}}}),
         },
         "/api/v1/audit/export": {"get": _authenticated(
-            "exportAudit", "Export the audit log, or one subject's events (GDPR access)",
+            export_audit, "Export the audit log, or one subject's events (GDPR access)",
             {"200": {"description": "Every matching event, oldest first.",
                      "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
                      "content": {
@@ -572,7 +582,7 @@ def _paths() -> dict[str, Schema]:
             description="The export is itself audited, with the subject as a pseudonym.",
             parameters=_export_parameters())},
         "/api/v1/audit/purge": {"post": _authenticated(
-            "purgeAudit", "Erase a subject, or remove old events (GDPR erasure)",
+            purge_audit, "Erase a subject, or remove old events (GDPR erasure)",
             {"200": _json("PurgeResult", "What was erased.")},
             400, 413, 415, 422,
             description="A subject's events stay in the hash chain but become unlinkable: "
@@ -583,7 +593,7 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/plugins/{name}/actions/{action}": {
             "parameters": [_NAME_PARAM, _ACTION_PARAM],
             "post": _authenticated(
-                "callPluginAction", "Call an action a plugin exposes",
+                call_plugin_action, "Call an action a plugin exposes",
                 {"200": {"description": "The action's result, a JSON object.",
                          "headers": {"X-Request-Id": {
                              "$ref": "#/components/headers/X-Request-Id"}},
