@@ -18,6 +18,8 @@ from typing import Any, Final
 
 import attrs
 
+from dihya.reasons import DihyaError, FixedReasonError
+
 MAX_NEEDS_BYTES: Final = 1024 * 1024
 MAX_FILES: Final = 500
 MAX_FILE_BYTES: Final = 1024 * 1024
@@ -42,8 +44,10 @@ class Problem:
         return f"{self.path}: {self.message}"
 
 
-class JsonDepthError(ValueError):
+class JsonDepthError(FixedReasonError, ValueError):
     """A JSON document nested deeper than `MAX_JSON_DEPTH`."""
+
+    REASON = "json-too-deep"
 
 
 def load_json(text: str | bytes) -> Any:
@@ -80,12 +84,16 @@ def nesting_depth(value: Any, stop: int) -> int:
     return deepest
 
 
-class NeedsError(ValueError):
+#: The reason of a `NeedsError`.
+INVALID_NEEDS: Final = "invalid-needs"
+
+
+class NeedsError(DihyaError, ValueError):
     """Needs that do not validate; `problems` lists every problem found."""
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        super().__init__("invalid needs: " + "; ".join(map(str, problems)))
+        super().__init__(INVALID_NEEDS, "invalid needs: " + "; ".join(map(str, problems)))
 
 
 @functools.cache

@@ -17,7 +17,7 @@ import attrs
 from dihya.canonical import canonical_sha256
 from dihya.needs import Problem, check_needs, validate_code, validate_needs
 from dihya.plugin import HOOK_API_VERSION
-from dihya.reasons import HookStatus
+from dihya.reasons import DihyaError, HookStatus
 from dihya.registry import PluginRecord, RegistrySnapshot
 from dihya.sandbox.executor import (
     HookExecutor,
@@ -74,19 +74,21 @@ class GenerationResult:
 #: `GenerationFailed.reason` when a required plugin could not run because its sandbox
 #: worker cannot start: the service is unavailable, not the plugin broken (HTTP 503)
 SANDBOX_UNAVAILABLE: Final = "sandbox-start-failed"
+#: The reason of any other `GenerationFailed`.
+GENERATION_FAILED: Final = "generation-failed"
 
 
-class GenerationFailed(Exception):
+class GenerationFailed(DihyaError):
     """The generation could not complete; nothing is to be written. `reason` is
-    `SANDBOX_UNAVAILABLE` when a required plugin's sandbox worker could not start."""
+    `SANDBOX_UNAVAILABLE` when a required plugin's sandbox worker could not start,
+    `GENERATION_FAILED` otherwise."""
 
     def __init__(self, stage: str, message: str, plugins: tuple[HookResult, ...],
                  problems: list[Problem] | None = None, reason: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(reason or GENERATION_FAILED, message)
         self.stage = stage
         self.plugins = plugins
         self.problems = problems or []
-        self.reason = reason
 
 
 ExecutorFor = Callable[[PluginRecord], HookExecutor]

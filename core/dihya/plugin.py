@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Final, TypeVar
 import attrs
 from packaging.version import InvalidVersion, Version
 
+from dihya.reasons import FixedReasonError, Reason
+
 #: Version of the hook API that plugins target (semver: a new hook or a new argument of a
 #: hook is a minor bump, a changed or removed hook a major one). Hooks are called by keyword
 #: and an implementation takes the arguments it names, a subset of the spec's, so a plugin
@@ -255,8 +257,10 @@ _METADATA_TYPES: Final[dict[str, tuple[type, ...]]] = {
 }
 
 
-class InvalidPluginError(Exception):
+class InvalidPluginError(FixedReasonError):
     """A plugin class breaks the contract; the message says where and what is expected."""
+
+    REASON = Reason.INVALID_PLUGIN
 
 
 def implemented_hooks(cls: type) -> tuple[str, ...]:

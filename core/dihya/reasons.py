@@ -1,4 +1,4 @@
-"""Statuses, reason codes and hook outcomes: the codes scripts read, defined once.
+"""Statuses, reason codes, hook outcomes and problem types: the codes scripts read, once.
 
 They are `StrEnum`s: each member is the string users see (`Reason.SHADOWED_MODULE ==
 "shadowed-module"`), so JSON, logs and comparisons with plain strings keep working, while
@@ -9,7 +9,7 @@ the core's errors that carry one of these codes.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import ClassVar, Final
 
 
 class Status(StrEnum):
@@ -80,6 +80,32 @@ class HookStatus(StrEnum):
     INVALID_OUTPUT = "invalid-output"
 
 
+class ProblemType(StrEnum):
+    """The problem types of the HTTP API: `type` is `urn:dihya:problem:` and the value."""
+
+    BAD_REQUEST = "bad-request"
+    MALFORMED_JSON = "malformed-json"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not-found"
+    UNKNOWN_PLUGIN = "unknown-plugin"
+    UNKNOWN_ACTION = "unknown-action"
+    METHOD_NOT_ALLOWED = "method-not-allowed"
+    CONFLICT = "conflict"
+    PLUGIN_INACTIVE = "plugin-inactive"
+    PAYLOAD_TOO_LARGE = "payload-too-large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type"
+    VALIDATION = "validation"
+    RATE_LIMITED = "rate-limited"
+    INTERNAL = "internal"
+    PLUGIN_FAILED = "plugin-failed"
+    GENERATION_FAILED = "generation-failed"
+    UNAVAILABLE = "unavailable"
+    STORE_UNAVAILABLE = "store-unavailable"
+    SANDBOX_UNAVAILABLE = "sandbox-unavailable"
+    HTTP_ERROR = "http-error"  # any other HTTP error status
+
+
 class DihyaError(Exception):
     """An error of the core that carries a reason code (a `Reason`, or a code its class
     documents) and a message for people; nothing is ever classified by the message."""
@@ -88,3 +114,12 @@ class DihyaError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class FixedReasonError(DihyaError):
+    """A `DihyaError` whose class fixes the reason code (`REASON`): raised with a message."""
+
+    REASON: ClassVar[str]
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.REASON, message)

@@ -267,9 +267,10 @@ class Lab:
         for package in (Path(attrs.__file__).parent, Path(attr.__file__).parent):
             shutil.copytree(package, self.libs / package.name,
                             ignore=shutil.ignore_patterns("__pycache__"))
-        # `confine` needs only the standard library and attrs: ship it alone
+        # `confine` needs only the standard library, attrs and the reason codes: ship it alone
         (self.libs / "dihya" / "sandbox").mkdir(parents=True)
         (self.libs / "dihya" / "__init__.py").write_text("")
+        shutil.copy(Path(dihya.__file__).with_name("reasons.py"), self.libs / "dihya")
         (self.libs / "dihya" / "sandbox" / "__init__.py").write_text("")
         for module in ("policy.py", "inner.py"):
             shutil.copy(Path(layers.__file__).with_name(module),

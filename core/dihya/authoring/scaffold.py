@@ -22,6 +22,7 @@ from packaging.specifiers import SpecifierSet
 
 from dihya import __version__
 from dihya.plugin import DEFAULT_GROUP, HOOK_API_VERSION, HOOK_SPECS, SUPPORTED_CORE_RANGE, HookSpec
+from dihya.reasons import FixedReasonError
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -55,8 +56,10 @@ _BODIES: Final = {
 }
 
 
-class ScaffoldError(Exception):
+class ScaffoldError(FixedReasonError):
     """The arguments cannot make a project (bad name, license, author or target)."""
+
+    REASON = "scaffold-refused"
 
 
 @attrs.frozen

@@ -23,6 +23,7 @@ import attrs
 from dihya.config.knownpth import KnownPth, parse_known_pth
 from dihya.config.publishers import Publisher, array_entry, parse_publishers
 from dihya.plugin import DEFAULT_GROUP
+from dihya.reasons import DihyaError
 
 MODES: Final = ("sandbox", "in-process")
 ROLES: Final = ("admin", "developer", "viewer")
@@ -48,13 +49,12 @@ PROBLEMS: Final = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(DihyaError):
     """The config file is unreadable or invalid; the message says where and what, `reason`
-    is `unreadable-config` or `invalid-config`."""
+    is one of `PROBLEMS` (`invalid-config` unless said)."""
 
     def __init__(self, message: str, reason: str = INVALID) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(reason, message)
 
 
 @attrs.frozen

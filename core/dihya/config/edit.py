@@ -18,6 +18,7 @@ import attrs
 
 from dihya.config import UNREADABLE, AllowEntry, ConfigError, Mode, config_from_document
 from dihya.config.file import edit_lock, replace_atomically
+from dihya.reasons import FixedReasonError, Reason
 
 if TYPE_CHECKING:
     import tomlkit.exceptions
@@ -102,8 +103,10 @@ def _tables(doc: TOMLDocument, key: str) -> Any:
     return plugins[key]
 
 
-class ApprovalRefused(Exception):
+class ApprovalRefused(FixedReasonError):
     """The approval cannot be recorded as the file stands now; the message says why."""
+
+    REASON = Reason.UNSAFE_IN_PROCESS
 
 
 @attrs.frozen

@@ -24,16 +24,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from dihya.reasons import FixedReasonError
+
 LOCK_TIMEOUT_S: Final = 30.0
 _LOCK_POLL_S: Final = 0.01
 
 
-class ConfigFileError(Exception):
+class ConfigFileError(FixedReasonError):
     """The config file cannot be resolved, locked or replaced; the message says why."""
+
+    REASON = "config-file-unusable"
 
 
 class ConfigLockTimeout(ConfigFileError):
     """Another edit held the lock for longer than the timeout."""
+
+    REASON = "config-locked"
 
 
 def real_path(path: Path) -> Path:

@@ -22,6 +22,8 @@ from typing import Final
 
 import attrs
 
+from dihya.reasons import FixedReasonError, Reason
+
 FINGERPRINT_HEADER: Final = b"dihya-fp-v1\n"
 #: dist-info files that installers write or rewrite, hence not part of what was approved.
 INSTALLER_FILES: Final = frozenset(
@@ -31,8 +33,10 @@ INSTALLER_FILES: Final = frozenset(
 IMPORTABLE_SUFFIXES: Final = tuple(sorted(set(importlib.machinery.all_suffixes())))
 
 
-class FingerprintError(Exception):
+class FingerprintError(FixedReasonError):
     """The files of a distribution cannot be fingerprinted (not a wheel, no RECORD...)."""
+
+    REASON = Reason.MISSING_FILE
 
 
 @attrs.frozen

@@ -31,6 +31,7 @@ from typing import Any, Final
 import attrs
 
 from dihya.gate.fingerprint import IMPORTABLE_SUFFIXES, realpath, realpath_of_file
+from dihya.reasons import FixedReasonError
 
 # Longest first, so `x.cpython-311-x86_64-linux-gnu.so` is not taken for `x.cpython-311-…`
 # + `.so`.
@@ -149,8 +150,10 @@ def _find(name: str, where: Sequence[str], finders: Sequence[Any],
     return None, portions
 
 
-class FinderFailed(Exception):
+class FinderFailed(FixedReasonError):
     """A finder raised while looking a module up: `import` would fail the same way."""
+
+    REASON = "finder-failed"
 
 
 def _ask(finder: Any, find_spec: Any, *args: Any) -> ModuleSpec | None:

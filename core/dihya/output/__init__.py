@@ -48,6 +48,7 @@ from dihya.output.treeswap import (
     recover,
     replace_dir,
 )
+from dihya.reasons import DihyaError
 
 _SHOWN: Final = 10  # names listed in a refusal; the rest are counted
 _DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -61,12 +62,17 @@ class Replace(StrEnum):
     KEEP_ADDED = "keep-added"  # --update
 
 
-class OutputError(Exception):
+#: The reason of an `OutputError`: refused as asked (exit 2), or writing failed (exit 1).
+OUTPUT_REFUSED: Final = "output-refused"
+OUTPUT_FAILED: Final = "output-failed"
+
+
+class OutputError(DihyaError):
     """OUTDIR cannot be written as asked. `usage`: refused because of what was asked
     (exit 2); otherwise writing failed (exit 1). OUTDIR is as it was in both cases."""
 
     def __init__(self, message: str, *, usage: bool = True) -> None:
-        super().__init__(message)
+        super().__init__(OUTPUT_REFUSED if usage else OUTPUT_FAILED, message)
         self.usage = usage
         self.recovered: list[str] = []  # what was put back from an interrupted run first
 

@@ -23,6 +23,7 @@ import attrs
 
 from dihya import __version__
 from dihya.needs import unsafe_path_reason
+from dihya.reasons import FixedReasonError
 
 MANIFEST_NAME: Final = ".dihya-manifest.json"
 FORMAT: Final = "dihya-manifest/1"
@@ -31,8 +32,10 @@ _NOTE: Final = ("Written by `dihya generate`: each file it wrote and the SHA-256
                 "yours; keep it with the project.")
 
 
-class ManifestError(Exception):
+class ManifestError(FixedReasonError):
     """A manifest file exists but cannot be trusted (unreadable, malformed, unsafe paths)."""
+
+    REASON = "invalid-manifest"
 
 
 @attrs.frozen

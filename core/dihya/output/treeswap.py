@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Final
 
 from dihya.output.manifest import MANIFEST_NAME, Manifest, ManifestError, dirs_of, read_manifest
+from dihya.reasons import FixedReasonError
 
 _AT_FDCWD: Final = -100
 _RENAME_EXCHANGE: Final = 2
@@ -40,8 +41,10 @@ _RENAME_EXCHANGE: Final = 2
 _NO_EXCHANGE: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
-class RecoveryError(Exception):
+class RecoveryError(FixedReasonError):
     """A leftover of an interrupted run cannot be put back without overwriting something."""
+
+    REASON = "recovery-failed"
 
 
 @contextmanager

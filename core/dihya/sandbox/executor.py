@@ -16,6 +16,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
+from dihya.reasons import FixedReasonError, HookStatus
+
 
 class HookTarget(Protocol):
     """What an executor needs of a plugin (a registry record is one): executors sit below
@@ -34,14 +36,21 @@ class HookTarget(Protocol):
     def hook_args(self) -> Mapping[str, tuple[str, ...]]: ...
 
 
-class HookRaised(Exception):
+class HookRaised(FixedReasonError):
     """The hook raised in another process; the message is `ExceptionType: message`."""
+
+    REASON = HookStatus.FAILED
 
 
 class HookInvalidOutput(HookRaised):
     """The hook returned, but its value could not be handed back (not JSON data, text that
     is not valid Unicode): the plugin's output is invalid, reported as `invalid-output`."""
 
+    REASON = HookStatus.INVALID_OUTPUT
+
+
+#: The reason of a `SandboxViolation` (audited as `hook.sandbox-violation`).
+SANDBOX_VIOLATION: Final = "sandbox-violation"
 
 #: The error type a sandbox worker reports when the hook's value cannot be sent as JSON.
 INVALID_OUTPUT_ERROR: Final = "InvalidOutput"
@@ -53,18 +62,24 @@ def is_invalid_output(exc: HookRaised) -> bool:
     return isinstance(exc, HookInvalidOutput)
 
 
-class HookTimeout(Exception):
+class HookTimeout(FixedReasonError):
     """The hook did not return within the deadline; its result, if any, is discarded."""
 
+    REASON = HookStatus.TIMEOUT
 
-class SandboxViolation(RuntimeError):
+
+class SandboxViolation(FixedReasonError, RuntimeError):
     """A sandbox worker died or broke the protocol during a call (it has been killed):
     audited as `hook.sandbox-violation`, not as an ordinary hook failure."""
 
+    REASON = SANDBOX_VIOLATION
 
-class HookUnavailable(Exception):
+
+class HookUnavailable(FixedReasonError):
     """The plugin was switched off, removed or replaced after the registry snapshot this
     call comes from was taken: its runner is gone, so the hook is not called (`skipped`)."""
+
+    REASON = HookStatus.SKIPPED
 
 
 class HookExecutor(Protocol):

@@ -12,6 +12,8 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from dihya.reasons import FixedReasonError, Reason
+
 AVAILABLE: Final = "available"
 Outer = Literal["auto", "bwrap", "unshare", "none"]
 
@@ -24,8 +26,10 @@ SANDBOX_USERS: Final = ("dihya-sandbox", "nobody")
 SAFE_PATH: Final = "/usr/bin:/bin"
 
 
-class SandboxSetupError(RuntimeError):
+class SandboxSetupError(FixedReasonError, RuntimeError):
     """A layer could not be applied, or the worker would run with less than promised."""
+
+    REASON = Reason.SANDBOX_START_FAILED
 
 
 def _tuple_of_str(value: Any) -> tuple[str, ...]:

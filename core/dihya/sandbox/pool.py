@@ -23,7 +23,7 @@ import attrs
 
 from dihya.config import SandboxSettings
 from dihya.plugin import HOOKS_BY_NAME
-from dihya.reasons import DihyaError, Reason
+from dihya.reasons import DihyaError, HookStatus, Reason
 from dihya.sandbox.executor import (
     INVALID_OUTPUT_ERROR,
     HookInvalidOutput,
@@ -60,6 +60,8 @@ class WorkerRetired(WorkerFailed, HookUnavailable):
     """The plugin's worker was retired by a registry rebuild (the plugin was switched off,
     removed or replaced) before this call: a generation under way on the previous snapshot
     skips the plugin's remaining hooks."""
+
+    REASON = HookStatus.SKIPPED
 
     @classmethod
     def switched_off(cls, name: str) -> WorkerRetired:

@@ -13,16 +13,22 @@ import struct
 import time
 from typing import Any, Final
 
+from dihya.reasons import FixedReasonError
+
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
 
-class ProtocolError(Exception):
+class ProtocolError(FixedReasonError):
     """A frame was malformed, oversized or cut short."""
 
+    REASON = "protocol-error"
 
-class FrameTimeout(Exception):
+
+class FrameTimeout(FixedReasonError):
     """No complete frame arrived before the deadline."""
+
+    REASON = "frame-timeout"
 
 
 # What `json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)`

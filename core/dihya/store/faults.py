@@ -26,6 +26,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
+from dihya.reasons import FixedReasonError
+
 log = logging.getLogger("dihya.store")
 
 
@@ -117,9 +119,11 @@ _TRANSIENT: Final = frozenset({StoreFault.CONNECTION_LOST, StoreFault.CONNECTION
 RETRY_AFTER_S: Final = 5
 
 
-class StoreError(Exception):
+class StoreError(FixedReasonError):
     """The store cannot be used: unreachable, missing, or an unknown schema; the message
     says which and what to do."""
+
+    REASON = "store-unavailable"
 
 
 class StoreUnavailable(StoreError):
@@ -130,6 +134,7 @@ class StoreUnavailable(StoreError):
         prefix = f"the state store {where} is unavailable" if where else \
             "the state store is unavailable"
         super().__init__(f"{prefix}: {fault.describe()}: {fault.advice()}")
+        self.reason = fault.value
 
 
 class StoreMissing(StoreUnavailable):
@@ -138,6 +143,7 @@ class StoreMissing(StoreUnavailable):
     def __init__(self, message: str) -> None:
         self.fault = StoreFault.STORE_MISSING
         StoreError.__init__(self, message)
+        self.reason = self.fault.value
 
 
 # SQLite primary result codes (the low byte of an extended code)

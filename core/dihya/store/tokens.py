@@ -19,6 +19,7 @@ import attrs
 import sqlalchemy as sa
 
 from dihya.config import ROLES
+from dihya.reasons import FixedReasonError
 from dihya.store import Store, tokens_table
 
 _TOKEN: Final = re.compile(r"^dihya_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
@@ -26,8 +27,10 @@ _NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 LAST_USED_STEP_S: Final = 60.0
 
 
-class TokenError(ValueError):
+class TokenError(FixedReasonError, ValueError):
     """A token operation was refused; the message says why and what to do."""
+
+    REASON = "token-refused"
 
 
 @attrs.frozen

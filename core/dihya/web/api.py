@@ -31,6 +31,7 @@ from dihya.pipeline import (
     default_executor,
     run_generation,
 )
+from dihya.reasons import ProblemType
 from dihya.registry import PluginRecord
 from dihya.sandbox.executor import HookTimeout
 from dihya.store.faults import RETRY_AFTER_S
@@ -59,20 +60,20 @@ def json_body(optional: bool = False) -> Any:
         return {}
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise ApiProblem(415, "unsupported-media-type", "Unsupported Media Type",
+        raise ApiProblem(415, ProblemType.UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type",
                          "Send the body as JSON with `Content-Type: application/json`.")
     try:
         return load_json(raw)
     except JsonDepthError as exc:
-        raise ApiProblem(400, "malformed-json", "JSON nested too deeply",
+        raise ApiProblem(400, ProblemType.MALFORMED_JSON, "JSON nested too deeply",
                          f"The request body's {exc}.") from exc
     except json.JSONDecodeError as exc:
-        raise ApiProblem(400, "malformed-json", "Malformed JSON",
+        raise ApiProblem(400, ProblemType.MALFORMED_JSON, "Malformed JSON",
                          f"The request body is not valid JSON at line {exc.lineno}, column "
                          f"{exc.colno}.") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         where = ""
-        raise ApiProblem(400, "malformed-json", "Malformed JSON",
+        raise ApiProblem(400, ProblemType.MALFORMED_JSON, "Malformed JSON",
                          f"The request body is not valid JSON{where}.") from exc
 
 
@@ -116,7 +117,7 @@ def _unprocessable(errors: list[dict[str, str]]) -> ApiProblem:
                   f"{MAX_PROBLEMS} are listed.")
     else:
         detail = f"{count} problem{'s' if count != 1 else ''} in the request body."
-    return ApiProblem(422, "validation", "Unprocessable Content", detail, errors=errors)
+    return ApiProblem(422, ProblemType.VALIDATION, "Unprocessable Content", detail, errors=errors)
 
 
 def _record_or_404(name: str) -> PluginRecord:
@@ -156,14 +157,14 @@ def generate() -> Response:
         if exc.reason == SANDBOX_UNAVAILABLE:
             # a required plugin cannot run because no sandbox worker can start: the
             # service, not the request or the plugin, is at fault (like a down store)
-            raise ApiProblem(503, "sandbox-unavailable", "Service Unavailable",
+            raise ApiProblem(503, ProblemType.SANDBOX_UNAVAILABLE, "Service Unavailable",
                              "A required plugin cannot run: its sandbox worker cannot "
                              "start. Retry after the number of seconds in Retry-After.",
                              headers={"Retry-After": str(RETRY_AFTER_S)},
                              reason=SANDBOX_UNAVAILABLE,
                              report={"plugins": [h.to_json() for h in exc.plugins]}
                              ) from exc
-        raise ApiProblem(502, "generation-failed", "Generation failed",
+        raise ApiProblem(502, ProblemType.GENERATION_FAILED, "Generation failed",
                          f"The generation could not complete at stage `{exc.stage}`.",
                          report={"plugins": [h.to_json() for h in exc.plugins]}) from exc
     snapshot_records = {r.name: r for r in snapshot.records}
@@ -231,18 +232,18 @@ def call_plugin_action(name: str, action_name: str) -> Response:
     st, token = state(), current_token()
     record = _record_or_404(name)
     if not record.active:
-        raise ApiProblem(409, "plugin-inactive", "Plugin not active",
+        raise ApiProblem(409, ProblemType.PLUGIN_INACTIVE, "Plugin not active",
                          f"The plugin is {record.status} ({record.reason}).")
     spec = record.actions.get(action_name)
     if spec is None:
-        raise ApiProblem(404, "unknown-action", "Unknown action",
+        raise ApiProblem(404, ProblemType.UNKNOWN_ACTION, "Unknown action",
                          "This plugin has no such action; GET /api/v1/plugins/<name> lists its "
                          "actions.")
     audit = {"subject": token.name, "role": token.role, "plugin": name, "action": action_name,
              "plugin_version": record.version, "request_id": g.request_id}
     if record.roles is not None and token.role not in record.roles:
         st.auditor.record("acl.denied", "denied", reason="plugin-acl", **audit)
-        raise ApiProblem(403, "forbidden", "Forbidden",
+        raise ApiProblem(403, ProblemType.FORBIDDEN, "Forbidden",
                          "This plugin's allowlist entry does not let your role run it.")
     payload = json_body()
     validate_body(spec.input_schema, payload)
@@ -252,11 +253,11 @@ def call_plugin_action(name: str, action_name: str) -> Response:
                                                st.config.hook_timeout_s)
     except HookTimeout as exc:
         st.auditor.record("plugin.action", "failed", reason="timeout", **audit)
-        raise ApiProblem(502, "plugin-failed", "Plugin action failed",
+        raise ApiProblem(502, ProblemType.PLUGIN_FAILED, "Plugin action failed",
                          "The action did not answer within the hook timeout.") from exc
     except Exception as exc:
         st.auditor.record("plugin.action", "failed", reason="exception", **audit)
-        raise ApiProblem(502, "plugin-failed", "Plugin action failed",
+        raise ApiProblem(502, ProblemType.PLUGIN_FAILED, "Plugin action failed",
                          f"The action raised {type(exc).__name__}.") from exc
     ms = (time.perf_counter() - start) * 1000
     try:
@@ -265,7 +266,7 @@ def call_plugin_action(name: str, action_name: str) -> Response:
         text = None
     if not isinstance(result, dict) or text is None or len(text) > MAX_ACTION_RESULT_BYTES:
         st.auditor.record("plugin.action", "invalid", reason="invalid-output", **audit)
-        raise ApiProblem(502, "plugin-failed", "Plugin action failed",
+        raise ApiProblem(502, ProblemType.PLUGIN_FAILED, "Plugin action failed",
                          "The action returned something other than a JSON object of at most "
                          "1 MiB.")
     st.auditor.record("plugin.action", "ok", duration_ms=round(ms, 2),

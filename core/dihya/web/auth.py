@@ -12,6 +12,7 @@ from typing import Any, Final, TypeVar
 
 from flask import current_app, g, request
 
+from dihya.reasons import ProblemType
 from dihya.store.tokens import TokenInfo, authenticate
 from dihya.web.problems import ApiProblem
 
@@ -43,7 +44,7 @@ def _authenticate() -> TokenInfo:
 
 def _deny_auth(reason: str, detail: str) -> None:
     state().auditor.record("auth.failed", "denied", reason=reason, request_id=g.get("request_id"))
-    raise ApiProblem(401, "unauthorized", "Unauthorized", detail,
+    raise ApiProblem(401, ProblemType.UNAUTHORIZED, "Unauthorized", detail,
                      headers={"WWW-Authenticate": 'Bearer realm="dihya"'})
 
 
@@ -64,7 +65,7 @@ def require(role: str) -> Callable[[F], F]:
             if ROLE_RANK[info.role] < ROLE_RANK[role]:
                 state().auditor.record("acl.denied", "denied", subject=info.name, role=info.role,
                                        reason=f"needs-{role}", request_id=g.get("request_id"))
-                raise ApiProblem(403, "forbidden", "Forbidden",
+                raise ApiProblem(403, ProblemType.FORBIDDEN, "Forbidden",
                                  f"This needs the role `{role}`; your token's role is "
                                  f"`{info.role}`.")
             return view(*args, **kwargs)

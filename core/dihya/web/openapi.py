@@ -157,6 +157,7 @@ def _schemas() -> dict[str, Schema]:
         TIMEOUT,
     )
     from dihya.plugin import HOOK_SPECS
+    from dihya.reasons import ProblemType
     from dihya.store.faults import StoreFault
     from dihya.web.api import DISABLE_BODY, GENERATE_BODY
     from dihya.web.audit_api import PURGE_BODY
@@ -178,7 +179,8 @@ def _schemas() -> dict[str, Schema]:
                            "trace, a token or an echo of the request's data.",
             "required": ["type", "title", "status", "detail"],
             "properties": {
-                "type": {"type": "string", "pattern": "^" + re.escape(PROBLEM_TYPE_BASE),
+                "type": {"type": "string",
+                         "enum": [PROBLEM_TYPE_BASE + t for t in ProblemType],
                          "description": "A URN naming the kind of problem."},
                 "title": string,
                 "status": {"type": "integer", "minimum": 400, "maximum": 599},

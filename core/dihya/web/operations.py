@@ -7,7 +7,7 @@ events under the same rules. Refusals are `ApiProblem`s; the console words them 
 
 from __future__ import annotations
 
-from dihya.reasons import Reason
+from dihya.reasons import ProblemType, Reason
 from dihya.registry import PluginRecord, RegistrySnapshot
 from dihya.store.tokens import TokenInfo
 from dihya.web.problems import ApiProblem
@@ -19,7 +19,7 @@ def record_or_404(st: DihyaState, name: str, request_id: str | None = None) -> P
     (read-your-writes: `DihyaState.current`); 404 if none is installed."""
     record = st.current(request_id).get(name)
     if record is None:
-        raise ApiProblem(404, "unknown-plugin", "Unknown plugin",
+        raise ApiProblem(404, ProblemType.UNKNOWN_PLUGIN, "Unknown plugin",
                          "No installed plugin has this name; GET /api/v1/plugins lists them.")
     return record
 
@@ -46,7 +46,7 @@ def enable_plugin(st: DihyaState, token: TokenInfo, name: str,
     if record.reason in (Reason.DISABLED_BY_CONFIG, Reason.DISABLED_BY_ENV):
         where = ("the config file (`dihya plugins enable`)" if record.reason ==
                  Reason.DISABLED_BY_CONFIG else "DIHYA_PLUGINS_DISABLE of the server's process")
-        raise ApiProblem(409, "conflict", "Switched off elsewhere",
+        raise ApiProblem(409, ProblemType.CONFLICT, "Switched off elsewhere",
                          f"This plugin is switched off in {where}; an admin switch cannot "
                          "override it.")
     st.store.set_plugin_disabled(name, False, actor=st.auditor.pseudonym(token.name))

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from flask import Flask, Response, current_app, g, json
 from werkzeug.exceptions import HTTPException
 
+from dihya.reasons import ProblemType
 from dihya.store.faults import RETRY_AFTER_S, StoreFault, StoreUnavailable
 
 log = logging.getLogger("dihya.web")
@@ -31,7 +32,7 @@ MEDIA_TYPE: Final = "application/problem+json"
 class ApiProblem(Exception):
     """Raise to answer with a problem document."""
 
-    def __init__(self, status: int, slug: str, title: str, detail: str,
+    def __init__(self, status: int, slug: ProblemType, title: str, detail: str,
                  headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
@@ -42,7 +43,7 @@ class ApiProblem(Exception):
         self.extra = extra
 
 
-def problem_response(status: int, slug: str, title: str, detail: str,
+def problem_response(status: int, slug: ProblemType, title: str, detail: str,
                      headers: dict[str, str] | None = None, **extra: Any) -> Response:
     page = current_app.extensions.get("dihya.error_page")
     response = page(status, title, detail) if page is not None else None
@@ -63,10 +64,13 @@ def problem_response(status: int, slug: str, title: str, detail: str,
     return response
 
 
-_SLUGS: Final = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
-                 405: "method-not-allowed", 409: "conflict", 413: "payload-too-large",
-                 415: "unsupported-media-type", 422: "validation", 429: "rate-limited",
-                 500: "internal", 502: "plugin-failed", 503: "unavailable"}
+_SLUGS: Final = {
+    400: ProblemType.BAD_REQUEST, 401: ProblemType.UNAUTHORIZED, 403: ProblemType.FORBIDDEN,
+    404: ProblemType.NOT_FOUND, 405: ProblemType.METHOD_NOT_ALLOWED, 409: ProblemType.CONFLICT,
+    413: ProblemType.PAYLOAD_TOO_LARGE, 415: ProblemType.UNSUPPORTED_MEDIA_TYPE,
+    422: ProblemType.VALIDATION, 429: ProblemType.RATE_LIMITED, 500: ProblemType.INTERNAL,
+    502: ProblemType.PLUGIN_FAILED, 503: ProblemType.UNAVAILABLE,
+}
 
 _DETAILS: Final = {
     404: "No such resource; see /openapi.json for the routes.",
@@ -92,8 +96,8 @@ def install_error_handlers(app: Flask) -> None:
             retry = _retry_after(exc)
             headers["Retry-After"] = str(retry)
         detail = _DETAILS.get(status) or (exc.description or exc.name)
-        return problem_response(status, _SLUGS.get(status, "http-error"), exc.name, detail,
-                                headers)
+        return problem_response(status, _SLUGS.get(status, ProblemType.HTTP_ERROR), exc.name,
+                                detail, headers)
 
     @app.errorhandler(StoreUnavailable)
     def _store_unavailable(exc: StoreUnavailable) -> Response:
@@ -120,7 +124,7 @@ def install_error_handlers(app: Flask) -> None:
                   g.get("request_id"),
                   extra={"reason": type(exc).__name__, "action": where,
                          "request_id": g.get("request_id")})
-        return problem_response(500, "internal", "Internal Server Error",
+        return problem_response(500, ProblemType.INTERNAL, "Internal Server Error",
                                 "The server failed to answer; the request id identifies it "
                                 "in the server's log.")
 
@@ -128,7 +132,7 @@ def install_error_handlers(app: Flask) -> None:
 def store_unavailable(fault: StoreFault) -> Response:
     """503: the state store failed (`fault` says how); the client may retry later."""
     return problem_response(
-        503, "store-unavailable", "Service Unavailable",
+        503, ProblemType.STORE_UNAVAILABLE, "Service Unavailable",
         f"The state store is unavailable ({fault.describe()}): the request was not "
         "completed, or not recorded in the audit log, so it is not answered as done. Retry "
         "after the number of seconds in Retry-After.",
