@@ -14,14 +14,21 @@ The operator console uses both; the reviewed fingerprint must still be the insta
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
 from dihya.config import AllowEntry, Config, Mode
 from dihya.config.edit import Approval, ApprovalRefused, edit_document, record_approval
-from dihya.gate.decide import FAILED, REFUSED, assess
-from dihya.gate.discovery import DiscoveredPlugin, discover
+from dihya.gate.decide import (
+    FAILED,
+    REFUSED,
+    PluginNotFound,
+    assess,
+    find_installed,
+    verified_files,
+)
+from dihya.gate.discovery import DiscoveredPlugin
 from dihya.reasons import DihyaError, Reason
 from dihya.store import Store
 from dihya.store.filelists import FileDiff, FileList, diff, list_files, recall
@@ -72,19 +79,21 @@ class ApprovalPlan:
 def plan_approval(name: str, config: Config, store: Store | None = None,
                   path: Sequence[str] | None = None) -> ApprovalPlan:
     """What approving `name` as installed now would record, or why it cannot be."""
-    found = [p for p in discover(config.group, path) if p.name == name]
     previous = config.entries_for(name)
-    if not found:
-        raise CannotApprove("not-installed", f"no installed plugin is named {name!r}")
-    plugin = found[0]
+    try:
+        plugin, duplicate = find_installed(name, config.group, path), None
+    except PluginNotFound as exc:
+        if not exc.matches:
+            raise CannotApprove(exc.reason, exc.message) from exc
+        plugin, duplicate = exc.matches[0], (exc.reason, exc.message)
     publishers = tuple(p.name for p in config.publishers if p.may_sign(plugin.distribution))
-    files = list_files(plugin)
+    installed, refusal = verified_files(plugin, path)  # the gate's own words for a refusal
+    files = list_files(plugin, installed) if installed is not None else None
     empty = ApprovalPlan(name, plugin, None, files, previous, None, None, publishers, None)
-    if len(found) > 1:
-        dists = ", ".join(p.distribution for p in found)
-        return attrs.evolve(empty, problem=(Reason.DUPLICATE_NAME, f"{name!r} is declared by "
-                                            f"several distributions ({dists}); uninstall all "
-                                            "but one"))
+    if duplicate is not None:
+        return attrs.evolve(empty, problem=duplicate)
+    if refusal is not None:
+        return attrs.evolve(empty, problem=refusal)
     if files is None:
         return attrs.evolve(empty, problem=(Reason.MISSING_FILE, "the installed files cannot be "
                                             "read, or changed while they were read"))
@@ -101,11 +110,11 @@ def plan_approval(name: str, config: Config, store: Store | None = None,
                         publishers, problem)
 
 
-def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str,
-                config: Config) -> bool:
-    """Load the plugin in a sandbox worker (never in this process) and check its class,
-    as `dihya plugins approve` does; CannotApprove says why not. True when the class says
-    safe = True (it may run in-process)."""
+def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str, config: Config,
+                warn: Callable[[str], object] | None = None) -> bool:
+    """Load the plugin in a sandbox worker (never in this process) and check its class;
+    CannotApprove says why not. True when the class says safe = True (it may run
+    in-process). `warn` is told of each deprecated hook or argument the class uses."""
     from dihya.sandbox.admission import checked_meta
     from dihya.sandbox.pool import Worker, WorkerSpec, WorkerStartError
 
@@ -125,10 +134,13 @@ def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str,
         raise CannotApprove(Reason.INVALID_PLUGIN, str(exc)) from exc
     finally:
         worker.close()
+    if warn is not None:
+        for warning in meta["deprecations"]:
+            warn(warning)
     safe = meta.get("safe") is True
     if mode == "in-process" and not safe:
         raise CannotApprove(Reason.UNSAFE_IN_PROCESS, "its class says safe = False: approve it "
-                            "in sandbox mode")
+                            "in sandbox mode (--mode sandbox)")
     return safe
 
 

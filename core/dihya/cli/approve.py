@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from dihya import approval
+from dihya.approval import ApprovalPlan, CannotApprove, plan_approval
 from dihya.config import (
     Config,
 )
@@ -20,16 +22,12 @@ from dihya.config.edit import (
     remove_allow,
     set_enabled,
 )
-from dihya.gate.decide import (
-    dependency_problems,
-    verified_files,
-)
-from dihya.gate.discovery import DiscoveredPlugin, discover
+from dihya.gate.decide import PluginNotFound
+from dihya.gate.discovery import DiscoveredPlugin
 from dihya.gate.startup import PthFile, known_entry, scan_pth, site_directories
-from dihya.reasons import Reason
 
 if TYPE_CHECKING:
-    from dihya.gate.fingerprint import InstalledFiles
+    pass
 from dihya.cli._common import (
     CheckFailed,
     State,
@@ -55,23 +53,22 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
     approved, the config is left unchanged.
     """
     config = state.config()
-    found = discover(config.group)
     approvals = []
     notes = []
     # the checks (seconds: a sandbox worker per plugin) run before the config is locked
     for name in dict.fromkeys(names):
-        plugin, files = _approvable(name, found)
-        previous = config.entries_for(name)
-        check_mode = mode or (previous[0].mode if previous else "sandbox")
-        safe = check_class(plugin, files.fingerprint, check_mode, config)
-        for old in previous:
-            if old.fingerprint != files.fingerprint:
+        plan = _approvable(name, config)
+        plugin, fingerprint = plan.plugin, plan.fingerprint
+        assert plugin is not None and fingerprint is not None
+        safe = check_class(plugin, fingerprint, mode or plan.default_mode, config)
+        for old in plan.previous:
+            if old.fingerprint != fingerprint:
                 notes.append(f"note: {name}'s files changed since the previous approval "
                              f"({old.version} {old.fingerprint[:19]}… -> {plugin.version} "
-                             f"{files.fingerprint[:19]}…)")
+                             f"{fingerprint[:19]}…)")
         approvals.append(Approval(
             name=name, distribution=plugin.distribution, version=plugin.version,
-            fingerprint=files.fingerprint, mode=mode,  # type: ignore[arg-type]
+            fingerprint=fingerprint, mode=mode,  # type: ignore[arg-type]
             roles=roles, required=required, safe=safe))
     # only the choices given here are applied, to the file as it is once locked: a switch,
     # role or flag changed by another edit during the checks is kept
@@ -86,50 +83,34 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
         auditor.record("plugin.approved", "ok", subject=user(), plugin=e.name,
                        plugin_version=e.version, plugin_fingerprint=e.fingerprint)
 
-def _approvable(name: str, found: Sequence[DiscoveredPlugin]) -> tuple[DiscoveredPlugin,
-                                                                        InstalledFiles]:
-    """The one installed plugin named `name` and its files, if they may be approved; else
-    exit 1."""
-    matches = [p for p in found if p.name == name]
-    if not matches:
-        unknown(name, [p.name for p in found])
-    if len(matches) > 1:
-        raise CheckFailed(f"cannot approve {name!r}: declared by "
-                          f"{', '.join(p.distribution for p in matches)}")
-    plugin = matches[0]
-    files, problem = verified_files(plugin)
-    if problem is not None or files is None:
-        reason, message = problem or (Reason.MISSING_FILE, "no files")
+def _approvable(name: str, config: Config) -> ApprovalPlan:
+    """What approving the one installed plugin `name` would record, if it may be approved
+    (the gate's own checks, as the console's approval); else exit 1."""
+    try:
+        plan = plan_approval(name, config)
+    except CannotApprove as exc:
+        cause = exc.__cause__
+        if isinstance(cause, PluginNotFound):
+            unknown(name, cause.installed)
+        raise CheckFailed(f"cannot approve {name!r} ({exc.reason}): {exc.message}") from exc
+    if plan.problem is not None:
+        reason, message = plan.problem
         raise CheckFailed(f"cannot approve {name!r} ({reason}): {message}")
-    missing = dependency_problems(plugin)
-    if missing:
-        raise CheckFailed(f"cannot approve {name!r} (missing-dependency): "
-                          f"{'; '.join(missing)}")
-    return plugin, files
+    return plan
+
 
 def check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config) -> bool:
-    """Load the plugin in a sandbox worker (never in this process) and check its class;
-    True if the class says safe = True (it may run in-process)."""
-    from dihya.sandbox.admission import checked_meta
-    from dihya.sandbox.pool import Worker, WorkerSpec, WorkerStartError
+    """Load the plugin in a sandbox worker (never in this process) and check its class,
+    printing its deprecation warnings; True if the class says safe = True. Exit 1 if it
+    cannot be approved."""
+    try:
+        return approval.check_class(
+            plugin, fp, mode, config,
+            warn=lambda w: click.echo(f"warning: {plugin.name}: {w}", err=True))
+    except CannotApprove as exc:
+        raise CheckFailed(f"cannot approve {plugin.name!r} ({exc.reason}): "
+                          f"{exc.message}") from exc
 
-    try:
-        worker = Worker(WorkerSpec(plugin.group, plugin.name, fp), config.sandbox)
-    except WorkerStartError as exc:
-        raise CheckFailed(f"cannot approve {plugin.name!r}: {exc.reason}: {exc.message}") from exc
-    try:
-        meta = checked_meta(worker.hello.meta)
-    except ValueError as exc:
-        raise CheckFailed(f"cannot approve {plugin.name!r}: invalid-plugin: {exc}") from exc
-    finally:
-        worker.close()
-    for warning in meta["deprecations"]:
-        click.echo(f"warning: {plugin.name}: {warning}", err=True)
-    safe = meta.get("safe") is True
-    if mode == "in-process" and not safe:
-        raise CheckFailed(f"cannot approve {plugin.name!r} in-process: its class says "
-                          "safe = False; approve it with --mode sandbox")
-    return safe
 
 @click.command("revoke")
 @click.argument("name")

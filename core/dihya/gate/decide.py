@@ -154,23 +154,27 @@ def find_installed(name: str, group: str, path: Sequence[str] | None = None
     (reason `not-installed`, or `duplicate-name` when several distributions declare it)."""
     found = discover(group, path)
     matches = [p for p in found if p.name == name]
+    installed = sorted({p.name for p in found})
     if not matches:
         raise PluginNotFound("not-installed", f"no installed plugin is named {name!r}",
-                             sorted({p.name for p in found}))
+                             installed)
     if len(matches) > 1:
         dists = ", ".join(p.distribution for p in matches)
         raise PluginNotFound(Reason.DUPLICATE_NAME, f"{name!r} is declared by several "
-                             f"distributions ({dists}); uninstall all but one",
-                             sorted({p.name for p in found}))
+                             f"distributions ({dists}); uninstall all but one", installed,
+                             matches)
     return matches[0]
 
 
 class PluginNotFound(DihyaError):
-    """No single installed plugin has the name asked for; `installed` lists the names."""
+    """No single installed plugin has the name asked for; `installed` lists the names,
+    `matches` the entry points of that name (several, for `duplicate-name`)."""
 
-    def __init__(self, reason: str, message: str, installed: Sequence[str]) -> None:
+    def __init__(self, reason: str, message: str, installed: Sequence[str],
+                 matches: Sequence[DiscoveredPlugin] = ()) -> None:
         super().__init__(reason, message)
         self.installed = tuple(installed)
+        self.matches = tuple(matches)
 
 
 def verified_files(plugin: DiscoveredPlugin, path: Sequence[str] | None = None

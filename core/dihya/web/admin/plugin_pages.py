@@ -18,8 +18,7 @@ from markupsafe import Markup
 from werkzeug.wrappers import Response
 
 from dihya.audit.query import AuditFilter, search
-from dihya.gate.decide import dependency_problems, inspect_files
-from dihya.gate.discovery import discover
+from dihya.gate.decide import PluginNotFound, dependency_problems, find_installed, inspect_files
 from dihya.reasons import Reason
 from dihya.registry import PluginRecord
 from dihya.store.filelists import list_files
@@ -119,7 +118,10 @@ def plugin(name: str) -> Response:
     """One plugin: status, isolation, hooks and actions, dependencies, files, events."""
     st = guard.state()
     record = _record(name)
-    found = [p for p in discover(st.config.group) if p.name == name]
+    try:
+        found = [find_installed(name, st.config.group)]
+    except PluginNotFound as exc:  # not installed (any more), or several of that name
+        found = list(exc.matches)
     problems: list[str] = []
     files = None
     file_problem = None
