@@ -247,6 +247,7 @@ def plugin_actions(cls: type) -> dict[str, ActionSpec]:
                 found[name] = ActionSpec(name, attr, description, schema)
     return dict(sorted(found.items()))
 
+
 _METADATA_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "name": (str,),
     "description": (str,),

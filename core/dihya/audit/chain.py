@@ -98,6 +98,8 @@ def _in_list(prefix: str, values: Sequence[str]) -> tuple[str, dict[str, str]]:
     """Placeholders and parameters for `IN (...)` over `values`."""
     params = {f"{prefix}{i}": v for i, v in enumerate(values)}
     return ", ".join(f":{name}" for name in params), params
+
+
 _INSERT_SUBJECT = subjects_table.insert()
 
 

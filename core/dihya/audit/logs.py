@@ -20,6 +20,7 @@ from dihya.escaping import escape_json_line
 
 ALLOWED: Final = frozenset(FIELDS) - {"at", "type", "outcome"}
 
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, allowlisted fields only."""
 

@@ -41,16 +41,17 @@ if TYPE_CHECKING:
     from dihya.store import Store
 
 
-
 class CheckFailed(click.ClickException):
     """A check failed: exit 1."""
 
     exit_code = 1
 
+
 class Usage(click.ClickException):
     """Bad usage or config: exit 2."""
 
     exit_code = 2
+
 
 @attrs.define
 class State:
@@ -154,11 +155,13 @@ class State:
             self._auditor = Auditor(config.audit_key, store=store, marker=self.marker(config))
         return self._auditor
 
+
 def missing_store(file: Path, marker: StoreMarker) -> str:
     return (f"the state store {file} is missing, but {marker.describe()}: it was deleted or "
             "moved. Restore it from a backup (with its -wal file, if there is one) or put it "
             "back, then retry; to start an empty store on purpose (every token, runtime "
             f"switch and audit event of the old one is lost), delete {marker.path}")
+
 
 def user() -> str:
     try:
@@ -166,14 +169,18 @@ def user() -> str:
     except (KeyError, OSError):
         return f"uid-{os.getuid()}"
 
+
 pass_state = click.make_pass_decorator(State)
+
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
+
 def unknown(name: str, known: Sequence[str]) -> NoReturn:
     listing = ", ".join(sorted(set(known))) or "none installed"
     raise CheckFailed(f"no plugin named {name!r} is installed (known: {listing})")
+
 
 def find_plugin(state: State, name: str) -> DiscoveredPlugin:
     """The one installed plugin named `name`; exit 1 saying what is installed, if not."""
@@ -183,6 +190,7 @@ def find_plugin(state: State, name: str) -> DiscoveredPlugin:
         if exc.reason != Reason.DUPLICATE_NAME:
             unknown(name, exc.installed)
         raise CheckFailed(exc.message) from exc
+
 
 @contextmanager
 def editing(state: State) -> Iterator[Any]:
@@ -198,6 +206,7 @@ def editing(state: State) -> Iterator[Any]:
     except ConfigFileError as exc:
         raise Usage(str(exc)) from exc
 
+
 def parse_roles(_ctx: click.Context, _param: click.Parameter,
                  value: str | None) -> tuple[str, ...] | None:
     if value is None:
@@ -209,7 +218,9 @@ def parse_roles(_ctx: click.Context, _param: click.Parameter,
                                  f"{', '.join(ROLES)}, not {value!r}")
     return roles
 
+
 F = TypeVar("F", bound=Callable[..., Any])
+
 
 def approval_options(command: F) -> F:
     """The options an approval records (`approve`, `install`): mode, roles, required."""
@@ -228,9 +239,11 @@ def approval_options(command: F) -> F:
         command = option(command)
     return command
 
+
 def sqlite_file(config: Config) -> Path | None:
     url = config.effective_store_url
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
 
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__

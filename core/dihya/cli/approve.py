@@ -83,6 +83,7 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
         auditor.record("plugin.approved", "ok", subject=user(), plugin=e.name,
                        plugin_version=e.version, plugin_fingerprint=e.fingerprint)
 
+
 def _approvable(name: str, config: Config) -> ApprovalPlan:
     """What approving the one installed plugin `name` would record, if it may be approved
     (the gate's own checks, as the console's approval); else exit 1."""
@@ -123,10 +124,12 @@ def revoke(state: State, name: str) -> None:
     click.echo(f"revoked {name}")
     state.auditor().record("plugin.revoked", "ok", subject=user(), plugin=name)
 
+
 def _not_approved(state: State, name: str) -> NoReturn:
     approved = ", ".join(e.name for e in state.config().allow) or "none"
     raise CheckFailed(f"{name!r} is not in the allowlist of {state.config_path} "
                       f"(approved: {approved})")
+
 
 def _switch(state: State, name: str, enabled: bool, reason: str | None) -> None:
     with editing(state) as doc:
@@ -142,12 +145,14 @@ def _switch(state: State, name: str, enabled: bool, reason: str | None) -> None:
                            subject=user(), plugin=name,
                            reason=None if enabled else "disabled-by-config", note=reason)
 
+
 @click.command("enable")
 @click.argument("name")
 @pass_state
 def enable(state: State, name: str) -> None:
     """Switch an approved plugin back on."""
     _switch(state, name, True, None)
+
 
 @click.command("disable")
 @click.argument("name")
@@ -156,6 +161,7 @@ def enable(state: State, name: str) -> None:
 def disable(state: State, name: str, reason: str | None) -> None:
     """Switch an approved plugin off (it stays approved)."""
     _switch(state, name, False, reason)
+
 
 @click.command("acknowledge-pth")
 @click.argument("files", nargs=-1, required=True)
@@ -186,6 +192,7 @@ def acknowledge_pth(state: State, files: tuple[str, ...], note: str | None) -> N
                    f"({pth.owner or 'no owner'}) sha256 {pth.sha256}")
         auditor.record("pth.acknowledged", "ok", subject=user(), pth_file=pth.file,
                        pth_sha256=pth.sha256)
+
 
 def _pth_matches(found: Sequence[PthFile], target: str) -> list[PthFile]:
     """The code-running .pth files `target` names (a path, or a bare file name)."""

@@ -34,6 +34,7 @@ from dihya.cli._common import (
 def plugins() -> None:
     """Discover, approve, switch and verify generation plugins."""
 
+
 @plugins.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_state
@@ -60,14 +61,17 @@ def list_plugins(state: State, as_json: bool) -> None:
         click.echo("no plugin installed in group " + snapshot.config.group)
     _warn_pth(snapshot)
 
+
 def _with_pth(data: dict[str, Any], snapshot: RegistrySnapshot) -> dict[str, Any]:
     data["pth"] = pth_json(snapshot.pth)
     return data
+
 
 def _warn_pth(snapshot: RegistrySnapshot) -> None:
     for pth in snapshot.pth:
         if not pth.acknowledged:
             click.echo(f"warning: {pth.describe()}", err=True)
+
 
 @plugins.command("show")
 @click.argument("name")
@@ -91,6 +95,7 @@ def show(state: State, name: str, as_json: bool) -> None:
     for pth in snapshot.pth or [None]:
         click.echo(f"{'pth':>21}: {pth.describe() if pth else '-'}")
 
+
 @plugins.command("fingerprint")
 @click.argument("target")
 @pass_state
@@ -111,6 +116,7 @@ def fingerprint(state: State, target: str) -> None:
     if problem is not None:
         raise CheckFailed(f"{target}: {problem[1]}: this install would be refused "
                           f"({problem[0]})")
+
 
 @plugins.command("reload")
 @pass_state

@@ -84,14 +84,17 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: 
           "plugins": [h.to_json() for h in result.plugins],
           "needs_sha256": result.needs_sha256, "ms": round(result.ms, 1)})
 
+
 def _notes(lines: list[str]) -> None:
     for line in lines:
         click.echo(f"note: {line}", err=True)
+
 
 def _output_failed(exc: OutputError) -> click.ClickException:
     """Exit 2 for a refusal (what was asked), 1 for a failed write; OUTDIR is as it was."""
     _notes(exc.recovered)
     return (Usage if exc.usage else CheckFailed)(str(exc))
+
 
 def _read_json(path: Path) -> Any:
     from dihya.needs import JsonDepthError, load_json
@@ -104,6 +107,7 @@ def _read_json(path: Path) -> Any:
         raise CheckFailed(f"{path}: not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise CheckFailed(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from exc
+
 
 def _echo_report(report: dict[str, Any]) -> None:
     if "error" in report:
@@ -125,6 +129,7 @@ def _echo_report(report: dict[str, Any]) -> None:
         detail = f" ({hook['detail']})" if hook.get("detail") else ""
         click.echo(f"plugin {hook['name']:<16} {hook['hook']:<20} {hook['status']:<14} "
                    f"{hook['ms']:.1f} ms{detail}")
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")

@@ -27,6 +27,7 @@ from dihya.cli._common import (
 def tokens() -> None:
     """Create, list and revoke API tokens (stored only as hashes)."""
 
+
 @tokens.command("create")
 @click.option("--role", required=True, type=click.Choice(ROLES))
 @click.option("--name", required=True, help="Who or what the token is for (unique).")
@@ -44,6 +45,7 @@ def tokens_create(state: State, role: str, name: str) -> None:
     state.auditor().record("token.created", "ok", subject=user(), target=name, role=role)
     click.echo(f"created token {name!r} with role {role}; it is shown only now:", err=True)
     click.echo(token)
+
 
 @tokens.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
@@ -64,6 +66,7 @@ def tokens_list(state: State, as_json: bool) -> None:
     if not rows:
         click.echo("no token")
 
+
 @tokens.command("revoke")
 @click.argument("name")
 @pass_state
@@ -76,6 +79,7 @@ def tokens_revoke(state: State, name: str) -> None:
         raise CheckFailed(f"no token named {name!r} (see `dihya tokens list`)")
     state.auditor().record("token.revoked", "ok", subject=user(), target=name)
     click.echo(f"revoked token {name!r}")
+
 
 def _when(ts: float) -> str:
     import datetime as dt

@@ -70,12 +70,14 @@ def verify(state: State, as_json: bool) -> None:
     if not all(row["ok"] for row in rows):
         sys.exit(1)
 
+
 def _check_row(check: str, status: str, reason: str | None, message: str,
                ok: bool, name: str | None = None) -> dict[str, Any]:
     """One row of `plugins verify`: `check` is "plugin" (a row per allowlisted plugin),
     "config", "allowlist", "store" or "pth"."""
     return {"name": name, "check": check, "status": status, "reason": reason,
             "message": message, "ok": ok}
+
 
 def _config_checks(state: State) -> tuple[Config | None, list[dict[str, Any]]]:
     """The config-wide rows of `verify`: can the config be used, does it allowlist
@@ -117,6 +119,7 @@ def _config_checks(state: State) -> tuple[Config | None, list[dict[str, Any]]]:
                                    "none is installed", True))
     return config, rows
 
+
 def _plugin_checks(state: State) -> list[dict[str, Any]]:
     """A row per allowlisted plugin: ok when active or disabled."""
     snapshot = state.registry()
@@ -134,7 +137,9 @@ def _plugin_checks(state: State) -> list[dict[str, Any]]:
         rows.append({**row, "worker_user": record.worker_user})
     return rows
 
+
 UNACKNOWLEDGED_PTH = "unacknowledged-pth"
+
 
 def _pth_row(pth: PthFile) -> dict[str, Any]:
     """A `verify` row for a `.pth` file that runs code: ok only when acknowledged."""

@@ -23,7 +23,6 @@ class KnownPth:
     note: str | None = None
 
 
-
 def parse_known_pth(raw: object) -> tuple[KnownPth, ...]:
     """`[[plugins.known_pth]]` as read from TOML; ValueError saying what to fix."""
     if not isinstance(raw, list):

@@ -73,7 +73,7 @@ def _run_warm_up(prefix: str) -> bool:
 def warm_imports() -> None:
     """What a worker imports and reads before its plugin's code: run by the warm-up."""
     os.umask(0o022)  # the cache's directories: writable by this user only
-    import ctypes  # seccomp and Landlock go through ctypes
+    import ctypes  # noqa: F401  # seccomp and Landlock go through ctypes
     import ctypes.util  # noqa: F401
 
     from dihya.gate.decide import inspect_files  # noqa: F401
