@@ -44,7 +44,8 @@ EVENT_TYPES: Final = frozenset({
     # requests
     "generation", "plugin.action", "auth.failed", "acl.denied",
     # administration
-    "token.created", "token.revoked", "registry.reloaded", "pth.acknowledged",
+    "token.created", "token.revoked", "token.rotated", "registry.reloaded",
+    "pth.acknowledged",
     # the operator console: a session started with a token, or ended by its owner
     "session.started", "session.ended",
     # the audit log itself

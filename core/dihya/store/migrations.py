@@ -14,6 +14,7 @@ approved plugins (dihya_file_lists).
 Version 4: `dihya_audit.event_id` with a unique index (a retried batch cannot store an
 event twice), a random `store_id` in dihya_meta (tells a store from its replacement) and
 the `heartbeat` row `/readyz` rewrites to probe a write.
+Version 5: `dihya_tokens.expires_at` (a token's optional expiry, `tokens create --expires`).
 """
 
 from __future__ import annotations
@@ -69,8 +70,16 @@ def _v4_event_ids(conn: Connection) -> None:
             conn.execute(st.meta_table.insert().values(key=key, value=value))
 
 
+def _v5_token_expiry(conn: Connection) -> None:
+    # a store created at version 5 got the column from `_v1_state`
+    columns = {c["name"] for c in sa.inspect(conn).get_columns(st.tokens_table.name)}
+    if "expires_at" not in columns:
+        conn.execute(sa.text(f"ALTER TABLE {st.tokens_table.name} "
+                             "ADD COLUMN expires_at FLOAT"))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console,
-                                            _v4_event_ids)
+                                            _v4_event_ids, _v5_token_expiry)
 LATEST: Final = len(MIGRATIONS)
 
 
