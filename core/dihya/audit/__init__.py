@@ -162,6 +162,15 @@ def hook_event_type(result: HookResult) -> str:
     return "hook.failed"
 
 
+def iso_time(ts: float) -> str:
+    """`ts` (seconds since the epoch) as ISO 8601 in UTC, to the millisecond:
+    `2026-12-02T09:01:19.123Z`."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
 def sha256_of(text: str | bytes) -> str:
     data = text.encode("utf-8") if isinstance(text, str) else text
     return hashlib.sha256(data).hexdigest()
