@@ -182,14 +182,10 @@ def render(project: PluginProject, core: Path | None = None) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def new_project(name: str, target: Path, *, author: str | None = None,
-                license: str = DEFAULT_LICENSE, core: Path | None = None) -> list[Path]:
-    """Write the project of plugin `name` into `target` (missing or empty); return the files.
-    `core`: a wheel of dihya-core its tox.ini tests against (see `dihya.authoring.corewheel`).
-
-    Raises `ScaffoldError` for an invalid name, author or license, or a non-empty target;
-    nothing is written then.
-    """
+def check_project(name: str, target: Path, *, author: str | None = None,
+                  license: str = DEFAULT_LICENSE) -> PluginProject:
+    """The project `new_project` would write; `ScaffoldError` for an invalid name, author
+    or license, or a target that is not a missing or empty directory."""
     name = check_name(name)
     project = PluginProject(name, check_author(author or f"The dihya-plugin-{name} authors"),
                             license, dt.date.today().year)
@@ -201,6 +197,18 @@ def new_project(name: str, target: Path, *, author: str | None = None,
     if target.is_dir() and any(target.iterdir()):
         raise ScaffoldError(f"{target} is not empty: choose a new directory with --dir, or "
                             "empty this one")
+    return project
+
+
+def new_project(name: str, target: Path, *, author: str | None = None,
+                license: str = DEFAULT_LICENSE, core: Path | None = None) -> list[Path]:
+    """Write the project of plugin `name` into `target` (missing or empty); return the files.
+    `core`: a wheel of dihya-core its tox.ini tests against (see `dihya.authoring.corewheel`).
+
+    Raises `ScaffoldError` for an invalid name, author or license, or a non-empty target;
+    nothing is written then.
+    """
+    project = check_project(name, target, author=author, license=license)
     files = render(project, core)
     written = []
     for rel, text in files.items():

@@ -41,11 +41,11 @@ def new_command(name: str, target: Path | None, author: str | None, license_id: 
     """
     from dihya.authoring.corewheel import CoreWheelError, core_wheel
     from dihya.authoring.places import git_work_tree
-    from dihya.authoring.scaffold import check_name
+    from dihya.authoring.scaffold import check_project
 
     where = target if target is not None else Path(f"dihya-plugin-{name}")
     try:
-        check_name(name)
+        check_project(name, where, author=author, license=license_id)
     except ScaffoldError as exc:
         raise Usage(str(exc)) from exc
     core: Path | None = None
