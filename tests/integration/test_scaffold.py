@@ -71,7 +71,8 @@ def test_a_bundled_plugin_copied_out_of_the_repository_runs_its_tox(backend,
     """plugins/*/tox.ini names no path of this checkout: a copy elsewhere runs it with the
     core from `dihya plugins core-wheel`."""
     for tox_ini in (ROOT / "plugins").glob("*/tox.ini"):
-        assert "../.." not in tox_ini.read_text(), tox_ini
+        settings = [ln for ln in tox_ini.read_text().splitlines() if not ln.startswith("#")]
+        assert not [ln for ln in settings if "../.." in ln or "toxinidir}/.." in ln], tox_ini
     copy = tmp_path / "elsewhere" / "example-plugin"
     shutil.copytree(ROOT / "plugins" / "example-plugin", copy,
                     ignore=shutil.ignore_patterns(".tox", "build", "*.egg-info", "__pycache__"))

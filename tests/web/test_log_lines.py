@@ -200,3 +200,8 @@ def test_core_messages_render_words_and_numbers_and_redact_the_rest() -> None:
     assert row["message"] == (f"hook after_generation of plugin md-docs: failed (2.2 ms) by "
                               f"{REDACTED} in {REDACTED}")
     assert row["event"] == "pipeline" and row["request_id"] is None
+
+    server = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1,
+                               "Error handling request %s", ("/a/b?token=dihya_x&u=jane",), None)
+    assert json.loads(JsonFormatter().format(server))["message"] == \
+        "Error handling request /a/b?…"

@@ -9,7 +9,8 @@ whatever the call site does.
 
 `message` is rendered (`%s` filled in) for the core's own records with each argument
 checked: a number, or a word-like string (an exception type, a hook, a plugin name, a hash
-prefix), else `<redacted>`; the server's own records (gunicorn) are rendered as they are.
+prefix), else `<redacted>`; the server's own records (gunicorn) are rendered as they are,
+but for a URI's query string (`?…`).
 An audit event (`dihya.audit`) is its allowlisted JSON with `event` = its type.
 
 Every line is one line whatever a client sent (`dihya.escaping`).
@@ -44,18 +45,25 @@ def _safe_arg(value: Any) -> Any:
     return REDACTED
 
 
+def _server_arg(value: Any) -> Any:
+    """A gunicorn argument as it is, except a URI's query string (tokens, personal data)."""
+    if isinstance(value, str) and "?" in value:
+        return value.partition("?")[0] + "?…"
+    return value
+
+
 def render_message(record: logging.LogRecord) -> str:
     """The record's message with its arguments filled in: every argument of a core record
-    checked by `_safe_arg`; a server (gunicorn) record as it is."""
+    checked by `_safe_arg`; a server (gunicorn) record as it is, but for query strings."""
     text = str(record.msg)
     args = record.args
     if not args:
         return text
-    if not record.name.startswith(_TRUSTED_LOGGERS):
-        if isinstance(args, dict):
-            args = {k: _safe_arg(v) for k, v in args.items()}
-        else:
-            args = tuple(_safe_arg(a) for a in args)
+    check = _server_arg if record.name.startswith(_TRUSTED_LOGGERS) else _safe_arg
+    if isinstance(args, dict):
+        args = {k: check(v) for k, v in args.items()}
+    else:
+        args = tuple(check(a) for a in args)
     try:
         return text % args
     except (TypeError, ValueError, KeyError):
