@@ -21,6 +21,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from dihya.config import AllowEntry, Config
+from dihya.gate import verifycache
 from dihya.gate.discovery import DiscoveredPlugin, discover, requires_of
 from dihya.gate.fingerprint import (
     FingerprintError,
@@ -77,7 +78,7 @@ def assess_all(plugins: Sequence[DiscoveredPlugin], config: Config, disabled_by_
     counts = Counter(p.name for p in plugins)
     token = _VERSIONS.set({})
     try:
-        with shared_realpaths():
+        with shared_realpaths(), verifycache.saved():
             return [assess(p, config, disabled_by_env, path, duplicate=counts[p.name] > 1,
                            switches=switches)
                     for p in plugins]
@@ -206,8 +207,10 @@ def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,
     if plugin.dist_info is None:
         return None, (Reason.OUTSIDE_DISTRIBUTION,
                       f"{plugin.distribution} has no installed files to verify")
+    cache = verifycache.shared()
     try:
-        files = inspect_installed(plugin.dist_info)
+        files = (inspect_installed(plugin.dist_info) if cache is None
+                 else cache.inspect(plugin.dist_info))
     except FingerprintError as exc:
         return None, (Reason.MISSING_FILE, str(exc))
     if files.missing:

@@ -15,11 +15,13 @@ import sys
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import attrs
 from packaging.utils import canonicalize_name
 
+from dihya.gate import verifycache
+from dihya.gate.verifycache import Metadata
 from dihya.plugin import DEFAULT_GROUP
 
 
@@ -65,7 +67,7 @@ def discover(
         eps = _group_entry_points(dist, group)
         if not eps:
             continue
-        meta = dist.metadata
+        meta = _metadata(dist, dist_info)
         _METADATA[dist] = meta
         editable = _is_editable(dist)
         for ep in eps:
@@ -74,8 +76,8 @@ def discover(
                     name=ep.name,
                     value=ep.value,
                     group=group,
-                    distribution=meta["Name"],
-                    version=meta["Version"],
+                    distribution=meta.name,  # type: ignore[arg-type]
+                    version=meta.version,  # type: ignore[arg-type]
                     dist_info=dist_info,
                     editable=editable,
                     entry_point=ep,
@@ -87,16 +89,25 @@ def discover(
 
 # The METADATA that `discover` parsed for each plugin's distribution, so the gate reads its
 # requirements from the same parse instead of reading and parsing the file again.
-_METADATA: weakref.WeakKeyDictionary[md.Distribution, Any] = weakref.WeakKeyDictionary()
+_METADATA: weakref.WeakKeyDictionary[md.Distribution, Metadata] = weakref.WeakKeyDictionary()
+
+
+def _metadata(dist: md.PathDistribution, dist_info: Path) -> Metadata:
+    """Name, version and requirements of `dist`: from the verification cache when its
+    METADATA file is unchanged (`dihya.gate.verifycache`), else parsed."""
+    cache = verifycache.shared()
+    if cache is not None:
+        return cache.metadata(dist_info, lambda: dist.metadata)
+    meta = dist.metadata
+    reqs = meta.get_all("Requires-Dist")
+    return Metadata(meta["Name"], meta["Version"], tuple(reqs) if reqs else None)
 
 
 def requires_of(dist: md.Distribution) -> list[str] | None:
     """`dist.requires`, from the METADATA parsed by `discover` when there is one."""
     meta = _METADATA.get(dist)
-    if meta is not None:
-        reqs = meta.get_all("Requires-Dist")
-        if reqs:
-            return list(reqs)
+    if meta is not None and meta.requires:
+        return list(meta.requires)
     requires: list[str] | None = dist.requires
     return requires
 
