@@ -216,7 +216,8 @@ def _start_workers(sandbox: SandboxPool | None, config: Config,
     extra = tuple(p for p in (sys.path if path is None else path)
                   if p and not p.startswith(prefixes) and os.path.abspath(p) != cwd)
     return start_all(sandbox, [WorkerSpec(config.group, v.plugin.name, v.fingerprint or "",
-                                          extra) for v in verdicts])
+                                          extra, os.fspath(v.plugin.dist_info or ""))
+                               for v in verdicts])
 
 
 def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,

@@ -87,6 +87,25 @@ def discover(
     return found
 
 
+def plugin_at(dist_info: Path, name: str, group: str = DEFAULT_GROUP) -> DiscoveredPlugin | None:
+    """The entry point `name` of `group` declared by the distribution in `dist_info` (a
+    `*.dist-info` directory), or None: what `discover` would say of that one distribution,
+    reading nothing else (a sandbox worker told which distribution to load)."""
+    if not dist_info.name.endswith(_SUFFIXES) or not dist_info.is_dir():
+        return None
+    dist = md.PathDistribution(dist_info)
+    eps = [ep for ep in _group_entry_points(dist, group) if ep.name == name]
+    if len(eps) != 1:
+        return None
+    meta = _metadata(dist, dist_info)
+    _METADATA[dist] = meta
+    return DiscoveredPlugin(name=name, value=eps[0].value, group=group,
+                            distribution=meta.name,  # type: ignore[arg-type]
+                            version=meta.version,  # type: ignore[arg-type]
+                            dist_info=dist_info, editable=_is_editable(dist),
+                            entry_point=eps[0])
+
+
 # The METADATA that `discover` parsed for each plugin's distribution, so the gate reads its
 # requirements from the same parse instead of reading and parsing the file again.
 _METADATA: weakref.WeakKeyDictionary[md.Distribution, Metadata] = weakref.WeakKeyDictionary()

@@ -155,6 +155,11 @@ class VerifyCache:
             self._dirty = True
         return found
 
+    def remembers(self, dist_info: Path) -> bool:
+        """True when an entry for `dist_info` is held (valid or not)."""
+        with self._lock:
+            return os.fspath(dist_info) in self._dists
+
     def _still_valid(self, entry: dict[str, Any], where: str, record_sha: str,
                      root: str) -> bool:
         if entry["record"] != record_sha or entry["root"] != root:
@@ -395,6 +400,13 @@ def shared() -> VerifyCache | None:
             path = default_path()
             _SHARED = (where, None if path is None else VerifyCache(path))
         return _SHARED[1]
+
+
+def reset() -> None:
+    """Drop this process's cache from memory: the next `shared()` reads the file again."""
+    global _SHARED
+    with _SHARED_LOCK:
+        _SHARED = None
 
 
 def disable() -> None:
