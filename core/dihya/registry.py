@@ -22,7 +22,7 @@ from dihya.gate.decide import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess
 from dihya.gate.discovery import discover
 from dihya.gate.loader import Loaded, forget_modules, load_plugins
 from dihya.gate.startup import PthFile, scan_pth
-from dihya.plugin import ActionSpec, GenerationPluginBase, deprecation_warnings
+from dihya.plugin import ActionSpec, GenerationPluginBase
 from dihya.reasons import Reason
 from dihya.sandbox.executor import HookExecutor, InProcessExecutor
 
@@ -272,4 +272,4 @@ def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
                        "it with --mode sandbox", **meta)
     return _record(verdict, ACTIVE, None, "active", instance=loaded.instance,
                    executor=_IN_PROCESS, isolation=("none: runs in the backend process",),
-                   warnings=tuple(deprecation_warnings(cls)), **meta)
+                   warnings=loaded.deprecations, **meta)

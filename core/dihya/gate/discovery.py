@@ -59,17 +59,20 @@ def discover(
     search = list(sys.path if path is None else path)
     seen: set[str] = set()
     found: list[DiscoveredPlugin] = []
+    cache = verifycache.shared()
     for dist_info, key in _metadata_dirs(search):
         if key in seen:
             continue
         seen.add(key)
+        if group not in (_read(dist_info, "entry_points.txt") or ""):
+            continue  # most distributions: one read, no parsing, no Distribution object
         dist = md.PathDistribution(dist_info)
         eps = _group_entry_points(dist, group)
         if not eps:
             continue
-        meta = _metadata(dist, dist_info)
+        meta = _metadata(dist, dist_info, cache)
         _METADATA[dist] = meta
-        editable = _is_editable(dist)
+        editable = _is_editable(dist_info)
         for ep in eps:
             found.append(
                 DiscoveredPlugin(
@@ -102,7 +105,7 @@ def plugin_at(dist_info: Path, name: str, group: str = DEFAULT_GROUP) -> Discove
     return DiscoveredPlugin(name=name, value=eps[0].value, group=group,
                             distribution=meta.name,  # type: ignore[arg-type]
                             version=meta.version,  # type: ignore[arg-type]
-                            dist_info=dist_info, editable=_is_editable(dist),
+                            dist_info=dist_info, editable=_is_editable(dist_info),
                             entry_point=eps[0])
 
 
@@ -111,11 +114,13 @@ def plugin_at(dist_info: Path, name: str, group: str = DEFAULT_GROUP) -> Discove
 _METADATA: weakref.WeakKeyDictionary[md.Distribution, Metadata] = weakref.WeakKeyDictionary()
 
 
-def _metadata(dist: md.PathDistribution, dist_info: Path) -> Metadata:
+def _metadata(dist: md.PathDistribution, dist_info: Path,
+              cache: verifycache.VerifyCache | bool | None = True) -> Metadata:
     """Name, version and requirements of `dist`: from the verification cache when its
     METADATA file is unchanged (`dihya.gate.verifycache`), else parsed."""
-    cache = verifycache.shared()
-    if cache is not None:
+    if cache is True:
+        cache = verifycache.shared()
+    if isinstance(cache, verifycache.VerifyCache):
         return cache.metadata(dist_info, lambda: dist.metadata)
     meta = dist.metadata
     reqs = meta.get_all("Requires-Dist")
@@ -161,8 +166,17 @@ def _group_entry_points(dist: md.Distribution, group: str) -> md.EntryPoints:
     return dist.entry_points.select(group=group)
 
 
-def _is_editable(dist: md.Distribution) -> bool:
-    text = dist.read_text("direct_url.json")
+def _read(dist_info: Path, name: str) -> str | None:
+    """`PathDistribution(dist_info).read_text(name)`, without the pathlib objects."""
+    try:
+        with open(os.path.join(dist_info, name), encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _is_editable(dist_info: Path) -> bool:
+    text = _read(dist_info, "direct_url.json")
     if not text:
         return False
     try:
