@@ -23,7 +23,7 @@ from dihya.gate.decide import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess
 from dihya.gate.discovery import discover
 from dihya.gate.loader import Loaded, forget_modules, load_plugins
 from dihya.gate.startup import PthFile, scan_pth
-from dihya.plugin import ActionSpec, GenerationPluginBase, deprecation_warnings
+from dihya.plugin import ActionSpec, GenerationPluginBase
 from dihya.reasons import Reason
 from dihya.sandbox.executor import HookExecutor, InProcessExecutor
 
@@ -218,7 +218,8 @@ def _start_workers(sandbox: SandboxPool | None, config: Config,
     extra = tuple(p for p in (sys.path if path is None else path)
                   if p and not p.startswith(prefixes) and os.path.abspath(p) != cwd)
     return start_all(sandbox, [WorkerSpec(config.group, v.plugin.name, v.fingerprint or "",
-                                          extra) for v in verdicts])
+                                          extra, os.fspath(v.plugin.dist_info or ""))
+                               for v in verdicts])
 
 
 def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
@@ -277,4 +278,4 @@ def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
                        "it with --mode sandbox", **meta)
     return _record(verdict, ACTIVE, None, "active", instance=loaded.instance,
                    executor=_IN_PROCESS, isolation=("none: runs in the backend process",),
-                   warnings=tuple(deprecation_warnings(cls)), **meta)
+                   warnings=loaded.deprecations, **meta)

@@ -78,12 +78,15 @@ class WorkerStartError(DihyaError):
 
 @attrs.frozen
 class WorkerSpec:
-    """Which plugin a worker loads; `path` adds import-path entries (tests, custom sites)."""
+    """Which plugin a worker loads; `path` adds import-path entries (tests, custom sites);
+    `dist_info` is the distribution the backend verified (the worker checks that one only;
+    empty: the worker finds it by discovery)."""
 
     group: str
     name: str
     fingerprint: str
     path: tuple[str, ...] = ()
+    dist_info: str = ""
 
 
 @attrs.frozen
@@ -131,6 +134,7 @@ class Worker:
             cpu_seconds=self.settings.cpu_seconds, allow_root=self.settings.allow_root)
         payload: dict[str, Any] = {"group": self.spec.group, "name": self.spec.name,
                                    "fingerprint": self.spec.fingerprint,
+                                   "dist_info": self.spec.dist_info,
                                    "sys_path": import_path(self.spec.path),
                                    "max_frame_bytes": self.max_frame_bytes,
                                    "policy": attrs.asdict(policy)}

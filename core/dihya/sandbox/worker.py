@@ -3,7 +3,8 @@
 Started by the backend as `python -I -S -X pycache_prefix=<dir> -c BOOTSTRAP SPEC` (see
 dihya.sandbox.start) inside the walls of dihya.sandbox.outer, with a scrubbed environment
 (never forked from the backend). SPEC is JSON: the import path, group, entry-point name,
-expected fingerprint and the confinement policy. The worker keeps a duplicate of its
+the distribution's `*.dist-info` directory the backend verified, the expected fingerprint
+and the confinement policy. The worker keeps a duplicate of its
 original stdout for frames and points fd 1 at stderr, so a plugin's `print` cannot corrupt
 the stream. Order: confine (rlimits, no-new-privs, Landlock, seccomp: every layer) ->
 verify the files and their resolution again -> import with stevedore -> validate the class
@@ -32,13 +33,12 @@ class PluginLoadError(DihyaError):
 def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any],
                                         dict[str, tuple[str, ...] | None]]:
     """Verify and import the plugin; return (instance, metadata, callable method names)."""
-    from dihya.gate.decide import PluginNotFound, find_installed, verified_files
+    from dihya.gate import verifycache
+    from dihya.gate.decide import verified_files
     from dihya.gate.loader import load_plugins
 
-    try:
-        found = find_installed(spec["name"], spec["group"])
-    except PluginNotFound as exc:
-        raise PluginLoadError(Reason.SANDBOX_START_FAILED, exc.message) from exc
+    verifycache.disable()  # the worker hashes its plugin's bytes itself, trusting no cache
+    found = _find(spec)
     # the gate again, on this worker's own import path, before anything is imported
     files, problem = verified_files(found)
     if problem is not None and problem[0] in (Reason.SHADOWED_MODULE,
@@ -66,6 +66,27 @@ def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any],
     callable_names: dict[str, tuple[str, ...] | None] = dict(plugin.hook_args)
     callable_names.update({a.method: None for a in plugin.actions.values()})
     return plugin.instance, meta, callable_names
+
+
+def _find(spec: dict[str, Any]) -> Any:
+    """The plugin's entry point: in the distribution the backend named (`dist_info`, the
+    one it verified), reading no other; else (an older backend) found by discovery."""
+    from dihya.gate.decide import PluginNotFound, find_installed
+    from dihya.gate.discovery import plugin_at
+
+    where = spec.get("dist_info")
+    if where:
+        from pathlib import Path
+
+        found = plugin_at(Path(where), spec["name"], spec["group"])
+        if found is None:
+            raise PluginLoadError(Reason.SANDBOX_START_FAILED,
+                                  f"{where} no longer declares the plugin {spec['name']!r}")
+        return found
+    try:
+        return find_installed(spec["name"], spec["group"])
+    except PluginNotFound as exc:
+        raise PluginLoadError(Reason.SANDBOX_START_FAILED, exc.message) from exc
 
 
 def code_changes(before: dict[Any, Any], after: dict[Any, Any]) -> dict[str, Any]:
