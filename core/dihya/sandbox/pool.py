@@ -281,6 +281,10 @@ class SandboxPool:
         # (name -> the spec being started, then the started worker or its start error)
         self._replacing: dict[str, WorkerSpec] = {}
         self._replacements: dict[str, Worker | WorkerStartError] = {}
+        # what a worker started later must report of its plugin: the facts a listing showed
+        # without starting it (`expect`, `dihya.store.facts`)
+        self._expected: dict[str, dict[str, Any]] = {}
+        self._starting: dict[str, threading.Lock] = {}  # per plugin: one start at a time
 
     def _spawn(self, start: Callable[[], Any]) -> Any:
         return self._spawner.submit(start).result()
@@ -299,12 +303,47 @@ class SandboxPool:
         worker = Worker(spec, self.settings, spawn=self._spawn)
         with self._lock:
             self._specs[spec.name] = spec
+            self._expected.pop(spec.name, None)
             old = self._workers.pop(spec.name, None)
             self._workers[spec.name] = worker
         if old is not None:
             self._retire(old)
         self._ensure_reaper()
         return worker.hello
+
+    def expect(self, spec: WorkerSpec, meta: dict[str, Any]) -> None:
+        """Let the plugin's worker be started by its first call, not now: a listing built
+        from the facts recorded when the plugin was checked (`dihya.store.facts`) starts no
+        process. The worker started later must report `meta` (what the listing showed) and,
+        with `[sandbox] require_isolation`, no isolation warning; else it is not used
+        (`WorkerStartError`). A worker running another spec is retired."""
+        with self._lock:
+            self._specs[spec.name] = spec
+            self._expected[spec.name] = meta
+            current = self._workers.get(spec.name)
+            old = self._workers.pop(spec.name) if current is not None and (
+                current.spec != spec or current.hello.meta != meta) else None
+        if old is not None:
+            self._retire(old)
+        self._ensure_reaper()
+
+    def _fresh(self, spec: WorkerSpec) -> Worker:
+        """A new worker for `spec`, checked against what was expected of it (`expect`)."""
+        worker = Worker(spec, self.settings, spawn=self._spawn)
+        with self._lock:
+            expected = self._expected.get(spec.name)
+        problem = None
+        if expected is not None and worker.hello.meta != expected:
+            problem = (Reason.INVALID_PLUGIN, "its class reports other facts (hooks, actions, "
+                       "description...) than when it was checked: reload, so that it is "
+                       "checked again")
+        elif expected is not None and self.settings.require_isolation and worker.hello.warnings:
+            problem = (Reason.SANDBOX_START_FAILED, "[sandbox] require_isolation is set and a "
+                       "layer is missing: " + "; ".join(worker.hello.warnings))
+        if problem is not None:
+            worker.close()
+            raise WorkerStartError(*problem)
+        return worker
 
     def retain(self, names: set[str]) -> None:
         """Retire (drain, then stop) the workers of plugins not in `names`."""
@@ -313,6 +352,7 @@ class SandboxPool:
             workers = [self._workers.pop(n) for n in gone]
             for n in gone:
                 self._specs.pop(n, None)
+                self._expected.pop(n, None)
             spare = [self._replacements.pop(n) for n in list(self._replacements)
                      if n not in names]
         for worker in workers:
@@ -367,22 +407,33 @@ class SandboxPool:
                 return worker
         if spec is None:  # retired by a rebuild (`retain`) after the caller's snapshot
             raise WorkerRetired.switched_off(name)
-        if worker is not None:
-            worker.close()
         with self._lock:
-            self._replacements.pop(name, None)  # a failed background start: try again here
-        try:
-            fresh = Worker(spec, self.settings, spawn=self._spawn)
-        except WorkerStartError as exc:
-            if exc.reason in (Reason.FINGERPRINT_MISMATCH, Reason.SHADOWED_MODULE):
-                # upgraded, edited or shadowed since the registry was built: the next
-                # rebuild's gate decides again; until then the plugin does not run
-                raise WorkerRetired(f"{name} changed on disk since it was verified "
-                                    f"({exc.reason}: {exc.message}); it runs again once "
-                                    "approved and reloaded") from exc
-            raise
-        with self._lock:
-            self._workers[name] = fresh
+            starting = self._starting.setdefault(name, threading.Lock())
+        with starting:  # one start per plugin at a time: concurrent first calls share it
+            with self._lock:
+                current = self._workers.get(name)
+            if current is not None and current is not worker and current.alive \
+                    and current.spec == spec:
+                return current  # started by a concurrent call meanwhile
+            if worker is not None:
+                worker.close()
+            with self._lock:
+                self._replacements.pop(name, None)  # a failed background start: try again
+            try:
+                fresh = self._fresh(spec)
+            except WorkerStartError as exc:
+                if exc.reason in (Reason.FINGERPRINT_MISMATCH, Reason.SHADOWED_MODULE):
+                    # upgraded, edited or shadowed since the registry was built: the next
+                    # rebuild's gate decides again; until then the plugin does not run
+                    raise WorkerRetired(f"{name} changed on disk since it was verified "
+                                        f"({exc.reason}: {exc.message}); it runs again once "
+                                        "approved and reloaded") from exc
+                raise
+            with self._lock:
+                stale = self._workers.get(name)
+                self._workers[name] = fresh
+            if stale is not None and stale is not worker:
+                self._retire(stale)
         return fresh
 
     @property
@@ -422,7 +473,7 @@ class SandboxPool:
 
     def _start_replacement(self, spec: WorkerSpec) -> None:
         try:
-            fresh: Worker | WorkerStartError = Worker(spec, self.settings, spawn=self._spawn)
+            fresh: Worker | WorkerStartError = self._fresh(spec)
         except WorkerStartError as exc:
             fresh = exc
         except OSError as exc:
