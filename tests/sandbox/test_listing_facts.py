@@ -183,7 +183,8 @@ def test_cli_listing_starts_no_worker(plugin_site, tmp_path: Path) -> None:
                 "        seen.extend(a for a in (args[1] or ()) if isinstance(a, str)"
                 " and a.startswith('{') and '\"fingerprint\"' in a)\n"
                 "sys.addaudithook(hook)\n"
-                "import atexit\natexit.register(lambda: sys.stderr.write(f'WORKERS={len(seen)}\\n'))\n"
+                "import atexit\n"
+                "atexit.register(lambda: sys.stderr.write(f'WORKERS={len(seen)}\\n'))\n"
                 "from dihya.cli import main\nmain()\n")
     env = {"PYTHONPATH": str(plugin_site.site), "PATH": "/usr/bin:/bin"}
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from test_api import TODO, Api, problem, write_config
+
 from dihya.web import create_app
 from dihya.web.ratelimit import ThreadlessMemoryStorage
-from test_api import TODO, Api, problem, write_config
 
 
 def _timers() -> set[threading.Thread]:

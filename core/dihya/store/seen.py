@@ -39,9 +39,13 @@ class SeenChange:
 
     @property
     def new_version(self) -> bool:
-        """First seen, or seen with another version or other files."""
-        return self.before is None or (self.before.version, self.before.fingerprint) != (
-            self.now.version, self.now.fingerprint)
+        """First seen, or seen with another version or other files (files not hashed, as
+        those of a plugin refused before the gate looked at them, compare as unknown)."""
+        before, now = self.before, self.now
+        if before is None or before.version != now.version:
+            return True
+        return None not in (before.fingerprint, now.fingerprint) \
+            and before.fingerprint != now.fingerprint
 
     @property
     def new_status(self) -> bool:

@@ -8,8 +8,9 @@ edited the config (or, with `[plugins] auto_reload`, pip changed site-packages),
 worker rebuilds its snapshot — off the request path when a background reloader runs (under
 `dihya serve`), else on the next request. Sandbox workers live in one pool per app: a
 rebuild keeps the workers of unchanged plugins and drains the others. Each build audits what
-changed (a plugin discovered, refused or failed; the registry reloaded), and the audit
-retention runs at start and then at most daily per store.
+changed since the states last audited in the store (a plugin discovered, refused or failed:
+once per change, not once per worker; the registry reloaded), and the audit retention runs
+at start and then at most daily per store.
 
 The store fails closed. A worker whose store cannot be opened when it starts (a deleted
 SQLite file — `dihya serve` workers never create one —, a replaced one, PostgreSQL down)
@@ -129,25 +130,32 @@ class DihyaState:
         if self.pool.settings != self.config.sandbox:  # [sandbox] edited: new workers
             old_pool, self.pool = self.pool, SandboxPool(self.config.sandbox)
             old_pool.retain(set())
+        # the workers start here (they run the hooks; /readyz reports those that cannot);
+        # what they say is recorded for listings (`dihya.store.facts`)
         new = build_registry(self.config, environ=os.environ, switches=switches,
-                             sandbox=self.pool, previous=old)
+                             sandbox=self.pool, previous=old, facts=self.store)
         self._audit_changes(old, new, request_id)
         return new
 
     def _audit_changes(self, old: RegistrySnapshot | None, new: RegistrySnapshot,
                        request_id: str | None) -> None:
-        """One event per plugin this process sees for the first time (or in a new version),
-        per plugin newly refused or failed, and one per reload."""
-        before = {r.name: r for r in old.records} if old is not None else {}
+        """One event per change, whichever worker or node saw it first: a plugin seen for
+        the first time (or in a new version or with other files), a plugin newly refused or
+        failed, compared with the states last audited in the store (`dihya.store.seen`);
+        and one per reload. A worker that starts with nothing changed records nothing."""
+        from dihya.store.seen import SeenState, note_changes
+
+        changes = note_changes(self.store, [
+            SeenState(r.name, r.version, r.fingerprint, r.status, r.reason)
+            for r in new.records])
         record = self.auditor.record
-        for r in new.records:
-            prev = before.get(r.name)
+        for change in changes:
+            r = change.now
             ids = {"plugin": r.name, "plugin_version": r.version,
                    "plugin_fingerprint": r.fingerprint, "request_id": request_id}
-            if prev is None or (prev.version, prev.fingerprint) != (r.version, r.fingerprint):
+            if change.new_version:
                 record("plugin.discovered", "ok", **ids)
-            changed = prev is None or (prev.status, prev.reason) != (r.status, r.reason)
-            if changed and r.status in ("refused", "failed"):
+            if change.new_status and r.status in ("refused", "failed"):
                 record(f"plugin.{r.status}", r.status, reason=r.reason, **ids)
         if old is not None:
             record("registry.reloaded", "ok", request_id=request_id,
