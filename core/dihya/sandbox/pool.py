@@ -379,9 +379,10 @@ class SandboxPool:
     def worker(self, name: str, fingerprint: str | None = None) -> Worker:
         """The live worker of `name`, started afresh when it died or was reaped.
 
-        A worker that reached `max_calls` goes on serving while its replacement starts in
-        the background; the first call after the replacement said hello gets it, and the old
-        one is retired once idle. So no request waits for a recycling, unless the
+        A worker's replacement starts in the background `prestart_margin` calls before it
+        reaches `max_calls`; the first call at the limit gets it if it said hello, else the
+        old worker goes on serving until it has, and is retired once idle. So no request
+        waits for a recycling, unless the
         replacement failed or is not ready by `recycle_cap` calls: then the next call starts
         one itself (and gets the error, if starting fails).
         With `fingerprint` (the caller's snapshot's), a worker of another version of the
@@ -398,6 +399,8 @@ class SandboxPool:
         if worker is not None and worker.alive:
             limit = self.settings.max_calls
             if worker.calls < limit:
+                if worker.calls >= limit - self.prestart_margin and spec is not None:
+                    self._prestart(name, spec)  # ready by the time the limit is reached
                 return worker
             assert spec is not None
             fresh = self._take_replacement(name, spec)
@@ -418,7 +421,13 @@ class SandboxPool:
             if worker is not None:
                 worker.close()
             with self._lock:
-                self._replacements.pop(name, None)  # a failed background start: try again
+                spare = self._replacements.pop(name, None)  # failed: try again here
+            if isinstance(spare, Worker):  # started ahead of a recycling: use it now
+                if spare.alive and spare.spec == spec and not self._closed:
+                    with self._lock:
+                        self._workers[name] = spare
+                    return spare
+                spare.close()
             try:
                 fresh = self._fresh(spec)
             except WorkerStartError as exc:
@@ -442,19 +451,32 @@ class SandboxPool:
         replacement is not there: twice `max_calls`, and at least 100 more than it."""
         return max(2 * self.settings.max_calls, self.settings.max_calls + 100)
 
+    @property
+    def prestart_margin(self) -> int:
+        """How many calls before `max_calls` a worker's replacement starts: a tenth of
+        `max_calls` (at least 1), so that it has said hello when the limit is reached."""
+        return max(1, self.settings.max_calls // 10)
+
+    def _prestart(self, name: str, spec: WorkerSpec) -> None:
+        """Start the replacement of `name`'s worker in the background, unless one is
+        starting, started or failed to start."""
+        with self._lock:
+            if name in self._replacing or name in self._replacements or self._closed:
+                return
+            self._replacing[name] = spec
+        threading.Thread(target=self._start_replacement, args=(spec,), daemon=True,
+                         name=f"dihya-sandbox-replace-{name[:20]}").start()
+
     def _take_replacement(self, name: str, spec: WorkerSpec) -> Worker | None:
         """The started replacement of `name`'s worker, swapped in (the old one retired);
         None while it is starting (started now if it was not) or when it failed to start
         (no retry in the background: the old worker serves until `recycle_cap`)."""
+        self._prestart(name, spec)
         with self._lock:
             ready = self._replacements.pop(name, None)
             if isinstance(ready, WorkerStartError):
                 self._replacements[name] = ready
                 return None
-            if ready is None and name not in self._replacing:
-                self._replacing[name] = spec
-                threading.Thread(target=self._start_replacement, args=(spec,), daemon=True,
-                                 name=f"dihya-sandbox-replace-{name[:20]}").start()
             if ready is None:
                 return None  # starting: the old worker serves on
             if self._closed or self._specs.get(name) != ready.spec:
