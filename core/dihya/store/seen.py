@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import attrs
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from dihya.store import Store, plugin_seen_table
 
@@ -59,11 +60,11 @@ def note_changes(store: Store, states: Sequence[SeenState]) -> list[SeenChange]:
     Plugins not in `states` keep their record: another node may have them installed.
     """
     table = plugin_seen_table
+    with store.begin() as conn:  # the usual case, nothing changed: a read, no write lock
+        if not _changes(conn, states):
+            return []
     with store.locked("plugin-seen") as conn:
-        rows = conn.execute(sa.select(table)).all()
-        known = {r.name: SeenState(r.name, r.version, r.fingerprint, r.status, r.reason)
-                 for r in rows}
-        changes = [SeenChange(s, known.get(s.name)) for s in states if known.get(s.name) != s]
+        changes = _changes(conn, states)  # again under the lock: another worker may have won
         now = time.time()
         new = [{**attrs.asdict(c.now), "at": now} for c in changes if c.before is None]
         changed = [{**attrs.asdict(c.now), "key": c.now.name, "at": now}
@@ -77,3 +78,10 @@ def note_changes(store: Store, states: Sequence[SeenState]) -> list[SeenChange]:
                 at=sa.bindparam("at")), [{k: v for k, v in c.items() if k != "name"}
                                          for c in changed])
     return changes
+
+
+def _changes(conn: Connection, states: Sequence[SeenState]) -> list[SeenChange]:
+    rows = conn.execute(sa.select(plugin_seen_table)).all()
+    known = {r.name: SeenState(r.name, r.version, r.fingerprint, r.status, r.reason)
+             for r in rows}
+    return [SeenChange(s, known.get(s.name)) for s in states if known.get(s.name) != s]
