@@ -17,7 +17,7 @@ import os
 import pwd
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,7 +151,8 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
                    sandbox: SandboxPool | None = None,
                    previous: RegistrySnapshot | None = None,
                    facts: Store | None = None,
-                   start_workers: bool = True) -> RegistrySnapshot:
+                   start_workers: bool = True,
+                   must_start: Collection[str] = ()) -> RegistrySnapshot:
     """Discover, verify and load: a fresh snapshot for `config`.
 
     In-process plugins are imported here, after the gate; sandbox-mode plugins are loaded
@@ -167,7 +168,8 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     `facts`: the store where what sandbox workers said of their plugins is recorded
     (`dihya.store.facts`); every worker started here records it. `start_workers=False`: a
     sandbox-mode plugin with a valid record for its fingerprint is listed from it and its
-    worker is left to its first call (`SandboxPool.expect`).
+    worker is left to its first call (`SandboxPool.expect`), except those in `must_start`
+    (their worker failed to start since: started here, so that the record says why).
     """
     start = time.perf_counter()
     discovered = discover(config.group, path)
@@ -188,7 +190,8 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
         sandbox = SandboxPool(config.sandbox)
     specs = {s.name: s for s in _worker_specs(config, sandboxed, path)}
     recorded = _recall(facts, config.group, sandboxed)
-    listed = {} if start_workers else {n: h for n, h in recorded.items() if n in specs}
+    listed = {} if start_workers else {n: h for n, h in recorded.items()
+                                       if n in specs and n not in must_start}
     hellos = _start_workers(sandbox, [s for n, s in specs.items() if n not in listed])
     if facts is not None:
         _record_facts(facts, config.group, specs, hellos, recorded)

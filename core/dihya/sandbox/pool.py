@@ -285,6 +285,9 @@ class SandboxPool:
         # without starting it (`expect`, `dihya.store.facts`)
         self._expected: dict[str, dict[str, Any]] = {}
         self._starting: dict[str, threading.Lock] = {}  # per plugin: one start at a time
+        # workers that failed to start (name -> (spec, error)), and who to tell
+        self._failures: dict[str, tuple[WorkerSpec, WorkerStartError]] = {}
+        self.on_start_failure: Callable[[str], object] | None = None
 
     def _spawn(self, start: Callable[[], Any]) -> Any:
         return self._spawner.submit(start).result()
@@ -300,9 +303,15 @@ class SandboxPool:
             current = self._workers.get(spec.name)
         if current is not None and current.spec == spec and current.alive:
             return current.hello
-        worker = Worker(spec, self.settings, spawn=self._spawn)
+        try:
+            worker = Worker(spec, self.settings, spawn=self._spawn)
+        except WorkerStartError as exc:
+            with self._lock:  # the caller reports it; later builds start it again
+                self._failures[spec.name] = (spec, exc)
+            raise
         with self._lock:
             self._specs[spec.name] = spec
+            self._failures.pop(spec.name, None)
             self._expected.pop(spec.name, None)
             old = self._workers.pop(spec.name, None)
             self._workers[spec.name] = worker
@@ -431,6 +440,7 @@ class SandboxPool:
             try:
                 fresh = self._fresh(spec)
             except WorkerStartError as exc:
+                self._note_failure(spec, exc)
                 if exc.reason in (Reason.FINGERPRINT_MISMATCH, Reason.SHADOWED_MODULE):
                     # upgraded, edited or shadowed since the registry was built: the next
                     # rebuild's gate decides again; until then the plugin does not run
@@ -439,11 +449,54 @@ class SandboxPool:
                                         "approved and reloaded") from exc
                 raise
             with self._lock:
-                stale = self._workers.get(name)
-                self._workers[name] = fresh
+                closed = self._closed
+                stale = None if closed else self._workers.get(name)
+                if not closed:
+                    self._workers[name] = fresh
+                    self._failures.pop(name, None)
+            if closed:  # closed while it started: never leave a process behind
+                fresh.close()
+                raise WorkerFailed("the sandbox pool is closed")
             if stale is not None and stale is not worker:
                 self._retire(stale)
         return fresh
+
+    def warm(self) -> None:
+        """Start, in the background (a few at a time), the worker of every plugin that
+        `expect` registered and that has none running: a server's first calls then find
+        them warm. A call that comes first starts its worker itself (or waits for the start
+        under way). A worker that cannot start is in `start_failures`."""
+        with self._lock:
+            names = [n for n in self._expected
+                     if n not in self._workers or not self._workers[n].alive]
+            if self._closed or not names:
+                return
+
+        def warm_all() -> None:
+            with ThreadPoolExecutor(max_workers=min(8, len(names)),
+                                    thread_name_prefix="dihya-sandbox-warm") as threads:
+                list(threads.map(self._warm_one, names))
+
+        threading.Thread(target=warm_all, name="dihya-sandbox-warm", daemon=True).start()
+
+    def _warm_one(self, name: str) -> None:
+        with contextlib.suppress(WorkerStartError, WorkerFailed, OSError):
+            self.worker(name)
+
+    def _note_failure(self, spec: WorkerSpec, error: WorkerStartError) -> None:
+        with self._lock:
+            if self._closed or self._specs.get(spec.name) != spec:
+                return
+            self._failures[spec.name] = (spec, error)
+        if self.on_start_failure is not None:
+            self.on_start_failure(spec.name)
+
+    def start_failures(self) -> dict[str, WorkerStartError]:
+        """The plugins whose worker failed to start for their current spec (since it last
+        started): a build starts those itself instead of listing them from their record."""
+        with self._lock:
+            return {n: e for n, (spec, e) in self._failures.items()
+                    if self._specs.get(n, spec) == spec}
 
     @property
     def recycle_cap(self) -> int:

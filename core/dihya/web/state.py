@@ -66,6 +66,10 @@ class DihyaState:
         self.config, self.config_problem = _first_config(config_path, boot_config)
         self._good_config = self.config_problem is None
         self.pool = SandboxPool(self.config.sandbox)
+        # a worker that fails to start in the background: rebuild, so that its plugin is
+        # reported failed (starting it in the build) rather than active
+        self._start_failed = False
+        self.pool.on_start_failure = self._worker_start_failed
         url = self.config.effective_store_url
         self.marker = StoreMarker.for_config(config_path, url)
         # created only by an app allowed to (not a `dihya serve` worker: the command made
@@ -129,13 +133,22 @@ class DihyaState:
                     for name, s in self.store.plugin_switches().items()}
         if self.pool.settings != self.config.sandbox:  # [sandbox] edited: new workers
             old_pool, self.pool = self.pool, SandboxPool(self.config.sandbox)
+            self.pool.on_start_failure = self._worker_start_failed
             old_pool.retain(set())
-        # the workers start here (they run the hooks; /readyz reports those that cannot);
-        # what they say is recorded for listings (`dihya.store.facts`)
+        # Sandbox-mode plugins are described from what their worker said when it was
+        # checked (`dihya.store.facts`): the build waits for no worker. Those without a
+        # record, and those whose worker failed to start since, are started here (their
+        # record then says why not); the others start in the background right after.
+        self._start_failed = False
         new = build_registry(self.config, environ=os.environ, switches=switches,
-                             sandbox=self.pool, previous=old, facts=self.store)
+                             sandbox=self.pool, previous=old, facts=self.store,
+                             start_workers=False, must_start=self.pool.start_failures())
+        self.pool.warm()
         self._audit_changes(old, new, request_id)
         return new
+
+    def _worker_start_failed(self, _name: str) -> None:
+        self._start_failed = True
 
     def _audit_changes(self, old: RegistrySnapshot | None, new: RegistrySnapshot,
                        request_id: str | None) -> None:
@@ -423,7 +436,8 @@ class DihyaState:
         version = self.store.state_version()
         self._reload_config_if_changed()
         installed = watch_site and self._site_changed()
-        rebuilt = version != self._version or self._config_changed or installed
+        rebuilt = version != self._version or self._config_changed or installed \
+            or self._start_failed
         if rebuilt:
             # the first build from the store after a start without it audits like a start
             self._built = (self._build(self._snapshot if self._serving else None, request_id),
