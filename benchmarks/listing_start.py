@@ -29,6 +29,7 @@ Sets up, in a temporary directory removed at the end:
    Target (issue #16): <= 0.3 s, with no audit event when nothing changed.
 
     python benchmarks/listing_start.py [--installed 1000] [--approved 100] [--repeat 5]
+                                       [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -159,6 +160,28 @@ def setup(tmp: Path, installed: int, approved: int) -> tuple[Path, dict[str, Pat
     return python, configs
 
 
+def reuse(tmp: Path) -> tuple[Path, dict[str, Path]]:
+    """A previous `--workdir` setup with the core rebuilt from this checkout and every store
+    removed (so the first listing and the first start are first again)."""
+    python = tmp / "venv" / "bin" / "python"
+    wheels = tmp / "core-wheel"
+    shutil.rmtree(wheels, ignore_errors=True)
+    wheels.mkdir()
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--force-reinstall", "--disable-pip-version-check",
+                    str(build_core_wheel(wheels))], check=True)
+    configs = {key: tmp / key / "dihya.toml" for key in ("S", "P", "W")}
+    for config in configs.values():
+        for path in config.parent.iterdir():
+            if path.name != config.name:
+                path.unlink()
+    for key in ("S", "P"):
+        subprocess.run([str(python.parent / "dihya"), "--config", str(configs[key]), "plugins",
+                        "reload"], check=True, capture_output=True, env=clean_env())
+    print(f"reused the setup in {tmp} (core rebuilt, stores removed)")
+    return python, configs
+
+
 def listing(python: Path, config: Path) -> tuple[float, int, list[dict[str, Any]]]:
     """One `dihya --config C plugins list --json`: seconds, workers started, rows."""
     start = time.perf_counter()
@@ -203,7 +226,10 @@ def ms(seconds: float) -> str:
 
 
 def bench(tmp: Path, args: argparse.Namespace) -> None:
-    python, configs = setup(tmp, args.installed, args.approved)
+    if (tmp / "venv").is_dir() and (tmp / "W" / "dihya.toml").is_file():
+        python, configs = reuse(tmp)
+    else:
+        python, configs = setup(tmp, args.installed, args.approved)
     print(f"core: {tree_state()}")
     print()
     # 1. listing
@@ -268,7 +294,8 @@ def main() -> None:
     parser.add_argument("--installed", type=int, default=1000)
     parser.add_argument("--approved", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--workdir", type=Path, help="keep the setup here (not removed)")
+    parser.add_argument("--workdir", type=Path, help="keep the setup here (not removed); a "
+                        "setup already there is reused (the core rebuilt, the stores removed)")
     args = parser.parse_args()
     if not 0 < args.approved <= args.installed:
         parser.error("--approved must be between 1 and --installed")
