@@ -71,7 +71,11 @@ class State:
                        "approved (pass --config or set DIHYA_CONFIG)", err=True)
         return config
 
-    def registry(self) -> RegistrySnapshot:
+    def registry(self, start_workers: bool = True) -> RegistrySnapshot:
+        """The plugins as this command sees them. `start_workers=False` (listings): a
+        sandbox-mode plugin is described from what its worker said when it was checked
+        (`dihya.store.facts`), without starting it, when that is recorded; a worker left
+        unstarted starts at the plugin's first hook call."""
         config = self.config()
         store = self.store(config)
         switches = {}
@@ -80,7 +84,8 @@ class State:
                         for n, s in store.plugin_switches().items()}
         # Plugins' import-time prints must not corrupt what this command prints.
         with contextlib.redirect_stdout(sys.stderr):
-            snapshot = build_registry(config, switches=switches)
+            snapshot = build_registry(config, switches=switches, facts=store,
+                                      start_workers=start_workers)
         atexit.register(snapshot.close)  # stop this command's sandbox workers
         return snapshot
 

@@ -27,7 +27,7 @@ from dihya.gate.discovery import DiscoveredPlugin
 from dihya.gate.startup import PthFile, known_entry, scan_pth, site_directories
 
 if TYPE_CHECKING:
-    pass
+    from dihya.store import Store
 from dihya.cli._common import (
     CheckFailed,
     State,
@@ -55,12 +55,15 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
     config = state.config()
     approvals = []
     notes = []
+    facts = []
     # the checks (seconds: a sandbox worker per plugin) run before the config is locked
     for name in dict.fromkeys(names):
         plan = _approvable(name, config)
         plugin, fingerprint = plan.plugin, plan.fingerprint
         assert plugin is not None and fingerprint is not None
-        safe = check_class(plugin, fingerprint, mode or plan.default_mode, config)
+        checked = _inspect(plugin, fingerprint, mode or plan.default_mode, config)
+        safe = checked.safe
+        facts.append((plugin, fingerprint, checked.facts))
         for old in plan.previous:
             if old.fingerprint != fingerprint:
                 notes.append(f"note: {name}'s files changed since the previous approval "
@@ -74,7 +77,11 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
     # role or flag changed by another edit during the checks is kept
     with editing(state) as doc:
         entries = [record_approval(doc, a) for a in approvals]
-    auditor = state.auditor()
+    auditor = state.auditor()  # the store exists from here on
+    store = facts_store(state, state.config())
+    if store is not None:
+        for plugin, fingerprint, found in facts:
+            approval.remember_facts(store, plugin, fingerprint, found)
     for note in notes:
         click.echo(note, err=True)
     for e in entries:
@@ -82,6 +89,18 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
                    f"mode={e.mode}")
         auditor.record("plugin.approved", "ok", subject=user(), plugin=e.name,
                        plugin_version=e.version, plugin_fingerprint=e.fingerprint)
+
+
+def facts_store(state: State, config: Config) -> Store | None:
+    """The store where a check records what the worker said of the plugin: created beside
+    an existing config (as the approval's audit event will create it); None where there is
+    none to use (the first listing then starts the worker once and records it)."""
+    if not config.exists:
+        return None
+    try:
+        return state.store(config, create=True)
+    except click.ClickException:
+        return None  # the audit event says why, once the approval is written
 
 
 def _approvable(name: str, config: Config) -> ApprovalPlan:
@@ -100,14 +119,28 @@ def _approvable(name: str, config: Config) -> ApprovalPlan:
     return plan
 
 
-def check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config) -> bool:
+def _inspect(plugin: DiscoveredPlugin, fp: str, mode: str,
+             config: Config) -> approval.CheckedClass:
+    """`approval.inspect_class`, printing its deprecation warnings; exit 1 if the plugin
+    cannot be approved."""
+    try:
+        return approval.inspect_class(
+            plugin, fp, mode, config,
+            warn=lambda w: click.echo(f"warning: {plugin.name}: {w}", err=True))
+    except CannotApprove as exc:
+        raise CheckFailed(f"cannot approve {plugin.name!r} ({exc.reason}): "
+                          f"{exc.message}") from exc
+
+
+def check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config,
+                facts: Store | None = None) -> bool:
     """Load the plugin in a sandbox worker (never in this process) and check its class,
     printing its deprecation warnings; True if the class says safe = True. Exit 1 if it
-    cannot be approved."""
+    cannot be approved. `facts`: where to record what the worker said (listings read it)."""
     try:
         return approval.check_class(
             plugin, fp, mode, config,
-            warn=lambda w: click.echo(f"warning: {plugin.name}: {w}", err=True))
+            warn=lambda w: click.echo(f"warning: {plugin.name}: {w}", err=True), facts=facts)
     except CannotApprove as exc:
         raise CheckFailed(f"cannot approve {plugin.name!r} ({exc.reason}): "
                           f"{exc.message}") from exc

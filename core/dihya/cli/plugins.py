@@ -40,7 +40,7 @@ def plugins() -> None:
 @pass_state
 def list_plugins(state: State, as_json: bool) -> None:
     """List every installed plugin with its status."""
-    snapshot = state.registry()
+    snapshot = state.registry(start_workers=False)  # no sandbox worker started
     if as_json:
         # the array has no room for facts about the environment: every row carries them
         echo_json([_with_pth(r.to_json(), snapshot) for r in snapshot.records])
@@ -79,7 +79,7 @@ def _warn_pth(snapshot: RegistrySnapshot) -> None:
 @pass_state
 def show(state: State, name: str, as_json: bool) -> None:
     """Show everything known about one plugin."""
-    snapshot = state.registry()
+    snapshot = state.registry(start_workers=False)  # no sandbox worker started
     record = snapshot.get(name)
     if record is None:
         unknown(name, snapshot.names())

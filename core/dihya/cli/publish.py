@@ -43,7 +43,7 @@ from dihya.cli._common import (
     unknown,
     user,
 )
-from dihya.cli.approve import check_class
+from dihya.cli.approve import check_class, facts_store
 from dihya.config.edit import Approval, record_approval, remove_allow
 from dihya.gate.discovery import discover
 from dihya.gate.signing import SigningError, generate_key, load_private_key, sign_wheel
@@ -141,7 +141,8 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
         (plugin,) = [p for p in installed_plugins(plan.facts.distribution, config.group)
                      if p.name == name]
         try:
-            safe = check_class(plugin, plan.facts.fingerprint, chosen_mode, config)
+            safe = check_class(plugin, plan.facts.fingerprint, chosen_mode, config,
+                               facts=facts_store(state, config))
         except CheckFailed as exc:
             _undo(plan)
             _refuse(state, InstallRefused("invalid-plugin", exc.message, plan.names),

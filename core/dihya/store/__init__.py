@@ -1,5 +1,6 @@
 """The shared state store (SQLAlchemy Core): tokens, switches, state version, audit log,
-console sessions and the file lists of approved plugins.
+console sessions, the file lists of approved plugins, the facts of sandboxed plugins
+(`dihya.store.facts`) and the plugin states last audited.
 
 A SQLite file by default (WAL mode, no server), PostgreSQL by URL
 (`postgresql+psycopg://...`). Every worker and every node that shares the store sees the
@@ -54,7 +55,7 @@ from dihya.store.faults import (
 __all__ = ["SCHEMA_VERSION", "PluginSwitch", "Store", "StoreError", "StoreFault",
            "StoreMissing", "StoreUnavailable", "sqlite_url"]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 #: `[store] synchronous` -> (SQLite `PRAGMA synchronous`, PostgreSQL `synchronous_commit`)
 SYNCHRONOUS: Final = {"full": ("FULL", "on"), "normal": ("NORMAL", "off")}
 SQLITE_BUSY_TIMEOUT_S: Final = 10.0
@@ -158,6 +159,31 @@ file_lists_table = sa.Table(
     sa.Column("version", sa.String(100), nullable=False),
     sa.Column("files", sa.Text, nullable=False),  # JSON [[path, sha256, size], ...]
     sa.Column("recorded_at", sa.Float, nullable=False),
+)
+
+# -- version 5: what listing a sandboxed plugin needs, and the states last audited ------
+
+plugin_facts_table = sa.Table(
+    "dihya_plugin_facts", metadata,
+    # what a sandbox worker reported of the plugin's class (hooks, actions, description...)
+    # when it was checked, keyed by the fingerprint of the files it loaded
+    sa.Column("group_name", sa.String(200), primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("fingerprint", sa.String(80), primary_key=True),
+    sa.Column("core_version", sa.String(64), nullable=False),
+    sa.Column("facts", sa.Text, nullable=False),  # JSON {"meta", "layers", "warnings"}
+    sa.Column("recorded_at", sa.Float, nullable=False),
+)
+
+plugin_seen_table = sa.Table(
+    "dihya_plugin_seen", metadata,
+    # the last status audited for each plugin name (shared by every worker and node)
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("fingerprint", sa.String(80), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=True),
+    sa.Column("at", sa.Float, nullable=False),
 )
 
 

@@ -7,9 +7,13 @@ notification); when another worker or node changed a switch, reloaded, or an ope
 edited the config (or, with `[plugins] auto_reload`, pip changed site-packages), this
 worker rebuilds its snapshot — off the request path when a background reloader runs (under
 `dihya serve`), else on the next request. Sandbox workers live in one pool per app: a
-rebuild keeps the workers of unchanged plugins and drains the others. Each build audits what
-changed (a plugin discovered, refused or failed; the registry reloaded), and the audit
-retention runs at start and then at most daily per store.
+rebuild keeps the workers of unchanged plugins and drains the others. A build describes a
+sandbox-mode plugin from what its worker said when it was checked (`dihya.store.facts`)
+and waits for no worker; the pool starts them in the background, and one that fails to
+start makes the next check rebuild with that worker started in the build (reported
+failed). Each build audits what changed since the states last audited in the store (a
+plugin discovered, refused or failed: once per change, not once per worker; the registry
+reloaded), and the audit retention runs at start and then at most daily per store.
 
 The store fails closed. A worker whose store cannot be opened when it starts (a deleted
 SQLite file — `dihya serve` workers never create one —, a replaced one, PostgreSQL down)
@@ -65,6 +69,10 @@ class DihyaState:
         self.config, self.config_problem = _first_config(config_path, boot_config)
         self._good_config = self.config_problem is None
         self.pool = SandboxPool(self.config.sandbox)
+        # a worker that fails to start in the background: rebuild, so that its plugin is
+        # reported failed (starting it in the build) rather than active
+        self._start_failed = False
+        self.pool.on_start_failure = self._worker_start_failed
         url = self.config.effective_store_url
         self.marker = StoreMarker.for_config(config_path, url)
         # created only by an app allowed to (not a `dihya serve` worker: the command made
@@ -128,26 +136,42 @@ class DihyaState:
                     for name, s in self.store.plugin_switches().items()}
         if self.pool.settings != self.config.sandbox:  # [sandbox] edited: new workers
             old_pool, self.pool = self.pool, SandboxPool(self.config.sandbox)
+            self.pool.on_start_failure = self._worker_start_failed
             old_pool.retain(set())
+        # Sandbox-mode plugins are described from what their worker said when it was
+        # checked (`dihya.store.facts`): the build waits for no worker. Those without a
+        # record, and those whose worker failed to start since, are started here (their
+        # record then says why not); the others start in the background right after.
+        self._start_failed = False
         new = build_registry(self.config, environ=os.environ, switches=switches,
-                             sandbox=self.pool, previous=old)
+                             sandbox=self.pool, previous=old, facts=self.store,
+                             start_workers=False, must_start=self.pool.start_failures())
+        self.pool.warm()
         self._audit_changes(old, new, request_id)
         return new
 
+    def _worker_start_failed(self, _name: str) -> None:
+        self._start_failed = True
+
     def _audit_changes(self, old: RegistrySnapshot | None, new: RegistrySnapshot,
                        request_id: str | None) -> None:
-        """One event per plugin this process sees for the first time (or in a new version),
-        per plugin newly refused or failed, and one per reload."""
-        before = {r.name: r for r in old.records} if old is not None else {}
+        """One event per change, whichever worker or node saw it first: a plugin seen for
+        the first time (or in a new version or with other files), a plugin newly refused or
+        failed, compared with the states last audited in the store (`dihya.store.seen`);
+        and one per reload. A worker that starts with nothing changed records nothing."""
+        from dihya.store.seen import SeenState, note_changes
+
+        changes = note_changes(self.store, [
+            SeenState(r.name, r.version, r.fingerprint, r.status, r.reason)
+            for r in new.records])
         record = self.auditor.record
-        for r in new.records:
-            prev = before.get(r.name)
+        for change in changes:
+            r = change.now
             ids = {"plugin": r.name, "plugin_version": r.version,
                    "plugin_fingerprint": r.fingerprint, "request_id": request_id}
-            if prev is None or (prev.version, prev.fingerprint) != (r.version, r.fingerprint):
+            if change.new_version:
                 record("plugin.discovered", "ok", **ids)
-            changed = prev is None or (prev.status, prev.reason) != (r.status, r.reason)
-            if changed and r.status in ("refused", "failed"):
+            if change.new_status and r.status in ("refused", "failed"):
                 record(f"plugin.{r.status}", r.status, reason=r.reason, **ids)
         if old is not None:
             record("registry.reloaded", "ok", request_id=request_id,
@@ -415,7 +439,8 @@ class DihyaState:
         version = self.store.state_version()
         self._reload_config_if_changed()
         installed = watch_site and self._site_changed()
-        rebuilt = version != self._version or self._config_changed or installed
+        rebuilt = version != self._version or self._config_changed or installed \
+            or self._start_failed
         if rebuilt:
             # the first build from the store after a start without it audits like a start
             self._built = (self._build(self._snapshot if self._serving else None, request_id),
