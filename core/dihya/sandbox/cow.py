@@ -254,6 +254,11 @@ def _view_or_same(value: Any) -> Any:
     return view(value) if type(value) in _FROZEN else value
 
 
+_dict_len: Final = dict.__len__
+_dict_values: Final = dict.values
+_dict_iter: Final = dict.__iter__
+
+
 def freeze(value: Any) -> Any:
     """`value` as frozen JSON data, sharing what is already frozen.
 
@@ -265,17 +270,17 @@ def freeze(value: Any) -> Any:
     validates.
     """
     kind = type(value)
+    if kind is CowDict:  # first: what an in-process hook returns most often
+        base = value.base
+        if (_dict_len(value) == _dict_len(base)
+                and all(map(is_, _dict_values(value), _dict_values(base)))
+                and all(map(is_, _dict_iter(value), _dict_iter(base)))):
+            return base
+        return _freeze_dict(value, base)
     if kind in _ATOM_TYPES or kind is FrozenDict or kind is FrozenList:
         if kind is float and not isfinite(value):
             raise ValueError("NaN and infinities are not JSON data")
         return value
-    if kind is CowDict:
-        base = value.base
-        if (dict.__len__(value) == len(base)
-                and all(map(is_, dict.values(value), dict.values(base)))
-                and all(map(is_, dict.__iter__(value), dict.__iter__(base)))):
-            return base
-        return _freeze_dict(value, base)
     if kind is CowList:
         base = value.base
         if (list.__len__(value) == len(base)
