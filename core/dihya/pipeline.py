@@ -10,6 +10,8 @@ unless the plugin's approval says `required`.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -211,6 +213,45 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
     return needs
 
 
+class _InvalidCode(Exception):
+    """The generator's output failed `validate_code`."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(f"{len(problems)} problems")
+        self.problems = problems
+
+
+def _checked_code(code: Any) -> dict[str, str]:
+    """`code` validated and frozen; `_InvalidCode` otherwise."""
+    problems = validate_code(code)
+    if problems:
+        raise _InvalidCode(problems)
+    frozen: dict[str, str] = freeze(code)
+    return frozen
+
+
+#: How many generations of the core generator each process remembers (by needs).
+CORE_CODE_CACHE: Final = 32
+
+
+@functools.lru_cache(maxsize=CORE_CODE_CACHE)
+def core_code(needs_text: str) -> dict[str, str]:
+    """The core generator's code for the needs whose JSON (`_exact_json`) is `needs_text`,
+    validated and frozen. The generator is a pure function of the needs, so the last
+    `CORE_CODE_CACHE` results are remembered: the same needs again (a client regenerating
+    a project) cost a lookup instead of rendering every template. Frozen data, so the
+    cached mapping is shared safely; an invalid result raises and is not remembered."""
+    from dihya.generator import generate as core_generate
+
+    return _checked_code(core_generate(json.loads(needs_text)))
+
+
+def _exact_json(value: Any) -> str:
+    """JSON that tells apart whatever the generator could: key order kept, `1`, `1.0` and
+    `true` distinct (the key of `core_code`)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None = None,
                    executor_for: ExecutorFor = default_executor,
                    generate: Callable[[dict[str, Any]], dict[str, str]] | None = None,
@@ -222,10 +263,6 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     `NeedsError` for invalid needs and `GenerationFailed`
     when a required plugin fails or the generator's output is invalid.
     """
-    if generate is None:
-        from dihya.generator import generate as core_generate
-
-        generate = core_generate
     start = time.perf_counter()
     needs = freeze(check_needs(needs))
     needs_hash = canonical_sha256(needs)
@@ -275,11 +312,12 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         needs = value
 
     needs = run_before_generation(runnable, needs, call, accept, context)
-    code = generate(view(needs))
-    problems = validate_code(code)
-    if problems:
-        _fail("the core generator produced invalid code", "generator", problems)
-    code = freeze(code)
+    try:
+        code = (core_code(_exact_json(needs)) if generate is None
+                else _checked_code(generate(view(needs))))
+    except _InvalidCode as exc:
+        _fail("the core generator produced invalid code", "generator", exc.problems)
+        raise  # not reached: _fail raises
     for record in runnable:
         if "after_generation" in record.hooks:
             current = code
