@@ -22,7 +22,7 @@ import attrs
 from dihya.canonical import canonical_sha256
 from dihya.needs import Problem, check_needs, validate_code, validate_needs
 from dihya.plugin import HOOK_API_VERSION
-from dihya.reasons import DihyaError, HookStatus
+from dihya.reasons import DihyaError, FixedReasonError, HookStatus
 from dihya.registry import PluginRecord, RegistrySnapshot
 from dihya.sandbox.cow import freeze, view
 from dihya.sandbox.executor import (
@@ -131,7 +131,7 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
                 try:
                     value = freeze(value)
                 except (TypeError, ValueError, RecursionError) as exc:
-                    raise _NotJson(exc) from exc
+                    raise _NotJson(str(exc)) from exc
                 problems = check(value)
                 if problems:
                     status = INVALID_OUTPUT
@@ -166,8 +166,10 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     return call
 
 
-class _NotJson(Exception):
+class _NotJson(FixedReasonError):
     """A hook returned something `freeze` refused (the cause says what)."""
+
+    REASON = HookStatus.INVALID_OUTPUT
 
 
 def generation_context(records: Sequence[PluginRecord], role: str | None = None,
@@ -213,11 +215,13 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
     return needs
 
 
-class _InvalidCode(Exception):
+class _InvalidCode(FixedReasonError):
     """The generator's output failed `validate_code`."""
 
+    REASON = GENERATION_FAILED
+
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__(f"{len(problems)} problems")
+        super().__init__(f"the generator's output has {len(problems)} problems")
         self.problems = problems
 
 

@@ -203,3 +203,22 @@ def test_a_return_that_is_not_json_data_is_invalid_output(plugin_site, needs, bo
     assert bad.status == "invalid-output", bad
     assert detail in bad.detail
     assert result.files == expected
+
+
+def test_the_remembered_core_code_cannot_be_changed(plugin_site, needs) -> None:
+    """The core generator's output is remembered by needs (`pipeline.core_code`): neither
+    a plugin changing its code in place nor a caller changing a result reaches the next
+    generation with the same needs."""
+    expected = baseline(plugin_site, needs)
+    snap, _ = install(plugin_site, {
+        "vandal": hooks(after='for k in list(code):\n    code[k] = "evil"\n'
+                              'code["evil.txt"] = "x"\nraise RuntimeError("done")'),
+        "witness": WITNESS})
+    first = run_generation(needs, snap)
+    assert first.files == expected
+    first.files.clear()
+    first.files["evil.txt"] = "x"
+    again = run_generation(copy.deepcopy(needs), snap)
+    assert again.files == expected
+    reordered = dict(reversed(list(needs.items())))  # same data, another key order
+    assert run_generation(reordered, snap).files.keys() == expected.keys()
