@@ -22,8 +22,16 @@ import os
 import sys
 from typing import Any
 
+import msgspec
+
 from dihya.reasons import DihyaError, Reason
-from dihya.sandbox.protocol import MAX_FRAME_BYTES, ProtocolError, read_frame, write_frame
+from dihya.sandbox.protocol import (
+    MAX_FRAME_BYTES,
+    ProtocolError,
+    check_json,
+    read_frame,
+    write_frame,
+)
 
 
 class PluginLoadError(DihyaError):
@@ -89,10 +97,31 @@ def _find(spec: dict[str, Any]) -> Any:
         raise PluginLoadError(Reason.SANDBOX_START_FAILED, exc.message) from exc
 
 
-def code_changes(before: dict[Any, Any], after: dict[Any, Any]) -> dict[str, Any]:
-    """What `after` changed in `before`: files set (added or rewritten) and files removed."""
-    return {"set": {k: v for k, v in after.items() if k not in before or before[k] != v},
+def code_changes(before: dict[Any, Any], after: dict[Any, Any],
+                 encoded: dict[Any, bytes] | None = None) -> dict[str, Any]:
+    """What `after` changed in `before`: keys set (added or rewritten) and keys removed.
+
+    `before` is a shallow copy of what the hook was given: a list or dict value the hook
+    changed in place is the same object in both, so `encoded` holds such values' JSON as
+    they were before the call, and one whose JSON differs now has changed too.
+    """
+    encoded = encoded or {}
+    return {"set": {k: v for k, v in after.items()
+                    if k not in before or before[k] != v
+                    or (k in encoded and v is before[k] and _json(v) != encoded[k])},
             "removed": [k for k in before if k not in after]}
+
+
+def _json(value: Any) -> bytes:
+    try:
+        return msgspec.json.encode(value)
+    except (TypeError, ValueError, RecursionError):
+        return b""  # not JSON data now: a change (check_json refuses it before sending)
+
+
+def _containers_json(value: dict[Any, Any]) -> dict[Any, bytes]:
+    """The JSON of `value`'s list and dict values (what a hook may change in place)."""
+    return {k: _json(v) for k, v in value.items() if isinstance(v, dict | list)}
 
 
 def serve(in_fd: int, out_fd: int, instance: Any,
@@ -128,18 +157,23 @@ def serve(in_fd: int, out_fd: int, instance: Any,
             spec = HOOKS_BY_NAME.get(hook)
             replaced = kwargs.get(spec.replaces) if spec and spec.replaces else None
             original = dict(replaced) if isinstance(replaced, dict) else None
+            encoded = _containers_json(original) if original is not None else None
             value = getattr(instance, hook)(**given)
-            if original is not None and isinstance(value, dict):
-                # the parent already has what it sent: answer with the changes only
-                response = {"id": request_id, "ok": True, "changes": code_changes(original, value)}
-            else:
-                response = {"id": request_id, "ok": True, "value": value}
         except Exception as exc:
             response = {"id": request_id, "ok": False,
                         "error": {"type": type(exc).__name__, "message": str(exc)[:500]}}
+        else:
+            if original is not None and isinstance(value, dict):
+                # the parent already has what it sent: answer with the changes only
+                response = {"id": request_id, "ok": True, "changes": code_changes(original, value,
+                                                                    encoded)}
+            else:
+                response = {"id": request_id, "ok": True, "value": value}
         try:
+            if response["ok"]:  # what the plugin made: JSON data only (the codec is lenient)
+                check_json(response.get("changes", response.get("value")))
             write_frame(out_fd, response, max_bytes)
-        except (TypeError, ValueError, ProtocolError) as exc:
+        except (TypeError, ValueError, RecursionError, ProtocolError) as exc:
             write_frame(out_fd, {"id": request_id, "ok": False,
                                  "error": {"type": "InvalidOutput",
                                            "message": f"the hook returned something that "

@@ -80,16 +80,33 @@ def json_body(optional: bool = False) -> Any:
 def validate_body(schema: dict[str, Any], body: Any) -> None:
     """422 listing the schema violations of `body` (the first MAX_PROBLEMS, then one entry
     saying more were found), each with its JSON pointer."""
-    import jsonschema
-
-    errors, more = first_errors(jsonschema.Draft202012Validator(schema).iter_errors(body),
-                                MAX_PROBLEMS)
+    errors, more = first_errors(_validator(schema).iter_errors(body), MAX_PROBLEMS)
     if errors:
         listed = [{"pointer": _pointer(e.absolute_path), "detail": _schema_detail(e)}
                   for e in errors]
         if more:
             listed.append({"pointer": "", "detail": more_problems().message})
         raise _unprocessable(listed)
+
+
+#: Validators of the schemas bodies were checked against, by `id` (the schema kept alive
+#: beside its validator, so an id is never reused while cached): building one per request
+#: cost more than validating. Bounded: plugin action schemas change with reloads.
+_VALIDATORS: dict[int, tuple[dict[str, Any], Any]] = {}
+_VALIDATORS_MAX: Final = 256
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    cached = _VALIDATORS.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    if len(_VALIDATORS) >= _VALIDATORS_MAX:
+        _VALIDATORS.clear()
+    _VALIDATORS[id(schema)] = (schema, validator)
+    return validator
 
 
 def _schema_detail(error: Any) -> str:
