@@ -60,6 +60,8 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
         plan = _approvable(name, config)
         plugin, fingerprint = plan.plugin, plan.fingerprint
         assert plugin is not None and fingerprint is not None
+        click.echo(f"checking {name} ({plugin.distribution} {plugin.version}): loading it in "
+                   "an isolated worker process...", err=True)
         safe = check_class(plugin, fingerprint, mode or plan.default_mode, config)
         for old in plan.previous:
             if old.fingerprint != fingerprint:
