@@ -32,6 +32,7 @@ from dihya.cli._common import (
     CheckFailed,
     State,
     approval_options,
+    did_you_mean,
     editing,
     pass_state,
     unknown,
@@ -128,9 +129,10 @@ def revoke(state: State, name: str) -> None:
 
 
 def _not_approved(state: State, name: str) -> NoReturn:
-    approved = ", ".join(e.name for e in state.config().allow) or "none"
-    raise CheckFailed(f"{name!r} is not in the allowlist of {state.config_path} "
-                      f"(approved: {approved})")
+    names = [e.name for e in state.config().allow]
+    approved = ", ".join(dict.fromkeys(names)) or "none"
+    raise CheckFailed(f"{name!r} is not in the allowlist of {state.config_path}"
+                      f"{did_you_mean(name, names)} (approved: {approved})")
 
 
 def _switch(state: State, name: str, enabled: bool, reason: str | None) -> None:
