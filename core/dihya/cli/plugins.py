@@ -50,11 +50,16 @@ def list_plugins(state: State, as_json: bool) -> None:
     console.print(plugin_table(snapshot, console.width))
     if not snapshot.records:
         click.echo("no plugin installed in group " + snapshot.config.group)
-    for record in snapshot.records:
-        if record.warnings:
-            click.echo(f"{ISOLATION_MARK} {record.name} runs with weaker isolation: "
-                       f"{'; '.join(record.warnings)} (`dihya doctor` says how to fix it)")
+    for note in isolation_notes(snapshot):
+        click.echo(note)
     _warn_pth(snapshot)
+
+
+def isolation_notes(snapshot: RegistrySnapshot) -> list[str]:
+    """The footnotes of the table's isolation marks: one line per plugin whose worker
+    lacks a layer."""
+    return [f"{ISOLATION_MARK} {r.name} runs with weaker isolation: {'; '.join(r.warnings)} "
+            "(`dihya doctor` says how to fix it)" for r in snapshot.records if r.warnings]
 
 
 ISOLATION_MARK = "(!)"
