@@ -2,10 +2,11 @@
 the command that fixes it (exit 1 on any problem; warnings do not fail).
 
 A *problem* is something the operator can fix that weakens or breaks the backend (a missing
-layer that an install provides, a config others may write, a refused approved plugin, an
-unacknowledged `.pth` file). A *warning* is a fact worth knowing that does not fail: a
-layer the kernel or the container does not offer, a backend that is not root (workers keep
-its user), rate limits counted per worker.
+layer that an install provides, when run as root; a config others may write; a refused
+approved plugin; an unacknowledged `.pth` file). A *warning* is a fact worth knowing that
+does not fail: a layer the kernel or the container does not offer, a package only root can
+install (for another user), a backend that is not root (workers keep its user), rate
+limits counted per worker.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ def _dihya(state: State) -> str:
     return f"dihya --config {shlex.quote(str(state.config_path))}"
 
 
+def _installable() -> str:
+    """The level of a missing system package: a problem for root, who can install it; a
+    warning for another user, who has to ask (a developer's machine without sudo)."""
+    return PROBLEM if os.geteuid() == 0 else WARNING
+
+
 def _as_root(command: str) -> str:
     return command if os.geteuid() == 0 else f"sudo {command}"
 
@@ -146,7 +153,7 @@ def _namespaces_row(layers: dict[str, str]) -> dict[str, Any]:
         fallback = ("unshare gives workers private namespaces meanwhile, but no filesystem "
                     "view" if layers["unshare"] == AVAILABLE else
                     f"workers have no namespaces (unshare: {_why(layers['unshare'])})")
-        return _row("bubblewrap", PROBLEM, f"bubblewrap is not installed: {fallback}",
+        return _row("bubblewrap", _installable(), f"bubblewrap is not installed: {fallback}",
                     _as_root("apt-get install bubblewrap"))
     return _row("bubblewrap", WARNING,
                 f"{_version(bwrap)} is installed but cannot start a worker here "
@@ -177,7 +184,8 @@ def _seccomp_row(state: str) -> dict[str, Any]:
         return _row("seccomp", OK, f"{seccomp_version()}: workers cannot make network, "
                     "process or privilege system calls")
     if "libseccomp" in state and "cannot be loaded" in state:
-        return _row("seccomp", PROBLEM, _why(state), _as_root("apt-get install libseccomp2"))
+        return _row("seccomp", _installable(), _why(state),
+                    _as_root("apt-get install libseccomp2"))
     return _row("seccomp", WARNING, f"{_why(state)}: workers run without a system-call filter",
                 "a kernel with seccomp filters (CONFIG_SECCOMP_FILTER)")
 
