@@ -158,8 +158,9 @@ def _namespaces_row(layers: dict[str, str]) -> dict[str, Any]:
     return _row("bubblewrap", WARNING,
                 f"{_version(bwrap)} is installed but cannot start a worker here "
                 f"({_why(layers['bwrap'])}); unshare: {layers['unshare']}",
-                "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1"
-                ", or a container runtime that permits them)")
+                "common causes: user namespaces forbidden (sysctl "
+                "kernel.unprivileged_userns_clone=1, or a container runtime that permits "
+                "them), or an interpreter this user cannot run (see the error above)")
 
 
 def _version(tool: str) -> str:
