@@ -32,6 +32,7 @@ from dihya.cli._common import (
     CheckFailed,
     State,
     approval_options,
+    did_you_mean,
     editing,
     pass_state,
     unknown,
@@ -61,6 +62,8 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
         plan = _approvable(name, config)
         plugin, fingerprint = plan.plugin, plan.fingerprint
         assert plugin is not None and fingerprint is not None
+        click.echo(f"checking {name} ({plugin.distribution} {plugin.version}): loading it in "
+                   "an isolated worker process...", err=True)
         checked = _inspect(plugin, fingerprint, mode or plan.default_mode, config)
         safe = checked.safe
         facts.append((plugin, fingerprint, checked.facts))
@@ -159,9 +162,10 @@ def revoke(state: State, name: str) -> None:
 
 
 def _not_approved(state: State, name: str) -> NoReturn:
-    approved = ", ".join(e.name for e in state.config().allow) or "none"
-    raise CheckFailed(f"{name!r} is not in the allowlist of {state.config_path} "
-                      f"(approved: {approved})")
+    names = [e.name for e in state.config().allow]
+    approved = ", ".join(dict.fromkeys(names)) or "none"
+    raise CheckFailed(f"{name!r} is not in the allowlist of {state.config_path}"
+                      f"{did_you_mean(name, names)} (approved: {approved})")
 
 
 def _switch(state: State, name: str, enabled: bool, reason: str | None) -> None:

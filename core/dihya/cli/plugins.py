@@ -4,6 +4,7 @@ and telling running servers to rebuild.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,21 +46,64 @@ def list_plugins(state: State, as_json: bool) -> None:
         # the array has no room for facts about the environment: every row carries them
         echo_json([_with_pth(r.to_json(), snapshot) for r in snapshot.records])
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"plugins ({snapshot.config.path})")
-    for column in ("name", "status", "reason", "mode", "version", "distribution", "hooks"):
-        table.add_column(column, overflow="fold")
-    colors = {"active": "green", "disabled": "yellow", "refused": "red", "failed": "red"}
-    for r in snapshot.records:
-        table.add_row(r.name, f"[{colors.get(r.status, 'white')}]{r.status}[/]",
-                      r.reason or "", r.mode or "", r.version, r.distribution,
-                      ", ".join(r.hooks))
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    console = _console()
+    console.print(plugin_table(snapshot, console.width))
     if not snapshot.records:
         click.echo("no plugin installed in group " + snapshot.config.group)
+    for note in isolation_notes(snapshot):
+        click.echo(note)
     _warn_pth(snapshot)
+
+
+def isolation_notes(snapshot: RegistrySnapshot) -> list[str]:
+    """The footnotes of the table's isolation marks: one line per plugin whose worker
+    lacks a layer."""
+    return [f"{ISOLATION_MARK} {r.name} runs with weaker isolation: {'; '.join(r.warnings)} "
+            "(`dihya doctor` says how to fix it)" for r in snapshot.records if r.warnings]
+
+
+ISOLATION_MARK = "(!)"
+# below this width the distribution and hooks go (`plugins show NAME` or --json has them):
+# seven columns on 80 would fold names in the middle
+_WIDE = 120
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # a terminal's width, or $COLUMNS; else (a pipe, a file) wide enough for every column
+    wide = sys.stdout.isatty() or bool(os.environ.get("COLUMNS"))
+    return Console(width=None if wide else 160)
+
+
+def plugin_table(snapshot: RegistrySnapshot, width: int) -> Any:
+    """The `plugins list` table for a console `width` columns wide: a name is never
+    folded; a plugin with weaker isolation gets a mark after its status, explained below
+    the table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    wide = width >= _WIDE
+    table = Table(title=f"plugins ({snapshot.config.path})")
+    columns = ("name", "status", "reason", "mode", "version",
+               *(("distribution", "hooks") if wide else ()))
+    longest = max((len(r.name) for r in snapshot.records), default=4)
+    for column in columns:
+        # names and statuses whole; a long reason, version or hook list folds instead
+        whole = column in ("name", "status", "mode", "distribution")
+        table.add_column(column, no_wrap=whole, overflow="fold",
+                         min_width=longest if column == "name" else None)
+    colors = {"active": "green", "disabled": "yellow", "refused": "red", "failed": "red"}
+    for r in snapshot.records:
+        mark = f" {escape(ISOLATION_MARK)}" if r.warnings else ""
+        row = [escape(r.name), f"[{colors.get(r.status, 'white')}]{r.status}[/]{mark}",
+               r.reason or "", r.mode or "", escape(r.version)]
+        if wide:
+            row += [escape(r.distribution), ", ".join(r.hooks)]
+        table.add_row(*row)
+    if not wide and snapshot.records:
+        table.caption = "more: `plugins show NAME`, --json"
+    return table
 
 
 def _with_pth(data: dict[str, Any], snapshot: RegistrySnapshot) -> dict[str, Any]:

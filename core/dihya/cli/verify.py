@@ -63,12 +63,21 @@ def verify(state: State, as_json: bool) -> None:
             if row["check"] != "plugin":
                 click.echo(f"{mark} {row['check']}: {row['message']}")
                 continue
-            reason = f"/{row['reason']}" if row["reason"] else ""
-            click.echo(f"{mark} {row['name']}: {row['status']}{reason} {row['message']}")
+            click.echo(f"{mark} {row['name']}: {_plugin_line(row)}")
     if failed is not None and failed["check"] != "plugin":
         raise CheckFailed(failed["message"])
     if not all(row["ok"] for row in rows):
         sys.exit(1)
+
+
+def _plugin_line(row: dict[str, Any]) -> str:
+    """What a plugin row says, once: "active, verified (sandbox worker as nobody)",
+    "disabled/disabled-by-config: <why>", "refused/fingerprint-mismatch: <why>"."""
+    if row["status"] == "active" and row["message"] in ("", "active"):
+        who = row.get("worker_user")
+        return f"active, verified{f' (sandbox worker as {who})' if who else ''}"
+    reason = f"/{row['reason']}" if row["reason"] else ""
+    return f"{row['status']}{reason}: {row['message']}"
 
 
 def _check_row(check: str, status: str, reason: str | None, message: str,
