@@ -13,11 +13,12 @@ import json
 from collections.abc import Iterable
 from typing import Any, Final
 
-from dihya.audit import FIELDS, Auditor
+from dihya.audit import FIELDS, Auditor, iso_time
 from dihya.audit.chain import AuditLog
 
 DAY_S: Final = 86400.0
-CSV_COLUMNS: Final = ("seq", *FIELDS, "note")
+#: `at_iso` is `at` (seconds since the epoch, what the hash chain covers) as ISO 8601.
+CSV_COLUMNS: Final = ("seq", *FIELDS, "note", "at_iso")  # at_iso last: columns keep their place
 
 
 def _log(auditor: Auditor) -> AuditLog:
@@ -26,9 +27,17 @@ def _log(auditor: Auditor) -> AuditLog:
     return auditor.log
 
 
+def with_iso(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with `at_iso` (its time as ISO 8601, UTC) beside the numeric `at`."""
+    at = row.get("at")
+    return {**row, "at_iso": iso_time(at)} if isinstance(at, int | float) else row
+
+
 def render(rows: Iterable[dict[str, Any]], fmt: str) -> str:
     """Rows as a JSON array (one event per line), JSON Lines (one object per line, no
-    array: a stream a log tool reads line by line) or CSV with a fixed header."""
+    array: a stream a log tool reads line by line) or CSV with a fixed header; each row
+    with `at_iso` beside `at`."""
+    rows = (with_iso(row) for row in rows)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")

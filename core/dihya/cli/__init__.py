@@ -27,7 +27,7 @@ from dihya.cli.doctor import doctor
 from dihya.cli.plugins import plugins
 from dihya.cli.publish import COMMANDS as PUBLISH_COMMANDS
 from dihya.cli.run import generate, serve
-from dihya.cli.scaffold import new_command
+from dihya.cli.scaffold import core_wheel_command, new_command
 from dihya.cli.tokens import tokens
 from dihya.cli.verify import verify
 from dihya.config import resolve_path
@@ -99,6 +99,7 @@ main.add_command(serve)
 main.add_command(tokens)
 main.add_command(audit)
 for _command in (approve, revoke, enable, disable, verify, acknowledge_pth, new_command,
+                 core_wheel_command,
                  *PUBLISH_COMMANDS):
     plugins.add_command(_command)
 main.add_command(config_group)

@@ -1,4 +1,4 @@
-"""`dihya audit`: export, purge and verify the audit log (GDPR access and erasure).
+"""`dihya audit`: export, purge and verify the audit log (GDPR access and erasure); tail it.
 
 None of them creates a store: where there is none (and the store marker expects none),
 export prints nothing, purge erases nothing and verify says there is nothing to verify. A
@@ -11,7 +11,8 @@ replaced or emptied), 2 usage.
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from typing import Any, Final
 
 import click
 
@@ -19,6 +20,8 @@ from dihya.audit import FORMATS, Auditor
 from dihya.cli._common import CheckFailed, State, Usage, user
 
 pass_state = click.make_pass_decorator(State)
+#: How often `audit tail --follow` asks the store for new events.
+FOLLOW_POLL_S: Final = 0.5
 
 
 def _auditor(state: State) -> Auditor | None:
@@ -48,6 +51,55 @@ def export_cmd(state: State, subject: str | None, fmt: str) -> None:
         click.echo(render([], fmt), nl=False)
         return
     click.echo(export(auditor, subject, fmt, actor=user()), nl=False)
+
+
+@audit.command("tail")
+@click.option("-n", "--lines", "count", type=click.IntRange(1, 10000), default=20,
+              show_default=True, help="How many of the latest events to show first.")
+@click.option("--follow", "-f", is_flag=True,
+              help=f"Then show new events as they are committed (the store is polled every "
+                   f"{FOLLOW_POLL_S:g} s, by every node sharing it); stop with Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line (JSON Lines), with `at_iso` beside `at`.")
+@pass_state
+def tail_cmd(state: State, count: int, follow: bool, as_json: bool) -> None:
+    """Show the latest events with their times in ISO 8601 (UTC), oldest first."""
+    from dihya.audit.gdpr import with_iso
+
+    auditor = _auditor(state)
+    log = auditor.log if auditor is not None else None
+    if log is None:
+        if not follow:
+            return
+        while (auditor := state.existing_auditor()) is None or auditor.log is None:
+            time.sleep(FOLLOW_POLL_S)  # a store that appears later is followed
+        log = auditor.log
+    after: int | None = None
+    rows = log.tail(None, count)
+    try:
+        while True:
+            for row in rows:
+                _print_event(with_iso(row), as_json)
+                after = row["seq"]
+            if not follow:
+                return
+            rows = []
+            while not rows:
+                time.sleep(FOLLOW_POLL_S)
+                rows = log.tail(after if after is not None else -1, 1000)
+    except KeyboardInterrupt:
+        return
+
+
+def _print_event(row: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(row, sort_keys=True, ensure_ascii=False))
+        return
+    row.pop("note", None)  # personal free text: in exports, never in a live view
+    skip = {"seq", "at", "at_iso", "type", "outcome", "event_id"}
+    rest = " ".join(f"{k}={row[k]}" for k in sorted(row) if k not in skip)
+    click.echo(f"{row['at_iso']}  {row['seq']:>6}  {row['type']:<22} {row['outcome']:<8} "
+               f"{rest}".rstrip())
 
 
 @audit.command("purge")

@@ -52,11 +52,37 @@ pass_state = click.make_pass_decorator(State)
 
 
 @click.command("keygen")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the private key (created with mode 0600; never "
-                   "overwritten).")
-def keygen(out: Path) -> None:
-    """Make a publisher key pair: write the private key, print the public key."""
+                   "overwritten). Default: $XDG_CONFIG_HOME/dihya/keys/NAME.key, else "
+                   "~/.config/dihya/keys/NAME.key.")
+@click.option("--name", default="publisher", show_default=True,
+              help="The key's file name in the default directory (NAME.key).")
+@click.option("--allow-in-repo", is_flag=True,
+              help="Write the key inside a git work tree all the same (it is refused "
+                   "there: one `git add .` would publish it).")
+def keygen(out: Path | None, name: str, allow_in_repo: bool) -> None:
+    """Make a publisher key pair: write the private key, print the public key.
+
+    The private key goes under your config directory (mode 0600, directory 0700) unless
+    --out says otherwise; a path inside a git work tree is refused (exit 2) without
+    --allow-in-repo.
+    """
+    from dihya.authoring.places import git_work_tree, key_dir
+
+    if out is None:
+        if not name or "/" in name or name.startswith("."):
+            raise Usage(f"--name {name!r}: a plain file name, such as `acme`")
+        out = key_dir() / f"{name}.key"
+        try:
+            out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Usage(f"cannot create {out.parent}: {exc.strerror}; pass --out PATH") from exc
+    tree = git_work_tree(out)
+    if tree is not None and not allow_in_repo:
+        raise Usage(f"{out} is inside the git work tree {tree}: a private key there is one "
+                    "`git add` away from being published. Leave out --out (the key then goes "
+                    f"to {key_dir()}), choose a path outside the tree, or pass --allow-in-repo")
     try:
         public = generate_key(out)
     except SigningError as exc:

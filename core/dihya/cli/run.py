@@ -139,15 +139,32 @@ def _echo_report(report: dict[str, Any]) -> None:
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Requests each worker answers at once (more than 1: gunicorn's gthread "
                    "worker); concurrent requests of a worker share their audit commits.")
+@click.option("--log-format", type=click.Choice(("json", "text")), default="json",
+              show_default=True,
+              help="Every line on stderr (gunicorn's included): JSON objects with time, "
+                   "level, event, request_id and message, or the same as text for people.")
 @pass_state
-def serve(state: State, host: str, port: int, workers: int, threads: int) -> None:
+def serve(state: State, host: str, port: int, workers: int, threads: int,
+          log_format: str) -> None:
     """Serve the HTTP API under gunicorn until interrupted.
 
     Creates the state store if there is none (and the store marker does not say one was
     there: then exit 1); the workers themselves never create it.
     """
-    state.config()  # fail fast, with exit 2, on a malformed config
-    state.store(create=True)
+    import logging
+
+    from dihya.web.serve import configure_logging
     from dihya.web.serve import serve as run_server
 
-    run_server(str(state.config_path), host, port, workers, threads=threads)
+    configure_logging(log_format)
+    state.warned = True  # a missing or empty config is said below, in the log's format
+    config = state.config()  # fail fast, with exit 2, on a malformed config
+    if not config.exists or config.empty:
+        what = "does not exist" if not config.exists else "is empty"
+        logging.getLogger("dihya.web").warning(
+            f"config file {what}: no plugin is approved (pass --config or set DIHYA_CONFIG)",
+            extra={"reason": "missing-config" if not config.exists else "empty-config",
+                   "event": "config.warning"})
+    state.store(create=True)
+    run_server(str(state.config_path), host, port, workers, threads=threads,
+               log_format=log_format)

@@ -55,7 +55,7 @@ from dihya.store.faults import (
 __all__ = ["SCHEMA_VERSION", "PluginSwitch", "Store", "StoreError", "StoreFault",
            "StoreMissing", "StoreUnavailable", "sqlite_url"]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 #: `[store] synchronous` -> (SQLite `PRAGMA synchronous`, PostgreSQL `synchronous_commit`)
 SYNCHRONOUS: Final = {"full": ("FULL", "on"), "normal": ("NORMAL", "off")}
 SQLITE_BUSY_TIMEOUT_S: Final = 10.0
@@ -89,6 +89,7 @@ tokens_table = sa.Table(
     sa.Column("secret_sha256", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("last_used_at", sa.Float, nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True),  # schema version 6; None: never
 )
 
 plugin_state_table = sa.Table(

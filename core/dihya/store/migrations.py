@@ -17,6 +17,7 @@ the `heartbeat` row `/readyz` rewrites to probe a write.
 Version 5: the facts of sandboxed plugins by fingerprint (dihya_plugin_facts, read by
 listings instead of starting workers) and the plugin states last audited
 (dihya_plugin_seen: one audit event per change, not per worker start).
+Version 6: `dihya_tokens.expires_at` (a token's optional expiry, `tokens create --expires`).
 """
 
 from __future__ import annotations
@@ -77,8 +78,16 @@ def _v5_plugin_facts(conn: Connection) -> None:
                            checkfirst=True)
 
 
+def _v6_token_expiry(conn: Connection) -> None:
+    # a store created at version 6 or later got the column from `_v1_state`
+    columns = {c["name"] for c in sa.inspect(conn).get_columns(st.tokens_table.name)}
+    if "expires_at" not in columns:
+        conn.execute(sa.text(f"ALTER TABLE {st.tokens_table.name} "
+                             "ADD COLUMN expires_at FLOAT"))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console,
-                                            _v4_event_ids, _v5_plugin_facts)
+                                            _v4_event_ids, _v5_plugin_facts, _v6_token_expiry)
 LATEST: Final = len(MIGRATIONS)
 
 
