@@ -14,6 +14,8 @@ approved plugins (dihya_file_lists).
 Version 4: `dihya_audit.event_id` with a unique index (a retried batch cannot store an
 event twice), a random `store_id` in dihya_meta (tells a store from its replacement) and
 the `heartbeat` row `/readyz` rewrites to probe a write.
+Version 5: the fleet's count of consecutive hook failures per plugin
+(dihya_plugin_failures), so a plugin is quarantined once for the whole fleet.
 """
 
 from __future__ import annotations
@@ -69,8 +71,12 @@ def _v4_event_ids(conn: Connection) -> None:
             conn.execute(st.meta_table.insert().values(key=key, value=value))
 
 
+def _v5_plugin_failures(conn: Connection) -> None:
+    st.metadata.create_all(conn, tables=[st.plugin_failures_table], checkfirst=True)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console,
-                                            _v4_event_ids)
+                                            _v4_event_ids, _v5_plugin_failures)
 LATEST: Final = len(MIGRATIONS)
 
 
