@@ -8,6 +8,10 @@ sharing one PostgreSQL store (a fresh schema of the test database).
   and one `plugin.quarantined` event is written. The reset — the API's enable on one
   instance, then the CLI's `plugins enable` with the other instance's config — reaches
   every worker of both: each of the six answers with `flaky` running again.
+- Rate limits are exact with a shared Redis (`redis-server` of its own, on a free port):
+  two instances of two workers each count in it, and a token gets exactly its limit, not
+  four times it; another token has its own. `plugins verify` notes per-worker limits when
+  the storage is `memory://`, and says nothing once it is Redis.
 
 Each generation names the gunicorn worker that answered (`fleetwho`, an in-process plugin
 that writes its process id), so "every worker" is checked, not just whichever answered.
@@ -27,6 +31,7 @@ from typing import Any
 import pytest
 
 from support.postgres import admin_engine, fresh_schema_url
+from support.redis import redis_server
 from support.serving import Server
 from support.wheels import build_plugin_wheel, plugin_source
 
@@ -99,14 +104,16 @@ class Fleet:
         self.audit_key = secrets.token_hex(32)
         self.store_url = store_url
 
-    def configure(self, extra: str = "") -> None:
+    def configure(self, extra: str = "", rate_limit: str = "100000/minute",
+                  storage: str = "memory://") -> None:
         for home in self.homes.values():
             home.mkdir()
         config = self.config("a")
         config.write_text(
             "[plugins]\nhook_timeout_s = 5.0\nauto_reload = false\n\n"
             f"[store]\nurl = {json.dumps(self.store_url)}\n\n"
-            '[web]\nrate_limit = "100000/minute"\n\n'
+            f"[web]\nrate_limit = {json.dumps(rate_limit)}\n"
+            f"rate_limit_storage = {json.dumps(storage)}\n\n"
             f"[audit]\nkey = {json.dumps(self.audit_key)}\n\n"
             f"[sandbox]\nquarantine_after = {QUARANTINE_AFTER}\n" + extra)
         self.cli("a", "plugins", "approve", WHO, FLAKY, "--mode", "in-process")
@@ -120,9 +127,9 @@ class Fleet:
         assert result.returncode == 0, result.stdout + result.stderr
         return str(result.stdout)
 
-    def start(self) -> tuple[Server, Server]:
+    def start(self, workers: int = WORKERS) -> tuple[Server, Server]:
         for node, home in self.homes.items():
-            self.servers[node] = Server(self.backend.venv, self.config(node), workers=WORKERS,
+            self.servers[node] = Server(self.backend.venv, self.config(node), workers=workers,
                                         cwd=home)
         for server in self.servers.values():
             server.wait_ready(timeout=90)
@@ -152,9 +159,15 @@ def fleet(backend: Any, fleet_plugins: None, tmp_path: Path) -> Iterator[Fleet]:
                 f.halt()
 
 
-def admin_token(fleet: Fleet) -> str:
-    return fleet.cli("a", "tokens", "create", "--role", "admin", "--name", "ops") \
+def admin_token(fleet: Fleet, name: str = "ops") -> str:
+    return fleet.cli("a", "tokens", "create", "--role", "admin", "--name", name) \
         .strip().splitlines()[-1]
+
+
+def verify_notes(fleet: Fleet) -> list[dict[str, Any]]:
+    """The `rate-limits` rows of `plugins verify --json` on node a."""
+    rows = json.loads(fleet.cli("a", "plugins", "verify", "--json"))
+    return [r for r in rows if r["check"] == "rate-limits"]
 
 
 def generate(node: Server, token: str) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -213,6 +226,9 @@ def quarantine_events(fleet: Fleet) -> list[dict[str, Any]]:
 def test_quarantine_counts_across_workers_and_nodes(fleet: Fleet, marker: Path) -> None:
     fleet.configure()
     token = admin_token(fleet)
+    notes = verify_notes(fleet)  # memory:// storage: limits are per worker, and it says so
+    assert [(n["status"], n["reason"], n["ok"]) for n in notes] == [
+        ("note", "per-worker-limits", True)]
     a, b = fleet.start()
     nodes = [a, b]
     every_worker(a, token, running, "before")
@@ -262,3 +278,44 @@ def test_quarantine_counts_across_workers_and_nodes(fleet: Fleet, marker: Path) 
     for node in nodes:
         every_worker(node, token, running, "reset by the CLI")
     fleet.halt()
+
+
+RATE = 12  # per hour: a fixed window far longer than the test
+
+
+def test_rate_limits_are_exact_across_workers_and_nodes(fleet: Fleet, backend: Any,
+                                                         tmp_path: Path) -> None:
+    backend.pip("redis>=5")  # the client Flask-Limiter's Redis storage needs (dihya-core[redis])
+    with redis_server(tmp_path / "redis") as url:
+        fleet.configure(rate_limit=f"{RATE}/hour", storage=url)
+        assert verify_notes(fleet) == []  # shared: nothing to note
+        token, other = admin_token(fleet), admin_token(fleet, "ops-2")
+        a, b = fleet.start(workers=2)
+        statuses: list[int] = []
+        pids: set[str] = set()
+        lock = threading.Lock()
+        calls = iter(range(3 * RATE))
+
+        def client() -> None:
+            for i in calls:
+                status, headers, body = (a, b)[i % 2].call(
+                    "POST", "/api/v1/generate", token, {"needs": TODO})
+                with lock:
+                    statuses.append(status)
+                    if status == 200:
+                        pids.add(body["files"]["who.txt"])
+                    else:
+                        assert status == 429 and "Retry-After" in headers, (status, body)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        print(f"\n[fleet] {statuses.count(200)} generations allowed of {len(statuses)} sent "
+              f"to 2 instances x 2 workers; served by {len(pids)} workers")
+        assert statuses.count(200) == RATE and statuses.count(429) == 2 * RATE, statuses
+        assert len(pids) >= 2  # more than one worker counted into the one limit
+        status, _, _ = b.call("POST", "/api/v1/generate", other, {"needs": TODO})
+        assert status == 200  # each token has its own limit
+        fleet.halt()
