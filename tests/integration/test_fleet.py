@@ -8,6 +8,11 @@ sharing one PostgreSQL store (a fresh schema of the test database).
   and one `plugin.quarantined` event is written. The reset — the API's enable on one
   instance, then the CLI's `plugins enable` with the other instance's config — reaches
   every worker of both: each of the six answers with `flaky` running again.
+- An upgrade with no gap: while four clients generate against a two-worker server
+  (`auto_reload` on), the next version of `upgr` (sandbox mode, two hooks) is approved
+  from its wheel (`plugins approve upgr --wheel`) and then pip-installed: every generation
+  ran `upgr` (both hooks `ok`, in one version), every worker moved to 2.0.0 and none went
+  back; the approval of 1.0.0 is kept (the way back) until revoked by version.
 - Rate limits are exact with a shared Redis (`redis-server` of its own, on a free port):
   two instances of two workers each count in it, and a token gets exactly its limit, not
   four times it; another token has its own. `plugins verify` notes per-worker limits when
@@ -105,12 +110,12 @@ class Fleet:
         self.store_url = store_url
 
     def configure(self, extra: str = "", rate_limit: str = "100000/minute",
-                  storage: str = "memory://") -> None:
+                  storage: str = "memory://", auto_reload: bool = False) -> None:
         for home in self.homes.values():
             home.mkdir()
         config = self.config("a")
         config.write_text(
-            "[plugins]\nhook_timeout_s = 5.0\nauto_reload = false\n\n"
+            f"[plugins]\nhook_timeout_s = 5.0\nauto_reload = {json.dumps(auto_reload)}\n\n"
             f"[store]\nurl = {json.dumps(self.store_url)}\n\n"
             f"[web]\nrate_limit = {json.dumps(rate_limit)}\n"
             f"rate_limit_storage = {json.dumps(storage)}\n\n"
@@ -127,13 +132,14 @@ class Fleet:
         assert result.returncode == 0, result.stdout + result.stderr
         return str(result.stdout)
 
-    def start(self, workers: int = WORKERS) -> tuple[Server, Server]:
-        for node, home in self.homes.items():
+    def start(self, workers: int = WORKERS, nodes: str = "ab") -> tuple[Server, Server]:
+        for node in nodes:
+            home = self.homes[node]
             self.servers[node] = Server(self.backend.venv, self.config(node), workers=workers,
                                         cwd=home)
         for server in self.servers.values():
             server.wait_ready(timeout=90)
-        return self.servers["a"], self.servers["b"]
+        return self.servers["a"], self.servers.get("b", self.servers["a"])
 
     def halt(self) -> None:
         problems = []
@@ -319,3 +325,94 @@ def test_rate_limits_are_exact_across_workers_and_nodes(fleet: Fleet, backend: A
         status, _, _ = b.call("POST", "/api/v1/generate", other, {"needs": TODO})
         assert status == 200  # each token has its own limit
         fleet.halt()
+
+
+UPGR = "upgr"
+UPGR_HOOKS = '''
+def before_generation(self, needs):
+    return needs
+
+def after_generation(self, code, needs):
+    code["upgr.txt"] = self.version
+    return code
+'''
+
+
+def test_an_upgrade_under_load_never_loses_the_plugin(fleet: Fleet, installed_venv: Path,
+                                                      tmp_path: Path) -> None:
+    wheels = {v: build_plugin_wheel(tmp_path / v, UPGR, version=v,
+                                    source=plugin_source(UPGR, version=v, body=UPGR_HOOKS))
+              for v in ("1.0.0", "2.0.0")}
+    pip(installed_venv, "install", str(wheels["1.0.0"]))
+    try:
+        fleet.configure(auto_reload=True)
+        fleet.cli("a", "plugins", "approve", UPGR)
+        token = admin_token(fleet)
+        a, _ = fleet.start(workers=2, nodes="a")
+        pids = {str(p) for p in a.worker_pids()}
+        seen: list[tuple[float, str, str | None, tuple[str, ...]]] = []
+        lock, stop = threading.Lock(), threading.Event()
+        deadline = time.monotonic() + 240
+
+        def client() -> None:
+            while not stop.is_set() and time.monotonic() < deadline:
+                pid, report = generate_full(a, token)
+                with lock:
+                    seen.append(report)
+                    del pid
+
+        def generate_full(node: Server, token: str) -> tuple[str, Any]:
+            status, _, body = node.call("POST", "/api/v1/generate", token, {"needs": TODO})
+            assert status == 200, body
+            hooks = tuple(sorted(f"{h['hook']}:{h['status']}" for h in body["report"]["plugins"]
+                                 if h["name"] == UPGR))
+            return "", (time.monotonic(), body["files"]["who.txt"],
+                        body["files"].get("upgr.txt"), hooks)
+
+        def wait_for(check: Callable[[], bool], what: str, timeout: float = 90) -> None:
+            end = time.monotonic() + timeout
+            while not check():
+                assert time.monotonic() < end, what
+                time.sleep(0.1)
+
+        def on_every_worker(version: str, since: float, n: int = 3) -> bool:
+            with lock:
+                return all(sum(1 for t, p, v, _ in seen if p == pid and v == version
+                               and t >= since) >= n for pid in pids)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: on_every_worker("1.0.0", 0.0), "1.0.0 never ran everywhere")
+            out = fleet.cli("a", "plugins", "approve", UPGR, "--wheel", str(wheels["2.0.0"]))
+            assert "still approved: 1.0.0" in out, out
+            approved = time.monotonic()
+            wait_for(lambda: on_every_worker("1.0.0", approved + 1.0),
+                     "the approval of 2.0.0 stopped 1.0.0")
+            pip(installed_venv, "install", str(wheels["2.0.0"]))
+            installed = time.monotonic()
+            wait_for(lambda: on_every_worker("2.0.0", installed), "2.0.0 never ran everywhere")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        missing = [r for r in seen if r[3] != ("after_generation:ok", "before_generation:ok")]
+        during = [r for r in seen if r[0] >= approved]
+        print(f"\n[fleet] upgrade under load: {len(seen)} generations, {len(during)} from the "
+              f"approval of 2.0.0 on; {len(missing)} without upgr")
+        assert not missing, missing[:5]
+        for pid in pids:
+            versions = [v for _t, p, v, _h in sorted(seen) if p == pid]
+            first_new = versions.index("2.0.0")
+            assert set(versions[first_new:]) == {"2.0.0"}, f"worker {pid} went back"
+        rows = {r["version"]: r for r in json.loads(fleet.cli("a", "plugins", "list", "--json"))
+                if r["name"] == UPGR}
+        assert set(rows) == {"2.0.0"} and rows["2.0.0"]["status"] == "active", rows
+        config = fleet.config("a").read_text()
+        assert config.count(f'name = "{UPGR}"') == 2  # 1.0.0 kept: the way back
+        fleet.cli("a", "plugins", "revoke", UPGR, "--version", "1.0.0")
+        assert fleet.config("a").read_text().count(f'name = "{UPGR}"') == 1
+        fleet.halt()
+    finally:
+        pip(installed_venv, "uninstall", f"dihya-plugin-{UPGR}")

@@ -47,6 +47,9 @@ from dihya.sandbox.scratch import make_scratch, sweep_once
 from dihya.sandbox.start import import_path, python_argv, read_only_paths
 
 KILL_GRACE_S: Final = 0.5
+#: how long the worker of a plugin's previous version keeps serving the generations that
+#: started before an upgrade was swapped in (a longer one then finds the plugin skipped)
+UPGRADE_GRACE_S: Final = 30.0
 _WORKER_REASONS: Final = frozenset({Reason.IMPORT_ERROR, Reason.INVALID_PLUGIN,
                                     Reason.SANDBOX_START_FAILED, Reason.FINGERPRINT_MISMATCH,
                                     Reason.SHADOWED_MODULE})
@@ -281,6 +284,10 @@ class SandboxPool:
         # (name -> the spec being started, then the started worker or its start error)
         self._replacing: dict[str, WorkerSpec] = {}
         self._replacements: dict[str, Worker | WorkerStartError] = {}
+        # upgrades: the worker of a plugin's previous version, replaced by `start`, kept for
+        # UPGRADE_GRACE_S for the generations that started on the snapshot before the swap
+        # (they present its fingerprint), so none of them loses the plugin midway
+        self._previous: dict[str, Worker] = {}
 
     def _spawn(self, start: Callable[[], Any]) -> Any:
         return self._spawner.submit(start).result()
@@ -301,16 +308,39 @@ class SandboxPool:
             self._specs[spec.name] = spec
             old = self._workers.pop(spec.name, None)
             self._workers[spec.name] = worker
-        if old is not None:
-            self._retire(old)
+            superseded = None
+            if old is not None and old.alive and old.spec.fingerprint != spec.fingerprint:
+                # another version: it serves the generations of the previous snapshot
+                superseded = self._previous.pop(spec.name, None)
+                self._previous[spec.name], old = old, None
+                self._forget_previous_later(spec.name, self._previous[spec.name])
+        for stale in (old, superseded):
+            if stale is not None:
+                self._retire(stale)
         self._ensure_reaper()
         return worker.hello
 
+    def _forget_previous_later(self, name: str, kept: Worker) -> None:
+        """Retire `kept`, the previous version's worker of `name`, after UPGRADE_GRACE_S
+        (unless something retired it before). Takes no lock: `start` calls it holding one."""
+
+        def forget() -> None:
+            with self._lock:
+                gone = self._previous.pop(name) if self._previous.get(name) is kept else None
+            if gone is not None:
+                self._retire(gone)
+
+        timer = threading.Timer(UPGRADE_GRACE_S, forget)
+        timer.daemon = True
+        timer.start()
+
     def retain(self, names: set[str]) -> None:
-        """Retire (drain, then stop) the workers of plugins not in `names`."""
+        """Retire (drain, then stop) the workers of plugins not in `names` (and of their
+        previous versions: a switched-off plugin runs in no version)."""
         with self._lock:
             gone = [n for n in self._workers if n not in names]
             workers = [self._workers.pop(n) for n in gone]
+            workers += [self._previous.pop(n) for n in list(self._previous) if n not in names]
             for n in gone:
                 self._specs.pop(n, None)
             spare = [self._replacements.pop(n) for n in list(self._replacements)
@@ -353,6 +383,11 @@ class SandboxPool:
             worker = self._workers.get(name)
             spec = self._specs.get(name)
         if spec is not None and fingerprint is not None and spec.fingerprint != fingerprint:
+            with self._lock:
+                previous = self._previous.get(name)
+            if (previous is not None and previous.spec.fingerprint == fingerprint
+                    and previous.alive and not previous.retired):
+                return previous  # a generation that started before an upgrade's swap
             raise WorkerRetired(f"{name} was replaced by another version during this "
                                 "generation")
         if worker is not None and worker.alive:
@@ -475,6 +510,8 @@ class SandboxPool:
             self._closed = True
             workers = list(self._workers.values())
             workers += [w for w in self._replacements.values() if isinstance(w, Worker)]
+            workers += self._previous.values()
+            self._previous.clear()
             self._workers.clear()
             self._replacements.clear()
         for worker in workers:
