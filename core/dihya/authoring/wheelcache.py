@@ -81,7 +81,10 @@ def keep_installed(distribution: str, fingerprint: str | None = None) -> Path | 
     record = "".join(f"{p},{_record_hash(d)},{len(d)}\n" for p, d in content.items())
     record += f"{info}/RECORD,,\n"
     folder = _folder(distribution)
-    folder.mkdir(parents=True, exist_ok=True)
+    # private to this user: whoever can write here chooses what a rollback installs
+    cache_root().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cache_root().mkdir(exist_ok=True, mode=0o700)
+    folder.mkdir(exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
     os.close(fd)
     try:
