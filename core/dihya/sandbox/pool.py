@@ -47,6 +47,9 @@ from dihya.sandbox.scratch import make_scratch, sweep_once
 from dihya.sandbox.start import import_path, python_argv, read_only_paths
 
 KILL_GRACE_S: Final = 0.5
+#: how long the worker of a plugin's previous version keeps serving the generations that
+#: started before an upgrade was swapped in (a longer one then finds the plugin skipped)
+UPGRADE_GRACE_S: Final = 30.0
 _WORKER_REASONS: Final = frozenset({Reason.IMPORT_ERROR, Reason.INVALID_PLUGIN,
                                     Reason.SANDBOX_START_FAILED, Reason.FINGERPRINT_MISMATCH,
                                     Reason.SHADOWED_MODULE})
@@ -293,6 +296,11 @@ class SandboxPool:
         self._failures: dict[str, tuple[WorkerSpec, WorkerStartError]] = {}
         self.on_start_failure: Callable[[str], object] | None = None
 
+        # upgrades: the worker of a plugin's previous version, replaced by `start`, kept for
+        # UPGRADE_GRACE_S for the generations that started on the snapshot before the swap
+        # (they present its fingerprint), so none of them loses the plugin midway
+        self._previous: dict[str, Worker] = {}
+
     def _spawn(self, start: Callable[[], Any]) -> Any:
         return self._spawner.submit(start).result()
 
@@ -319,8 +327,15 @@ class SandboxPool:
             self._expected.pop(spec.name, None)
             old = self._workers.pop(spec.name, None)
             self._workers[spec.name] = worker
-        if old is not None:
-            self._retire(old)
+            superseded = None
+            if old is not None and old.alive and old.spec.fingerprint != spec.fingerprint:
+                # another version: it serves the generations of the previous snapshot
+                superseded = self._previous.pop(spec.name, None)
+                self._previous[spec.name], old = old, None
+                self._forget_previous_later(spec.name, self._previous[spec.name])
+        for stale in (old, superseded):
+            if stale is not None:
+                self._retire(stale)
         self._ensure_reaper()
         return worker.hello
 
@@ -329,15 +344,22 @@ class SandboxPool:
         from the facts recorded when the plugin was checked (`dihya.store.facts`) starts no
         process. The worker started later must report `meta` (what the listing showed) and,
         with `[sandbox] require_isolation`, no isolation warning; else it is not used
-        (`WorkerStartError`). A worker running another spec is retired."""
+        (`WorkerStartError`). A worker running another spec is retired; one running another
+        version serves the generations of the previous snapshot first, as after `start`."""
         with self._lock:
             self._specs[spec.name] = spec
             self._expected[spec.name] = meta
             current = self._workers.get(spec.name)
             old = self._workers.pop(spec.name) if current is not None and (
                 current.spec != spec or current.hello.meta != meta) else None
-        if old is not None:
-            self._retire(old)
+            superseded = None
+            if old is not None and old.alive and old.spec.fingerprint != spec.fingerprint:
+                superseded = self._previous.pop(spec.name, None)
+                self._previous[spec.name], old = old, None
+                self._forget_previous_later(spec.name, self._previous[spec.name])
+        for stale in (old, superseded):
+            if stale is not None:
+                self._retire(stale)
         self._ensure_reaper()
 
     def _fresh(self, spec: WorkerSpec) -> Worker:
@@ -358,11 +380,27 @@ class SandboxPool:
             raise WorkerStartError(*problem)
         return worker
 
+    def _forget_previous_later(self, name: str, kept: Worker) -> None:
+        """Retire `kept`, the previous version's worker of `name`, after UPGRADE_GRACE_S
+        (unless something retired it before). Takes no lock: `start` calls it holding one."""
+
+        def forget() -> None:
+            with self._lock:
+                gone = self._previous.pop(name) if self._previous.get(name) is kept else None
+            if gone is not None:
+                self._retire(gone)
+
+        timer = threading.Timer(UPGRADE_GRACE_S, forget)
+        timer.daemon = True
+        timer.start()
+
     def retain(self, names: set[str]) -> None:
-        """Retire (drain, then stop) the workers of plugins not in `names`."""
+        """Retire (drain, then stop) the workers of plugins not in `names` (and of their
+        previous versions: a switched-off plugin runs in no version)."""
         with self._lock:
             gone = [n for n in self._workers if n not in names]
             workers = [self._workers.pop(n) for n in gone]
+            workers += [self._previous.pop(n) for n in list(self._previous) if n not in names]
             for n in gone:
                 self._specs.pop(n, None)
                 self._expected.pop(n, None)
@@ -407,6 +445,11 @@ class SandboxPool:
             worker = self._workers.get(name)
             spec = self._specs.get(name)
         if spec is not None and fingerprint is not None and spec.fingerprint != fingerprint:
+            with self._lock:
+                previous = self._previous.get(name)
+            if (previous is not None and previous.spec.fingerprint == fingerprint
+                    and previous.alive and not previous.retired):
+                return previous  # a generation that started before an upgrade's swap
             raise WorkerRetired(f"{name} was replaced by another version during this "
                                 "generation")
         if worker is not None and worker.alive:
@@ -605,6 +648,8 @@ class SandboxPool:
             self._closed = True
             workers = list(self._workers.values())
             workers += [w for w in self._replacements.values() if isinstance(w, Worker)]
+            workers += self._previous.values()
+            self._previous.clear()
             self._workers.clear()
             self._replacements.clear()
         for worker in workers:

@@ -18,6 +18,8 @@ Version 5: the facts of sandboxed plugins by fingerprint (dihya_plugin_facts, re
 listings instead of starting workers) and the plugin states last audited
 (dihya_plugin_seen: one audit event per change, not per worker start).
 Version 6: `dihya_tokens.expires_at` (a token's optional expiry, `tokens create --expires`).
+Version 7: the fleet's count of consecutive hook failures per plugin
+(dihya_plugin_failures), so a plugin is quarantined once for the whole fleet.
 """
 
 from __future__ import annotations
@@ -86,8 +88,13 @@ def _v6_token_expiry(conn: Connection) -> None:
                              "ADD COLUMN expires_at FLOAT"))
 
 
+def _v7_plugin_failures(conn: Connection) -> None:
+    st.metadata.create_all(conn, tables=[st.plugin_failures_table], checkfirst=True)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console,
-                                            _v4_event_ids, _v5_plugin_facts, _v6_token_expiry)
+                                            _v4_event_ids, _v5_plugin_facts, _v6_token_expiry,
+                                            _v7_plugin_failures)
 LATEST: Final = len(MIGRATIONS)
 
 
