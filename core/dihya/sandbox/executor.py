@@ -5,7 +5,9 @@ The pipeline only knows `HookExecutor`; which executor serves a plugin is decide
 approval's `mode`. In-process runs a hook in the backend's own process: fastest, but with
 the backend's rights, only for plugins whose class says `safe = True` and that an operator
 approved with `mode = "in-process"`. Arguments are deep-copied so a plugin cannot change
-what others see; a hook cannot be interrupted there: one that overruns its deadline is
+what others see; what the hook logs is caught per call and delivered to the collector
+under way (`dihya.pluginlog`), as a sandbox worker's answer carries it; a hook cannot be
+interrupted there: one that overruns its deadline is
 reported as a timeout once it returns (the sandbox kills its worker instead).
 """
 
@@ -16,6 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
+from dihya.pluginlog import capture_call, deliver
 from dihya.reasons import FixedReasonError, HookStatus
 
 
@@ -169,7 +172,11 @@ class InProcessExecutor:
         method = getattr(record.instance, hook)
         copies = {k: json_copy(v) for k, v in arguments_for(record, hook, kwargs).items()}
         start = time.perf_counter()
-        result = method(**copies)
+        with capture_call(record.name) as logged:  # the plugin's `self.logger` records
+            try:
+                result = method(**copies)
+            finally:
+                deliver(record, logged.take(), kwargs)
         elapsed = time.perf_counter() - start
         if elapsed > timeout_s:
             raise HookTimeout(f"{hook} took {elapsed:.3f} s, the limit is {timeout_s} s")

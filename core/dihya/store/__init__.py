@@ -1,5 +1,5 @@
 """The shared state store (SQLAlchemy Core): tokens, switches, state version, audit log,
-console sessions and the file lists of approved plugins.
+console sessions, the file lists of approved plugins and plugins' own log records.
 
 A SQLite file by default (WAL mode, no server), PostgreSQL by URL
 (`postgresql+psycopg://...`). Every worker and every node that shares the store sees the
@@ -54,7 +54,7 @@ from dihya.store.faults import (
 __all__ = ["SCHEMA_VERSION", "PluginSwitch", "Store", "StoreError", "StoreFault",
            "StoreMissing", "StoreUnavailable", "sqlite_url"]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 #: `[store] synchronous` -> (SQLite `PRAGMA synchronous`, PostgreSQL `synchronous_commit`)
 SYNCHRONOUS: Final = {"full": ("FULL", "on"), "normal": ("NORMAL", "off")}
 SQLITE_BUSY_TIMEOUT_S: Final = 10.0
@@ -158,6 +158,25 @@ file_lists_table = sa.Table(
     sa.Column("version", sa.String(100), nullable=False),
     sa.Column("files", sa.Text, nullable=False),  # JSON [[path, sha256, size], ...]
     sa.Column("recorded_at", sa.Float, nullable=False),
+)
+
+
+# -- version 5: plugins' own log records (`dihya.store.pluginlogs`) -------------------------
+
+plugin_logs_table = sa.Table(
+    "dihya_plugin_logs", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("plugin", sa.String(200), nullable=False, index=True),
+    sa.Column("version", sa.String(100), nullable=True),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("level", sa.String(16), nullable=False),
+    # the format string and its arguments (JSON), both redacted: never the needs' strings
+    sa.Column("template", sa.Text, nullable=False),
+    sa.Column("args", sa.Text, nullable=False),
+    sa.Column("error", sa.String(100), nullable=True),  # an exception's type name
+    sa.Column("cut_bytes", sa.Integer, nullable=False, default=0),
 )
 
 

@@ -14,6 +14,7 @@ approved plugins (dihya_file_lists).
 Version 4: `dihya_audit.event_id` with a unique index (a retried batch cannot store an
 event twice), a random `store_id` in dihya_meta (tells a store from its replacement) and
 the `heartbeat` row `/readyz` rewrites to probe a write.
+Version 5: plugins' own log records (dihya_plugin_logs, `dihya.store.pluginlogs`).
 """
 
 from __future__ import annotations
@@ -69,8 +70,12 @@ def _v4_event_ids(conn: Connection) -> None:
             conn.execute(st.meta_table.insert().values(key=key, value=value))
 
 
+def _v5_plugin_logs(conn: Connection) -> None:
+    st.metadata.create_all(conn, tables=[st.plugin_logs_table], checkfirst=True)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console,
-                                            _v4_event_ids)
+                                            _v4_event_ids, _v5_plugin_logs)
 LATEST: Final = len(MIGRATIONS)
 
 

@@ -1,0 +1,20 @@
+"""Plugins' own log records: captured per call (`capture`), redacted (`redact`), bounded and
+collected per generation (`collect`).
+
+A plugin logs through `self.logger` (`dihya.plugin.<entry-point name>`). In-process, a
+handler collects the records of each hook or action call; in a sandbox worker the same
+handler collects them and the worker sends them with the call's answer (`"logs"` on the
+answer frame). Either way the executor hands them to the collector of the generation (or
+action) under way, which redacts every string of the needs (and anything that looks like
+an e-mail address, a phone number or a token), applies the caps and gives the records to
+the face that stores them (`dihya.store.pluginlogs`).
+"""
+
+from __future__ import annotations
+
+from dihya.pluginlog.capture import LOGGER_ROOT, capture_call, install, loading, logger_for
+from dihya.pluginlog.collect import LogLimits, PluginLogRecord, collecting, deliver
+from dihya.pluginlog.redact import Redactor
+
+__all__ = ["LOGGER_ROOT", "LogLimits", "PluginLogRecord", "Redactor", "capture_call",
+           "collecting", "deliver", "install", "loading", "logger_for"]
