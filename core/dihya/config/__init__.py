@@ -120,6 +120,11 @@ class Config:
     rate_limit_storage: str = "memory://"
     audit_key: str | None = None
     audit_retention_days: float = 365.0
+    # plugins' own log records: kept this long, and per plugin per generation at most
+    # `plugin_log_records` records of at most `plugin_log_bytes` bytes (`dihya.pluginlog`)
+    plugin_log_retention_days: float = 30.0
+    plugin_log_records: int = 200
+    plugin_log_bytes: int = 2000
     sandbox: SandboxSettings = attrs.field(factory=lambda: SandboxSettings())
 
     @property
@@ -196,7 +201,8 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
                                                                 "allow_root"}))
     store = _table(where, data, "store", {"url", "synchronous"})
     web = _table(where, data, "web", {"rate_limit", "rate_limit_storage"})
-    audit = _table(where, data, "audit", {"key", "retention_days"})
+    audit = _table(where, data, "audit", {"key", "retention_days",
+                                          "plugin_log_retention_days"})
     store_url = _optional_str(where, "store", store, "url")
     synchronous = _optional_str(where, "store", store, "synchronous") or "full"
     if synchronous not in ("full", "normal"):
@@ -214,8 +220,16 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
             0 < retention <= 36500):
         raise ConfigError(f"{where}: [audit] retention_days must be a number of days between "
                           f"0 and 36500, not {retention!r}")
+    log_retention = audit.get("plugin_log_retention_days", 30)
+    if isinstance(log_retention, bool) or not isinstance(log_retention, int | float) or not (
+            0 < log_retention <= 36500):
+        raise ConfigError(f"{where}: [audit] plugin_log_retention_days must be a number of "
+                          f"days between 0 and 36500, not {log_retention!r}")
     plugins = _table(where, data, "plugins", {"group", "hook_timeout_s", "auto_reload",
-                                              "allow", "publishers", "known_pth"})
+                                              "allow", "publishers", "known_pth",
+                                              "log_records", "log_record_bytes"})
+    log_records = _bounded_int(where, plugins, "log_records", 200, 0, 1000)
+    log_bytes = _bounded_int(where, plugins, "log_record_bytes", 2000, 256, 16384)
     auto_reload = _bool(where, "plugins", plugins, "auto_reload", False)
     group = plugins.get("group", DEFAULT_GROUP)
     if not isinstance(group, str) or not group:
@@ -241,7 +255,18 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
                   known_pth=known_pth,
                   store_url=store_url, store_synchronous=synchronous, rate_limit=rate_limit,
                   rate_limit_storage=storage, audit_key=audit_key,
-                  audit_retention_days=float(retention), sandbox=sandbox)
+                  audit_retention_days=float(retention),
+                  plugin_log_retention_days=float(log_retention),
+                  plugin_log_records=log_records, plugin_log_bytes=log_bytes, sandbox=sandbox)
+
+
+def _bounded_int(where: str, table: Mapping[str, Any], key: str, default: int, low: int,
+                 high: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where}: [plugins] {key} must be a whole number between {low} "
+                          f"and {high}, not {value!r}")
+    return value
 
 
 def _sandbox_settings(where: str, table: Mapping[str, Any]) -> SandboxSettings:

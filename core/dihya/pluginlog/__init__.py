@@ -13,8 +13,14 @@ the face that stores them (`dihya.store.pluginlogs`).
 from __future__ import annotations
 
 from dihya.pluginlog.capture import LOGGER_ROOT, capture_call, install, loading, logger_for
-from dihya.pluginlog.collect import LogLimits, PluginLogRecord, collecting, deliver
+from dihya.pluginlog.collect import (
+    Collector,
+    LogLimits,
+    PluginLogRecord,
+    collecting,
+    deliver,
+)
 from dihya.pluginlog.redact import Redactor
 
-__all__ = ["LOGGER_ROOT", "LogLimits", "PluginLogRecord", "Redactor", "capture_call",
+__all__ = ["LOGGER_ROOT", "Collector", "LogLimits", "PluginLogRecord", "Redactor", "capture_call",
            "collecting", "deliver", "install", "loading", "logger_for"]
