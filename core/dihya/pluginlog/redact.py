@@ -26,6 +26,10 @@ EMAIL: Final = "[email]"
 PHONE: Final = "[phone]"
 TOKEN: Final = "[token]"
 
+# private-use characters standing in for the placeholders while redaction runs
+_STAND_IN: Final = {NEEDS: "\ue010", EMAIL: "\ue011", PHONE: "\ue012", TOKEN: "\ue013"}
+_PLACEHOLDER: Final = {v: k for k, v in _STAND_IN.items()}
+_PLACEHOLDERS_IN: Final = re.compile("[\ue010-\ue013]")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _PHONE = re.compile(r"(?<![\w.])(?:\+[\s().-]*\d(?:[\s().-]*\d){7,}|\d(?:[\s().-]*\d){8,})"
                     r"(?![\w])")
@@ -68,11 +72,15 @@ class Redactor:
         self._needs = re.compile("|".join(parts), re.IGNORECASE) if parts else None
 
     def text(self, text: str) -> str:
-        # the patterns first: a needs word inside another address must not hide it
-        text = _EMAIL.sub(EMAIL, text)
-        text = _TOKEN.sub(TOKEN, text)
-        text = _PHONE.sub(PHONE, text)
-        return self._needs.sub(NEEDS, text) if self._needs is not None else text
+        # the patterns first (a needs word inside another address must not hide it), as
+        # one-character stand-ins that no needs term matches, made placeholders last
+        text = _PLACEHOLDERS_IN.sub("\ufffd", text)  # a stand-in in the input is no stand-in
+        text = _EMAIL.sub(_STAND_IN[EMAIL], text)
+        text = _TOKEN.sub(_STAND_IN[TOKEN], text)
+        text = _PHONE.sub(_STAND_IN[PHONE], text)
+        if self._needs is not None:
+            text = self._needs.sub(_STAND_IN[NEEDS], text)
+        return _PLACEHOLDERS_IN.sub(lambda m: _PLACEHOLDER[m.group()], text)
 
     def value(self, value: Any) -> Any:
         return self.text(value) if isinstance(value, str) else value
