@@ -146,3 +146,20 @@ def test_export_and_purge_by_plugin(api: Api) -> None:
                      json={"plugin": sandboxed, "subject": "x"}), 422)
     other = api.post("/api/v1/audit/purge", "admin", json={"older_than_days": 1000})
     assert other.status_code == 200 and other.get_json()["logs"] == 0
+
+
+def test_the_console_plugin_page_shows_recent_lines_to_admins(api: Api) -> None:
+    from support.console import Console
+
+    assert api.post("/api/v1/generate", json={"needs": _personal_needs()}).status_code == 200
+    name = api.plugins["sandboxed"]
+    admin = Console(api.app)
+    assert admin.sign_in(api.tokens["admin"]).status_code == 303
+    page = admin.get(f"/admin/plugins/{name}").get_data(as_text=True)
+    assert "Log lines of" in page
+    assert "tidying for [needs] &lt;[email]&gt;, tel [phone]" in page
+    _no_personal_data(page)
+    viewer = Console(api.app)
+    assert viewer.sign_in(api.tokens["viewer"]).status_code == 303
+    page = viewer.get(f"/admin/plugins/{name}").get_data(as_text=True)
+    assert "Log lines of" not in page and "tidying" not in page

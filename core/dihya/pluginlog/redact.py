@@ -9,7 +9,7 @@ What is replaced, in the format string and in each string argument, case-insensi
   eat every word it occurs in;
 - anything that looks like an e-mail address (`[email]`), a phone number (`[phone]`: at
   least nine digits, or a `+` and at least eight, with spaces, dots, dashes or brackets
-  between them), or a token or secret (`[token]`: a `dihya_` token, a `Bearer` value, or
+  between them, not followed by a `:` as a time of day is), or a token or secret (`[token]`: a `dihya_` token, a `Bearer` value, or
   a run of 24 or more letters, digits, `_` or `-` holding both letters and digits).
 
 Numbers, booleans and None arguments are kept: the needs' numbers are not personal.
@@ -31,8 +31,8 @@ _STAND_IN: Final = {NEEDS: "\ue010", EMAIL: "\ue011", PHONE: "\ue012", TOKEN: "\
 _PLACEHOLDER: Final = {v: k for k, v in _STAND_IN.items()}
 _PLACEHOLDERS_IN: Final = re.compile("[\ue010-\ue013]")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_PHONE = re.compile(r"(?<![\w.])(?:\+[\s().-]*\d(?:[\s().-]*\d){7,}|\d(?:[\s().-]*\d){8,})"
-                    r"(?![\w])")
+_PHONE = re.compile(r"(?<![\w.])(?:\+[\s().-]*\d(?:[\s().-]*\d){7,}"
+                    r"|\(?\d(?:[\s().-]*\d){8,})(?![\w:])")  # `:`: a date and time
 _TOKEN = re.compile(r"dihya_[A-Za-z0-9_-]+|(?i:bearer)\s+\S+"
                     r"|(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*[A-Za-z])(?=[A-Za-z0-9_-]*\d)"
                     r"[A-Za-z0-9_-]{24,}(?![A-Za-z0-9_-])")
