@@ -9,8 +9,9 @@ What is replaced, in the format string and in each string argument, case-insensi
   eat every word it occurs in;
 - anything that looks like an e-mail address (`[email]`), a phone number (`[phone]`: at
   least nine digits, or a `+` and at least eight, with spaces, dots, dashes or brackets
-  between them, not followed by a `:` as a time of day is), or a token or secret (`[token]`: a `dihya_` token, a `Bearer` value, or
-  a run of 24 or more letters, digits, `_` or `-` holding both letters and digits).
+  between them, not followed by a `:` as a time of day is), or a token or secret
+  (`[token]`: a `dihya_` token, a `Bearer` value, or a run of 24 or more letters, digits,
+  `_` or `-` holding both letters and digits).
 
 Numbers, booleans and None arguments are kept: the needs' numbers are not personal.
 """
