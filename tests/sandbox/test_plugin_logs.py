@@ -169,3 +169,30 @@ def test_an_action_logs_with_its_payload_redacted(plugin_site, closing, mode: st
     hello = [r for r in records if r.template == "hello %s"]
     assert [r.args for r in hello] == [["[needs]"]]
     _no_personal_data(_text(records))
+
+
+FAILS_AFTER_LOGGING = '''
+def before_generation(self, needs):
+    self.logger.warning("about to fail for %s", needs["x-contact"]["email"])
+    raise RuntimeError("no")
+
+def after_generation(self, code):
+    self.logger.warning("returning a set")
+    return {"not", "json"}
+'''
+
+
+@pytest.mark.parametrize("mode", ["in-process", "sandbox"])
+def test_what_a_failing_hook_logged_is_kept(plugin_site, personal_needs, closing,
+                                            mode: str) -> None:
+    name = plugin_site.unique("fails")
+    plugin_site.install(name, source=plugin_source(name, body=FAILS_AFTER_LOGGING))
+    snap = build_registry(plugin_site.config(plugin_site.entry(name, mode=mode)),
+                          path=plugin_site.path)
+    closing(snap)
+    with collecting(None, personal_needs) as logs:
+        result = run_generation(personal_needs, snap)
+    assert [h.status for h in result.plugins] == ["failed", "invalid-output"]
+    records = logs.finish()
+    assert [(r.template, r.args) for r in records] == [
+        ("about to fail for %s", ["[email]"]), ("returning a set", [])]

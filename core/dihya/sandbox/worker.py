@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from dihya.pluginlog.capture import CallBuffer
+from dihya.pluginlog.capture import CallBuffer, loading, process_buffer
 from dihya.reasons import DihyaError, Reason
 from dihya.sandbox.protocol import MAX_FRAME_BYTES, ProtocolError, read_frame, write_frame
 
@@ -128,11 +128,14 @@ def serve(in_fd: int, out_fd: int, instance: Any,
         try:
             _answer(out_fd, response, max_bytes)
         except (TypeError, ValueError, ProtocolError) as exc:
-            write_frame(out_fd, {"id": request_id, "ok": False,
-                                 "error": {"type": "InvalidOutput",
-                                           "message": f"the hook returned something that "
-                                                      f"cannot be sent as JSON: {exc}"[:500]}},
-                        max_bytes)
+            invalid: dict[str, Any] = {
+                "id": request_id, "ok": False,
+                "error": {"type": "InvalidOutput",
+                          "message": f"the hook returned something that cannot be sent as "
+                                     f"JSON: {exc}"[:500]}}
+            if "logs" in response:  # what it logged still reaches the operator
+                invalid["logs"] = response["logs"]
+            _answer(out_fd, invalid, max_bytes)
 
 
 def _answer(out_fd: int, response: dict[str, Any], max_bytes: int) -> None:
@@ -156,8 +159,6 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
     max_bytes = int(spec.get("max_frame_bytes", MAX_FRAME_BYTES))
     layers_on: list[str] = []
-    from dihya.pluginlog.capture import loading, process_buffer
-
     logs = process_buffer()  # from now on, every `dihya.plugin` record is this plugin's
     try:
         if spec.get("policy") is not None:
