@@ -136,3 +136,6 @@ def test_retention_removes_old_records(store: Store) -> None:
         assert conn.execute(sa.select(sa.func.count()).select_from(
             plugin_logs_table)).scalar_one() == 1
     assert auditor.log is not None and auditor.log.verify().ok
+    retention = [(r.get("reason"), r["count"]) for r in auditor.log.rows()
+                 if r["type"] == "audit.retention"]
+    assert retention == [(None, 0), ("plugin-logs", 1)]

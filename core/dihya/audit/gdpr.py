@@ -77,8 +77,8 @@ def apply_retention(auditor: Auditor, days: float, interval_s: float = DAY_S,
                     plugin_log_days: float | None = None) -> int | None:
     """Remove events older than the retention period, at most once per `interval_s` for
     the whole store (whichever worker comes first); audited as `audit.retention`.
-    With `plugin_log_days`, plugins' log records older than that go too (a second
-    `audit.retention` event, `reason: plugin-logs`). None when another run was recent
+    With `plugin_log_days`, plugins' log records older than that go too (when there were
+    any, a second `audit.retention` event, `reason: plugin-logs`). None when another run was recent
     enough."""
     log = _log(auditor)
     if not log.retention_due(interval_s):
@@ -89,8 +89,9 @@ def apply_retention(auditor: Auditor, days: float, interval_s: float = DAY_S,
         from dihya.store.pluginlogs import delete_older_than
 
         logs = delete_older_than(log.store, time.time() - plugin_log_days * DAY_S)
-        auditor.record("audit.retention", "ok", count=logs, days=plugin_log_days,
-                       reason="plugin-logs")
+        if logs:
+            auditor.record("audit.retention", "ok", count=logs, days=plugin_log_days,
+                           reason="plugin-logs")
     return removed
 
 
