@@ -12,15 +12,31 @@ the face that stores them (`dihya.store.pluginlogs`).
 
 from __future__ import annotations
 
-from dihya.pluginlog.capture import LOGGER_ROOT, capture_call, install, loading, logger_for
-from dihya.pluginlog.collect import (
-    Collector,
-    LogLimits,
-    PluginLogRecord,
-    collecting,
-    deliver,
-)
-from dihya.pluginlog.redact import Redactor
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["LOGGER_ROOT", "Collector", "LogLimits", "PluginLogRecord", "Redactor", "capture_call",
-           "collecting", "deliver", "install", "loading", "logger_for"]
+from dihya.pluginlog.capture import LOGGER_ROOT, capture_call, install, loading, logger_for
+
+if TYPE_CHECKING:
+    from dihya.pluginlog.collect import (
+        Collector,
+        LogLimits,
+        PluginLogRecord,
+        collecting,
+        deliver,
+    )
+    from dihya.pluginlog.redact import Redactor
+
+__all__ = ["LOGGER_ROOT", "Collector", "LogLimits", "PluginLogRecord", "Redactor",
+           "capture_call", "collecting", "deliver", "install", "loading", "logger_for"]
+
+# A sandbox worker needs only `capture`: the rest is imported on first use, so a worker
+# starts as fast as before.
+_LAZY = {"Collector": "collect", "LogLimits": "collect", "PluginLogRecord": "collect",
+         "collecting": "collect", "deliver": "collect", "Redactor": "redact"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"dihya.pluginlog.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'dihya.pluginlog' has no attribute {name!r}")
