@@ -7,6 +7,7 @@ runs wholly on the snapshot it started with.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import sys
@@ -29,6 +30,7 @@ from dihya.sandbox.executor import HookExecutor, InProcessExecutor
 if TYPE_CHECKING:
     from dihya.sandbox.pool import SandboxPool
 
+log = logging.getLogger("dihya.registry")
 _IN_PROCESS = InProcessExecutor()
 
 
@@ -225,6 +227,10 @@ def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
     from dihya.sandbox.pool import WorkerStartError
 
     if isinstance(hello, WorkerStartError):
+        # the words say why (an exit status, a timeout, the worker's own refusal): an
+        # operator reads them in the server log; plugin code has seen no needs yet
+        log.warning("sandbox worker for %s could not start (%s): %s", verdict.plugin.name,
+                    hello.reason, hello.message[:500])
         # files changed (or something now shadows them) between the gate and the worker's
         # own check: a refusal, as the gate would have said a moment later
         status = REFUSED if hello.reason in STATUSES[REFUSED] else FAILED

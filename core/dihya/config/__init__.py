@@ -77,7 +77,7 @@ class AllowEntry:
 class SandboxSettings:
     """`[sandbox]`: how sandbox workers are started, limited, recycled and reaped."""
 
-    start_timeout_s: float = 5.0
+    start_timeout_s: float = 20.0
     memory_mb: int = 512
     scratch_mb: int = 64
     cpu_seconds: int = 60
