@@ -194,6 +194,10 @@ def logs(state: State, name: str, as_json: bool, since: str | None, level: str |
         return
     if store is None:
         click.echo("note: no state store yet: no plugin log record was kept", err=True)
+    elif not records:
+        click.echo(f"note: no log record of {name!r} matches (plugins log through "
+                   "self.logger; records expire after [audit] plugin_log_retention_days)",
+                   err=True)
     for r in records:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.at))
         cut = f" (+{r.cut_bytes} bytes cut)" if r.cut_bytes else ""
