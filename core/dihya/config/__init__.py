@@ -112,10 +112,10 @@ ENTRY_KEYS: Final = frozenset({
 # (dihya.config.check) go by; an array of tables is named by its dotted path.
 TABLE_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "plugins": frozenset({"group", "hook_timeout_s", "auto_reload", "allow", "publishers",
-                          "known_pth"}),
+                          "known_pth", "log_records", "log_record_bytes"}),
     "store": frozenset({"url", "synchronous"}),
     "web": frozenset({"rate_limit", "rate_limit_storage"}),
-    "audit": frozenset({"key", "retention_days"}),
+    "audit": frozenset({"key", "retention_days", "plugin_log_retention_days"}),
     "sandbox": frozenset({*_SANDBOX_KEYS, "require_isolation", "allow_root"}),
     "plugins.allow": ENTRY_KEYS,
     "plugins.publishers": PUBLISHER_KEYS,
@@ -146,6 +146,11 @@ class Config:
     rate_limit_storage: str = "memory://"
     audit_key: str | None = None
     audit_retention_days: float = 365.0
+    # plugins' own log records: kept this long, and per plugin per generation at most
+    # `plugin_log_records` records of at most `plugin_log_bytes` bytes (`dihya.pluginlog`)
+    plugin_log_retention_days: float = 30.0
+    plugin_log_records: int = 200
+    plugin_log_bytes: int = 2000
     sandbox: SandboxSettings = attrs.field(factory=lambda: SandboxSettings())
 
     @property
@@ -238,7 +243,14 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
             0 < retention <= 36500):
         raise ConfigError(f"{where}: [audit] retention_days must be a number of days between "
                           f"0 and 36500, not {retention!r}")
+    log_retention = audit.get("plugin_log_retention_days", 30)
+    if isinstance(log_retention, bool) or not isinstance(log_retention, int | float) or not (
+            0 < log_retention <= 36500):
+        raise ConfigError(f"{where}: [audit] plugin_log_retention_days must be a number of "
+                          f"days between 0 and 36500, not {log_retention!r}")
     plugins = _table(where, data, "plugins")
+    log_records = _bounded_int(where, plugins, "log_records", 200, 0, 1000)
+    log_bytes = _bounded_int(where, plugins, "log_record_bytes", 2000, 256, 16384)
     auto_reload = _bool(where, "plugins", plugins, "auto_reload", False)
     group = plugins.get("group", DEFAULT_GROUP)
     if not isinstance(group, str) or not group:
@@ -264,7 +276,18 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
                   known_pth=known_pth,
                   store_url=store_url, store_synchronous=synchronous, rate_limit=rate_limit,
                   rate_limit_storage=storage, audit_key=audit_key,
-                  audit_retention_days=float(retention), sandbox=sandbox)
+                  audit_retention_days=float(retention),
+                  plugin_log_retention_days=float(log_retention),
+                  plugin_log_records=log_records, plugin_log_bytes=log_bytes, sandbox=sandbox)
+
+
+def _bounded_int(where: str, table: Mapping[str, Any], key: str, default: int, low: int,
+                 high: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where}: [plugins] {key} must be a whole number between {low} "
+                          f"and {high}, not {value!r}")
+    return value
 
 
 def _sandbox_settings(where: str, table: Mapping[str, Any]) -> SandboxSettings:

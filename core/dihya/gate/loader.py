@@ -34,6 +34,7 @@ from dihya.plugin import (
     plugin_actions,
     validate_plugin_class,
 )
+from dihya.pluginlog import loading
 from dihya.reasons import Reason
 
 
@@ -87,7 +88,8 @@ def _load_one(group: str, ep: md.EntryPoint,
     AssertionError (and any BaseException) raised by an import through: caught here, so
     that a plugin's import can never end the backend nor stop the others from loading."""
     try:
-        return list(_VerifiedExtensionManager(group, [ep], failures).extensions)
+        with loading(ep.name):  # what it logs at import is its own, for its first call
+            return list(_VerifiedExtensionManager(group, [ep], failures).extensions)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a plugin's import: any failure is its own
@@ -173,7 +175,10 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
         where = f"entry point {ext.name!r} ({ext.entry_point.value})"
         try:
             cls, facts = _validated(ext.plugin, where)
-            instance = cls()
+            with loading(ext.name):
+                instance = cls()
+            with contextlib.suppress(AttributeError):  # `self.logger` names the entry point
+                instance._dihya_entry_point = ext.name  # type: ignore[attr-defined]
         except InvalidPluginError as exc:
             failed[ext.name] = LoadFailure(ext.name, Reason.INVALID_PLUGIN, str(exc))
             continue

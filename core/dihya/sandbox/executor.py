@@ -6,8 +6,10 @@ approval's `mode`. In-process runs a hook in the backend's own process: fastest,
 the backend's rights, only for plugins whose class says `safe = True` and that an operator
 approved with `mode = "in-process"`. A hook gets copy-on-write views of the core's
 frozen arguments (`dihya.sandbox.cow`), so a plugin cannot change what others see, and
-copies only what it reads; a hook cannot be interrupted there: one that overruns its
-deadline is reported as a timeout once it returns (the sandbox kills its worker instead).
+copies only what it reads; what the hook logs is caught per call and delivered to the
+collector under way (`dihya.pluginlog`), as a sandbox worker's answer carries it; a hook
+cannot be interrupted there: one that overruns its deadline is reported as a timeout once
+it returns (the sandbox kills its worker instead).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
+from dihya.pluginlog import capture_call, deliver
 from dihya.reasons import FixedReasonError, HookStatus
 from dihya.sandbox.cow import view
 
@@ -124,7 +127,11 @@ class InProcessExecutor:
         copies = ({k: view(v) for k, v in kwargs.items()} if takes is None
                   else {name: view(kwargs[name]) for name in takes if name in kwargs})
         start = time.perf_counter()
-        result = method(**copies)
+        with capture_call(record.name) as logged:  # the plugin's `self.logger` records
+            try:
+                result = method(**copies)
+            finally:
+                deliver(record, logged.take(), kwargs)
         elapsed = time.perf_counter() - start
         if elapsed > timeout_s:
             raise HookTimeout(f"{hook} took {elapsed:.3f} s, the limit is {timeout_s} s")

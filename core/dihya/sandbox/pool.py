@@ -23,6 +23,7 @@ import attrs
 
 from dihya.config import SandboxSettings
 from dihya.plugin import HOOKS_BY_NAME
+from dihya.pluginlog import deliver
 from dihya.reasons import DihyaError, HookStatus, Reason
 from dihya.sandbox.executor import (
     INVALID_OUTPUT_ERROR,
@@ -181,7 +182,12 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def call(self, method: str, kwargs: Mapping[str, Any], timeout_s: float) -> Any:
+    def call(self, method: str, kwargs: Mapping[str, Any], timeout_s: float,
+             target: HookTarget | None = None,
+             given: Mapping[str, Any] | None = None) -> Any:
+        """Call `method` in the worker; what it logged (the answer's `"logs"`) is delivered
+        to the plugin log collector under way, as `target`'s (a registry record), with
+        `given` (every argument of the hook, default `kwargs`) for its redaction."""
         with self.lock:
             if not self.alive or self.proc is None:
                 if self.retired:
@@ -208,6 +214,8 @@ class Worker:
             if answer.get("id") != self.calls:
                 self.kill()
                 raise WorkerFailed("the worker answered out of order; it was killed")
+            if "logs" in answer and target is not None:
+                deliver(target, answer["logs"], kwargs if given is None else given)
             if answer.get("ok"):
                 if "changes" in answer:
                     spec = HOOKS_BY_NAME.get(method)
@@ -669,4 +677,4 @@ class SandboxExecutor:
     def call(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any:
         worker = self.pool.worker(record.name, record.fingerprint)
-        return worker.call(hook, arguments_for(record, hook, kwargs), timeout_s)
+        return worker.call(hook, arguments_for(record, hook, kwargs), timeout_s, record, kwargs)

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from dihya.pluginlog.capture import CallBuffer, loading, process_buffer
 from dihya.reasons import DihyaError, Reason
 from dihya.sandbox.protocol import (
     MAX_FRAME_BYTES,
@@ -125,11 +126,16 @@ def _containers_json(value: dict[Any, Any]) -> dict[Any, bytes]:
 
 
 def serve(in_fd: int, out_fd: int, instance: Any,
-          allowed: dict[str, tuple[str, ...] | None], max_bytes: int) -> int:
+          allowed: dict[str, tuple[str, ...] | None], max_bytes: int,
+          logs: CallBuffer | None = None) -> int:
     """Answer calls until the parent closes the stream or says shutdown. A call names a
     hook (or action method) and its arguments by name; the method gets those it takes.
     When the hook's return replaces one of its arguments (`HookSpec.replaces`: the code,
-    the needs), the answer carries only the top-level keys that changed."""
+    the needs), the answer carries only the top-level keys that changed.
+
+    `logs`: the worker's buffer of plugin log records (`dihya.pluginlog.capture`); what
+    it holds when a call returns (records made at import and since the last answer
+    included) goes with that call's answer, as its `"logs"`."""
     from dihya.plugin import HOOKS_BY_NAME
 
     while True:
@@ -169,16 +175,36 @@ def serve(in_fd: int, out_fd: int, instance: Any,
                                                                     encoded)}
             else:
                 response = {"id": request_id, "ok": True, "value": value}
+        logged = logs.take() if logs is not None else None
+        if logged is not None:
+            response["logs"] = logged
         try:
             if response["ok"]:  # what the plugin made: JSON data only (the codec is lenient)
                 check_json(response.get("changes", response.get("value")))
-            write_frame(out_fd, response, max_bytes)
+            _answer(out_fd, response, max_bytes)
         except (TypeError, ValueError, RecursionError, ProtocolError) as exc:
-            write_frame(out_fd, {"id": request_id, "ok": False,
-                                 "error": {"type": "InvalidOutput",
-                                           "message": f"the hook returned something that "
-                                                      f"cannot be sent as JSON: {exc}"[:500]}},
-                        max_bytes)
+            invalid: dict[str, Any] = {
+                "id": request_id, "ok": False,
+                "error": {"type": "InvalidOutput",
+                          "message": f"the hook returned something that cannot be sent as "
+                                     f"JSON: {exc}"[:500]}}
+            if "logs" in response:  # what it logged still reaches the operator
+                invalid["logs"] = response["logs"]
+            _answer(out_fd, invalid, max_bytes)
+
+
+def _answer(out_fd: int, response: dict[str, Any], max_bytes: int) -> None:
+    """Send `response`; if its log records make it too large, send it without them (they
+    are counted as dropped)."""
+    try:
+        write_frame(out_fd, response, max_bytes)
+    except ProtocolError:
+        logged = response.pop("logs", None)
+        if logged is None:
+            raise
+        response["logs"] = {"records": [],
+                            "dropped": len(logged["records"]) + logged["dropped"]}
+        write_frame(out_fd, response, max_bytes)
 
 
 def main(argv: list[str]) -> int:
@@ -188,6 +214,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
     max_bytes = int(spec.get("max_frame_bytes", MAX_FRAME_BYTES))
     layers_on: list[str] = []
+    logs = process_buffer()  # from now on, every `dihya.plugin` record is this plugin's
     try:
         if spec.get("policy") is not None:
             from dihya.sandbox.inner import confine
@@ -199,7 +226,8 @@ def main(argv: list[str]) -> int:
 
             warm_imports()
             return 0
-        instance, meta, allowed = load(spec)
+        with loading(str(spec["name"])):
+            instance, meta, allowed = load(spec)
     except PluginLoadError as exc:
         write_frame(out_fd, {"id": 0, "ok": False,
                              "error": {"reason": exc.reason, "message": exc.message[:2000]}})
@@ -211,5 +239,5 @@ def main(argv: list[str]) -> int:
         return 1
     write_frame(out_fd, {"id": 0, "ok": True, "op": "hello", "meta": meta,
                          "layers": layers_on})
-    return serve(0, out_fd, instance, allowed, max_bytes)
+    return serve(0, out_fd, instance, allowed, max_bytes, logs)
 

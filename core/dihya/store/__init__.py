@@ -1,7 +1,7 @@
 """The shared state store (SQLAlchemy Core): tokens, switches, state version, audit log,
 console sessions, the file lists of approved plugins, the facts of sandboxed plugins
-(`dihya.store.facts`), the plugin states last audited and the fleet's count of each
-plugin's consecutive hook failures (`dihya.store.failures`).
+(`dihya.store.facts`), the plugin states last audited, the fleet's count of each
+plugin's consecutive hook failures (`dihya.store.failures`) and plugins' own log records.
 
 A SQLite file by default (WAL mode, no server), PostgreSQL by URL
 (`postgresql+psycopg://...`). Every worker and every node that shares the store sees the
@@ -56,7 +56,7 @@ from dihya.store.faults import (
 __all__ = ["SCHEMA_VERSION", "PluginSwitch", "Store", "StoreError", "StoreFault",
            "StoreMissing", "StoreUnavailable", "sqlite_url"]
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 #: `[store] synchronous` -> (SQLite `PRAGMA synchronous`, PostgreSQL `synchronous_commit`)
 SYNCHRONOUS: Final = {"full": ("FULL", "on"), "normal": ("NORMAL", "off")}
 SQLITE_BUSY_TIMEOUT_S: Final = 10.0
@@ -197,6 +197,25 @@ plugin_failures_table = sa.Table(
     # hook calls that ended other than ok, in a row, on every worker of every node
     sa.Column("consecutive", sa.Integer, nullable=False),
     sa.Column("at", sa.Float, nullable=False),
+)
+
+
+# -- version 8: plugins' own log records (`dihya.store.pluginlogs`) -------------------------
+
+plugin_logs_table = sa.Table(
+    "dihya_plugin_logs", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("plugin", sa.String(200), nullable=False, index=True),
+    sa.Column("version", sa.String(100), nullable=True),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("level", sa.String(16), nullable=False),
+    # the format string and its arguments (JSON), both redacted: never the needs' strings
+    sa.Column("template", sa.Text, nullable=False),
+    sa.Column("args", sa.Text, nullable=False),
+    sa.Column("error", sa.String(100), nullable=True),  # an exception's type name
+    sa.Column("cut_bytes", sa.Integer, nullable=False, default=0),
 )
 
 

@@ -20,6 +20,7 @@ listings instead of starting workers) and the plugin states last audited
 Version 6: `dihya_tokens.expires_at` (a token's optional expiry, `tokens create --expires`).
 Version 7: the fleet's count of consecutive hook failures per plugin
 (dihya_plugin_failures), so a plugin is quarantined once for the whole fleet.
+Version 8: plugins' own log records (dihya_plugin_logs, `dihya.store.pluginlogs`).
 """
 
 from __future__ import annotations
@@ -92,9 +93,13 @@ def _v7_plugin_failures(conn: Connection) -> None:
     st.metadata.create_all(conn, tables=[st.plugin_failures_table], checkfirst=True)
 
 
+def _v8_plugin_logs(conn: Connection) -> None:
+    st.metadata.create_all(conn, tables=[st.plugin_logs_table], checkfirst=True)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console,
                                             _v4_event_ids, _v5_plugin_facts, _v6_token_expiry,
-                                            _v7_plugin_failures)
+                                            _v7_plugin_failures, _v8_plugin_logs)
 LATEST: Final = len(MIGRATIONS)
 
 

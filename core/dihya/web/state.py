@@ -117,7 +117,8 @@ class DihyaState:
             version = self.store.state_version()
             self._built = (self._build(None), version)
             self._serving = True
-            apply_retention(self.auditor, self.config.audit_retention_days)
+            apply_retention(self.auditor, self.config.audit_retention_days,
+                            plugin_log_days=self.config.plugin_log_retention_days)
         except StoreUnavailable as exc:
             # fail closed: nothing approved, every call that needs the store answers 503
             # until it is back (the health has logged why)
@@ -282,7 +283,8 @@ class DihyaState:
             rebuilt = self._rebuild_if_stale(watch_site=True)
             if self._checked_at - self._retention_checked >= 3600:
                 self._retention_checked = self._checked_at
-                apply_retention(self.auditor, self.config.audit_retention_days, DAY_S)
+                apply_retention(self.auditor, self.config.audit_retention_days, DAY_S,
+                                plugin_log_days=self.config.plugin_log_retention_days)
             return rebuilt
 
     def _reload_loop(self) -> None:
