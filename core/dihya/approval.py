@@ -16,6 +16,7 @@ The operator console uses both; the reviewed fingerprint must still be the insta
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -137,8 +138,9 @@ def inspect_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str, config:
     extra = () if site is None or str(site).startswith(
         (sys.prefix, sys.base_prefix)) else (str(site),)
     try:
-        worker = Worker(WorkerSpec(plugin.group, plugin.name, fingerprint, extra),
-                        config.sandbox)
+        # told the distribution verified here, the worker checks that one only (#16)
+        worker = Worker(WorkerSpec(plugin.group, plugin.name, fingerprint, extra,
+                                   os.fspath(plugin.dist_info or "")), config.sandbox)
     except WorkerStartError as exc:
         raise CannotApprove(exc.reason, exc.message) from exc
     try:
