@@ -7,14 +7,19 @@ files changed since the files it approved (when their list was recorded, see
 are the gate's own (`dihya.gate.assess`, run with the candidate as the only allowlist
 entry), so an approval is refused for every reason the gate would refuse the plugin at
 load. `approve` then loads the class in a sandbox worker (never in this process), as
-`dihya plugins approve` does, and writes the allowlist entry, keeping the config's comments.
+`dihya plugins approve` does, records what the worker said (`dihya.store.facts`: listings
+read it instead of starting the worker) and writes the allowlist entry, keeping the
+config's comments.
 The operator console uses both; the reviewed fingerprint must still be the installed one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 
@@ -110,11 +115,20 @@ def plan_approval(name: str, config: Config, store: Store | None = None,
                         publishers, problem)
 
 
-def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str, config: Config,
-                warn: Callable[[str], object] | None = None) -> bool:
+@attrs.frozen
+class CheckedClass:
+    """What checking a plugin's class in a sandbox worker found."""
+
+    safe: bool  # the class says safe = True: it may run in-process
+    facts: dict[str, Any]  # what the worker said, as `dihya.store.facts` records it
+
+
+def inspect_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str, config: Config,
+                  warn: Callable[[str], object] | None = None) -> CheckedClass:
     """Load the plugin in a sandbox worker (never in this process) and check its class;
-    CannotApprove says why not. True when the class says safe = True (it may run
-    in-process). `warn` is told of each deprecated hook or argument the class uses."""
+    CannotApprove says why not. `warn` is told of each deprecated hook or argument the
+    class uses."""
+    from dihya.registry import facts_of
     from dihya.sandbox.admission import checked_meta
     from dihya.sandbox.pool import Worker, WorkerSpec, WorkerStartError
 
@@ -124,8 +138,9 @@ def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str, config: C
     extra = () if site is None or str(site).startswith(
         (sys.prefix, sys.base_prefix)) else (str(site),)
     try:
-        worker = Worker(WorkerSpec(plugin.group, plugin.name, fingerprint, extra),
-                        config.sandbox)
+        # told the distribution verified here, the worker checks that one only (#16)
+        worker = Worker(WorkerSpec(plugin.group, plugin.name, fingerprint, extra,
+                                   os.fspath(plugin.dist_info or "")), config.sandbox)
     except WorkerStartError as exc:
         raise CannotApprove(exc.reason, exc.message) from exc
     try:
@@ -141,11 +156,35 @@ def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str, config: C
     if mode == "in-process" and not safe:
         raise CannotApprove(Reason.UNSAFE_IN_PROCESS, "its class says safe = False: approve it "
                             "in sandbox mode (--mode sandbox)")
-    return safe
+    return CheckedClass(safe, facts_of(worker.hello))
+
+
+def remember_facts(store: Store, plugin: DiscoveredPlugin, fingerprint: str,
+                   facts: dict[str, Any]) -> None:
+    """Record what the checking worker said (`dihya.store.facts`), so that listings need
+    not start it again; a store that fails is left alone (a listing then starts the worker
+    once and records it)."""
+    from dihya.store.facts import record_facts
+    from dihya.store.faults import StoreError
+
+    with contextlib.suppress(StoreError):
+        record_facts(store, plugin.group, plugin.name, fingerprint, facts)
+
+
+def check_class(plugin: DiscoveredPlugin, fingerprint: str, mode: str, config: Config,
+                warn: Callable[[str], object] | None = None,
+                facts: Store | None = None) -> bool:
+    """`inspect_class`, recording what the worker said in `facts` (a store) if given; True
+    when the class says safe = True (it may run in-process)."""
+    checked = inspect_class(plugin, fingerprint, mode, config, warn)
+    if facts is not None:
+        remember_facts(facts, plugin, fingerprint, checked.facts)
+    return checked.safe
 
 
 def approve(plan: ApprovalPlan, config: Config, *, reviewed: str, mode: Mode,
-            roles: tuple[str, ...] | None, required: bool) -> AllowEntry:
+            roles: tuple[str, ...] | None, required: bool,
+            facts: Store | None = None) -> AllowEntry:
     """Check the class and record the approval of the files `plan` describes.
 
     `reviewed` is the fingerprint the operator saw: if the installed files hash to
@@ -157,7 +196,7 @@ def approve(plan: ApprovalPlan, config: Config, *, reviewed: str, mode: Mode,
     if reviewed != plan.fingerprint:
         raise CannotApprove(Reason.FINGERPRINT_MISMATCH, "the installed files changed since you "
                             f"reviewed them (now {plan.fingerprint}): review them again")
-    safe = check_class(plan.plugin, plan.fingerprint, mode, config)
+    safe = check_class(plan.plugin, plan.fingerprint, mode, config, facts=facts)
     # the same locked transaction as `dihya plugins approve`: only this approval's fields,
     # applied to the file as it is now; a re-approval keeps the on/off switch
     approval = Approval(name=plan.name, distribution=plan.plugin.distribution,

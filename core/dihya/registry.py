@@ -3,15 +3,22 @@
 `build_registry` runs the whole chain (discover -> gate -> load -> validate) and returns a
 new `RegistrySnapshot`; a reload builds another and swaps the reference, so a generation
 runs wholly on the snapshot it started with.
+
+A sandbox-mode plugin is described by its worker. With a store (`facts`), what a worker
+said of the plugin's files is recorded by fingerprint (`dihya.store.facts`); a build with
+`start_workers=False` (a listing) takes it from there and starts no worker, the first hook
+call starting it. A plugin without a record (approved before records existed, or without a
+store) gets its worker started once, and the record is made then.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +29,15 @@ from dihya.gate.decide import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess
 from dihya.gate.discovery import discover
 from dihya.gate.loader import Loaded, forget_modules, load_plugins
 from dihya.gate.startup import PthFile, scan_pth
-from dihya.plugin import ActionSpec, GenerationPluginBase, deprecation_warnings
+from dihya.plugin import ActionSpec, GenerationPluginBase
 from dihya.reasons import Reason
 from dihya.sandbox.executor import HookExecutor, InProcessExecutor
 
 if TYPE_CHECKING:
-    from dihya.sandbox.pool import SandboxPool
+    from dihya.sandbox.pool import Hello, SandboxPool, WorkerSpec
+    from dihya.store import Store
 
+log = logging.getLogger("dihya.registry")
 _IN_PROCESS = InProcessExecutor()
 
 
@@ -142,7 +151,10 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
                    path: Sequence[str] | None = None,
                    switches: Mapping[str, tuple[str, str]] | None = None,
                    sandbox: SandboxPool | None = None,
-                   previous: RegistrySnapshot | None = None) -> RegistrySnapshot:
+                   previous: RegistrySnapshot | None = None,
+                   facts: Store | None = None,
+                   start_workers: bool = True,
+                   must_start: Collection[str] = ()) -> RegistrySnapshot:
     """Discover, verify and load: a fresh snapshot for `config`.
 
     In-process plugins are imported here, after the gate; sandbox-mode plugins are loaded
@@ -154,6 +166,12 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     `previous` is the snapshot this one replaces (a reload): the modules of its in-process
     plugins that are not loaded again with the same fingerprint (upgraded, removed,
     disabled) are dropped from `sys.modules`, so an upgrade is imported afresh.
+
+    `facts`: the store where what sandbox workers said of their plugins is recorded
+    (`dihya.store.facts`); every worker started here records it. `start_workers=False`: a
+    sandbox-mode plugin with a valid record for its fingerprint is listed from it and its
+    worker is left to its first call (`SandboxPool.expect`), except those in `must_start`
+    (their worker failed to start since: started here, so that the record says why).
     """
     start = time.perf_counter()
     discovered = discover(config.group, path)
@@ -172,13 +190,25 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
         from dihya.sandbox.pool import SandboxPool
 
         sandbox = SandboxPool(config.sandbox)
-    hellos = _start_workers(sandbox, config, sandboxed, path)
+    specs = {s.name: s for s in _worker_specs(config, sandboxed, path)}
+    recorded = _recall(facts, config.group, sandboxed)
+    listed = {} if start_workers else {n: h for n, h in recorded.items()
+                                       if n in specs and n not in must_start}
+    hellos = _start_workers(sandbox, [s for n, s in specs.items() if n not in listed])
+    if facts is not None:
+        _record_facts(facts, config.group, specs, hellos, recorded)
     records = []
     for verdict in verdicts:
         name = verdict.plugin.name
         if not verdict.admitted:
             records.append(_record(verdict, verdict.status or REFUSED, verdict.reason,
                                    verdict.message))
+        elif name in listed:
+            record = _sandboxed_record(verdict, listed[name], sandbox, config)
+            if record.active:
+                assert sandbox is not None
+                sandbox.expect(specs[name], listed[name].meta)
+            records.append(record)
         elif name in hellos:
             records.append(_sandboxed_record(verdict, hellos[name], sandbox, config))
         elif name in failures:
@@ -202,11 +232,10 @@ def _forget_stale_modules(previous: RegistrySnapshot, in_process: Sequence[Verdi
             forget_modules(r.site, r.files)
 
 
-def _start_workers(sandbox: SandboxPool | None, config: Config,
-                   verdicts: Sequence[Verdict], path: Sequence[str] | None) -> dict[str, Any]:
-    if sandbox is None or not verdicts:
-        return {}
-    from dihya.sandbox.admission import start_all
+def _worker_specs(config: Config, verdicts: Sequence[Verdict],
+                  path: Sequence[str] | None) -> list[WorkerSpec]:
+    if not verdicts:
+        return []
     from dihya.sandbox.pool import WorkerSpec
 
     # The worker must find what this process found: the import-path entries outside this
@@ -215,8 +244,72 @@ def _start_workers(sandbox: SandboxPool | None, config: Config,
     cwd = os.getcwd()
     extra = tuple(p for p in (sys.path if path is None else path)
                   if p and not p.startswith(prefixes) and os.path.abspath(p) != cwd)
-    return start_all(sandbox, [WorkerSpec(config.group, v.plugin.name, v.fingerprint or "",
-                                          extra) for v in verdicts])
+    return [WorkerSpec(config.group, v.plugin.name, v.fingerprint or "", extra,
+                       os.fspath(v.plugin.dist_info or "")) for v in verdicts]
+
+
+def _start_workers(sandbox: SandboxPool | None, specs: Sequence[WorkerSpec]) -> dict[str, Any]:
+    if sandbox is None or not specs:
+        return {}
+    from dihya.sandbox.admission import start_all
+
+    return start_all(sandbox, specs)
+
+
+def facts_of(hello: Hello) -> dict[str, Any]:
+    """What `dihya.store.facts` records of a worker's hello."""
+    return {"meta": hello.meta, "layers": list(hello.layers), "warnings": list(hello.warnings)}
+
+
+def hello_of(facts: Mapping[str, Any]) -> Hello | None:
+    """The hello a recorded `facts` stands for; None if it breaks the worker contract."""
+    from dihya.sandbox.admission import checked_meta
+    from dihya.sandbox.pool import Hello
+
+    meta, layers, warnings = facts.get("meta"), facts.get("layers"), facts.get("warnings")
+    if not isinstance(meta, dict) or not isinstance(layers, list) \
+            or not isinstance(warnings, list) \
+            or not all(isinstance(x, str) for x in (*layers, *warnings)):
+        return None
+    try:
+        checked_meta(meta)
+    except ValueError:
+        return None
+    return Hello(meta, tuple(layers), tuple(warnings))
+
+
+def _recall(store: Store | None, group: str, verdicts: Sequence[Verdict]) -> dict[str, Hello]:
+    """The valid records of `verdicts` (by name); none when the store cannot be read."""
+    if store is None or not verdicts:
+        return {}
+    from dihya.store.facts import recall_facts
+    from dihya.store.faults import StoreError
+
+    try:
+        found = recall_facts(store, group, [(v.plugin.name, v.fingerprint or "")
+                                            for v in verdicts])
+    except StoreError:
+        return {}  # the workers are started, as without a store
+    hellos = {name: hello_of(facts) for (name, _fp), facts in found.items()}
+    return {name: hello for name, hello in hellos.items() if hello is not None}
+
+
+def _record_facts(store: Store, group: str, specs: Mapping[str, WorkerSpec],
+                  hellos: Mapping[str, Any], recorded: Mapping[str, Hello]) -> None:
+    """Record what each worker started here said, unless already recorded as it said."""
+    from dihya.sandbox.pool import Hello
+    from dihya.store.facts import record_facts
+    from dihya.store.faults import StoreError
+
+    for name, hello in hellos.items():
+        if not isinstance(hello, Hello) or hello_of(facts_of(hello)) is None:
+            continue  # failed to start, or said something invalid: nothing to remember
+        if recorded.get(name) == hello:
+            continue
+        try:
+            record_facts(store, group, name, specs[name].fingerprint, facts_of(hello))
+        except StoreError:
+            return  # the next build records it
 
 
 def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
@@ -225,6 +318,10 @@ def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
     from dihya.sandbox.pool import WorkerStartError
 
     if isinstance(hello, WorkerStartError):
+        # the words say why (an exit status, a timeout, the worker's own refusal): an
+        # operator reads them in the server log; plugin code has seen no needs yet
+        log.warning("sandbox worker for %s could not start (%s): %s", verdict.plugin.name,
+                    hello.reason, hello.message[:500])
         # files changed (or something now shadows them) between the gate and the worker's
         # own check: a refusal, as the gate would have said a moment later
         status = REFUSED if hello.reason in STATUSES[REFUSED] else FAILED
@@ -271,4 +368,4 @@ def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
                        "it with --mode sandbox", **meta)
     return _record(verdict, ACTIVE, None, "active", instance=loaded.instance,
                    executor=_IN_PROCESS, isolation=("none: runs in the backend process",),
-                   warnings=tuple(deprecation_warnings(cls)), **meta)
+                   warnings=loaded.deprecations, **meta)

@@ -204,9 +204,10 @@ def test_malformed_changes_are_refused() -> None:
 
 def test_a_recycled_worker_serves_until_its_replacement_is_ready(plugin_site, needs,
                                                                  closing, tmp_path) -> None:
-    """At `max_calls` the replacement starts in the background; the old worker answers
-    meanwhile (here the replacement's import is held until the test lets it go: no call
-    waits for it), and the first call after its hello gets it."""
+    """The replacement starts in the background (here at the third call, `max_calls` - 1);
+    the old worker answers meanwhile, past its limit if need be (here the replacement's
+    import is held until the test lets it go: no call waits for it), and the first call
+    after its hello gets it."""
     gate = plugin_site.site / "go"  # inside the worker's view (the plugin's site dir)
     gate.touch()
     wait_at_import = (f"#!full\nimport os, time\nwhile not os.path.exists({str(gate)!r}):\n"
@@ -216,10 +217,10 @@ def test_a_recycled_worker_serves_until_its_replacement_is_ready(plugin_site, ne
                             start_timeout_s=120.0)
     closing(snap)
     assert snap.get(names["r"]).active, snap.get(names["r"]).message
-    first = {run_generation(needs, snap).files["instance.txt"] for _ in range(3)}
+    first = {run_generation(needs, snap).files["instance.txt"] for _ in range(2)}
     assert len(first) == 1
     gate.unlink()  # the replacement, started at the next call, waits at import
-    for _ in range(3):  # served by the old worker: nothing waits for the new one
+    for _ in range(4):  # served by the old worker: nothing waits for the new one
         assert run_generation(needs, snap).files["instance.txt"] in first
     gate.touch()
     deadline = time.monotonic() + 120
@@ -258,3 +259,24 @@ def test_a_worker_restart_refuses_a_plugin_shadowed_since_it_was_verified(
     assert "ran.txt" not in result.files, "the shadowing package ran"
     [report] = [h for h in result.plugins if h.name == name]
     assert report.status == "skipped" and "shadowed-module" in report.detail
+
+
+def test_the_replacement_is_started_before_the_limit(plugin_site, needs, closing) -> None:
+    """`prestart_margin` calls before `max_calls` the replacement starts; once it said
+    hello, the old worker serves up to its limit and not one call more."""
+    snap, _names = sandboxed(plugin_site, {"r": hook(
+        'code["instance.txt"] = INSTANCE\nreturn code')}, max_calls=20, start_timeout_s=120.0)
+    closing(snap)
+    pool = snap.sandbox
+    assert pool.prestart_margin == 2
+    served = [run_generation(needs, snap).files["instance.txt"] for _ in range(19)]
+    assert len(set(served)) == 1  # the 19th call (18 made before it) started the replacement
+    deadline = time.monotonic() + 120
+    while not any(w.alive for w in pool._replacements.values() if hasattr(w, "alive")):
+        assert time.monotonic() < deadline, "no replacement was started ahead of the limit"
+        time.sleep(0.05)
+    served.append(run_generation(needs, snap).files["instance.txt"])  # the 20th: the limit
+    assert len(set(served)) == 1
+    after = run_generation(needs, snap).files["instance.txt"]
+    assert after not in served, "the old worker served past its limit"
+    assert len(pool.running()) == 1

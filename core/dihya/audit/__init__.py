@@ -38,7 +38,7 @@ EVENT_TYPES: Final = frozenset({
     # plugin lifecycle
     "plugin.discovered", "plugin.refused", "plugin.approved", "plugin.revoked",
     "plugin.enabled", "plugin.disabled", "plugin.quarantined", "plugin.failed",
-    "plugin.installed", "plugin.uninstalled",
+    "plugin.installed", "plugin.uninstalled", "plugin.rolled-back",
     # hook calls
     "hook.failed", "hook.timeout", "hook.sandbox-violation",
     # requests

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import difflib
 import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -56,6 +57,9 @@ class Usage(click.ClickException):
 @attrs.define
 class State:
     config_path: Path
+    # whether --config was given (before the sub-command or after it): given twice, the
+    # two must agree
+    config_given: bool = False
     warned: bool = False
     _auditor: Auditor | None = None
 
@@ -71,7 +75,11 @@ class State:
                        "approved (pass --config or set DIHYA_CONFIG)", err=True)
         return config
 
-    def registry(self) -> RegistrySnapshot:
+    def registry(self, start_workers: bool = True) -> RegistrySnapshot:
+        """The plugins as this command sees them. `start_workers=False` (listings): a
+        sandbox-mode plugin is described from what its worker said when it was checked
+        (`dihya.store.facts`), without starting it, when that is recorded; a worker left
+        unstarted starts at the plugin's first hook call."""
         config = self.config()
         store = self.store(config)
         switches = {}
@@ -80,7 +88,8 @@ class State:
                         for n, s in store.plugin_switches().items()}
         # Plugins' import-time prints must not corrupt what this command prints.
         with contextlib.redirect_stdout(sys.stderr):
-            snapshot = build_registry(config, switches=switches)
+            snapshot = build_registry(config, switches=switches, facts=store,
+                                      start_workers=start_workers)
         atexit.register(snapshot.close)  # stop this command's sandbox workers
         return snapshot
 
@@ -179,7 +188,14 @@ def echo_json(data: Any) -> None:
 
 def unknown(name: str, known: Sequence[str]) -> NoReturn:
     listing = ", ".join(sorted(set(known))) or "none installed"
-    raise CheckFailed(f"no plugin named {name!r} is installed (known: {listing})")
+    raise CheckFailed(f"no plugin named {name!r} is installed{did_you_mean(name, known)} "
+                      f"(known: {listing})")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """"; did you mean 'x'?" when `name` is close to one of `known` (a typo); else ""."""
+    close = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def find_plugin(state: State, name: str) -> DiscoveredPlugin:

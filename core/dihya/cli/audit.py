@@ -40,15 +40,30 @@ def audit() -> None:
 
 @audit.command("export")
 @click.option("--subject", help="Only events about this subject (a token's name, a CLI user).")
+@click.option("--plugin", help="The audit events that name this plugin and its own log "
+                               "records (JSON or JSON Lines).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True)
 @pass_state
-def export_cmd(state: State, subject: str | None, fmt: str) -> None:
-    """Print every event (about SUBJECT) as JSON or CSV; the export is itself audited."""
-    from dihya.audit.gdpr import export, render
+def export_cmd(state: State, subject: str | None, plugin: str | None, fmt: str) -> None:
+    """Print every event (about SUBJECT) as JSON or CSV, or a plugin's events and log
+    records; the export is itself audited."""
+    from dihya.audit.gdpr import PLUGIN_FORMATS, export, plugin_export, render
 
+    if subject is not None and plugin is not None:
+        raise Usage("give --subject ID or --plugin NAME, not both")
+    if plugin is not None and fmt not in PLUGIN_FORMATS:
+        raise Usage(f"--plugin exports events and log records, two kinds of row: use "
+                    f"--format {' or --format '.join(PLUGIN_FORMATS)}, not {fmt}")
     auditor = _auditor(state)
     if auditor is None:
-        click.echo(render([], fmt), nl=False)
+        if plugin is not None:
+            empty = {"plugin": plugin, "events": [], "logs": []}
+            click.echo(json.dumps(empty) if fmt == "json" else "")
+        else:
+            click.echo(render([], fmt), nl=False)
+        return
+    if plugin is not None:
+        click.echo(plugin_export(auditor, plugin, fmt, actor=user()), nl=False)
         return
     click.echo(export(auditor, subject, fmt, actor=user()), nl=False)
 
@@ -106,13 +121,17 @@ def _print_event(row: dict[str, Any], as_json: bool) -> None:
 @click.option("--subject", help="Erase this subject: pseudonym, notes, tokens.")
 @click.option("--older-than", "days", type=click.FloatRange(min=0),
               help="Remove events older than DAYS days.")
+@click.option("--plugin", help="Erase what is kept about this plugin: its log records and "
+                               "the notes of its audit events (the events stay in the chain).")
 @pass_state
-def purge_cmd(state: State, subject: str | None, days: float | None) -> None:
-    """Erase a subject or old events, then apply the retention period."""
-    from dihya.audit.gdpr import apply_retention, purge_older_than, purge_subject
+def purge_cmd(state: State, subject: str | None, days: float | None,
+              plugin: str | None) -> None:
+    """Erase a subject, old events or a plugin's records, then apply the retention
+    period."""
+    from dihya.audit.gdpr import apply_retention, purge_older_than, purge_plugin, purge_subject
 
-    if (subject is None) == (days is None):
-        raise Usage("give exactly one of --subject ID or --older-than DAYS")
+    if sum(x is not None for x in (subject, days, plugin)) != 1:
+        raise Usage("give exactly one of --subject ID, --older-than DAYS or --plugin NAME")
     auditor = _auditor(state)
     if auditor is None:
         click.echo("nothing to erase: there is no state store")
@@ -122,12 +141,18 @@ def purge_cmd(state: State, subject: str | None, days: float | None) -> None:
         click.echo(f"erased the subject: {counts['events']} events unlinked, "
                    f"{counts['notes']} notes, {counts['tokens']} tokens and "
                    f"{counts['switches']} switch authors removed")
+    elif plugin is not None:
+        counts = purge_plugin(auditor, plugin, actor=user())
+        click.echo(f"erased plugin {plugin}: {counts['logs']} log records and {counts['notes']} "
+                   f"notes removed; its {counts['events']} audit events stay in the chain")
     else:
         assert days is not None
         click.echo(f"removed {purge_older_than(auditor, days, actor=user())} events older "
                    f"than {days:g} days")
-    retention = state.config().audit_retention_days
-    removed = apply_retention(auditor, retention, interval_s=0)
+    config = state.config()
+    retention = config.audit_retention_days
+    removed = apply_retention(auditor, retention, interval_s=0,
+                              plugin_log_days=config.plugin_log_retention_days)
     click.echo(f"retention ({retention:g} days): removed {removed or 0} events")
 
 

@@ -55,12 +55,20 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: 
         _notes(prepare_outdir(outdir, replace_mode(force, update)))
     except OutputError as exc:
         raise _output_failed(exc) from exc
+    from dihya.pluginlog import LogLimits, collecting
+
     needs = _read_json(needs_file)
     snapshot = state.registry()
+    config = state.config()
     emit: Callable[[dict[str, Any]], None] = echo_json if as_json else _echo_report
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            result = run_generation(needs, snapshot)
+        with (contextlib.redirect_stdout(sys.stderr),
+              collecting(None, needs, LogLimits(config.plugin_log_records,
+                                                config.plugin_log_bytes)) as plugin_logs):
+            try:
+                result = run_generation(needs, snapshot)
+            finally:
+                _keep_plugin_logs(state, plugin_logs.finish())
     except NeedsError as exc:
         emit({"error": "invalid-needs", "problems": [attrs.asdict(p) for p in exc.problems]})
         raise CheckFailed(f"{needs_file}: {len(exc.problems)} problem(s) in the needs") from exc
@@ -83,6 +91,24 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: 
     emit({"outdir": str(outdir), "files": written.files, "kept": written.kept,
           "plugins": [h.to_json() for h in result.plugins],
           "needs_sha256": result.needs_sha256, "ms": round(result.ms, 1)})
+
+
+def _keep_plugin_logs(state: State, records: list[Any]) -> None:
+    """The plugins' log records (redacted): into the state store if there is one
+    (`dihya plugins logs NAME` reads them), else on stderr."""
+    from dihya.escaping import escape_text
+
+    if not records:
+        return
+    store = state.store()
+    if store is not None:
+        from dihya.store.pluginlogs import write
+
+        write(store, records)
+        return
+    for record in records:
+        click.echo(escape_text(f"plugin {record.plugin} {record.level}: {record.message}"),
+                   err=True)
 
 
 def _notes(lines: list[str]) -> None:

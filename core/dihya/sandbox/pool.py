@@ -23,6 +23,7 @@ import attrs
 
 from dihya.config import SandboxSettings
 from dihya.plugin import HOOKS_BY_NAME
+from dihya.pluginlog import deliver
 from dihya.reasons import DihyaError, HookStatus, Reason
 from dihya.sandbox.executor import (
     INVALID_OUTPUT_ERROR,
@@ -47,6 +48,9 @@ from dihya.sandbox.scratch import make_scratch, sweep_once
 from dihya.sandbox.start import import_path, python_argv, read_only_paths
 
 KILL_GRACE_S: Final = 0.5
+#: how long the worker of a plugin's previous version keeps serving the generations that
+#: started before an upgrade was swapped in (a longer one then finds the plugin skipped)
+UPGRADE_GRACE_S: Final = 30.0
 _WORKER_REASONS: Final = frozenset({Reason.IMPORT_ERROR, Reason.INVALID_PLUGIN,
                                     Reason.SANDBOX_START_FAILED, Reason.FINGERPRINT_MISMATCH,
                                     Reason.SHADOWED_MODULE})
@@ -78,12 +82,15 @@ class WorkerStartError(DihyaError):
 
 @attrs.frozen
 class WorkerSpec:
-    """Which plugin a worker loads; `path` adds import-path entries (tests, custom sites)."""
+    """Which plugin a worker loads; `path` adds import-path entries (tests, custom sites);
+    `dist_info` is the distribution the backend verified (the worker checks that one only;
+    empty: the worker finds it by discovery)."""
 
     group: str
     name: str
     fingerprint: str
     path: tuple[str, ...] = ()
+    dist_info: str = ""
 
 
 @attrs.frozen
@@ -131,6 +138,7 @@ class Worker:
             cpu_seconds=self.settings.cpu_seconds, allow_root=self.settings.allow_root)
         payload: dict[str, Any] = {"group": self.spec.group, "name": self.spec.name,
                                    "fingerprint": self.spec.fingerprint,
+                                   "dist_info": self.spec.dist_info,
                                    "sys_path": import_path(self.spec.path),
                                    "max_frame_bytes": self.max_frame_bytes,
                                    "policy": attrs.asdict(policy)}
@@ -174,7 +182,12 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def call(self, method: str, kwargs: Mapping[str, Any], timeout_s: float) -> Any:
+    def call(self, method: str, kwargs: Mapping[str, Any], timeout_s: float,
+             target: HookTarget | None = None,
+             given: Mapping[str, Any] | None = None) -> Any:
+        """Call `method` in the worker; what it logged (the answer's `"logs"`) is delivered
+        to the plugin log collector under way, as `target`'s (a registry record), with
+        `given` (every argument of the hook, default `kwargs`) for its redaction."""
         with self.lock:
             if not self.alive or self.proc is None:
                 if self.retired:
@@ -201,6 +214,8 @@ class Worker:
             if answer.get("id") != self.calls:
                 self.kill()
                 raise WorkerFailed("the worker answered out of order; it was killed")
+            if "logs" in answer and target is not None:
+                deliver(target, answer["logs"], kwargs if given is None else given)
             if answer.get("ok"):
                 if "changes" in answer:
                     spec = HOOKS_BY_NAME.get(method)
@@ -281,6 +296,18 @@ class SandboxPool:
         # (name -> the spec being started, then the started worker or its start error)
         self._replacing: dict[str, WorkerSpec] = {}
         self._replacements: dict[str, Worker | WorkerStartError] = {}
+        # what a worker started later must report of its plugin: the facts a listing showed
+        # without starting it (`expect`, `dihya.store.facts`)
+        self._expected: dict[str, dict[str, Any]] = {}
+        self._starting: dict[str, threading.Lock] = {}  # per plugin: one start at a time
+        # workers that failed to start (name -> (spec, error)), and who to tell
+        self._failures: dict[str, tuple[WorkerSpec, WorkerStartError]] = {}
+        self.on_start_failure: Callable[[str], object] | None = None
+
+        # upgrades: the worker of a plugin's previous version, replaced by `start`, kept for
+        # UPGRADE_GRACE_S for the generations that started on the snapshot before the swap
+        # (they present its fingerprint), so none of them loses the plugin midway
+        self._previous: dict[str, Worker] = {}
 
     def _spawn(self, start: Callable[[], Any]) -> Any:
         return self._spawner.submit(start).result()
@@ -296,23 +323,95 @@ class SandboxPool:
             current = self._workers.get(spec.name)
         if current is not None and current.spec == spec and current.alive:
             return current.hello
-        worker = Worker(spec, self.settings, spawn=self._spawn)
+        try:
+            worker = Worker(spec, self.settings, spawn=self._spawn)
+        except WorkerStartError as exc:
+            with self._lock:  # the caller reports it; later builds start it again
+                self._failures[spec.name] = (spec, exc)
+            raise
         with self._lock:
             self._specs[spec.name] = spec
+            self._failures.pop(spec.name, None)
+            self._expected.pop(spec.name, None)
             old = self._workers.pop(spec.name, None)
             self._workers[spec.name] = worker
-        if old is not None:
-            self._retire(old)
+            superseded = None
+            if old is not None and old.alive and old.spec.fingerprint != spec.fingerprint:
+                # another version: it serves the generations of the previous snapshot
+                superseded = self._previous.pop(spec.name, None)
+                self._previous[spec.name], old = old, None
+                self._forget_previous_later(spec.name, self._previous[spec.name])
+        for stale in (old, superseded):
+            if stale is not None:
+                self._retire(stale)
         self._ensure_reaper()
         return worker.hello
 
+    def expect(self, spec: WorkerSpec, meta: dict[str, Any]) -> None:
+        """Let the plugin's worker be started by its first call, not now: a listing built
+        from the facts recorded when the plugin was checked (`dihya.store.facts`) starts no
+        process. The worker started later must report `meta` (what the listing showed) and,
+        with `[sandbox] require_isolation`, no isolation warning; else it is not used
+        (`WorkerStartError`). A worker running another spec is retired; one running another
+        version serves the generations of the previous snapshot first, as after `start`."""
+        with self._lock:
+            self._specs[spec.name] = spec
+            self._expected[spec.name] = meta
+            current = self._workers.get(spec.name)
+            old = self._workers.pop(spec.name) if current is not None and (
+                current.spec != spec or current.hello.meta != meta) else None
+            superseded = None
+            if old is not None and old.alive and old.spec.fingerprint != spec.fingerprint:
+                superseded = self._previous.pop(spec.name, None)
+                self._previous[spec.name], old = old, None
+                self._forget_previous_later(spec.name, self._previous[spec.name])
+        for stale in (old, superseded):
+            if stale is not None:
+                self._retire(stale)
+        self._ensure_reaper()
+
+    def _fresh(self, spec: WorkerSpec) -> Worker:
+        """A new worker for `spec`, checked against what was expected of it (`expect`)."""
+        worker = Worker(spec, self.settings, spawn=self._spawn)
+        with self._lock:
+            expected = self._expected.get(spec.name)
+        problem = None
+        if expected is not None and worker.hello.meta != expected:
+            problem = (Reason.INVALID_PLUGIN, "its class reports other facts (hooks, actions, "
+                       "description...) than when it was checked: reload, so that it is "
+                       "checked again")
+        elif expected is not None and self.settings.require_isolation and worker.hello.warnings:
+            problem = (Reason.SANDBOX_START_FAILED, "[sandbox] require_isolation is set and a "
+                       "layer is missing: " + "; ".join(worker.hello.warnings))
+        if problem is not None:
+            worker.close()
+            raise WorkerStartError(*problem)
+        return worker
+
+    def _forget_previous_later(self, name: str, kept: Worker) -> None:
+        """Retire `kept`, the previous version's worker of `name`, after UPGRADE_GRACE_S
+        (unless something retired it before). Takes no lock: `start` calls it holding one."""
+
+        def forget() -> None:
+            with self._lock:
+                gone = self._previous.pop(name) if self._previous.get(name) is kept else None
+            if gone is not None:
+                self._retire(gone)
+
+        timer = threading.Timer(UPGRADE_GRACE_S, forget)
+        timer.daemon = True
+        timer.start()
+
     def retain(self, names: set[str]) -> None:
-        """Retire (drain, then stop) the workers of plugins not in `names`."""
+        """Retire (drain, then stop) the workers of plugins not in `names` (and of their
+        previous versions: a switched-off plugin runs in no version)."""
         with self._lock:
             gone = [n for n in self._workers if n not in names]
             workers = [self._workers.pop(n) for n in gone]
+            workers += [self._previous.pop(n) for n in list(self._previous) if n not in names]
             for n in gone:
                 self._specs.pop(n, None)
+                self._expected.pop(n, None)
             spare = [self._replacements.pop(n) for n in list(self._replacements)
                      if n not in names]
         for worker in workers:
@@ -339,9 +438,10 @@ class SandboxPool:
     def worker(self, name: str, fingerprint: str | None = None) -> Worker:
         """The live worker of `name`, started afresh when it died or was reaped.
 
-        A worker that reached `max_calls` goes on serving while its replacement starts in
-        the background; the first call after the replacement said hello gets it, and the old
-        one is retired once idle. So no request waits for a recycling, unless the
+        A worker's replacement starts in the background `prestart_margin` calls before it
+        reaches `max_calls`; the first call at the limit gets it if it said hello, else the
+        old worker goes on serving until it has, and is retired once idle. So no request
+        waits for a recycling, unless the
         replacement failed or is not ready by `recycle_cap` calls: then the next call starts
         one itself (and gets the error, if starting fails).
         With `fingerprint` (the caller's snapshot's), a worker of another version of the
@@ -353,11 +453,18 @@ class SandboxPool:
             worker = self._workers.get(name)
             spec = self._specs.get(name)
         if spec is not None and fingerprint is not None and spec.fingerprint != fingerprint:
+            with self._lock:
+                previous = self._previous.get(name)
+            if (previous is not None and previous.spec.fingerprint == fingerprint
+                    and previous.alive and not previous.retired):
+                return previous  # a generation that started before an upgrade's swap
             raise WorkerRetired(f"{name} was replaced by another version during this "
                                 "generation")
         if worker is not None and worker.alive:
             limit = self.settings.max_calls
             if worker.calls < limit:
+                if worker.calls >= limit - self.prestart_margin and spec is not None:
+                    self._prestart(name, spec)  # ready by the time the limit is reached
                 return worker
             assert spec is not None
             fresh = self._take_replacement(name, spec)
@@ -367,23 +474,84 @@ class SandboxPool:
                 return worker
         if spec is None:  # retired by a rebuild (`retain`) after the caller's snapshot
             raise WorkerRetired.switched_off(name)
-        if worker is not None:
-            worker.close()
         with self._lock:
-            self._replacements.pop(name, None)  # a failed background start: try again here
-        try:
-            fresh = Worker(spec, self.settings, spawn=self._spawn)
-        except WorkerStartError as exc:
-            if exc.reason in (Reason.FINGERPRINT_MISMATCH, Reason.SHADOWED_MODULE):
-                # upgraded, edited or shadowed since the registry was built: the next
-                # rebuild's gate decides again; until then the plugin does not run
-                raise WorkerRetired(f"{name} changed on disk since it was verified "
-                                    f"({exc.reason}: {exc.message}); it runs again once "
-                                    "approved and reloaded") from exc
-            raise
-        with self._lock:
-            self._workers[name] = fresh
+            starting = self._starting.setdefault(name, threading.Lock())
+        with starting:  # one start per plugin at a time: concurrent first calls share it
+            with self._lock:
+                current = self._workers.get(name)
+            if current is not None and current is not worker and current.alive \
+                    and current.spec == spec:
+                return current  # started by a concurrent call meanwhile
+            if worker is not None:
+                worker.close()
+            with self._lock:
+                spare = self._replacements.pop(name, None)  # failed: try again here
+            if isinstance(spare, Worker):  # started ahead of a recycling: use it now
+                if spare.alive and spare.spec == spec and not self._closed:
+                    with self._lock:
+                        self._workers[name] = spare
+                    return spare
+                spare.close()
+            try:
+                fresh = self._fresh(spec)
+            except WorkerStartError as exc:
+                self._note_failure(spec, exc)
+                if exc.reason in (Reason.FINGERPRINT_MISMATCH, Reason.SHADOWED_MODULE):
+                    # upgraded, edited or shadowed since the registry was built: the next
+                    # rebuild's gate decides again; until then the plugin does not run
+                    raise WorkerRetired(f"{name} changed on disk since it was verified "
+                                        f"({exc.reason}: {exc.message}); it runs again once "
+                                        "approved and reloaded") from exc
+                raise
+            with self._lock:
+                closed = self._closed
+                stale = None if closed else self._workers.get(name)
+                if not closed:
+                    self._workers[name] = fresh
+                    self._failures.pop(name, None)
+            if closed:  # closed while it started: never leave a process behind
+                fresh.close()
+                raise WorkerFailed("the sandbox pool is closed")
+            if stale is not None and stale is not worker:
+                self._retire(stale)
         return fresh
+
+    def warm(self) -> None:
+        """Start, in the background (a few at a time), the worker of every plugin that
+        `expect` registered and that has none running: a server's first calls then find
+        them warm. A call that comes first starts its worker itself (or waits for the start
+        under way). A worker that cannot start is in `start_failures`."""
+        with self._lock:
+            names = [n for n in self._expected
+                     if n not in self._workers or not self._workers[n].alive]
+            if self._closed or not names:
+                return
+
+        def warm_all() -> None:
+            with ThreadPoolExecutor(max_workers=min(8, len(names)),
+                                    thread_name_prefix="dihya-sandbox-warm") as threads:
+                list(threads.map(self._warm_one, names))
+
+        threading.Thread(target=warm_all, name="dihya-sandbox-warm", daemon=True).start()
+
+    def _warm_one(self, name: str) -> None:
+        with contextlib.suppress(WorkerStartError, WorkerFailed, OSError):
+            self.worker(name)
+
+    def _note_failure(self, spec: WorkerSpec, error: WorkerStartError) -> None:
+        with self._lock:
+            if self._closed or self._specs.get(spec.name) != spec:
+                return
+            self._failures[spec.name] = (spec, error)
+        if self.on_start_failure is not None:
+            self.on_start_failure(spec.name)
+
+    def start_failures(self) -> dict[str, WorkerStartError]:
+        """The plugins whose worker failed to start for their current spec (since it last
+        started): a build starts those itself instead of listing them from their record."""
+        with self._lock:
+            return {n: e for n, (spec, e) in self._failures.items()
+                    if self._specs.get(n, spec) == spec}
 
     @property
     def recycle_cap(self) -> int:
@@ -391,19 +559,32 @@ class SandboxPool:
         replacement is not there: twice `max_calls`, and at least 100 more than it."""
         return max(2 * self.settings.max_calls, self.settings.max_calls + 100)
 
+    @property
+    def prestart_margin(self) -> int:
+        """How many calls before `max_calls` a worker's replacement starts: a tenth of
+        `max_calls` (at least 1), so that it has said hello when the limit is reached."""
+        return max(1, self.settings.max_calls // 10)
+
+    def _prestart(self, name: str, spec: WorkerSpec) -> None:
+        """Start the replacement of `name`'s worker in the background, unless one is
+        starting, started or failed to start."""
+        with self._lock:
+            if name in self._replacing or name in self._replacements or self._closed:
+                return
+            self._replacing[name] = spec
+        threading.Thread(target=self._start_replacement, args=(spec,), daemon=True,
+                         name=f"dihya-sandbox-replace-{name[:20]}").start()
+
     def _take_replacement(self, name: str, spec: WorkerSpec) -> Worker | None:
         """The started replacement of `name`'s worker, swapped in (the old one retired);
         None while it is starting (started now if it was not) or when it failed to start
         (no retry in the background: the old worker serves until `recycle_cap`)."""
+        self._prestart(name, spec)
         with self._lock:
             ready = self._replacements.pop(name, None)
             if isinstance(ready, WorkerStartError):
                 self._replacements[name] = ready
                 return None
-            if ready is None and name not in self._replacing:
-                self._replacing[name] = spec
-                threading.Thread(target=self._start_replacement, args=(spec,), daemon=True,
-                                 name=f"dihya-sandbox-replace-{name[:20]}").start()
             if ready is None:
                 return None  # starting: the old worker serves on
             if self._closed or self._specs.get(name) != ready.spec:
@@ -422,7 +603,7 @@ class SandboxPool:
 
     def _start_replacement(self, spec: WorkerSpec) -> None:
         try:
-            fresh: Worker | WorkerStartError = Worker(spec, self.settings, spawn=self._spawn)
+            fresh: Worker | WorkerStartError = self._fresh(spec)
         except WorkerStartError as exc:
             fresh = exc
         except OSError as exc:
@@ -475,6 +656,8 @@ class SandboxPool:
             self._closed = True
             workers = list(self._workers.values())
             workers += [w for w in self._replacements.values() if isinstance(w, Worker)]
+            workers += self._previous.values()
+            self._previous.clear()
             self._workers.clear()
             self._replacements.clear()
         for worker in workers:
@@ -494,4 +677,4 @@ class SandboxExecutor:
     def call(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any:
         worker = self.pool.worker(record.name, record.fingerprint)
-        return worker.call(hook, arguments_for(record, hook, kwargs), timeout_s)
+        return worker.call(hook, arguments_for(record, hook, kwargs), timeout_s, record, kwargs)

@@ -7,9 +7,13 @@ notification); when another worker or node changed a switch, reloaded, or an ope
 edited the config (or, with `[plugins] auto_reload`, pip changed site-packages), this
 worker rebuilds its snapshot — off the request path when a background reloader runs (under
 `dihya serve`), else on the next request. Sandbox workers live in one pool per app: a
-rebuild keeps the workers of unchanged plugins and drains the others. Each build audits what
-changed (a plugin discovered, refused or failed; the registry reloaded), and the audit
-retention runs at start and then at most daily per store.
+rebuild keeps the workers of unchanged plugins and drains the others. A build describes a
+sandbox-mode plugin from what its worker said when it was checked (`dihya.store.facts`)
+and waits for no worker; the pool starts them in the background, and one that fails to
+start makes the next check rebuild with that worker started in the build (reported
+failed). Each build audits what changed since the states last audited in the store (a
+plugin discovered, refused or failed: once per change, not once per worker; the registry
+reloaded), and the audit retention runs at start and then at most daily per store.
 
 The store fails closed. A worker whose store cannot be opened when it starts (a deleted
 SQLite file — `dihya serve` workers never create one —, a replaced one, PostgreSQL down)
@@ -43,7 +47,7 @@ from dihya.config import PROBLEMS, Config, ConfigError, config_problem, load_con
 from dihya.gate.sitewatch import SiteStamp, site_stamp
 from dihya.registry import RegistrySnapshot, build_registry
 from dihya.sandbox.pool import SandboxPool
-from dihya.store import Store
+from dihya.store import Store, failures
 from dihya.store.faults import StoreFault, StoreUnavailable
 from dihya.store.listen import StateListener, open_listener
 from dihya.store.marker import StoreMarker
@@ -51,6 +55,9 @@ from dihya.store.marker import StoreMarker
 log = logging.getLogger("dihya.web")
 
 LISTEN_RETRY_S = 5.0  # after a lost PostgreSQL LISTEN connection, polling alone meanwhile
+# how old this worker's list of the plugins with failures counted may be: a success within
+# that time of another worker's first failure may not reset the fleet's count
+FAILING_TTL_S = 0.25
 
 
 class DihyaState:
@@ -65,6 +72,10 @@ class DihyaState:
         self.config, self.config_problem = _first_config(config_path, boot_config)
         self._good_config = self.config_problem is None
         self.pool = SandboxPool(self.config.sandbox)
+        # a worker that fails to start in the background: rebuild, so that its plugin is
+        # reported failed (starting it in the build) rather than active
+        self._start_failed = False
+        self.pool.on_start_failure = self._worker_start_failed
         url = self.config.effective_store_url
         self.marker = StoreMarker.for_config(config_path, url)
         # created only by an app allowed to (not a `dihya serve` worker: the command made
@@ -81,11 +92,11 @@ class DihyaState:
         self._probe_ok_at: float | None = None
         self.version_ttl_s = version_ttl_s
         # `_lock` serialises rebuilds; requests never take it (they read `_snapshot`, one
-        # reference), so a rebuild never stalls a generation. `_failures_lock` guards the
-        # consecutive-failure counters every generation updates.
+        # reference), so a rebuild never stalls a generation. `_failures_lock` guards
+        # `_failing_seen`: (when read, the plugins with failures counted in the store).
         self._lock = threading.Lock()
         self._failures_lock = threading.Lock()
-        self._failures: dict[str, int] = {}
+        self._failing_seen: tuple[float, frozenset[str]] = (-FAILING_TTL_S, frozenset())
         self._checked_at = 0.0
         self._config_stamp = self._stamp()
         self._config_changed = False
@@ -106,7 +117,8 @@ class DihyaState:
             version = self.store.state_version()
             self._built = (self._build(None), version)
             self._serving = True
-            apply_retention(self.auditor, self.config.audit_retention_days)
+            apply_retention(self.auditor, self.config.audit_retention_days,
+                            plugin_log_days=self.config.plugin_log_retention_days)
         except StoreUnavailable as exc:
             # fail closed: nothing approved, every call that needs the store answers 503
             # until it is back (the health has logged why)
@@ -128,26 +140,42 @@ class DihyaState:
                     for name, s in self.store.plugin_switches().items()}
         if self.pool.settings != self.config.sandbox:  # [sandbox] edited: new workers
             old_pool, self.pool = self.pool, SandboxPool(self.config.sandbox)
+            self.pool.on_start_failure = self._worker_start_failed
             old_pool.retain(set())
+        # Sandbox-mode plugins are described from what their worker said when it was
+        # checked (`dihya.store.facts`): the build waits for no worker. Those without a
+        # record, and those whose worker failed to start since, are started here (their
+        # record then says why not); the others start in the background right after.
+        self._start_failed = False
         new = build_registry(self.config, environ=os.environ, switches=switches,
-                             sandbox=self.pool, previous=old)
+                             sandbox=self.pool, previous=old, facts=self.store,
+                             start_workers=False, must_start=self.pool.start_failures())
+        self.pool.warm()
         self._audit_changes(old, new, request_id)
         return new
 
+    def _worker_start_failed(self, _name: str) -> None:
+        self._start_failed = True
+
     def _audit_changes(self, old: RegistrySnapshot | None, new: RegistrySnapshot,
                        request_id: str | None) -> None:
-        """One event per plugin this process sees for the first time (or in a new version),
-        per plugin newly refused or failed, and one per reload."""
-        before = {r.name: r for r in old.records} if old is not None else {}
+        """One event per change, whichever worker or node saw it first: a plugin seen for
+        the first time (or in a new version or with other files), a plugin newly refused or
+        failed, compared with the states last audited in the store (`dihya.store.seen`);
+        and one per reload. A worker that starts with nothing changed records nothing."""
+        from dihya.store.seen import SeenState, note_changes
+
+        changes = note_changes(self.store, [
+            SeenState(r.name, r.version, r.fingerprint, r.status, r.reason)
+            for r in new.records])
         record = self.auditor.record
-        for r in new.records:
-            prev = before.get(r.name)
+        for change in changes:
+            r = change.now
             ids = {"plugin": r.name, "plugin_version": r.version,
                    "plugin_fingerprint": r.fingerprint, "request_id": request_id}
-            if prev is None or (prev.version, prev.fingerprint) != (r.version, r.fingerprint):
+            if change.new_version:
                 record("plugin.discovered", "ok", **ids)
-            changed = prev is None or (prev.status, prev.reason) != (r.status, r.reason)
-            if changed and r.status in ("refused", "failed"):
+            if change.new_status and r.status in ("refused", "failed"):
                 record(f"plugin.{r.status}", r.status, reason=r.reason, **ids)
         if old is not None:
             record("registry.reloaded", "ok", request_id=request_id,
@@ -255,7 +283,8 @@ class DihyaState:
             rebuilt = self._rebuild_if_stale(watch_site=True)
             if self._checked_at - self._retention_checked >= 3600:
                 self._retention_checked = self._checked_at
-                apply_retention(self.auditor, self.config.audit_retention_days, DAY_S)
+                apply_retention(self.auditor, self.config.audit_retention_days, DAY_S,
+                                plugin_log_days=self.config.plugin_log_retention_days)
             return rebuilt
 
     def _reload_loop(self) -> None:
@@ -367,29 +396,52 @@ class DihyaState:
 
     def note_outcomes(self, outcomes: Iterable[tuple[str, bool]],
                       request_id: str | None = None) -> None:
-        """Count consecutive hook failures per plugin; quarantine at the configured limit.
-
-        Counted per worker process: with N workers a plugin is quarantined after at most
-        N x `quarantine_after` failures, and at once everywhere after that.
-        """
+        """Add one generation's hook outcomes (plugin, ok) to the fleet's counts of
+        consecutive failures in the store; the worker whose failure reaches
+        `[sandbox] quarantine_after` quarantines the plugin, for every worker of every node
+        (`dihya.store.failures`). Writes only when a hook failed, or succeeded while its
+        plugin has failures counted; a store that cannot take the write is logged, never
+        the generation's failure."""
+        changes = failures.batch(outcomes)
+        if not changes:
+            return
+        counted = self._failing()
+        changes = {n: c for n, c in changes.items() if c.failed or n in counted}
+        if not changes:
+            return
         limit = self.config.sandbox.quarantine_after
-        quarantine = []
+        try:
+            quarantined = failures.record(self.store, changes, limit)
+        except StoreUnavailable:
+            log.warning("cannot count hook failures in the store", extra={"reason": "store"})
+            return
         with self._failures_lock:
-            for name, ok in outcomes:
-                count = 0 if ok else self._failures.get(name, 0) + 1
-                self._failures[name] = count
-                if count >= limit:
-                    quarantine.append(name)
-                    self._failures[name] = 0
-        for name in quarantine:
+            now, names = self._failing_seen
+            names = (names - {n for n, c in changes.items() if c.reset and not c.failed}) | {
+                n for n, c in changes.items() if c.failed and n not in quarantined}
+            self._failing_seen = (now, names - set(quarantined))
+        for name in quarantined:
             record = self._snapshot.get(name)
-            self.store.set_plugin_disabled(name, True, "quarantined",
-                                           f"{limit} consecutive hook failures", actor="dihya")
             self.auditor.record("plugin.quarantined", "ok", plugin=name, request_id=request_id,
                                 plugin_version=record.version if record else None,
                                 reason="consecutive-failures")
-        if quarantine:
+        if quarantined:
             self.refresh(request_id)
+
+    def _failing(self) -> frozenset[str]:
+        """The plugins with failures counted in the store, as read at most
+        `FAILING_TTL_S` ago (plus this worker's own failures since)."""
+        with self._failures_lock:
+            at, names = self._failing_seen
+        if time.monotonic() - at < FAILING_TTL_S:
+            return names
+        try:
+            names = failures.failing(self.store)
+        except StoreUnavailable:
+            return names
+        with self._failures_lock:
+            self._failing_seen = (time.monotonic(), names)
+        return names
 
     def close(self) -> None:
         """Stop the reloader and every sandbox worker."""
@@ -415,7 +467,8 @@ class DihyaState:
         version = self.store.state_version()
         self._reload_config_if_changed()
         installed = watch_site and self._site_changed()
-        rebuilt = version != self._version or self._config_changed or installed
+        rebuilt = version != self._version or self._config_changed or installed \
+            or self._start_failed
         if rebuilt:
             # the first build from the store after a start without it audits like a start
             self._built = (self._build(self._snapshot if self._serving else None, request_id),

@@ -74,7 +74,8 @@ def confirm(name: str) -> Response:
     try:
         entry = approve(plan, st.config, reviewed=request.form.get("fingerprint", ""),
                         mode=mode,  # type: ignore[arg-type]
-                        roles=None if set(roles) == set(ROLES) else roles, required=required)
+                        roles=None if set(roles) == set(ROLES) else roles, required=required,
+                        facts=st.store)
     except CannotApprove as exc:
         return _review(plan, 409, f"Not approved ({exc.reason}): {exc.message}", **choices)
     if plan.files is not None:  # the approved files, for the next version's diff
