@@ -54,7 +54,7 @@ demo: $(BIN)/tox sandbox-tools
 demo-config:
 	@mkdir -p $(DEMO)
 	@if [ -e $(DEMO)/dihya.toml ]; then echo "keeping $(DEMO)/dihya.toml as it is"; \
-	else $(BIN)/dihya config init $(DEMO)/dihya.toml; fi
+	else $(DIHYA) config init $(DEMO)/dihya.toml; fi
 
 # --update replaces what dihya generated and keeps what you added (a .venv, notes). If it
 # refuses (you edited a generated file), the new project goes beside it, into todo.new.

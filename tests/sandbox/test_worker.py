@@ -66,10 +66,10 @@ def test_failures_are_contained_and_the_worker_replaced(plugin_site, needs, clos
 def test_import_failures_and_slow_imports(plugin_site, closing) -> None:
     snap, names = sandboxed(plugin_site, {
         "broken": "#!full\nraise RuntimeError('at import')\n",
-        "slow": "#!full\nimport time\ntime.sleep(30)\n",
+        "slow": "#!full\nimport time\ntime.sleep(60)\n",
         "typo": "#!full\n" + plugin_source("typo", body="\ndef befor_generation(self, needs):\n"
                                                       "    return needs\n"),
-    }, start_timeout_s=3.0)
+    }, start_timeout_s=15.0)  # the others' too: a loaded machine loads them in time
     closing(snap)
     got = {r.name: (r.status, r.reason) for r in snap.records}
     assert got[names["broken"]] == ("failed", "import-error"), snap.get(names["broken"]).message
