@@ -10,10 +10,10 @@ worker rebuilds its snapshot — off the request path when a background reloader
 rebuild keeps the workers of unchanged plugins and drains the others. A build describes a
 sandbox-mode plugin from what its worker said when it was checked (`dihya.store.facts`)
 and waits for no worker; the pool starts them in the background, and one that fails to
-start makes the next check rebuild with that worker started in the build (reported failed). Each build audits what
-changed since the states last audited in the store (a plugin discovered, refused or failed:
-once per change, not once per worker; the registry reloaded), and the audit retention runs
-at start and then at most daily per store.
+start makes the next check rebuild with that worker started in the build (reported
+failed). Each build audits what changed since the states last audited in the store (a
+plugin discovered, refused or failed: once per change, not once per worker; the registry
+reloaded), and the audit retention runs at start and then at most daily per store.
 
 The store fails closed. A worker whose store cannot be opened when it starts (a deleted
 SQLite file — `dihya serve` workers never create one —, a replaced one, PostgreSQL down)
