@@ -9,6 +9,7 @@ DIHYA = $(BIN)/dihya --config $(DEMO)/dihya.toml
 .PHONY: demo demo-config demo-project test clean sandbox-tools browser
 
 $(BIN)/tox:
+	@echo "== creating $(VENV) with pip and tox (about a minute on a fresh machine)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "tox>=4.11"
@@ -18,6 +19,7 @@ $(BIN)/tox:
 sandbox-tools:
 	@command -v bwrap >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "== installing bubblewrap with apt-get (as root: make runs as root) for the sandbox's namespaces"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
 	      || echo "warning: could not install bubblewrap; sandbox workers will lack namespaces"; \
 	  else echo "warning: bubblewrap (bwrap) is not installed; install it for the sandbox's namespaces"; fi; }
@@ -27,26 +29,32 @@ sandbox-tools:
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "== installing chromium with apt-get (as root: make runs as root) for the console's browser tests"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	      || echo "warning: could not install chromium; the console's browser tests will be skipped (they fail under CI=true)"; \
 	  else echo "warning: chromium is not installed (apt-get install chromium); the console's browser tests will be skipped"; fi; }
 
 # Re-runnable: it keeps your demo/dihya.toml and what you added to demo/todo.
+# It ends with `dihya doctor`, which exits 1 if this machine or the config has a problem.
 demo: $(BIN)/tox sandbox-tools
+	@echo "== building dihya-core and the two bundled plugins as wheels and installing them into $(VENV) (about 30 s)"
 	$(BIN)/pip install --quiet --force-reinstall --no-deps . ./plugins/example-plugin ./plugins/markdown-docs-plugin
+	@echo "== installing their dependencies"
 	$(BIN)/pip install --quiet . ./plugins/example-plugin ./plugins/markdown-docs-plugin
 	@$(MAKE) --no-print-directory demo-config
+	@echo "== approving both plugins (each is loaded once in a sandbox worker to check it)"
 	$(DIHYA) plugins approve example markdown-docs
 	$(DIHYA) plugins list
 	@$(MAKE) --no-print-directory demo-project
+	@echo "== checking the sandbox, the config, the store and the plugins"
+	$(DIHYA) doctor
 
 # Written only when absent: an existing config is yours (the re-approval above updates just
 # the two bundled plugins' entries, keeping your mode, roles, switches and comments).
 demo-config:
 	@mkdir -p $(DEMO)
 	@if [ -e $(DEMO)/dihya.toml ]; then echo "keeping $(DEMO)/dihya.toml as it is"; \
-	else printf '# Demo backend config written by `make demo`.\n[plugins]\nhook_timeout_s = 2.0\n' > $(DEMO)/dihya.toml \
-	  && echo "wrote $(DEMO)/dihya.toml"; fi
+	else $(BIN)/dihya config init $(DEMO)/dihya.toml; fi
 
 # --update replaces what dihya generated and keeps what you added (a .venv, notes). If it
 # refuses (you edited a generated file), the new project goes beside it, into todo.new.

@@ -190,3 +190,30 @@ def server_not_ready(label: str, log_path: Path) -> SystemExit:
     """The error that ends a script whose server `label` did not become ready (stopped by
     then): the end of the server's log at `log_path`."""
     return SystemExit(f"server {label} did not become ready:\n" + log_path.read_text()[-3000:])
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its live descendants (from
+    /proc/PID/stat; a process that already exited no longer counts)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    for current in pids:
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    pids += [int(c) for c in f.read().split() if int(c) not in pids]
+            except OSError:
+                continue
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / ticks

@@ -1,23 +1,30 @@
-"""Benchmark: `dihya plugins list --json` against plain stevedore, N approved plugins.
+"""Benchmark: discovery + gate + load of N approved plugins against stevedore, N = 10 ... 1000.
 
-Sets up, in a temporary directory removed at the end:
-  * N synthetic plugin wheels (tests/support/wheels.py), each a small module subclassing
-    GenerationPluginBase with the two pass-through hooks;
-  * one fresh venv with the core (a wheel built from this checkout) and the N plugins;
-  * a config approving all N in-process, with fingerprints computed by the core itself.
+For each N (`--plugins 10,100,300,1000`), sets up in a temporary directory removed at the
+end: N synthetic plugin wheels (tests/support/wheels.py, each a small module subclassing
+GenerationPluginBase with two pass-through hooks), one fresh venv with the core (a wheel
+built from this checkout) and the N plugins, and a config approving all N in-process with
+fingerprints computed by the core itself. Then, interleaved, in fresh processes:
 
-Then measures, interleaved (A, B, A, B...), as fresh processes (what an operator runs):
-  A. `dihya --config C plugins list --json`: discovery, every file of every plugin hashed
-     from disk, module resolution, dependency check, import, class validation, JSON.
-  B. `python baseline.py`: `stevedore.ExtensionManager(group, invoke_on_load=True)` over
-     the same N, printing their names as JSON. stevedore's entry-point cache
-     ($XDG_CACHE_HOME/python-entrypoints) is warm: its normal state after the first run.
+  * dihya: `build_registry(config)` after the imports — discovery (importlib.metadata),
+    the gate (files checked against the verification cache by `stat`, module resolution,
+    `.pth` scan, dependencies), load (import + class validation) — and a second
+    `build_registry` in the same process (the second listing, a reload);
+  * dihya with `DIHYA_VERIFY_CACHE=off`: the same, hashing every file (what the first
+    listing after installing or changing a plugin costs);
+  * stevedore: `ExtensionManager(group, invoke_on_load=True)` after its import, and a second
+    one in the same process (stevedore's rescan). Its entry-point cache is warm (its normal
+    state after the first run);
+  * and the whole commands, interpreter start included: `dihya plugins list --json`
+    against a script printing the stevedore manager's names.
 
-and, in fresh processes too, the in-process time of `build_registry` alone (phase by phase)
-against the construction of the stevedore manager alone, both after interpreter start and
-imports.
+Then, in the largest venv, how the gate's cost per distribution grows with its number of
+files and bytes (cache hit: a `stat` per file; miss: every byte hashed).
 
-    python benchmarks/discovery_load.py [--plugins N] [--repeat R] [--profile]
+Targets (issue #16): discovery + gate + load <= 1.2x stevedore at every N; second listing at
+the largest N <= 2x stevedore's rescan.
+
+    python benchmarks/discovery_load.py [--plugins 10,100,300,1000] [--repeat R] [--profile]
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ from _common import (
 
 from support.wheels import GROUP, build_plugin_wheel
 
-TARGET = 1.3
+TARGET = 1.2  # discovery + gate + load, fresh process, dihya / stevedore
+RESCAN_TARGET = 2.0  # second listing in the same process, dihya / stevedore's rescan
 
 BASELINE = f"""\
 import json
@@ -88,13 +96,10 @@ t0 = time.perf_counter()
 from pathlib import Path
 import dihya.registry as registry
 from dihya.config import load_config
+from dihya.gate import verifycache
 t1 = time.perf_counter()
-import dihya.cli  # what the command imports on top (click, the CLI's own imports)
-t1b = time.perf_counter()
 """ + PHASE_TIMER + """\
-t1c = time.perf_counter()
 config = load_config(Path(sys.argv[1]))
-t2 = time.perf_counter()
 if sys.argv[2] == "phases":
     registry.discover = timed("discover", registry.discover)
     registry.assess_all = timed("gate", registry.assess_all)
@@ -103,12 +108,13 @@ t3 = time.perf_counter()
 snapshot = registry.build_registry(config)
 t4 = time.perf_counter()
 first = dict(phases)  # the phases of the first build only
+cache = verifycache.shared()
+hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
 again = registry.build_registry(config)
 t5 = time.perf_counter()
 assert all(r.active for r in snapshot.records), [r.message for r in snapshot.records]
-print(json.dumps({"imports": t1 - t0, "cli_imports": t1b - t1, "config": t2 - t1c,
-                  "build": t4 - t3,
-                  "rebuild": t5 - t4, "active": len(snapshot.active), **first}))
+print(json.dumps({"imports": t1 - t0, "build": t4 - t3, "rebuild": t5 - t4,
+                  "active": len(snapshot.active), "hits": hits, "misses": misses, **first}))
 """
 
 STEVEDORE_PROBE = f"""\
@@ -122,6 +128,54 @@ again = ExtensionManager({GROUP!r}, invoke_on_load=True)
 t3 = time.perf_counter()
 print(json.dumps({{"imports": t1 - t0, "build": t2 - t1, "rebuild": t3 - t2,
                   "active": len(manager.names())}}))
+"""
+
+# One distribution written by hand into a fresh site directory (RECORD, METADATA, F files of
+# B bytes), then `inspect_installed` (miss: every byte hashed) against the verification
+# cache's `inspect` once the files are older than its racy window (hit: a stat per file).
+GROWTH_PROBE = """\
+import json, os, sys, tempfile, time
+from pathlib import Path
+from dihya.gate import verifycache
+from dihya.gate.fingerprint import inspect_installed
+
+def make(root, files, size):
+    site = Path(tempfile.mkdtemp(dir=root))
+    pkg = site / "growth"
+    pkg.mkdir()
+    rows = []
+    for i in range(files):
+        name = "__init__.py" if i == 0 else f"m{i}.py"
+        (pkg / name).write_bytes(b"#" * (size - 1) + b"\\n")
+        rows.append(f"growth/{name},,")
+    info = site / "growth-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\\nName: growth\\nVersion: 1.0\\n")
+    rows += ["growth-1.0.dist-info/METADATA,,", "growth-1.0.dist-info/RECORD,,"]
+    (info / "RECORD").write_text("\\n".join(rows) + "\\n")
+    return info
+
+def best(fn, n=5):
+    times = []
+    for _ in range(n):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return min(times)
+
+root = Path(sys.argv[1])
+cases = [(1, 1024), (10, 1024), (100, 1024), (1000, 1024), (1, 1 << 20), (1, 10 << 20),
+         (10, 1 << 20)]
+infos = [make(root, f, b) for f, b in cases]
+deadline = time.monotonic() + 60
+cache = verifycache.VerifyCache(None)
+while not all((cache.inspect(i), cache.remembers(i))[1] for i in infos):
+    assert time.monotonic() < deadline, "the cache never remembered the distributions"
+    time.sleep(0.2)
+out = []
+for (files, size), info in zip(cases, infos):
+    miss = best(lambda: inspect_installed(info))
+    hit = best(lambda: cache.inspect(info))
+    out.append({"files": files, "bytes": size, "miss": miss, "hit": hit})
+print(json.dumps(out))
 """
 
 
@@ -158,140 +212,176 @@ def setup(tmp: Path, count: int) -> tuple[Path, Path, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plugins", type=int, default=300)
-    parser.add_argument("--repeat", type=int, default=20, help="measured runs per side")
+    parser.add_argument("--plugins", default="10,100,300,1000",
+                        help="comma-separated plugin counts, each in its own venv")
+    parser.add_argument("--repeat", type=int, default=10, help="measured runs per side and N")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--profile", action="store_true",
                         help="also print a cProfile of one `plugins list --json` run")
+    parser.add_argument("--no-growth", dest="growth", action="store_false",
+                        help="skip the cost-per-distribution part")
     parser.add_argument("--workdir", type=Path, default=None,
-                        help="where to create the temporary venv (default: under ~/.cache; "
+                        help="where to create the temporary venvs (default: under ~/.cache; "
                         "not /tmp, where stevedore disables its cache)")
     args = parser.parse_args()
+    counts = [int(n) for n in str(args.plugins).split(",") if n.strip()]
 
     print_machine()
+    print(f"load average at start: {load()}")
     # stevedore turns its entry-point cache off when sys.executable starts with "/tmp", so
     # a venv there would give a cold baseline; default to a directory under ~/.cache.
     base = args.workdir or Path.home() / ".cache"
     base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="dihya-bench-load-", dir=base))
+    results: dict[int, dict[str, list[dict[str, float]]]] = {}
+    growth: list[dict[str, float]] = []
+    for n in counts:
+        tmp = Path(tempfile.mkdtemp(prefix=f"dihya-bench-load-{n}-", dir=base))
+        try:
+            results[n] = bench(tmp, n, args)
+            if args.growth and n == max(counts):
+                growth = growth_probe(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"load average at end: {load()}")
+    report(args, results, growth)
+
+
+def load() -> str:
     try:
-        bench(tmp, args)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
-def bench(tmp: Path, args: argparse.Namespace) -> None:
-    bindir, config, work = setup(tmp, args.plugins)
+def bench(tmp: Path, count: int, args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    bindir, config, work = setup(tmp, count)
     python = str(bindir / "python")
     (work / "baseline.py").write_text(BASELINE)
     (work / "core_probe.py").write_text(CORE_PROBE)
     (work / "stevedore_probe.py").write_text(STEVEDORE_PROBE)
-    cache = tmp / "cache"  # XDG_CACHE_HOME: stevedore's cache and the core's private pycache
-    env = clean_env(XDG_CACHE_HOME=str(cache), HOME=str(tmp))
+    cache = tmp / "cache"  # XDG_CACHE_HOME: stevedore's cache, the core's pycache and its
+    env = clean_env(XDG_CACHE_HOME=str(cache), HOME=str(tmp))  # verification cache
+    off = dict(env, DIHYA_VERIFY_CACHE="off")
     core_cmd = [str(bindir / "dihya"), "--config", str(config), "plugins", "list", "--json"]
     base_cmd = [python, str(work / "baseline.py")]
-    start_cmd = [python, "-c", "pass"]
+    probe = [python, str(work / "core_probe.py"), str(config)]
+    sted_probe = [python, str(work / "stevedore_probe.py")]
 
     # Sanity: both sides see and load the same N plugins, all active for the core.
     _, out = run(core_cmd, env, work)
     rows = json.loads(out)
     bad = [r for r in rows if r["status"] != "active"]
-    if len(rows) != args.plugins or bad:
+    if len(rows) != count or bad:
         raise SystemExit(f"core: {len(rows)} rows, not active: {bad[:3]}")
     _, out = run(base_cmd, env, work)
     if sorted(json.loads(out)) != sorted(r["name"] for r in rows):
         raise SystemExit("stevedore does not see the same plugins as the core")
+    # The verification cache remembers files only once they are older than its racy
+    # window (2 s): wait until a fresh process answers every plugin from it.
+    deadline = time.monotonic() + 120
+    while True:
+        _, out = run([*probe, "plain"], env, work)
+        state = json.loads(out)
+        if state["misses"] == 0 and state["hits"] >= count:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the verification cache is not used: {state}")
+        time.sleep(0.5)
     for _ in range(args.warmup):
         run(core_cmd, env, work)
         run(base_cmd, env, work)
-    caches = list((cache / "python-entrypoints").glob("*"))
-    if not caches:
+        run(sted_probe, env, work)
+    if not list((cache / "python-entrypoints").glob("*")):
         raise SystemExit("stevedore wrote no entry-point cache: the baseline would be cold "
                          f"(is {tmp} under /tmp? use --workdir elsewhere)")
-    # The cold baseline: stevedore with its cache disabled (a `.disable` file), as it is for
-    # any interpreter under /tmp; it scans every dist-info like the core does.
-    cold_cache = tmp / "cache-cold"
-    (cold_cache / "python-entrypoints").mkdir(parents=True)
-    (cold_cache / "python-entrypoints" / ".disable").write_text("")
-    cold_env = clean_env(XDG_CACHE_HOME=str(cold_cache), HOME=str(tmp))
-
     if args.profile:
         profile(python, config, work, env)
 
-    core_t: list[float] = []
-    base_t: list[float] = []
-    cold_t: list[float] = []
-    start_t: list[float] = []
-    for _ in range(args.repeat):
-        core_t.append(run(core_cmd, env, work)[0])
-        base_t.append(run(base_cmd, env, work)[0])
-        cold_t.append(run(base_cmd, cold_env, work)[0])
-        start_t.append(run(start_cmd, env, work)[0])
-
-    probes: dict[str, list[dict[str, float]]] = {"core": [], "stevedore": []}
-    for i in range(max(5, args.repeat // 2)):
+    out_of: dict[str, list[dict[str, float]]] = {k: [] for k in (
+        "core", "core_off", "stevedore", "cmd_core", "cmd_stevedore")}
+    for i in range(args.repeat):
         mode = "phases" if i % 2 else "plain"
-        _, out = run([python, str(work / "core_probe.py"), str(config), mode], env, work)
-        probes["core"].append(json.loads(out))
-        _, out = run([python, str(work / "stevedore_probe.py")], env, work)
-        probes["stevedore"].append(json.loads(out))
+        sides = [("core", [*probe, mode], env), ("core_off", [*probe, mode], off),
+                 ("stevedore", sted_probe, env)]
+        for key, cmd, e in (sides if i % 2 == 0 else sides[::-1]):
+            out_of[key].append(json.loads(run(cmd, e, work)[1]))
+        out_of["cmd_core"].append({"wall": run(core_cmd, env, work)[0]})
+        out_of["cmd_stevedore"].append({"wall": run(base_cmd, env, work)[0]})
+    print(f"  N = {count}: {args.repeat} rounds done (load {load()})", flush=True)
+    return out_of
 
-    report(args, core_t, base_t, cold_t, start_t, probes)
+
+def growth_probe(tmp: Path) -> list[dict[str, float]]:
+    python = next(tmp.glob("venv/bin/python"))
+    where = tmp / "growth"
+    where.mkdir()
+    out = subprocess.run([str(python), "-c", GROWTH_PROBE, str(where)], check=True,
+                         capture_output=True, text=True, env=clean_env()).stdout
+    result: list[dict[str, float]] = json.loads(out)
+    return result
 
 
 def ms(value: float) -> str:
     return f"{value * 1000:.1f}"
 
 
-def report(args: argparse.Namespace, core_t: list[float], base_t: list[float],
-           cold_t: list[float], start_t: list[float],
-           probes: dict[str, list[dict[str, float]]]) -> None:
-    c, b, s = summary(core_t), summary(base_t), summary(start_t)
-    k = summary(cold_t)
-    n = args.plugins
-    print(f"\n== fresh processes, {n} approved plugins, {args.repeat} interleaved runs each "
-          "(ms, wall clock incl. interpreter start)")
-    rows = [
-        ["A  dihya plugins list --json", ms(c["median"]), ms(c["p90"]), ms(c["p99"]),
-         ms(c["min"])],
-        ["B  stevedore ExtensionManager (warm cache)", ms(b["median"]), ms(b["p90"]),
-         ms(b["p99"]), ms(b["min"])],
-        ["   stevedore, cache disabled (reference)", ms(k["median"]), ms(k["p90"]),
-         ms(k["p99"]), ms(k["min"])],
-        ["   python -c pass (floor)", ms(s["median"]), ms(s["p90"]), ms(s["p99"]),
-         ms(s["min"])],
-    ]
-    print(table(["side", "median", "p90", "p99", "min"], rows))
-    ratio = c["median"] / b["median"]
-    print(f"ratio A/B (median): {ratio:.2f}x   target <= {TARGET}x: {verdict(ratio, TARGET)}")
-    print(f"ratio A/B above the interpreter floor: "
-          f"{(c['median'] - s['median']) / (b['median'] - s['median']):.2f}x")
+def med(items: list[dict[str, float]], key: str) -> float:
+    values = [p[key] for p in items if key in p]
+    return summary(values)["median"] if values else float("nan")
 
-    core = probes["core"]
-    sted = probes["stevedore"]
 
-    def med(items: list[dict[str, float]], key: str) -> str:
-        values = [p[key] for p in items if key in p]
-        return ms(summary(values)["median"]) if values else "-"
+def report(args: argparse.Namespace, results: dict[int, dict[str, list[dict[str, float]]]],
+           growth: list[dict[str, float]]) -> None:
+    print(f"\n== discovery + gate + load, fresh process (ms, median of {args.repeat}; "
+          "in-process, after the imports)")
+    rows = []
+    for n, r in results.items():
+        core, off, sted = med(r["core"], "build"), med(r["core_off"], "build"), \
+            med(r["stevedore"], "build")
+        rows.append([f"N = {n}", ms(core), ms(sted), f"{core / sted:.2f}x",
+                     verdict(core / sted, TARGET).split(" ")[0], ms(off),
+                     f"{off / sted:.2f}x"])
+    print(table(["plugins", "dihya", "stevedore", "ratio", f"<= {TARGET}x",
+                 "dihya, cache off", "ratio"], rows))
+    print("(dihya: discovery, the gate with the verification cache, load; cache off: every "
+          "file hashed, as the first listing after an install or a change)")
 
-    print(f"\n== in-process, after interpreter start (ms, median of {len(core)} fresh "
-          "processes)")
-    rows = [
-        ["imports (dihya.registry + config / stevedore)", med(core, "imports"),
-         med(sted, "imports")],
-        ["  + the rest of `import dihya.cli`", med(core, "cli_imports"), "-"],
-        ["load config (tomllib + validation)", med(core, "config"), "-"],
-        ["build_registry / ExtensionManager(...)", med(core, "build"), med(sted, "build")],
-        ["  discover (importlib.metadata)", med(core, "discover"), "-"],
-        ["  gate (hash every file, resolve, deps)", med(core, "gate"), "-"],
-        ["  load (stevedore import + validate)", med(core, "load"), "-"],
-        ["second build in the same process (reload)", med(core, "rebuild"),
-         med(sted, "rebuild")],
-    ]
-    print(table(["step", "core", "stevedore"], rows))
-    build_ratio = (summary([p["build"] for p in core])["median"]
-                   / summary([p["build"] for p in sted])["median"])
-    print(f"build_registry / ExtensionManager construction: {build_ratio:.2f}x")
+    print("\n== where dihya's build goes (ms, median of the runs that timed the phases)")
+    rows = []
+    for n, r in results.items():
+        rows.append([f"N = {n}", *(ms(med(r["core"], k)) for k in ("discover", "gate",
+                                                                    "load")),
+                     *(ms(med(r["core_off"], k)) for k in ("discover", "gate", "load"))])
+    print(table(["plugins", "discover", "gate", "load", "off: discover", "off: gate",
+                 "off: load"], rows))
+
+    print("\n== second listing in the same process (ms, median)")
+    rows = []
+    for n, r in results.items():
+        core, sted = med(r["core"], "rebuild"), med(r["stevedore"], "rebuild")
+        rows.append([f"N = {n}", ms(core), ms(sted), f"{core / sted:.2f}x"])
+    print(table(["plugins", "dihya build_registry again", "stevedore rescan", "ratio"], rows))
+    top = max(results)
+    core, sted = med(results[top]["core"], "rebuild"), med(results[top]["stevedore"], "rebuild")
+    print(f"second listing, N = {top}: {verdict(core / sted, RESCAN_TARGET)}")
+
+    print("\n== whole command, fresh process (ms, median, interpreter start and imports "
+          "included)")
+    rows = []
+    for n, r in results.items():
+        core, sted = med(r["cmd_core"], "wall"), med(r["cmd_stevedore"], "wall")
+        rows.append([f"N = {n}", ms(core), ms(sted), f"{core / sted:.2f}x",
+                     ms(med(r["core"], "imports")), ms(med(r["stevedore"], "imports"))])
+    print(table(["plugins", "dihya plugins list --json", "stevedore script", "ratio",
+                 "imports: dihya.registry", "stevedore"], rows))
+
+    if growth:
+        print("\n== the gate's file check per distribution, by files and bytes (ms, best "
+              "of 5)")
+        rows = [[str(g["files"]), f"{g['bytes']:,}", f"{g['files'] * g['bytes']:,}",
+                 f"{g['miss'] * 1000:.3f}", f"{g['hit'] * 1000:.3f}"] for g in growth]
+        print(table(["files", "bytes each", "bytes in all", "miss: hash all",
+                     "hit: stat each"], rows))
 
 
 def profile(python: str, config: Path, work: Path, env: dict[str, str]) -> None:

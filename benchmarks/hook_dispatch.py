@@ -5,9 +5,11 @@ installed into a temporary site directory and loaded by the core's own `build_re
 then times, interleaved (A, B, C, A, B, C...), one call of the hook to every plugin:
 
   A. core, bare: the executor's call loop, `InProcessExecutor.call` for each active plugin
-     (deep copy of the arguments, the call, the timing check);
+     with the frozen needs the pipeline holds (a copy-on-write view of the arguments, the
+     call, the timing check);
   B. core, guarded: the pipeline's real round (`pipeline.run_before_generation` through
-     `pipeline.hook_caller`): copy + call + validation of each return + timing + report;
+     `pipeline.hook_caller`): view + call + freezing and checking each return (validated
+     only when changed) + timing + report;
   C. pluggy: `PluginManager` with N implementations of the hookspec
      `before_generation(needs)`, called as `pm.hook.before_generation(needs=...)`.
 
@@ -42,7 +44,7 @@ from _common import (
 
 from support.wheels import build_plugin_wheel, pip_install
 
-TARGET = 1.0
+TARGETS = {"bare": 1.5, "guarded": 3.0}  # issue #16
 NEEDS: dict[str, Any] = {
     "project": "shop",
     "stack": "flask-api",
@@ -142,10 +144,11 @@ def pluggy_manager(count: int) -> Any:
 def bench(tmp: Path, args: argparse.Namespace) -> None:
     from dihya.needs import check_needs, validate_needs
     from dihya.pipeline import HookResult, hook_caller, run_before_generation
+    from dihya.sandbox.cow import freeze
     from dihya.sandbox.executor import InProcessExecutor
 
     records, timeout = core_records(tmp, args.plugins)
-    needs = check_needs(NEEDS)
+    needs = freeze(check_needs(NEEDS))  # what the pipeline holds and hands to each hook
     executor = InProcessExecutor()
     pm = pluggy_manager(args.plugins)
     hook = pm.hook.before_generation
@@ -200,7 +203,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
     print(f"== one before_generation(needs) dispatch to {args.plugins} no-op plugins "
           f"(µs per dispatch; {args.repeat} interleaved samples of {args.calls} calls each)")
     rows = []
-    labels = {"bare": "A  core bare (executor.call: copy + call)",
+    labels = {"bare": "A  core bare (executor.call: view + call)",
               "guarded": "B  core guarded (pipeline round)",
               "pluggy": "C  pluggy pm.hook.before_generation",
               "revalidate": "   core guarded, every return re-validated"}
@@ -208,9 +211,9 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
         rows.append([label, us(s[key]["median"]), us(s[key]["p90"]), us(s[key]["p99"]),
                      us(s[key]["min"]), f"{s[key]['median'] / s['pluggy']['median']:.2f}x"])
     print(table(["side", "median", "p90", "p99", "min", "vs pluggy"], rows))
-    for key in ("bare", "guarded"):
+    for key, target in TARGETS.items():
         ratio = s[key]["median"] / s["pluggy"]["median"]
-        print(f"{key:>7}: target <= {TARGET}x pluggy: {verdict(ratio, TARGET)}")
+        print(f"{key:>7}: target <= {target}x pluggy: {verdict(ratio, target)}")
     print(f"per plugin: bare {s['bare']['median'] * 1e6 / args.plugins:.2f} µs, guarded "
           f"{s['guarded']['median'] * 1e6 / args.plugins:.2f} µs, pluggy "
           f"{s['pluggy']['median'] * 1e6 / args.plugins:.2f} µs")
@@ -220,18 +223,21 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
 def breakdown(needs: dict[str, Any], samples: dict[str, list[float]], count: int) -> None:
     """What one plugin's share of the guarded round costs, piece by piece."""
     from dihya.needs import validate_needs
-    from dihya.sandbox.executor import json_copy, same_json
+    from dihya.sandbox.cow import freeze, thaw, view
 
-    copy = json_copy(needs)
+    given = view(needs)
+    plain = thaw(needs)
 
     def each(fn: Any, n: int = 2000) -> float:
         return best_per_call(fn, n)
 
     rows = [
-        ["json_copy(needs)", each(lambda: json_copy(needs))],
-        ["same_json(returned, given) (fast path)", each(lambda: same_json(copy, needs))],
+        ["view(needs) (what a hook gets)", each(lambda: view(needs))],
+        ["freeze(the view returned unchanged) -> the needs", each(lambda: freeze(given))],
+        ["thaw(needs) (a deep copy: what each hook got before)", each(lambda: thaw(needs))],
+        ["freeze(a changed return: plain data)", each(lambda: freeze(plain))],
         ["validate_needs(returned) (full schema, if changed)",
-         each(lambda: validate_needs(copy), 200)],
+         each(lambda: validate_needs(plain), 200)],
         ["time.perf_counter() x2", each(lambda: (time.perf_counter(), time.perf_counter()))],
     ]
     print("\n== pieces, per plugin call (µs, best of 5)")

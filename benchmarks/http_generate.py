@@ -9,15 +9,19 @@ each `dihya serve --workers 2` (gunicorn) on a free port, sharing that config an
 
   A. plugins on: both bundled plugins active;
   B. plugins off: the same server with `DIHYA_PLUGINS_DISABLE=example,markdown-docs`
-     (every approved plugin switched off; the report lists them as skipped).
+     (every approved plugin switched off; the report lists them as skipped);
+  C. the peer: a trivial Flask endpoint under gunicorn (`gunicorn --workers 2`, sync
+     workers, the same Flask from the same venv) at the same path, which parses the JSON
+     body and answers a small JSON object: what any Flask service pays per request.
 
 A client of T threads, each with its own `http.client` connection (gunicorn's sync workers
 close it after each response; the client reconnects), posts `examples/needs/todo.json`
 for rounds of at most `--seconds` and `--requests`, interleaved A, B, B, A, A, B... after
 a warm-up round per side (`--warmup` seconds); every answer other than a 200 counts as an
 error, and one request per side first checks which plugins ran. It prints requests per
-second, median and p99 latency per side and the ratio A/B (target >= 0.8). The servers
-are always stopped. `--profile` adds, per side, an in-process run of the request path
+second, median and p99 latency and the servers' CPU per request (every gunicorn process,
+from /proc) per side, and the ratios A/B (target >= 0.8) and B/C (target >= 0.35). The
+servers are always stopped. `--profile` adds, per side, an in-process run of the request path
 (Flask test client) with each hook's median time and a cProfile.
 
     python benchmarks/http_generate.py [--rounds 4] [--seconds 5] [--requests 5000]
@@ -54,9 +58,27 @@ from _common import (
     server_not_ready,
     stop_server,
     table,
+    tree_cpu_seconds,
 )
 
 TARGET = 0.8
+TARGET_VS_FLASK = 0.35
+FLASK_APP = """\
+from flask import Flask, request
+
+app = Flask(__name__)
+
+
+@app.post("/api/v1/generate")
+def generate():
+    needs = request.get_json()["needs"]
+    return {"project": needs["project"], "files": 0}
+
+
+@app.get("/readyz")
+def ready():
+    return {"plugins_active": 0}
+"""
 PLUGINS = ("example", "markdown-docs")
 PLUGIN_DIRS = ("plugins/example-plugin", "plugins/markdown-docs-plugin")
 NEEDS_FILE = ROOT / "examples" / "needs" / "todo.json"
@@ -173,19 +195,24 @@ def setup(tmp: Path, mode: str | None) -> tuple[Path, Path, str, Path]:
 
 class Server:
     """One `dihya serve --workers 2` on a free port of 127.0.0.1, in its own process group
-    (the arbiter and its workers), logging to a file."""
+    (the arbiter and its workers), logging to a file; or, with `flask=True`, gunicorn with
+    2 workers serving the trivial Flask app (FLASK_APP)."""
 
     def __init__(self, label: str, bindir: Path, config: Path, work: Path,
-                 env: dict[str, str]) -> None:
+                 env: dict[str, str], flask: bool = False) -> None:
         self.label = label
         self.port = free_port()
         self.log_path = work / f"server-{label}.log"
         self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [str(bindir / "dihya"), "--config", str(config), "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "2"],
-            cwd=work, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        if flask:
+            (work / "trivial_app.py").write_text(FLASK_APP)
+            argv = [str(bindir / "gunicorn"), "--workers", "2", "--bind",
+                    f"127.0.0.1:{self.port}", "--chdir", str(work), "trivial_app:app"]
+        else:
+            argv = [str(bindir / "dihya"), "--config", str(config), "serve", "--host",
+                    "127.0.0.1", "--port", str(self.port), "--workers", "2"]
+        self.proc = subprocess.Popen(argv, cwd=work, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -214,7 +241,8 @@ def post(conn: http.client.HTTPConnection, body: bytes,
 
 
 def check_side(port: int, body: bytes, headers: dict[str, str]) -> list[str]:
-    """One request; the names of the plugins that ran (fails unless it is a 200)."""
+    """One request; the names of the plugins that ran (fails unless it is a 200; none for
+    the trivial Flask app)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         status, data = post(conn, body, headers)
@@ -222,13 +250,18 @@ def check_side(port: int, body: bytes, headers: dict[str, str]) -> list[str]:
         conn.close()
     if status != 200:
         raise SystemExit(f"POST /api/v1/generate on port {port}: {status} {data[:500]!r}")
-    report = json.loads(data)["report"]
+    answer = json.loads(data)
+    if "report" not in answer:
+        return []
+    report = answer["report"]
     return sorted({p["name"] for p in report["plugins"] if p["status"] == "ok"})
 
 
 def run_round(port: int, body: bytes, headers: dict[str, str], threads: int,
-              seconds: float, max_requests: int) -> dict[str, Any]:
-    """`threads` clients posting until `seconds` passed or `max_requests` were sent."""
+              seconds: float, max_requests: int, pid: int | None = None) -> dict[str, Any]:
+    """`threads` clients posting until `seconds` passed or `max_requests` were sent; with
+    `pid`, also the CPU seconds that server's processes used meanwhile."""
+    cpu_before = tree_cpu_seconds(pid) if pid is not None else 0.0
     lock = threading.Lock()
     sent = 0
     latencies: list[list[float]] = [[] for _ in range(threads)]
@@ -264,9 +297,10 @@ def run_round(port: int, body: bytes, headers: dict[str, str], threads: int,
     for thread in pool:
         thread.join()
     elapsed = time.perf_counter() - start
+    cpu = tree_cpu_seconds(pid) - cpu_before if pid is not None else 0.0
     samples = [x for chunk in latencies for x in chunk]
     return {"ok": len(samples) - sum(e.startswith("HTTP") for e in errors),
-            "errors": errors, "elapsed": elapsed, "latencies": samples}
+            "errors": errors, "elapsed": elapsed, "latencies": samples, "cpu": cpu}
 
 
 def main() -> None:
@@ -297,27 +331,30 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
     bindir, config, token, work = setup(tmp, args.mode)
     body = json.dumps({"needs": json.loads(NEEDS_FILE.read_text("utf-8"))}).encode()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    sides = {"A": clean_env(), "B": clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS))}
+    sides = {"A": clean_env(), "B": clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS)),
+             "C": clean_env()}
     servers: dict[str, Server] = {}
     try:
         for label, env in sides.items():
-            servers[label] = Server(label, bindir, config, work, env)
+            servers[label] = Server(label, bindir, config, work, env, flask=label == "C")
         ready = {label: server.wait_ready() for label, server in servers.items()}
         ran = {label: check_side(server.port, body, headers) for label, server in servers.items()}
         if ran["A"] != sorted(PLUGINS) or ran["B"]:
             raise SystemExit(f"unexpected plugins: A ran {ran['A']}, B ran {ran['B']}")
         print(f"servers: A on :{servers['A'].port} ({ready['A']['plugins_active']} plugins "
               f"active, ran {', '.join(ran['A'])}), B on :{servers['B'].port} "
-              f"({ready['B']['plugins_active']} active)")
+              f"({ready['B']['plugins_active']} active), C (trivial Flask) on "
+              f":{servers['C'].port}")
 
-        results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
-        for label in ("A", "B"):  # warm-up: imports, caches, first-call costs, both workers
+        results: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "C": []}
+        for label in servers:  # warm-up: imports, caches, first-call costs, both workers
             run_round(servers[label].port, body, headers, args.threads, args.warmup,
                       args.requests)
+        orders = (("A", "B", "C"), ("C", "B", "A"), ("B", "C", "A"), ("A", "C", "B"))
         for index in range(args.rounds):
-            for label in (("A", "B") if index % 2 == 0 else ("B", "A")):
+            for label in orders[index % len(orders)]:
                 outcome = run_round(servers[label].port, body, headers, args.threads,
-                                    args.seconds, args.requests)
+                                    args.seconds, args.requests, servers[label].proc.pid)
                 results[label].append(outcome)
                 rps = outcome["ok"] / outcome["elapsed"]
                 print(f"  round {index + 1} {label}: {outcome['ok']} ok in "
@@ -333,10 +370,12 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
 
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
     names = {"A": "A  plugins on (example + markdown-docs)",
-             "B": "B  plugins off (DIHYA_PLUGINS_DISABLE)"}
+             "B": "B  plugins off (DIHYA_PLUGINS_DISABLE)",
+             "C": "C  peer: trivial Flask endpoint, gunicorn"}
     rows = []
     rps: dict[str, float] = {}
-    for label in ("A", "B"):
+    cpu: dict[str, float] = {}
+    for label in ("A", "B", "C"):
         rounds = results[label]
         ok = sum(r["ok"] for r in rounds)
         elapsed = sum(r["elapsed"] for r in rounds)
@@ -344,20 +383,23 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
         per_round = [r["ok"] / r["elapsed"] for r in rounds]
         lat = [x * 1000 for r in rounds for x in r["latencies"]]
         errors = sum(len(r["errors"]) for r in rounds)
+        cpu[label] = sum(r["cpu"] for r in rounds) / max(1, ok)
         rows.append([names[label], f"{rps[label]:.1f}", f"{statistics.median(per_round):.1f}",
                      f"{min(per_round):.1f}-{max(per_round):.1f}",
                      f"{statistics.median(lat):.2f}", f"{percentile(lat, 99):.2f}",
-                     str(ok), str(errors)])
+                     f"{cpu[label] * 1000:.2f}", str(ok), str(errors)])
     print(f"\n== POST /api/v1/generate (examples/needs/todo.json), plugins approved "
           f"{args.mode or 'with the default mode'}, gunicorn 2 workers each, "
           f"{args.threads} client threads, {args.rounds} interleaved rounds per side of at "
           f"most {args.seconds:g} s / {args.requests} requests")
-    print(table(["side", "rps", "rps/round med", "range", "median ms", "p99 ms", "requests",
-                 "errors"], rows))
-    ratio = rps["A"] / rps["B"]
-    status = ("MET" if ratio >= TARGET else "NOT MET")
-    print(f"ratio A/B (rps, plugins on / off): {ratio:.2f}   target >= {TARGET:.2f}: "
-          f"{status} (ratio {ratio:.2f} {'>=' if ratio >= TARGET else '<'} {TARGET:.2f})")
+    print(table(["side", "rps", "rps/round med", "range", "median ms", "p99 ms",
+                 "server CPU ms/req", "requests", "errors"], rows))
+    for (a, b, target, what) in (("A", "B", TARGET, "plugins on / off"),
+                                 ("B", "C", TARGET_VS_FLASK, "plugins off / trivial Flask")):
+        ratio = rps[a] / rps[b]
+        status = ("MET" if ratio >= target else "NOT MET")
+        print(f"ratio {a}/{b} (rps, {what}): {ratio:.2f}   target >= {target:.2f}: "
+              f"{status}; server CPU per request {b}/{a}: {cpu[b] / cpu[a]:.2f}")
     for rounds in results.values():
         for r in rounds:
             for error in r["errors"][:3]:

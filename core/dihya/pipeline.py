@@ -1,12 +1,17 @@
 """One generation: validate needs -> before hooks -> core generator -> after hooks -> validate.
 
-Every hook gets a copy (the executor's job) and every return is validated again; an
-exception, an invalid return or a timeout skips that plugin's contribution and is
-reported, and the generation goes on unless the plugin's approval says `required`.
+The core holds the needs, the code and the context as frozen data (`dihya.sandbox.cow`):
+every hook gets a copy of it (the executor's job: a copy-on-write view in-process, JSON
+through a pipe in the sandbox), and what a hook returns is frozen and, unless it is
+exactly what the hook was given, validated again; an exception, an invalid return or a
+timeout skips that plugin's contribution and is reported, and the generation goes on
+unless the plugin's approval says `required`.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,8 +22,9 @@ import attrs
 from dihya.canonical import canonical_sha256
 from dihya.needs import Problem, check_needs, validate_code, validate_needs
 from dihya.plugin import HOOK_API_VERSION
-from dihya.reasons import DihyaError, HookStatus
+from dihya.reasons import DihyaError, FixedReasonError, HookStatus
 from dihya.registry import PluginRecord, RegistrySnapshot
+from dihya.sandbox.cow import freeze, view
 from dihya.sandbox.executor import (
     HookExecutor,
     HookRaised,
@@ -27,7 +33,6 @@ from dihya.sandbox.executor import (
     InProcessExecutor,
     SandboxViolation,
     is_invalid_output,
-    same_json,
 )
 
 log = logging.getLogger("dihya.pipeline")
@@ -109,8 +114,9 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
                 unstartable: set[str] | None = None) -> HookCall:
     """The guarded call of one hook of one plugin, as the pipeline makes it.
 
-    The executor copies the arguments and calls the hook; the return is checked, the call
-    timed and reported in `report`. A failure of a `required` plugin (other than in
+    The executor copies the arguments and calls the hook; the return is frozen (a value
+    that is not JSON data is `invalid-output`) and checked, the call timed and reported
+    in `report`; the frozen value is returned. A failure of a `required` plugin (other than in
     `on_generation_error`) calls `on_required_failure(message, plugin name, status)`.
     A plugin whose sandbox worker could not start is added to `unstartable`.
     """
@@ -121,10 +127,18 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
         status, detail, value, violation = OK, None, None, False
         try:
             value = executor_for(record).call(record, hook, kwargs, timeout)
-            problems = check(value) if check else []
-            if problems:
-                status = INVALID_OUTPUT
-                detail = "; ".join(map(str, problems[:5]))
+            if check is not None:
+                try:
+                    value = freeze(value)
+                except (TypeError, ValueError, RecursionError) as exc:
+                    raise _NotJson(str(exc)) from exc
+                problems = check(value)
+                if problems:
+                    status = INVALID_OUTPUT
+                    detail = "; ".join(map(str, problems[:5]))
+        except _NotJson as exc:
+            status, value = INVALID_OUTPUT, None
+            detail = f"the hook returned something that is not JSON data: {exc.__cause__}"[:500]
         except HookTimeout as exc:
             status, detail = TIMEOUT, str(exc)
         except HookUnavailable as exc:  # switched off or replaced since the snapshot
@@ -152,6 +166,12 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     return call
 
 
+class _NotJson(FixedReasonError):
+    """A hook returned something `freeze` refused (the cause says what)."""
+
+    REASON = HookStatus.INVALID_OUTPUT
+
+
 def generation_context(records: Sequence[PluginRecord], role: str | None = None,
                        request_id: str | None = None) -> dict[str, Any]:
     """The `context` argument of every hook of one generation (no personal data)."""
@@ -172,18 +192,19 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
     """The `before_generation` round: each plugin gets the needs the previous one returned.
 
     `needs` must be valid (the pipeline checked them, and each accepted return was
-    validated). A return that is exactly the needs the plugin was given (same JSON types
-    and values) is therefore valid and skips the schema validation; any other return is
-    validated in full. `accepted` is told each accepted return as it happens.
+    validated). A return that freezes back to the very needs the plugin was given (it
+    changed nothing) is therefore valid and skips the schema validation; any other return
+    is validated in full. `accepted` is told each accepted return as it happens. The
+    needs returned are frozen (`dihya.sandbox.cow`).
     """
-    if context is None:
-        context = generation_context(records)
+    needs = freeze(needs)
+    context = freeze(generation_context(records) if context is None else context)
     for record in records:
         if "before_generation" in record.hooks:
             current = needs
 
             def check(value: Any, current: dict[str, Any] = current) -> list[Problem]:
-                return [] if same_json(value, current) else validate_needs(value)
+                return [] if value is current else validate_needs(value)
 
             ok, value = call(record, "before_generation",
                              {"needs": needs, "context": context}, check)
@@ -192,6 +213,47 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
                 if accepted is not None:
                     accepted(needs)
     return needs
+
+
+class _InvalidCode(FixedReasonError):
+    """The generator's output failed `validate_code`."""
+
+    REASON = GENERATION_FAILED
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(f"the generator's output has {len(problems)} problems")
+        self.problems = problems
+
+
+def _checked_code(code: Any) -> dict[str, str]:
+    """`code` validated and frozen; `_InvalidCode` otherwise."""
+    problems = validate_code(code)
+    if problems:
+        raise _InvalidCode(problems)
+    frozen: dict[str, str] = freeze(code)
+    return frozen
+
+
+#: How many generations of the core generator each process remembers (by needs).
+CORE_CODE_CACHE: Final = 32
+
+
+@functools.lru_cache(maxsize=CORE_CODE_CACHE)
+def core_code(needs_text: str) -> dict[str, str]:
+    """The core generator's code for the needs whose JSON (`_exact_json`) is `needs_text`,
+    validated and frozen. The generator is a pure function of the needs, so the last
+    `CORE_CODE_CACHE` results are remembered: the same needs again (a client regenerating
+    a project) cost a lookup instead of rendering every template. Frozen data, so the
+    cached mapping is shared safely; an invalid result raises and is not remembered."""
+    from dihya.generator import generate as core_generate
+
+    return _checked_code(core_generate(json.loads(needs_text)))
+
+
+def _exact_json(value: Any) -> str:
+    """JSON that tells apart whatever the generator could: key order kept, `1`, `1.0` and
+    `true` distinct (the key of `core_code`)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None = None,
@@ -205,12 +267,8 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     `NeedsError` for invalid needs and `GenerationFailed`
     when a required plugin fails or the generator's output is invalid.
     """
-    if generate is None:
-        from dihya.generator import generate as core_generate
-
-        generate = core_generate
     start = time.perf_counter()
-    needs = check_needs(needs)
+    needs = freeze(check_needs(needs))
     needs_hash = canonical_sha256(needs)
     timeout = snapshot.config.hook_timeout_s
     report: list[HookResult] = []
@@ -236,7 +294,7 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         else:
             runnable.append(record)
 
-    context = generation_context(runnable, role, request_id)
+    context = freeze(generation_context(runnable, role, request_id))
     unstartable: set[str] = set()  # plugins whose sandbox worker could not start
     call = hook_caller(report, executor_for, timeout,
                        lambda message, plugin, status: _fail(message, "plugin", None, plugin,
@@ -258,18 +316,25 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         needs = value
 
     needs = run_before_generation(runnable, needs, call, accept, context)
-    code = generate(needs)
-    problems = validate_code(code)
-    if problems:
-        _fail("the core generator produced invalid code", "generator", problems)
+    try:
+        code = (core_code(_exact_json(needs)) if generate is None
+                else _checked_code(generate(view(needs))))
+    except _InvalidCode as exc:
+        _fail("the core generator produced invalid code", "generator", exc.problems)
+        raise  # not reached: _fail raises
     for record in runnable:
         if "after_generation" in record.hooks:
+            current = code
+
+            def check_code(value: Any, current: dict[str, str] = current) -> list[Problem]:
+                return [] if value is current else validate_code(value)
+
             ok, value = call(record, "after_generation",
-                             {"code": code, "needs": needs, "context": context}, validate_code)
+                             {"code": code, "needs": needs, "context": context}, check_code)
             if ok:
                 code = value
     elapsed = (time.perf_counter() - start) * 1000
-    result = GenerationResult(code, tuple(report), needs_hash, elapsed)
+    result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed)
     code_bytes = sum(len(t) for t in code.values())
     plugins_ok = sum(h.status == OK for h in report)
     log.info("generation needs_sha256=%s files=%d bytes=%d plugins_ok=%d ms=%.1f",

@@ -6,6 +6,7 @@ against it, the pipeline calls hooks by it and `docs/hooks.md` is generated from
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, TypeVar
@@ -52,6 +53,14 @@ class GenerationPluginBase:
     safe: ClassVar[bool] = False
     #: Lower runs first; ties are broken by entry-point name.
     priority: ClassVar[int] = 100
+
+    @property
+    def logger(self) -> logging.Logger:
+        """This plugin's logger, `dihya.plugin.<entry-point name>`: a standard
+        `logging.Logger`. Its records reach the operator (`dihya plugins logs NAME`) with
+        personal data replaced by placeholders; see the plugin author guide."""
+        name = getattr(self, "_dihya_entry_point", None) or type(self).name or "unnamed"
+        return logging.getLogger(f"dihya.plugin.{name}")
 
     # Overrides may take any subset of a hook's arguments, by name (see HOOK_SPECS):
     # `def after_generation(self, code)` is a valid implementation.

@@ -13,6 +13,7 @@ store) gets its worker started once, and the record is made then.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import sys
@@ -28,7 +29,7 @@ from dihya.gate.decide import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess
 from dihya.gate.discovery import discover
 from dihya.gate.loader import Loaded, forget_modules, load_plugins
 from dihya.gate.startup import PthFile, scan_pth
-from dihya.plugin import ActionSpec, GenerationPluginBase, deprecation_warnings
+from dihya.plugin import ActionSpec, GenerationPluginBase
 from dihya.reasons import Reason
 from dihya.sandbox.executor import HookExecutor, InProcessExecutor
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from dihya.sandbox.pool import Hello, SandboxPool, WorkerSpec
     from dihya.store import Store
 
+log = logging.getLogger("dihya.registry")
 _IN_PROCESS = InProcessExecutor()
 
 
@@ -242,8 +244,8 @@ def _worker_specs(config: Config, verdicts: Sequence[Verdict],
     cwd = os.getcwd()
     extra = tuple(p for p in (sys.path if path is None else path)
                   if p and not p.startswith(prefixes) and os.path.abspath(p) != cwd)
-    return [WorkerSpec(config.group, v.plugin.name, v.fingerprint or "", extra)
-            for v in verdicts]
+    return [WorkerSpec(config.group, v.plugin.name, v.fingerprint or "", extra,
+                       os.fspath(v.plugin.dist_info or "")) for v in verdicts]
 
 
 def _start_workers(sandbox: SandboxPool | None, specs: Sequence[WorkerSpec]) -> dict[str, Any]:
@@ -316,6 +318,10 @@ def _sandboxed_record(verdict: Verdict, hello: Any, sandbox: SandboxPool | None,
     from dihya.sandbox.pool import WorkerStartError
 
     if isinstance(hello, WorkerStartError):
+        # the words say why (an exit status, a timeout, the worker's own refusal): an
+        # operator reads them in the server log; plugin code has seen no needs yet
+        log.warning("sandbox worker for %s could not start (%s): %s", verdict.plugin.name,
+                    hello.reason, hello.message[:500])
         # files changed (or something now shadows them) between the gate and the worker's
         # own check: a refusal, as the gate would have said a moment later
         status = REFUSED if hello.reason in STATUSES[REFUSED] else FAILED
@@ -362,4 +368,4 @@ def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
                        "it with --mode sandbox", **meta)
     return _record(verdict, ACTIVE, None, "active", instance=loaded.instance,
                    executor=_IN_PROCESS, isolation=("none: runs in the backend process",),
-                   warnings=tuple(deprecation_warnings(cls)), **meta)
+                   warnings=loaded.deprecations, **meta)

@@ -75,17 +75,20 @@ class Server:
 
     def wait_ready(self, timeout: float = 30) -> Server:
         deadline = time.monotonic() + timeout
+        last: Any = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
             try:
-                if call(self.base, "GET", "/readyz", timeout=5)[0] == 200:
+                status, _, last = call(self.base, "GET", "/readyz", timeout=5)
+                if status == 200:
                     return self
             except OSError:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError("the server did not become ready:\n" + self.output)
+        raise RuntimeError(f"the server did not become ready (last /readyz: {last}):\n"
+                           + self.output)
 
     def worker_pids(self) -> list[int]:
         """The pids of the server's worker processes (the master's children)."""

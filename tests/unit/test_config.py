@@ -21,7 +21,7 @@ def test_auto_reload_is_off_unless_set(tmp_path: Path) -> None:
     ('[plugins]\nauto_reload = "yes"\n', "[plugins] auto_reload must be true or false, not 'yes'"),
     ("[plugins]\nautoreload = true\n",
      "unknown keys ['autoreload']; known: allow, auto_reload, group, hook_timeout_s, "
-     "known_pth, publishers"),
+     "known_pth, log_record_bytes, log_records, publishers"),
 ])
 def test_a_wrong_auto_reload_is_refused_with_the_fix(tmp_path: Path, text: str,
                                                      message: str) -> None:
@@ -114,3 +114,33 @@ def test_an_unreadable_config_says_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "bad.toml")
     assert info.value.reason == "invalid-config"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[plugins]\nlog_records = 5000\n",
+     "[plugins] log_records must be a whole number between 0 and 1000, not 5000"),
+    ("[plugins]\nlog_record_bytes = 10\n",
+     "[plugins] log_record_bytes must be a whole number between 256 and 16384, not 10"),
+    ('[audit]\nplugin_log_retention_days = "30"\n',
+     "[audit] plugin_log_retention_days must be a number of days between 0 and 36500, "
+     "not '30'"),
+])
+def test_plugin_log_settings_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "dihya.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+
+
+def test_plugin_log_settings_have_defaults_and_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "dihya.toml"
+    path.write_text("[plugins]\nlog_records = 10\nlog_record_bytes = 300\n"
+                    "[audit]\nplugin_log_retention_days = 7\n")
+    config = load_config(path)
+    assert (config.plugin_log_records, config.plugin_log_bytes,
+            config.plugin_log_retention_days) == (10, 300, 7.0)
+    path.write_text("")
+    config = load_config(path)
+    assert (config.plugin_log_records, config.plugin_log_bytes,
+            config.plugin_log_retention_days) == (200, 2000, 30.0)

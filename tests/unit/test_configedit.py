@@ -18,6 +18,7 @@ from dihya.config.edit import (
     edit_document,
     read_document,
     record_approval,
+    record_next_version,
     remove_allow,
     set_enabled,
     write_document,
@@ -164,6 +165,30 @@ def test_an_approval_of_a_preapproved_version_updates_that_entry(tmp_path: Path)
                                       required=True))
     versions = [(e.version, e.required) for e in load_config(path).allow]
     assert versions == [("1.0.0", False), ("2.0.0", True)]
+
+
+def test_the_next_version_is_approved_beside_the_current_one(tmp_path: Path) -> None:
+    path = tmp_path / "dihya.toml"
+    path.write_text(BASE)
+    with edit_document(path) as doc:
+        record_approval(doc, approval("a", mode="in-process", safe=True, roles=("admin",)))
+        assert set_enabled(doc, "a", False, "OPS-9")
+    with edit_document(path) as doc:  # `approve a --wheel a-2.0.0.whl`
+        entry = record_next_version(doc, approval("a", version="2.0.0", safe=True,
+                                                  fingerprint="sha256:" + "2" * 64))
+    entries = load_config(path).entries_for("a")
+    assert [(e.version, e.fingerprint[-1]) for e in entries] == [("1.0.0", "0"), ("2.0.0", "2")]
+    assert all((e.mode, e.roles, e.enabled, e.disabled_reason)
+               == ("in-process", ("admin",), False, "OPS-9") for e in entries)
+    assert (entry.version, entry.mode) == ("2.0.0", "in-process")
+    with edit_document(path) as doc:  # again: that version's entry is updated, not doubled
+        record_next_version(doc, approval("a", version="2.0.0", safe=True,
+                                          fingerprint="sha256:" + "3" * 64))
+    assert [e.fingerprint[-1] for e in load_config(path).entries_for("a")] == ["0", "3"]
+    with edit_document(path) as doc:  # the way back dropped on purpose
+        assert not remove_allow(doc, "a", "9.9.9")
+        assert remove_allow(doc, "a", "1.0.0")
+    assert [e.version for e in load_config(path).entries_for("a")] == ["2.0.0"]
 
 
 def test_revoking_the_last_approval_writes_an_explicit_empty_allowlist(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def new(tmp_path: Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, ["--config", str(tmp_path / "none.toml"), "plugins",
-                                       "new", *args])
+                                       "new", *args],
+                                env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     return result.exit_code, result.output
 
 
@@ -70,7 +71,14 @@ def test_default_directory_and_listing(tmp_path: Path, monkeypatch: pytest.Monke
     code, out = new(tmp_path, "hello")
     assert code == 0, out
     assert out.startswith("wrote dihya-plugin-hello (10 files) to dihya-plugin-hello\n")
+    wheel = tmp_path / "cache" / "dihya" / "wheels" / "dihya_core-0.1.0-py3-none-any.whl"
+    assert wheel.is_file() and f"tests run against this core's wheel: {wheel}" in out
+    assert out.split("next:\n")[1].splitlines() == [
+        "  cd dihya-plugin-hello", "  python3 -m venv .venv",
+        f"  .venv/bin/pip install -q {wheel} -e '.[test]'", "  .venv/bin/pytest -q",
+        "  .venv/bin/pip install -q 'tox>=4.11' && .venv/bin/tox"]
     root = tmp_path / "dihya-plugin-hello"
+    assert f"[dihya]\ncore = {wheel}\n" in (root / "tox.ini").read_text()
     written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert written == [".gitignore", "CHANGELOG.md", "LICENSE", "README.md", "pyproject.toml",
                        "src/dihya_plugin_hello/__init__.py", "src/dihya_plugin_hello/plugin.py",
@@ -131,13 +139,25 @@ def test_generated_class_passes_the_loader_check(project: Path,
             del sys.modules[mod]
 
 
-def test_tox_ini_tests_oldest_and_newest_core_and_lints(project: Path) -> None:
+def test_tox_ini_runs_the_tests_once_and_lints(project: Path) -> None:
     text = (project / "tox.ini").read_text()
-    assert "envlist = core-oldest, core-newest, lint" in text
-    assert f"deps = {{env:DIHYA_CORE:dihya-core=={oldest_core()}}}" in text
-    assert f"deps = {{env:DIHYA_CORE:dihya-core{SUPPORTED_CORE_RANGE}}}" in text
+    assert "envlist = py, lint" in text
+    assert "deps = {env:DIHYA_CORE:{[dihya]core}}" in text
+    assert f"[dihya]\ncore = dihya-core{SUPPORTED_CORE_RANGE}\n" in text  # no wheel: the index
+    assert f"deps = dihya-core=={oldest_core()}" in text  # core-oldest, on demand
+    assert f"deps = dihya-core{SUPPORTED_CORE_RANGE}" in text
     assert "ruff check ." in text
     assert oldest_core() == "0.1.0"
+
+
+def test_a_project_inside_a_git_work_tree_is_written_with_a_warning(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    result = CliRunner().invoke(main, ["plugins", "new", "hello", "--no-core-wheel", "--dir",
+                                       str(tmp_path / "repo" / "p")])
+    assert result.exit_code == 0, result.output
+    assert f"inside the git work tree {tmp_path / 'repo'}" in result.stderr
+    assert "tests run against" not in result.stdout
+    assert "  .venv/bin/pip install -q -e '.[test]'" in result.stdout
 
 
 def test_tests_use_dihya_testing(project: Path) -> None:

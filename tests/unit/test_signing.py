@@ -355,3 +355,37 @@ def test_removing_the_last_entry_then_adding_one_writes_valid_toml(tmp_path: Pat
     upsert_allow(doc, entry)
     write_document(path, doc)
     assert [e.name for e in load_config(path).allow] == ["b", "a"]
+
+
+def test_cli_keygen_defaults_to_the_user_config_dir_with_mode_0600(tmp_path: Path) -> None:
+    config_home = tmp_path / "xdg"
+    runner = CliRunner()
+    out = runner.invoke(main, ["plugins", "keygen", "--name", "acme"],
+                        env={"XDG_CONFIG_HOME": str(config_home)})
+    assert out.exit_code == 0, out.output
+    key = config_home / "dihya" / "keys" / "acme.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    assert str(key) in out.stderr and out.stdout.strip().startswith("ed25519:")
+    signed = runner.invoke(main, ["plugins", "keygen", "--name", "../x"],
+                           env={"XDG_CONFIG_HOME": str(config_home)})
+    assert signed.exit_code == 2 and "plain file name" in signed.output
+
+
+def test_cli_keygen_refuses_a_path_inside_a_git_work_tree(tmp_path: Path) -> None:
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    runner = CliRunner()
+    inside = repo / "sub" / "acme.key"
+    (repo / "sub").mkdir()
+    refused = runner.invoke(main, ["plugins", "keygen", "--out", str(inside)])
+    assert refused.exit_code == 2
+    assert f"inside the git work tree {repo}" in refused.output
+    assert "--allow-in-repo" in refused.output and not inside.exists()
+    allowed = runner.invoke(main, ["plugins", "keygen", "--out", str(inside),
+                                   "--allow-in-repo"])
+    assert allowed.exit_code == 0, allowed.output
+    assert stat.S_IMODE(inside.stat().st_mode) == 0o600

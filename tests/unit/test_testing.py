@@ -177,3 +177,63 @@ def test_pytest_plugin_fixtures_in_a_real_pytest_run(tmp_path: Path) -> None:
                              str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
                             timeout=120)
     assert "hook API" in header.stdout
+
+
+def _editable_install(root: Path, name: str) -> tuple[Path, Path]:
+    """What `pip install -e` of a src-layout project leaves: a dist-info (RECORD listing only
+    itself, direct_url.json saying editable) in a site directory, the code in the project's
+    `src/`, put on the path as setuptools' `.pth` does. Returns (site, src)."""
+    import json as _json
+
+    module = "dihya_plugin_" + name
+    src = root / "project" / "src"
+    (src / module).mkdir(parents=True)
+    (src / module / "__init__.py").write_text(plugin_source(name, body='''
+    def after_generation(self, code, needs):
+        code["FROM_SOURCE.txt"] = "edited in the tree\\n"
+        return code
+'''))
+    site = root / "site"
+    info = site / f"{module}-1.0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\n"
+                                   "Version: 1.0.0\nRequires-Dist: dihya-core\n")
+    (info / "entry_points.txt").write_text(
+        f"[dihya.generation_plugins]\n{name} = {module}:Plugin\n")
+    (info / "direct_url.json").write_text(_json.dumps(
+        {"url": (root / "project").as_uri(), "dir_info": {"editable": True}}))
+    (info / "RECORD").write_text("".join(f"{info.name}/{f},,\n" for f in (
+        "METADATA", "entry_points.txt", "direct_url.json", "RECORD")))
+    return site, src
+
+
+def test_sandbox_mode_runs_an_editable_install_from_its_source_tree(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    from dihya.config import AllowEntry, Config
+    from dihya.registry import build_registry
+
+    name = f"edit{uuid.uuid4().hex[:8]}"
+    site, src = _editable_install(tmp_path, name)
+    monkeypatch.syspath_prepend(str(src))
+    path = [str(site), str(src), *sys.path]
+    run = run_plugin(name, mode="sandbox", path=path)
+    assert_generation_ok(run)
+    assert run.files["FROM_SOURCE.txt"] == "edited in the tree\n"
+    assert run.source == src and run.record.mode == "sandbox"
+    with pytest.raises(PluginNotAdmitted) as refused:
+        run_plugin(name, mode="sandbox", path=path, from_source=False)
+    assert refused.value.reason == "outside-distribution"
+    assert "editable install" in refused.value.message
+    # production: the backend's registry refuses it, whatever dihya.testing does
+    entry = AllowEntry(name=name, distribution=f"dihya-plugin-{name}", version="1.0.0",
+                       fingerprint=f"sha256:{'0' * 64}", mode="sandbox")
+    snapshot = build_registry(Config(path=tmp_path / "d.toml", exists=False, allow=(entry,)),
+                              environ={}, path=path)
+    try:
+        record = snapshot.get(name)
+        assert record is not None and (record.status, record.reason) == (
+            "refused", "outside-distribution")
+    finally:
+        snapshot.close()

@@ -9,9 +9,14 @@ the two bundled plugins (installed, not editable) and schemathesis are installed
    and approves the bundled plugins `example` and `markdown-docs` in it;
 2. creates a `developer` and an `admin` token;
 3. starts `dihya serve` on a free port of 127.0.0.1 with 2 workers;
-4. runs schemathesis on `/openapi.json` with the developer token (every operation), then
-   with the admin token (the plugin switches, which a developer may not use), checking
-   no 5xx and that status codes, content types, headers and bodies match the document;
+4. runs schemathesis on `/openapi.json` with the developer token (every operation a
+   developer may use; a plugin action is called by a real plugin and action name, read from
+   `plugins list --json`, so its request bodies reach the action's validation, and one
+   valid call must then succeed), then with the admin token on the five admin routes
+   (switches, reload, audit export and purge) with a real plugin name in the path, checking
+   no 5xx and that status codes, content types, headers and bodies match the document.
+   (That a developer gets 403 from the admin routes is tested in tests/web: fuzzing them
+   with a developer token only ever meets that 403.)
 5. stops the server, whatever happened.
 
 Exit status: schemathesis's (0 when every check passed), 2 when the setup failed.
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,9 +42,10 @@ PLUGINS = ("example", "markdown-docs")
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_headers_conformance,response_schema_conformance,unsupported_method,"
           "allow_header_conformance")
-# The admin run: the switches a developer may not use, plus the reads whose links feed
-# them real plugin names in the stateful phase.
-ADMIN_OPERATIONS = ("enablePlugin", "disablePlugin", "listPlugins", "showPlugin")
+# The admin run: the five routes a developer may not use (each answers a developer 403),
+# plus the reads of one plugin.
+ADMIN_ONLY = ("enablePlugin", "disablePlugin", "reloadPlugins", "exportAudit", "purgeAudit")
+ADMIN_OPERATIONS = (*ADMIN_ONLY, "listPlugins", "showPlugin")
 CONFIG = """\
 # Written by tests/web/fuzz.py for one fuzzing run.
 [web]
@@ -111,10 +118,53 @@ def stop(server: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def real_names(listing: str) -> tuple[str, str, str]:
+    """A plugin to switch and show, and a plugin with an action and that action's name, from
+    `plugins list --json`: schemathesis's random names only ever meet 404."""
+    import json
+
+    rows = json.loads(listing)
+    active = [r for r in rows if r["status"] == "active"]
+    with_action = [r for r in active if r.get("actions")]
+    if not active or not with_action:
+        raise SetupError(f"no active plugin with an action to fuzz: {listing[:500]}")
+    action = with_action[0]
+    # the admin run switches its plugin off and on: another one than the action's, if any
+    switched = next((r for r in active if r is not action), action)
+    return switched["name"], action["name"], action["actions"][0]["name"]
+
+
+def call_action(base: str, token: str, plugin: str, action: str, body: bytes) -> int:
+    """One valid call of a plugin action (the fuzzed bodies mostly meet its validation)."""
+    request = urllib.request.Request(
+        f"{base}/api/v1/plugins/{plugin}/actions/{action}", data=body, method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def schemathesis_config(path: Path, parameters: dict[str, str],
+                        operations: dict[str, dict[str, str]]) -> Path:
+    """A schemathesis.toml fixing path parameters: globally, and per operation id."""
+    def table(values: dict[str, str]) -> str:
+        return "{ " + ", ".join(f'"{k}" = "{v}"' for k, v in values.items()) + " }"
+
+    lines = [f"parameters = {table(parameters)}"] if parameters else []
+    for op_id, values in operations.items():
+        lines += ["", "[[operations]]", f'include-operation-id = "{op_id}"',
+                  f"parameters = {table(values)}"]
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    return path
+
+
 def schemathesis(base: str, token: str, args: argparse.Namespace, env: dict[str, str],
-                 max_time: int, report_dir: Path, *extra: str) -> int:
+                 max_time: int, report_dir: Path, config: Path, *extra: str) -> int:
     command = [
-        tool("schemathesis"), "run", f"{base}/openapi.json",
+        tool("schemathesis"), "--config-file", str(config), "run", f"{base}/openapi.json",
         "--header", f"Authorization: Bearer {token}",
         "--checks", CHECKS,
         "--max-examples", str(args.max_examples),
@@ -173,6 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         env.pop("DIHYA_PLUGINS_DISABLE", None)
         dihya = [tool("dihya"), "--config", str(config)]
         print(run([*dihya, "plugins", "approve", *PLUGINS], env), end="", flush=True)
+        plugin, action_plugin, action = real_names(run([*dihya, "plugins", "list", "--json"],
+                                                       env))
+        developer_config = schemathesis_config(
+            workdir / "developer.schemathesis.toml", {},
+            {"callPluginAction": {"path.name": action_plugin, "path.action": action}})
+        admin_config = schemathesis_config(workdir / "admin.schemathesis.toml",
+                                           {"path.name": plugin}, {})
         tokens = {role: run([*dihya, "tokens", "create", "--role", role, "--name",
                              f"fuzz-{role}"], env).strip().splitlines()[-1]
                   for role in ("developer", "admin")}
@@ -187,12 +244,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"server ready at {base} (log: {log_path})", flush=True)
         reports = workdir / "reports"
         developer_time = max(1, args.max_time * 2 // 3)
+        not_admin = [arg for op in ADMIN_ONLY for arg in ("--exclude-operation-id", op)]
         code = schemathesis(base, tokens["developer"], args, env, developer_time,
-                            reports / "developer")
+                            reports / "developer", developer_config, *not_admin)
+        if action_plugin == "markdown-docs" and action == "preview":
+            needs = (Path(__file__).resolve().parents[2] / "examples/needs/todo.json").read_bytes()
+            status = call_action(base, tokens["developer"], action_plugin, action,
+                                 b'{"needs": ' + needs + b"}")
+            print(f"valid call of {action_plugin}/{action} after fuzzing it: {status}",
+                  flush=True)
+            if status != 200:
+                code = code or 1
         admin = [arg for op in ADMIN_OPERATIONS for arg in ("--include-operation-id", op)]
         code = schemathesis(base, tokens["admin"], args, env,
                             max(1, args.max_time - developer_time), reports / "admin",
-                            *admin) or code
+                            admin_config, *admin) or code
         if server.poll() is not None:
             print(f"the server died during the run (exit {server.returncode})", flush=True)
             code = code or 1

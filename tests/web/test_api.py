@@ -137,6 +137,23 @@ def test_every_api_route_needs_a_valid_token(api: Api, header: str | None) -> No
         assert "dihya_" not in json.dumps(body)
 
 
+def test_an_expired_token_is_a_401_saying_so(api: Api) -> None:
+    import time
+
+    from dihya.store.tokens import rotate_token
+
+    store = api.app.extensions["dihya"].store
+    soon = create_token(store, "short-lived", "admin", expires_at=time.time() - 0.001)
+    body = problem(api.client.get("/api/v1/plugins",
+                                  headers={"Authorization": f"Bearer {soon}"}), 401)
+    assert "has expired" in body["detail"] and "tokens rotate" in body["detail"]
+    assert soon not in json.dumps(body)
+    renewed, _info = rotate_token(store, "short-lived", None, keep_expiry=False)
+    assert api.client.get("/api/v1/plugins", headers={
+        "Authorization": f"Bearer {renewed}"}).status_code == 200
+    problem(api.client.get("/api/v1/plugins", headers={"Authorization": f"Bearer {soon}"}), 401)
+
+
 def test_roles(api: Api) -> None:
     assert api.get("/api/v1/plugins", "viewer").status_code == 200
     problem(api.post("/api/v1/generate", "viewer", json={"needs": TODO}), 403)

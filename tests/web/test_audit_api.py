@@ -116,7 +116,7 @@ def test_erasure_leaves_nothing_identifying_in_the_file(api: Api, tmp_path: Path
     purged = api.post("/api/v1/audit/purge", "admin", json={"subject": SUBJECT})
     assert purged.status_code == 200, purged.get_data(as_text=True)
     assert purged.get_json() == {"events": 5, "notes": 1, "tokens": 1, "switches": 1,
-                                 "retention": 0}
+                                 "logs": 0, "retention": 0}
     problem(client.get("/api/v1/plugins", headers=jane), 401)  # the token went with them
     assert api.get(f"/api/v1/audit/export?subject={SUBJECT}", "admin").get_json() == []
     data = _db_bytes(tmp_path / "dihya.sqlite3")

@@ -326,3 +326,33 @@ def test_internal_error_is_as_documented(app: Any, doc: dict[str, Any],
     assert response.status_code == 500
     assert_documented(doc, "/api/v1/plugins", "GET", response)
     assert "boom" not in response.get_data(as_text=True)
+
+
+def test_plugin_logs_and_per_plugin_audit_answers_are_as_documented(
+        app: Any, doc: dict[str, Any], tokens: dict[str, str]) -> None:
+    from dihya.pluginlog import PluginLogRecord
+    from dihya.store.pluginlogs import write
+
+    write(app.extensions["dihya"].store, [PluginLogRecord(
+        1.0, "p", "1.0", "r", "INFO", "for %s (%d)", ["[needs]", 3], "ValueError", 12)])
+    client = app.test_client()
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    logs = "/api/v1/plugins/{name}/logs"
+    cases = [
+        (logs, "GET", client.get("/api/v1/plugins/p/logs", headers=admin)),  # 200
+        (logs, "GET", client.get("/api/v1/plugins/p/logs?level=LOUD", headers=admin)),  # 422
+        (logs, "GET", client.get("/api/v1/plugins/p/logs", headers={
+            "Authorization": f"Bearer {tokens['viewer']}"})),  # 403
+        ("/api/v1/audit/export", "GET",
+         client.get("/api/v1/audit/export?plugin=p", headers=admin)),
+        ("/api/v1/audit/export", "GET",
+         client.get("/api/v1/audit/export?plugin=p&format=csv", headers=admin)),
+        ("/api/v1/audit/purge", "POST",
+         client.post("/api/v1/audit/purge", json={"plugin": "p"}, headers=admin)),
+    ]
+    for path, method, response in cases:
+        assert_documented(doc, path, method, response)
+    assert [r.status_code for _p, _m, r in cases] == [200, 422, 403, 200, 422, 200]
+    assert cases[0][2].get_json()[0]["message"] == "for [needs] (3) [ValueError]"
+    assert cases[-1][2].get_json()["logs"] == 1
+    assert doc["paths"]["/api/v1/plugins/{name}/logs"]["get"]["x-required-role"] == "admin"

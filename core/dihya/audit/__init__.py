@@ -38,13 +38,14 @@ EVENT_TYPES: Final = frozenset({
     # plugin lifecycle
     "plugin.discovered", "plugin.refused", "plugin.approved", "plugin.revoked",
     "plugin.enabled", "plugin.disabled", "plugin.quarantined", "plugin.failed",
-    "plugin.installed", "plugin.uninstalled",
+    "plugin.installed", "plugin.uninstalled", "plugin.rolled-back",
     # hook calls
     "hook.failed", "hook.timeout", "hook.sandbox-violation",
     # requests
     "generation", "plugin.action", "auth.failed", "acl.denied",
     # administration
-    "token.created", "token.revoked", "registry.reloaded", "pth.acknowledged",
+    "token.created", "token.revoked", "token.rotated", "registry.reloaded",
+    "pth.acknowledged",
     # the operator console: a session started with a token, or ended by its owner
     "session.started", "session.ended",
     # the audit log itself
@@ -159,6 +160,15 @@ def hook_event_type(result: HookResult) -> str:
     if result.violation:
         return "hook.sandbox-violation"
     return "hook.failed"
+
+
+def iso_time(ts: float) -> str:
+    """`ts` (seconds since the epoch) as ISO 8601 in UTC, to the millisecond:
+    `2026-12-02T09:01:19.123Z`."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
 def sha256_of(text: str | bytes) -> str:

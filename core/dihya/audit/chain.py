@@ -312,12 +312,22 @@ class AuditLog:
                 query = query.where(sa.or_(audit_table.c.actor == pseudonym,
                                            audit_table.c.target == pseudonym))
             for r in conn.execute(query):
-                out: dict[str, Any] = {"seq": r.seq, **{k: getattr(r, k) for k in _COLUMNS},
-                                       "event_id": r.event_id}
-                out.update(json.loads(r.fields))
-                if r.payload is not None:
-                    out["note"] = r.payload
-                yield {k: v for k, v in out.items() if v is not None}
+                yield _row_dict(r)
+
+    def tail(self, after: int | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The last `limit` events (oldest first) or, with `after`, up to `limit` events
+        after row `after`, oldest first (`dihya audit tail --follow` polls with it)."""
+        query = (sa.select(audit_table, audit_payload_table.c.payload)
+                 .outerjoin(audit_payload_table,
+                            audit_payload_table.c.seq == audit_table.c.seq))
+        if after is None:
+            query = query.order_by(audit_table.c.seq.desc()).limit(limit)
+        else:
+            query = query.where(audit_table.c.seq > after).order_by(
+                audit_table.c.seq).limit(limit)
+        with self.store.begin() as conn:
+            found = [_row_dict(r) for r in conn.execute(query)]
+        return found[::-1] if after is None else found
 
     # -- erase ------------------------------------------------------------------------
 
@@ -454,3 +464,13 @@ class VerifyResult:
     first_bad: int | None
     problem: str | None
     head: str | None = None
+
+
+def _row_dict(r: Any) -> dict[str, Any]:
+    """One stored event as exported: `seq`, the columns, its fields, its note if kept."""
+    out: dict[str, Any] = {"seq": r.seq, **{k: getattr(r, k) for k in _COLUMNS},
+                           "event_id": r.event_id}
+    out.update(json.loads(r.fields))
+    if r.payload is not None:
+        out["note"] = r.payload
+    return {k: v for k, v in out.items() if v is not None}

@@ -153,9 +153,11 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
-def pip_install(wheel: Path) -> None:
-    """Install one local wheel into this interpreter's environment, fetching nothing."""
-    done = _pip("install", "--no-deps", "--no-index", "--quiet", str(wheel))
+def pip_install(wheel: Path, force: bool = False) -> None:
+    """Install one local wheel into this interpreter's environment, fetching nothing
+    (`force`: even over the same version, as a rollback to other bytes needs)."""
+    done = _pip("install", "--no-deps", "--no-index", "--quiet",
+                *(("--force-reinstall",) if force else ()), str(wheel))
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
         raise InstallRefused("pip-failed", f"pip could not install {wheel.name}: "
@@ -195,6 +197,16 @@ def installed_fingerprint_problem(plan: InstallPlan, group: str) -> str | None:
         outside = resolution_problem(plugin, files)
         if outside:
             return outside
+    return None
+
+
+def installed_fingerprint(distribution: str, group: str) -> str | None:
+    """The fingerprint of the installed files of `distribution` (None when it is not
+    installed as a plugin or its files cannot be verified)."""
+    for plugin in installed_plugins(distribution, group):
+        files, problem = inspect_files(plugin)
+        if problem is None and files is not None:
+            return files.fingerprint
     return None
 
 

@@ -163,9 +163,11 @@ def _environment() -> Environment:
     return env
 
 
-def render(project: PluginProject) -> dict[str, str]:
-    """The project's files: relative path -> text."""
+def render(project: PluginProject, core: Path | None = None) -> dict[str, str]:
+    """The project's files: relative path -> text. `core`: the wheel of the core its
+    tox.ini tests against (default: the index's release)."""
     context = {
+        "core_source": str(core) if core is not None else core_requirement(),
         "p": project, "group": DEFAULT_GROUP, "core_requirement": core_requirement(),
         "core_range": SUPPORTED_CORE_RANGE, "oldest_core": oldest_core(),
         "hook_api": HOOK_API_VERSION, "core_version": __version__,
@@ -180,13 +182,10 @@ def render(project: PluginProject) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def new_project(name: str, target: Path, *, author: str | None = None,
-                license: str = DEFAULT_LICENSE) -> list[Path]:
-    """Write the project of plugin `name` into `target` (missing or empty); return the files.
-
-    Raises `ScaffoldError` for an invalid name, author or license, or a non-empty target;
-    nothing is written then.
-    """
+def check_project(name: str, target: Path, *, author: str | None = None,
+                  license: str = DEFAULT_LICENSE) -> PluginProject:
+    """The project `new_project` would write; `ScaffoldError` for an invalid name, author
+    or license, or a target that is not a missing or empty directory."""
     name = check_name(name)
     project = PluginProject(name, check_author(author or f"The dihya-plugin-{name} authors"),
                             license, dt.date.today().year)
@@ -198,7 +197,19 @@ def new_project(name: str, target: Path, *, author: str | None = None,
     if target.is_dir() and any(target.iterdir()):
         raise ScaffoldError(f"{target} is not empty: choose a new directory with --dir, or "
                             "empty this one")
-    files = render(project)
+    return project
+
+
+def new_project(name: str, target: Path, *, author: str | None = None,
+                license: str = DEFAULT_LICENSE, core: Path | None = None) -> list[Path]:
+    """Write the project of plugin `name` into `target` (missing or empty); return the files.
+    `core`: a wheel of dihya-core its tox.ini tests against (see `dihya.authoring.corewheel`).
+
+    Raises `ScaffoldError` for an invalid name, author or license, or a non-empty target;
+    nothing is written then.
+    """
+    project = check_project(name, target, author=author, license=license)
+    files = render(project, core)
     written = []
     for rel, text in files.items():
         path = target / rel

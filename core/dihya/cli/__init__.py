@@ -4,8 +4,9 @@ Exit codes: 0 ok, 1 a check failed (unknown plugin, refused approval, invalid ne
 failed verification), 2 usage (bad arguments, malformed config, non-empty OUTDIR).
 
 Command groups live one per module (`plugins`, `approve`, `verify`, `run`, `tokens`,
-`audit`, `publish`, `scaffold`) and are assembled here, as Flask assembles its CLI; the
-helpers they share are in `_common`.
+`audit`, `publish`, `scaffold`, `config`, `doctor`) and are assembled here, as Flask
+assembles its CLI; the helpers they share are in `_common`. Every command, sub-command
+included, takes `--config PATH` (before or after its name).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import Any, NoReturn
 import click
 
 from dihya import __version__
-from dihya.cli._common import CheckFailed, State
+from dihya.cli._common import CheckFailed, State, Usage
 from dihya.cli.approve import acknowledge_pth, approve, disable, enable, revoke
 from dihya.cli.audit import audit
+from dihya.cli.config import config_group
+from dihya.cli.doctor import doctor
 from dihya.cli.plugins import plugins
 from dihya.cli.publish import COMMANDS as PUBLISH_COMMANDS
 from dihya.cli.run import generate, serve
-from dihya.cli.scaffold import new_command
+from dihya.cli.scaffold import core_wheel_command, new_command
 from dihya.cli.tokens import tokens
 from dihya.cli.verify import verify
 from dihya.config import resolve_path
@@ -57,11 +60,37 @@ def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     # SIGTERM ends a command the way Ctrl-C does: exit handlers run, so its sandbox
     # workers stop and their scratch directories are removed
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    ctx.obj = State(resolve_path(config_path))
+    ctx.obj = State(resolve_path(config_path), config_given=config_path is not None)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> NoReturn:
     raise SystemExit(128 + signum)
+
+
+def _late_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """`--config PATH` after a sub-command: the same as before it."""
+    if value is None:
+        return
+    state = ctx.find_object(State)
+    if state is None:  # pragma: no cover - a sub-command is always under `main`
+        return
+    path = resolve_path(value)
+    if state.config_given and state.config_path != path:
+        raise Usage(f"--config is given twice, as {state.config_path} and as {path}: give "
+                    "it once (before or after the sub-command)")
+    state.config_path, state.config_given = path, True
+
+
+def _accept_config_anywhere(command: click.Command) -> None:
+    """Give `command` and every sub-command under it the `--config` option of `dihya`."""
+    if not any("--config" in p.opts for p in command.params):
+        command.params.append(click.Option(
+            ["--config", "late_config"], type=click.Path(dir_okay=False), expose_value=False,
+            is_eager=True, callback=_late_config,
+            help="Backend config (TOML), as `dihya --config PATH`."))
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_config_anywhere(sub)
 
 
 main.add_command(plugins)
@@ -70,8 +99,13 @@ main.add_command(serve)
 main.add_command(tokens)
 main.add_command(audit)
 for _command in (approve, revoke, enable, disable, verify, acknowledge_pth, new_command,
+                 core_wheel_command,
                  *PUBLISH_COMMANDS):
     plugins.add_command(_command)
+main.add_command(config_group)
+main.add_command(doctor)
+for _command in main.commands.values():
+    _accept_config_anywhere(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

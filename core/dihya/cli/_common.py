@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import difflib
 import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -56,6 +57,9 @@ class Usage(click.ClickException):
 @attrs.define
 class State:
     config_path: Path
+    # whether --config was given (before the sub-command or after it): given twice, the
+    # two must agree
+    config_given: bool = False
     warned: bool = False
     _auditor: Auditor | None = None
 
@@ -184,7 +188,14 @@ def echo_json(data: Any) -> None:
 
 def unknown(name: str, known: Sequence[str]) -> NoReturn:
     listing = ", ".join(sorted(set(known))) or "none installed"
-    raise CheckFailed(f"no plugin named {name!r} is installed (known: {listing})")
+    raise CheckFailed(f"no plugin named {name!r} is installed{did_you_mean(name, known)} "
+                      f"(known: {listing})")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """"; did you mean 'x'?" when `name` is close to one of `known` (a typo); else ""."""
+    close = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def find_plugin(state: State, name: str) -> DiscoveredPlugin:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
+from packaging.utils import canonicalize_name
 
 from dihya import approval
 from dihya.approval import ApprovalPlan, CannotApprove, plan_approval
@@ -19,19 +21,24 @@ from dihya.config.edit import (
     Approval,
     add_known_pth,
     record_approval,
+    record_next_version,
     remove_allow,
     set_enabled,
 )
 from dihya.gate.decide import PluginNotFound
 from dihya.gate.discovery import DiscoveredPlugin
+from dihya.gate.signing import SigningError, read_wheel
 from dihya.gate.startup import PthFile, known_entry, scan_pth, site_directories
+from dihya.reasons import Reason
 
 if TYPE_CHECKING:
     from dihya.store import Store
 from dihya.cli._common import (
     CheckFailed,
     State,
+    Usage,
     approval_options,
+    did_you_mean,
     editing,
     pass_state,
     unknown,
@@ -42,16 +49,28 @@ from dihya.cli._common import (
 @click.command("approve")
 @click.argument("names", nargs=-1, required=True)
 @approval_options
+@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Approve the version in this wheel file, before it is installed (one "
+                   "NAME): added beside the approved version, which keeps running until "
+                   "the new one is installed.")
 @pass_state
 def approve(state: State, names: tuple[str, ...], mode: str | None,
-            roles: tuple[str, ...] | None, required: bool | None) -> None:
+            roles: tuple[str, ...] | None, required: bool | None,
+            wheel: Path | None) -> None:
     """Approve installed plugins as they are now (records name, version, fingerprint).
 
     Each plugin is loaded once in a separate, isolated process to check its class and
     hooks before it is approved. Re-approving keeps the previous mode, roles, required and
     on/off switch unless options say otherwise. All or nothing: if one NAME cannot be
     approved, the config is left unchanged.
+
+    With --wheel, approve the next version of NAME from its wheel file before installing
+    it (an upgrade with no gap): its entry is added beside the approved one, with the same
+    mode, roles, required and switch unless options say otherwise.
     """
+    if wheel is not None:
+        _approve_wheel(state, names, wheel, mode, roles, required)
+        return
     config = state.config()
     approvals = []
     notes = []
@@ -61,6 +80,8 @@ def approve(state: State, names: tuple[str, ...], mode: str | None,
         plan = _approvable(name, config)
         plugin, fingerprint = plan.plugin, plan.fingerprint
         assert plugin is not None and fingerprint is not None
+        click.echo(f"checking {name} ({plugin.distribution} {plugin.version}): loading it in "
+                   "an isolated worker process...", err=True)
         checked = _inspect(plugin, fingerprint, mode or plan.default_mode, config)
         safe = checked.safe
         facts.append((plugin, fingerprint, checked.facts))
@@ -101,6 +122,50 @@ def facts_store(state: State, config: Config) -> Store | None:
         return state.store(config, create=True)
     except click.ClickException:
         return None  # the audit event says why, once the approval is written
+
+
+def _approve_wheel(state: State, names: tuple[str, ...], wheel: Path, mode: str | None,
+                   roles: tuple[str, ...] | None, required: bool | None) -> None:
+    """`approve NAME --wheel X.whl`: the next version, from its wheel, beside the current."""
+    if len(names) != 1:
+        raise Usage("--wheel approves one plugin: give exactly one NAME")
+    name = names[0]
+    config = state.config()
+    try:
+        facts = read_wheel(wheel)
+    except SigningError as exc:
+        raise CheckFailed(f"cannot approve {name!r} from {wheel} ({exc.reason}): "
+                          f"{exc.message}") from exc
+    declared = sorted(facts.entry_points.get(config.group, {}))
+    if name not in declared:
+        raise CheckFailed(f"{wheel.name} ({facts.distribution} {facts.version}) does not "
+                          f"declare the plugin {name!r} in the group {config.group!r} "
+                          f"(it declares: {', '.join(declared) or 'none'})")
+    previous = config.entries_for(name)
+    for old in previous:
+        if canonicalize_name(old.distribution) != canonicalize_name(facts.distribution):
+            raise CheckFailed(f"cannot approve {name!r} ({Reason.DISTRIBUTION_MISMATCH}): it "
+                              f"is approved from {old.distribution!r}, the wheel is "
+                              f"{facts.distribution!r}; revoke {name!r} first")
+    effective = mode or (previous[0].mode if previous else "sandbox")
+    if effective == "in-process" and not any(e.mode == "in-process" for e in previous):
+        raise CheckFailed(f"cannot approve {name!r} in-process from a wheel: its class cannot "
+                          "be checked before it is installed. Approve it with --mode sandbox, "
+                          "or install it and run `dihya plugins approve NAME --mode in-process`")
+    # in-process only where the previous version was approved in-process (its class said
+    # safe = True); the gate checks the new class when it loads (unsafe-in-process)
+    approval = Approval(name=name, distribution=facts.distribution, version=facts.version,
+                        fingerprint=facts.fingerprint, mode=mode,  # type: ignore[arg-type]
+                        roles=roles, required=required, safe=True)
+    with editing(state) as doc:
+        entry = record_next_version(doc, approval)
+    kept = [e.version for e in previous if e.version != entry.version]
+    click.echo(f"approved {entry.name} ({entry.distribution} {entry.version}, from "
+               f"{wheel.name}) {entry.fingerprint} mode={entry.mode}"
+               + (f"; still approved: {', '.join(kept)}" if kept else ""))
+    state.auditor().record("plugin.approved", "ok", subject=user(), plugin=entry.name,
+                           plugin_version=entry.version, plugin_fingerprint=entry.fingerprint,
+                           reason="from-wheel")
 
 
 def _approvable(name: str, config: Config) -> ApprovalPlan:
@@ -148,20 +213,29 @@ def check_class(plugin: DiscoveredPlugin, fp: str, mode: str, config: Config,
 
 @click.command("revoke")
 @click.argument("name")
+@click.option("--version", "version", default=None,
+              help="Revoke only the approval of this version (e.g. the previous one, kept "
+                   "as the way back after an upgrade).")
 @pass_state
-def revoke(state: State, name: str) -> None:
+def revoke(state: State, name: str, version: str | None) -> None:
     """Remove a plugin's approval: it becomes refused/not-allowlisted."""
     with editing(state) as doc:
-        if not remove_allow(doc, name):
+        if not remove_allow(doc, name, version):
+            if version is not None and state.config().entries_for(name):
+                approved = ", ".join(e.version for e in state.config().entries_for(name))
+                raise CheckFailed(f"{name} {version} is not approved (approved versions: "
+                                  f"{approved})")
             _not_approved(state, name)
-    click.echo(f"revoked {name}")
-    state.auditor().record("plugin.revoked", "ok", subject=user(), plugin=name)
+    click.echo(f"revoked {name}" + (f" {version}" if version else ""))
+    state.auditor().record("plugin.revoked", "ok", subject=user(), plugin=name,
+                           plugin_version=version)
 
 
 def _not_approved(state: State, name: str) -> NoReturn:
-    approved = ", ".join(e.name for e in state.config().allow) or "none"
-    raise CheckFailed(f"{name!r} is not in the allowlist of {state.config_path} "
-                      f"(approved: {approved})")
+    names = [e.name for e in state.config().allow]
+    approved = ", ".join(dict.fromkeys(names)) or "none"
+    raise CheckFailed(f"{name!r} is not in the allowlist of {state.config_path}"
+                      f"{did_you_mean(name, names)} (approved: {approved})")
 
 
 def _switch(state: State, name: str, enabled: bool, reason: str | None) -> None:

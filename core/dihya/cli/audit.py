@@ -1,4 +1,4 @@
-"""`dihya audit`: export, purge and verify the audit log (GDPR access and erasure).
+"""`dihya audit`: export, purge and verify the audit log (GDPR access and erasure); tail it.
 
 None of them creates a store: where there is none (and the store marker expects none),
 export prints nothing, purge erases nothing and verify says there is nothing to verify. A
@@ -11,7 +11,8 @@ replaced or emptied), 2 usage.
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from typing import Any, Final
 
 import click
 
@@ -19,6 +20,8 @@ from dihya.audit import FORMATS, Auditor
 from dihya.cli._common import CheckFailed, State, Usage, user
 
 pass_state = click.make_pass_decorator(State)
+#: How often `audit tail --follow` asks the store for new events.
+FOLLOW_POLL_S: Final = 0.5
 
 
 def _auditor(state: State) -> Auditor | None:
@@ -37,30 +40,98 @@ def audit() -> None:
 
 @audit.command("export")
 @click.option("--subject", help="Only events about this subject (a token's name, a CLI user).")
+@click.option("--plugin", help="The audit events that name this plugin and its own log "
+                               "records (JSON or JSON Lines).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True)
 @pass_state
-def export_cmd(state: State, subject: str | None, fmt: str) -> None:
-    """Print every event (about SUBJECT) as JSON or CSV; the export is itself audited."""
-    from dihya.audit.gdpr import export, render
+def export_cmd(state: State, subject: str | None, plugin: str | None, fmt: str) -> None:
+    """Print every event (about SUBJECT) as JSON or CSV, or a plugin's events and log
+    records; the export is itself audited."""
+    from dihya.audit.gdpr import PLUGIN_FORMATS, export, plugin_export, render
 
+    if subject is not None and plugin is not None:
+        raise Usage("give --subject ID or --plugin NAME, not both")
+    if plugin is not None and fmt not in PLUGIN_FORMATS:
+        raise Usage(f"--plugin exports events and log records, two kinds of row: use "
+                    f"--format {' or --format '.join(PLUGIN_FORMATS)}, not {fmt}")
     auditor = _auditor(state)
     if auditor is None:
-        click.echo(render([], fmt), nl=False)
+        if plugin is not None:
+            empty = {"plugin": plugin, "events": [], "logs": []}
+            click.echo(json.dumps(empty) if fmt == "json" else "")
+        else:
+            click.echo(render([], fmt), nl=False)
+        return
+    if plugin is not None:
+        click.echo(plugin_export(auditor, plugin, fmt, actor=user()), nl=False)
         return
     click.echo(export(auditor, subject, fmt, actor=user()), nl=False)
+
+
+@audit.command("tail")
+@click.option("-n", "--lines", "count", type=click.IntRange(1, 10000), default=20,
+              show_default=True, help="How many of the latest events to show first.")
+@click.option("--follow", "-f", is_flag=True,
+              help=f"Then show new events as they are committed (the store is polled every "
+                   f"{FOLLOW_POLL_S:g} s, by every node sharing it); stop with Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line (JSON Lines), with `at_iso` beside `at`.")
+@pass_state
+def tail_cmd(state: State, count: int, follow: bool, as_json: bool) -> None:
+    """Show the latest events with their times in ISO 8601 (UTC), oldest first."""
+    from dihya.audit.gdpr import with_iso
+
+    auditor = _auditor(state)
+    log = auditor.log if auditor is not None else None
+    if log is None:
+        if not follow:
+            return
+        while (auditor := state.existing_auditor()) is None or auditor.log is None:
+            time.sleep(FOLLOW_POLL_S)  # a store that appears later is followed
+        log = auditor.log
+    after: int | None = None
+    rows = log.tail(None, count)
+    try:
+        while True:
+            for row in rows:
+                _print_event(with_iso(row), as_json)
+                after = row["seq"]
+            if not follow:
+                return
+            rows = []
+            while not rows:
+                time.sleep(FOLLOW_POLL_S)
+                rows = log.tail(after if after is not None else -1, 1000)
+    except KeyboardInterrupt:
+        return
+
+
+def _print_event(row: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(row, sort_keys=True, ensure_ascii=False))
+        return
+    row.pop("note", None)  # personal free text: in exports, never in a live view
+    skip = {"seq", "at", "at_iso", "type", "outcome", "event_id"}
+    rest = " ".join(f"{k}={row[k]}" for k in sorted(row) if k not in skip)
+    click.echo(f"{row['at_iso']}  {row['seq']:>6}  {row['type']:<22} {row['outcome']:<8} "
+               f"{rest}".rstrip())
 
 
 @audit.command("purge")
 @click.option("--subject", help="Erase this subject: pseudonym, notes, tokens.")
 @click.option("--older-than", "days", type=click.FloatRange(min=0),
               help="Remove events older than DAYS days.")
+@click.option("--plugin", help="Erase what is kept about this plugin: its log records and "
+                               "the notes of its audit events (the events stay in the chain).")
 @pass_state
-def purge_cmd(state: State, subject: str | None, days: float | None) -> None:
-    """Erase a subject or old events, then apply the retention period."""
-    from dihya.audit.gdpr import apply_retention, purge_older_than, purge_subject
+def purge_cmd(state: State, subject: str | None, days: float | None,
+              plugin: str | None) -> None:
+    """Erase a subject, old events or a plugin's records, then apply the retention
+    period."""
+    from dihya.audit.gdpr import apply_retention, purge_older_than, purge_plugin, purge_subject
 
-    if (subject is None) == (days is None):
-        raise Usage("give exactly one of --subject ID or --older-than DAYS")
+    if sum(x is not None for x in (subject, days, plugin)) != 1:
+        raise Usage("give exactly one of --subject ID, --older-than DAYS or --plugin NAME")
     auditor = _auditor(state)
     if auditor is None:
         click.echo("nothing to erase: there is no state store")
@@ -70,12 +141,18 @@ def purge_cmd(state: State, subject: str | None, days: float | None) -> None:
         click.echo(f"erased the subject: {counts['events']} events unlinked, "
                    f"{counts['notes']} notes, {counts['tokens']} tokens and "
                    f"{counts['switches']} switch authors removed")
+    elif plugin is not None:
+        counts = purge_plugin(auditor, plugin, actor=user())
+        click.echo(f"erased plugin {plugin}: {counts['logs']} log records and {counts['notes']} "
+                   f"notes removed; its {counts['events']} audit events stay in the chain")
     else:
         assert days is not None
         click.echo(f"removed {purge_older_than(auditor, days, actor=user())} events older "
                    f"than {days:g} days")
-    retention = state.config().audit_retention_days
-    removed = apply_retention(auditor, retention, interval_s=0)
+    config = state.config()
+    retention = config.audit_retention_days
+    removed = apply_retention(auditor, retention, interval_s=0,
+                              plugin_log_days=config.plugin_log_retention_days)
     click.echo(f"retention ({retention:g} days): removed {removed or 0} events")
 
 

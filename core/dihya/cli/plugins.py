@@ -1,10 +1,13 @@
-"""`dihya plugins list|show|fingerprint|reload`: what is installed, what the core decided about it,
-and telling running servers to rebuild.
+"""`dihya plugins list|show|fingerprint|reload|logs`: what is installed, what the core decided
+about it, telling running servers to rebuild, and what a plugin logged (redacted).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +18,7 @@ from dihya.gate.decide import (
 )
 from dihya.gate.fingerprint import FingerprintError, fingerprint_wheel
 from dihya.gate.startup import pth_json
+from dihya.pluginlog.collect import LEVELS
 from dihya.registry import RegistrySnapshot
 
 if TYPE_CHECKING:
@@ -45,21 +49,64 @@ def list_plugins(state: State, as_json: bool) -> None:
         # the array has no room for facts about the environment: every row carries them
         echo_json([_with_pth(r.to_json(), snapshot) for r in snapshot.records])
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"plugins ({snapshot.config.path})")
-    for column in ("name", "status", "reason", "mode", "version", "distribution", "hooks"):
-        table.add_column(column, overflow="fold")
-    colors = {"active": "green", "disabled": "yellow", "refused": "red", "failed": "red"}
-    for r in snapshot.records:
-        table.add_row(r.name, f"[{colors.get(r.status, 'white')}]{r.status}[/]",
-                      r.reason or "", r.mode or "", r.version, r.distribution,
-                      ", ".join(r.hooks))
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    console = _console()
+    console.print(plugin_table(snapshot, console.width))
     if not snapshot.records:
         click.echo("no plugin installed in group " + snapshot.config.group)
+    for note in isolation_notes(snapshot):
+        click.echo(note)
     _warn_pth(snapshot)
+
+
+def isolation_notes(snapshot: RegistrySnapshot) -> list[str]:
+    """The footnotes of the table's isolation marks: one line per plugin whose worker
+    lacks a layer."""
+    return [f"{ISOLATION_MARK} {r.name} runs with weaker isolation: {'; '.join(r.warnings)} "
+            "(`dihya doctor` says how to fix it)" for r in snapshot.records if r.warnings]
+
+
+ISOLATION_MARK = "(!)"
+# below this width the distribution and hooks go (`plugins show NAME` or --json has them):
+# seven columns on 80 would fold names in the middle
+_WIDE = 120
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # a terminal's width, or $COLUMNS; else (a pipe, a file) wide enough for every column
+    wide = sys.stdout.isatty() or bool(os.environ.get("COLUMNS"))
+    return Console(width=None if wide else 160)
+
+
+def plugin_table(snapshot: RegistrySnapshot, width: int) -> Any:
+    """The `plugins list` table for a console `width` columns wide: a name is never
+    folded; a plugin with weaker isolation gets a mark after its status, explained below
+    the table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    wide = width >= _WIDE
+    table = Table(title=f"plugins ({snapshot.config.path})")
+    columns = ("name", "status", "reason", "mode", "version",
+               *(("distribution", "hooks") if wide else ()))
+    longest = max((len(r.name) for r in snapshot.records), default=4)
+    for column in columns:
+        # names and statuses whole; a long reason, version or hook list folds instead
+        whole = column in ("name", "status", "mode", "distribution")
+        table.add_column(column, no_wrap=whole, overflow="fold",
+                         min_width=longest if column == "name" else None)
+    colors = {"active": "green", "disabled": "yellow", "refused": "red", "failed": "red"}
+    for r in snapshot.records:
+        mark = f" {escape(ISOLATION_MARK)}" if r.warnings else ""
+        row = [escape(r.name), f"[{colors.get(r.status, 'white')}]{r.status}[/]{mark}",
+               r.reason or "", r.mode or "", escape(r.version)]
+        if wide:
+            row += [escape(r.distribution), ", ".join(r.hooks)]
+        table.add_row(*row)
+    if not wide and snapshot.records:
+        table.caption = "more: `plugins show NAME`, --json"
+    return table
 
 
 def _with_pth(data: dict[str, Any], snapshot: RegistrySnapshot) -> dict[str, Any]:
@@ -135,3 +182,67 @@ def reload(state: State) -> None:
     state.auditor().record("registry.reloaded", "ok", subject=user())
     click.echo(f"reload requested (state version {version}); running servers rebuild within "
                "a second")
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str, now: float | None = None) -> float:
+    """`--since`: a duration back from now (`30m`, `2h`, `7d`) or an ISO 8601 date or time
+    (`2026-12-02`, `2026-12-02T09:30:00+00:00`; UTC when it names no zone), as seconds
+    since the epoch."""
+    import datetime as dt
+
+    match = _DURATION.match(value.strip())
+    if match:
+        return (time.time() if now is None else now) - float(match.group(1)) * _UNIT_S[
+            match.group(2)]
+    try:
+        when = dt.datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is neither a duration such as 30m, 2h or 7d nor "
+                                 "an ISO 8601 date or time such as 2026-12-02T09:30") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+@plugins.command("logs")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--since", help="Only records since then: 30m, 2h, 7d, or an ISO 8601 date or "
+                              "time (UTC unless it says).")
+@click.option("--level", type=click.Choice(LEVELS, case_sensitive=False),
+              help="Only records at this level or above.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000,
+              show_default=True, help="At most this many records, the newest.")
+@pass_state
+def logs(state: State, name: str, as_json: bool, since: str | None, level: str | None,
+         limit: int) -> None:
+    """Print what plugin NAME logged through `self.logger`, oldest first, with personal
+    data replaced by placeholders ([needs], [email], [phone], [token]).
+
+    The records of plugins no longer installed stay readable until retention or
+    `dihya audit purge --plugin NAME` removes them.
+    """
+    from dihya.escaping import escape_text
+    from dihya.store.pluginlogs import read
+
+    since_at = parse_since(since) if since is not None else None
+    store = state.store()
+    records = [] if store is None else read(store, name, since=since_at, level=level,
+                                            limit=limit)
+    if as_json:
+        echo_json([r.to_json() for r in records])
+        return
+    if store is None:
+        click.echo("note: no state store yet: no plugin log record was kept", err=True)
+    elif not records:
+        click.echo(f"note: no log record of {name!r} matches (plugins log through "
+                   "self.logger; records expire after [audit] plugin_log_retention_days)",
+                   err=True)
+    for r in records:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.at))
+        cut = f" (+{r.cut_bytes} bytes cut)" if r.cut_bytes else ""
+        click.echo(escape_text(f"{when} {r.level:<8} {r.request_id or '-'} {r.message}{cut}"))

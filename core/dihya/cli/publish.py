@@ -1,4 +1,5 @@
-"""`dihya plugins keygen|sign|install|uninstall`: publisher signatures and one-command installs.
+"""`dihya plugins keygen|sign|install|uninstall|rollback`: publisher signatures, one-command
+installs and the way back.
 
 A publisher runs `keygen` once and `sign` per release; an operator lists the publisher in
 `[[plugins.publishers]]` and runs `install WHEEL` (the `WHEEL.sig` beside it is used). An
@@ -6,7 +7,11 @@ install verifies everything it can before pip runs, installs with `--no-deps` in
 interpreter's environment, checks the installed files against the wheel's fingerprint,
 loads the plugin once in a sandbox worker (as `approve` does), then records the allowlist
 entry, audits and bumps the store's state version so running servers reload. Any refusal
-leaves nothing installed and the config unchanged.
+leaves nothing installed and the config unchanged. An install that replaces an installed
+version first keeps that version as a wheel in the user's cache
+(`dihya.authoring.wheelcache`): when the new version's post-install check fails, the kept
+one is installed again (audited `plugin.rolled-back`); `rollback NAME` goes back to it on
+purpose.
 
 Exit codes as everywhere: 0 ok, 1 refused, 2 usage.
 """
@@ -23,10 +28,12 @@ from typing import NoReturn
 import click
 from packaging.utils import canonicalize_name
 
+from dihya.authoring import wheelcache
 from dihya.authoring.install import (
     CORE_DISTRIBUTION,
     InstallPlan,
     InstallRefused,
+    installed_fingerprint,
     installed_fingerprint_problem,
     installed_plugins,
     installed_version,
@@ -44,19 +51,51 @@ from dihya.cli._common import (
     user,
 )
 from dihya.cli.approve import check_class, facts_store
-from dihya.config.edit import Approval, record_approval, remove_allow
+from dihya.config.edit import Approval, record_approval, record_next_version, remove_allow
 from dihya.gate.discovery import discover
-from dihya.gate.signing import SigningError, generate_key, load_private_key, sign_wheel
+from dihya.gate.signing import (
+    SigningError,
+    generate_key,
+    load_private_key,
+    read_wheel,
+    sign_wheel,
+)
 
 pass_state = click.make_pass_decorator(State)
 
 
 @click.command("keygen")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the private key (created with mode 0600; never "
-                   "overwritten).")
-def keygen(out: Path) -> None:
-    """Make a publisher key pair: write the private key, print the public key."""
+                   "overwritten). Default: $XDG_CONFIG_HOME/dihya/keys/NAME.key, else "
+                   "~/.config/dihya/keys/NAME.key.")
+@click.option("--name", default="publisher", show_default=True,
+              help="The key's file name in the default directory (NAME.key).")
+@click.option("--allow-in-repo", is_flag=True,
+              help="Write the key inside a git work tree all the same (it is refused "
+                   "there: one `git add .` would publish it).")
+def keygen(out: Path | None, name: str, allow_in_repo: bool) -> None:
+    """Make a publisher key pair: write the private key, print the public key.
+
+    The private key goes under your config directory (mode 0600, directory 0700) unless
+    --out says otherwise; a path inside a git work tree is refused (exit 2) without
+    --allow-in-repo.
+    """
+    from dihya.authoring.places import git_work_tree, key_dir
+
+    if out is None:
+        if not name or "/" in name or name.startswith("."):
+            raise Usage(f"--name {name!r}: a plain file name, such as `acme`")
+        out = key_dir() / f"{name}.key"
+        try:
+            out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Usage(f"cannot create {out.parent}: {exc.strerror}; pass --out PATH") from exc
+    tree = git_work_tree(out)
+    if tree is not None and not allow_in_repo:
+        raise Usage(f"{out} is inside the git work tree {tree}: a private key there is one "
+                    "`git add` away from being published. Leave out --out (the key then goes "
+                    f"to {key_dir()}), choose a path outside the tree, or pass --allow-in-repo")
     try:
         public = generate_key(out)
     except SigningError as exc:
@@ -125,15 +164,21 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
             _refuse(state, exc, installed=False)
         _describe(plan)
         was = installed_version(plan.facts.distribution)
+        # the way back: the installed version, kept as a wheel before it is replaced
+        kept = None
+        if was is not None:
+            was_fp = installed_fingerprint(plan.facts.distribution, config.group)
+            if was_fp is not None and was_fp != plan.facts.fingerprint:
+                kept = wheelcache.keep_installed(plan.facts.distribution, was_fp)
         try:
             pip_install(staged)
         except InstallRefused as exc:
             _refuse(state, exc, installed=False, plan=plan)
     problem = installed_fingerprint_problem(plan, config.group)
     if problem:
-        _undo(plan)
+        restored = _undo(state, plan, kept, "fingerprint-mismatch")
         _refuse(state, InstallRefused("fingerprint-mismatch", problem, plan.names),
-                installed=True, plan=plan, was=was)
+                installed=True, plan=plan, was=was, restored=restored)
     approvals = []
     for name in plan.names:
         prev = [e for e in plan.previous if e.name == name]
@@ -144,9 +189,9 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
             safe = check_class(plugin, plan.facts.fingerprint, chosen_mode, config,
                                facts=facts_store(state, config))
         except CheckFailed as exc:
-            _undo(plan)
+            restored = _undo(state, plan, kept, "invalid-plugin")
             _refuse(state, InstallRefused("invalid-plugin", exc.message, plan.names),
-                    installed=True, plan=plan, was=was)
+                    installed=True, plan=plan, was=was, restored=restored)
         # only this install's choices: what the file says once locked is kept otherwise
         approvals.append(Approval(
             name=name, distribution=plan.facts.distribution, version=plan.facts.version,
@@ -156,7 +201,7 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
         with editing(state) as doc:
             entries = [record_approval(doc, a) for a in approvals]
     except BaseException:
-        _undo(plan)
+        _undo(state, plan, kept, "config-edit-failed")
         raise
     how = f"signed by {plan.publisher}" if plan.publisher else "unsigned, approved by you"
     for e in entries:
@@ -169,6 +214,9 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
         auditor.record("plugin.installed", "ok", subject=user(), plugin=e.name,
                        plugin_version=e.version, plugin_fingerprint=e.fingerprint,
                        reason="signed" if plan.publisher else "unsigned-approved")
+    if kept is not None:
+        click.echo(f"kept {plan.facts.distribution} {was} as {kept}: `dihya plugins rollback "
+                   f"{plan.names[0]}` goes back to it")
     _reload(state)
 
 
@@ -184,13 +232,32 @@ def _describe(plan: InstallPlan) -> None:
                    f"fingerprint {facts.fingerprint}")
 
 
-def _undo(plan: InstallPlan) -> None:
+def _undo(state: State, plan: InstallPlan, kept: Path | None, reason: str) -> Path | None:
+    """Take the new wheel out again: install the `kept` previous version back (audited
+    `plugin.rolled-back`; returns its wheel when its files are exactly back), else
+    uninstall."""
+    if kept is not None:
+        with contextlib.suppress(InstallRefused, SigningError):
+            pip_install(kept, force=True)
+            back = read_wheel(kept)
+            group = state.config().group
+            if installed_fingerprint(plan.facts.distribution, group) == back.fingerprint:
+                with contextlib.suppress(Exception):  # the restore stands if auditing fails
+                    for name in plan.names:
+                        state.auditor().record(
+                            "plugin.rolled-back", "ok", subject=user(), plugin=name,
+                            plugin_version=back.version, plugin_fingerprint=back.fingerprint,
+                            reason=reason)
+                _reload(state)
+                return kept
     with contextlib.suppress(InstallRefused):
         pip_uninstall(plan.facts.distribution)
+    return None
 
 
 def _refuse(state: State, exc: InstallRefused, installed: bool,
-            plan: InstallPlan | None = None, was: str | None = None) -> NoReturn:
+            plan: InstallPlan | None = None, was: str | None = None,
+            restored: Path | None = None) -> NoReturn:
     """Audit the refusal and exit 1."""
     facts = plan.facts if plan else None
     with contextlib.suppress(Exception):  # a refusal stands even if auditing fails
@@ -200,7 +267,10 @@ def _refuse(state: State, exc: InstallRefused, installed: bool,
                                plugin_fingerprint=facts.fingerprint if facts else None,
                                reason=exc.reason)
     tail = "nothing was installed and the config is unchanged"
-    if installed:
+    if installed and restored is not None and facts is not None:
+        tail = (f"the previously installed {facts.distribution} {was} was installed again "
+                f"(kept in {restored}) and the config is unchanged")
+    elif installed:
         tail = "the wheel was uninstalled again and the config is unchanged"
         if was is not None and facts is not None:
             tail += (f"; the previously installed {facts.distribution} {was} was replaced "
@@ -257,4 +327,78 @@ def uninstall(state: State, name: str) -> None:
     _reload(state)
 
 
-COMMANDS = (keygen, sign, install, uninstall)
+@click.command("rollback")
+@click.argument("name")
+@pass_state
+def rollback(state: State, name: str) -> None:
+    """Go back to the version of plugin NAME installed before the last `plugins install`.
+
+    The kept wheel (in the user's cache) is installed again, its files checked against its
+    fingerprint and its class loaded in a sandbox worker, then its approval is recorded
+    (beside the current one, which stays approved: rolling forward is installing it
+    again) and running servers reload. The version rolled back from is kept in turn.
+    """
+    config = state.config()
+    found = [p for p in discover(config.group) if p.name == name]
+    if not found:
+        unknown(name, [p.name for p in discover(config.group)])
+    plugin = found[0]
+    target = wheelcache.previous(plugin.distribution, plugin.version)
+    if target is None:
+        raise CheckFailed(f"no other version of {plugin.distribution} is kept in "
+                          f"{wheelcache.cache_root()}: `dihya plugins install` keeps the "
+                          "installed version there before it replaces it")
+    try:
+        facts = read_wheel(target)
+    except SigningError as exc:
+        raise CheckFailed(f"the kept wheel {target} cannot be read ({exc.reason}): "
+                          f"{exc.message}") from exc
+    names = tuple(sorted(facts.entry_points.get(config.group, {})))
+    if name not in names:
+        raise CheckFailed(f"the kept wheel {target} does not declare {name!r}")
+    plan = InstallPlan(facts=facts, names=names, verified=None,
+                       previous=tuple(e for n in names for e in config.entries_for(n)))
+    now_fp = installed_fingerprint(plugin.distribution, config.group)
+    forward = (wheelcache.keep_installed(plugin.distribution, now_fp)
+               if now_fp is not None else None)
+    try:
+        pip_install(target, force=True)
+    except InstallRefused as exc:
+        raise CheckFailed(f"rollback of {name} refused ({exc.reason}): {exc}") from exc
+    problem = installed_fingerprint_problem(plan, config.group)
+    approvals = []
+    if problem is None:
+        for n in names:
+            entries = config.entries_for(n)
+            mode = entries[0].mode if entries else "sandbox"
+            (installed,) = [p for p in installed_plugins(facts.distribution, config.group)
+                            if p.name == n]
+            try:
+                safe = check_class(installed, facts.fingerprint, mode, config)
+            except CheckFailed as exc:
+                problem = exc.message
+                break
+            approvals.append(Approval(name=n, distribution=facts.distribution,
+                                      version=facts.version, fingerprint=facts.fingerprint,
+                                      safe=safe))
+    if problem is not None:
+        if forward is not None:
+            with contextlib.suppress(InstallRefused):
+                pip_install(forward, force=True)
+        raise CheckFailed(f"rollback of {name} to {facts.version} refused: {problem}\n"
+                          f"{plugin.distribution} {plugin.version} is installed again")
+    with editing(state) as doc:
+        entries_done = [record_next_version(doc, a) for a in approvals]
+    auditor = state.auditor()
+    for e in entries_done:
+        auditor.record("plugin.rolled-back", "ok", subject=user(), plugin=e.name,
+                       plugin_version=e.version, plugin_fingerprint=e.fingerprint,
+                       reason="on-purpose")
+    click.echo(f"rolled back {name}: {plugin.distribution} {plugin.version} -> "
+               f"{facts.version} (from {target}) {facts.fingerprint}")
+    if forward is not None:
+        click.echo(f"kept {plugin.distribution} {plugin.version} as {forward}")
+    _reload(state)
+
+
+COMMANDS = (keygen, sign, install, uninstall, rollback)

@@ -55,12 +55,20 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: 
         _notes(prepare_outdir(outdir, replace_mode(force, update)))
     except OutputError as exc:
         raise _output_failed(exc) from exc
+    from dihya.pluginlog import LogLimits, collecting
+
     needs = _read_json(needs_file)
     snapshot = state.registry()
+    config = state.config()
     emit: Callable[[dict[str, Any]], None] = echo_json if as_json else _echo_report
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            result = run_generation(needs, snapshot)
+        with (contextlib.redirect_stdout(sys.stderr),
+              collecting(None, needs, LogLimits(config.plugin_log_records,
+                                                config.plugin_log_bytes)) as plugin_logs):
+            try:
+                result = run_generation(needs, snapshot)
+            finally:
+                _keep_plugin_logs(state, plugin_logs.finish())
     except NeedsError as exc:
         emit({"error": "invalid-needs", "problems": [attrs.asdict(p) for p in exc.problems]})
         raise CheckFailed(f"{needs_file}: {len(exc.problems)} problem(s) in the needs") from exc
@@ -83,6 +91,24 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: 
     emit({"outdir": str(outdir), "files": written.files, "kept": written.kept,
           "plugins": [h.to_json() for h in result.plugins],
           "needs_sha256": result.needs_sha256, "ms": round(result.ms, 1)})
+
+
+def _keep_plugin_logs(state: State, records: list[Any]) -> None:
+    """The plugins' log records (redacted): into the state store if there is one
+    (`dihya plugins logs NAME` reads them), else on stderr."""
+    from dihya.escaping import escape_text
+
+    if not records:
+        return
+    store = state.store()
+    if store is not None:
+        from dihya.store.pluginlogs import write
+
+        write(store, records)
+        return
+    for record in records:
+        click.echo(escape_text(f"plugin {record.plugin} {record.level}: {record.message}"),
+                   err=True)
 
 
 def _notes(lines: list[str]) -> None:
@@ -139,15 +165,32 @@ def _echo_report(report: dict[str, Any]) -> None:
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Requests each worker answers at once (more than 1: gunicorn's gthread "
                    "worker); concurrent requests of a worker share their audit commits.")
+@click.option("--log-format", type=click.Choice(("json", "text")), default="json",
+              show_default=True,
+              help="Every line on stderr (gunicorn's included): JSON objects with time, "
+                   "level, event, request_id and message, or the same as text for people.")
 @pass_state
-def serve(state: State, host: str, port: int, workers: int, threads: int) -> None:
+def serve(state: State, host: str, port: int, workers: int, threads: int,
+          log_format: str) -> None:
     """Serve the HTTP API under gunicorn until interrupted.
 
     Creates the state store if there is none (and the store marker does not say one was
     there: then exit 1); the workers themselves never create it.
     """
-    state.config()  # fail fast, with exit 2, on a malformed config
-    state.store(create=True)
+    import logging
+
+    from dihya.web.serve import configure_logging
     from dihya.web.serve import serve as run_server
 
-    run_server(str(state.config_path), host, port, workers, threads=threads)
+    configure_logging(log_format)
+    state.warned = True  # a missing or empty config is said below, in the log's format
+    config = state.config()  # fail fast, with exit 2, on a malformed config
+    if not config.exists or config.empty:
+        what = "does not exist" if not config.exists else "is empty"
+        logging.getLogger("dihya.web").warning(
+            f"config file {what}: no plugin is approved (pass --config or set DIHYA_CONFIG)",
+            extra={"reason": "missing-config" if not config.exists else "empty-config",
+                   "event": "config.warning"})
+    state.store(create=True)
+    run_server(str(state.config_path), host, port, workers, threads=threads,
+               log_format=log_format)

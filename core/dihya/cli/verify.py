@@ -53,28 +53,44 @@ def verify(state: State, as_json: bool) -> None:
         rows += _plugin_checks(state)
     if config is not None:  # facts of the environment, whatever the allowlist says
         rows += [_pth_row(pth) for pth in scan_pth(config.known_pth)]
+        from dihya.web.ratelimit import PER_WORKER_NOTE, limits_are_shared
+
+        if config.exists and not limits_are_shared(config):
+            rows.append(_check_row("rate-limits", "note", "per-worker-limits",
+                                   PER_WORKER_NOTE, True))
     if as_json:
         echo_json(rows)
     else:
         for row in rows:
             if row is failed and row["check"] != "plugin":
                 continue  # said once, on stderr, by the error below
-            mark = {"warning": "warn"}.get(row["status"], "ok  " if row["ok"] else "FAIL")
+            mark = {"warning": "warn", "note": "note"}.get(
+                row["status"], "ok  " if row["ok"] else "FAIL")
             if row["check"] != "plugin":
                 click.echo(f"{mark} {row['check']}: {row['message']}")
                 continue
-            reason = f"/{row['reason']}" if row["reason"] else ""
-            click.echo(f"{mark} {row['name']}: {row['status']}{reason} {row['message']}")
+            click.echo(f"{mark} {row['name']}: {_plugin_line(row)}")
     if failed is not None and failed["check"] != "plugin":
         raise CheckFailed(failed["message"])
     if not all(row["ok"] for row in rows):
         sys.exit(1)
 
 
+def _plugin_line(row: dict[str, Any]) -> str:
+    """What a plugin row says, once: "active, verified (sandbox worker as nobody)",
+    "disabled/disabled-by-config: <why>", "refused/fingerprint-mismatch: <why>"."""
+    if row["status"] == "active" and row["message"] in ("", "active"):
+        who = row.get("worker_user")
+        return f"active, verified{f' (sandbox worker as {who})' if who else ''}"
+    reason = f"/{row['reason']}" if row["reason"] else ""
+    return f"{row['status']}{reason}: {row['message']}"
+
+
 def _check_row(check: str, status: str, reason: str | None, message: str,
                ok: bool, name: str | None = None) -> dict[str, Any]:
     """One row of `plugins verify`: `check` is "plugin" (a row per allowlisted plugin),
-    "config", "allowlist", "store" or "pth"."""
+    "config", "allowlist", "store", "pth" or "rate-limits" (a note, status "note": limits
+    counted per worker)."""
     return {"name": name, "check": check, "status": status, "reason": reason,
             "message": message, "ok": ok}
 

@@ -20,8 +20,14 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from dihya.config.knownpth import KnownPth, parse_known_pth
-from dihya.config.publishers import Publisher, array_entry, parse_publishers
+from dihya.config.knownpth import KNOWN_PTH_KEYS, KnownPth, parse_known_pth
+from dihya.config.publishers import (
+    PUBLISHER_KEYS,
+    Publisher,
+    array_entry,
+    did_you_mean,
+    parse_publishers,
+)
 from dihya.plugin import DEFAULT_GROUP
 from dihya.reasons import DihyaError
 
@@ -77,7 +83,7 @@ class AllowEntry:
 class SandboxSettings:
     """`[sandbox]`: how sandbox workers are started, limited, recycled and reaped."""
 
-    start_timeout_s: float = 5.0
+    start_timeout_s: float = 20.0
     memory_mb: int = 512
     scratch_mb: int = 64
     cpu_seconds: int = 60
@@ -96,6 +102,26 @@ _SANDBOX_KEYS: Final = {
     "idle_s": (float, 1, 86400), "quarantine_after": (int, 1, 10**6),
     "scratch_mb": (int, 1, 65536),
 }
+
+
+ENTRY_KEYS: Final = frozenset({
+    "name", "distribution", "version", "fingerprint", "mode", "roles", "enabled", "required",
+    "disabled_reason", "publisher",
+})
+# The keys each table may hold: the one list that reading (here) and `dihya config check`
+# (dihya.config.check) go by; an array of tables is named by its dotted path.
+TABLE_KEYS: Final[Mapping[str, frozenset[str]]] = {
+    "plugins": frozenset({"group", "hook_timeout_s", "auto_reload", "allow", "publishers",
+                          "known_pth", "log_records", "log_record_bytes"}),
+    "store": frozenset({"url", "synchronous"}),
+    "web": frozenset({"rate_limit", "rate_limit_storage"}),
+    "audit": frozenset({"key", "retention_days", "plugin_log_retention_days"}),
+    "sandbox": frozenset({*_SANDBOX_KEYS, "require_isolation", "allow_root"}),
+    "plugins.allow": ENTRY_KEYS,
+    "plugins.publishers": PUBLISHER_KEYS,
+    "plugins.known_pth": KNOWN_PTH_KEYS,
+}
+TABLES: Final = ("plugins", "store", "web", "audit", "sandbox")
 
 
 @attrs.frozen
@@ -120,6 +146,11 @@ class Config:
     rate_limit_storage: str = "memory://"
     audit_key: str | None = None
     audit_retention_days: float = 365.0
+    # plugins' own log records: kept this long, and per plugin per generation at most
+    # `plugin_log_records` records of at most `plugin_log_bytes` bytes (`dihya.pluginlog`)
+    plugin_log_retention_days: float = 30.0
+    plugin_log_records: int = 200
+    plugin_log_bytes: int = 2000
     sandbox: SandboxSettings = attrs.field(factory=lambda: SandboxSettings())
 
     @property
@@ -187,16 +218,14 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
     unwrap = getattr(doc, "unwrap", None)  # a tomlkit document, when validating an edit
     data = unwrap() if callable(unwrap) else dict(doc)
     where = str(path)
-    unknown_tables = set(data) - {"plugins", "store", "web", "audit", "sandbox"}
+    unknown_tables = set(data) - set(TABLES)
     if unknown_tables:
         raise ConfigError(f"{where}: unknown tables {sorted(unknown_tables)}; known: plugins, "
-                          "store, web, audit, sandbox")
-    sandbox = _sandbox_settings(where, _table(where, data, "sandbox",
-                                              {*_SANDBOX_KEYS, "require_isolation",
-                                                                "allow_root"}))
-    store = _table(where, data, "store", {"url", "synchronous"})
-    web = _table(where, data, "web", {"rate_limit", "rate_limit_storage"})
-    audit = _table(where, data, "audit", {"key", "retention_days"})
+                          f"store, web, audit, sandbox{did_you_mean(unknown_tables, TABLES)}")
+    sandbox = _sandbox_settings(where, _table(where, data, "sandbox"))
+    store = _table(where, data, "store")
+    web = _table(where, data, "web")
+    audit = _table(where, data, "audit")
     store_url = _optional_str(where, "store", store, "url")
     synchronous = _optional_str(where, "store", store, "synchronous") or "full"
     if synchronous not in ("full", "normal"):
@@ -214,8 +243,14 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
             0 < retention <= 36500):
         raise ConfigError(f"{where}: [audit] retention_days must be a number of days between "
                           f"0 and 36500, not {retention!r}")
-    plugins = _table(where, data, "plugins", {"group", "hook_timeout_s", "auto_reload",
-                                              "allow", "publishers", "known_pth"})
+    log_retention = audit.get("plugin_log_retention_days", 30)
+    if isinstance(log_retention, bool) or not isinstance(log_retention, int | float) or not (
+            0 < log_retention <= 36500):
+        raise ConfigError(f"{where}: [audit] plugin_log_retention_days must be a number of "
+                          f"days between 0 and 36500, not {log_retention!r}")
+    plugins = _table(where, data, "plugins")
+    log_records = _bounded_int(where, plugins, "log_records", 200, 0, 1000)
+    log_bytes = _bounded_int(where, plugins, "log_record_bytes", 2000, 256, 16384)
     auto_reload = _bool(where, "plugins", plugins, "auto_reload", False)
     group = plugins.get("group", DEFAULT_GROUP)
     if not isinstance(group, str) or not group:
@@ -241,7 +276,18 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
                   known_pth=known_pth,
                   store_url=store_url, store_synchronous=synchronous, rate_limit=rate_limit,
                   rate_limit_storage=storage, audit_key=audit_key,
-                  audit_retention_days=float(retention), sandbox=sandbox)
+                  audit_retention_days=float(retention),
+                  plugin_log_retention_days=float(log_retention),
+                  plugin_log_records=log_records, plugin_log_bytes=log_bytes, sandbox=sandbox)
+
+
+def _bounded_int(where: str, table: Mapping[str, Any], key: str, default: int, low: int,
+                 high: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where}: [plugins] {key} must be a whole number between {low} "
+                          f"and {high}, not {value!r}")
+    return value
 
 
 def _sandbox_settings(where: str, table: Mapping[str, Any]) -> SandboxSettings:
@@ -264,14 +310,15 @@ def _sandbox_settings(where: str, table: Mapping[str, Any]) -> SandboxSettings:
     return SandboxSettings(**values)
 
 
-def _table(where: str, data: Mapping[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
+def _table(where: str, data: Mapping[str, Any], name: str) -> dict[str, Any]:
     table = data.get(name, {})
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: `{name}` must be a table ([{name}])")
+    keys = TABLE_KEYS[name]
     unknown = set(table) - keys
     if unknown:
         raise ConfigError(f"{where}: [{name}] has unknown keys {sorted(unknown)}; known: "
-                          f"{', '.join(sorted(keys))}")
+                          f"{', '.join(sorted(keys))}{did_you_mean(unknown, keys)}")
     return table
 
 
@@ -290,15 +337,9 @@ def _optional_str(where: str, table_name: str, table: Mapping[str, Any], key: st
     return value
 
 
-_ENTRY_KEYS: Final = {
-    "name", "distribution", "version", "fingerprint", "mode", "roles", "enabled", "required",
-    "disabled_reason", "publisher",
-}
-
-
 def _allow_entry(where: str, index: int, raw: object) -> AllowEntry:
     try:
-        raw, label = array_entry(f"{where}: [[plugins.allow]] #{index}", raw, _ENTRY_KEYS)
+        raw, label = array_entry(f"{where}: [[plugins.allow]] #{index}", raw, ENTRY_KEYS)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     for key in ("name", "distribution", "version", "fingerprint"):

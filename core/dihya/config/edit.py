@@ -177,6 +177,27 @@ def record_approval(doc: TOMLDocument, approval: Approval) -> AllowEntry:
         disabled_reason=recorded.get("disabled_reason"), publisher=approval.publisher)
 
 
+def record_next_version(doc: TOMLDocument, approval: Approval) -> AllowEntry:
+    """Approve `approval.version` of a plugin **beside** the version(s) already approved
+    (the next version, before it is installed): a new table that starts with the current
+    entry's mode, roles, required flag and on/off switch, so the installed version keeps
+    running until the new one is installed. Where that version already has a table (or the
+    plugin none at all), this is `record_approval`."""
+    import tomlkit
+
+    allow = _allow_array(doc)
+    tables = [t for t in allow if t.get("name") == approval.name]
+    if tables and not any(t.get("version") == approval.version for t in tables):
+        current = tables[0].unwrap()
+        table = tomlkit.table()
+        table["name"], table["version"] = approval.name, approval.version
+        for key in ("mode", "roles", "required", "enabled", "disabled_reason"):
+            if key in current:
+                table[key] = current[key]
+        allow.append(table)
+    return record_approval(doc, approval)
+
+
 def upsert_allow(doc: TOMLDocument, entry: AllowEntry) -> None:
     """Record every value of `entry` (an unset role list or publisher is removed), in the
     entry of the same name and version, else the first of that name; keeps its switch."""
@@ -209,14 +230,16 @@ def upsert_allow(doc: TOMLDocument, entry: AllowEntry) -> None:
     allow.append(table)
 
 
-def remove_allow(doc: TOMLDocument, name: str) -> bool:
-    """Drop every entry named `name`; False if there was none. When none is left, the
-    file says `allow = []`: an empty allowlist on purpose, which a running server takes
-    (an allowlist that merely disappeared, it does not: see `config_problem`)."""
+def remove_allow(doc: TOMLDocument, name: str, version: str | None = None) -> bool:
+    """Drop every entry named `name` (only the one of `version`, when given); False if
+    there was none. When none is left, the file says `allow = []`: an empty allowlist on
+    purpose, which a running server takes (an allowlist that merely disappeared, it does
+    not: see `config_problem`)."""
     import tomlkit
 
     allow = _allow_array(doc)
-    keep = [i for i, t in enumerate(allow) if t.get("name") != name]
+    keep = [i for i, t in enumerate(allow) if t.get("name") != name
+            or (version is not None and t.get("version") != version)]
     if len(keep) == len(allow):
         return False
     for i in reversed(range(len(allow))):

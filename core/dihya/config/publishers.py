@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import fnmatch
 import re
 from collections.abc import Collection
@@ -102,8 +103,19 @@ def array_entry(label: str, item: object,
     unknown = set(item) - set(known)
     if unknown:
         raise ValueError(f"{label}: unknown keys {sorted(unknown)}; known: "
-                         f"{', '.join(sorted(known))}")
+                         f"{', '.join(sorted(known))}{did_you_mean(unknown, known)}")
     return item, label
+
+
+def did_you_mean(unknown: Collection[str], known: Collection[str]) -> str:
+    """"; did you mean 'x'?" for the first of `unknown` that is close to one of `known`
+    (a typo in a config key); "" when none is."""
+    for word in sorted(unknown):
+        close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+        if close:
+            which = f" (for {word!r})" if len(unknown) > 1 else ""
+            return f"; did you mean {close[0]!r}{which}?"
+    return ""
 
 
 def _publisher(index: int, item: Any) -> Publisher:

@@ -9,6 +9,7 @@ shadows it, nothing runs in addition), the content fingerprint, then the switche
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from dihya.config import AllowEntry, Config
+from dihya.gate import verifycache
 from dihya.gate.discovery import DiscoveredPlugin, discover, requires_of
 from dihya.gate.fingerprint import (
     FingerprintError,
@@ -75,11 +77,14 @@ def assess_all(plugins: Sequence[DiscoveredPlugin], config: Config, disabled_by_
                switches: Mapping[str, tuple[str, str]] | None = None) -> list[Verdict]:
     """A verdict for each discovered plugin, in the order given."""
     counts = Counter(p.name for p in plugins)
+    by_name: dict[str, list[AllowEntry]] = {}
+    for e in config.allow:  # one pass: `entries_for` per plugin would be quadratic in N
+        by_name.setdefault(e.name, []).append(e)
     token = _VERSIONS.set({})
     try:
-        with shared_realpaths():
+        with shared_realpaths(), verifycache.saved():
             return [assess(p, config, disabled_by_env, path, duplicate=counts[p.name] > 1,
-                           switches=switches)
+                           switches=switches, entries=tuple(by_name.get(p.name, ())))
                     for p in plugins]
     finally:
         _VERSIONS.reset(token)
@@ -87,13 +92,16 @@ def assess_all(plugins: Sequence[DiscoveredPlugin], config: Config, disabled_by_
 
 def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[str],
            path: Sequence[str] | None = None, duplicate: bool = False,
-           switches: Mapping[str, tuple[str, str]] | None = None) -> Verdict:
-    """Run every check of the gate on one plugin."""
+           switches: Mapping[str, tuple[str, str]] | None = None,
+           entries: Sequence[AllowEntry] | None = None) -> Verdict:
+    """Run every check of the gate on one plugin (`entries`: the allowlist entries of its
+    name, when the caller already looked them up)."""
     if duplicate:
         return _verdict(plugin, REFUSED, Reason.DUPLICATE_NAME,
                         f"more than one installed entry point is named {plugin.name!r}; "
                         "uninstall all but one distribution")
-    entries = config.entries_for(plugin.name)
+    if entries is None:
+        entries = config.entries_for(plugin.name)
     if not entries:
         return _verdict(plugin, REFUSED, Reason.NOT_ALLOWLISTED,
                         f"not in the allowlist of {config.path}; approve it with "
@@ -206,8 +214,10 @@ def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,
     if plugin.dist_info is None:
         return None, (Reason.OUTSIDE_DISTRIBUTION,
                       f"{plugin.distribution} has no installed files to verify")
+    cache = verifycache.shared()
     try:
-        files = inspect_installed(plugin.dist_info)
+        files = (inspect_installed(plugin.dist_info) if cache is None
+                 else cache.inspect(plugin.dist_info))
     except FingerprintError as exc:
         return None, (Reason.MISSING_FILE, str(exc))
     if files.missing:
@@ -262,7 +272,7 @@ def requirement_problems(requires: Sequence[str], path: Sequence[str] | None = N
     problems = []
     for text in requires:
         try:
-            req = Requirement(text)
+            req = _requirement(text)
             if req.marker is not None and not req.marker.evaluate({"extra": ""}):
                 continue
         except (InvalidRequirement, UndefinedEnvironmentName) as exc:
@@ -274,6 +284,12 @@ def requirement_problems(requires: Sequence[str], path: Sequence[str] | None = N
         elif not req.specifier.contains(installed, prereleases=True):
             problems.append(f"requires {req} but {req.name} {installed} is installed")
     return problems
+
+
+@functools.lru_cache(maxsize=4096)
+def _requirement(text: str) -> Requirement:
+    """`Requirement(text)`, parsed once per text (most plugins require the same core)."""
+    return Requirement(text)
 
 
 def _installed_version(name: str, path: Sequence[str] | None) -> str | None:

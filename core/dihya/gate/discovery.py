@@ -15,11 +15,13 @@ import sys
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import attrs
 from packaging.utils import canonicalize_name
 
+from dihya.gate import verifycache
+from dihya.gate.verifycache import Metadata
 from dihya.plugin import DEFAULT_GROUP
 
 
@@ -57,25 +59,28 @@ def discover(
     search = list(sys.path if path is None else path)
     seen: set[str] = set()
     found: list[DiscoveredPlugin] = []
+    cache = verifycache.shared()
     for dist_info, key in _metadata_dirs(search):
         if key in seen:
             continue
         seen.add(key)
+        if group not in (_read(dist_info, "entry_points.txt") or ""):
+            continue  # most distributions: one read, no parsing, no Distribution object
         dist = md.PathDistribution(dist_info)
         eps = _group_entry_points(dist, group)
         if not eps:
             continue
-        meta = dist.metadata
+        meta = _metadata(dist, dist_info, cache)
         _METADATA[dist] = meta
-        editable = _is_editable(dist)
+        editable = _is_editable(dist_info)
         for ep in eps:
             found.append(
                 DiscoveredPlugin(
                     name=ep.name,
                     value=ep.value,
                     group=group,
-                    distribution=meta["Name"],
-                    version=meta["Version"],
+                    distribution=meta.name,  # type: ignore[arg-type]
+                    version=meta.version,  # type: ignore[arg-type]
                     dist_info=dist_info,
                     editable=editable,
                     entry_point=ep,
@@ -85,18 +90,48 @@ def discover(
     return found
 
 
+def plugin_at(dist_info: Path, name: str, group: str = DEFAULT_GROUP) -> DiscoveredPlugin | None:
+    """The entry point `name` of `group` declared by the distribution in `dist_info` (a
+    `*.dist-info` directory), or None: what `discover` would say of that one distribution,
+    reading nothing else (a sandbox worker told which distribution to load)."""
+    if not dist_info.name.endswith(_SUFFIXES) or not dist_info.is_dir():
+        return None
+    dist = md.PathDistribution(dist_info)
+    eps = [ep for ep in _group_entry_points(dist, group) if ep.name == name]
+    if len(eps) != 1:
+        return None
+    meta = _metadata(dist, dist_info)
+    _METADATA[dist] = meta
+    return DiscoveredPlugin(name=name, value=eps[0].value, group=group,
+                            distribution=meta.name,  # type: ignore[arg-type]
+                            version=meta.version,  # type: ignore[arg-type]
+                            dist_info=dist_info, editable=_is_editable(dist_info),
+                            entry_point=eps[0])
+
+
 # The METADATA that `discover` parsed for each plugin's distribution, so the gate reads its
 # requirements from the same parse instead of reading and parsing the file again.
-_METADATA: weakref.WeakKeyDictionary[md.Distribution, Any] = weakref.WeakKeyDictionary()
+_METADATA: weakref.WeakKeyDictionary[md.Distribution, Metadata] = weakref.WeakKeyDictionary()
+
+
+def _metadata(dist: md.PathDistribution, dist_info: Path,
+              cache: verifycache.VerifyCache | bool | None = True) -> Metadata:
+    """Name, version and requirements of `dist`: from the verification cache when its
+    METADATA file is unchanged (`dihya.gate.verifycache`), else parsed."""
+    if cache is True:
+        cache = verifycache.shared()
+    if isinstance(cache, verifycache.VerifyCache):
+        return cache.metadata(dist_info, lambda: dist.metadata)
+    meta = dist.metadata
+    reqs = meta.get_all("Requires-Dist")
+    return Metadata(meta["Name"], meta["Version"], tuple(reqs) if reqs else None)
 
 
 def requires_of(dist: md.Distribution) -> list[str] | None:
     """`dist.requires`, from the METADATA parsed by `discover` when there is one."""
     meta = _METADATA.get(dist)
-    if meta is not None:
-        reqs = meta.get_all("Requires-Dist")
-        if reqs:
-            return list(reqs)
+    if meta is not None and meta.requires:
+        return list(meta.requires)
     requires: list[str] | None = dist.requires
     return requires
 
@@ -131,8 +166,17 @@ def _group_entry_points(dist: md.Distribution, group: str) -> md.EntryPoints:
     return dist.entry_points.select(group=group)
 
 
-def _is_editable(dist: md.Distribution) -> bool:
-    text = dist.read_text("direct_url.json")
+def _read(dist_info: Path, name: str) -> str | None:
+    """`PathDistribution(dist_info).read_text(name)`, without the pathlib objects."""
+    try:
+        with open(os.path.join(dist_info, name), encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _is_editable(dist_info: Path) -> bool:
+    text = _read(dist_info, "direct_url.json")
     if not text:
         return False
     try:

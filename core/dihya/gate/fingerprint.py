@@ -169,19 +169,37 @@ def _read_bytes(path: str) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def inspect_installed(dist_info: Path) -> InstalledFiles:
+def inspect_installed(dist_info: Path, record_text: str | None = None) -> InstalledFiles:
     """Fingerprint an installed distribution and list its missing and unlisted files.
 
     `dist_info` is the distribution's `*.dist-info` directory; its parent is the
-    site-packages directory that paths are relative to.
+    site-packages directory that paths are relative to. `record_text` is RECORD's content
+    when the caller already read it (read from disk otherwise).
     """
+    return inspect_installed_detail(dist_info, record_text).installed
+
+
+@attrs.frozen
+class Inspection:
+    """`inspect_installed`'s result and what it looked at: for `dihya.gate.verifycache`."""
+
+    installed: InstalledFiles
+    hashed: tuple[str, ...]  # the files read and hashed, relative to site-packages
+    package_dirs: tuple[str, ...]  # the directories listed for unlisted code files
+    absent: tuple[str, ...]  # paths beside top-level modules that must not exist
+
+
+def inspect_installed_detail(dist_info: Path, record_text: str | None = None) -> Inspection:
+    """`inspect_installed`, with the files and directories it looked at."""
     site = dist_info.parent
     site_str = os.fspath(site)
-    try:
-        with open(os.path.join(dist_info, "RECORD"), encoding="utf-8") as fh:
-            listed = record_paths(fh.read())
-    except OSError as exc:
-        raise FingerprintError(f"{dist_info}: cannot read RECORD: {exc}") from exc
+    if record_text is None:
+        try:
+            with open(os.path.join(dist_info, "RECORD"), encoding="utf-8") as fh:
+                record_text = fh.read()
+        except OSError as exc:
+            raise FingerprintError(f"{dist_info}: cannot read RECORD: {exc}") from exc
+    listed = record_paths(record_text)
     root = realpath(site_str)
     entries: list[tuple[str, bytes]] = []
     missing: list[str] = []
@@ -207,13 +225,16 @@ def inspect_installed(dist_info: Path) -> InstalledFiles:
             except OSError as exc:
                 raise FingerprintError(f"{site / rel}: cannot read: {exc}") from exc
         entries.append((rel, data))
-    unlisted = unlisted_code_files(site, inside)
-    return InstalledFiles(
+    walked: list[str] = []
+    absent: list[str] = []
+    unlisted = unlisted_code_files(site, inside, walked, absent)
+    installed = InstalledFiles(
         fingerprint=digest(entries),
         files=tuple(sorted(p for p, _ in entries)),
         missing=tuple(sorted(missing)),
         unlisted=tuple(unlisted),
     )
+    return Inspection(installed, tuple(p for p, _ in entries), tuple(walked), tuple(absent))
 
 
 def _excluded_normalized(rel: str) -> bool:
@@ -235,12 +256,15 @@ def _inside(root: str, raw: str) -> str | None:
     return None
 
 
-def unlisted_code_files(site: Path, listed: set[str]) -> list[str]:
+def unlisted_code_files(site: Path, listed: set[str], walked: list[str] | None = None,
+                        absent: list[str] | None = None) -> list[str]:
     """Importable files inside the distribution's packages that RECORD does not list.
 
     Walks every package whose `__init__.py` the distribution lists (outermost ones),
     and checks the siblings of its top-level modules: an unlisted `.pyc` or extension
-    module there would be imported instead of, or beside, the verified source.
+    module there would be imported instead of, or beside, the verified source. The
+    directories listed are appended to `walked` and the sibling paths looked for to
+    `absent` (relative to `site`), when given.
     """
     inits = {p for p in listed if p.endswith("/__init__.py")}
     roots = sorted(
@@ -256,6 +280,8 @@ def unlisted_code_files(site: Path, listed: set[str]) -> list[str]:
         for dirpath, dirnames, filenames in os.walk(site / pkg):
             dirnames[:] = [d for d in dirnames if d != "__pycache__"]
             reldir = _relative_dir(dirpath, site_str, site)
+            if walked is not None:
+                walked.append(reldir)
             found += [
                 f"{reldir}/{name}"
                 for name in filenames
@@ -265,7 +291,11 @@ def unlisted_code_files(site: Path, listed: set[str]) -> list[str]:
     for stem in sorted(modules):
         for suffix in IMPORTABLE_SUFFIXES:
             candidate = stem + suffix
-            if candidate not in listed and os.path.exists(os.path.join(site_str, candidate)):
+            if candidate in listed:
+                continue
+            if absent is not None:
+                absent.append(candidate)
+            if os.path.exists(os.path.join(site_str, candidate)):
                 found.append(candidate)
     return sorted(found)
 

@@ -16,6 +16,7 @@ import os
 import stat
 import sys
 import tempfile
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -27,11 +28,13 @@ from dihya.plugin import (
     ActionSpec,
     GenerationPluginBase,
     InvalidPluginError,
+    deprecation_warnings,
     hook_arguments,
     implemented_hooks,
     plugin_actions,
     validate_plugin_class,
 )
+from dihya.pluginlog import loading
 from dihya.reasons import Reason
 
 
@@ -46,6 +49,7 @@ class Loaded:
     actions: dict[str, ActionSpec] = attrs.field(factory=dict)
     # the arguments each implemented hook takes (it is called with those, by keyword)
     hook_args: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    deprecations: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -84,7 +88,8 @@ def _load_one(group: str, ep: md.EntryPoint,
     AssertionError (and any BaseException) raised by an import through: caught here, so
     that a plugin's import can never end the backend nor stop the others from loading."""
     try:
-        return list(_VerifiedExtensionManager(group, [ep], failures).extensions)
+        with loading(ep.name):  # what it logs at import is its own, for its first call
+            return list(_VerifiedExtensionManager(group, [ep], failures).extensions)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a plugin's import: any failure is its own
@@ -169,8 +174,11 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
     for ext in extensions:
         where = f"entry point {ext.name!r} ({ext.entry_point.value})"
         try:
-            cls = validate_plugin_class(ext.plugin, where)
-            instance = cls()
+            cls, facts = _validated(ext.plugin, where)
+            with loading(ext.name):
+                instance = cls()
+            with contextlib.suppress(AttributeError):  # `self.logger` names the entry point
+                instance._dihya_entry_point = ext.name  # type: ignore[attr-defined]
         except InvalidPluginError as exc:
             failed[ext.name] = LoadFailure(ext.name, Reason.INVALID_PLUGIN, str(exc))
             continue
@@ -179,6 +187,44 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
                                            f"{where}: creating the plugin raised "
                                            f"{type(exc).__name__}: {exc}")
             continue
-        loaded[ext.name] = Loaded(ext.name, cls, instance, implemented_hooks(cls),
-                                  plugin_actions(cls), hook_arguments(cls))
+        loaded[ext.name] = Loaded(ext.name, cls, instance, *facts)
     return loaded, failed
+
+
+_Facts = tuple[tuple[str, ...], dict[str, ActionSpec], dict[str, tuple[str, ...]],
+               tuple[str, ...]]
+# A class already validated (a rebuild finds the same class object in `sys.modules`): its
+# facts, with the state of its class dicts then. Any attribute set, added or removed since
+# (on the class or a base) gives another state, and the class is validated again.
+_VALIDATED: weakref.WeakKeyDictionary[type, tuple[tuple[Any, ...], _Facts]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _class_state(cls: type) -> tuple[Any, ...]:
+    # ids, not the objects: holding a method would hold the class (its `__class__` cell).
+    # In-process plugin code already runs with the backend's rights: this check is the
+    # contract's (author mistakes), not a security boundary.
+    return tuple((id(klass), tuple((k, id(v), type(v)) for k, v in vars(klass).items()))
+                 for klass in cls.__mro__ if klass not in _CORE_CLASSES)
+
+
+_CORE_CLASSES: Final = (object, GenerationPluginBase)
+
+
+def _validated(obj: object, where: str) -> tuple[type[GenerationPluginBase], _Facts]:
+    """`validate_plugin_class` and what the registry reads of the class (hooks, actions,
+    hook arguments, deprecations); remembered per class while its dicts are unchanged."""
+    if isinstance(obj, type):
+        state = _class_state(obj)
+        try:
+            hit = _VALIDATED.get(obj)
+        except TypeError:
+            hit = None
+        if hit is not None and hit[0] == state:
+            return obj, hit[1]
+    cls = validate_plugin_class(obj, where)
+    facts: _Facts = (implemented_hooks(cls), plugin_actions(cls), hook_arguments(cls),
+                     tuple(deprecation_warnings(cls)))
+    with contextlib.suppress(TypeError):
+        _VALIDATED[cls] = (_class_state(cls), facts)
+    return cls, facts

@@ -130,7 +130,8 @@ def environment() -> Environment:
     """The Jinja2 environment of the core templates, created once."""
     env = Environment(loader=PackageLoader("dihya", "generator/templates"), autoescape=False,
                       keep_trailing_newline=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+                      trim_blocks=True, lstrip_blocks=True,
+                      auto_reload=False)  # templates ship in the package: no stat per render
     env.filters.update(docstring=docstring_text, comment=comment, one_line=one_line,
                        py=py_literal, call=call_source)
     return env

@@ -80,6 +80,7 @@ def warm_imports() -> None:
     from dihya.gate.discovery import discover
     from dihya.gate.loader import load_plugins  # noqa: F401
     from dihya.plugin import DEFAULT_GROUP
+    from dihya.pluginlog import capture  # noqa: F401
     from dihya.sandbox import inner, policy  # noqa: F401
 
     for plugin in discover(DEFAULT_GROUP)[:1]:  # the metadata parsers, no plugin import

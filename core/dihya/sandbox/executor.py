@@ -4,19 +4,23 @@ in-process executor (the sandboxed one is `dihya.sandbox.pool`).
 The pipeline only knows `HookExecutor`; which executor serves a plugin is decided by its
 approval's `mode`. In-process runs a hook in the backend's own process: fastest, but with
 the backend's rights, only for plugins whose class says `safe = True` and that an operator
-approved with `mode = "in-process"`. Arguments are deep-copied so a plugin cannot change
-what others see; a hook cannot be interrupted there: one that overruns its deadline is
-reported as a timeout once it returns (the sandbox kills its worker instead).
+approved with `mode = "in-process"`. A hook gets copy-on-write views of the core's
+frozen arguments (`dihya.sandbox.cow`), so a plugin cannot change what others see, and
+copies only what it reads; what the hook logs is caught per call and delivered to the
+collector under way (`dihya.pluginlog`), as a sandbox worker's answer carries it; a hook
+cannot be interrupted there: one that overruns its deadline is reported as a timeout once
+it returns (the sandbox kills its worker instead).
 """
 
 from __future__ import annotations
 
-import marshal
 import time
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
+from dihya.pluginlog import capture_call, deliver
 from dihya.reasons import FixedReasonError, HookStatus
+from dihya.sandbox.cow import view
 
 
 class HookTarget(Protocol):
@@ -103,61 +107,13 @@ def arguments_for(record: HookTarget, hook: str, kwargs: Mapping[str, Any]) -> d
     return {name: kwargs[name] for name in takes if name in kwargs}
 
 
-_ATOMS = (str, int, float, bool, type(None))
-
-
-def json_copy(value: Any) -> Any:
-    """A deep copy of JSON data (dicts, lists, str, numbers, bool, None), fast.
-
-    Tuples become lists, as they would through JSON; anything else is a TypeError.
-    """
-    # Exact types first (one `type()` lookup each), subclasses through the general path.
-    kind = type(value)
-    if kind is dict:
-        return {k if type(k) is str else _key(k): v if type(v) in _ATOM_TYPES else json_copy(v)
-                for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [v if type(v) in _ATOM_TYPES else json_copy(v) for v in value]
-    if kind in _ATOM_TYPES:
-        return value
-    return _json_copy_any(value)
-
-
-_ATOM_TYPES = frozenset(_ATOMS)
-
-
-def _json_copy_any(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {_key(k): json_copy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_copy(v) for v in value]
-    if isinstance(value, _ATOMS):
-        return value
-    raise TypeError(f"{type(value).__name__} is not JSON data")
-
-
-def same_json(a: Any, b: Any) -> bool:
-    """True when `a` and `b` are the same data with exactly the same Python types.
-
-    Stricter than `==` (which says `1 == 1.0 == True` and ignores dict order): compares
-    their `marshal` encodings, which record each value's exact type; subclasses and
-    objects marshal cannot encode give False. Equal encodings load to equal values, so a
-    value that passes validates exactly as the other one does.
-    """
-    try:
-        return marshal.dumps(a) == marshal.dumps(b)
-    except (ValueError, TypeError, RecursionError):
-        return False
-
-
-def _key(key: Any) -> str:
-    if isinstance(key, str):
-        return key
-    raise TypeError(f"object keys must be strings, not {type(key).__name__}")
-
-
 class InProcessExecutor:
-    """Calls hooks directly on the plugin instance held by the registry record."""
+    """Calls hooks directly on the plugin instance held by the registry record.
+
+    Each argument is handed over as `cow.view` makes it: a private copy-on-write view of
+    frozen data, else a private deep copy. The return is given back as the hook made it
+    (possibly one of those views); the pipeline freezes and validates it.
+    """
 
     __slots__ = ()
     kind: Final = "in-process"
@@ -167,9 +123,15 @@ class InProcessExecutor:
         if record.instance is None:
             raise RuntimeError(f"plugin {record.name!r} is not loaded in this process")
         method = getattr(record.instance, hook)
-        copies = {k: json_copy(v) for k, v in arguments_for(record, hook, kwargs).items()}
+        takes = record.hook_args.get(hook)
+        copies = ({k: view(v) for k, v in kwargs.items()} if takes is None
+                  else {name: view(kwargs[name]) for name in takes if name in kwargs})
         start = time.perf_counter()
-        result = method(**copies)
+        with capture_call(record.name) as logged:  # the plugin's `self.logger` records
+            try:
+                result = method(**copies)
+            finally:
+                deliver(record, logged.take(), kwargs)
         elapsed = time.perf_counter() - start
         if elapsed > timeout_s:
             raise HookTimeout(f"{hook} took {elapsed:.3f} s, the limit is {timeout_s} s")

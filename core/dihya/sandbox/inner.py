@@ -132,6 +132,18 @@ def probe_seccomp() -> str:
     return AVAILABLE
 
 
+def seccomp_version() -> str | None:
+    """libseccomp's version ("2.5.4") and API level, for `dihya doctor`; None when it
+    cannot be loaded."""
+    try:
+        lib = _libseccomp()
+        lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)
+        major, minor, micro = lib.seccomp_version().contents
+        return f"libseccomp {major}.{minor}.{micro}, API level {lib.seccomp_api_get()}"
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
 _PR_GET_SECCOMP: Final = 21
 _PR_SET_DUMPABLE: Final = 4
 _PR_SET_NO_NEW_PRIVS: Final = 38

@@ -23,6 +23,7 @@ import attrs
 
 from dihya.config import SandboxSettings
 from dihya.plugin import HOOKS_BY_NAME
+from dihya.pluginlog import deliver
 from dihya.reasons import DihyaError, HookStatus, Reason
 from dihya.sandbox.executor import (
     INVALID_OUTPUT_ERROR,
@@ -47,6 +48,9 @@ from dihya.sandbox.scratch import make_scratch, sweep_once
 from dihya.sandbox.start import import_path, python_argv, read_only_paths
 
 KILL_GRACE_S: Final = 0.5
+#: how long the worker of a plugin's previous version keeps serving the generations that
+#: started before an upgrade was swapped in (a longer one then finds the plugin skipped)
+UPGRADE_GRACE_S: Final = 30.0
 _WORKER_REASONS: Final = frozenset({Reason.IMPORT_ERROR, Reason.INVALID_PLUGIN,
                                     Reason.SANDBOX_START_FAILED, Reason.FINGERPRINT_MISMATCH,
                                     Reason.SHADOWED_MODULE})
@@ -78,12 +82,15 @@ class WorkerStartError(DihyaError):
 
 @attrs.frozen
 class WorkerSpec:
-    """Which plugin a worker loads; `path` adds import-path entries (tests, custom sites)."""
+    """Which plugin a worker loads; `path` adds import-path entries (tests, custom sites);
+    `dist_info` is the distribution the backend verified (the worker checks that one only;
+    empty: the worker finds it by discovery)."""
 
     group: str
     name: str
     fingerprint: str
     path: tuple[str, ...] = ()
+    dist_info: str = ""
 
 
 @attrs.frozen
@@ -131,6 +138,7 @@ class Worker:
             cpu_seconds=self.settings.cpu_seconds, allow_root=self.settings.allow_root)
         payload: dict[str, Any] = {"group": self.spec.group, "name": self.spec.name,
                                    "fingerprint": self.spec.fingerprint,
+                                   "dist_info": self.spec.dist_info,
                                    "sys_path": import_path(self.spec.path),
                                    "max_frame_bytes": self.max_frame_bytes,
                                    "policy": attrs.asdict(policy)}
@@ -174,7 +182,12 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def call(self, method: str, kwargs: Mapping[str, Any], timeout_s: float) -> Any:
+    def call(self, method: str, kwargs: Mapping[str, Any], timeout_s: float,
+             target: HookTarget | None = None,
+             given: Mapping[str, Any] | None = None) -> Any:
+        """Call `method` in the worker; what it logged (the answer's `"logs"`) is delivered
+        to the plugin log collector under way, as `target`'s (a registry record), with
+        `given` (every argument of the hook, default `kwargs`) for its redaction."""
         with self.lock:
             if not self.alive or self.proc is None:
                 if self.retired:
@@ -201,6 +214,8 @@ class Worker:
             if answer.get("id") != self.calls:
                 self.kill()
                 raise WorkerFailed("the worker answered out of order; it was killed")
+            if "logs" in answer and target is not None:
+                deliver(target, answer["logs"], kwargs if given is None else given)
             if answer.get("ok"):
                 if "changes" in answer:
                     spec = HOOKS_BY_NAME.get(method)
@@ -291,6 +306,11 @@ class SandboxPool:
         # listed from their record (`expect`) and no worker started since
         self._unstarted: set[str] = set()
 
+        # upgrades: the worker of a plugin's previous version, replaced by `start`, kept for
+        # UPGRADE_GRACE_S for the generations that started on the snapshot before the swap
+        # (they present its fingerprint), so none of them loses the plugin midway
+        self._previous: dict[str, Worker] = {}
+
     def _spawn(self, start: Callable[[], Any]) -> Any:
         return self._spawner.submit(start).result()
 
@@ -318,8 +338,15 @@ class SandboxPool:
             self._unstarted.discard(spec.name)
             old = self._workers.pop(spec.name, None)
             self._workers[spec.name] = worker
-        if old is not None:
-            self._retire(old)
+            superseded = None
+            if old is not None and old.alive and old.spec.fingerprint != spec.fingerprint:
+                # another version: it serves the generations of the previous snapshot
+                superseded = self._previous.pop(spec.name, None)
+                self._previous[spec.name], old = old, None
+                self._forget_previous_later(spec.name, self._previous[spec.name])
+        for stale in (old, superseded):
+            if stale is not None:
+                self._retire(stale)
         self._ensure_reaper()
         return worker.hello
 
@@ -328,7 +355,8 @@ class SandboxPool:
         from the facts recorded when the plugin was checked (`dihya.store.facts`) starts no
         process. The worker started later must report `meta` (what the listing showed) and,
         with `[sandbox] require_isolation`, no isolation warning; else it is not used
-        (`WorkerStartError`). A worker running another spec is retired."""
+        (`WorkerStartError`). A worker running another spec is retired; one running another
+        version serves the generations of the previous snapshot first, as after `start`."""
         with self._lock:
             self._specs[spec.name] = spec
             self._expected[spec.name] = meta
@@ -337,8 +365,14 @@ class SandboxPool:
                 current.spec != spec or current.hello.meta != meta) else None
             if current is None or old is not None or not current.alive:
                 self._unstarted.add(spec.name)
-        if old is not None:
-            self._retire(old)
+            superseded = None
+            if old is not None and old.alive and old.spec.fingerprint != spec.fingerprint:
+                superseded = self._previous.pop(spec.name, None)
+                self._previous[spec.name], old = old, None
+                self._forget_previous_later(spec.name, self._previous[spec.name])
+        for stale in (old, superseded):
+            if stale is not None:
+                self._retire(stale)
         self._ensure_reaper()
 
     def _fresh(self, spec: WorkerSpec) -> Worker:
@@ -359,11 +393,27 @@ class SandboxPool:
             raise WorkerStartError(*problem)
         return worker
 
+    def _forget_previous_later(self, name: str, kept: Worker) -> None:
+        """Retire `kept`, the previous version's worker of `name`, after UPGRADE_GRACE_S
+        (unless something retired it before). Takes no lock: `start` calls it holding one."""
+
+        def forget() -> None:
+            with self._lock:
+                gone = self._previous.pop(name) if self._previous.get(name) is kept else None
+            if gone is not None:
+                self._retire(gone)
+
+        timer = threading.Timer(UPGRADE_GRACE_S, forget)
+        timer.daemon = True
+        timer.start()
+
     def retain(self, names: set[str]) -> None:
-        """Retire (drain, then stop) the workers of plugins not in `names`."""
+        """Retire (drain, then stop) the workers of plugins not in `names` (and of their
+        previous versions: a switched-off plugin runs in no version)."""
         with self._lock:
             gone = [n for n in self._workers if n not in names]
             workers = [self._workers.pop(n) for n in gone]
+            workers += [self._previous.pop(n) for n in list(self._previous) if n not in names]
             for n in gone:
                 self._specs.pop(n, None)
                 self._expected.pop(n, None)
@@ -409,6 +459,11 @@ class SandboxPool:
             worker = self._workers.get(name)
             spec = self._specs.get(name)
         if spec is not None and fingerprint is not None and spec.fingerprint != fingerprint:
+            with self._lock:
+                previous = self._previous.get(name)
+            if (previous is not None and previous.spec.fingerprint == fingerprint
+                    and previous.alive and not previous.retired):
+                return previous  # a generation that started before an upgrade's swap
             raise WorkerRetired(f"{name} was replaced by another version during this "
                                 "generation")
         if worker is not None and worker.alive:
@@ -613,6 +668,8 @@ class SandboxPool:
             self._closed = True
             workers = list(self._workers.values())
             workers += [w for w in self._replacements.values() if isinstance(w, Worker)]
+            workers += self._previous.values()
+            self._previous.clear()
             self._workers.clear()
             self._replacements.clear()
         for worker in workers:
@@ -632,4 +689,4 @@ class SandboxExecutor:
     def call(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any:
         worker = self.pool.worker(record.name, record.fingerprint)
-        return worker.call(hook, arguments_for(record, hook, kwargs), timeout_s)
+        return worker.call(hook, arguments_for(record, hook, kwargs), timeout_s, record, kwargs)

@@ -1,17 +1,22 @@
 """The frames between the backend and a sandbox worker: 4-byte big-endian length + JSON.
 
 Both sides cap the frame size; the parent treats every frame as untrusted data (it is
-parsed as JSON, never unpickled, and its content is validated like any hook result).
+parsed as strict JSON by msgspec, never unpickled, and its content is validated like any
+hook result). A message is a JSON object; a side ignores the keys it does not know, so
+either can add some (a request id, log records next to a hook's answer) without breaking
+the other.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import select
 import struct
 import time
 from typing import Any, Final
+
+import msgspec
 
 from dihya.reasons import FixedReasonError
 
@@ -31,28 +36,52 @@ class FrameTimeout(FixedReasonError):
     REASON = "frame-timeout"
 
 
-# What `json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)`
-# uses, built once. The fast one skips the circular-reference bookkeeping (≈ 12 % of an
-# encode); its output is identical. Circular data sends it into RecursionError, and the
-# checking encoder then raises what `json.dumps` raises (ValueError, or RecursionError for
-# data that is merely too deep).
-_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_FAST_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
-                                        allow_nan=False, check_circular=False)
-
-
-def _dumps(message: dict[str, Any]) -> str:
-    try:
-        return _FAST_ENCODER.encode(message)
-    except RecursionError:
-        return _ENCODER.encode(message)
+# msgspec's JSON codec: one C pass each way instead of the standard library's encoder and
+# decoder (≈ 10x faster on a 10 KB frame). The decoder is strict JSON: no NaN or Infinity
+# literals, no number out of a float's range, no integer over Python's 4300-digit limit,
+# valid UTF-8 only, and an object at the top level. The encoder is lenient (NaN becomes
+# null, a set a list, a date a string...): what the worker sends of a plugin's making goes
+# through `check_json` first, so nothing the standard encoder refused is sent.
+_ENCODER: Final = msgspec.json.Encoder()
+_DECODER: Final = msgspec.json.Decoder(dict[str, Any])
+_INT_LIMIT: Final = 2 ** 64
 
 
 def encode(message: dict[str, Any], max_bytes: int = MAX_FRAME_BYTES) -> bytes:
-    body = _dumps(message).encode("utf-8")
-    if len(body) > max_bytes:
-        raise ProtocolError(f"frame of {len(body)} bytes exceeds the limit of {max_bytes}")
-    return _HEADER.pack(len(body)) + body
+    """The frame of `message`: its length (4 bytes, big-endian), then its JSON."""
+    frame = bytearray(_HEADER.size)
+    _ENCODER.encode_into(message, frame, _HEADER.size)
+    length = len(frame) - _HEADER.size
+    if length > max_bytes:
+        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_bytes}")
+    _HEADER.pack_into(frame, 0, length)
+    return bytes(frame)
+
+
+def check_json(value: Any) -> None:
+    """Raise `TypeError` or `ValueError` unless `value` is JSON data as `json.dumps` with
+    `allow_nan=False` takes it: dicts with string keys, lists and tuples, str, int (within
+    the 4300-digit limit), finite float, bool, None, subclasses of these included. Deeply
+    nested or circular data raises `RecursionError`."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return
+    if kind is dict or isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"keys must be str, not {type(key).__name__}")
+            check_json(item)
+    elif kind is list or isinstance(value, list | tuple):
+        for item in value:
+            check_json(item)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"out of range float value is not JSON compliant: {value!r}")
+    elif isinstance(value, int):
+        if not -_INT_LIMIT < value < _INT_LIMIT:
+            int.__repr__(value)  # ValueError past the digit limit, as json.dumps
+    elif not isinstance(value, str):
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def write_frame(fd: int, message: dict[str, Any], max_bytes: int = MAX_FRAME_BYTES) -> None:
@@ -70,14 +99,21 @@ def read_frame(fd: int, deadline: float | None = None,
     if length > max_bytes:
         raise ProtocolError(f"frame of {length} bytes announced, the limit is {max_bytes}")
     body = _read_exactly(fd, length, deadline)
+    return decode(body)
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    """The message of a frame's body; `ProtocolError` unless it is a strict JSON object."""
     try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        message: dict[str, Any] = _DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        if str(exc).startswith("Expected `object`"):
+            raise ProtocolError("frame is not a JSON object") from exc
+        raise ProtocolError(f"frame is not JSON: {exc}") from exc
+    except ValueError as exc:  # msgspec.DecodeError, UnicodeDecodeError
         raise ProtocolError(f"frame is not JSON: {exc}") from exc
     except RecursionError as exc:  # `[[[[...` from a hostile worker: never the caller's crash
         raise ProtocolError("frame is nested too deeply") from exc
-    if not isinstance(message, dict):
-        raise ProtocolError("frame is not a JSON object")
     return message
 
 

@@ -3,7 +3,8 @@
 Started by the backend as `python -I -S -X pycache_prefix=<dir> -c BOOTSTRAP SPEC` (see
 dihya.sandbox.start) inside the walls of dihya.sandbox.outer, with a scrubbed environment
 (never forked from the backend). SPEC is JSON: the import path, group, entry-point name,
-expected fingerprint and the confinement policy. The worker keeps a duplicate of its
+the distribution's `*.dist-info` directory the backend verified, the expected fingerprint
+and the confinement policy. The worker keeps a duplicate of its
 original stdout for frames and points fd 1 at stderr, so a plugin's `print` cannot corrupt
 the stream. Order: confine (rlimits, no-new-privs, Landlock, seccomp: every layer) ->
 verify the files and their resolution again -> import with stevedore -> validate the class
@@ -21,8 +22,17 @@ import os
 import sys
 from typing import Any
 
+import msgspec
+
+from dihya.pluginlog.capture import CallBuffer, loading, process_buffer
 from dihya.reasons import DihyaError, Reason
-from dihya.sandbox.protocol import MAX_FRAME_BYTES, ProtocolError, read_frame, write_frame
+from dihya.sandbox.protocol import (
+    MAX_FRAME_BYTES,
+    ProtocolError,
+    check_json,
+    read_frame,
+    write_frame,
+)
 
 
 class PluginLoadError(DihyaError):
@@ -32,13 +42,12 @@ class PluginLoadError(DihyaError):
 def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any],
                                         dict[str, tuple[str, ...] | None]]:
     """Verify and import the plugin; return (instance, metadata, callable method names)."""
-    from dihya.gate.decide import PluginNotFound, find_installed, verified_files
+    from dihya.gate import verifycache
+    from dihya.gate.decide import verified_files
     from dihya.gate.loader import load_plugins
 
-    try:
-        found = find_installed(spec["name"], spec["group"])
-    except PluginNotFound as exc:
-        raise PluginLoadError(Reason.SANDBOX_START_FAILED, exc.message) from exc
+    verifycache.disable()  # the worker hashes its plugin's bytes itself, trusting no cache
+    found = _find(spec)
     # the gate again, on this worker's own import path, before anything is imported
     files, problem = verified_files(found)
     if problem is not None and problem[0] in (Reason.SHADOWED_MODULE,
@@ -68,18 +77,65 @@ def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any],
     return plugin.instance, meta, callable_names
 
 
-def code_changes(before: dict[Any, Any], after: dict[Any, Any]) -> dict[str, Any]:
-    """What `after` changed in `before`: files set (added or rewritten) and files removed."""
-    return {"set": {k: v for k, v in after.items() if k not in before or before[k] != v},
+def _find(spec: dict[str, Any]) -> Any:
+    """The plugin's entry point: in the distribution the backend named (`dist_info`, the
+    one it verified), reading no other; else (an older backend) found by discovery."""
+    from dihya.gate.decide import PluginNotFound, find_installed
+    from dihya.gate.discovery import plugin_at
+
+    where = spec.get("dist_info")
+    if where:
+        from pathlib import Path
+
+        found = plugin_at(Path(where), spec["name"], spec["group"])
+        if found is None:
+            raise PluginLoadError(Reason.SANDBOX_START_FAILED,
+                                  f"{where} no longer declares the plugin {spec['name']!r}")
+        return found
+    try:
+        return find_installed(spec["name"], spec["group"])
+    except PluginNotFound as exc:
+        raise PluginLoadError(Reason.SANDBOX_START_FAILED, exc.message) from exc
+
+
+def code_changes(before: dict[Any, Any], after: dict[Any, Any],
+                 encoded: dict[Any, bytes] | None = None) -> dict[str, Any]:
+    """What `after` changed in `before`: keys set (added or rewritten) and keys removed.
+
+    `before` is a shallow copy of what the hook was given: a list or dict value the hook
+    changed in place is the same object in both, so `encoded` holds such values' JSON as
+    they were before the call, and one whose JSON differs now has changed too.
+    """
+    encoded = encoded or {}
+    return {"set": {k: v for k, v in after.items()
+                    if k not in before or before[k] != v
+                    or (k in encoded and v is before[k] and _json(v) != encoded[k])},
             "removed": [k for k in before if k not in after]}
 
 
+def _json(value: Any) -> bytes:
+    try:
+        return msgspec.json.encode(value)
+    except (TypeError, ValueError, RecursionError):
+        return b""  # not JSON data now: a change (check_json refuses it before sending)
+
+
+def _containers_json(value: dict[Any, Any]) -> dict[Any, bytes]:
+    """The JSON of `value`'s list and dict values (what a hook may change in place)."""
+    return {k: _json(v) for k, v in value.items() if isinstance(v, dict | list)}
+
+
 def serve(in_fd: int, out_fd: int, instance: Any,
-          allowed: dict[str, tuple[str, ...] | None], max_bytes: int) -> int:
+          allowed: dict[str, tuple[str, ...] | None], max_bytes: int,
+          logs: CallBuffer | None = None) -> int:
     """Answer calls until the parent closes the stream or says shutdown. A call names a
     hook (or action method) and its arguments by name; the method gets those it takes.
     When the hook's return replaces one of its arguments (`HookSpec.replaces`: the code,
-    the needs), the answer carries only the top-level keys that changed."""
+    the needs), the answer carries only the top-level keys that changed.
+
+    `logs`: the worker's buffer of plugin log records (`dihya.pluginlog.capture`); what
+    it holds when a call returns (records made at import and since the last answer
+    included) goes with that call's answer, as its `"logs"`."""
     from dihya.plugin import HOOKS_BY_NAME
 
     while True:
@@ -107,23 +163,48 @@ def serve(in_fd: int, out_fd: int, instance: Any,
             spec = HOOKS_BY_NAME.get(hook)
             replaced = kwargs.get(spec.replaces) if spec and spec.replaces else None
             original = dict(replaced) if isinstance(replaced, dict) else None
+            encoded = _containers_json(original) if original is not None else None
             value = getattr(instance, hook)(**given)
-            if original is not None and isinstance(value, dict):
-                # the parent already has what it sent: answer with the changes only
-                response = {"id": request_id, "ok": True, "changes": code_changes(original, value)}
-            else:
-                response = {"id": request_id, "ok": True, "value": value}
         except Exception as exc:
             response = {"id": request_id, "ok": False,
                         "error": {"type": type(exc).__name__, "message": str(exc)[:500]}}
+        else:
+            if original is not None and isinstance(value, dict):
+                # the parent already has what it sent: answer with the changes only
+                response = {"id": request_id, "ok": True, "changes": code_changes(original, value,
+                                                                    encoded)}
+            else:
+                response = {"id": request_id, "ok": True, "value": value}
+        logged = logs.take() if logs is not None else None
+        if logged is not None:
+            response["logs"] = logged
         try:
-            write_frame(out_fd, response, max_bytes)
-        except (TypeError, ValueError, ProtocolError) as exc:
-            write_frame(out_fd, {"id": request_id, "ok": False,
-                                 "error": {"type": "InvalidOutput",
-                                           "message": f"the hook returned something that "
-                                                      f"cannot be sent as JSON: {exc}"[:500]}},
-                        max_bytes)
+            if response["ok"]:  # what the plugin made: JSON data only (the codec is lenient)
+                check_json(response.get("changes", response.get("value")))
+            _answer(out_fd, response, max_bytes)
+        except (TypeError, ValueError, RecursionError, ProtocolError) as exc:
+            invalid: dict[str, Any] = {
+                "id": request_id, "ok": False,
+                "error": {"type": "InvalidOutput",
+                          "message": f"the hook returned something that cannot be sent as "
+                                     f"JSON: {exc}"[:500]}}
+            if "logs" in response:  # what it logged still reaches the operator
+                invalid["logs"] = response["logs"]
+            _answer(out_fd, invalid, max_bytes)
+
+
+def _answer(out_fd: int, response: dict[str, Any], max_bytes: int) -> None:
+    """Send `response`; if its log records make it too large, send it without them (they
+    are counted as dropped)."""
+    try:
+        write_frame(out_fd, response, max_bytes)
+    except ProtocolError:
+        logged = response.pop("logs", None)
+        if logged is None:
+            raise
+        response["logs"] = {"records": [],
+                            "dropped": len(logged["records"]) + logged["dropped"]}
+        write_frame(out_fd, response, max_bytes)
 
 
 def main(argv: list[str]) -> int:
@@ -133,6 +214,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
     max_bytes = int(spec.get("max_frame_bytes", MAX_FRAME_BYTES))
     layers_on: list[str] = []
+    logs = process_buffer()  # from now on, every `dihya.plugin` record is this plugin's
     try:
         if spec.get("policy") is not None:
             from dihya.sandbox.inner import confine
@@ -144,7 +226,8 @@ def main(argv: list[str]) -> int:
 
             warm_imports()
             return 0
-        instance, meta, allowed = load(spec)
+        with loading(str(spec["name"])):
+            instance, meta, allowed = load(spec)
     except PluginLoadError as exc:
         write_frame(out_fd, {"id": 0, "ok": False,
                              "error": {"reason": exc.reason, "message": exc.message[:2000]}})
@@ -156,5 +239,5 @@ def main(argv: list[str]) -> int:
         return 1
     write_frame(out_fd, {"id": 0, "ok": True, "op": "hello", "meta": meta,
                          "layers": layers_on})
-    return serve(0, out_fd, instance, allowed, max_bytes)
+    return serve(0, out_fd, instance, allowed, max_bytes, logs)
 

@@ -1,6 +1,7 @@
 """The shared state store (SQLAlchemy Core): tokens, switches, state version, audit log,
 console sessions, the file lists of approved plugins, the facts of sandboxed plugins
-(`dihya.store.facts`) and the plugin states last audited.
+(`dihya.store.facts`), the plugin states last audited, the fleet's count of each
+plugin's consecutive hook failures (`dihya.store.failures`) and plugins' own log records.
 
 A SQLite file by default (WAL mode, no server), PostgreSQL by URL
 (`postgresql+psycopg://...`). Every worker and every node that shares the store sees the
@@ -55,7 +56,7 @@ from dihya.store.faults import (
 __all__ = ["SCHEMA_VERSION", "PluginSwitch", "Store", "StoreError", "StoreFault",
            "StoreMissing", "StoreUnavailable", "sqlite_url"]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 8
 #: `[store] synchronous` -> (SQLite `PRAGMA synchronous`, PostgreSQL `synchronous_commit`)
 SYNCHRONOUS: Final = {"full": ("FULL", "on"), "normal": ("NORMAL", "off")}
 SQLITE_BUSY_TIMEOUT_S: Final = 10.0
@@ -89,6 +90,7 @@ tokens_table = sa.Table(
     sa.Column("secret_sha256", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("last_used_at", sa.Float, nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True),  # schema version 6; None: never
 )
 
 plugin_state_table = sa.Table(
@@ -184,6 +186,36 @@ plugin_seen_table = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("reason", sa.String(64), nullable=True),
     sa.Column("at", sa.Float, nullable=False),
+)
+
+
+# -- version 7: the fleet's consecutive hook failures per plugin (dihya.store.failures) ---
+
+plugin_failures_table = sa.Table(
+    "dihya_plugin_failures", metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    # hook calls that ended other than ok, in a row, on every worker of every node
+    sa.Column("consecutive", sa.Integer, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
+
+# -- version 8: plugins' own log records (`dihya.store.pluginlogs`) -------------------------
+
+plugin_logs_table = sa.Table(
+    "dihya_plugin_logs", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("plugin", sa.String(200), nullable=False, index=True),
+    sa.Column("version", sa.String(100), nullable=True),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("level", sa.String(16), nullable=False),
+    # the format string and its arguments (JSON), both redacted: never the needs' strings
+    sa.Column("template", sa.Text, nullable=False),
+    sa.Column("args", sa.Text, nullable=False),
+    sa.Column("error", sa.String(100), nullable=True),  # an exception's type name
+    sa.Column("cut_bytes", sa.Integer, nullable=False, default=0),
 )
 
 
@@ -525,6 +557,10 @@ class Store:
             conn.execute(sa.text("SELECT pg_notify(:channel, current_schema())"),
                          {"channel": NOTIFY_CHANNEL})
 
+    def bump_in(self, conn: Connection) -> None:
+        """Within a `locked("switches")` transaction: bump the state version (and notify)."""
+        self._bump(conn)
+
     def bump_state_version(self) -> None:
         with self.locked("switches") as conn:
             self._bump(conn)
@@ -555,13 +591,23 @@ class Store:
                 return False
             values: Mapping[str, Any] = {"disabled": disabled, "reason_code": reason_code,
                                          "reason": reason, "actor": actor, "at": time.time()}
-            if current is None:
-                conn.execute(plugin_state_table.insert().values(name=name, **values))
-            else:
-                conn.execute(plugin_state_table.update().where(
-                    plugin_state_table.c.name == name).values(**values))
+            self.write_switch(conn, name, current is not None, values)
+            # a switch (an admin's, a quarantine, its reset) starts the count of failures
+            # in a row afresh, on every worker
+            conn.execute(plugin_failures_table.delete().where(
+                plugin_failures_table.c.name == name))
             self._bump(conn)
         return True
+
+    def write_switch(self, conn: Connection, name: str, exists: bool,
+                     values: Mapping[str, Any]) -> None:
+        """Within a `locked("switches")` transaction: write the switch row of `name` (the
+        caller bumps the state version)."""
+        if exists:
+            conn.execute(plugin_state_table.update().where(
+                plugin_state_table.c.name == name).values(**values))
+        else:
+            conn.execute(plugin_state_table.insert().values(name=name, **values))
 
 
 _PG_LOCK = sa.text("SELECT set_config('synchronous_commit', :sync, true), "

@@ -17,6 +17,10 @@ the `heartbeat` row `/readyz` rewrites to probe a write.
 Version 5: the facts of sandboxed plugins by fingerprint (dihya_plugin_facts, read by
 listings instead of starting workers) and the plugin states last audited
 (dihya_plugin_seen: one audit event per change, not per worker start).
+Version 6: `dihya_tokens.expires_at` (a token's optional expiry, `tokens create --expires`).
+Version 7: the fleet's count of consecutive hook failures per plugin
+(dihya_plugin_failures), so a plugin is quarantined once for the whole fleet.
+Version 8: plugins' own log records (dihya_plugin_logs, `dihya.store.pluginlogs`).
 """
 
 from __future__ import annotations
@@ -77,8 +81,25 @@ def _v5_plugin_facts(conn: Connection) -> None:
                            checkfirst=True)
 
 
+def _v6_token_expiry(conn: Connection) -> None:
+    # a store created at version 6 or later got the column from `_v1_state`
+    columns = {c["name"] for c in sa.inspect(conn).get_columns(st.tokens_table.name)}
+    if "expires_at" not in columns:
+        conn.execute(sa.text(f"ALTER TABLE {st.tokens_table.name} "
+                             "ADD COLUMN expires_at FLOAT"))
+
+
+def _v7_plugin_failures(conn: Connection) -> None:
+    st.metadata.create_all(conn, tables=[st.plugin_failures_table], checkfirst=True)
+
+
+def _v8_plugin_logs(conn: Connection) -> None:
+    st.metadata.create_all(conn, tables=[st.plugin_logs_table], checkfirst=True)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console,
-                                            _v4_event_ids, _v5_plugin_facts)
+                                            _v4_event_ids, _v5_plugin_facts, _v6_token_expiry,
+                                            _v7_plugin_failures, _v8_plugin_logs)
 LATEST: Final = len(MIGRATIONS)
 
 

@@ -3,10 +3,13 @@
 `run_plugin(PluginClass or entry-point name, needs, mode=...)` runs one generation with
 that plugin alone, through the real contract check (`validate_plugin_class`), the real
 pipeline (`run_generation`: copies, validation of every return, the core generator) and,
-with `mode="sandbox"`, the real gate and a real sandbox worker (the plugin must then be
-installed from a wheel, as tox installs it). The result carries the files, the report and
-the needs the core generator got; `assert_hook_ok` and friends check the report with
-messages that show it.
+with `mode="sandbox"`, the real gate and a real sandbox worker. Installed from a wheel (as
+tox installs it), the plugin runs from its installed files; installed editable (`pip
+install -e .`), from its source tree: its files are copied into a private site directory
+with a RECORD, then fingerprinted, gated and loaded in the worker exactly as a wheel's
+files would be (a test mode only: the backend never accepts an editable install). The
+result carries the files, the report and the needs the core generator got;
+`assert_hook_ok` and friends check the report with messages that show it.
 
 The pytest plugin `dihya.testing.pytest_plugin` (registered through the core's `pytest11`
 entry point, so it is active wherever dihya-core is installed) adds the fixtures
@@ -16,10 +19,16 @@ entry point, so it is active wherever dihya-core is installed) adds the fixtures
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.metadata as md
+import importlib.util
 import json
 import re
+import shutil
+import sys
+import tempfile
 import time
+from base64 import urlsafe_b64encode
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -95,6 +104,8 @@ class PluginRun:
     record: PluginRecord
     failure: GenerationFailed | None = None
     result: GenerationResult | None = None
+    #: The source tree an editable install was run from (`mode="sandbox"`), else None.
+    source: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -144,7 +155,7 @@ def run_plugin(plugin: type[GenerationPluginBase] | str, needs: Any = None, *,
                mode: Mode = "in-process", name: str | None = None, required: bool = False,
                hook_timeout_s: float = 2.0, role: str | None = None,
                group: str = DEFAULT_GROUP, sandbox: SandboxSettings | None = None,
-               path: Sequence[str] | None = None) -> PluginRun:
+               path: Sequence[str] | None = None, from_source: bool = True) -> PluginRun:
     """Run one generation of `needs` (default: `sample_needs()`) with this plugin alone.
 
     `plugin` is the plugin class or the entry-point name of an installed plugin.
@@ -152,10 +163,13 @@ def run_plugin(plugin: type[GenerationPluginBase] | str, needs: Any = None, *,
     * `mode="in-process"`: the class is checked by `validate_plugin_class`, instantiated
       and called through the in-process executor, as for an operator's
       `--mode in-process` approval (that `safe` is True is not required here).
-    * `mode="sandbox"`: the plugin must be installed as a distribution (a wheel, not an
-      editable install). It is fingerprinted, approved in an in-memory config and loaded
-      by `build_registry` in a real sandbox worker, exactly as the backend does; a
-      refusal or load failure raises `PluginNotAdmitted` with the backend's reason.
+    * `mode="sandbox"`: the plugin must be installed. It is fingerprinted, approved in an
+      in-memory config and loaded by `build_registry` in a real sandbox worker, exactly as
+      the backend does; a refusal or load failure raises `PluginNotAdmitted` with the
+      backend's reason. An editable install is run from its source tree (copied, with a
+      RECORD, into a private site directory first on the path; `PluginRun.source` names
+      the tree); `from_source=False` refuses it as the backend does
+      (`outside-distribution`).
 
     `name` is the plugin's entry-point name (the name in the report); found from the
     installed entry points when not given. `path` replaces `sys.path` for finding
@@ -167,7 +181,7 @@ def run_plugin(plugin: type[GenerationPluginBase] | str, needs: Any = None, *,
     needs = sample_needs() if needs is None else needs
     if mode == "sandbox":
         return _run_sandboxed(plugin, needs, name, required, hook_timeout_s, role, group,
-                              sandbox or SandboxSettings(), path)
+                              sandbox or SandboxSettings(), path, from_source)
     cls, found_name, distribution = _resolve_class(plugin, group)
     record = PluginRecord(
         name=name or found_name, distribution=distribution, version=cls.version,
@@ -254,7 +268,8 @@ def _installed(name: str, group: str, path: Sequence[str] | None = None) -> Disc
 
 def _run_sandboxed(plugin: type[GenerationPluginBase] | str, needs: Any, name: str | None,
                    required: bool, hook_timeout_s: float, role: str | None, group: str,
-                   settings: SandboxSettings, path: Sequence[str] | None) -> PluginRun:
+                   settings: SandboxSettings, path: Sequence[str] | None,
+                   from_source: bool = True) -> PluginRun:
     if name is None:
         if isinstance(plugin, str):
             name = plugin
@@ -267,6 +282,15 @@ def _run_sandboxed(plugin: type[GenerationPluginBase] | str, needs: Any, name: s
                     "a wheel (tox installs it so)")
             name = match.name
     found = _installed(name, group, path)
+    if found.editable and from_source:
+        site, source = _source_site(found)
+        try:
+            run = _run_sandboxed(name, needs, name, required, hook_timeout_s, role, group,
+                                 settings, [str(site), *(sys.path if path is None else path)],
+                                 from_source=False)
+        finally:
+            shutil.rmtree(site.parent, ignore_errors=True)
+        return attrs.evolve(run, source=source)
     files, problem = verified_files(found, path)
     if problem is not None or files is None:
         raise PluginNotAdmitted(*(problem or (Reason.MISSING_FILE, "no files")))
@@ -287,6 +311,57 @@ def _run_sandboxed(plugin: type[GenerationPluginBase] | str, needs: Any, name: s
         return _generate(needs, snapshot, record, role)
     finally:
         snapshot.close()
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _source_site(found: DiscoveredPlugin) -> tuple[Path, Path]:
+    """A private site directory with the editable plugin's packages copied from its source
+    tree and its dist-info with a RECORD of every file, as pip installs a wheel; and the
+    source tree's directory. Raises `PluginNotAdmitted` when a package cannot be found."""
+    assert found.dist_info is not None
+    dist = md.PathDistribution(found.dist_info)
+    tops = sorted({ep.module.partition(".")[0] for ep in dist.entry_points})
+    root = Path(tempfile.mkdtemp(prefix="dihya-testing-"))
+    root.chmod(0o755)  # a sandbox user reads it too
+    site = root / "site"
+    site.mkdir(mode=0o755)
+    source: Path | None = None
+    try:
+        for top in tops:
+            spec = importlib.util.find_spec(top)
+            locations = list(spec.submodule_search_locations or ()) if spec else []
+            if spec is not None and locations:
+                package = Path(locations[0])
+                shutil.copytree(package, site / top,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                source = source or package.parent
+            elif spec is not None and spec.origin and spec.origin.endswith(".py"):
+                module = Path(spec.origin)
+                shutil.copy2(module, site / module.name)
+                source = source or module.parent
+            else:
+                raise PluginNotAdmitted(Reason.IMPORT_ERROR, f"the editable install of "
+                                        f"{found.distribution} names {top!r}, which is not "
+                                        "importable from its source tree")
+        info = site / found.dist_info.name
+        info.mkdir()
+        for item in found.dist_info.iterdir():
+            if item.is_file() and item.name not in ("RECORD", "direct_url.json",
+                                                    "INSTALLER", "REQUESTED"):
+                shutil.copy2(item, info / item.name)
+        record = []
+        for file in sorted(p for p in site.rglob("*") if p.is_file()):
+            data = file.read_bytes()
+            record.append(f"{file.relative_to(site).as_posix()},{_record_hash(data)},{len(data)}")
+        record.append(f"{info.name}/RECORD,,")
+        (info / "RECORD").write_text("\n".join(record) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return site, source or site
 
 
 def _lines(run: PluginRun) -> str:

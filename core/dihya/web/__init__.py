@@ -45,6 +45,9 @@ def create_app(config_path: str | os.PathLike[str] | None = None, *,
     app.config.update(MAX_CONTENT_LENGTH=MAX_NEEDS_BYTES, JSON_SORT_KEYS=False,
                       RATELIMIT_HEADERS_ENABLED=True,
                       RATELIMIT_STORAGE_URI=state.config.rate_limit_storage,
+                      # a shared storage (Redis) that cannot be reached: each worker counts
+                      # for itself meanwhile (limits per worker) instead of answering 500
+                      RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
                       DIHYA_RATE_LIMIT=state.config.rate_limit)
     app.config.update(overrides)
     init_rate_limits(app)

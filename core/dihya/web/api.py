@@ -31,6 +31,8 @@ from dihya.pipeline import (
     default_executor,
     run_generation,
 )
+from dihya.pluginlog import Collector, LogLimits, collecting
+from dihya.pluginlog.collect import LEVELS
 from dihya.reasons import ProblemType
 from dihya.registry import PluginRecord
 from dihya.sandbox.executor import HookTimeout
@@ -80,16 +82,33 @@ def json_body(optional: bool = False) -> Any:
 def validate_body(schema: dict[str, Any], body: Any) -> None:
     """422 listing the schema violations of `body` (the first MAX_PROBLEMS, then one entry
     saying more were found), each with its JSON pointer."""
-    import jsonschema
-
-    errors, more = first_errors(jsonschema.Draft202012Validator(schema).iter_errors(body),
-                                MAX_PROBLEMS)
+    errors, more = first_errors(_validator(schema).iter_errors(body), MAX_PROBLEMS)
     if errors:
         listed = [{"pointer": _pointer(e.absolute_path), "detail": _schema_detail(e)}
                   for e in errors]
         if more:
             listed.append({"pointer": "", "detail": more_problems().message})
         raise _unprocessable(listed)
+
+
+#: Validators of the schemas bodies were checked against, by `id` (the schema kept alive
+#: beside its validator, so an id is never reused while cached): building one per request
+#: cost more than validating. Bounded: plugin action schemas change with reloads.
+_VALIDATORS: dict[int, tuple[dict[str, Any], Any]] = {}
+_VALIDATORS_MAX: Final = 256
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    cached = _VALIDATORS.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    if len(_VALIDATORS) >= _VALIDATORS_MAX:
+        _VALIDATORS.clear()
+    _VALIDATORS[id(schema)] = (schema, validator)
+    return validator
 
 
 def _schema_detail(error: Any) -> str:
@@ -120,6 +139,21 @@ def _unprocessable(errors: list[dict[str, str]]) -> ApiProblem:
     return ApiProblem(422, ProblemType.VALIDATION, "Unprocessable Content", detail, errors=errors)
 
 
+def log_limits() -> LogLimits:
+    """The caps on plugin log records, from the config."""
+    config = state().config
+    return LogLimits(config.plugin_log_records, config.plugin_log_bytes)
+
+
+def keep_plugin_logs(collector: Collector) -> None:
+    """Store what the plugins logged during this request, redacted and capped."""
+    from dihya.store.pluginlogs import write
+
+    records = collector.finish()
+    if records:
+        write(state().store, records)
+
+
 def _record_or_404(name: str) -> PluginRecord:
     return record_or_404(state(), name)
 
@@ -146,8 +180,12 @@ def generate() -> Response:
              "needs_sha256": sha256_of(needs_bytes), "needs_bytes": len(needs_bytes)}
     snapshot = st.current(g.request_id)  # never runs a plugin switched off before now
     try:
-        result = run_generation(body["needs"], snapshot, role=token.role,
-                                request_id=g.request_id)
+        with collecting(g.request_id, body["needs"], log_limits()) as plugin_logs:
+            try:
+                result = run_generation(body["needs"], snapshot, role=token.role,
+                                        request_id=g.request_id)
+            finally:
+                keep_plugin_logs(plugin_logs)
     except NeedsError as exc:
         st.auditor.record("generation", "invalid", **audit)
         raise _unprocessable([{"pointer": needs_pointer(p), "detail": p.message}
@@ -211,6 +249,36 @@ def disable_plugin(name: str) -> Response:
     return jsonify(record.to_json())
 
 
+#: The query of `GET /api/v1/plugins/<name>/logs`.
+LOGS_QUERY: Final[dict[str, Any]] = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "since": {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,6})?$",
+                  "description": "Only records made at or after this time, in seconds since "
+                                 "the epoch."},
+        "level": {"type": "string", "enum": list(LEVELS),
+                  "description": "Only records at this level or above."},
+        "limit": {"type": "string", "pattern": r"^[1-9][0-9]{0,4}$",
+                  "description": "At most this many records, the newest (default 1000)."},
+    },
+}
+
+
+@api.get("/plugins/<plugin:name>/logs")
+@require("admin")
+def plugin_logs(name: str) -> Response:
+    """What the plugin logged, redacted, oldest first (installed or not: its records stay
+    until retention or a purge removes them)."""
+    from dihya.store.pluginlogs import read
+
+    query = request.args.to_dict()
+    validate_body(LOGS_QUERY, query)
+    since = float(query["since"]) if "since" in query else None
+    records = read(state().store, name, since=since, level=query.get("level"),
+                   limit=int(query.get("limit", 1000)))
+    return jsonify([r.to_json() for r in records])
+
+
 @api.post("/plugins/reload")
 @require("admin")
 def reload_plugins() -> Response:
@@ -249,8 +317,13 @@ def call_plugin_action(name: str, action_name: str) -> Response:
     validate_body(spec.input_schema, payload)
     start = time.perf_counter()
     try:
-        result = default_executor(record).call(record, spec.method, {"payload": payload},
-                                               st.config.hook_timeout_s)
+        with collecting(g.request_id, payload, log_limits()) as plugin_logs:
+            try:
+                result = default_executor(record).call(record, spec.method,
+                                                       {"payload": payload},
+                                                       st.config.hook_timeout_s)
+            finally:
+                keep_plugin_logs(plugin_logs)
     except HookTimeout as exc:
         st.auditor.record("plugin.action", "failed", reason="timeout", **audit)
         raise ApiProblem(502, ProblemType.PLUGIN_FAILED, "Plugin action failed",

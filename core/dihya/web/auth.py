@@ -13,7 +13,7 @@ from typing import Any, Final, TypeVar
 from flask import current_app, g, request
 
 from dihya.reasons import ProblemType
-from dihya.store.tokens import TokenInfo, authenticate
+from dihya.store.tokens import EXPIRED, TokenInfo, check_token
 from dihya.web.problems import ApiProblem
 
 ROLE_RANK: Final = {"viewer": 0, "developer": 1, "admin": 2}
@@ -35,7 +35,10 @@ def _authenticate() -> TokenInfo:
     if scheme.lower() != "bearer" or not value.strip():
         _deny_auth("missing-token", "Send `Authorization: Bearer <token>`; create a token with "
                    "`dihya tokens create`.")
-    info = authenticate(state().store, value.strip())
+    info, reason = check_token(state().store, value.strip())
+    if reason == EXPIRED:
+        _deny_auth(EXPIRED, "The bearer token has expired; ask an admin for a new one "
+                   "(`dihya tokens rotate NAME` gives it a new secret).")
     if info is None:
         _deny_auth("invalid-token", "The bearer token is unknown or revoked.")
     assert info is not None

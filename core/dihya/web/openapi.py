@@ -216,11 +216,14 @@ def _schemas() -> dict[str, Schema]:
         "PurgeRequest": copy.deepcopy(PURGE_BODY),
         "PurgeResult": {
             "type": "object",
-            "required": ["events", "notes", "tokens", "switches", "retention"],
+            "required": ["events", "notes", "tokens", "switches", "logs", "retention"],
             "additionalProperties": False,
             "properties": {
                 "events": {"type": "integer", "minimum": 0, "description": "Events made "
-                           "unlinkable (subject) or removed (older_than_days)."},
+                           "unlinkable (subject), removed (older_than_days), or naming the "
+                           "plugin and kept in the chain (plugin)."},
+                "logs": {"type": "integer", "minimum": 0,
+                         "description": "The plugin's log records removed (plugin)."},
                 "notes": {"type": "integer", "minimum": 0},
                 "tokens": {"type": "integer", "minimum": 0},
                 "switches": {"type": "integer", "minimum": 0,
@@ -228,6 +231,33 @@ def _schemas() -> dict[str, Schema]:
                                             "erased."},
                 "retention": {"type": "integer", "minimum": 0,
                               "description": "Events then removed by the retention period."},
+            },
+        },
+        "PluginLogRecord": {
+            "type": "object",
+            "description": "One record a plugin logged through `self.logger`, personal data "
+                           "replaced by placeholders (`[needs]`, `[email]`, `[phone]`, "
+                           "`[token]`).",
+            "required": ["at", "plugin", "version", "request_id", "level", "template", "args",
+                         "error", "cut_bytes", "message"],
+            "additionalProperties": False,
+            "properties": {
+                "at": {"type": "number", "description": "Seconds since the epoch."},
+                "plugin": {"type": "string"},
+                "version": {"type": ["string", "null"]},
+                "request_id": {"type": ["string", "null"],
+                               "description": "The request that ran the plugin (null from "
+                                              "the CLI)."},
+                "level": {"type": "string",
+                          "enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
+                "template": {"type": "string", "description": "The format string, redacted."},
+                "args": {"type": ["array", "object"],
+                         "description": "Its arguments, redacted."},
+                "error": {"type": ["string", "null"],
+                          "description": "The type name of the exception logged, if any."},
+                "cut_bytes": {"type": "integer", "minimum": 0,
+                              "description": "Bytes over the per-record cap, not stored."},
+                "message": {"type": "string", "description": "The two put together."},
             },
         },
         "HookResult": {
@@ -499,6 +529,7 @@ def _paths() -> dict[str, Schema]:
         enable_plugin,
         generate,
         list_plugins,
+        plugin_logs,
         reload_plugins,
         show_plugin,
     )
@@ -569,13 +600,38 @@ def _paths() -> dict[str, Schema]:
                 requestBody={"required": False, "content": {"application/json": {
                     "schema": {"$ref": _REF + "DisableRequest"}}}}),
         },
+        "/api/v1/plugins/{name}/logs": {
+            "parameters": [_NAME_PARAM],
+            "get": _authenticated(
+                plugin_logs, "What a plugin logged, personal data redacted",
+                {"200": {"description": "The newest records (at most `limit`), oldest first.",
+                         "headers": {"X-Request-Id": {
+                             "$ref": "#/components/headers/X-Request-Id"}},
+                         "content": {"application/json": {"schema": {
+                             "type": "array", "items": {"$ref": _REF + "PluginLogRecord"}}}}}},
+                422,
+                description="Records stay after the plugin is removed, until the retention "
+                            "period (`[audit] plugin_log_retention_days`) or a purge by "
+                            "plugin removes them.",
+                parameters=_logs_parameters()),
+        },
         "/api/v1/audit/export": {"get": _authenticated(
-            export_audit, "Export the audit log, or one subject's events (GDPR access)",
-            {"200": {"description": "Every matching event, oldest first.",
+            export_audit, "Export the audit log, one subject's events (GDPR access), or one "
+            "plugin's events and log records",
+            {"200": {"description": "Every matching event, oldest first; with `plugin`, an "
+                                    "object `{plugin, events, logs}` (json) or rows with a "
+                                    "`kind` (jsonl).",
                      "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
                      "content": {
-                         "application/json": {"schema": {
-                             "type": "array", "items": {"$ref": _REF + "AuditEvent"}}},
+                         "application/json": {"schema": {"oneOf": [
+                             {"type": "array", "items": {"$ref": _REF + "AuditEvent"}},
+                             {"type": "object", "required": ["plugin", "events", "logs"],
+                              "properties": {
+                                  "plugin": {"type": "string"},
+                                  "events": {"type": "array",
+                                             "items": {"$ref": _REF + "AuditEvent"}},
+                                  "logs": {"type": "array",
+                                           "items": {"$ref": _REF + "PluginLogRecord"}}}}]}},
                          "application/jsonl": {"schema": {
                              "type": "string", "description": "One AuditEvent object per "
                              "line (`format=jsonl`)."}},
@@ -584,12 +640,14 @@ def _paths() -> dict[str, Schema]:
             description="The export is itself audited, with the subject as a pseudonym.",
             parameters=_export_parameters())},
         "/api/v1/audit/purge": {"post": _authenticated(
-            purge_audit, "Erase a subject, or remove old events (GDPR erasure)",
+            purge_audit, "Erase a subject, old events or a plugin's records (GDPR erasure)",
             {"200": _json("PurgeResult", "What was erased.")},
             400, 413, 415, 422,
             description="A subject's events stay in the hash chain but become unlinkable: "
-                        "their pseudonym mapping, notes and tokens are deleted. Then the "
-                        "retention period is applied. Audited without the subject.",
+                        "their pseudonym mapping, notes and tokens are deleted. A plugin's "
+                        "log records and the notes of its events are deleted; its events "
+                        "stay in the chain. Then the retention period is applied. Audited "
+                        "without the subject.",
             requestBody={"required": True, "content": {"application/json": {
                 "schema": {"$ref": _REF + "PurgeRequest"}}}})},
         "/api/v1/plugins/{name}/actions/{action}": {
@@ -613,7 +671,17 @@ def _paths() -> dict[str, Schema]:
 def _export_parameters() -> list[Schema]:
     from dihya.web.audit_api import EXPORT_QUERY
 
-    props = EXPORT_QUERY["properties"]
+    return _parameters(EXPORT_QUERY)
+
+
+def _logs_parameters() -> list[Schema]:
+    from dihya.web.api import LOGS_QUERY
+
+    return _parameters(LOGS_QUERY)
+
+
+def _parameters(query: Schema) -> list[Schema]:
+    props = query["properties"]
     return [{"name": name, "in": "query", "required": False,
              "description": schema.get("description", "`json`, `jsonl` or `csv`."),
              "schema": {k: v for k, v in schema.items() if k != "description"}}

@@ -6,6 +6,12 @@ a view marked `@per_token` (under `@require`, so the token is known) is limited 
 from `[web] rate_limit_storage` and `[web] rate_limit`; an override passed to `create_app`
 wins. The views live in module-level blueprints; only the limiter is per app.
 
+With the default `memory://` storage every server worker process counts for itself: with
+N workers on M nodes a token can make up to N x M times its limit. A shared storage
+(Redis: `redis://host:6379`, which needs the `redis` client, `dihya-core[redis]`) makes the
+limit exact across every worker and node; `limits_are_shared` tells which a config has
+(`plugins verify` notes it, `dihya doctor` reuses it).
+
 `memory://` counts in `ThreadlessMemoryStorage`: `limits`' own memory storage starts a
 `threading.Timer` (a new thread) on most requests to drop expired counters; this one drops
 them on access and sweeps the rest at most once a second, on the request that comes then.
@@ -23,9 +29,18 @@ from flask import Flask, current_app, g
 from flask_limiter import Limiter
 from limits.storage import MemoryStorage
 
+from dihya.config import Config
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 RATE_LIMIT_KEY: Final = "DIHYA_RATE_LIMIT"
+#: storage URI schemes whose counters live in one process (never shared between workers)
+PER_PROCESS_SCHEMES: Final = frozenset({"memory"})
+PER_WORKER_NOTE: Final = (
+    "[web] rate_limit_storage is memory://: each server worker process counts for itself, "
+    "so with N workers on M nodes a token can make up to N x M times [web] rate_limit. "
+    "For an exact limit, point it at a Redis every worker and node reaches "
+    "(rate_limit_storage = \"redis://127.0.0.1:6379\"; pip install 'dihya-core[redis]')")
 _LIMITER: Final = "dihya.limiter"
 _LIMITED_VIEWS: Final = "dihya.rate_limited_views"
 SWEEP_EVERY_S: Final = 1.0
@@ -63,6 +78,13 @@ def storage_uri(uri: str) -> str:
     """The storage `limits` is given for `[web] rate_limit_storage`: `memory://` is counted
     in `ThreadlessMemoryStorage`; any other URI as it is."""
     return THREADLESS_MEMORY if uri == "memory://" else uri
+
+
+def limits_are_shared(config: Config) -> bool:
+    """True when `[web] rate_limit_storage` is a storage every worker and node can share
+    (Redis, Memcached...), False for the per-process `memory://` (limits per worker)."""
+    scheme = config.rate_limit_storage.split("://", 1)[0].lower()
+    return scheme not in PER_PROCESS_SCHEMES
 
 
 def init_rate_limits(app: Flask) -> Limiter:

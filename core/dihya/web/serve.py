@@ -3,15 +3,20 @@
 Each worker builds its own app and registry (no preloading): plugin code is imported in
 the worker that runs it, after the gate, never in the arbiter.
 
-gunicorn's own log lines go through `RequestSafeLogger`: every value that came from a
-request (the path, a header) is escaped in the access log, and every error-log record is
-written on one line, so a `%0a` or `%0d` in a URL cannot forge a second line.
+Every line the server writes, on stderr, has one format (`dihya.audit.logs`): JSON by
+default, text for people with `--log-format text`. gunicorn's own lines go through
+`RequestSafeLogger`: its error log through the same formatter, its access log as one
+`http.request` record per request (method, path, status, bytes, duration and the request
+id the app sent as `X-Request-Id`; never the client's address, the query string or a
+header), every value that came from a request escaped, so a `%0a` or `%0d` in a URL
+cannot forge a second line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +59,61 @@ class OneLineFormatter(logging.Formatter):
         return escape_text(self.inner.format(record), backslash=False)
 
 
+class RequestIdFilter(logging.Filter):
+    """Gives a record made while a request is answered that request's id (`g.request_id`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            from flask import g, has_app_context
+
+            if has_app_context():
+                record.request_id = g.get("request_id")
+        return True
+
+
 class RequestSafeLogger(GunicornLogger):  # type: ignore[misc]
-    """gunicorn's logger with request-derived values escaped in every line."""
+    """gunicorn's logger writing the server's format (`log_format`) on stderr, with
+    request-derived values escaped in every line."""
 
     atoms_wrapper_class = EscapedAtoms
+    log_format = "json"
 
     def setup(self, cfg: Any) -> None:
+        from dihya.audit.logs import formatter
+
         super().setup(cfg)
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
-                if getattr(handler, "_gunicorn", False) and handler.formatter is not None \
-                        and not isinstance(handler.formatter, OneLineFormatter):
-                    handler.setFormatter(OneLineFormatter(handler.formatter))
+                if getattr(handler, "_gunicorn", False):
+                    handler.setFormatter(formatter(self.log_format))
+                    if isinstance(handler, logging.StreamHandler) \
+                            and handler.stream is sys.stdout:
+                        handler.setStream(sys.stderr)  # one stream, one format
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        """One `http.request` record: method, path (escaped), status, bytes, duration and
+        the response's `X-Request-Id`; nothing else of the request."""
+        if not self.access_log_enabled:
+            return
+        status = resp.status
+        code = int(str(status).split(None, 1)[0]) if status else 0
+        method = _escape_atom(str(environ.get("REQUEST_METHOD", "-")))[:16]
+        path = _escape_atom(str(environ.get("PATH_INFO", "")))[:2048]
+        request_id = None
+        for key, value in getattr(resp, "headers", ()) or ():
+            if str(key).lower() == "x-request-id" and value:
+                request_id = _escape_atom(str(value))[:64]
+        ms = request_time.seconds * 1000 + request_time.microseconds / 1000
+        sent = getattr(resp, "sent", None)
+        self.access_log.info(f"{method} {path} {code}", extra={
+            "method": method, "path": path, "status": code, "bytes": sent,
+            "duration_ms": round(ms, 2), "request_id": request_id})
+
+
+def logger_class(log_format: str) -> type[RequestSafeLogger]:
+    """`RequestSafeLogger` writing `log_format` (`json` or `text`)."""
+    return type(f"RequestSafeLogger_{log_format}", (RequestSafeLogger,),
+                {"log_format": log_format})
 
 
 class DihyaServer(BaseApplication):  # type: ignore[misc]
@@ -77,9 +125,11 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
     rather than failing to boot, which would make gunicorn stop the whole server.
     """
 
-    def __init__(self, config_path: str, options: dict[str, Any]) -> None:
+    def __init__(self, config_path: str, options: dict[str, Any],
+                 log_format: str = "json") -> None:
         self.config_path = config_path
         self.options = options
+        self.log_format = log_format
         self.boot_config: Config | None = _boot_config(config_path)
         super().__init__()
 
@@ -90,7 +140,7 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from dihya.web import create_app
 
-        configure_logging()
+        configure_logging(self.log_format)
         return create_app(self.config_path, background_reload=True,
                           boot_config=self.boot_config, create_store=False)
 
@@ -104,20 +154,28 @@ def _boot_config(config_path: str) -> Config | None:
         return None
 
 
-def configure_logging() -> None:
-    """Audit events and core messages as JSON lines (allowlisted fields only) on stderr.
+def configure_logging(log_format: str = "json") -> None:
+    """Audit events and core messages in the server's format (allowlisted fields only) on
+    stderr, with the request id of the request they belong to; Python warnings too.
 
     They do not propagate: gunicorn's root handler would print every line twice.
     """
-    import sys
+    from dihya.audit.logs import configure, json_handler
 
-    from dihya.audit.logs import configure
-
-    configure(sys.stderr)
+    configure(sys.stderr, fmt=log_format)
+    core = logging.getLogger("dihya")
+    for handler in core.handlers:
+        if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
+            handler.addFilter(RequestIdFilter())
+    logging.captureWarnings(True)
+    warnings_log = logging.getLogger("py.warnings")
+    if not warnings_log.handlers:
+        warnings_log.addHandler(json_handler(sys.stderr, log_format))
+        warnings_log.propagate = False
 
 
 def server_options(host: str, port: int, workers: int, threads: int = 1,
-                   timeout: int = 60) -> dict[str, Any]:
+                   timeout: int = 60, log_format: str = "json") -> dict[str, Any]:
     """gunicorn's settings for `dihya serve`. `threads` > 1: gunicorn's gthread worker, each
     worker answering that many requests at once (their audit events then share commits)."""
     return {
@@ -131,16 +189,19 @@ def server_options(host: str, port: int, workers: int, threads: int = 1,
         # own 414 page; the API's query strings are far shorter
         "limit_request_line": 8190,
         "proc_name": "dihya",
-        "logger_class": RequestSafeLogger,
+        "logger_class": logger_class(log_format),
         "post_fork": die_with_master,
         "worker_exit": close_worker_state,
     }
 
 
 def serve(config_path: str, host: str, port: int, workers: int, timeout: int = 60,
-          threads: int = 1) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM stop gracefully)."""
-    DihyaServer(config_path, server_options(host, port, workers, threads, timeout)).run()
+          threads: int = 1, log_format: str = "json") -> None:
+    """Serve until interrupted (SIGINT/SIGTERM stop gracefully); every line on stderr in
+    `log_format` (`json` or `text`)."""
+    configure_logging(log_format)  # the arbiter's own records (a config problem) too
+    DihyaServer(config_path, server_options(host, port, workers, threads, timeout, log_format),
+                log_format).run()
 
 
 _PR_SET_PDEATHSIG = 1

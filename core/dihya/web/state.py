@@ -47,7 +47,7 @@ from dihya.config import PROBLEMS, Config, ConfigError, config_problem, load_con
 from dihya.gate.sitewatch import SiteStamp, site_stamp
 from dihya.registry import RegistrySnapshot, build_registry
 from dihya.sandbox.pool import SandboxPool
-from dihya.store import Store
+from dihya.store import Store, failures
 from dihya.store.faults import StoreFault, StoreUnavailable
 from dihya.store.listen import StateListener, open_listener
 from dihya.store.marker import StoreMarker
@@ -55,6 +55,9 @@ from dihya.store.marker import StoreMarker
 log = logging.getLogger("dihya.web")
 
 LISTEN_RETRY_S = 5.0  # after a lost PostgreSQL LISTEN connection, polling alone meanwhile
+# how old this worker's list of the plugins with failures counted may be: a success within
+# that time of another worker's first failure may not reset the fleet's count
+FAILING_TTL_S = 0.25
 
 
 class DihyaState:
@@ -89,11 +92,11 @@ class DihyaState:
         self._probe_ok_at: float | None = None
         self.version_ttl_s = version_ttl_s
         # `_lock` serialises rebuilds; requests never take it (they read `_snapshot`, one
-        # reference), so a rebuild never stalls a generation. `_failures_lock` guards the
-        # consecutive-failure counters every generation updates.
+        # reference), so a rebuild never stalls a generation. `_failures_lock` guards
+        # `_failing_seen`: (when read, the plugins with failures counted in the store).
         self._lock = threading.Lock()
         self._failures_lock = threading.Lock()
-        self._failures: dict[str, int] = {}
+        self._failing_seen: tuple[float, frozenset[str]] = (-FAILING_TTL_S, frozenset())
         self._checked_at = 0.0
         self._config_stamp = self._stamp()
         self._config_changed = False
@@ -114,7 +117,8 @@ class DihyaState:
             version = self.store.state_version()
             self._built = (self._build(None), version)
             self._serving = True
-            apply_retention(self.auditor, self.config.audit_retention_days)
+            apply_retention(self.auditor, self.config.audit_retention_days,
+                            plugin_log_days=self.config.plugin_log_retention_days)
         except StoreUnavailable as exc:
             # fail closed: nothing approved, every call that needs the store answers 503
             # until it is back (the health has logged why)
@@ -279,7 +283,8 @@ class DihyaState:
             rebuilt = self._rebuild_if_stale(watch_site=True)
             if self._checked_at - self._retention_checked >= 3600:
                 self._retention_checked = self._checked_at
-                apply_retention(self.auditor, self.config.audit_retention_days, DAY_S)
+                apply_retention(self.auditor, self.config.audit_retention_days, DAY_S,
+                                plugin_log_days=self.config.plugin_log_retention_days)
             return rebuilt
 
     def _reload_loop(self) -> None:
@@ -391,29 +396,52 @@ class DihyaState:
 
     def note_outcomes(self, outcomes: Iterable[tuple[str, bool]],
                       request_id: str | None = None) -> None:
-        """Count consecutive hook failures per plugin; quarantine at the configured limit.
-
-        Counted per worker process: with N workers a plugin is quarantined after at most
-        N x `quarantine_after` failures, and at once everywhere after that.
-        """
+        """Add one generation's hook outcomes (plugin, ok) to the fleet's counts of
+        consecutive failures in the store; the worker whose failure reaches
+        `[sandbox] quarantine_after` quarantines the plugin, for every worker of every node
+        (`dihya.store.failures`). Writes only when a hook failed, or succeeded while its
+        plugin has failures counted; a store that cannot take the write is logged, never
+        the generation's failure."""
+        changes = failures.batch(outcomes)
+        if not changes:
+            return
+        counted = self._failing()
+        changes = {n: c for n, c in changes.items() if c.failed or n in counted}
+        if not changes:
+            return
         limit = self.config.sandbox.quarantine_after
-        quarantine = []
+        try:
+            quarantined = failures.record(self.store, changes, limit)
+        except StoreUnavailable:
+            log.warning("cannot count hook failures in the store", extra={"reason": "store"})
+            return
         with self._failures_lock:
-            for name, ok in outcomes:
-                count = 0 if ok else self._failures.get(name, 0) + 1
-                self._failures[name] = count
-                if count >= limit:
-                    quarantine.append(name)
-                    self._failures[name] = 0
-        for name in quarantine:
+            now, names = self._failing_seen
+            names = (names - {n for n, c in changes.items() if c.reset and not c.failed}) | {
+                n for n, c in changes.items() if c.failed and n not in quarantined}
+            self._failing_seen = (now, names - set(quarantined))
+        for name in quarantined:
             record = self._snapshot.get(name)
-            self.store.set_plugin_disabled(name, True, "quarantined",
-                                           f"{limit} consecutive hook failures", actor="dihya")
             self.auditor.record("plugin.quarantined", "ok", plugin=name, request_id=request_id,
                                 plugin_version=record.version if record else None,
                                 reason="consecutive-failures")
-        if quarantine:
+        if quarantined:
             self.refresh(request_id)
+
+    def _failing(self) -> frozenset[str]:
+        """The plugins with failures counted in the store, as read at most
+        `FAILING_TTL_S` ago (plus this worker's own failures since)."""
+        with self._failures_lock:
+            at, names = self._failing_seen
+        if time.monotonic() - at < FAILING_TTL_S:
+            return names
+        try:
+            names = failures.failing(self.store)
+        except StoreUnavailable:
+            return names
+        with self._failures_lock:
+            self._failing_seen = (time.monotonic(), names)
+        return names
 
     def close(self) -> None:
         """Stop the reloader and every sandbox worker."""

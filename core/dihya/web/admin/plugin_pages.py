@@ -22,6 +22,7 @@ from dihya.gate.decide import PluginNotFound, dependency_problems, find_installe
 from dihya.reasons import Reason
 from dihya.registry import PluginRecord
 from dihya.store.filelists import list_files
+from dihya.store.pluginlogs import read as read_plugin_logs
 from dihya.web import operations
 from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
@@ -29,6 +30,7 @@ from dihya.web.admin.words import STATUS_WORDS, reason_advice, reason_words, war
 from dihya.web.problems import ApiProblem
 
 MAX_REASON: Final = 500  # as the API's DISABLE_BODY
+LOG_LINES: Final = 50  # the newest log lines a plugin page shows
 APPROVABLE: Final = frozenset({Reason.NOT_ALLOWLISTED, Reason.FINGERPRINT_MISMATCH,
                                Reason.VERSION_MISMATCH, Reason.DISTRIBUTION_MISMATCH,
                                Reason.UNSAFE_IN_PROCESS})
@@ -131,15 +133,17 @@ def plugin(name: str) -> Response:
         files = list_files(found[0], installed) if installed is not None else None
         file_problem = problem
     events = None
+    log_lines = None
     if guard.current().is_admin:
         events = search(st.auditor.log, AuditFilter(plugin=name), limit=20) \
             if st.auditor.log is not None else None
+        log_lines = read_plugin_logs(st.store, name, limit=LOG_LINES)
     view = plugin_view(record)
     live, etag = fragment("_plugin_status.html", p=view, max_reason=MAX_REASON)
     return guard.render("plugin.html", p=view, live=live, live_etag=etag,
                         dependency_problems=problems,
                         files=files, file_problem=file_problem, duplicates=len(found) > 1,
-                        events=events, max_reason=MAX_REASON)
+                        events=events, log_lines=log_lines, max_reason=MAX_REASON)
 
 
 @console.get("/live/plugins/<plugin:name>")

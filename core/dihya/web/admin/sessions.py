@@ -90,7 +90,7 @@ class SessionStore:
         now = time.time()
         query = (sa.select(_table, tokens_table.c.name, tokens_table.c.role,
                            tokens_table.c.created_at.label("token_created_at"),
-                           tokens_table.c.last_used_at)
+                           tokens_table.c.last_used_at, tokens_table.c.expires_at)
                  .join(tokens_table, tokens_table.c.id == _table.c.token_id, isouter=True)
                  .where(_table.c.id_sha256 == key))
         with self.store.begin() as conn:
@@ -98,7 +98,8 @@ class SessionStore:
         if row is None:
             return None
         expired = (now - row.seen_at >= self.idle_s or now - row.created_at >= self.max_age_s)
-        if expired or row.name is None or row.role not in CONSOLE_ROLES:
+        token_expired = row.expires_at is not None and now >= row.expires_at
+        if expired or token_expired or row.name is None or row.role not in CONSOLE_ROLES:
             self.end(key)
             return None
         seen_at = row.seen_at
@@ -108,7 +109,7 @@ class SessionStore:
                 conn.execute(_table.update().where(_table.c.id_sha256 == key)
                              .values(seen_at=now))
         token = TokenInfo(row.token_id, row.name, row.role, row.token_created_at,
-                          row.last_used_at)
+                          row.last_used_at, row.expires_at)
         return ConsoleSession(key, token, row.csrf, row.created_at, seen_at, row.notice)
 
     def end(self, key: str) -> None:

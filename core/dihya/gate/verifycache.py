@@ -1,0 +1,426 @@
+"""Verify once, remember safely: a cache of verified distributions, re-checked by `stat`.
+
+Hashing every installed file of every plugin on each listing, reload and worker start is
+most of the gate's cost. This cache remembers, per `*.dist-info` directory, what
+`fingerprint.inspect_installed` found (fingerprint, files; only when nothing was missing
+or unlisted) together with a key that anyone without root cannot forge cheaply:
+
+* the SHA-256 of RECORD's bytes (read again every time: RECORD is the list of files);
+* for every hashed file, the `os.stat` of the path as read (through links): device, inode,
+  size, `st_mtime_ns` and `st_ctime_ns`. Changing a file's bytes changes its ctime (which
+  `os.utime` cannot set back, unlike the mtime), replacing it by a rename changes its inode;
+* the same for every package directory the unlisted-file check listed (a file added or
+  removed there changes the directory's ctime), and the absence of the files that would
+  sit beside a top-level module (one `stat` each);
+* the real path of site-packages.
+
+Any difference, and the distribution is read and hashed again in full. What is not cached:
+module resolution (shadowing), `.pth` files, dependencies, the allowlist — they run on every
+build as before, so a file added elsewhere on the import path is still found.
+
+Parsed METADATA (name, version, requirements) is cached the same way, keyed on the stat of
+the METADATA file.
+
+Entries are only remembered when every file's mtime and ctime are at least `RACY_NS` older
+than the start of the hashing (as git does with its index): a file written in the same
+timestamp tick as it was read could otherwise keep its ctime and look unchanged.
+
+The cache persists in `$XDG_CACHE_HOME/dihya/verified-UID.json` (default `~/.cache`), or
+the file `DIHYA_VERIFY_CACHE` names (`off`: no cache at all), written atomically with mode
+0600 in a directory of this user that no one else can write, authenticated with HMAC-SHA256
+under a random key kept beside it (`.key`, 0600). A file that is not a regular file of this
+user, not 0600-tight, not authenticated by the key, or not understood is ignored — never
+trusted — and replaced at the next save. What this trusts is written in
+docs/threat-model.md ("The verification cache").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from dihya.gate.fingerprint import (
+    FingerprintError,
+    InstalledFiles,
+    inspect_installed_detail,
+    realpath,
+)
+
+ENV: Final = "DIHYA_VERIFY_CACHE"
+#: Files whose mtime or ctime is this close to the start of their hashing are not remembered.
+RACY_NS: Final = 2_000_000_000
+_MAGIC: Final = b"dihya-verify-cache-v1"
+_KEY_BYTES: Final = 32
+_MAX_FILE_BYTES: Final = 256 * 1024 * 1024
+
+# (dev, ino, size, mtime_ns, ctime_ns)
+StatKey = tuple[int, int, int, int, int]
+
+
+@attrs.frozen
+class Metadata:
+    """What the gate reads of a distribution's METADATA."""
+
+    name: str | None
+    version: str | None
+    requires: tuple[str, ...] | None
+
+
+def stat_key(path: str) -> StatKey | None:
+    """The cache key of one path (following links, as reading it does), or None if gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _settled(keys: Sequence[StatKey | None], started_ns: int) -> bool:
+    """True when every key exists and was last changed well before `started_ns`."""
+    limit = started_ns - RACY_NS
+    return all(k is not None and k[3] < limit and k[4] < limit for k in keys)
+
+
+class VerifyCache:
+    """Verified distributions and parsed METADATA, by `*.dist-info` path, in memory and
+    (when `path` is set) in an authenticated file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._dists: dict[str, dict[str, Any]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+        self._loaded = path is None
+        self._dirty = False
+        self.hits = 0
+        self.misses = 0
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def inspect(self, dist_info: Path) -> InstalledFiles:
+        """`fingerprint.inspect_installed(dist_info)`: from the cache when nothing of the key
+        changed, else read and hashed in full (and remembered when clean and settled)."""
+        self._load()
+        where = os.fspath(dist_info)
+        try:
+            with open(os.path.join(where, "RECORD"), "rb") as fh:
+                record = fh.read()
+        except OSError as exc:
+            raise FingerprintError(f"{dist_info}: cannot read RECORD: {exc}") from exc
+        record_sha = hashlib.sha256(record).hexdigest()
+        root = realpath(os.fspath(dist_info.parent))
+        with self._lock:
+            entry = self._dists.get(where)
+        if entry is not None and self._still_valid(entry, where, record_sha, root):
+            self.hits += 1
+            return InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
+        self.misses += 1
+        started = time.time_ns()
+        try:
+            # as `open(..., encoding="utf-8")` reads it: universal newlines
+            text = record.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        except UnicodeDecodeError as exc:
+            raise FingerprintError(f"{dist_info}: cannot read RECORD: {exc}") from exc
+        detail = inspect_installed_detail(dist_info, text)
+        found = detail.installed
+        with self._lock:
+            self._dists.pop(where, None)
+        if found.missing or found.unlisted:
+            return found  # refusals are never remembered
+        site = os.fspath(dist_info.parent)
+        file_keys = [stat_key(os.path.join(site, rel)) for rel in detail.hashed]
+        dir_keys = [stat_key(os.path.join(site, rel)) for rel in detail.package_dirs]
+        if not _settled(file_keys + dir_keys, started):
+            return found
+        files = [[rel, k] for rel, k in zip(detail.hashed, file_keys, strict=True)]
+        dirs = [[rel, k] for rel, k in zip(detail.package_dirs, dir_keys, strict=True)]
+        with self._lock:
+            self._dists[where] = {
+                "record": record_sha, "root": root, "fingerprint": found.fingerprint,
+                "files": list(found.files), "keys": files, "dirs": dirs,
+                "absent": list(detail.absent)}
+            self._dirty = True
+        return found
+
+    def remembers(self, dist_info: Path) -> bool:
+        """True when an entry for `dist_info` is held (valid or not)."""
+        with self._lock:
+            return os.fspath(dist_info) in self._dists
+
+    def _still_valid(self, entry: dict[str, Any], where: str, record_sha: str,
+                     root: str) -> bool:
+        if entry["record"] != record_sha or entry["root"] != root:
+            return False
+        site = os.path.dirname(where)
+        join = os.path.join
+        for rel, key in entry["keys"]:
+            if stat_key(join(site, rel)) != key:
+                return False
+        for rel, key in entry["dirs"]:
+            if stat_key(join(site, rel)) != key:
+                return False
+        return not any(os.path.exists(join(site, rel)) for rel in entry["absent"])
+
+    def metadata(self, dist_info: Path, parse: Any) -> Metadata:
+        """The name, version and requirements of METADATA in `dist_info`; `parse()` returns
+        the parsed message (`importlib.metadata`'s) when the cache cannot answer."""
+        self._load()
+        where = os.path.join(os.fspath(dist_info), "METADATA")
+        key = stat_key(where)
+        with self._lock:
+            entry = self._meta.get(where)
+        if key is not None and entry is not None and tuple(entry["key"]) == key:
+            requires = entry["requires"]
+            return Metadata(entry["name"], entry["version"],
+                            None if requires is None else tuple(requires))
+        started = time.time_ns()
+        meta = parse()
+        reqs = meta.get_all("Requires-Dist") if meta is not None else None
+        found = Metadata(meta["Name"] if meta is not None else None,
+                         meta["Version"] if meta is not None else None,
+                         tuple(reqs) if reqs else None)
+        after = stat_key(where)
+        with self._lock:
+            self._meta.pop(where, None)
+            if after is not None and after == key and _settled([after], started):
+                self._meta[where] = {"key": list(after), "name": found.name,
+                                     "version": found.version,
+                                     "requires": None if found.requires is None
+                                     else list(found.requires)}
+                self._dirty = True
+        return found
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            assert self.path is not None
+            body = _read_authenticated(self.path)
+            if body is None:
+                return
+            try:
+                data = json.loads(body)
+                dists, meta = _checked(data)
+            except (ValueError, TypeError, KeyError):
+                return
+            self._dists, self._meta = dists, meta
+
+    def save(self) -> None:
+        """Write the entries (when something changed) atomically; errors are ignored: the
+        cache is only ever a shortcut."""
+        if self.path is None or not self._dirty:
+            return
+        with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            dists = {k: v for k, v in self._dists.items() if os.path.isdir(k)}
+            meta = {k: v for k, v in self._meta.items()
+                    if os.path.isdir(os.path.dirname(k))}
+            body = json.dumps({"uid": os.geteuid(), "dists": dists, "meta": meta},
+                              separators=(",", ":")).encode()
+            with contextlib.suppress(OSError):
+                _write_authenticated(self.path, body)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._dists.clear()
+            self._meta.clear()
+            self._dirty = self.path is not None
+
+
+def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The entries of a decoded cache body; ValueError/TypeError/KeyError when malformed."""
+    if not isinstance(data, dict) or data.get("uid") != os.geteuid():
+        raise ValueError("not this user's cache")
+    dists, meta = data["dists"], data["meta"]
+    if not isinstance(dists, dict) or not isinstance(meta, dict):
+        raise ValueError("malformed")
+    for entry in dists.values():
+        for field, kind in (("record", str), ("root", str), ("fingerprint", str),
+                            ("files", list), ("keys", list), ("dirs", list),
+                            ("absent", list)):
+            if not isinstance(entry[field], kind):
+                raise ValueError("malformed")
+        for rel, key in [*entry["keys"], *entry["dirs"]]:
+            if not isinstance(rel, str) or not _is_key(key):
+                raise ValueError("malformed")
+        entry["keys"] = [[rel, tuple(key)] for rel, key in entry["keys"]]
+        entry["dirs"] = [[rel, tuple(key)] for rel, key in entry["dirs"]]
+        if not all(isinstance(f, str) for f in [*entry["files"], *entry["absent"]]):
+            raise ValueError("malformed")
+    for entry in meta.values():
+        if not _is_key(entry["key"]) or not all(
+                entry[f] is None or isinstance(entry[f], str) for f in ("name", "version")):
+            raise ValueError("malformed")
+        if entry["requires"] is not None and not all(
+                isinstance(r, str) for r in entry["requires"]):
+            raise ValueError("malformed")
+    return dists, meta
+
+
+def _is_key(key: Any) -> bool:
+    return (isinstance(key, list) and len(key) == 5
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in key))
+
+
+def _open_private(path: Path) -> int | None:
+    """An fd of `path` if it is a regular file of this user that no one else can access."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077
+            or st.st_size > _MAX_FILE_BYTES):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_fd(fd: int) -> bytes:
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _key(path: Path, create: bool) -> bytes | None:
+    """The HMAC key beside the cache file; created (atomically, 0600) when `create`."""
+    key_path = path.with_name(path.name + ".key")
+    fd = _open_private(key_path)
+    if fd is not None:
+        key = _read_fd(fd)
+        if len(key) == _KEY_BYTES:
+            return key
+    if not create:
+        return None
+    with contextlib.suppress(OSError):
+        key_path.unlink()  # missing, foreign or malformed: a new key, the old cache is void
+    key = secrets.token_bytes(_KEY_BYTES)
+    fd, tmp = tempfile.mkstemp(prefix=".key-", dir=path.parent)
+    try:
+        os.write(fd, key)
+        os.close(fd)
+        os.link(tmp, key_path)  # fails if another process created one meanwhile
+    except FileExistsError:
+        return _key(path, create=False)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return key
+
+
+def _mac(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, _MAGIC + b"\n" + body, hashlib.sha256).hexdigest().encode()
+
+
+def _read_authenticated(path: Path) -> bytes | None:
+    fd = _open_private(path)
+    if fd is None:
+        return None
+    data = _read_fd(fd)
+    head, sep, body = data.partition(b"\n")
+    magic, _, mac = head.partition(b" ")
+    if not sep or magic != _MAGIC:
+        return None
+    key = _key(path, create=False)
+    if key is None or not hmac.compare_digest(mac, _mac(key, body)):
+        return None
+    return body
+
+
+def _write_authenticated(path: Path, body: bytes) -> None:
+    from dihya.gate.loader import owned_dir
+
+    if not owned_dir(path.parent, 0o700, 0o022):
+        return
+    key = _key(path, create=True)
+    if key is None:
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=path.parent)  # 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(_MAGIC + b" " + _mac(key, body) + b"\n" + body)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def default_path() -> Path | None:
+    """Where this process keeps the cache: `DIHYA_VERIFY_CACHE`, else the user's cache
+    directory; None for `DIHYA_VERIFY_CACHE=off` (nothing cached, not even in memory)."""
+    value = os.environ.get(ENV, "").strip()
+    if value.lower() in ("off", "0", "false", "no"):
+        return None
+    if value:
+        return Path(value)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dihya" / f"verified-{os.geteuid()}.json"
+
+
+_SHARED: tuple[tuple[str, ...], VerifyCache | None] | None = None
+_DISABLED = False
+_SHARED_LOCK = threading.Lock()
+
+
+def shared() -> VerifyCache | None:
+    """This process's cache (None when disabled), for the location the environment names
+    now; a changed `DIHYA_VERIFY_CACHE` or `XDG_CACHE_HOME` starts another one."""
+    global _SHARED
+    if _DISABLED:
+        return None
+    where = (os.environ.get(ENV, ""), os.environ.get("XDG_CACHE_HOME", ""),
+             os.environ.get("HOME", ""))
+    with _SHARED_LOCK:
+        if _SHARED is None or _SHARED[0] != where:
+            path = default_path()
+            _SHARED = (where, None if path is None else VerifyCache(path))
+        return _SHARED[1]
+
+
+def reset() -> None:
+    """Drop this process's cache from memory: the next `shared()` reads the file again."""
+    global _SHARED
+    with _SHARED_LOCK:
+        _SHARED = None
+
+
+def disable() -> None:
+    """No cache in this process from now on (a sandbox worker hashes its plugin's bytes)."""
+    global _DISABLED
+    _DISABLED = True
+
+
+@contextlib.contextmanager
+def saved() -> Iterator[VerifyCache | None]:
+    """The shared cache for one gate pass, saved at its end."""
+    cache = shared()
+    try:
+        yield cache
+    finally:
+        if cache is not None:
+            cache.save()

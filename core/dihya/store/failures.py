@@ -1,0 +1,105 @@
+"""The fleet's count of each plugin's consecutive hook failures, and the quarantine it triggers.
+
+Every server worker of every node that shares the store adds its generations' hook outcomes
+to one row per plugin (`dihya_plugin_failures`), so a plugin is quarantined once, for the
+whole fleet, after `[sandbox] quarantine_after` failures in a row, wherever they happened.
+It stays cheap: a generation writes only when a hook failed, or when one succeeded while
+the plugin has failures counted (`failing` tells which, read at most every few tenths of a
+second per worker). Each write takes the store's `switches` lock, so two workers never lose
+a count, and the write that reaches the limit records the quarantine in the same
+transaction (and bumps the state version): exactly one worker quarantines, exactly at the
+limit. Failures of a plugin that is already switched off are not counted; any switch (an
+admin's disable or enable, a quarantine, its reset) starts the count afresh
+(`Store.set_plugin_disabled`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+import attrs
+import sqlalchemy as sa
+
+from dihya.store import Store, plugin_failures_table, plugin_state_table
+
+QUARANTINED: Final = "quarantined"
+
+
+@attrs.frozen
+class Outcomes:
+    """What one batch of hook calls (a generation) did to a plugin's count: `reset` when a
+    call succeeded, then `failed` calls failed after the last success."""
+
+    reset: bool = False
+    failed: int = 0
+
+    def then(self, ok: bool) -> Outcomes:
+        return Outcomes(True, 0) if ok else Outcomes(self.reset, self.failed + 1)
+
+
+def batch(outcomes: Iterable[tuple[str, bool]]) -> dict[str, Outcomes]:
+    """Fold (plugin, ok) hook outcomes, in call order, into one change per plugin."""
+    changes: dict[str, Outcomes] = {}
+    for name, ok in outcomes:
+        changes[name] = changes.get(name, Outcomes()).then(ok)
+    return changes
+
+
+def failing(store: Store) -> frozenset[str]:
+    """The plugins whose count of failures in a row is not zero."""
+    with store.begin() as conn:
+        rows = conn.execute(sa.select(plugin_failures_table.c.name).where(
+            plugin_failures_table.c.consecutive > 0)).scalars().all()
+    return frozenset(rows)
+
+
+def counts(store: Store) -> dict[str, int]:
+    """Every plugin's count of failures in a row (for reports and tests)."""
+    with store.begin() as conn:
+        rows = conn.execute(sa.select(plugin_failures_table.c.name,
+                                      plugin_failures_table.c.consecutive)).all()
+    return {r.name: int(r.consecutive) for r in rows}
+
+
+def record(store: Store, changes: Mapping[str, Outcomes], limit: int,
+           actor: str = "dihya") -> dict[str, int]:
+    """Add `changes` to the fleet's counts in one locked transaction; quarantine each plugin
+    whose count reaches `limit`. Returns the quarantined plugins with the count that did it.
+    """
+    quarantined: dict[str, int] = {}
+    if not changes:
+        return quarantined
+    now = time.time()
+    table = plugin_failures_table
+    with store.locked("switches") as conn:
+        names = sorted(changes)
+        off = set(conn.execute(sa.select(plugin_state_table.c.name).where(
+            plugin_state_table.c.name.in_(names),
+            plugin_state_table.c.disabled.is_(True))).scalars())
+        switches = set(conn.execute(sa.select(plugin_state_table.c.name).where(
+            plugin_state_table.c.name.in_(names))).scalars())
+        current = {r.name: int(r.consecutive) for r in conn.execute(
+            sa.select(table.c.name, table.c.consecutive).where(table.c.name.in_(names)))}
+        for name in names:
+            change = changes[name]
+            if name in off:
+                continue  # switched off meanwhile: its late failures do not count
+            before = current.get(name)
+            count = (0 if change.reset else (before or 0)) + change.failed
+            if count >= limit:
+                quarantined[name] = count
+                count = 0
+                store.write_switch(conn, name, name in switches, {
+                    "disabled": True, "reason_code": QUARANTINED,
+                    "reason": f"{limit} consecutive hook failures", "actor": actor, "at": now})
+            if before is None:
+                if count:
+                    conn.execute(table.insert().values(name=name, consecutive=count, at=now))
+            elif before != count:
+                conn.execute(table.update().where(table.c.name == name).values(
+                    consecutive=count, at=now))
+        if quarantined:
+            store.bump_in(conn)
+    return quarantined

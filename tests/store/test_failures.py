@@ -1,0 +1,64 @@
+"""The fleet's count of consecutive hook failures (`dihya.store.failures`), on SQLite and
+PostgreSQL: counted across handles (stand-ins for workers and nodes), reset by a success
+and by any switch, and the quarantine recorded exactly once, exactly at the limit."""
+
+from __future__ import annotations
+
+import threading
+
+from dihya.store import Store
+from dihya.store.failures import Outcomes, batch, counts, failing, record
+
+
+def test_outcomes_fold_in_call_order() -> None:
+    assert batch([("a", False), ("a", False), ("b", True)]) == {
+        "a": Outcomes(False, 2), "b": Outcomes(True, 0)}
+    assert batch([("a", False), ("a", True), ("a", False)]) == {"a": Outcomes(True, 1)}
+
+
+def test_counted_across_handles_and_quarantined_once(store: Store) -> None:
+    other = Store(store.url)  # another worker or node
+    try:
+        version = store.state_version()
+        assert record(store, {"p": Outcomes(False, 1)}, 3) == {}
+        assert record(other, {"p": Outcomes(False, 1)}, 3) == {}
+        assert failing(other) == {"p"} and counts(store) == {"p": 2}
+        assert store.state_version() == version  # counting alone rebuilds nothing
+        assert record(other, {"p": Outcomes(False, 1)}, 3) == {"p": 3}
+        switch = store.plugin_switches()["p"]
+        assert (switch.reason_code, switch.reason) == ("quarantined",
+                                                      "3 consecutive hook failures")
+        assert store.state_version() == version + 1
+        # late failures of a quarantined plugin are not counted
+        assert record(store, {"p": Outcomes(False, 5)}, 3) == {}
+        assert failing(store) == frozenset()
+        # the reset (CLI, API, console: one store call) starts afresh, everywhere
+        assert other.set_plugin_disabled("p", False)
+        assert record(store, {"p": Outcomes(False, 2)}, 3) == {}
+        assert record(other, {"p": Outcomes(True, 0)}, 3) == {}  # a success resets
+        assert counts(store) == {"p": 0}
+        assert record(store, {"p": Outcomes(False, 2)}, 3) == {}
+        assert record(store, {"p": Outcomes(True, 2)}, 3) == {}  # ok, then two failures
+        assert counts(other) == {"p": 2}
+    finally:
+        other.dispose()
+
+
+def test_concurrent_workers_lose_no_count(store: Store) -> None:
+    handles = [Store(store.url) for _ in range(4)]
+    quarantined: list[dict[str, int]] = []
+
+    def worker(handle: Store) -> None:
+        for _ in range(10):
+            quarantined.append(record(handle, {"q": Outcomes(False, 1)}, 25))
+
+    threads = [threading.Thread(target=worker, args=(h,)) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for h in handles:
+        h.dispose()
+    # 40 failures: exactly one write reached 25; the 15 after it were not counted
+    assert [q for q in quarantined if q] == [{"q": 25}]
+    assert failing(store) == frozenset()
