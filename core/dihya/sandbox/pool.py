@@ -303,6 +303,8 @@ class SandboxPool:
         # workers that failed to start (name -> (spec, error)), and who to tell
         self._failures: dict[str, tuple[WorkerSpec, WorkerStartError]] = {}
         self.on_start_failure: Callable[[str], object] | None = None
+        # listed from their record (`expect`) and no worker started since
+        self._unstarted: set[str] = set()
 
         # upgrades: the worker of a plugin's previous version, replaced by `start`, kept for
         # UPGRADE_GRACE_S for the generations that started on the snapshot before the swap
@@ -333,6 +335,7 @@ class SandboxPool:
             self._specs[spec.name] = spec
             self._failures.pop(spec.name, None)
             self._expected.pop(spec.name, None)
+            self._unstarted.discard(spec.name)
             old = self._workers.pop(spec.name, None)
             self._workers[spec.name] = worker
             superseded = None
@@ -360,6 +363,8 @@ class SandboxPool:
             current = self._workers.get(spec.name)
             old = self._workers.pop(spec.name) if current is not None and (
                 current.spec != spec or current.hello.meta != meta) else None
+            if current is None or old is not None or not current.alive:
+                self._unstarted.add(spec.name)
             superseded = None
             if old is not None and old.alive and old.spec.fingerprint != spec.fingerprint:
                 superseded = self._previous.pop(spec.name, None)
@@ -412,6 +417,7 @@ class SandboxPool:
             for n in gone:
                 self._specs.pop(n, None)
                 self._expected.pop(n, None)
+                self._unstarted.discard(n)
             spare = [self._replacements.pop(n) for n in list(self._replacements)
                      if n not in names]
         for worker in workers:
@@ -509,6 +515,7 @@ class SandboxPool:
                 if not closed:
                     self._workers[name] = fresh
                     self._failures.pop(name, None)
+                    self._unstarted.discard(name)
             if closed:  # closed while it started: never leave a process behind
                 fresh.close()
                 raise WorkerFailed("the sandbox pool is closed")
@@ -539,11 +546,16 @@ class SandboxPool:
             self.worker(name)
 
     def _note_failure(self, spec: WorkerSpec, error: WorkerStartError) -> None:
+        """Remember a failed start; tell `on_start_failure` when it was the first start of a
+        plugin listed from its record (not a restart, and not files changed on disk: those
+        wait for a reload, as before)."""
         with self._lock:
             if self._closed or self._specs.get(spec.name) != spec:
                 return
             self._failures[spec.name] = (spec, error)
-        if self.on_start_failure is not None:
+            first = spec.name in self._unstarted and error.reason not in (
+                Reason.FINGERPRINT_MISMATCH, Reason.SHADOWED_MODULE)
+        if first and self.on_start_failure is not None:
             self.on_start_failure(spec.name)
 
     def start_failures(self) -> dict[str, WorkerStartError]:
