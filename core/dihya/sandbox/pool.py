@@ -338,15 +338,9 @@ class SandboxPool:
             self._unstarted.discard(spec.name)
             old = self._workers.pop(spec.name, None)
             self._workers[spec.name] = worker
-            superseded = None
-            if old is not None and old.alive and old.spec.fingerprint != spec.fingerprint:
-                # another version: it serves the generations of the previous snapshot
-                superseded = self._previous.pop(spec.name, None)
-                self._previous[spec.name], old = old, None
-                self._forget_previous_later(spec.name, self._previous[spec.name])
-        for stale in (old, superseded):
-            if stale is not None:
-                self._retire(stale)
+            stale = self._keep_previous_version(spec, old)
+        for worker_gone in stale:
+            self._retire(worker_gone)
         self._ensure_reaper()
         return worker.hello
 
@@ -365,15 +359,21 @@ class SandboxPool:
                 current.spec != spec or current.hello.meta != meta) else None
             if current is None or old is not None or not current.alive:
                 self._unstarted.add(spec.name)
-            superseded = None
-            if old is not None and old.alive and old.spec.fingerprint != spec.fingerprint:
-                superseded = self._previous.pop(spec.name, None)
-                self._previous[spec.name], old = old, None
-                self._forget_previous_later(spec.name, self._previous[spec.name])
-        for stale in (old, superseded):
-            if stale is not None:
-                self._retire(stale)
+            stale = self._keep_previous_version(spec, old)
+        for worker_gone in stale:
+            self._retire(worker_gone)
         self._ensure_reaper()
+
+    def _keep_previous_version(self, spec: WorkerSpec, old: Worker | None) -> list[Worker]:
+        """`old` was replaced for `spec`: when it runs another version of the plugin, keep
+        it for the generations of the previous snapshot (UPGRADE_GRACE_S) instead of
+        retiring it now. Returns the workers to retire. Called holding the lock."""
+        if old is None or not old.alive or old.spec.fingerprint == spec.fingerprint:
+            return [old] if old is not None else []
+        superseded = self._previous.pop(spec.name, None)
+        self._previous[spec.name] = old
+        self._forget_previous_later(spec.name, old)
+        return [superseded] if superseded is not None else []
 
     def _fresh(self, spec: WorkerSpec) -> Worker:
         """A new worker for `spec`, checked against what was expected of it (`expect`)."""
