@@ -6,7 +6,7 @@ DEMO := demo
 NEEDS := examples/needs/todo.json
 DIHYA = $(BIN)/dihya --config $(DEMO)/dihya.toml
 
-.PHONY: demo demo-config demo-project test clean sandbox-tools browser
+.PHONY: demo demo-config demo-project test clean sandbox-tools browser redis
 
 $(BIN)/tox:
 	@echo "== creating $(VENV) with pip and tox (about a minute on a fresh machine)"
@@ -33,6 +33,16 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	      || echo "warning: could not install chromium; the console's browser tests will be skipped (they fail under CI=true)"; \
 	  else echo "warning: chromium is not installed (apt-get install chromium); the console's browser tests will be skipped"; fi; }
+
+# Debian's redis-server serves the fleet tests' shared rate limits (a private one per test,
+# on a free port, keeping nothing on disk). Without it, and outside CI, they are skipped.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server with apt-get (as root), for the fleet tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+	      || echo "warning: could not install redis-server; the fleet's rate-limit test will be skipped (it fails under CI=true)"; \
+	  else echo "warning: redis-server is not installed (apt-get install redis-server); the fleet's rate-limit test will be skipped"; fi; }
 
 # Re-runnable: it keeps your demo/dihya.toml and what you added to demo/todo.
 # It ends with `dihya doctor`, which exits 1 if this machine or the config has a problem.
@@ -67,7 +77,7 @@ demo-project:
 	else exit $$rc; fi; \
 	echo "Generated project: $$out (try: cd $$out && python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/pytest)"
 
-test: $(BIN)/tox sandbox-tools browser
+test: $(BIN)/tox sandbox-tools browser redis
 	$(BIN)/tox run
 
 clean:
