@@ -40,7 +40,7 @@ def test_demo_announces_its_long_steps_and_ends_with_doctor() -> None:
     assert pip and all(body[i - 1].startswith('@echo "== ') for i in pip), body
     assert body[-1] == "$(DIHYA) doctor"
     assert body[-2].startswith('@echo "== checking')
-    assert any("$(BIN)/dihya config init $(DEMO)/dihya.toml" in line
+    assert any("$(DIHYA) config init $(DEMO)/dihya.toml" in line
                for line in recipe("demo-config"))
     assert "printf" not in "\n".join(recipe("demo-config"))
 
