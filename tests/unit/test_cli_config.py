@@ -233,11 +233,14 @@ def test_a_misspelt_approved_name_gets_a_suggestion(tmp_path: Path, command: str
 
 
 @pytest.mark.parametrize("command", ["show", "approve", "fingerprint"])
-def test_a_misspelt_installed_name_gets_a_suggestion(tmp_path: Path, command: str) -> None:
+def test_a_misspelt_installed_name_gets_a_suggestion(plugin_site, tmp_path: Path,
+                                                     command: str) -> None:
+    name = plugin_site.unique("markdown-docs")
+    plugin_site.install(name)  # on sys.path for this test (the fixture)
     path = _approved(tmp_path)
-    result = dihya("--config", str(path), "plugins", command, "markdown-doc")
+    result = dihya("--config", str(path), "plugins", command, name[:-1])
     assert result.exit_code == 1
-    assert "no plugin named 'markdown-doc' is installed; did you mean 'markdown-docs'?" \
+    assert f"no plugin named '{name[:-1]}' is installed; did you mean '{name}'?" \
         in result.output
 
 

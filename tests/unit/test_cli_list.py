@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import attrs
 from rich.console import Console
@@ -18,15 +19,19 @@ WARNING = ("no outer isolation: bwrap unavailable: bwrap is not installed; unsha
            "unavailable: unshare is not installed")
 
 
-def snapshot(tmp_path: Path) -> RegistrySnapshot:
+def snapshot(plugin_site: Any, tmp_path: Path) -> tuple[RegistrySnapshot, str, str]:
+    """A registry of two plugins installed from wheels (one with a long name); the first
+    marked as a worker started without bubblewrap reports it."""
+    short, long = plugin_site.unique("example"), plugin_site.unique("markdown-docs-renderer")
+    for name in (short, long):
+        plugin_site.install(name)
     path = tmp_path / "dihya.toml"
     path.write_text("[plugins]\n")
-    built = build_registry(load_config(path))
-    assert {"example", "markdown-docs"} <= set(built.names())
-    # as a worker started without bubblewrap reports it
-    records = tuple(attrs.evolve(r, warnings=(WARNING,)) if r.name == "example" else r
+    built = build_registry(load_config(path), path=plugin_site.path)
+    assert {short, long} <= set(built.names())
+    records = tuple(attrs.evolve(r, warnings=(WARNING,)) if r.name == short else r
                     for r in built.records)
-    return attrs.evolve(built, records=records)
+    return attrs.evolve(built, records=records), short, long
 
 
 def render(table: object, width: int) -> str:
@@ -35,23 +40,24 @@ def render(table: object, width: int) -> str:
     return console.export_text()
 
 
-def test_narrow_table_keeps_names_whole_and_marks_weaker_isolation(tmp_path: Path) -> None:
-    snap = snapshot(tmp_path)
+def test_narrow_table_keeps_names_whole_and_marks_weaker_isolation(plugin_site: Any,
+                                                                   tmp_path: Path) -> None:
+    snap, short, long = snapshot(plugin_site, tmp_path)
     text = render(plugin_table(snap, 80), 80)
     lines = text.splitlines()
     assert all(len(line) <= 80 for line in lines)
-    example = next(line for line in lines if "example" in line and "markdown" not in line)
+    example = next(line for line in lines if short in line)
     assert ISOLATION_MARK in example
-    assert any("markdown-docs" in line for line in lines)
-    markdown = next(line for line in lines if "markdown-docs" in line)
+    markdown = next(line for line in lines if long in line)  # the whole name on one line
     assert ISOLATION_MARK not in markdown
     assert "distribution" not in text  # those columns go below 120 columns
     notes = isolation_notes(snap)
-    assert notes == [f"{ISOLATION_MARK} example runs with weaker isolation: {WARNING} "
+    assert notes == [f"{ISOLATION_MARK} {short} runs with weaker isolation: {WARNING} "
                      "(`dihya doctor` says how to fix it)"]
 
 
-def test_wide_table_has_every_column(tmp_path: Path) -> None:
-    text = render(plugin_table(snapshot(tmp_path), 160), 160)
-    assert "distribution" in text and "dihya-plugin-markdown-docs" in text
+def test_wide_table_has_every_column(plugin_site: Any, tmp_path: Path) -> None:
+    snap, _short, long = snapshot(plugin_site, tmp_path)
+    text = render(plugin_table(snap, 160), 160)
+    assert "distribution" in text and f"dihya-plugin-{long}" in text
     assert "more: `plugins show NAME`" not in text
