@@ -3,14 +3,14 @@
 Every server worker of every node that shares the store adds its generations' hook outcomes
 to one row per plugin (`dihya_plugin_failures`), so a plugin is quarantined once, for the
 whole fleet, after `[sandbox] quarantine_after` failures in a row, wherever they happened.
-It stays cheap: a generation writes only when a hook failed, or when one succeeded while
-the plugin has failures counted (`failing` tells which, read at most every few tenths of a
-second per worker). Each write takes the store's `switches` lock, so two workers never lose
-a count, and the write that reaches the limit records the quarantine in the same
-transaction (and bumps the state version): exactly one worker quarantines, exactly at the
-limit. Failures of a plugin that is already switched off are not counted; any switch (an
-admin's disable or enable, a quarantine, its reset) starts the count afresh
-(`Store.set_plugin_disabled`).
+It stays cheap: a generation writes only when a hook failed, or when one succeeded while the
+plugin has failures counted (`failing` tells which: one small read of the plugins that
+succeeded, so a success right after another worker's failure resets the count too). Each
+write takes the store's `switches` lock, so two workers never lose a count, and the write
+that reaches the limit records the quarantine in the same transaction (and bumps the state
+version): exactly one worker quarantines, exactly at the limit. Failures of a plugin that is
+already switched off are not counted; any switch (an admin's disable or enable, a
+quarantine, its reset) starts the count afresh (`Store.set_plugin_disabled`).
 """
 
 from __future__ import annotations
@@ -47,11 +47,17 @@ def batch(outcomes: Iterable[tuple[str, bool]]) -> dict[str, Outcomes]:
     return changes
 
 
-def failing(store: Store) -> frozenset[str]:
-    """The plugins whose count of failures in a row is not zero."""
+def failing(store: Store, names: Iterable[str] | None = None) -> frozenset[str]:
+    """The plugins (of `names`, or all) whose count of failures in a row is not zero."""
+    query = sa.select(plugin_failures_table.c.name).where(
+        plugin_failures_table.c.consecutive > 0)
+    if names is not None:
+        wanted = sorted(set(names))
+        if not wanted:
+            return frozenset()
+        query = query.where(plugin_failures_table.c.name.in_(wanted))
     with store.begin() as conn:
-        rows = conn.execute(sa.select(plugin_failures_table.c.name).where(
-            plugin_failures_table.c.consecutive > 0)).scalars().all()
+        rows = conn.execute(query).scalars().all()
     return frozenset(rows)
 
 

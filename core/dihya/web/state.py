@@ -55,9 +55,6 @@ from dihya.store.marker import StoreMarker
 log = logging.getLogger("dihya.web")
 
 LISTEN_RETRY_S = 5.0  # after a lost PostgreSQL LISTEN connection, polling alone meanwhile
-# how old this worker's list of the plugins with failures counted may be: a success within
-# that time of another worker's first failure may not reset the fleet's count
-FAILING_TTL_S = 0.25
 
 
 class DihyaState:
@@ -92,11 +89,8 @@ class DihyaState:
         self._probe_ok_at: float | None = None
         self.version_ttl_s = version_ttl_s
         # `_lock` serialises rebuilds; requests never take it (they read `_snapshot`, one
-        # reference), so a rebuild never stalls a generation. `_failures_lock` guards
-        # `_failing_seen`: (when read, the plugins with failures counted in the store).
+        # reference), so a rebuild never stalls a generation.
         self._lock = threading.Lock()
-        self._failures_lock = threading.Lock()
-        self._failing_seen: tuple[float, frozenset[str]] = (-FAILING_TTL_S, frozenset())
         self._checked_at = 0.0
         self._config_stamp = self._stamp()
         self._config_changed = False
@@ -405,21 +399,19 @@ class DihyaState:
         changes = failures.batch(outcomes)
         if not changes:
             return
-        counted = self._failing()
-        changes = {n: c for n, c in changes.items() if c.failed or n in counted}
-        if not changes:
-            return
         limit = self.config.sandbox.quarantine_after
         try:
+            # a success resets only a count that exists: one small read of those plugins,
+            # fresh, so a success right after another worker's failure is never missed
+            counted = failures.failing(self.store, (n for n, c in changes.items()
+                                                    if not c.failed))
+            changes = {n: c for n, c in changes.items() if c.failed or n in counted}
+            if not changes:
+                return
             quarantined = failures.record(self.store, changes, limit)
         except StoreUnavailable:
             log.warning("cannot count hook failures in the store", extra={"reason": "store"})
             return
-        with self._failures_lock:
-            now, names = self._failing_seen
-            names = (names - {n for n, c in changes.items() if c.reset and not c.failed}) | {
-                n for n, c in changes.items() if c.failed and n not in quarantined}
-            self._failing_seen = (now, names - set(quarantined))
         for name in quarantined:
             record = self._snapshot.get(name)
             self.auditor.record("plugin.quarantined", "ok", plugin=name, request_id=request_id,
@@ -427,21 +419,6 @@ class DihyaState:
                                 reason="consecutive-failures")
         if quarantined:
             self.refresh(request_id)
-
-    def _failing(self) -> frozenset[str]:
-        """The plugins with failures counted in the store, as read at most
-        `FAILING_TTL_S` ago (plus this worker's own failures since)."""
-        with self._failures_lock:
-            at, names = self._failing_seen
-        if time.monotonic() - at < FAILING_TTL_S:
-            return names
-        try:
-            names = failures.failing(self.store)
-        except StoreUnavailable:
-            return names
-        with self._failures_lock:
-            self._failing_seen = (time.monotonic(), names)
-        return names
 
     def close(self) -> None:
         """Stop the reloader and every sandbox worker."""
