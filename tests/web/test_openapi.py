@@ -349,10 +349,13 @@ def test_plugin_logs_and_per_plugin_audit_answers_are_as_documented(
          client.get("/api/v1/audit/export?plugin=p&format=csv", headers=admin)),
         ("/api/v1/audit/purge", "POST",
          client.post("/api/v1/audit/purge", json={"plugin": "p"}, headers=admin)),
+        # every event, each with `at_iso` beside `at` (the purge just audited is one)
+        ("/api/v1/audit/export", "GET", client.get("/api/v1/audit/export", headers=admin)),
     ]
     for path, method, response in cases:
         assert_documented(doc, path, method, response)
-    assert [r.status_code for _p, _m, r in cases] == [200, 422, 403, 200, 422, 200]
+    assert [r.status_code for _p, _m, r in cases] == [200, 422, 403, 200, 422, 200, 200]
+    assert all("at_iso" in event for event in cases[-1][2].get_json())
     assert cases[0][2].get_json()[0]["message"] == "for [needs] (3) [ValueError]"
-    assert cases[-1][2].get_json()["logs"] == 1
+    assert cases[-2][2].get_json()["logs"] == 1
     assert doc["paths"]["/api/v1/plugins/{name}/logs"]["get"]["x-required-role"] == "admin"

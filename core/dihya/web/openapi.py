@@ -140,6 +140,9 @@ def audit_event_schema() -> Schema:
         properties[name]["description"] = "A pseudonym (`p-` and 20 hex digits), never an id."
     properties["note"] = {"type": "string", "description": "Free text recorded with the "
                           "event (a disable reason); deleted when its author is erased."}
+    properties["at_iso"] = {"type": "string", "format": "date-time",
+                            "description": "`at` as ISO 8601 in UTC, to the millisecond (not "
+                                           "covered by the hash chain; `at` is)."}
     return {"type": "object", "required": ["seq", "type", "outcome", "at"],
             "additionalProperties": False, "properties": properties}
 
