@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import Any, Final
 
 import attrs
@@ -123,7 +124,7 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
 
     def call(record: PluginRecord, hook: str, kwargs: dict[str, Any],
              check: Callable[[Any], list[Problem]] | None) -> tuple[bool, Any]:
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         status, detail, value, violation = OK, None, None, False
         try:
             value = executor_for(record).call(record, hook, kwargs, timeout)
@@ -152,16 +153,16 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
             violation = isinstance(exc, SandboxViolation)
             if unstartable is not None and _worker_cannot_start(exc):
                 unstartable.add(record.name)
-        ms = (time.perf_counter() - t0) * 1000
+        ms = (perf_counter() - t0) * 1000
         report.append(HookResult(record.name, hook, status, ms, detail, violation=violation))
-        if status != OK:
+        if status is not OK:
             log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms,
                         extra={"plugin": record.name, "action": hook, "reason": status,
                                "duration_ms": round(ms, 2)})
             if record.required and hook != "on_generation_error":
                 on_required_failure(f"required plugin {record.name!r} {hook}: {status}",
                                     record.name, status)
-        return status == OK, value
+        return status is OK, value
 
     return call
 
@@ -199,13 +200,13 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
     """
     needs = freeze(needs)
     context = freeze(generation_context(records) if context is None else context)
+
+    def check(value: Any) -> list[Problem]:
+        # called before `needs` moves on: `needs` is still what the plugin was given
+        return [] if value is needs else validate_needs(value)
+
     for record in records:
         if "before_generation" in record.hooks:
-            current = needs
-
-            def check(value: Any, current: dict[str, Any] = current) -> list[Problem]:
-                return [] if value is current else validate_needs(value)
-
             ok, value = call(record, "before_generation",
                              {"needs": needs, "context": context}, check)
             if ok:
@@ -322,13 +323,13 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     except _InvalidCode as exc:
         _fail("the core generator produced invalid code", "generator", exc.problems)
         raise  # not reached: _fail raises
+
+    def check_code(value: Any) -> list[Problem]:
+        # called before `code` moves on: `code` is still what the plugin was given
+        return [] if value is code else validate_code(value)
+
     for record in runnable:
         if "after_generation" in record.hooks:
-            current = code
-
-            def check_code(value: Any, current: dict[str, str] = current) -> list[Problem]:
-                return [] if value is current else validate_code(value)
-
             ok, value = call(record, "after_generation",
                              {"code": code, "needs": needs, "context": context}, check_code)
             if ok:
