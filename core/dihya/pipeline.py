@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import attrs
 
@@ -45,17 +45,20 @@ TIMEOUT: Final = HookStatus.TIMEOUT
 INVALID_OUTPUT: Final = HookStatus.INVALID_OUTPUT
 
 
-@attrs.frozen
-class HookResult:
-    """How one hook of one plugin went; `detail` never carries needs or code."""
+class HookResult(NamedTuple):
+    """How one hook of one plugin went; `detail` never carries needs or code.
+
+    A named tuple, not an attrs class: the pipeline makes one per hook call, and a tuple
+    costs a fifth of a frozen attrs instance (issue #16)."""
 
     name: str
     hook: str
     status: str
     ms: float
     detail: str | None = None
-    # the plugin's sandbox worker died or broke the protocol (not part of the report)
-    violation: bool = attrs.field(default=False, kw_only=True)
+    # the plugin's sandbox worker died or broke the protocol (not part of the report);
+    # pass it by keyword
+    violation: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "hook": self.hook, "status": self.status,
@@ -122,6 +125,9 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     A plugin whose sandbox worker could not start is added to `unstartable`.
     """
 
+    append = report.append
+    new_result = tuple.__new__  # HookResult's own __new__, without its keyword handling
+
     def call(record: PluginRecord, hook: str, kwargs: dict[str, Any],
              check: Callable[[Any], list[Problem]] | None) -> tuple[bool, Any]:
         t0 = perf_counter()
@@ -154,7 +160,7 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
             if unstartable is not None and _worker_cannot_start(exc):
                 unstartable.add(record.name)
         ms = (perf_counter() - t0) * 1000
-        report.append(HookResult(record.name, hook, status, ms, detail, violation=violation))
+        append(new_result(HookResult, (record.name, hook, status, ms, detail, violation)))
         if status is not OK:
             log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms,
                         extra={"plugin": record.name, "action": hook, "reason": status,

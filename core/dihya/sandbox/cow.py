@@ -301,8 +301,14 @@ def freeze(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON data")
 
 
+# atoms `freeze` returns as they are without a call (a float is checked for NaN there)
+_SAFE_ATOMS: Final = frozenset({str, int, bool, type(None)})
+
+
 def _freeze_dict(value: dict[Any, Any], base: FrozenDict | None) -> FrozenDict:
-    items = [(k if type(k) is str else _key(k), freeze(v)) for k, v in dict.items(value)]
+    safe = _SAFE_ATOMS
+    items = [(k if type(k) is str else _key(k), v if type(v) in safe else freeze(v))
+             for k, v in dict.items(value)]
     if (base is not None and len(items) == len(base)
             and all(k is bk and v is bv for (k, v), (bk, bv) in zip(items, dict.items(base),
                                                                       strict=True))):
@@ -313,7 +319,9 @@ def _freeze_dict(value: dict[Any, Any], base: FrozenDict | None) -> FrozenDict:
 
 
 def _freeze_list(value: list[Any] | tuple[Any, ...], base: FrozenList | None) -> FrozenList:
-    items = [freeze(v) for v in (list.__iter__(value) if isinstance(value, list) else value)]
+    safe = _SAFE_ATOMS
+    items = [v if type(v) in safe else freeze(v)
+             for v in (list.__iter__(value) if isinstance(value, list) else value)]
     if (base is not None and len(items) == len(base)
             and all(map(is_, items, list.__iter__(base)))):
         return base
