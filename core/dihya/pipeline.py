@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 import attrs
 
@@ -109,8 +109,16 @@ def default_executor(record: PluginRecord) -> HookExecutor:
     return record.executor or _IN_PROCESS
 
 
-HookCall = Callable[[PluginRecord, str, dict[str, Any], Callable[[Any], list[Problem]] | None],
-                   tuple[bool, Any]]
+#: The default `given` of a `HookCall`: no return skips the check.
+_NOTHING: Final[Any] = object()
+
+
+class HookCall(Protocol):
+    """The guarded call `hook_caller` makes: `(ok, frozen value)`."""
+
+    def __call__(self, record: PluginRecord, hook: str, kwargs: dict[str, Any],
+                 check: Callable[[Any], list[Problem]] | None,
+                 given: Any = _NOTHING) -> tuple[bool, Any]: ...
 
 
 def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: float,
@@ -119,7 +127,8 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     """The guarded call of one hook of one plugin, as the pipeline makes it.
 
     The executor copies the arguments and calls the hook; the return is frozen (a value
-    that is not JSON data is `invalid-output`) and checked, the call timed and reported
+    that is not JSON data is `invalid-output`) and checked with `check` unless it is
+    `given` itself (the frozen, already valid argument it got back), the call timed and reported
     in `report`; the frozen value is returned. A failure of a `required` plugin (other than in
     `on_generation_error`) calls `on_required_failure(message, plugin name, status)`.
     A plugin whose sandbox worker could not start is added to `unstartable`.
@@ -129,7 +138,8 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     new_result = tuple.__new__  # HookResult's own __new__, without its keyword handling
 
     def call(record: PluginRecord, hook: str, kwargs: dict[str, Any],
-             check: Callable[[Any], list[Problem]] | None) -> tuple[bool, Any]:
+             check: Callable[[Any], list[Problem]] | None,
+             given: Any = _NOTHING) -> tuple[bool, Any]:
         t0 = perf_counter()
         status, detail, value, violation = OK, None, None, False
         try:
@@ -139,10 +149,11 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
                     value = freeze(value)
                 except (TypeError, ValueError, RecursionError) as exc:
                     raise _NotJson(str(exc)) from exc
-                problems = check(value)
-                if problems:
-                    status = INVALID_OUTPUT
-                    detail = "; ".join(map(str, problems[:5]))
+                if value is not given:  # the very frozen input back: valid, unchanged
+                    problems = check(value)
+                    if problems:
+                        status = INVALID_OUTPUT
+                        detail = "; ".join(map(str, problems[:5]))
         except _NotJson as exc:
             status, value = INVALID_OUTPUT, None
             detail = f"the hook returned something that is not JSON data: {exc.__cause__}"[:500]
@@ -207,14 +218,10 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
     needs = freeze(needs)
     context = freeze(generation_context(records) if context is None else context)
 
-    def check(value: Any) -> list[Problem]:
-        # called before `needs` moves on: `needs` is still what the plugin was given
-        return [] if value is needs else validate_needs(value)
-
     for record in records:
         if "before_generation" in record.hooks:
             ok, value = call(record, "before_generation",
-                             {"needs": needs, "context": context}, check)
+                             {"needs": needs, "context": context}, validate_needs, needs)
             if ok:
                 needs = value
                 if accepted is not None:
@@ -330,14 +337,11 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         _fail("the core generator produced invalid code", "generator", exc.problems)
         raise  # not reached: _fail raises
 
-    def check_code(value: Any) -> list[Problem]:
-        # called before `code` moves on: `code` is still what the plugin was given
-        return [] if value is code else validate_code(value)
-
     for record in runnable:
         if "after_generation" in record.hooks:
             ok, value = call(record, "after_generation",
-                             {"code": code, "needs": needs, "context": context}, check_code)
+                             {"code": code, "needs": needs, "context": context}, validate_code,
+                             code)
             if ok:
                 code = value
     elapsed = (time.perf_counter() - start) * 1000

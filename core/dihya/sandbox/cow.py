@@ -305,10 +305,17 @@ def freeze(value: Any) -> Any:
 _SAFE_ATOMS: Final = frozenset({str, int, bool, type(None)})
 
 
+_STR_ONLY: Final = frozenset({str})
+
+
 def _freeze_dict(value: dict[Any, Any], base: FrozenDict | None) -> FrozenDict:
-    safe = _SAFE_ATOMS
-    items = [(k if type(k) is str else _key(k), v if type(v) in safe else freeze(v))
-             for k, v in dict.items(value)]
+    # C-speed fast path: string keys and atom values only (the leaves of most documents)
+    if (set(map(type, _dict_values(value))) <= _SAFE_ATOMS
+            and set(map(type, _dict_iter(value))) <= _STR_ONLY):
+        items = list(dict.items(value))
+    else:
+        items = [(k if type(k) is str else _key(k), v if type(v) is str else freeze(v))
+                 for k, v in dict.items(value)]
     if (base is not None and len(items) == len(base)
             and all(k is bk and v is bv for (k, v), (bk, bv) in zip(items, dict.items(base),
                                                                       strict=True))):
@@ -319,9 +326,9 @@ def _freeze_dict(value: dict[Any, Any], base: FrozenDict | None) -> FrozenDict:
 
 
 def _freeze_list(value: list[Any] | tuple[Any, ...], base: FrozenList | None) -> FrozenList:
-    safe = _SAFE_ATOMS
-    items = [v if type(v) in safe else freeze(v)
-             for v in (list.__iter__(value) if isinstance(value, list) else value)]
+    items = list(list.__iter__(value) if isinstance(value, list) else value)
+    if not set(map(type, items)) <= _SAFE_ATOMS:  # else: atoms only, nothing to freeze
+        items = [v if type(v) is str else freeze(v) for v in items]
     if (base is not None and len(items) == len(base)
             and all(map(is_, items, list.__iter__(base)))):
         return base
