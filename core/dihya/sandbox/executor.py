@@ -140,9 +140,8 @@ class InProcessExecutor:
         finally:
             elapsed = perf_counter() - start
             end_call(token)
-            batch = logged.take()
-            if batch is not None:
-                deliver(record, batch, kwargs)
+            if logged.records or logged.dropped:  # else nothing to take
+                deliver(record, logged.take(), kwargs)
         if elapsed > timeout_s:
             raise HookTimeout(f"{hook} took {elapsed:.3f} s, the limit is {timeout_s} s")
         return result
