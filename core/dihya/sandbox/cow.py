@@ -301,21 +301,8 @@ def freeze(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON data")
 
 
-# atoms `freeze` returns as they are without a call (a float is checked for NaN there)
-_SAFE_ATOMS: Final = frozenset({str, int, bool, type(None)})
-
-
-_STR_ONLY: Final = frozenset({str})
-
-
 def _freeze_dict(value: dict[Any, Any], base: FrozenDict | None) -> FrozenDict:
-    # C-speed fast path: string keys and atom values only (the leaves of most documents)
-    if (set(map(type, _dict_values(value))) <= _SAFE_ATOMS
-            and set(map(type, _dict_iter(value))) <= _STR_ONLY):
-        items = list(dict.items(value))
-    else:
-        items = [(k if type(k) is str else _key(k), v if type(v) is str else freeze(v))
-                 for k, v in dict.items(value)]
+    items = [(k if type(k) is str else _key(k), freeze(v)) for k, v in dict.items(value)]
     if (base is not None and len(items) == len(base)
             and all(k is bk and v is bv for (k, v), (bk, bv) in zip(items, dict.items(base),
                                                                       strict=True))):
@@ -326,9 +313,7 @@ def _freeze_dict(value: dict[Any, Any], base: FrozenDict | None) -> FrozenDict:
 
 
 def _freeze_list(value: list[Any] | tuple[Any, ...], base: FrozenList | None) -> FrozenList:
-    items = list(list.__iter__(value) if isinstance(value, list) else value)
-    if not set(map(type, items)) <= _SAFE_ATOMS:  # else: atoms only, nothing to freeze
-        items = [v if type(v) is str else freeze(v) for v in items]
+    items = [freeze(v) for v in (list.__iter__(value) if isinstance(value, list) else value)]
     if (base is not None and len(items) == len(base)
             and all(map(is_, items, list.__iter__(base)))):
         return base
