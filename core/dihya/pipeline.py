@@ -15,7 +15,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from time import perf_counter
+from typing import Any, Final, NamedTuple, Protocol
 
 import attrs
 
@@ -44,17 +45,20 @@ TIMEOUT: Final = HookStatus.TIMEOUT
 INVALID_OUTPUT: Final = HookStatus.INVALID_OUTPUT
 
 
-@attrs.frozen
-class HookResult:
-    """How one hook of one plugin went; `detail` never carries needs or code."""
+class HookResult(NamedTuple):
+    """How one hook of one plugin went; `detail` never carries needs or code.
+
+    A named tuple, not an attrs class: the pipeline makes one per hook call, and a tuple
+    costs a fifth of a frozen attrs instance (issue #16)."""
 
     name: str
     hook: str
     status: str
     ms: float
     detail: str | None = None
-    # the plugin's sandbox worker died or broke the protocol (not part of the report)
-    violation: bool = attrs.field(default=False, kw_only=True)
+    # the plugin's sandbox worker died or broke the protocol (not part of the report);
+    # pass it by keyword
+    violation: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "hook": self.hook, "status": self.status,
@@ -105,8 +109,16 @@ def default_executor(record: PluginRecord) -> HookExecutor:
     return record.executor or _IN_PROCESS
 
 
-HookCall = Callable[[PluginRecord, str, dict[str, Any], Callable[[Any], list[Problem]] | None],
-                   tuple[bool, Any]]
+#: The default `given` of a `HookCall`: no return skips the check.
+_NOTHING: Final[Any] = object()
+
+
+class HookCall(Protocol):
+    """The guarded call `hook_caller` makes: `(ok, frozen value)`."""
+
+    def __call__(self, record: PluginRecord, hook: str, kwargs: dict[str, Any],
+                 check: Callable[[Any], list[Problem]] | None,
+                 given: Any = _NOTHING) -> tuple[bool, Any]: ...
 
 
 def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: float,
@@ -115,15 +127,20 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     """The guarded call of one hook of one plugin, as the pipeline makes it.
 
     The executor copies the arguments and calls the hook; the return is frozen (a value
-    that is not JSON data is `invalid-output`) and checked, the call timed and reported
+    that is not JSON data is `invalid-output`) and checked with `check` unless it is
+    `given` itself (the frozen, already valid argument it got back), the call timed and reported
     in `report`; the frozen value is returned. A failure of a `required` plugin (other than in
     `on_generation_error`) calls `on_required_failure(message, plugin name, status)`.
     A plugin whose sandbox worker could not start is added to `unstartable`.
     """
 
+    append = report.append
+    new_result = tuple.__new__  # HookResult's own __new__, without its keyword handling
+
     def call(record: PluginRecord, hook: str, kwargs: dict[str, Any],
-             check: Callable[[Any], list[Problem]] | None) -> tuple[bool, Any]:
-        t0 = time.perf_counter()
+             check: Callable[[Any], list[Problem]] | None,
+             given: Any = _NOTHING) -> tuple[bool, Any]:
+        t0 = perf_counter()
         status, detail, value, violation = OK, None, None, False
         try:
             value = executor_for(record).call(record, hook, kwargs, timeout)
@@ -132,10 +149,11 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
                     value = freeze(value)
                 except (TypeError, ValueError, RecursionError) as exc:
                     raise _NotJson(str(exc)) from exc
-                problems = check(value)
-                if problems:
-                    status = INVALID_OUTPUT
-                    detail = "; ".join(map(str, problems[:5]))
+                if value is not given:  # the very frozen input back: valid, unchanged
+                    problems = check(value)
+                    if problems:
+                        status = INVALID_OUTPUT
+                        detail = "; ".join(map(str, problems[:5]))
         except _NotJson as exc:
             status, value = INVALID_OUTPUT, None
             detail = f"the hook returned something that is not JSON data: {exc.__cause__}"[:500]
@@ -152,16 +170,16 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
             violation = isinstance(exc, SandboxViolation)
             if unstartable is not None and _worker_cannot_start(exc):
                 unstartable.add(record.name)
-        ms = (time.perf_counter() - t0) * 1000
-        report.append(HookResult(record.name, hook, status, ms, detail, violation=violation))
-        if status != OK:
+        ms = (perf_counter() - t0) * 1000
+        append(new_result(HookResult, (record.name, hook, status, ms, detail, violation)))
+        if status is not OK:
             log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms,
                         extra={"plugin": record.name, "action": hook, "reason": status,
                                "duration_ms": round(ms, 2)})
             if record.required and hook != "on_generation_error":
                 on_required_failure(f"required plugin {record.name!r} {hook}: {status}",
                                     record.name, status)
-        return status == OK, value
+        return status is OK, value
 
     return call
 
@@ -199,15 +217,11 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
     """
     needs = freeze(needs)
     context = freeze(generation_context(records) if context is None else context)
+
     for record in records:
         if "before_generation" in record.hooks:
-            current = needs
-
-            def check(value: Any, current: dict[str, Any] = current) -> list[Problem]:
-                return [] if value is current else validate_needs(value)
-
             ok, value = call(record, "before_generation",
-                             {"needs": needs, "context": context}, check)
+                             {"needs": needs, "context": context}, validate_needs, needs)
             if ok:
                 needs = value
                 if accepted is not None:
@@ -322,15 +336,12 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     except _InvalidCode as exc:
         _fail("the core generator produced invalid code", "generator", exc.problems)
         raise  # not reached: _fail raises
+
     for record in runnable:
         if "after_generation" in record.hooks:
-            current = code
-
-            def check_code(value: Any, current: dict[str, str] = current) -> list[Problem]:
-                return [] if value is current else validate_code(value)
-
             ok, value = call(record, "after_generation",
-                             {"code": code, "needs": needs, "context": context}, check_code)
+                             {"code": code, "needs": needs, "context": context}, validate_code,
+                             code)
             if ok:
                 code = value
     elapsed = (time.perf_counter() - start) * 1000

@@ -15,7 +15,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from dihya.pluginlog.capture import LOGGER_ROOT, capture_call, install, loading, logger_for
+from dihya.pluginlog.capture import (
+    LOGGER_ROOT,
+    begin_call,
+    capture_call,
+    end_call,
+    install,
+    loading,
+    logger_for,
+)
 
 if TYPE_CHECKING:
     from dihya.pluginlog.collect import (
@@ -28,7 +36,8 @@ if TYPE_CHECKING:
     from dihya.pluginlog.redact import Redactor
 
 __all__ = ["LOGGER_ROOT", "Collector", "LogLimits", "PluginLogRecord", "Redactor",
-           "capture_call", "collecting", "deliver", "install", "loading", "logger_for"]
+           "begin_call", "capture_call", "collecting", "deliver", "end_call", "install", "loading",
+           "logger_for"]
 
 # A sandbox worker needs only `capture`: the rest is imported on first use, so a worker
 # starts as fast as before.

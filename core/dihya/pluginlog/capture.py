@@ -125,13 +125,15 @@ class _Capture(logging.Handler):
 
 
 _HANDLER: Final = _Capture()
+# `logging.getLogger` takes the logging module's lock: looked up once, not per call
+_ROOT: Final = logging.getLogger(LOGGER_ROOT)
 
 
 def install(process: bool = False) -> None:
     """Catch the `dihya.plugin` loggers' records (idempotent). They do not propagate: a
     plugin's record reaches the operator only redacted, through the store. `process`: one
     buffer for the whole process (a sandbox worker, which hosts one plugin)."""
-    root = logging.getLogger(LOGGER_ROOT)
+    root = _ROOT
     if _HANDLER not in root.handlers:
         root.addHandler(_HANDLER)
         root.propagate = False
@@ -159,17 +161,34 @@ def loading(name: str) -> Iterator[None]:
         _LOADING.reset(token)
 
 
+CallToken = contextvars.Token[CallBuffer | None]
+
+
+def begin_call(name: str) -> tuple[CallBuffer, CallToken]:
+    """Start catching the records of one call of plugin `name`, after those it made outside
+    a call: its buffer, and the token `end_call` takes (in a `finally`). `capture_call`
+    without a generator-based context manager, for the in-process executor's hot path."""
+    if _HANDLER not in _ROOT.handlers:
+        install()
+    buffer = CallBuffer()
+    if name in _PENDING:  # a peek (atomic); the pop holds the lock
+        with _PENDING_LOCK:
+            earlier = _PENDING.pop(name, None)
+        if earlier is not None:
+            buffer.extend(earlier)
+    return buffer, _CURRENT.set(buffer)
+
+
+def end_call(token: CallToken) -> None:
+    """Stop catching the records of the call `begin_call` started."""
+    _CURRENT.reset(token)
+
+
 @contextlib.contextmanager
 def capture_call(name: str) -> Iterator[CallBuffer]:
     """Catch the records of one call of plugin `name`, after those it made outside a call."""
-    install()
-    buffer = CallBuffer()
-    with _PENDING_LOCK:
-        earlier = _PENDING.pop(name, None)
-    if earlier is not None:
-        buffer.extend(earlier)
-    token = _CURRENT.set(buffer)
+    buffer, token = begin_call(name)
     try:
         yield buffer
     finally:
-        _CURRENT.reset(token)
+        end_call(token)

@@ -14,11 +14,11 @@ it returns (the sandbox kills its worker instead).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
+from time import perf_counter
 from typing import Any, Final, Protocol
 
-from dihya.pluginlog import capture_call, deliver
+from dihya.pluginlog import begin_call, deliver, end_call
 from dihya.reasons import FixedReasonError, HookStatus
 from dihya.sandbox.cow import view
 
@@ -120,19 +120,28 @@ class InProcessExecutor:
 
     def call(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any:
-        if record.instance is None:
+        instance = record.instance
+        if instance is None:
             raise RuntimeError(f"plugin {record.name!r} is not loaded in this process")
-        method = getattr(record.instance, hook)
+        method = getattr(instance, hook)
         takes = record.hook_args.get(hook)
-        copies = ({k: view(v) for k, v in kwargs.items()} if takes is None
-                  else {name: view(kwargs[name]) for name in takes if name in kwargs})
-        start = time.perf_counter()
-        with capture_call(record.name) as logged:  # the plugin's `self.logger` records
-            try:
-                result = method(**copies)
-            finally:
+        copies = {}
+        if takes is None:
+            for name, value in kwargs.items():
+                copies[name] = view(value)
+        else:
+            for name in takes:
+                if name in kwargs:
+                    copies[name] = view(kwargs[name])
+        logged, token = begin_call(record.name)  # the plugin's `self.logger` records
+        start = perf_counter()
+        try:
+            result = method(**copies)
+        finally:
+            elapsed = perf_counter() - start
+            end_call(token)
+            if logged.records or logged.dropped:  # else nothing to take
                 deliver(record, logged.take(), kwargs)
-        elapsed = time.perf_counter() - start
         if elapsed > timeout_s:
             raise HookTimeout(f"{hook} took {elapsed:.3f} s, the limit is {timeout_s} s")
         return result
