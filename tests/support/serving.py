@@ -53,6 +53,7 @@ class Server:
                  env: Mapping[str, str] | None = None, args: Sequence[str] = (),
                  port: int | None = None) -> None:
         self.port = port or free_port()
+        self.workers = workers
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [str(venv / "bin" / "dihya"), "--config", str(config), "serve",
@@ -81,7 +82,8 @@ class Server:
                 break
             try:
                 status, _, last = call(self.base, "GET", "/readyz", timeout=5)
-                if status == 200:
+                # ready, and every worker booted (one answers /readyz before the last forks)
+                if status == 200 and len(self.worker_pids()) >= self.workers:
                     return self
             except OSError:
                 pass
