@@ -149,3 +149,28 @@ def test_kill_switches_are_read_your_writes_across_workers(backend) -> None:
             assert all(s == expected for s in seen), (switch, seen)
     finally:
         srv.stop()
+
+
+def test_cli_config_edits_are_read_your_writes_across_workers(backend) -> None:
+    """Once `dihya plugins approve | disable | enable | revoke` returned, every generation
+    that starts afterwards, on any of three workers, sees the edited config: the command
+    bumps the store's state version, so no worker answers from its last poll."""
+    assert backend.dihya("plugins", "approve", "example").returncode == 0
+    srv = Server(backend.venv, backend.config, workers=3, cwd=backend.home).wait_ready()
+    try:
+        dev = token(backend, "developer", "app")
+        for _ in range(9):  # every worker has built its registry
+            assert generated_by(srv.base, dev) == {"example"}
+        both = {"example", "markdown-docs"}
+        for command, expected in ((("approve", "markdown-docs"), both),
+                                  (("disable", "markdown-docs", "--reason", "audit"),
+                                   {"example"}),
+                                  (("enable", "markdown-docs"), both),
+                                  (("revoke", "markdown-docs"), {"example"})):
+            result = backend.dihya("plugins", *command)
+            assert result.returncode == 0, result.stderr
+            assert "warning" not in result.stderr, result.stderr
+            seen = [generated_by(srv.base, dev) for _ in range(15)]
+            assert all(s == expected for s in seen), (command, seen)
+    finally:
+        srv.stop()

@@ -221,6 +221,23 @@ def editing(state: State) -> Iterator[Any]:
         raise CheckFailed(str(exc)) from exc
     except ConfigFileError as exc:
         raise Usage(str(exc)) from exc
+    tell_servers(state)
+
+
+def tell_servers(state: State) -> None:
+    """Bump the state store's version, if there is a store: every running server worker
+    sharing it then rebuilds before it answers its next request (read-your-writes for the
+    config edit this command just made on this node), instead of within its next poll.
+    Best effort: the edit stands when the store cannot take the bump, and the servers still
+    see the file within their poll."""
+    try:
+        store = state.store()
+        if store is not None:
+            store.bump_state_version()
+    except Exception as exc:  # the store's own error says why; the edit is done
+        click.echo(f"warning: the config is saved, but the state store could not be told "
+                   f"({one_line(exc)}): running servers see the change within their next "
+                   "check (0.25 s)", err=True)
 
 
 def parse_roles(_ctx: click.Context, _param: click.Parameter,

@@ -47,6 +47,7 @@ from dihya.cli._common import (
     Usage,
     approval_options,
     editing,
+    tell_servers,
     unknown,
     user,
 )
@@ -217,7 +218,6 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
     if kept is not None:
         click.echo(f"kept {plan.facts.distribution} {was} as {kept}: `dihya plugins rollback "
                    f"{plan.names[0]}` goes back to it")
-    _reload(state)
 
 
 def _describe(plan: InstallPlan) -> None:
@@ -248,7 +248,7 @@ def _undo(state: State, plan: InstallPlan, kept: Path | None, reason: str) -> Pa
                             "plugin.rolled-back", "ok", subject=user(), plugin=name,
                             plugin_version=back.version, plugin_fingerprint=back.fingerprint,
                             reason=reason)
-                _reload(state)
+                tell_servers(state)
                 return kept
     with contextlib.suppress(InstallRefused):
         pip_uninstall(plan.facts.distribution)
@@ -276,12 +276,6 @@ def _refuse(state: State, exc: InstallRefused, installed: bool,
             tail += (f"; the previously installed {facts.distribution} {was} was replaced "
                      "and is gone: reinstall it")
     raise CheckFailed(f"refused ({exc.reason}): {exc}\n{tail}")
-
-
-def _reload(state: State) -> None:
-    store = state.store()
-    if store is not None:
-        store.bump_state_version()
 
 
 @click.command("uninstall")
@@ -324,7 +318,6 @@ def uninstall(state: State, name: str) -> None:
     for n in sorted(names):
         auditor.record("plugin.uninstalled", "ok", subject=user(), plugin=n,
                        plugin_version=version)
-    _reload(state)
 
 
 @click.command("rollback")
@@ -398,7 +391,6 @@ def rollback(state: State, name: str) -> None:
                f"{facts.version} (from {target}) {facts.fingerprint}")
     if forward is not None:
         click.echo(f"kept {plugin.distribution} {plugin.version} as {forward}")
-    _reload(state)
 
 
 COMMANDS = (keygen, sign, install, uninstall, rollback)

@@ -83,6 +83,7 @@ def confirm(name: str) -> Response:
     st.auditor.record("plugin.approved", "ok", subject=session.token.name, role=session.role,
                       plugin=entry.name, plugin_version=entry.version,
                       plugin_fingerprint=entry.fingerprint, request_id=guard.request_id())
-    st.refresh(guard.request_id())
+    # every worker sharing the store rebuilds before its next answer (read-your-writes)
+    st.reload(guard.request_id())
     return guard.done(f"Approved {entry.name} {entry.version} ({entry.mode}).",
                       "console.plugin", name=name)
