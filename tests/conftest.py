@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +14,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.site import PluginSite
+
+def _private_user_cache() -> None:
+    """The tests' own user cache: what the core keeps there (verified distributions, kept
+    wheels, compiled bytecode, the core wheel for plugin tests) goes to a directory removed
+    at the end, never to the user's ~/.cache/dihya. pip keeps its own cache."""
+    real = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ.setdefault("PIP_CACHE_DIR", str(real / "pip"))
+    cache = tempfile.mkdtemp(prefix="dihya-test-cache-")
+    atexit.register(shutil.rmtree, cache, True)
+    os.environ["XDG_CACHE_HOME"] = cache
+
+
+from support.site import PluginSite  # noqa: E402
+
+_private_user_cache()
 
 
 @pytest.fixture
