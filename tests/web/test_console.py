@@ -223,6 +223,7 @@ def test_viewers_see_no_action_and_are_refused_if_they_force_one(setup: Setup) -
               ("/admin/audit/export", {"format": "csv"}),
               ("/admin/audit/purge", {"subject": "admin-user", "confirm": "yes"}),
               ("/admin/tokens", {"name": "evil", "role": "admin"}),
+              ("/admin/tokens/rotate", {"name": "admin-user"}),
               ("/admin/tokens/revoke", {"name": "admin-user"})]
     version = setup.state.store.state_version()
     for url, data in forced:
@@ -234,6 +235,7 @@ def test_viewers_see_no_action_and_are_refused_if_they_force_one(setup: Setup) -
     assert {t["reason"] for t in setup.events("acl.denied")} == {"needs-admin"}
     assert len(setup.events("acl.denied")) == len(forced) + 3
     assert not setup.events("token.created") and not setup.events("audit.purged")
+    assert not setup.events("token.rotated")
 
 
 def test_console_errors_are_pages_and_api_errors_stay_problems(setup: Setup) -> None:

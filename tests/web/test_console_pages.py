@@ -184,6 +184,48 @@ def test_tokens_are_shown_once_listed_with_last_use_and_revoked(upgraded: Setup)
     assert console.post("/admin/tokens/revoke", {"name": "nope"}).status_code == 404
 
 
+def test_tokens_get_an_expiry_and_are_rotated_shown_once(upgraded: Setup) -> None:
+    console = upgraded.console("admin")
+    client = upgraded.app.test_client()
+    page = console.get("/admin/tokens").get_data(as_text=True)
+    assert '<option value="90d" selected>90 days</option>' in page
+    made = console.post("/admin/tokens", {"name": "ops-bot", "role": "viewer",
+                                          "expires": "30d"})
+    old = re.search(r'id="new-token" class="token-value" value="([^"]+)"',
+                    made.get_data(as_text=True))
+    assert made.status_code == 201 and old
+    info = next(t for t in list_tokens(upgraded.state.store) if t.name == "ops-bot")
+    assert info.expires_at is not None
+    assert 29.9 * 86400 < info.expires_at - info.created_at < 30.1 * 86400
+    # a duration the form does not offer is refused, nothing created
+    forged = console.post("/admin/tokens", {"name": "forged", "role": "viewer",
+                                            "expires": "9999w"})
+    assert forged.status_code == 422
+    assert "forged" not in {t.name for t in list_tokens(upgraded.state.store)}
+
+    rotated = console.post("/admin/tokens/rotate", {"name": "ops-bot"})
+    html = rotated.get_data(as_text=True)
+    new = re.search(r'id="new-token" class="token-value" value="([^"]+)"', html)
+    assert rotated.status_code == 201 and new and new.group(1) != old.group(1)
+    assert "Token ops-bot rotated" in html and html.count(new.group(1)) == 1
+    assert client.get("/api/v1/plugins",
+                      headers={"Authorization": f"Bearer {old.group(1)}"}).status_code == 401
+    assert client.get("/api/v1/plugins",
+                      headers={"Authorization": f"Bearer {new.group(1)}"}).status_code == 200
+    after = next(t for t in list_tokens(upgraded.state.store) if t.name == "ops-bot")
+    assert (after.role, after.expires_at) == ("viewer", info.expires_at)
+    event = upgraded.events("token.rotated")[-1]
+    assert event["target"].startswith("p-") and event["role"] == "viewer"
+    assert new.group(1) not in json.dumps(upgraded.events("token.rotated"))
+    assert console.post("/admin/tokens/rotate", {"name": "nope"}).status_code == 404
+
+
+def test_an_admin_who_rotates_their_own_token_is_signed_out(upgraded: Setup) -> None:
+    console = upgraded.console("admin")
+    assert console.post("/admin/tokens/rotate", {"name": "admin-user"}).status_code == 201
+    assert console.get("/admin/tokens").status_code in (302, 303)
+
+
 def test_health_page_says_what_readyz_says(upgraded: Setup) -> None:
     viewer = upgraded.console("viewer")
     html = viewer.get("/admin/health").get_data(as_text=True)

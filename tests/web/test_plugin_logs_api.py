@@ -148,6 +148,32 @@ def test_export_and_purge_by_plugin(api: Api) -> None:
     assert other.status_code == 200 and other.get_json()["logs"] == 0
 
 
+def test_the_console_purges_a_plugins_logs_after_a_preview(api: Api) -> None:
+    from support.console import Console
+
+    assert api.post("/api/v1/generate", json={"needs": _personal_needs()}).status_code == 200
+    sandboxed, inproc = api.plugins["sandboxed"], api.plugins["inproc"]
+    admin = Console(api.app)
+    assert admin.sign_in(api.tokens["admin"]).status_code == 303
+    page = admin.get("/admin/audit").get_data(as_text=True)
+    assert f'<option value="{sandboxed}">' in page and 'id="purge-plugin"' in page
+    kept = len(api.get(f"/api/v1/plugins/{sandboxed}/logs", "admin").get_json())
+    assert kept == 3
+    preview = admin.post("/admin/audit/purge", {"plugin": sandboxed})
+    html = preview.get_data(as_text=True)
+    assert preview.status_code == 200 and f"<strong>{kept}</strong> log records" in html
+    # the preview removed nothing
+    assert len(api.get(f"/api/v1/plugins/{sandboxed}/logs", "admin").get_json()) == kept
+    done = admin.post("/admin/audit/purge", {"plugin": sandboxed, "confirm": "yes"})
+    assert done.status_code == 303
+    assert api.get(f"/api/v1/plugins/{sandboxed}/logs", "admin").get_json() == []
+    assert len(api.get(f"/api/v1/plugins/{inproc}/logs", "admin").get_json()) == 3
+    assert api.app.extensions["dihya"].auditor.log.verify().ok
+    assert admin.post("/admin/audit/purge", {"plugin": sandboxed, "subject": "x"}) \
+        .status_code == 422
+    assert admin.post("/admin/audit/purge", {"plugin": "a/b"}).status_code == 422
+
+
 def test_the_console_plugin_page_shows_recent_lines_to_admins(api: Api) -> None:
     from support.console import Console
 

@@ -156,12 +156,25 @@ def export_filtered(auditor: Auditor, flt: AuditFilter, fmt: str, *, actor: str,
 
 
 def purge_preview(log: AuditLog, *, subject: str | None = None,
-                  older_than_days: float | None = None) -> dict[str, int]:
+                  older_than_days: float | None = None,
+                  plugin: str | None = None) -> dict[str, int]:
     """What a purge would remove, without removing anything or creating a pseudonym:
     for a subject, the events that would become unlinkable, their notes and tokens; by
-    age, the events older than the cutoff."""
+    age, the events older than the cutoff; for a plugin, the events that name it (they
+    stay), their notes and its log records (which go)."""
     log.flush()
-    counts = {"events": 0, "notes": 0, "tokens": 0}
+    counts = {"events": 0, "notes": 0, "tokens": 0, "logs": 0}
+    if plugin is not None:
+        from dihya.store.pluginlogs import count
+
+        seqs = [row["seq"] for row in matching(log, AuditFilter(plugin=plugin))]
+        counts["events"], counts["logs"] = len(seqs), count(log.store, plugin)
+        with log.store.begin() as conn:
+            for start in range(0, len(seqs), 500):
+                counts["notes"] += conn.execute(sa.select(sa.func.count()).select_from(
+                    audit_payload_table).where(audit_payload_table.c.seq.in_(
+                        seqs[start:start + 500]))).scalar_one()
+        return counts
     with log.store.begin() as conn:
         if subject is not None:
             pseudonym = log.pseudonym_in(conn, subject, create=False)

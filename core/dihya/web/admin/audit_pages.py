@@ -3,8 +3,8 @@
 Admins only, like `/api/v1/audit`: events carry pseudonyms and notes (personal data). An
 export of the filtered events is rendered as `dihya audit export` renders one and audited
 as `audit.exported`; a subject's export (a GDPR access request) is the API's own call. A
-purge first shows what it would remove and runs only when that page is confirmed, through
-the API's `purge_events`.
+purge (a subject, events by age, or a plugin's log records and notes) first shows what it
+would remove and runs only when that page is confirmed, through the API's `purge_events`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ from dihya.audit.gdpr import export
 from dihya.audit.query import AuditFilter, export_filtered, purge_preview, search
 from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
-from dihya.web.audit_api import EXPORT_MEDIA_TYPES, SUBJECT_PATTERN, purge_events
+from dihya.web.audit_api import (
+    EXPORT_MEDIA_TYPES,
+    PLUGIN_PATTERN,
+    SUBJECT_PATTERN,
+    purge_events,
+)
 
 EXPORT_FORMATS: Final = ("jsonl", "csv", "json")
 FILTER_FIELDS: Final = ("type", "plugin", "pseudonym", "outcome", "since", "until",
@@ -31,6 +36,7 @@ _PSEUDONYM: Final = re.compile(r"^p-[0-9a-f]{20}$")
 _SUBJECT: Final = re.compile(SUBJECT_PATTERN)
 _LOCAL_TIME: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
 _FILENAME_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
+_PLUGIN: Final = re.compile(PLUGIN_PATTERN)
 _SHOWN: Final = frozenset({"seq", "at", "type", "outcome", "actor", "target", "plugin",
                            "reason", "note"})
 
@@ -144,9 +150,13 @@ def purge() -> Response:
     st, session = guard.state(), guard.current()
     subject = request.form.get("subject", "").strip() or None
     days_text = request.form.get("older_than_days", "").strip()
-    if (subject is None) == (not days_text):
-        raise guard.Denied(422, "Purge what?", "Give either a subject id or a number of "
-                           "days, not both.")
+    plugin = request.form.get("plugin", "").strip() or None
+    if [subject is not None, bool(days_text), plugin is not None].count(True) != 1:
+        raise guard.Denied(422, "Purge what?", "Give one of a subject id, a number of "
+                           "days or a plugin.")
+    if plugin is not None and not _PLUGIN.match(plugin):
+        raise guard.Denied(422, "Not a plugin name", "A plugin name is an entry point's "
+                           "name: letters, digits and `_.-`, at most 200 characters.")
     days = None
     if subject is not None and not _SUBJECT.match(subject):
         raise guard.Denied(422, "Not a subject id", "A subject is a token's name or a CLI "
@@ -162,13 +172,17 @@ def purge() -> Response:
     if request.form.get("confirm") != "yes":
         log = st.auditor.log
         assert log is not None
-        preview = purge_preview(log, subject=subject, older_than_days=days)
+        preview = purge_preview(log, subject=subject, older_than_days=days, plugin=plugin)
         return guard.render("audit_purge.html", subject=subject, days=days_text,
-                            preview=preview, own=subject == session.token.name,
+                            plugin=plugin, preview=preview, own=subject == session.token.name,
                             retention=st.config.audit_retention_days)
     counts = purge_events(st, session.token, guard.request_id(), subject=subject,
-                          older_than_days=days)
-    if subject is not None:
+                          older_than_days=days, plugin=plugin)
+    if plugin is not None:
+        notice = (f"Plugin {plugin} erased: {counts['logs']} log records and "
+                  f"{counts['notes']} notes removed; its {counts['events']} events stay in "
+                  "the hash chain.")
+    elif subject is not None:
         notice = (f"Subject erased: {counts['events']} events made unlinkable, "
                   f"{counts['notes']} notes, {counts['tokens']} tokens and "
                   f"{counts['switches']} switch authors removed.")
