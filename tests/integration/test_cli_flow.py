@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.wheels import build_plugin_wheel, build_wheel, plugin_source
+from support.wheels import build_plugin_wheel, build_wheel, plugin_source, tampered
 
 ROOT = Path(__file__).resolve().parents[2]
 TODO = ROOT / "examples" / "needs" / "todo.json"
@@ -31,16 +31,6 @@ def extra_plugin(backend, tmp_path: Path, name: str, **kwargs) -> Iterator[None]
     finally:
         subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
                         f"dihya-plugin-{name}"], check=True)
-
-
-@contextmanager
-def tampered(path: Path) -> Iterator[None]:
-    original = path.read_bytes()
-    path.write_bytes(original + b"\n# one more line\n")
-    try:
-        yield
-    finally:
-        path.write_bytes(original)
 
 
 def test_fresh_install_lists_bundled_plugins_refused(backend) -> None:

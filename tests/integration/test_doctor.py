@@ -7,11 +7,11 @@ import json
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from support.wheels import tampered
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +27,6 @@ def checks(backend, **kw) -> tuple[int, dict[str, dict[str, object]]]:
         if row["level"] != "ok":
             assert row["fix"], row  # every problem and warning says what to do
     return result.returncode, {r["name"]: r for r in rows}
-
-
-@contextmanager
-def tampered(path: Path) -> Iterator[None]:
-    original = path.read_bytes()
-    path.write_bytes(original + b"\n# one more line\n")
-    try:
-        yield
-    finally:
-        path.write_bytes(original)
 
 
 def test_doctor_passes_on_a_good_setup_and_says_what_it_checked(backend) -> None:

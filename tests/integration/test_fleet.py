@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ import pytest
 from support.postgres import admin_engine, fresh_schema_url
 from support.redis import redis_server
 from support.serving import Server
-from support.wheels import build_plugin_wheel, plugin_source
+from support.wheels import build_plugin_wheel, plugin_source, venv_pip
 
 ROOT = Path(__file__).resolve().parents[2]
 TODO = json.loads((ROOT / "examples" / "needs" / "todo.json").read_text())
@@ -73,12 +72,6 @@ def postgres_reachable() -> None:
     admin_engine().dispose()
 
 
-def pip(venv: Path, *args: str) -> None:
-    extra = ["--no-deps"] if args[0] == "install" else ["-y"]
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", *args, *extra, "--quiet",
-                    "--disable-pip-version-check"], check=True)
-
-
 @pytest.fixture(scope="module")
 def marker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("flaky") / "failing"
@@ -92,11 +85,11 @@ def fleet_plugins(installed_venv: Path, marker: Path,
     wheels = [build_plugin_wheel(out, WHO, source=plugin_source(WHO, body=WHO_HOOK)),
               build_plugin_wheel(out, FLAKY, source=plugin_source(FLAKY,
                                                                   body=flaky_hook(marker)))]
-    pip(installed_venv, "install", *map(str, wheels))
+    venv_pip(installed_venv, "install", *map(str, wheels))
     try:
         yield
     finally:
-        pip(installed_venv, "uninstall", f"dihya-plugin-{WHO}", f"dihya-plugin-{FLAKY}")
+        venv_pip(installed_venv, "uninstall", f"dihya-plugin-{WHO}", f"dihya-plugin-{FLAKY}")
 
 
 class Fleet:
@@ -343,7 +336,7 @@ def test_an_upgrade_under_load_never_loses_the_plugin(fleet: Fleet, installed_ve
     wheels = {v: build_plugin_wheel(tmp_path / v, UPGR, version=v,
                                     source=plugin_source(UPGR, version=v, body=UPGR_HOOKS))
               for v in ("1.0.0", "2.0.0")}
-    pip(installed_venv, "install", str(wheels["1.0.0"]))
+    venv_pip(installed_venv, "install", str(wheels["1.0.0"]))
     try:
         fleet.configure(auto_reload=True)
         fleet.cli("a", "plugins", "approve", UPGR)
@@ -390,7 +383,7 @@ def test_an_upgrade_under_load_never_loses_the_plugin(fleet: Fleet, installed_ve
             approved = time.monotonic()
             wait_for(lambda: on_every_worker("1.0.0", approved + 1.0),
                      "the approval of 2.0.0 stopped 1.0.0")
-            pip(installed_venv, "install", str(wheels["2.0.0"]))
+            venv_pip(installed_venv, "install", str(wheels["2.0.0"]))
             installed = time.monotonic()
             wait_for(lambda: on_every_worker("2.0.0", installed), "2.0.0 never ran everywhere")
         finally:
@@ -415,4 +408,4 @@ def test_an_upgrade_under_load_never_loses_the_plugin(fleet: Fleet, installed_ve
         assert fleet.config("a").read_text().count(f'name = "{UPGR}"') == 1
         fleet.halt()
     finally:
-        pip(installed_venv, "uninstall", f"dihya-plugin-{UPGR}")
+        venv_pip(installed_venv, "uninstall", f"dihya-plugin-{UPGR}")

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +49,7 @@ import pytest
 
 from support.postgres import admin_engine, fresh_schema_url
 from support.serving import Server
-from support.wheels import build_plugin_wheel, plugin_source
+from support.wheels import build_plugin_wheel, plugin_source, venv_pip
 
 ROOT = Path(__file__).resolve().parents[2]
 TODO = json.loads((ROOT / "examples" / "needs" / "todo.json").read_text())
@@ -263,23 +262,16 @@ def postgres_reachable() -> None:
     admin_engine().dispose()
 
 
-def pip(venv: Path, *args: str) -> None:
-    """`pip install WHEEL` (no dependencies) or `pip uninstall -y DIST` in the shared venv."""
-    extra = ["--no-deps"] if args[0] == "install" else ["-y"]
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", *args, *extra, "--quiet",
-                    "--disable-pip-version-check"], check=True)
-
-
 @pytest.fixture(scope="module")
 def whoami(installed_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The `whoami` plugin installed in the shared venv for this module's tests."""
     wheel = build_plugin_wheel(tmp_path_factory.mktemp("whoami"), WHOAMI,
                                source=plugin_source(WHOAMI, body=WHOAMI_HOOK))
-    pip(installed_venv, "install", str(wheel))
+    venv_pip(installed_venv, "install", str(wheel))
     try:
         yield WHOAMI
     finally:
-        pip(installed_venv, "uninstall", f"dihya-plugin-{WHOAMI}")
+        venv_pip(installed_venv, "uninstall", f"dihya-plugin-{WHOAMI}")
 
 
 @pytest.fixture
@@ -462,7 +454,7 @@ def test_a_reload_on_one_node_makes_the_other_install_upgrade_and_remove_a_plugi
         # install 1.0.0, reload on node a: node b lists and runs it within a second, on every
         # worker. Node b is watched for CONTROL_S after the install, before the reload:
         # installed alone, the plugin is not picked up (no config edit, no store change)
-        pip(venv, "install", str(wheels["1.0.0"]))
+        venv_pip(venv, "install", str(wheels["1.0.0"]))
         listed, after = follow(b, token, workers["b"], late_is("1.0.0"),
                                what="install, reload on a -> b", action=reload_on(a, token),
                                lead=CONTROL_S, before=lambda: lists_late(b, token, None))
@@ -474,7 +466,7 @@ def test_a_reload_on_one_node_makes_the_other_install_upgrade_and_remove_a_plugi
         # upgrade to 2.0.0 (pre-approved too), reload on node a: node b runs 2.0.0 within
         # a second, on every worker, and never before the reload was sent (until then its
         # workers keep 1.0.0: its sandbox worker holds the old code)
-        pip(venv, "install", str(wheels["2.0.0"]))
+        venv_pip(venv, "install", str(wheels["2.0.0"]))
         listed, after = follow(b, token, workers["b"], late_is("2.0.0"),
                                what="upgrade, reload on a -> b", action=reload_on(a, token),
                                lead=CONTROL_S, before=lambda: lists_late(b, token, "1.0.0"))
@@ -485,7 +477,7 @@ def test_a_reload_on_one_node_makes_the_other_install_upgrade_and_remove_a_plugi
 
         # uninstall, reload on node b this time: node a stops running it within a second,
         # on every worker; still approved, it is reported skipped (not installed), not failed
-        pip(venv, "uninstall", f"dihya-plugin-{LATE}")
+        venv_pip(venv, "uninstall", f"dihya-plugin-{LATE}")
         listed, after = follow(a, token, workers["a"], late_is(None),
                                what="uninstall, reload on b -> a", action=reload_on(b, token),
                                lead=CONTROL_S, before=lambda: lists_late(a, token, "2.0.0"))
@@ -501,4 +493,4 @@ def test_a_reload_on_one_node_makes_the_other_install_upgrade_and_remove_a_plugi
         cluster.stop()
     finally:
         cluster.halt()
-        pip(venv, "uninstall", f"dihya-plugin-{LATE}")  # only warns if already gone
+        venv_pip(venv, "uninstall", f"dihya-plugin-{LATE}")  # only warns if already gone

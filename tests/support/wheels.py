@@ -12,7 +12,8 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 GROUP = "dihya.generation_plugins"
@@ -103,6 +104,24 @@ def pip_install(python: Path | str, *args: str, target: Path | None = None) -> N
     if target is not None:
         cmd += ["--target", str(target), "--no-deps", "--upgrade"]
     subprocess.run([*cmd, *args], check=True)
+
+
+def venv_pip(venv: Path, *args: str) -> None:
+    """`pip install WHEEL` (no dependencies) or `pip uninstall -y DIST` in `venv`."""
+    extra = ["--no-deps"] if args[0] == "install" else ["-y"]
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", *args, *extra, "--quiet",
+                    "--disable-pip-version-check"], check=True)
+
+
+@contextmanager
+def tampered(path: Path) -> Iterator[None]:
+    """`path` with one more line, for the block; restored after it."""
+    original = path.read_bytes()
+    path.write_bytes(original + b"\n# one more line\n")
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
 
 
 def site_packages(python: Path | str) -> Path:
