@@ -10,7 +10,7 @@ import copy
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import pytest
@@ -199,7 +199,7 @@ class Mutates(GenerationPluginBase):
 
 class Records(GenerationPluginBase):
     version = "1.0"
-    seen: list[Any] = []
+    seen: ClassVar[list[Any]] = []
 
     def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
         type(self).seen.append(copy.deepcopy(needs))
