@@ -147,21 +147,36 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     append = report.append
     new_result = tuple.__new__  # HookResult's own __new__, without its keyword handling
     registry_choice = executor_for is default_executor  # then read the record's own
+    # the last frozen argument a view came back from, its values and its keys
+    last_given: tuple[Any, tuple[Any, ...], tuple[Any, ...]] = (_NOTHING, (), ())
 
     def call(record: PluginRecord, hook: str, kwargs: dict[str, Any],
              check: Callable[[Any], list[Problem]] | None,
              given: Any = _NOTHING) -> tuple[bool, Any]:
+        nonlocal last_given
         started = perf_counter()
         try:
             executor = ((record.executor or _IN_PROCESS) if registry_choice
                         else executor_for(record))
             value, ended = executor.call_at(record, hook, kwargs, timeout, started)
             if check is not None:
-                if (type(value) is CowDict and value.base is given
-                        and len(value) == len(given)
-                        and all(map(is_, _dict_values(value), _dict_values(given)))
-                        and all(map(is_, _dict_keys(value), _dict_keys(given)))):
-                    value = given  # `freeze`'s first case, inlined: the view, unchanged
+                if type(value) is CowDict and value.base is given:
+                    seen, seen_values, seen_keys = last_given  # one read: thread-safe
+                    if given is not seen:  # a round's argument: the same for many calls
+                        seen, seen_values, seen_keys = last_given = (
+                            given, tuple(_dict_values(given)), tuple(_dict_keys(given)))
+                    # `freeze`'s first case: the view, unchanged (the same values, by
+                    # identity, under the same keys, in the same order), is what it was
+                    # made from. Keys by equality: JSON keys are text, and a key equal
+                    # to a given one is that key (only a key type with an `__eq__` of its
+                    # own could tell otherwise).
+                    unchanged = (len(value) == len(seen_values)
+                                 and all(map(is_, _dict_values(value), seen_values))
+                                 and tuple(_dict_keys(value)) == seen_keys)
+                else:
+                    unchanged = False
+                if unchanged:
+                    value = given
                 else:
                     try:
                         value = freeze(value)

@@ -238,8 +238,8 @@ def test_the_context_is_built_frozen_and_each_hook_gets_a_private_view() -> None
 
 def test_hook_plans_are_made_once_per_record_and_follow_its_instance() -> None:
     record = record_for(Quiet, "planned")
-    method, takes = record.hook_plans["before_generation"]
-    assert method.__self__ is record.instance and takes == ("needs",)
+    method, takes, by_position = record.hook_plans["before_generation"]
+    assert method.__self__ is record.instance and takes == ("needs",) and by_position
     replaced = attrs.evolve(record, instance=Quiet())
     assert replaced.hook_plans["before_generation"][0].__self__ is replaced.instance
     assert replaced.instance is not record.instance
@@ -248,3 +248,108 @@ def test_hook_plans_are_made_once_per_record_and_follow_its_instance() -> None:
     assert bare.hook_plans == {}
     with pytest.raises(RuntimeError, match="not loaded in this process"):
         EXECUTOR.call(bare, "before_generation", {"needs": freeze(sample_needs())}, 2.0)
+
+
+class Signatures(GenerationPluginBase):
+    """Hooks whose parameters are not the spec's, in the spec's order: bound by name."""
+
+    version = "1.0"
+    seen: ClassVar[list[tuple[str, Any]]] = []
+
+    def before_generation(self, *, needs: dict[str, Any]) -> dict[str, Any]:
+        type(self).seen.append(("before", type(needs).__name__))
+        return needs
+
+    def after_generation(self, needs: dict[str, Any], code: dict[str, str]) -> dict[str, str]:
+        type(self).seen.append(("after", (needs["project"], sorted(code) == ["f.txt"])))
+        return code
+
+    def on_generation_error(self, **kwargs: Any) -> None:
+        type(self).seen.append(("error", sorted(kwargs)))
+
+
+class InOrder(GenerationPluginBase):
+    version = "1.0"
+
+    def after_generation(self, code: dict[str, str], needs: dict[str, Any]) -> dict[str, str]:
+        return {**code, "g.txt": needs["project"]}
+
+
+def test_arguments_are_bound_by_name_unless_the_parameters_are_the_specs_in_order() -> None:
+    Signatures.seen = []
+    odd = record_for(Signatures, "odd")
+    plain = record_for(InOrder, "plain")
+    assert [odd.hook_plans[h][2] for h in ("before_generation", "after_generation",
+                                           "on_generation_error")] == [False, False, False]
+    assert plain.hook_plans["after_generation"][1:] == (("code", "needs"), True)
+    needs = freeze(sample_needs())
+    code = freeze({"f.txt": "x"})
+    given = {"code": code, "needs": needs, "context": freeze({})}
+    EXECUTOR.call(odd, "before_generation", given, 2.0)
+    EXECUTOR.call(odd, "after_generation", given, 2.0)
+    EXECUTOR.call(odd, "on_generation_error", {"error": freeze({}), **given}, 2.0)
+    assert Signatures.seen == [("before", "CowDict"), ("after", ("todo", True)),
+                               ("error", ["context", "error", "needs"])]  # the spec's
+    out = EXECUTOR.call(plain, "after_generation", given, 2.0)
+    assert out == {"f.txt": "x", "g.txt": "todo"}
+    # a hook called without one of its arguments: bound by name, the missing one absent
+    with pytest.raises(TypeError, match="needs"):
+        EXECUTOR.call(plain, "after_generation", {"code": code}, 2.0)
+
+
+class RenamesLastKey(GenerationPluginBase):
+    """Same values, in the same order, under another last key: a change."""
+
+    version = "1.0"
+
+    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
+        last = list(needs)[-1]
+        needs["x-renamed"] = needs.pop(last)
+        return needs
+
+
+class ReadsOnly(GenerationPluginBase):
+    version = "1.0"
+
+    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
+        assert needs["entities"][0]["fields"][0]["name"]
+        return needs
+
+
+class SwapsEqualValue(GenerationPluginBase):
+    """`1` becomes `1.0`: equal, not the same JSON value, so a change (validated)."""
+
+    version = "1.0"
+
+    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
+        needs["x-n"] = 1.0
+        return needs
+
+
+def test_only_an_unchanged_view_skips_the_check() -> None:
+    checked: list[Any] = []
+
+    def check(value: Any) -> list[Any]:
+        checked.append(value)
+        return []
+
+    report: list[HookResult] = []
+    call = hook_caller(report, default_executor, 2.0, lambda *_: None)
+    needs = freeze({**sample_needs(), "x-n": 1})
+    kwargs = {"needs": needs, "context": freeze({})}
+    for cls in (Quiet, ReadsOnly, Quiet):
+        ok, value = call(record_for(cls, cls.__name__), "before_generation", kwargs, check,
+                         needs)
+        assert ok and value is needs
+    assert checked == []
+    ok, value = call(record_for(RenamesLastKey, "renames"), "before_generation", kwargs,
+                     check, needs)
+    assert ok and value is not needs and "x-renamed" in value and checked == [value]
+    ok, value = call(record_for(SwapsEqualValue, "swaps"), "before_generation", kwargs,
+                     check, needs)
+    assert ok and value is not needs and type(value["x-n"]) is float
+    assert len(checked) == 2
+    # the same round again, after the changes: the unchanged ones still skip the check
+    ok, value = call(record_for(Quiet, "again"), "before_generation", kwargs, check, needs)
+    assert ok and value is needs and len(checked) == 2
+    assert [h.status for h in report] == ["ok"] * 6

@@ -31,10 +31,14 @@ from dihya.pluginlog.capture import (
 from dihya.reasons import FixedReasonError, HookStatus
 from dihya.sandbox.cow import CowDict, FrozenDict, view
 
-#: How an in-process plugin's hook is called: its bound method, and the names of the
-#: arguments it takes (None: all of them). Made once per registry record (`hook_plans`).
-HookPlan = tuple[Callable[..., Any], tuple[str, ...] | None]
+#: How an in-process plugin's hook is called: its bound method, the names of the arguments
+#: it takes (None: all of them), and whether it takes exactly those, in that order, as
+#: plain parameters (then they are passed by position: the same binding, without building
+#: a keyword dict). Made once per registry record (`hook_plans`).
+HookPlan = tuple[Callable[..., Any], tuple[str, ...] | None, bool]
 _NO_PLANS: Final[Mapping[str, HookPlan]] = MappingProxyType({})
+_CO_VARARGS: Final = 0x04
+_CO_VARKEYWORDS: Final = 0x08
 
 
 def hook_plans(instance: Any, hooks: Collection[str],
@@ -51,8 +55,21 @@ def hook_plans(instance: Any, hooks: Collection[str],
         except Exception:  # the plugin's own attribute lookup: the call will say it
             continue
         if callable(method):
-            plans[hook] = (method, hook_args.get(hook))
-    return MappingProxyType(plans)
+            takes = hook_args.get(hook)
+            plans[hook] = (method, takes, _takes_by_position(method, takes))
+    return plans
+
+
+def _takes_by_position(method: Any, takes: tuple[str, ...] | None) -> bool:
+    """True when calling `method(*values)` binds exactly what `method(**dict(zip(takes,
+    values)))` does: a plain function's method whose parameters after `self` are `takes`,
+    in order, none positional-only, no `*args` / `**kwargs`, no keyword-only ones."""
+    code = getattr(getattr(method, "__func__", None), "__code__", None)
+    if takes is None or code is None or getattr(method, "__self__", None) is None:
+        return False
+    return (code.co_posonlyargcount == 0 and code.co_kwonlyargcount == 0
+            and not code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS)
+            and code.co_varnames[1:code.co_argcount] == takes)
 
 
 class HookTarget(Protocol):
@@ -174,19 +191,27 @@ class InProcessExecutor:
             instance = record.instance
             if instance is None:
                 raise RuntimeError(f"plugin {record.name!r} is not loaded in this process")
-            method, takes = getattr(instance, hook), record.hook_args.get(hook)
+            method, takes, by_position = getattr(instance, hook), record.hook_args.get(hook), False
         else:
-            method, takes = plan
-        copies = {}
-        for name in kwargs if takes is None else takes:
-            if name in kwargs:
+            method, takes, by_position = plan
+        if by_position:  # the views in a list, the call by position
+            args = []
+            for name in takes:  # type: ignore[union-attr]  # never None by position
+                if name not in kwargs:  # not given: bound by name, as the keyword path does
+                    by_position = False
+                    break
                 value = kwargs[name]
                 if type(value) is FrozenDict:  # `view`, inlined for the common case
                     copy = CowDict(value)
                     copy.base = value
-                    copies[name] = copy
+                    args.append(copy)
                 else:
-                    copies[name] = view(value)
+                    args.append(view(value))
+        if not by_position:  # the views in a dict, the call by keyword
+            copies = {}
+            for name in kwargs if takes is None else takes:
+                if name in kwargs:
+                    copies[name] = view(kwargs[name])
         if CAPTURE_HANDLER not in PLUGIN_LOGGER.handlers:  # the plugin's `self.logger`
             install()
         stack = CALLS.stack  # `call_stack()`, inlined
@@ -196,7 +221,7 @@ class InProcessExecutor:
             entry = call_entry(entry)
         stack.append(entry)
         try:
-            result = method(**copies)
+            result = method(*args) if by_position else method(**copies)
         finally:
             ended = perf_counter()
             if len(stack) == depth + 1:
