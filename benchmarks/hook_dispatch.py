@@ -236,14 +236,44 @@ def breakdown(needs: dict[str, Any], samples: dict[str, list[float]], count: int
     def each(fn: Any, n: int = 2000) -> float:
         return best_per_call(fn, n)
 
+    from operator import is_
+
+    from dihya.pipeline import OK, HookResult
+    from dihya.pluginlog.capture import CALLS
+
+    values, keys = tuple(dict.values(needs)), tuple(dict.keys(needs))
+
+    def unchanged() -> bool:  # the pipeline's check of a view that came back
+        return (len(given) == len(values) and all(map(is_, dict.values(given), values))
+                and tuple(dict.keys(given)) == keys)
+
+    def capture() -> None:  # the executor's log capture around a call that logs nothing
+        stack = CALLS.stack
+        depth = len(stack)
+        stack.append("name")
+        if len(stack) == depth + 1:
+            stack.pop()
+
+    report: list[Any] = []
+    new_row = tuple.__new__
+
+    def row() -> None:
+        report.append(new_row(HookResult, ("name", "before_generation", OK, 0.1, None,
+                                           False)))
+        report.clear()
+
     rows = [
         ["view(needs) (what a hook gets)", each(lambda: view(needs))],
+        ["the pipeline's unchanged-view check", each(unchanged)],
         ["freeze(the view returned unchanged) -> the needs", each(lambda: freeze(given))],
         ["thaw(needs) (a deep copy: what each hook got before)", each(lambda: thaw(needs))],
         ["freeze(a changed return: plain data)", each(lambda: freeze(plain))],
         ["validate_needs(returned) (full schema, if changed)",
          each(lambda: validate_needs(plain), 200)],
-        ["time.perf_counter() x2", each(lambda: (time.perf_counter(), time.perf_counter()))],
+        ["time.perf_counter() x2 (one pair per call)",
+         each(lambda: (time.perf_counter(), time.perf_counter()))],
+        ["log capture of a call that logs nothing (call stack)", each(capture)],
+        ["a report row (HookResult) appended", each(row)],
     ]
     print("\n== pieces, per plugin call (µs, best of 5)")
     print(table(["piece", "µs"], [[r[0], f"{r[1] * 1e6:.2f}"] for r in rows]))
