@@ -229,8 +229,10 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
     return call
 
 
-class _Invalid(Exception):
+class _Invalid(FixedReasonError):
     """The hook's return failed its check (the message says how)."""
+
+    REASON = HookStatus.INVALID_OUTPUT
 
 
 class _NotJson(FixedReasonError):
