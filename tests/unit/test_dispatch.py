@@ -353,3 +353,35 @@ def test_only_an_unchanged_view_skips_the_check() -> None:
     ok, value = call(record_for(Quiet, "again"), "before_generation", kwargs, check, needs)
     assert ok and value is needs and len(checked) == 2
     assert [h.status for h in report] == ["ok"] * 6
+
+
+class LeavesACaptureOpen(GenerationPluginBase):
+    """Begins a capture of its own and never ends it, then logs."""
+
+    version = "1.0"
+
+    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
+        from dihya.pluginlog import begin_call
+
+        begin_call("someone-else")
+        self.logger.info("into the open capture")
+        return needs
+
+
+def test_a_call_left_open_inside_a_hook_is_closed_with_it() -> None:
+    from dihya.pluginlog import begin_call, end_call
+
+    record = record_for(LeavesACaptureOpen, "leaves-open")
+    quiet = record_for(LogsOnce, "after-it")
+    needs = freeze(sample_needs())
+    with collecting(None, needs) as collector:
+        EXECUTOR.call(record, "before_generation", {"needs": needs}, 2.0)
+        assert call_stack() == []
+        EXECUTOR.call(quiet, "before_generation", {"needs": needs}, 2.0)
+        records = collector.finish()
+    # the open capture held its record (it is that capture's, never another plugin's)
+    assert [(r.plugin, r.template) for r in records] == [("after-it", "inner")]
+    outer = begin_call("outer")
+    begin_call("inner-left-open")
+    end_call(outer)
+    assert call_stack() == []

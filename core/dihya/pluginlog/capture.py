@@ -223,10 +223,13 @@ def begin_call(name: str) -> CallBuffer:
 
 
 def end_call(buffer: CallBuffer) -> None:
-    """Stop catching the records of the call `begin_call` started (its buffer)."""
+    """Stop catching the records of the call `begin_call` started (its buffer), and of any
+    call begun inside it and left open."""
     stack = _CALLS.stack
-    if stack and stack[-1] is buffer:
-        stack.pop()
+    for depth in range(len(stack) - 1, -1, -1):
+        if stack[depth] is buffer:
+            del stack[depth:]
+            return
 
 
 @contextlib.contextmanager
