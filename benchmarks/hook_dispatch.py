@@ -4,12 +4,13 @@ Sets up N real synthetic plugin wheels (tests/support/wheels.py, pass-through ho
 installed into a temporary site directory and loaded by the core's own `build_registry`,
 then times, interleaved (A, B, C, A, B, C...), one call of the hook to every plugin:
 
-  A. core, bare: the executor's call loop, `InProcessExecutor.call` for each active plugin
-     with the frozen needs the pipeline holds (a copy-on-write view of the arguments, the
-     call, the timing check);
+  A. core, bare: the executor's call loop, `InProcessExecutor.call_at` for each active
+     plugin with the frozen needs the pipeline holds, as the pipeline calls it (a clock
+     read, a copy-on-write view of the arguments, the log capture, the call, the
+     executor's clock read and deadline check);
   B. core, guarded: the pipeline's real round (`pipeline.run_before_generation` through
-     `pipeline.hook_caller`): view + call + freezing and checking each return (validated
-     only when changed) + timing + report;
+     `pipeline.hook_caller` with the registry's executors): view + call + freezing and
+     checking each return (validated only when changed) + timing + report;
   C. pluggy: `PluginManager` with N implementations of the hookspec
      `before_generation(needs)`, called as `pm.hook.before_generation(needs=...)`.
 
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from _common import (
@@ -143,7 +145,7 @@ def pluggy_manager(count: int) -> Any:
 
 def bench(tmp: Path, args: argparse.Namespace) -> None:
     from dihya.needs import check_needs, validate_needs
-    from dihya.pipeline import HookResult, hook_caller, run_before_generation
+    from dihya.pipeline import HookResult, default_executor, hook_caller, run_before_generation
     from dihya.sandbox.cow import freeze
     from dihya.sandbox.executor import InProcessExecutor
 
@@ -154,9 +156,12 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
     hook = pm.hook.before_generation
 
     def bare() -> None:
-        call = executor.call
+        # the executor's call as the pipeline makes it: the caller's clock read is the
+        # start of the deadline, the executor's the end of it
+        call = executor.call_at
+        kwargs = {"needs": needs}
         for record in records:
-            call(record, "before_generation", {"needs": needs}, timeout)
+            call(record, "before_generation", kwargs, timeout, perf_counter())
 
     def on_fail(message: str) -> None:
         raise RuntimeError(message)
@@ -165,7 +170,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
 
     def guarded() -> None:
         report.clear()
-        call = hook_caller(report, lambda _record: executor, timeout, on_fail)
+        call = hook_caller(report, default_executor, timeout, on_fail)
         run_before_generation(records, needs, call)
 
     def plug() -> None:
@@ -175,7 +180,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
         # The round when every return is validated in full (a plugin that changed the
         # needs; before the fast path, every round): the cost of the schema check.
         report.clear()
-        call = hook_caller(report, lambda _record: executor, timeout, on_fail)
+        call = hook_caller(report, default_executor, timeout, on_fail)
         for record in records:
             call(record, "before_generation", {"needs": needs}, validate_needs)
 
@@ -203,7 +208,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
     print(f"== one before_generation(needs) dispatch to {args.plugins} no-op plugins "
           f"(µs per dispatch; {args.repeat} interleaved samples of {args.calls} calls each)")
     rows = []
-    labels = {"bare": "A  core bare (executor.call: view + call)",
+    labels = {"bare": "A  core bare (executor.call_at: view + call)",
               "guarded": "B  core guarded (pipeline round)",
               "pluggy": "C  pluggy pm.hook.before_generation",
               "revalidate": "   core guarded, every return re-validated"}
@@ -231,14 +236,44 @@ def breakdown(needs: dict[str, Any], samples: dict[str, list[float]], count: int
     def each(fn: Any, n: int = 2000) -> float:
         return best_per_call(fn, n)
 
+    from operator import is_
+
+    from dihya.pipeline import OK, HookResult
+    from dihya.pluginlog.capture import CALLS
+
+    values, keys = tuple(dict.values(needs)), tuple(dict.keys(needs))
+
+    def unchanged() -> bool:  # the pipeline's check of a view that came back
+        return (len(given) == len(values) and all(map(is_, dict.values(given), values))
+                and tuple(dict.keys(given)) == keys)
+
+    def capture() -> None:  # the executor's log capture around a call that logs nothing
+        stack = CALLS.stack
+        depth = len(stack)
+        stack.append("name")
+        if len(stack) == depth + 1:
+            stack.pop()
+
+    report: list[Any] = []
+    new_row = tuple.__new__
+
+    def row() -> None:
+        report.append(new_row(HookResult, ("name", "before_generation", OK, 0.1, None,
+                                           False)))
+        report.clear()
+
     rows = [
         ["view(needs) (what a hook gets)", each(lambda: view(needs))],
+        ["the pipeline's unchanged-view check", each(unchanged)],
         ["freeze(the view returned unchanged) -> the needs", each(lambda: freeze(given))],
         ["thaw(needs) (a deep copy: what each hook got before)", each(lambda: thaw(needs))],
         ["freeze(a changed return: plain data)", each(lambda: freeze(plain))],
         ["validate_needs(returned) (full schema, if changed)",
          each(lambda: validate_needs(plain), 200)],
-        ["time.perf_counter() x2", each(lambda: (time.perf_counter(), time.perf_counter()))],
+        ["time.perf_counter() x2 (one pair per call)",
+         each(lambda: (time.perf_counter(), time.perf_counter()))],
+        ["log capture of a call that logs nothing (call stack)", each(capture)],
+        ["a report row (HookResult) appended", each(row)],
     ]
     print("\n== pieces, per plugin call (µs, best of 5)")
     print(table(["piece", "µs"], [[r[0], f"{r[1] * 1e6:.2f}"] for r in rows]))

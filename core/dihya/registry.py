@@ -31,7 +31,7 @@ from dihya.gate.loader import Loaded, forget_modules, load_plugins
 from dihya.gate.startup import PthFile, scan_pth
 from dihya.plugin import ActionSpec, GenerationPluginBase
 from dihya.reasons import Reason
-from dihya.sandbox.executor import HookExecutor, InProcessExecutor
+from dihya.sandbox.executor import HookExecutor, HookPlan, InProcessExecutor, hook_plans
 
 if TYPE_CHECKING:
     from dihya.sandbox.pool import Hello, SandboxPool, WorkerSpec
@@ -72,6 +72,11 @@ class PluginRecord:
     # for a plugin imported in this process: its verified files, to forget its modules later
     site: Path | None = attrs.field(default=None, eq=False, repr=False)
     files: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
+    # for a plugin loaded in this process: each hook's call plan, made once per record
+    hook_plans: Mapping[str, HookPlan] = attrs.field(
+        init=False, eq=False, repr=False,
+        default=attrs.Factory(lambda self: hook_plans(self.instance, self.hooks,
+                                                      self.hook_args), takes_self=True))
 
     @property
     def active(self) -> bool:

@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 LOGGER_ROOT: Final = "dihya.plugin"
@@ -93,15 +93,54 @@ def wire(record: logging.LogRecord) -> dict[str, Any] | None:
     return None if size > MAX_WIRE_BYTES else out
 
 
-# The buffer of the call under way in this context; a worker sets one for its lifetime.
-_CURRENT: contextvars.ContextVar[CallBuffer | None] = contextvars.ContextVar(
-    "dihya_plugin_log_call", default=None)
 # The entry-point name of the plugin being imported and instantiated in this context.
 _LOADING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "dihya_plugin_log_loading", default=None)
 _PENDING: dict[str, CallBuffer] = {}  # records caught outside a call, by plugin
 _PENDING_LOCK = threading.Lock()
 _PROCESS: list[CallBuffer] = []  # a sandbox worker's one buffer (`install(process=True)`)
+
+
+class _Calls(threading.local):
+    """This thread's calls under way, innermost last (`call_stack`)."""
+
+    def __init__(self) -> None:
+        self.stack: list[str | CallBuffer] = []
+
+
+_CALLS: Final = _Calls()
+#: `call_stack()`'s owner, for a hot path that reads `CALLS.stack` itself.
+CALLS: Final = _CALLS
+#: The plugins with records made outside a call (read-only outside this module: a hot
+#: path calls `call_entry` only when its plugin is in it).
+WAITING: Final[Mapping[str, CallBuffer]] = _PENDING
+
+
+def call_stack() -> list[str | CallBuffer]:
+    """This thread's calls under way, innermost last: an entry is the plugin's name until
+    the call logs something, then the `CallBuffer` that holds what it logged.
+
+    The in-process executor's hot path (issue #16): a call pushes its plugin's name
+    (`call_entry`) and pops its entry when the hook returns; only a call that logs
+    allocates a buffer (the handler replaces the name with one). A hook runs on the
+    caller's thread, so the records made on this thread during the call are the call's;
+    a record made on another thread (one the plugin started) waits for the plugin's next
+    call, as one made at import does.
+    """
+    return _CALLS.stack
+
+
+def call_entry(name: str) -> str | CallBuffer:
+    """What a call of plugin `name` pushes on `call_stack()`: its name, or a buffer with
+    the records it made outside a call, when there are some (they come first)."""
+    if name in _PENDING:  # a peek (atomic); the pop holds the lock
+        with _PENDING_LOCK:
+            earlier = _PENDING.pop(name, None)
+        if earlier is not None:
+            buffer = CallBuffer()
+            buffer.extend(earlier)
+            return buffer
+    return name
 
 
 class _Capture(logging.Handler):
@@ -114,9 +153,15 @@ class _Capture(logging.Handler):
             data = wire(record)
         except Exception:  # a record that cannot even be read: counted, never raised
             data = None
-        buffer = _CURRENT.get() or (_PROCESS[0] if _PROCESS else None)
-        if buffer is not None:
-            buffer.add(data)
+        stack = _CALLS.stack
+        if stack:  # a call under way on this thread: the innermost one's
+            top = stack[-1]
+            if isinstance(top, str):  # its first record: now it needs a buffer
+                top = stack[-1] = CallBuffer()
+            top.add(data)
+            return
+        if _PROCESS:
+            _PROCESS[0].add(data)
             return
         name = _LOADING.get() or record.name.removeprefix(LOGGER_ROOT + ".")
         with _PENDING_LOCK:
@@ -127,6 +172,11 @@ class _Capture(logging.Handler):
 _HANDLER: Final = _Capture()
 # `logging.getLogger` takes the logging module's lock: looked up once, not per call
 _ROOT: Final = logging.getLogger(LOGGER_ROOT)
+#: The handler `install` puts on `PLUGIN_LOGGER` (a hot path checks it is still there: a
+#: logging configuration that removed it would let plugin records through unredacted).
+CAPTURE_HANDLER: Final = _HANDLER
+#: The `dihya.plugin` logger.
+PLUGIN_LOGGER: Final = _ROOT
 
 
 def install(process: bool = False) -> None:
@@ -161,34 +211,32 @@ def loading(name: str) -> Iterator[None]:
         _LOADING.reset(token)
 
 
-CallToken = contextvars.Token[CallBuffer | None]
-
-
-def begin_call(name: str) -> tuple[CallBuffer, CallToken]:
-    """Start catching the records of one call of plugin `name`, after those it made outside
-    a call: its buffer, and the token `end_call` takes (in a `finally`). `capture_call`
-    without a generator-based context manager, for the in-process executor's hot path."""
+def begin_call(name: str) -> CallBuffer:
+    """Start catching the records of one call of plugin `name` on this thread, after those
+    it made outside a call: the call's buffer. `end_call` (in a `finally`) ends it."""
     if _HANDLER not in _ROOT.handlers:
         install()
-    buffer = CallBuffer()
-    if name in _PENDING:  # a peek (atomic); the pop holds the lock
-        with _PENDING_LOCK:
-            earlier = _PENDING.pop(name, None)
-        if earlier is not None:
-            buffer.extend(earlier)
-    return buffer, _CURRENT.set(buffer)
+    entry = call_entry(name)
+    buffer = entry if isinstance(entry, CallBuffer) else CallBuffer()
+    _CALLS.stack.append(buffer)
+    return buffer
 
 
-def end_call(token: CallToken) -> None:
-    """Stop catching the records of the call `begin_call` started."""
-    _CURRENT.reset(token)
+def end_call(buffer: CallBuffer) -> None:
+    """Stop catching the records of the call `begin_call` started (its buffer), and of any
+    call begun inside it and left open."""
+    stack = _CALLS.stack
+    for depth in range(len(stack) - 1, -1, -1):
+        if stack[depth] is buffer:
+            del stack[depth:]
+            return
 
 
 @contextlib.contextmanager
 def capture_call(name: str) -> Iterator[CallBuffer]:
     """Catch the records of one call of plugin `name`, after those it made outside a call."""
-    buffer, token = begin_call(name)
+    buffer = begin_call(name)
     try:
         yield buffer
     finally:
-        end_call(token)
+        end_call(buffer)

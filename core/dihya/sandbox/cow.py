@@ -254,9 +254,10 @@ def _view_or_same(value: Any) -> Any:
     return view(value) if type(value) in _FROZEN else value
 
 
-_dict_len: Final = dict.__len__
+# `dict`'s own methods, past a view's overrides (method descriptors: `dict.__iter__` is a
+# slot wrapper, several times slower to call)
 _dict_values: Final = dict.values
-_dict_iter: Final = dict.__iter__
+_dict_keys: Final = dict.keys
 
 
 def freeze(value: Any) -> Any:
@@ -272,9 +273,9 @@ def freeze(value: Any) -> Any:
     kind = type(value)
     if kind is CowDict:  # first: what an in-process hook returns most often
         base = value.base
-        if (_dict_len(value) == _dict_len(base)
+        if (len(value) == len(base)  # `len`: neither class overrides it
                 and all(map(is_, _dict_values(value), _dict_values(base)))
-                and all(map(is_, _dict_iter(value), _dict_iter(base)))):
+                and all(map(is_, _dict_keys(value), _dict_keys(base)))):
             return base
         return _freeze_dict(value, base)
     if kind in _ATOM_TYPES or kind is FrozenDict or kind is FrozenList:
@@ -283,7 +284,7 @@ def freeze(value: Any) -> Any:
         return value
     if kind is CowList:
         base = value.base
-        if (list.__len__(value) == len(base)
+        if (len(value) == len(base)
                 and all(map(is_, list.__iter__(value), list.__iter__(base)))):
             return base
         return _freeze_list(value, base)
@@ -317,6 +318,22 @@ def _freeze_list(value: list[Any] | tuple[Any, ...], base: FrozenList | None) ->
     if (base is not None and len(items) == len(base)
             and all(map(is_, items, list.__iter__(base)))):
         return base
+    out = list.__new__(FrozenList)
+    list.extend(out, items)
+    return out
+
+
+def frozen_dict(items: dict[str, Any]) -> FrozenDict:
+    """A `FrozenDict` of `items`, whose keys are `str` and whose values are already frozen
+    data or JSON atoms (not checked: for the core's own data, built frozen without the
+    walk `freeze` makes)."""
+    out = dict.__new__(FrozenDict)
+    dict.update(out, items)
+    return out
+
+
+def frozen_list(items: list[Any]) -> FrozenList:
+    """A `FrozenList` of `items`, already frozen data or JSON atoms (see `frozen_dict`)."""
     out = list.__new__(FrozenList)
     list.extend(out, items)
     return out

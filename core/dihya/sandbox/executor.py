@@ -14,13 +14,62 @@ it returns (the sandbox kills its worker instead).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from time import perf_counter
+from types import MappingProxyType
 from typing import Any, Final, Protocol
 
-from dihya.pluginlog import begin_call, deliver, end_call
+from dihya.pluginlog import deliver
+from dihya.pluginlog.capture import (
+    CALLS,
+    CAPTURE_HANDLER,
+    PLUGIN_LOGGER,
+    WAITING,
+    call_entry,
+    install,
+)
 from dihya.reasons import FixedReasonError, HookStatus
-from dihya.sandbox.cow import view
+from dihya.sandbox.cow import CowDict, FrozenDict, view
+
+#: How an in-process plugin's hook is called: its bound method, the names of the arguments
+#: it takes (None: all of them), and whether it takes exactly those, in that order, as
+#: plain parameters (then they are passed by position: the same binding, without building
+#: a keyword dict). Made once per registry record (`hook_plans`).
+HookPlan = tuple[Callable[..., Any], tuple[str, ...] | None, bool]
+_NO_PLANS: Final[Mapping[str, HookPlan]] = MappingProxyType({})
+_CO_VARARGS: Final = 0x04
+_CO_VARKEYWORDS: Final = 0x08
+
+
+def hook_plans(instance: Any, hooks: Collection[str],
+               hook_args: Mapping[str, tuple[str, ...]]) -> Mapping[str, HookPlan]:
+    """The call plan of each hook in `hooks` of a plugin loaded in this process (none
+    when `instance` is None): the bound method looked up once, not per call. A hook
+    whose method cannot be read now has no plan; a call looks it up as before."""
+    if instance is None or not hooks:
+        return _NO_PLANS
+    plans: dict[str, HookPlan] = {}
+    for hook in hooks:
+        try:
+            method = getattr(instance, hook)
+        except Exception:  # the plugin's own attribute lookup: the call will say it
+            continue
+        if callable(method):
+            takes = hook_args.get(hook)
+            plans[hook] = (method, takes, _takes_by_position(method, takes))
+    return plans
+
+
+def _takes_by_position(method: Any, takes: tuple[str, ...] | None) -> bool:
+    """True when calling `method(*values)` binds exactly what `method(**dict(zip(takes,
+    values)))` does: a plain function's method whose parameters after `self` are `takes`,
+    in order, none positional-only, no `*args` / `**kwargs`, no keyword-only ones."""
+    code = getattr(getattr(method, "__func__", None), "__code__", None)
+    if takes is None or code is None or getattr(method, "__self__", None) is None:
+        return False
+    return (code.co_posonlyargcount == 0 and code.co_kwonlyargcount == 0
+            and not code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS)
+            and code.co_varnames[1:code.co_argcount] == takes)
 
 
 class HookTarget(Protocol):
@@ -38,6 +87,9 @@ class HookTarget(Protocol):
 
     @property
     def hook_args(self) -> Mapping[str, tuple[str, ...]]: ...
+
+    @property
+    def hook_plans(self) -> Mapping[str, HookPlan]: ...
 
 
 class HookRaised(FixedReasonError):
@@ -98,6 +150,13 @@ class HookExecutor(Protocol):
     def call(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any: ...
 
+    def call_at(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
+                timeout_s: float, started: float) -> tuple[Any, float]:
+        """`call`, for a caller that read `time.perf_counter()` as `started` just before:
+        the value and the executor's own reading when the hook returned, so that one
+        pair of clock reads serves both the deadline and the caller's timing."""
+        ...
+
 
 def arguments_for(record: HookTarget, hook: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The arguments of `kwargs` that `record`'s implementation of `hook` takes."""
@@ -112,7 +171,8 @@ class InProcessExecutor:
 
     Each argument is handed over as `cow.view` makes it: a private copy-on-write view of
     frozen data, else a private deep copy. The return is given back as the hook made it
-    (possibly one of those views); the pipeline freezes and validates it.
+    (possibly one of those views); the pipeline freezes and validates it. The deadline
+    runs from `started` (`call_at`; `call` reads it itself) to the hook's return.
     """
 
     __slots__ = ()
@@ -120,28 +180,58 @@ class InProcessExecutor:
 
     def call(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
              timeout_s: float) -> Any:
-        instance = record.instance
-        if instance is None:
-            raise RuntimeError(f"plugin {record.name!r} is not loaded in this process")
-        method = getattr(instance, hook)
-        takes = record.hook_args.get(hook)
-        copies = {}
-        if takes is None:
-            for name, value in kwargs.items():
-                copies[name] = view(value)
+        return self.call_at(record, hook, kwargs, timeout_s, perf_counter())[0]
+
+    def call_at(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
+                timeout_s: float, started: float) -> tuple[Any, float]:
+        # The pipeline's hot path (issue #16): no per-call lookups, allocations only for
+        # the views (and a log buffer only if the hook logs).
+        plan = record.hook_plans.get(hook)
+        if plan is None:  # an action method, or a record made without its instance
+            instance = record.instance
+            if instance is None:
+                raise RuntimeError(f"plugin {record.name!r} is not loaded in this process")
+            method, takes, by_position = getattr(instance, hook), record.hook_args.get(hook), False
         else:
-            for name in takes:
+            method, takes, by_position = plan
+        if by_position:  # the views in a list, the call by position
+            args = []
+            for name in takes:  # type: ignore[union-attr]  # never None by position
+                if name not in kwargs:  # not given: bound by name, as the keyword path does
+                    by_position = False
+                    break
+                value = kwargs[name]
+                if type(value) is FrozenDict:  # `view`, inlined for the common case
+                    copy = CowDict(value)
+                    copy.base = value
+                    args.append(copy)
+                else:
+                    args.append(view(value))
+        if not by_position:  # the views in a dict, the call by keyword
+            copies = {}
+            for name in kwargs if takes is None else takes:
                 if name in kwargs:
                     copies[name] = view(kwargs[name])
-        logged, token = begin_call(record.name)  # the plugin's `self.logger` records
-        start = perf_counter()
+        if CAPTURE_HANDLER not in PLUGIN_LOGGER.handlers:  # the plugin's `self.logger`
+            install()
+        stack = CALLS.stack  # `call_stack()`, inlined
+        depth = len(stack)
+        entry: Any = record.name
+        if entry in WAITING:  # records it made outside a call come first
+            entry = call_entry(entry)
+        stack.append(entry)
         try:
-            result = method(**copies)
+            result = method(*args) if by_position else method(**copies)
         finally:
-            elapsed = perf_counter() - start
-            end_call(token)
-            if logged.records or logged.dropped:  # else nothing to take
+            ended = perf_counter()
+            if len(stack) == depth + 1:
+                logged = stack.pop()
+            else:  # the hook left calls of its own open, or closed this one: unwind
+                logged = stack[depth] if len(stack) > depth else entry
+                del stack[depth:]
+            if not isinstance(logged, str):  # a buffer: it logged (or had waiting records)
                 deliver(record, logged.take(), kwargs)
-        if elapsed > timeout_s:
-            raise HookTimeout(f"{hook} took {elapsed:.3f} s, the limit is {timeout_s} s")
-        return result
+        if ended - started > timeout_s:
+            raise HookTimeout(f"{hook} took {ended - started:.3f} s, the limit is "
+                              f"{timeout_s} s")
+        return result, ended

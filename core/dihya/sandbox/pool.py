@@ -690,3 +690,9 @@ class SandboxExecutor:
              timeout_s: float) -> Any:
         worker = self.pool.worker(record.name, record.fingerprint)
         return worker.call(hook, arguments_for(record, hook, kwargs), timeout_s, record, kwargs)
+
+    def call_at(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
+                timeout_s: float, started: float) -> tuple[Any, float]:
+        """`call`, and the clock when the answer came (the worker's own deadline is
+        `timeout_s` from the request, as for `call`)."""
+        return self.call(record, hook, kwargs, timeout_s), time.perf_counter()
