@@ -121,6 +121,13 @@ def _fast_validator() -> Callable[[Any], Any]:
     return validate
 
 
+def prepare_validators() -> None:
+    """Build both needs validators now (the compiled check and jsonschema's), as `dihya
+    serve`'s arbiter does before it forks its workers, rather than at the first request."""
+    _fast_validator()
+    _validator()
+
+
 def _passes_fast_check(needs: object) -> bool:
     """The schema check compiled to Python (about 30x faster than jsonschema).
 

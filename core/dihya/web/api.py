@@ -111,6 +111,13 @@ def _validator(schema: dict[str, Any]) -> Any:
     return validator
 
 
+def prepare_body_validators() -> None:
+    """Build the validators of the core's own request bodies now (as `dihya serve`'s
+    arbiter does before it forks its workers), rather than at each worker's first call."""
+    for schema in (GENERATE_BODY, DISABLE_BODY, LOGS_QUERY):
+        _validator(schema)
+
+
 def _schema_detail(error: Any) -> str:
     from dihya.needs import _schema_message
 
