@@ -11,7 +11,7 @@ import re
 import time
 from typing import Any, Final
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from dihya.audit import hook_event_type, sha256_of
@@ -230,7 +230,16 @@ def generate() -> Response:
         plugins_ok=sum(h.status == "ok" for h in result.plugins),
         plugins_failed=sum(h.status not in ("ok", "skipped") for h in result.plugins),
         duration_ms=round(result.ms, 2), **audit)
-    return jsonify({"files": result.files, "report": result.report()})
+    return _generated(code_text, result.report())
+
+
+def _generated(code_text: bytes, report: dict[str, Any]) -> Response:
+    """`{"files": ..., "report": ...}` with the files as the canonical JSON already made for
+    `code_sha256` (sorted keys, compact, UTF-8: the bytes hashed are the bytes sent),
+    instead of encoding the whole project a second time; the report as `jsonify` writes it."""
+    body = b'{"files":' + code_text + b',"report":' + \
+        current_app.json.dumps(report).encode("utf-8") + b"}"
+    return current_app.response_class(body, mimetype=current_app.json.mimetype)
 
 
 @api.get("/plugins")
