@@ -85,7 +85,8 @@ def test_the_arbiter_imports_the_core_and_nothing_of_a_plugin(tmp_path: Path) ->
     modules = set(seen["modules"])
     # the core is imported and its first generation's work prepared...
     for module in ("dihya.web", "dihya.web.api", "dihya.web.admin", "dihya.store",
-                   "dihya.generator.flask_api", "sqlalchemy", "flask"):
+                   "dihya.generator.flask_api", "dihya.store.migrations", "sqlalchemy",
+                   "sqlalchemy.dialects.sqlite", "flask"):
         assert module in modules, module
     assert seen["templates"] > 0
     assert seen["validators"][0] == 1 and seen["validators"][1] == 1
