@@ -239,7 +239,7 @@ def _generated(code_text: bytes, report: dict[str, Any]) -> Response:
     instead of encoding the whole project a second time; the report as `jsonify` writes it."""
     body = b'{"files":' + code_text + b',"report":' + \
         current_app.json.dumps(report).encode("utf-8") + b"}"
-    return current_app.response_class(body, mimetype=current_app.json.mimetype)
+    return current_app.response_class(body, mimetype="application/json")
 
 
 @api.get("/plugins")
