@@ -67,20 +67,24 @@ def load_json(text: str | bytes) -> Any:
 
 def nesting_depth(value: Any, stop: int) -> int:
     """How deeply arrays and objects nest in `value` (a scalar is 0), counting no further
-    than `stop + 1`; iterative, so any depth is safe to measure."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > stop:
-                    return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth) for child in children
-                         if isinstance(child, dict | list))
+    than `stop + 1`: the walk never goes deeper than that, so any depth is safe to measure
+    (`stop` must stay far below the recursion limit; MAX_JSON_DEPTH is 64)."""
+    if not isinstance(value, dict | list):
+        return 0
+    return _depth(value, 1, stop)
+
+
+def _depth(item: dict[Any, Any] | list[Any], depth: int, stop: int) -> int:
+    if depth > stop:
+        return depth
+    deepest = depth
+    for child in item.values() if isinstance(item, dict) else item:
+        if isinstance(child, dict | list):
+            found = _depth(child, depth + 1, stop)
+            if found > deepest:
+                if found > stop:
+                    return found
+                deepest = found
     return deepest
 
 
@@ -119,6 +123,13 @@ def _fast_validator() -> Callable[[Any], Any]:
     schema = {k: copy.deepcopy(v) for k, v in needs_schema().items() if k != "$schema"}
     validate: Callable[[Any], Any] = fastjsonschema.compile(schema)
     return validate
+
+
+def prepare_validators() -> None:
+    """Build both needs validators now (the compiled check and jsonschema's), as `dihya
+    serve`'s arbiter does before it forks its workers, rather than at the first request."""
+    _fast_validator()
+    _validator()
 
 
 def _passes_fast_check(needs: object) -> bool:

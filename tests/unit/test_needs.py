@@ -162,6 +162,17 @@ def test_load_json_refuses_nesting_past_the_limit() -> None:
             load_json(text)
 
 
+def test_nesting_depth_stops_past_the_limit_whatever_the_depth() -> None:
+    from dihya.needs import MAX_JSON_DEPTH, nesting_depth
+
+    deep: list[object] = []
+    for _ in range(100_000):  # built in Python: deeper than any recursion limit
+        deep = [deep, {"k": 1}]
+    assert nesting_depth(deep, MAX_JSON_DEPTH) == MAX_JSON_DEPTH + 1
+    assert nesting_depth({"a": [1, {"b": []}], "c": {}}, MAX_JSON_DEPTH) == 4
+    assert nesting_depth("x", MAX_JSON_DEPTH) == 0 and nesting_depth([], 0) == 1
+
+
 def test_validation_lists_a_bounded_number_of_problems() -> None:
     from dihya.needs import MAX_PROBLEMS
 

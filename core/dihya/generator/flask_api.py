@@ -137,6 +137,14 @@ def environment() -> Environment:
     return env
 
 
+def compile_templates() -> None:
+    """Compile every core template now (Jinja2 keeps them), as `dihya serve`'s arbiter
+    does before it forks its workers, rather than at a worker's first generation."""
+    env = environment()
+    for name in env.list_templates():
+        env.get_template(name)
+
+
 def generate(needs: Mapping[str, Any]) -> dict[str, str]:
     """The files of a Flask REST project for `needs` (already checked): path -> text."""
     entities = tuple(_entity(e) for e in needs["entities"])

@@ -42,7 +42,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dihya.store.directwrite import RawTransaction, pg_begin
+from dihya.store.directwrite import RawTransaction, pg_begin, pg_style
 from dihya.store.faults import (
     StoreError,
     StoreFault,
@@ -520,9 +520,19 @@ class Store:
         server that closed an idle connection); a second failure is StoreUnavailable."""
         with self._guard(wrote=False):
             self.ensure_schema()
-            return self._read_version()
+            row = self._read_row(_READ_STATE_VERSION, {})
+            return int(row[0]) if row is not None else 0
 
-    def _read_version(self) -> int:
+    def read_row(self, text: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of one SELECT (`text`, with `:name` placeholders), or None, read
+        as `current_state_version` reads: for the reads on every request's path (a
+        bearer token's row), without SQLAlchemy's per-statement work. Same file check,
+        fault classification and errors as a transaction of `begin`."""
+        with self._guard(wrote=False):
+            self.ensure_schema()
+            return self._read_row(text if self.is_sqlite else pg_style(text), params)
+
+    def _read_row(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         for attempt in (1, 2):
             conn = getattr(self._version_reader, "conn", None)
             try:
@@ -533,11 +543,14 @@ class Store:
                     self._version_reader.conn = conn
                 cursor = conn.cursor()
                 try:
-                    cursor.execute(_READ_STATE_VERSION)
+                    if params:
+                        cursor.execute(sql, params)
+                    else:
+                        cursor.execute(sql)
                     row = cursor.fetchone()
                 finally:
                     cursor.close()
-                return int(row[0]) if row is not None else 0
+                return tuple(row) if row is not None else None
             except Exception:
                 self._version_reader.conn = None
                 if conn is not None:

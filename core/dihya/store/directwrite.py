@@ -46,6 +46,14 @@ def pg_begin(lock_name: str, synchronous_commit: str, lock_timeout: str) -> str:
             f"SELECT pg_advisory_xact_lock(hashtext(current_schema() || '{lock_name}'))")
 
 
+def pg_style(text: str) -> str:
+    """`text` with its `:name` placeholders as psycopg's `%(name)s` (rewritten once)."""
+    sql = _PG_STYLE.get(text)
+    if sql is None:
+        sql = _PG_STYLE[text] = re.sub(r":(\w+)", r"%(\1)s", text)
+    return sql
+
+
 def _with_literals(text: str, params: dict[str, Any]) -> str | None:
     """`text` with its placeholders replaced by quoted literals, when every value is a
     lower-case hex string (nothing to escape); else None."""
@@ -75,12 +83,7 @@ class RawTransaction:
             self._cursor.execute(begin)
 
     def _sql(self, text: str) -> str:
-        if self._sqlite:
-            return text
-        sql = _PG_STYLE.get(text)
-        if sql is None:
-            sql = _PG_STYLE[text] = re.sub(r":(\w+)", r"%(\1)s", text)
-        return sql
+        return text if self._sqlite else pg_style(text)
 
     def rows(self, text: str, params: dict[str, Any] | None = None) -> list[Any]:
         """Run a query now; its rows."""

@@ -15,7 +15,7 @@ import hmac
 import re
 import secrets
 import time
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import attrs
 import sqlalchemy as sa
@@ -64,7 +64,23 @@ def parse_duration(text: str) -> float:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _info(row: sa.Row[Any], last_used: float | None = None) -> TokenInfo:
+class _TokenRow(NamedTuple):
+    """A row of `tokens_table` as `_READ_TOKEN` reads it (its columns, in its order)."""
+
+    id: str
+    name: str
+    role: str
+    secret_sha256: str
+    created_at: float
+    last_used_at: float | None
+    expires_at: float | None
+
+
+_READ_TOKEN: Final = (f"SELECT {', '.join(_TokenRow._fields)} FROM {tokens_table.name} "
+                      "WHERE id = :id")
+
+
+def _info(row: sa.Row[Any] | _TokenRow, last_used: float | None = None) -> TokenInfo:
     return TokenInfo(row.id, row.name, row.role, row.created_at,
                      last_used if last_used is not None else row.last_used_at, row.expires_at)
 
@@ -141,14 +157,15 @@ def check_token(store: Store, token: str) -> tuple[TokenInfo | None, str | None]
     A valid token's use is recorded (at most once a minute per token)."""
     match = _TOKEN.match(token)
     token_id, secret = match.groups() if match else ("", "x")
-    with store.begin() as conn:
-        row = conn.execute(sa.select(tokens_table).where(tokens_table.c.id == token_id)).first()
-    expected = row.secret_sha256 if row is not None else "0" * 64
-    if not hmac.compare_digest(_digest(secret), expected) or row is None or match is None:
+    # one SELECT on the driver's connection (`Store.read_row`): this runs on every request
+    row = store.read_row(_READ_TOKEN, {"id": token_id})
+    found = _TokenRow(*row) if row is not None else None
+    expected = found.secret_sha256 if found is not None else "0" * 64
+    if not hmac.compare_digest(_digest(secret), expected) or found is None or match is None:
         return None, INVALID
-    if row.expires_at is not None and time.time() >= row.expires_at:
+    if found.expires_at is not None and time.time() >= found.expires_at:
         return None, EXPIRED
-    return _info(row, _note_use(store, row.id, row.last_used_at)), None
+    return _info(found, _note_use(store, found.id, found.last_used_at)), None
 
 
 def token_by_id(store: Store, token_id: str) -> TokenInfo | None:

@@ -11,7 +11,7 @@ import re
 import time
 from typing import Any, Final
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from dihya.audit import hook_event_type, sha256_of
@@ -111,6 +111,13 @@ def _validator(schema: dict[str, Any]) -> Any:
     return validator
 
 
+def prepare_body_validators() -> None:
+    """Build the validators of the core's own request bodies now (as `dihya serve`'s
+    arbiter does before it forks its workers), rather than at each worker's first call."""
+    for schema in (GENERATE_BODY, DISABLE_BODY, LOGS_QUERY):
+        _validator(schema)
+
+
 def _schema_detail(error: Any) -> str:
     from dihya.needs import _schema_message
 
@@ -180,12 +187,16 @@ def generate() -> Response:
              "needs_sha256": sha256_of(needs_bytes), "needs_bytes": len(needs_bytes)}
     snapshot = st.current(g.request_id)  # never runs a plugin switched off before now
     try:
-        with collecting(g.request_id, body["needs"], log_limits()) as plugin_logs:
-            try:
-                result = run_generation(body["needs"], snapshot, role=token.role,
-                                        request_id=g.request_id)
-            finally:
-                keep_plugin_logs(plugin_logs)
+        if snapshot.active:
+            with collecting(g.request_id, body["needs"], log_limits()) as plugin_logs:
+                try:
+                    result = run_generation(body["needs"], snapshot, role=token.role,
+                                            request_id=g.request_id)
+                finally:
+                    keep_plugin_logs(plugin_logs)
+        else:  # no active plugin: no hook runs, so none can log; nothing to collect
+            result = run_generation(body["needs"], snapshot, role=token.role,
+                                    request_id=g.request_id)
     except NeedsError as exc:
         st.auditor.record("generation", "invalid", **audit)
         raise _unprocessable([{"pointer": needs_pointer(p), "detail": p.message}
@@ -223,7 +234,16 @@ def generate() -> Response:
         plugins_ok=sum(h.status == "ok" for h in result.plugins),
         plugins_failed=sum(h.status not in ("ok", "skipped") for h in result.plugins),
         duration_ms=round(result.ms, 2), **audit)
-    return jsonify({"files": result.files, "report": result.report()})
+    return _generated(code_text, result.report())
+
+
+def _generated(code_text: bytes, report: dict[str, Any]) -> Response:
+    """`{"files": ..., "report": ...}` with the files as the canonical JSON already made for
+    `code_sha256` (sorted keys, compact, UTF-8: the bytes hashed are the bytes sent),
+    instead of encoding the whole project a second time; the report as `jsonify` writes it."""
+    body = b'{"files":' + code_text + b',"report":' + \
+        current_app.json.dumps(report).encode("utf-8") + b"}"
+    return current_app.response_class(body, mimetype="application/json")
 
 
 @api.get("/plugins")

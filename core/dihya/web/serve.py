@@ -1,7 +1,11 @@
 """Run the backend under gunicorn (`dihya serve`).
 
-Each worker builds its own app and registry (no preloading): plugin code is imported in
-the worker that runs it, after the gate, never in the arbiter.
+Each worker builds its own app and registry (no app is preloaded): plugin code is imported
+in the worker that runs it, after the gate, never in the arbiter. The arbiter imports the
+core's own modules (`import_core`: `dihya.web` and the libraries it imports, Flask and
+SQLAlchemy among them) before it forks, so that a worker starts with them loaded instead of
+importing them again: it creates no app, opens no store, starts no thread and reads no
+plugin's code or metadata (`tests/unit/test_web_imports.py`).
 
 Every line the server writes, on stderr, has one format (`dihya.audit.logs`): JSON by
 default, text for people with `--log-format text`. gunicorn's own lines go through
@@ -131,6 +135,7 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
         self.options = options
         self.log_format = log_format
         self.boot_config: Config | None = _boot_config(config_path)
+        import_core(self.boot_config)
         super().__init__()
 
     def load_config(self) -> None:
@@ -143,6 +148,37 @@ class DihyaServer(BaseApplication):  # type: ignore[misc]
         configure_logging(self.log_format)
         return create_app(self.config_path, background_reload=True,
                           boot_config=self.boot_config, create_store=False)
+
+
+def import_core(config: Config | None = None) -> None:
+    """Import the modules every worker imports before it answers (the app factory, its
+    blueprints, the store and the SQLAlchemy dialect and driver of `config`'s store, the
+    gate), and prepare what its first generation would (the core's templates compiled,
+    the needs and request body validators built), in the arbiter, once: workers are
+    forked with them. Only the core's code, its libraries and its own package data: no
+    app, no store connection, no thread, no plugin (plugins are imported by a worker's
+    first build, after the gate)."""
+    import dihya.store.facts  # noqa: F401 - imported by the first build
+    import dihya.store.migrations  # noqa: F401 - by the store's schema check
+    import dihya.store.seen  # noqa: F401 - by the audit of what changed
+    import dihya.web  # noqa: F401
+    from dihya.generator.flask_api import compile_templates
+    from dihya.needs import prepare_validators
+    from dihya.web.api import prepare_body_validators
+
+    compile_templates()
+    prepare_validators()
+    prepare_body_validators()
+    _import_dialect(config.effective_store_url if config is not None else "sqlite://")
+
+
+def _import_dialect(url: str) -> None:
+    """The SQLAlchemy dialect and database driver of the store at `url`, imported (not
+    connected). A URL or driver that does not work is left to the worker to report."""
+    import sqlalchemy as sa
+
+    with contextlib.suppress(Exception):  # the worker's own start says what is wrong
+        sa.engine.make_url(url).get_dialect().import_dbapi()
 
 
 def _boot_config(config_path: str) -> Config | None:

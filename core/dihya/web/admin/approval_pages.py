@@ -6,17 +6,17 @@ files were recorded, which files were added, removed or changed since. The form 
 the fingerprint the operator saw; `POST` approves only if the installed files still hash
 to it (`dihya.approval`), then audits `plugin.approved` as `dihya plugins approve` does,
 with the admin as actor, and rebuilds this worker's registry (the others follow the config
-file's change).
+file's change). `dihya.approval` (with the config writer and difflib) is imported by the
+first approval page, not when the app starts.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import request
 from werkzeug.wrappers import Response
 
-from dihya.approval import ApprovalPlan, CannotApprove, approve, plan_approval
 from dihya.config import MODES, ROLES
 from dihya.reasons import Reason
 from dihya.store.filelists import remember
@@ -24,8 +24,13 @@ from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
 from dihya.web.admin.words import reason_advice, reason_words
 
+if TYPE_CHECKING:
+    from dihya.approval import ApprovalPlan
+
 
 def _plan(name: str) -> ApprovalPlan:
+    from dihya.approval import CannotApprove, plan_approval
+
     st = guard.state()
     try:
         return plan_approval(name, st.config, st.store)
@@ -70,6 +75,8 @@ def confirm(name: str) -> Response:
         return _review(plan, 422, "Choose where the plugin runs.", **choices)
     if not roles:
         return _review(plan, 422, "Choose at least one role it may run for.", **choices)
+    from dihya.approval import CannotApprove, approve
+
     st, session = guard.state(), guard.current()
     try:
         entry = approve(plan, st.config, reviewed=request.form.get("fingerprint", ""),
