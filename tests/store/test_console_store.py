@@ -79,8 +79,14 @@ def test_purge_preview_counts_without_changing_anything(store: Store) -> None:
     create_token(store, "alice", "viewer")
     before = list(log.rows())
     preview = purge_preview(log, subject="alice")
-    assert preview == {"events": 7, "notes": 7, "tokens": 1}
-    assert purge_preview(log, subject="nobody") == {"events": 0, "notes": 0, "tokens": 0}
+    assert preview == {"events": 7, "notes": 7, "tokens": 1, "logs": 0}
+    assert purge_preview(log, subject="nobody") == {"events": 0, "notes": 0, "tokens": 0,
+                                                    "logs": 0}
+    # a plugin: the events naming exactly it (they stay), their notes and its log records
+    assert purge_preview(log, plugin="my_plugin") == {"events": 7, "notes": 7, "tokens": 0,
+                                                      "logs": 0}
+    assert purge_preview(log, plugin="my_plugin2") == {"events": 1, "notes": 0, "tokens": 0,
+                                                       "logs": 0}
     assert purge_preview(log, older_than_days=0)["events"] == 12
     assert purge_preview(log, older_than_days=1)["events"] == 0
     assert list(log.rows()) == before
