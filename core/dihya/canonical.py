@@ -39,7 +39,7 @@ def _fast_ok(value: Any) -> bool:
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
-        return -_INT_MAX <= value < _INT_MAX
+        return bool(-_INT_MAX <= value < _INT_MAX)
     if kind is float:
         text = float.__repr__(value)  # what `json` writes: no exponent, NaN or infinity
         return "e" not in text and "n" not in text

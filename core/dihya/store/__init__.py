@@ -436,7 +436,7 @@ class Store:
         with self._raw_mutex:
             if self._raw_pid != os.getpid():  # a forked child: the parent's are not ours
                 self._raw_idle, self._raw_pid = [], os.getpid()
-            conn = self._raw_idle.pop() if self._raw_idle else None
+            conn: Any = self._raw_idle.pop() if self._raw_idle else None
         if conn is None:
             fairy = self.engine.raw_connection()
             conn = fairy.dbapi_connection
