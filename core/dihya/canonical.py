@@ -30,34 +30,41 @@ _JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_as
 _FAST: Final = msgspec.json.Encoder(order="sorted")
 _INT_MAX: Final = 2**63
 _DICT_ITEMS: Final = dict.items
+_DICT_VALUES: Final = dict.values
+_STR_ONLY: Final = frozenset({str})
 
 
 def _fast_ok(value: Any) -> bool:
     """True when msgspec writes `value` exactly as the standard library does (see the
     module docstring); circular or too deep data raises `RecursionError`."""
     kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is int:
-        return bool(-_INT_MAX <= value < _INT_MAX)
-    if kind is float:
-        text = float.__repr__(value)  # what `json` writes: no exponent, NaN or infinity
-        return "e" not in text and "n" not in text
     if kind is dict or (isinstance(value, dict) and kind.items is _DICT_ITEMS):
-        for key, item in _DICT_ITEMS(value):
-            if type(key) is not str or not _item_ok(item):
-                return False
-        return True
+        return _STR_ONLY >= set(map(type, value)) and _items_ok(_DICT_VALUES(value))
     if kind is list or kind is tuple or isinstance(value, list):
         # `json` and msgspec both read a list subclass's own storage
-        return all(map(_item_ok, value))
-    return False
+        return _items_ok(value)
+    if isinstance(value, dict | tuple):  # a dict with its own `items`, a named tuple
+        return False
+    return _items_ok((value,))
 
 
-def _item_ok(item: Any) -> bool:
-    """`_fast_ok` for a member of a container: strings and None, most of them, first."""
-    kind = type(item)
-    return kind is str or item is None or _fast_ok(item)
+def _items_ok(items: Any) -> bool:
+    """`_fast_ok` of every member of `items` (scalars checked here, without a call)."""
+    for item in items:
+        kind = type(item)
+        if kind is str or item is None or kind is bool:
+            continue
+        if kind is int:
+            if not -_INT_MAX <= item < _INT_MAX:
+                return False
+        elif kind is float:
+            text = float.__repr__(item)  # what `json` writes: no exponent, NaN or infinity
+            if "e" in text or "n" in text:
+                return False
+        elif not (kind is dict or kind is list or kind is tuple
+                  or isinstance(item, dict | list | tuple)) or not _fast_ok(item):
+            return False
+    return True
 
 
 def _fast(value: Any) -> bytes | None:

@@ -168,7 +168,7 @@ def _log_line(event: AuditEvent) -> None:
         return
     data = event.to_json()
     line = AuditLine(sorted_json(data))
-    if all(type(v) in _SCALARS for v in data.values()):  # what parsing the text gives
+    if _SCALARS.issuperset(map(type, data.values())):  # what parsing the text gives
         line.fields = data
     # `log.info` without its look-up of the caller's frame (this function, always)
     log.handle(log.makeRecord(log.name, logging.INFO, __file__, _LOG_LINE_NO, line, (),
