@@ -282,11 +282,6 @@ class Store:
             self._identity = _identity(self.path)
         self.engine: Engine = _make_engine(url, self.path, synchronous)
         self._direct: Engine | None = None  # PostgreSQL: the pool of `raw_locked`
-        # SQLite: the idle connections of `raw_locked`, taken from the engine once (its
-        # pragmas applied) and kept out of its pool: no checkout or reset per transaction
-        self._raw_idle: list[Any] = []
-        self._raw_pid = os.getpid()
-        self._raw_mutex = threading.Lock()
         self._ready = False
         self._version_reader = threading.local()  # a connection per thread, see below
         self.created_now = False  # this handle created the schema (the store was new)
@@ -362,7 +357,6 @@ class Store:
                 # a connection SQLite opened read-only (the file was not writable then)
                 # stays read-only: every connection is opened afresh from now on
                 self.engine.dispose()
-                self._close_raw()
             raise StoreUnavailable(fault, self.where) from exc
         if wrote:
             self.check_file()
@@ -399,23 +393,14 @@ class Store:
         settings, same errors as `locked`."""
         with self._guard(wrote=True):
             self.ensure_schema()
-            if self.path is not None:
-                with self._raw_sqlite() as cursor:
-                    tx = RawTransaction(cursor, True)
-                    cursor.execute("BEGIN IMMEDIATE")
-                    try:
-                        yield tx
-                        tx.commit()
-                    except BaseException:
-                        with contextlib.suppress(Exception):  # closed below in any case
-                            tx.rollback()
-                        raise
-                return
-            fairy = self._direct_engine().raw_connection()
+            fairy = (self.engine if self.is_sqlite else self._direct_engine()).raw_connection()
             cursor = fairy.cursor()
-            tx = RawTransaction(cursor, False, pg_begin(
-                f":dihya-{name}", SYNCHRONOUS[self.synchronous][1], PG_LOCK_TIMEOUT))
+            begin = None if self.is_sqlite else pg_begin(
+                f":dihya-{name}", SYNCHRONOUS[self.synchronous][1], PG_LOCK_TIMEOUT)
+            tx = RawTransaction(cursor, self.is_sqlite, begin)
             try:
+                if self.is_sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
                 yield tx
                 tx.commit()
             except BaseException:
@@ -427,42 +412,6 @@ class Store:
             finally:
                 cursor.close()
                 fairy.close()
-
-    @contextmanager
-    def _raw_sqlite(self) -> Iterator[Any]:
-        """A cursor on an idle `raw_locked` connection (or a new one, from the engine),
-        which goes back to the idle ones if nothing raised, and is closed otherwise: a
-        connection that failed is never reused (one opened read-only stays read-only)."""
-        with self._raw_mutex:
-            if self._raw_pid != os.getpid():  # a forked child: the parent's are not ours
-                self._raw_idle, self._raw_pid = [], os.getpid()
-            conn: Any = self._raw_idle.pop() if self._raw_idle else None
-        if conn is None:
-            fairy = self.engine.raw_connection()
-            conn = fairy.dbapi_connection
-            fairy.detach()
-        cursor = conn.cursor()
-        try:
-            yield cursor
-        except BaseException:
-            cursor.close()
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise
-        cursor.close()
-        with self._raw_mutex:
-            if self._raw_pid == os.getpid():
-                self._raw_idle.append(conn)
-
-    def _close_raw(self) -> None:
-        """Close the idle `raw_locked` connections (SQLite)."""
-        with self._raw_mutex:
-            idle, self._raw_idle = self._raw_idle, []
-            if self._raw_pid != os.getpid():
-                idle, self._raw_pid = [], os.getpid()
-        for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.close()
 
     def _direct_engine(self) -> Engine:
         """PostgreSQL connections for `raw_locked`: autocommit (it begins the transaction
@@ -477,7 +426,6 @@ class Store:
     def dispose(self) -> None:
         """Close every pooled connection (tests, benchmarks, a process about to fork)."""
         self.engine.dispose()
-        self._close_raw()
         if self._direct is not None:
             self._direct.dispose()
 
