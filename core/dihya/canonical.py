@@ -39,7 +39,7 @@ def _fast_ok(value: Any) -> bool:
     module docstring); circular or too deep data raises `RecursionError`."""
     kind = type(value)
     if kind is dict or (isinstance(value, dict) and kind.items is _DICT_ITEMS):
-        return _STR_ONLY >= set(map(type, value)) and _items_ok(_DICT_VALUES(value))
+        return set(map(type, value)) <= _STR_ONLY and _items_ok(_DICT_VALUES(value))
     if kind is list or kind is tuple or isinstance(value, list):
         # `json` and msgspec both read a list subclass's own storage
         return _items_ok(value)
