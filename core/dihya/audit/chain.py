@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dihya.audit.chain")
 
 GENESIS: Final = "0" * 64
+_SUBJECT_KEYS_KEPT: Final = 1024  # subject ids whose HMAC a process remembers
 _COLUMNS: Final = ("at", "type", "outcome", "actor", "target")
 
 
@@ -151,6 +152,7 @@ class AuditLog:
         self._key = key
         self._marker = marker
         self._marked = marker is None
+        self._subject_keys: dict[str, str] = {}
         self.group = GroupCommit(self.append_many)
 
     # -- pseudonyms -------------------------------------------------------------------
@@ -166,7 +168,15 @@ class AuditLog:
         return self._key
 
     def subject_key(self, subject: str) -> str:
-        return hmac.new(self.key(), subject.encode("utf-8"), hashlib.sha256).hexdigest()
+        """HMAC-SHA256 of the subject id under `key()`, remembered for the few subjects
+        (token names) a process records for; the key never changes once read."""
+        found = self._subject_keys.get(subject)
+        if found is None:
+            found = hmac.new(self.key(), subject.encode("utf-8"), hashlib.sha256).hexdigest()
+            if len(self._subject_keys) >= _SUBJECT_KEYS_KEPT:
+                self._subject_keys.clear()
+            self._subject_keys[subject] = found
+        return found
 
     def pseudonym_in(self, conn: Connection, subject: str, create: bool = True) -> str | None:
         """The subject's random pseudonym, created on first use (if `create`)."""
@@ -274,8 +284,9 @@ class AuditLog:
         """The event as stored, its audit row (hash included) and its payload row."""
         actor = pseudonyms[item.subject] if item.subject else item.event.actor
         target = pseudonyms[item.target] if item.target else item.event.target
-        event = attrs.evolve(item.event, at=now, actor=actor, target=target)
-        data = event.to_json()
+        data = item.event.to_json()
+        data.update(at=now, actor=actor, target=target)
+        event = AuditEvent(**{k: v for k, v in data.items() if v is not None})
         row: dict[str, Any] = {k: data.pop(k, None) for k in _COLUMNS}
         row.update(seq=seq, event_id=data.pop("event_id", None), commitment=None)
         row["fields"] = canonical(data)

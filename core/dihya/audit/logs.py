@@ -23,7 +23,8 @@ import logging
 import re
 from typing import Any, Final
 
-from dihya.audit import FIELDS, iso_time
+from dihya.audit import FIELDS, AuditLine, iso_time
+from dihya.canonical import sorted_json
 from dihya.escaping import escape_json_line, escape_text
 
 #: HTTP access-log fields (gunicorn's access records, written by `dihya.web.serve`).
@@ -86,10 +87,12 @@ def event_name(record: logging.LogRecord) -> str:
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     """The line's fields: time, level, event, request_id, message, then allowlisted ones."""
     if record.name == "dihya.audit":  # already an allowlisted event's JSON
-        try:
-            event: dict[str, Any] = json.loads(str(record.msg))
-        except ValueError:
-            event = {}
+        event: dict[str, Any] | None = getattr(record.msg, "fields", None)
+        if type(record.msg) is not AuditLine or event is None:  # the text, parsed
+            try:
+                event = json.loads(str(record.msg))
+            except ValueError:
+                event = {}
         if isinstance(event, dict) and "type" in event:
             at = event.get("at")
             what = " ".join(str(event[k]) for k in ("type", "outcome", "plugin") if k in event)
@@ -118,8 +121,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record, allowlisted fields only."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return escape_json_line(json.dumps(fields_of(record), sort_keys=True,
-                                           separators=(",", ":"), ensure_ascii=False))
+        return escape_json_line(sorted_json(fields_of(record), ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):

@@ -1,0 +1,108 @@
+"""The audit append's fast paths keep every promise: a chain written before them verifies
+and grows, concurrent writers of one process (two auditors, many threads) lose nothing and
+never fork the chain, and a failed transaction leaves no broken connection behind
+(read-only and deleted files: `tests/integration/test_store_faults.py`,
+`test_auditqueue.py`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from dihya.audit import Auditor
+from dihya.audit.chain import AuditLog
+from dihya.store import Store, audit_table, meta_table
+from support import audit_golden
+
+GOLDEN = json.loads((Path(audit_golden.__file__).parent / "audit_golden.json").read_text())
+
+
+def _store_golden_chain(store: Store) -> None:
+    """The golden rows as the core before the fast paths stored them, head included."""
+    rows = GOLDEN["rows"]
+    with store.begin() as conn:
+        conn.execute(audit_table.insert(), rows)
+        conn.execute(meta_table.insert().values(key="audit_head",
+                                                value=f"{rows[-1]['seq']}:{rows[-1]['hash']}"))
+
+
+def test_a_chain_written_before_verifies_and_grows(store: Store) -> None:
+    _store_golden_chain(store)
+    auditor = Auditor(store=store)
+    assert auditor.log is not None
+    result = auditor.log.verify()
+    assert result.ok and result.rows == len(GOLDEN["rows"]), result.problem
+    auditor.record("generation", "ok", subject="jane", files=1, note="Jane's note")
+    auditor.record("plugin.action", "ok", subject="plügin user", action="é😀", files=2)
+    result = auditor.log.verify()
+    assert result.ok and result.rows == len(GOLDEN["rows"]) + 2, result.problem
+    stored = list(auditor.log.rows())
+    assert stored[-1]["action"] == "é😀" and stored[-2]["note"] == "Jane's note"
+    # and the old rows read back as the old code stored them
+    with store.begin() as conn:
+        first = conn.execute(sa.select(audit_table).where(audit_table.c.seq == 1)).one()
+    assert first.fields == GOLDEN["rows"][0]["fields"]
+    assert first.hash == GOLDEN["rows"][0]["hash"]
+
+
+def test_two_auditors_and_many_threads_lose_no_event(store: Store) -> None:
+    """Two auditors of one store (two group commits, so two transactions can be asked
+    for at once) and eight threads: every event once, in each thread's order, one chain."""
+    auditors = [Auditor(store=store), Auditor(store=store)]
+    threads, per_thread = 8, 30
+    start = threading.Barrier(threads)
+    failures: list[BaseException] = []
+
+    def client(n: int) -> None:
+        auditor = auditors[n % 2]
+        start.wait()
+        try:
+            for i in range(per_thread):
+                auditor.record("generation", "ok", subject=f"client-{n}", files=i,
+                               note=f"note {n}/{i}" if i % 10 == 0 else None)
+        except BaseException as exc:
+            failures.append(exc)
+
+    workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert failures == []
+    log = AuditLog(store)
+    result = log.verify()
+    assert result.ok, result.problem
+    assert result.rows == threads * per_thread
+    rows = list(log.rows())
+    assert [r["seq"] for r in rows] == list(range(1, threads * per_thread + 1))
+    assert len({r["event_id"] for r in rows}) == len(rows)
+    for n in range(threads):
+        mine = list(log.rows(f"client-{n}"))
+        assert [r["files"] for r in mine] == list(range(per_thread))
+        assert [r.get("note") for r in mine if r["files"] % 10 == 0] == [
+            f"note {n}/{i}" for i in range(0, per_thread, 10)]
+
+
+def test_a_failed_append_leaves_the_next_one_working(store: Store) -> None:
+    """An append refused by the database (a duplicate event id) rolls back; the next
+    append, on whatever connection, commits and the chain verifies."""
+    from dihya.audit import AuditEvent
+    from dihya.audit.chain import Pending
+
+    log = AuditLog(store)
+    item = Pending(AuditEvent(type="generation", outcome="ok", at=0.0, event_id="ab" * 16),
+                   subject="jane")
+    log.append_many([item])
+    for _ in range(3):
+        with pytest.raises(sa.exc.IntegrityError):
+            log.append_many([item])
+    auditor = Auditor(store=store)
+    for i in range(3):
+        auditor.record("generation", "ok", subject="jane", files=i)
+    result = log.verify()
+    assert result.ok and result.rows == 4, result.problem
+
