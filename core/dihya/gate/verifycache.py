@@ -115,17 +115,28 @@ class VerifyCache:
         changed, else read and hashed in full (and remembered when clean and settled)."""
         self._load()
         where = os.fspath(dist_info)
+        record_path = os.path.join(where, "RECORD")
+        record_key = stat_key(record_path)
+        root = realpath(os.path.dirname(where))
+        with self._lock:
+            entry = self._dists.get(where)
+        if (entry is not None and record_key is not None
+                and entry.get("record_key") == record_key
+                and self._still_valid(entry, where, entry["record"], root)):
+            self.hits += 1  # RECORD unchanged (its key): not even read
+            return InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
         try:
-            with open(os.path.join(where, "RECORD"), "rb") as fh:
+            with open(record_path, "rb") as fh:
                 record = fh.read()
         except OSError as exc:
             raise FingerprintError(f"{dist_info}: cannot read RECORD: {exc}") from exc
         record_sha = hashlib.sha256(record).hexdigest()
-        root = realpath(os.fspath(dist_info.parent))
-        with self._lock:
-            entry = self._dists.get(where)
         if entry is not None and self._still_valid(entry, where, record_sha, root):
             self.hits += 1
+            if record_key is not None and _settled([record_key], time.time_ns()):
+                with self._lock:
+                    entry["record_key"] = record_key
+                    self._dirty = True
             return InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
         self.misses += 1
         started = time.time_ns()
@@ -145,13 +156,16 @@ class VerifyCache:
         dir_keys = [stat_key(os.path.join(site, rel)) for rel in detail.package_dirs]
         if not _settled(file_keys + dir_keys, started):
             return found
+        # RECORD's key, taken before it was read: unchanged, RECORD need not be read again
+        settled_record = record_key is not None and _settled([record_key], started)
         files = [[rel, k] for rel, k in zip(detail.hashed, file_keys, strict=True)]
         dirs = [[rel, k] for rel, k in zip(detail.package_dirs, dir_keys, strict=True)]
         with self._lock:
             self._dists[where] = {
                 "record": record_sha, "root": root, "fingerprint": found.fingerprint,
                 "files": list(found.files), "keys": files, "dirs": dirs,
-                "absent": list(detail.absent)}
+                "absent": list(detail.absent),
+                "record_key": record_key if settled_record else None}
             self._dirty = True
         return found
 
@@ -263,6 +277,10 @@ def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, 
         for rel, key in [*entry["keys"], *entry["dirs"]]:
             if not isinstance(rel, str) or not _is_key(key):
                 raise ValueError("malformed")
+        record_key = entry.get("record_key")
+        if record_key is not None and not _is_key(record_key):
+            raise ValueError("malformed")
+        entry["record_key"] = None if record_key is None else tuple(record_key)
         entry["keys"] = [[rel, tuple(key)] for rel, key in entry["keys"]]
         entry["dirs"] = [[rel, tuple(key)] for rel, key in entry["dirs"]]
         if not all(isinstance(f, str) for f in [*entry["files"], *entry["absent"]]):
