@@ -308,3 +308,16 @@ def test_off_means_nothing_remembered(monkeypatch: pytest.MonkeyPatch,
     before = pathmemo.STATS.copy()
     build_registry(plugin_site.config(plugin_site.entry(name)), path=plugin_site.path)
     assert dict(pathmemo.STATS) == dict(before)
+
+
+def test_an_unrelated_install_recomputes_only_what_it_touched(memo: Site) -> None:
+    """A new distribution changes site-packages: the others' resolution is answered from
+    what site-packages holds under their names (unchanged), not recomputed."""
+    wheel = build_wheel(memo.site.root / "unrelated", "discounrelated", "1.0.0",
+                        {"discounrelated/__init__.py": ""}, {}, ())
+    pip_install(sys.executable, str(wheel), target=memo.site.site)
+    before = pathmemo.STATS.copy()
+    cached = memo.verdicts()
+    assert pathmemo.STATS["resolution.miss"] == before["resolution.miss"]
+    assert pathmemo.STATS["resolution.hit"] > before["resolution.hit"]
+    assert cached == memo.verdicts_without_cache()

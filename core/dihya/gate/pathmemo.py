@@ -67,6 +67,7 @@ _MAX_ENTRIES: Final = 200_000
 # plugin); None outside a build.
 _PASS: ContextVar[dict[Any, Any] | None] = ContextVar("dihya_pathmemo_pass",
                                                                    default=None)
+_STARTED: Final = ("started",)
 _STANDARD_FINDERS: Final = (importlib.machinery.BuiltinImporter,
                             importlib.machinery.FrozenImporter)
 
@@ -88,11 +89,27 @@ def one_pass() -> Iterator[None]:
     if _PASS.get() is not None:
         yield
         return
-    token = _PASS.set({})
+    token = _PASS.set({_STARTED: time.time_ns()})
     try:
         yield
     finally:
         _PASS.reset(token)
+
+
+def pass_started() -> int:
+    """When this build started (now, outside one): keys looked at in this build are not
+    older than that."""
+    seen = _PASS.get()
+    return time.time_ns() if seen is None else int(seen[_STARTED])
+
+
+def replace(part: str, key: Any, value: Any) -> None:
+    """Change the value remembered under `key`, keeping its checks (a value found to hold
+    again, with fresher facts)."""
+    with _LOCK:
+        entry = _MEMO.get((part, key))
+        if entry is not None:
+            _MEMO[(part, key)] = (entry[0], value)
 
 
 def key_of(path: str) -> StatKey | None:

@@ -98,6 +98,10 @@ def find_shadowing(site: Path, files: Sequence[str],
     hit, value = pathmemo.recall("resolution", key)
     if hit and value[0] == env[0] and _entries_hold(value[1], value[2], env[1], value[4]):
         pathmemo.count("resolution", True)
+        if value[1] != env[3]:
+            # the entries that changed hold the same as before: from now on their keys
+            # are enough, once settled (compared with when this build looked at them)
+            pathmemo.replace("resolution", key, (*value[:1], env[3], *value[2:]))
         return value[3]  # type: ignore[no-any-return]
     pathmemo.count("resolution", False)
     # what each path entry holds of the top-level names, looked at before resolving
@@ -119,6 +123,8 @@ def find_shadowing(site: Path, files: Sequence[str],
     # is compared (an absent entry: it is still absent)
     dirs = tuple(k if k is not None and pathmemo.settled([(d, k)], started) else None
                  for d, k in env[1])
+    if env[3] == dirs:
+        dirs = env[3]  # the same tuple: compared by identity first
     pathmemo.remember("resolution", key, checks, started,
                       (env[0], dirs, entries, found, names))
     return found
@@ -128,7 +134,7 @@ def _environment(top: tuple[str, ...], real_path: bool) -> tuple[Any, ...]:
     """What resolution depends on besides the directories it lists, once per build: (the
     finders (None when one is not standard: nothing is then remembered) and the current
     directory when a path entry is relative), each path entry's (absolute path, key),
-    the set of those paths."""
+    the set of those paths, and each entry's key when settled (else None)."""
     relative = any(not os.path.isabs(e) for e in top)
     for entry in top:  # as a lookup does: each entry's finder, cached where `import` caches it
         with contextlib.suppress(Exception):  # a failing hook: then nothing is remembered
@@ -137,7 +143,10 @@ def _environment(top: tuple[str, ...], real_path: bool) -> tuple[Any, ...]:
              pathmemo.cwd() if relative else None)
     dirs = tuple((d, pathmemo.key_of(d))
                  for d in (os.path.abspath(e or pathmemo.cwd() or ".") for e in top))
-    return state, dirs, frozenset(d for d, _k in dirs)
+    started = pathmemo.pass_started()
+    settled = tuple(k if k is not None and pathmemo.settled([(d, k)], started) else None
+                    for d, k in dirs)
+    return state, dirs, frozenset(d for d, _k in dirs), settled
 
 
 def _holding(directory: str, names: frozenset[str]) -> tuple[pathmemo.Check, ...]:
