@@ -5,7 +5,8 @@ most of the gate's cost. This cache remembers, per `*.dist-info` directory, what
 `fingerprint.inspect_installed` found (fingerprint, files; only when nothing was missing
 or unlisted) together with a key that anyone without root cannot forge cheaply:
 
-* the SHA-256 of RECORD's bytes (read again every time: RECORD is the list of files);
+* RECORD's own `stat` key (below); when it changed, RECORD is read again and the SHA-256
+  of its bytes compared (RECORD is the list of files);
 * for every hashed file, the `os.stat` of the path as read (through links): device, inode,
   size, `st_mtime_ns` and `st_ctime_ns`. Changing a file's bytes changes its ctime (which
   `os.utime` cannot set back, unlike the mtime), replacing it by a rename changes its inode;
@@ -14,9 +15,10 @@ or unlisted) together with a key that anyone without root cannot forge cheaply:
   sit beside a top-level module (one `stat` each);
 * the real path of site-packages.
 
-Any difference, and the distribution is read and hashed again in full. What is not cached:
-module resolution (shadowing), `.pth` files, dependencies, the allowlist — they run on every
-build as before, so a file added elsewhere on the import path is still found.
+Any difference, and the distribution is read and hashed again in full. Module resolution
+(shadowing), `.pth` files and dependency versions are remembered separately, in memory, by
+`dihya.gate.pathmemo` (keyed on the import path's directories); the allowlist is compared
+on every build.
 
 Parsed METADATA (name, version, requirements) is cached the same way, keyed on the stat of
 the METADATA file.
