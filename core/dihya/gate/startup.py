@@ -197,23 +197,36 @@ def owner_of(directory: str, name: str, listing: Iterable[str]) -> str | None:
 def _owner(directory: str, name: str, listing: Iterable[str]) -> tuple[str | None, list[str]]:
     """`owner_of`, and the `*.dist-info` entries whose RECORD was looked at (the owner's
     last): what the answer depends on."""
-    needle = name.encode("utf-8", "surrogateescape")
     looked: list[str] = []
     for entry in listing:
         if not entry.endswith(".dist-info"):
             continue
         looked.append(entry)
-        try:
-            with open(os.path.join(directory, entry, "RECORD"), "rb") as fh:
-                record = fh.read()
-        except OSError:
-            continue
-        if needle not in record:  # most RECORDs: one substring search, no CSV parsing
-            continue
-        rows = record_paths(record.decode("utf-8", "surrogateescape"))
-        if any(os.path.normpath(row) == name for row in rows):
+        if _lists(os.path.join(directory, entry, "RECORD"), name):
             return _distribution_name(os.path.join(directory, entry), entry), looked
     return None, looked
+
+
+def _lists(record_path: str, name: str) -> bool:
+    """True if the RECORD at `record_path` lists the file `name`; remembered while the
+    RECORD is unchanged (its key; an absent one: its directory's), so a changed site
+    directory costs a `stat` per RECORD, not a read."""
+
+    def compute() -> tuple[bool, list[pathmemo.Check]]:
+        checks = list(pathmemo.checks([record_path]))
+        if checks[0][1] is None:
+            checks += pathmemo.checks([os.path.dirname(record_path)])
+        try:
+            with open(record_path, "rb") as fh:
+                record = fh.read()
+        except OSError:
+            return False, checks
+        if name.encode("utf-8", "surrogateescape") not in record:
+            return False, checks  # most RECORDs: one substring search, no CSV parsing
+        rows = record_paths(record.decode("utf-8", "surrogateescape"))
+        return any(os.path.normpath(row) == name for row in rows), checks
+
+    return pathmemo.memoized("pth.record", (record_path, name), compute)
 
 
 def _distribution_name(dist_info: str, entry: str) -> str:
