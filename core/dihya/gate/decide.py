@@ -219,7 +219,7 @@ def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,
     cache = pathmemo.shared_cache()
     try:
         files = (inspect_installed(plugin.dist_info) if cache is None
-                 else cache.inspect(plugin.dist_info))
+                 else cache.inspect(plugin.dist_info, pathmemo.key_of))
     except FingerprintError as exc:
         return None, (Reason.MISSING_FILE, str(exc))
     if files.missing:

@@ -48,7 +48,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -112,19 +112,25 @@ class VerifyCache:
 
     # -- lookups ------------------------------------------------------------------------
 
-    def inspect(self, dist_info: Path) -> InstalledFiles:
+    def inspect(self, dist_info: Path,
+                stat: Callable[[str], StatKey | None] | None = None) -> InstalledFiles:
         """`fingerprint.inspect_installed(dist_info)`: from the cache when nothing of the key
-        changed, else read and hashed in full (and remembered when clean and settled)."""
+        changed, else read and hashed in full (and remembered when clean and settled).
+
+        `stat`: how the keys are looked at for the comparison (default `stat_key`; a build
+        passes `pathmemo.key_of`, so a file discovery already looked at in this build is
+        not looked at twice). The keys remembered are always taken afresh."""
         self._load()
+        stat = stat or stat_key
         where = os.fspath(dist_info)
         record_path = os.path.join(where, "RECORD")
-        record_key = stat_key(record_path)
+        record_key = stat(record_path)
         root = realpath(os.path.dirname(where))
         with self._lock:
             entry = self._dists.get(where)
         if (entry is not None and record_key is not None
                 and entry.get("record_key") == record_key
-                and self._still_valid(entry, where, entry["record"], root)):
+                and self._still_valid(entry, where, entry["record"], root, stat)):
             self.hits += 1  # RECORD unchanged (its key): not even read
             return InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
         try:
@@ -133,7 +139,7 @@ class VerifyCache:
         except OSError as exc:
             raise FingerprintError(f"{dist_info}: cannot read RECORD: {exc}") from exc
         record_sha = hashlib.sha256(record).hexdigest()
-        if entry is not None and self._still_valid(entry, where, record_sha, root):
+        if entry is not None and self._still_valid(entry, where, record_sha, root, stat):
             self.hits += 1
             if record_key is not None and _settled([record_key], time.time_ns()):
                 with self._lock:
@@ -177,16 +183,16 @@ class VerifyCache:
             return os.fspath(dist_info) in self._dists
 
     def _still_valid(self, entry: dict[str, Any], where: str, record_sha: str,
-                     root: str) -> bool:
+                     root: str, stat: Callable[[str], StatKey | None] = stat_key) -> bool:
         if entry["record"] != record_sha or entry["root"] != root:
             return False
         site = os.path.dirname(where)
         join = os.path.join
         for rel, key in entry["keys"]:
-            if stat_key(join(site, rel)) != key:
+            if stat(join(site, rel)) != key:
                 return False
         for rel, key in entry["dirs"]:
-            if stat_key(join(site, rel)) != key:
+            if stat(join(site, rel)) != key:
                 return False
         return not any(os.path.exists(join(site, rel)) for rel in entry["absent"])
 
