@@ -30,7 +30,7 @@ from support.site import PluginSite
 from support.wheels import build_plugin_wheel, build_wheel, pip_install
 
 ROLES = ("hit", "early_module", "early_package", "sibling", "duplicate", "removed",
-         "upgrade_dep", "inplace_dep", "entry_points", "racy")
+         "upgrade_dep", "inplace_dep", "entry_points", "racy", "record")
 HELPER = "helper_{}"
 DEP = "discodep-{}"
 # the same length as the plugin group's name, so an in-place rewrite keeps the file's size
@@ -138,9 +138,9 @@ def _dep_wheel(root: Path, dep: str, version: str) -> Path:
 def _keeping_size_and_mtime(path: Path, old: str, new: str) -> None:
     assert len(old.encode()) == len(new.encode())
     before = path.stat()
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new))
+    data = path.read_bytes()  # bytes: RECORD's line ends are kept as they are
+    assert old.encode() in data
+    path.write_bytes(data.replace(old.encode(), new.encode()))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     after = path.stat()
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
@@ -321,3 +321,14 @@ def test_an_unrelated_install_recomputes_only_what_it_touched(memo: Site) -> Non
     assert pathmemo.STATS["resolution.miss"] == before["resolution.miss"]
     assert pathmemo.STATS["resolution.hit"] > before["resolution.hit"]
     assert cached == memo.verdicts_without_cache()
+
+
+def test_record_rewritten_in_place_is_read_again(memo: Site) -> None:
+    """RECORD is keyed on its `stat` (not read while unchanged): rewritten with the size and
+    the mtime kept, so that the plugin's module is no longer listed, it is read again."""
+    record = memo.dist_info("record") / "RECORD"
+    name = memo.names["record"]
+    _keeping_size_and_mtime(record, f"dihya_plugin_{name}/__init__.py",
+                            f"dihya_plugin_{name}/__init__.pz")
+    cached, fresh = memo.both("record")
+    assert cached == fresh == ("refused", "missing-file")
