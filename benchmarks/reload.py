@@ -51,7 +51,8 @@ Target (issue #16): reload with nothing changed <= 0.2 s at N = 1000 (the verifi
 answers unchanged distributions by `stat`).
 
     python benchmarks/reload.py [--plugins 300] [--repeat 15] [--trials 10] [--small 3]
-                                [--no-sandbox] [--no-propagation] [--postgres URL]
+                                [--no-sandbox] [--no-changes] [--no-propagation]
+                                [--postgres URL]
                                 [--workdir DIR]
 """
 
@@ -495,6 +496,9 @@ def reloads(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
             wall, out = timed_run(restart_cmd, setup, work)
             restarts.append((wall, json.loads(out)))
             stevedore.append(timed_run(stevedore_cmd, setup, work)[0])
+            if not args.changes:
+                print(f"  round {r + 1}/{args.repeat}: nothing installed", flush=True)
+                continue
             installed = CYCLE[r % len(CYCLE)]
             setup.install(installed)
             kind, status = expected_after(installed)
@@ -784,6 +788,10 @@ def main() -> None:
     parser.add_argument("--no-sandbox", dest="sandbox", action="store_false",
                         help="skip the sides with the changed (part 1) or switched (part 2) "
                         "plugin in sandbox mode")
+    parser.add_argument("--no-changes", dest="changes", action="store_false",
+                        help="part 1 without the changed-plugin rounds: only reloads with "
+                        "nothing changed (none a moment after an install), restarts and "
+                        "stevedore")
     parser.add_argument("--no-propagation", dest="propagation", action="store_false",
                         help="part 1 only (reloads in a running process), no servers")
     parser.add_argument("--postgres", metavar="URL", default=None,

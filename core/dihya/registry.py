@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from dihya.config import Config, env_disabled
+from dihya.gate import pathmemo
 from dihya.gate.decide import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess_all
 from dihya.gate.discovery import discover
 from dihya.gate.loader import Loaded, forget_modules, load_plugins
@@ -179,8 +180,9 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     (their worker failed to start since: started here, so that the record says why).
     """
     start = time.perf_counter()
-    discovered = discover(config.group, path)
-    verdicts = assess_all(discovered, config, env_disabled(environ), path, switches)
+    with pathmemo.one_pass():  # each path entry looked at once per build
+        discovered = discover(config.group, path)
+        verdicts = assess_all(discovered, config, env_disabled(environ), path, switches)
     admitted = [v for v in verdicts if v.admitted]
     in_process: list[Verdict] = []
     sandboxed: list[Verdict] = []

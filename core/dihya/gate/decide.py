@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata as md
+import os
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -22,7 +24,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from dihya.config import AllowEntry, Config
-from dihya.gate import verifycache
+from dihya.gate import pathmemo, verifycache
 from dihya.gate.discovery import DiscoveredPlugin, discover, requires_of
 from dihya.gate.fingerprint import (
     FingerprintError,
@@ -82,7 +84,7 @@ def assess_all(plugins: Sequence[DiscoveredPlugin], config: Config, disabled_by_
         by_name.setdefault(e.name, []).append(e)
     token = _VERSIONS.set({})
     try:
-        with shared_realpaths(), verifycache.saved():
+        with shared_realpaths(), verifycache.saved(), pathmemo.one_pass():
             return [assess(p, config, disabled_by_env, path, duplicate=counts[p.name] > 1,
                            switches=switches, entries=tuple(by_name.get(p.name, ())))
                     for p in plugins]
@@ -214,10 +216,10 @@ def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,
     if plugin.dist_info is None:
         return None, (Reason.OUTSIDE_DISTRIBUTION,
                       f"{plugin.distribution} has no installed files to verify")
-    cache = verifycache.shared()
+    cache = pathmemo.shared_cache()
     try:
         files = (inspect_installed(plugin.dist_info) if cache is None
-                 else cache.inspect(plugin.dist_info))
+                 else cache.inspect(plugin.dist_info, pathmemo.key_of))
     except FingerprintError as exc:
         return None, (Reason.MISSING_FILE, str(exc))
     if files.missing:
@@ -269,6 +271,15 @@ def dependency_problems(plugin: DiscoveredPlugin, path: Sequence[str] | None = N
 def requirement_problems(requires: Sequence[str], path: Sequence[str] | None = None
                          ) -> list[str]:
     """Requirements (after markers) that the environment on `path` does not satisfy."""
+    if _VERSIONS.get() is None:
+        return _requirement_problems(requires, path)
+    # inside one gate pass the installed versions are fixed: the same requirements (most
+    # plugins require the same core) give the same answer
+    key = ("requirements", tuple(requires), None if path is None else tuple(path))
+    return list(pathmemo.per_pass(key, lambda: _requirement_problems(requires, path)))
+
+
+def _requirement_problems(requires: Sequence[str], path: Sequence[str] | None) -> list[str]:
     problems = []
     for text in requires:
         try:
@@ -303,12 +314,43 @@ def _installed_version(name: str, path: Sequence[str] | None) -> str | None:
 
 
 def _lookup_version(name: str, path: Sequence[str] | None) -> str | None:
+    """The version of `name` first found on `path`: remembered while no path entry changed
+    (a distribution added, removed or renamed changes its directory) and the found
+    distribution's METADATA is unchanged (`dihya.gate.pathmemo`)."""
+    if not pathmemo.enabled():
+        return _scan_version(name, path)[0]
+    top = tuple(sys.path if path is None else path)
+    if path is None and not all(pathmemo.standard_metadata_finder(f) for f in sys.meta_path):
+        return _scan_version(name, path)[0]
+
+    def compute() -> tuple[str | None, list[pathmemo.Check] | None]:
+        version, where = _scan_version(name, path)
+        checks = list(pathmemo.per_pass(("version-env", top), lambda: pathmemo.path_checks(top)))
+        if where is not None:
+            checks += pathmemo.checks([where, os.path.join(where, "METADATA"),
+                                       os.path.join(where, "PKG-INFO")])
+        elif version is not None:
+            return version, None  # not a directory of metadata: not remembered
+        return version, checks
+
+    relative = any(not os.path.isabs(e) for e in top)
+    key = (name, top, path is None, pathmemo.cwd() if relative else None)
+    return pathmemo.memoized("version", key, compute)
+
+
+def _scan_version(name: str, path: Sequence[str] | None) -> tuple[str | None, str | None]:
+    """(version, the distribution's metadata directory when it is one) of `name`."""
+    dist: md.Distribution | None
     if path is None:
         try:
-            return md.version(name)
+            dist = md.distribution(name)
         except md.PackageNotFoundError:
-            return None
-    for dist in md.distributions(name=name, path=list(path)):
-        version: str = dist.version
-        return version
-    return None
+            dist = None
+    else:
+        dist = next(iter(md.distributions(name=name, path=list(path))), None)
+    if dist is None:
+        return None, None
+    where = getattr(dist, "_path", None)  # a PathDistribution's directory
+    version: str = dist.version
+    return version, os.fspath(where) if isinstance(where, os.PathLike) else None
+

@@ -20,7 +20,7 @@ from typing import Final
 import attrs
 from packaging.utils import canonicalize_name
 
-from dihya.gate import verifycache
+from dihya.gate import pathmemo, verifycache
 from dihya.gate.verifycache import Metadata
 from dihya.plugin import DEFAULT_GROUP
 
@@ -60,22 +60,42 @@ def discover(
     seen: set[str] = set()
     found: list[DiscoveredPlugin] = []
     cache = verifycache.shared()
-    for dist_info, key in _metadata_dirs(search):
-        if key in seen:
-            continue
-        seen.add(key)
+    with pathmemo.one_pass():
+        for dist_info, key in _metadata_dirs(search):
+            if key in seen:
+                continue
+            seen.add(key)
+            found.extend(_plugins_of(dist_info, group, cache))
+    found.sort(key=lambda p: (p.name, p.distribution))
+    return found
+
+
+def _plugins_of(dist_info: Path, group: str,
+                cache: verifycache.VerifyCache | None) -> list[DiscoveredPlugin]:
+    """The entry points of `group` that the distribution in `dist_info` declares: remembered
+    while its `entry_points.txt`, METADATA and `direct_url.json` are unchanged."""
+    where = os.fspath(dist_info)
+
+    def compute() -> tuple[list[DiscoveredPlugin], list[pathmemo.Check]]:
+        listing = os.path.join(where, "entry_points.txt")
+        checks = list(pathmemo.checks([listing]))
+        if checks[0][1] is None:
+            checks += pathmemo.checks([where])  # absent: its creation changes the directory
         if group not in (_read(dist_info, "entry_points.txt") or ""):
-            continue  # most distributions: one read, no parsing, no Distribution object
+            return [], checks  # most distributions: one read, no parsing, no Distribution
         dist = md.PathDistribution(dist_info)
         eps = _group_entry_points(dist, group)
         if not eps:
-            continue
+            return [], checks
+        marker = pathmemo.checks([os.path.join(where, "METADATA"),
+                                  os.path.join(where, "direct_url.json")])
+        checks += [c for c in marker if c[1] is not None]
+        if any(c[1] is None for c in marker) and all(c[0] != where for c in checks):
+            checks += pathmemo.checks([where])  # an absent file: created in the directory
         meta = _metadata(dist, dist_info, cache)
         _METADATA[dist] = meta
         editable = _is_editable(dist_info)
-        for ep in eps:
-            found.append(
-                DiscoveredPlugin(
+        return [DiscoveredPlugin(
                     name=ep.name,
                     value=ep.value,
                     group=group,
@@ -84,10 +104,9 @@ def discover(
                     dist_info=dist_info,
                     editable=editable,
                     entry_point=ep,
-                )
-            )
-    found.sort(key=lambda p: (p.name, p.distribution))
-    return found
+                ) for ep in eps], checks
+
+    return list(pathmemo.memoized("discovery.dist", (where, group), compute))
 
 
 def plugin_at(dist_info: Path, name: str, group: str = DEFAULT_GROUP) -> DiscoveredPlugin | None:
@@ -143,15 +162,29 @@ def _metadata_dirs(search: Sequence[str]) -> Iterator[tuple[Path, str]]:
     What `importlib.metadata.distributions(path=...)` finds, through public API only;
     entries that are not directories (zip files) hold no plugin the gate could verify."""
     for entry in search:
+        yield from _listing(entry or ".")
+
+
+def _listing(entry: str) -> tuple[tuple[Path, str], ...]:
+    """The `*.dist-info` / `*.egg-info` directories in `entry`, sorted, with their
+    distributions' normalized names; remembered while the directory is unchanged (adding,
+    removing or renaming one changes its ctime)."""
+
+    def compute() -> tuple[tuple[tuple[Path, str], ...], list[pathmemo.Check]]:
+        checks = list(pathmemo.path_checks([entry]))
         try:
-            with os.scandir(entry or ".") as it:
+            with os.scandir(entry) as it:
                 names = sorted(e.name for e in it if e.name.endswith(_SUFFIXES)
                                and e.is_dir())
         except OSError:  # not a directory, gone, unreadable
-            continue
-        for name in names:
-            stem = name.rpartition(".")[0]
-            yield Path(entry or ".") / name, canonicalize_name(stem.partition("-")[0])
+            names = []
+        found = tuple((Path(entry) / name,
+                       canonicalize_name(name.rpartition(".")[0].partition("-")[0]))
+                      for name in names)
+        return found, checks
+
+    relative = None if os.path.isabs(entry) else pathmemo.cwd()
+    return pathmemo.memoized("discovery.listing", (entry, relative), compute)
 
 
 _SUFFIXES: Final = (".dist-info", ".egg-info")

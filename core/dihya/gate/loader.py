@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import attrs
 from stevedore import NamedExtensionManager
+from stevedore.extension import Extension
 
 from dihya.plugin import (
     ActionSpec,
@@ -97,6 +98,30 @@ def _load_one(group: str, ep: md.EntryPoint,
         return []
 
 
+def _load_imported(ep: md.EntryPoint, failures: dict[str, BaseException]) -> list[Any]:
+    """The extension of a verified entry point whose module a previous build imported
+    (still in `sys.modules`: `forget_modules` drops a changed plugin's), without a stevedore
+    manager per plugin: what stevedore's `Extension` holds, with its failures handled as
+    `_load_one` handles them. [] when the module is not imported yet (stevedore loads it)."""
+    if ep.module not in sys.modules:
+        return []
+    try:
+        with loading(ep.name):
+            plugin = ep.load()  # the module from `sys.modules`, then its attribute
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if isinstance(exc, AssertionError):  # stevedore lets it through: as `_load_one`
+            failures[ep.name] = RuntimeError(f"{type(exc).__name__}: {exc}")
+        else:
+            failures[ep.name] = exc
+        return [None]
+    except BaseException as exc:
+        failures[ep.name] = RuntimeError(f"{type(exc).__name__}: {exc}")
+        return [None]
+    return [Extension(ep.name, ep, plugin, None)]
+
+
 def user_cache_path(name: str) -> Path:
     """`$XDG_CACHE_HOME/dihya/NAME-UID` (default `~/.cache`): this user's cache `name`."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -164,7 +189,8 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
     """Import and validate the given (verified) entry points; nothing else is imported."""
     redirect_bytecode()
     errors: dict[str, BaseException] = {}
-    extensions = [ext for ep in entry_points for ext in _load_one(group, ep, errors)]
+    extensions = [ext for ep in entry_points
+                  for ext in (_load_imported(ep, errors) or _load_one(group, ep, errors))]
     loaded: dict[str, Loaded] = {}
     failed: dict[str, LoadFailure] = {
         name: LoadFailure(name, Reason.IMPORT_ERROR, f"importing the plugin raised "
@@ -172,6 +198,8 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
         for name, err in errors.items()
     }
     for ext in extensions:
+        if ext is None:
+            continue  # failed to load: in `errors`
         where = f"entry point {ext.name!r} ({ext.entry_point.value})"
         try:
             cls, facts = _validated(ext.plugin, where)

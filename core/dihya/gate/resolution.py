@@ -18,11 +18,13 @@ and file names (the same caches `import` uses, refreshed when a directory change
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import itertools
 import os
 import pkgutil
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
@@ -30,7 +32,9 @@ from typing import Any, Final
 
 import attrs
 
+from dihya.gate import pathmemo
 from dihya.gate.fingerprint import IMPORTABLE_SUFFIXES, realpath, realpath_of_file
+from dihya.gate.verifycache import StatKey
 from dihya.reasons import FixedReasonError
 
 # Longest first, so `x.cpython-311-x86_64-linux-gnu.so` is not taken for `x.cpython-311-…`
@@ -71,14 +75,121 @@ def listed_modules(files: Iterable[str]) -> dict[str, tuple[str, ...]]:
     return {name: tuple(sorted(rels)) for name, rels in modules.items()}
 
 
-def find_shadowing(site: Path, files: Iterable[str],
+def find_shadowing(site: Path, files: Sequence[str],
                    path: Sequence[str] | None = None) -> Shadowing | None:
     """The first listed module (shallowest first, then by name) that would be imported from
     another file than its own, or None.
 
     `site` is the directory the listed paths are relative to; `path` the import path
     (default: the real `sys.path`, with every `sys.meta_path` finder before `PathFinder`).
+    Remembered while nothing it looked at changed (`dihya.gate.pathmemo`): the entries of
+    each path entry that bear the name of one of its top-level modules, the directories
+    it found them in, the finders.
     """
+    if not pathmemo.enabled():
+        return _find_shadowing(site, files, path, None)
+    top = tuple(sys.path if path is None else path)
+    real_path = path is None
+    env = pathmemo.per_pass(("resolution-env", top, real_path),
+                            lambda: _environment(top, real_path))
+    site_str = os.fspath(site)
+    files = tuple(files)
+    key = (realpath(site_str), site_str, files, top, real_path)
+    hit, value = pathmemo.recall("resolution", key)
+    if hit and value[0] == env[0] and _entries_hold(value[1], value[2], env[1], value[4]):
+        pathmemo.count("resolution", True)
+        if value[1] != env[3]:
+            # the entries that changed hold the same as before: from now on their keys
+            # are enough, once settled (compared with when this build looked at them)
+            pathmemo.replace("resolution", key, (*value[:1], env[3], *value[2:]))
+        return value[3]  # type: ignore[no-any-return]
+    pathmemo.count("resolution", False)
+    # what each path entry holds of the top-level names, looked at before resolving
+    names = frozenset(n.partition(".")[0].lower() for n in listed_modules(files))
+    entries = tuple(_holding(d, names) for d, _k in env[1])
+    started = time.time_ns()
+    consulted: list[str | None] = [] if site_str in top else [site_str]
+    found = _find_shadowing(site, files, path, consulted)
+    if env[0][0] is None or None in consulted:
+        return found
+    outside = [d for d in dict.fromkeys(consulted) if d is not None and d not in env[2]]
+    if not pathmemo.standard_dirs(outside):
+        return found
+    checks = pathmemo.checks(outside)
+    held = [c for entry in entries for c in entry if c[1] is not None]
+    if not pathmemo.settled([*checks, *held], started):
+        return found
+    # each entry's key when settled (then an unchanged key is enough); else its holding
+    # is compared (an absent entry: it is still absent)
+    dirs = tuple(k if k is not None and pathmemo.settled([(d, k)], started) else None
+                 for d, k in env[1])
+    if env[3] == dirs:
+        dirs = env[3]  # the same tuple: compared by identity first
+    pathmemo.remember("resolution", key, checks, started,
+                      (env[0], dirs, entries, found, names))
+    return found
+
+
+def _environment(top: tuple[str, ...], real_path: bool) -> tuple[Any, ...]:
+    """What resolution depends on besides the directories it lists, once per build: (the
+    finders (None when one is not standard: nothing is then remembered) and the current
+    directory when a path entry is relative), each path entry's (absolute path, key),
+    the set of those paths, and each entry's key when settled (else None)."""
+    relative = any(not os.path.isabs(e) for e in top)
+    for entry in top:  # as a lookup does: each entry's finder, cached where `import` caches it
+        with contextlib.suppress(Exception):  # a failing hook: then nothing is remembered
+            _path_entry_finder(entry)
+    state = (pathmemo.finder_state(top, _meta_finders(real_path)),
+             pathmemo.cwd() if relative else None)
+    dirs = tuple((d, pathmemo.key_of(d))
+                 for d in (os.path.abspath(e or pathmemo.cwd() or ".") for e in top))
+    started = pathmemo.pass_started()
+    settled = tuple(k if k is not None and pathmemo.settled([(d, k)], started) else None
+                    for d, k in dirs)
+    return state, dirs, frozenset(d for d, _k in dirs), settled
+
+
+def _holding(directory: str, names: frozenset[str]) -> tuple[pathmemo.Check, ...]:
+    """The entries of `directory` a finder would look at for these top-level names (`x`,
+    `x.py`, `x.<abi>.so`, ...: every entry whose name up to its first dot is one of them,
+    compared without case), with their keys."""
+    stems = pathmemo.per_pass(("stems", directory), lambda: _stems(directory))
+    if stems is None:  # not a listable directory (absent, a file): its key decides
+        return ((directory, pathmemo.key_of(directory)),)
+    found = [e for n in names for e in stems.get(n, ())]
+    return pathmemo.checks(os.path.join(directory, e) for e in sorted(found))
+
+
+def _stems(directory: str) -> dict[str, list[str]] | None:
+    try:
+        listing = os.listdir(directory)
+    except OSError:
+        return None
+    stems: dict[str, list[str]] = {}
+    for entry in listing:
+        stems.setdefault(entry.partition(".")[0].lower(), []).append(entry)
+    return stems
+
+
+def _entries_hold(recorded: tuple[StatKey | None, ...],
+                  holding: tuple[tuple[pathmemo.Check, ...], ...],
+                  now: tuple[pathmemo.Check, ...], names: frozenset[str]) -> bool:
+    """True when every path entry is unchanged (its key, when it was settled) or still
+    holds exactly the same entries bearing the module names, each unchanged."""
+    for key, held, (directory, current) in zip(recorded, holding, now, strict=True):
+        if key is not None and key == current:
+            continue
+        if current is None and held == ((directory, None),):
+            continue  # absent then, absent now
+        if _holding(directory, names) != held:
+            return False
+    return True
+
+
+def _find_shadowing(site: Path, files: Iterable[str], path: Sequence[str] | None,
+                    consulted: list[str | None] | None) -> Shadowing | None:
+    """`find_shadowing`; the directories whose listing the answer depends on (beyond the
+    path entries) are appended to `consulted`, and None when it cannot be remembered."""
     modules = listed_modules(files)
     if not modules:
         return None
@@ -98,20 +209,36 @@ def find_shadowing(site: Path, files: Iterable[str],
         listed = modules.get(name)
         try:
             spec, portions = _find(name, locations[parent] if parent else top, finders,
-                                   top_level=not parent)
+                                   top_level=not parent, seen=consulted)
         except FinderFailed as exc:
+            if consulted is not None:
+                consulted.append(None)
             return Shadowing(name, listed or (), str(exc),
                              f"looking up module {name!r} as `import` would, {exc}; the "
                              "plugin's own file cannot be shown to be what runs")
         problem = (_namespace_problem(name, spec) if listed is None
                    else _module_problem(name, listed, spec, root))
+        if consulted is not None and spec is not None:
+            _consulted(spec, consulted)
         if problem is not None:
             return problem
         if spec is None:
             locations[name] = portions
+            if consulted is not None:
+                consulted.extend(portions)
         elif spec.submodule_search_locations is not None:
             locations[name] = list(spec.submodule_search_locations)
     return None
+
+
+def _consulted(spec: ModuleSpec, consulted: list[str | None]) -> None:
+    """The directories a found module's answer depends on: its file's directory and its
+    search locations; None (do not remember) when its file is a link."""
+    if spec.has_location and spec.origin:
+        if os.path.islink(spec.origin):
+            consulted.append(None)
+        consulted.append(os.path.dirname(spec.origin))
+    consulted.extend(spec.submodule_search_locations or ())
 
 
 def _meta_finders(real_path: bool) -> list[Any]:
@@ -122,10 +249,12 @@ def _meta_finders(real_path: bool) -> list[Any]:
     return [f for f in before if f in _PATH_INDEPENDENT]
 
 
-def _find(name: str, where: Sequence[str], finders: Sequence[Any],
-          top_level: bool) -> tuple[ModuleSpec | None, list[str]]:
+def _find(name: str, where: Sequence[str], finders: Sequence[Any], top_level: bool,
+          seen: list[str | None] | None = None) -> tuple[ModuleSpec | None, list[str]]:
     """What `import name` would find: (a spec with a loader, []) or (None, namespace
-    portions in order). A meta-path finder's namespace spec counts as portions."""
+    portions in order). A meta-path finder's namespace spec counts as portions. Every
+    portion looked at is appended to `seen` (adding an `__init__` there changes the
+    answer)."""
     for finder in finders:
         find_spec = getattr(finder, "find_spec", None)
         if find_spec is None:
@@ -147,6 +276,8 @@ def _find(name: str, where: Sequence[str], finders: Sequence[Any],
         if not _is_namespace(spec):
             return spec, []
         portions.extend(spec.submodule_search_locations or ())
+        if seen is not None:
+            seen.extend(spec.submodule_search_locations or ())
     return None, portions
 
 

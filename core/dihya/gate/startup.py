@@ -27,6 +27,7 @@ from typing import Any, Final
 import attrs
 
 from dihya.config.knownpth import KnownPth
+from dihya.gate import pathmemo
 from dihya.gate.fingerprint import record_paths
 
 #: The `distutils-precedence.pth` that setuptools installs with itself (and that `python -m
@@ -123,35 +124,62 @@ def runs_code(data: bytes) -> bool:
 
 def scan_pth(known: Sequence[KnownPth] = (),
              directories: Sequence[str] | None = None) -> tuple[PthFile, ...]:
-    """Every `.pth` file that executes code, in the order `site` runs them."""
-    acknowledged = {(k.file, k.sha256) for k in known}
+    """Every `.pth` file that executes code, in the order `site` runs them.
+
+    Each directory's answer is remembered while the directory, its `.pth` files and (when
+    one runs code) the RECORDs that could name its owner are unchanged
+    (`dihya.gate.pathmemo`)."""
+    acknowledged = frozenset((k.file, k.sha256) for k in known)
     found: list[PthFile] = []
-    for directory in site_directories() if directories is None else directories:
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            continue
-        for name in names:
-            if not name.endswith(".pth"):
-                continue
-            path = os.path.join(directory, name)
-            try:
-                with open(path, "rb") as fh:
-                    data: bytes | None = fh.read()
-            except IsADirectoryError:
-                continue
-            except OSError:
-                data = None  # unreadable here; `site` may read it as another user
-            if data is not None and not runs_code(data):
-                continue
-            digest = hashlib.sha256(data).hexdigest() if data is not None else None
-            found.append(PthFile(path, digest, owner_of(directory, name, names),
-                                 _acknowledged_by(name, digest, acknowledged)))
+    with pathmemo.one_pass():
+        for directory in site_directories() if directories is None else directories:
+            relative = None if os.path.isabs(directory) else pathmemo.cwd()
+            found += pathmemo.memoized(
+                "pth", (directory, relative, acknowledged),
+                lambda d=directory: _scan_directory(d, acknowledged))  # type: ignore[misc]
     return tuple(found)
 
 
+def _scan_directory(directory: str, acknowledged: frozenset[tuple[str, str]]
+                    ) -> tuple[tuple[PthFile, ...], list[pathmemo.Check]]:
+    """The `.pth` files of one directory that execute code, and what the answer depends on."""
+    found: list[PthFile] = []
+    checks = list(pathmemo.path_checks([directory]))
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return (), checks
+    for name in names:
+        if not name.endswith(".pth"):
+            continue
+        path = os.path.join(directory, name)
+        checks += pathmemo.checks([path])
+        try:
+            with open(path, "rb") as fh:
+                data: bytes | None = fh.read()
+        except IsADirectoryError:
+            continue
+        except OSError:
+            data = None  # unreadable here; `site` may read it as another user
+        if data is not None and not runs_code(data):
+            continue
+        digest = hashlib.sha256(data).hexdigest() if data is not None else None
+        owner, looked = _owner(directory, name, names)
+        found.append(PthFile(path, digest, owner, _acknowledged_by(name, digest, acknowledged)))
+        # the RECORDs read to find the owner (and its METADATA, for its name): their keys
+        # too; an absent one is keyed on its directory
+        for entry in looked:
+            dist_info = os.path.join(directory, entry)
+            files = ["RECORD", "METADATA"] if owner and entry == looked[-1] else ["RECORD"]
+            read = pathmemo.checks(os.path.join(dist_info, f) for f in files)
+            checks += read
+            if any(key is None for _path, key in read):
+                checks += pathmemo.checks([dist_info])
+    return tuple(found), checks
+
+
 def _acknowledged_by(name: str, digest: str | None,
-                     acknowledged: set[tuple[str, str]]) -> str | None:
+                     acknowledged: frozenset[tuple[str, str]]) -> str | None:
     if digest is None:
         return None
     if (name, digest) in acknowledged:
@@ -163,21 +191,42 @@ def _acknowledged_by(name: str, digest: str | None,
 
 def owner_of(directory: str, name: str, listing: Iterable[str]) -> str | None:
     """The distribution in `directory` whose RECORD lists the file `name`, or None."""
-    needle = name.encode("utf-8", "surrogateescape")
+    return _owner(directory, name, listing)[0]
+
+
+def _owner(directory: str, name: str, listing: Iterable[str]) -> tuple[str | None, list[str]]:
+    """`owner_of`, and the `*.dist-info` entries whose RECORD was looked at (the owner's
+    last): what the answer depends on."""
+    looked: list[str] = []
     for entry in listing:
         if not entry.endswith(".dist-info"):
             continue
+        looked.append(entry)
+        if _lists(os.path.join(directory, entry, "RECORD"), name):
+            return _distribution_name(os.path.join(directory, entry), entry), looked
+    return None, looked
+
+
+def _lists(record_path: str, name: str) -> bool:
+    """True if the RECORD at `record_path` lists the file `name`; remembered while the
+    RECORD is unchanged (its key; an absent one: its directory's), so a changed site
+    directory costs a `stat` per RECORD, not a read."""
+
+    def compute() -> tuple[bool, list[pathmemo.Check]]:
+        checks = list(pathmemo.checks([record_path]))
+        if checks[0][1] is None:
+            checks += pathmemo.checks([os.path.dirname(record_path)])
         try:
-            with open(os.path.join(directory, entry, "RECORD"), "rb") as fh:
+            with open(record_path, "rb") as fh:
                 record = fh.read()
         except OSError:
-            continue
-        if needle not in record:  # most RECORDs: one substring search, no CSV parsing
-            continue
+            return False, checks
+        if name.encode("utf-8", "surrogateescape") not in record:
+            return False, checks  # most RECORDs: one substring search, no CSV parsing
         rows = record_paths(record.decode("utf-8", "surrogateescape"))
-        if any(os.path.normpath(row) == name for row in rows):
-            return _distribution_name(os.path.join(directory, entry), entry)
-    return None
+        return any(os.path.normpath(row) == name for row in rows), checks
+
+    return pathmemo.memoized("pth.record", (record_path, name), compute)
 
 
 def _distribution_name(dist_info: str, entry: str) -> str:

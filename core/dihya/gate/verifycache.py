@@ -5,7 +5,8 @@ most of the gate's cost. This cache remembers, per `*.dist-info` directory, what
 `fingerprint.inspect_installed` found (fingerprint, files; only when nothing was missing
 or unlisted) together with a key that anyone without root cannot forge cheaply:
 
-* the SHA-256 of RECORD's bytes (read again every time: RECORD is the list of files);
+* RECORD's own `stat` key (below); when it changed, RECORD is read again and the SHA-256
+  of its bytes compared (RECORD is the list of files);
 * for every hashed file, the `os.stat` of the path as read (through links): device, inode,
   size, `st_mtime_ns` and `st_ctime_ns`. Changing a file's bytes changes its ctime (which
   `os.utime` cannot set back, unlike the mtime), replacing it by a rename changes its inode;
@@ -14,9 +15,10 @@ or unlisted) together with a key that anyone without root cannot forge cheaply:
   sit beside a top-level module (one `stat` each);
 * the real path of site-packages.
 
-Any difference, and the distribution is read and hashed again in full. What is not cached:
-module resolution (shadowing), `.pth` files, dependencies, the allowlist — they run on every
-build as before, so a file added elsewhere on the import path is still found.
+Any difference, and the distribution is read and hashed again in full. Module resolution
+(shadowing), `.pth` files and dependency versions are remembered separately, in memory, by
+`dihya.gate.pathmemo` (keyed on the import path's directories); the allowlist is compared
+on every build.
 
 Parsed METADATA (name, version, requirements) is cached the same way, keyed on the stat of
 the METADATA file.
@@ -46,7 +48,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -110,22 +112,39 @@ class VerifyCache:
 
     # -- lookups ------------------------------------------------------------------------
 
-    def inspect(self, dist_info: Path) -> InstalledFiles:
+    def inspect(self, dist_info: Path,
+                stat: Callable[[str], StatKey | None] | None = None) -> InstalledFiles:
         """`fingerprint.inspect_installed(dist_info)`: from the cache when nothing of the key
-        changed, else read and hashed in full (and remembered when clean and settled)."""
+        changed, else read and hashed in full (and remembered when clean and settled).
+
+        `stat`: how the keys are looked at for the comparison (default `stat_key`; a build
+        passes `pathmemo.key_of`, so a file discovery already looked at in this build is
+        not looked at twice). The keys remembered are always taken afresh."""
         self._load()
+        stat = stat or stat_key
         where = os.fspath(dist_info)
+        record_path = os.path.join(where, "RECORD")
+        record_key = stat(record_path)
+        root = realpath(os.path.dirname(where))
+        with self._lock:
+            entry = self._dists.get(where)
+        if (entry is not None and record_key is not None
+                and entry.get("record_key") == record_key
+                and self._still_valid(entry, where, entry["record"], root, stat)):
+            self.hits += 1  # RECORD unchanged (its key): not even read
+            return InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
         try:
-            with open(os.path.join(where, "RECORD"), "rb") as fh:
+            with open(record_path, "rb") as fh:
                 record = fh.read()
         except OSError as exc:
             raise FingerprintError(f"{dist_info}: cannot read RECORD: {exc}") from exc
         record_sha = hashlib.sha256(record).hexdigest()
-        root = realpath(os.fspath(dist_info.parent))
-        with self._lock:
-            entry = self._dists.get(where)
-        if entry is not None and self._still_valid(entry, where, record_sha, root):
+        if entry is not None and self._still_valid(entry, where, record_sha, root, stat):
             self.hits += 1
+            if record_key is not None and _settled([record_key], time.time_ns()):
+                with self._lock:
+                    entry["record_key"] = record_key
+                    self._dirty = True
             return InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
         self.misses += 1
         started = time.time_ns()
@@ -145,13 +164,16 @@ class VerifyCache:
         dir_keys = [stat_key(os.path.join(site, rel)) for rel in detail.package_dirs]
         if not _settled(file_keys + dir_keys, started):
             return found
+        # RECORD's key, taken before it was read: unchanged, RECORD need not be read again
+        settled_record = record_key is not None and _settled([record_key], started)
         files = [[rel, k] for rel, k in zip(detail.hashed, file_keys, strict=True)]
         dirs = [[rel, k] for rel, k in zip(detail.package_dirs, dir_keys, strict=True)]
         with self._lock:
             self._dists[where] = {
                 "record": record_sha, "root": root, "fingerprint": found.fingerprint,
                 "files": list(found.files), "keys": files, "dirs": dirs,
-                "absent": list(detail.absent)}
+                "absent": list(detail.absent),
+                "record_key": record_key if settled_record else None}
             self._dirty = True
         return found
 
@@ -161,16 +183,16 @@ class VerifyCache:
             return os.fspath(dist_info) in self._dists
 
     def _still_valid(self, entry: dict[str, Any], where: str, record_sha: str,
-                     root: str) -> bool:
+                     root: str, stat: Callable[[str], StatKey | None] = stat_key) -> bool:
         if entry["record"] != record_sha or entry["root"] != root:
             return False
         site = os.path.dirname(where)
         join = os.path.join
         for rel, key in entry["keys"]:
-            if stat_key(join(site, rel)) != key:
+            if stat(join(site, rel)) != key:
                 return False
         for rel, key in entry["dirs"]:
-            if stat_key(join(site, rel)) != key:
+            if stat(join(site, rel)) != key:
                 return False
         return not any(os.path.exists(join(site, rel)) for rel in entry["absent"])
 
@@ -263,6 +285,10 @@ def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, 
         for rel, key in [*entry["keys"], *entry["dirs"]]:
             if not isinstance(rel, str) or not _is_key(key):
                 raise ValueError("malformed")
+        record_key = entry.get("record_key")
+        if record_key is not None and not _is_key(record_key):
+            raise ValueError("malformed")
+        entry["record_key"] = None if record_key is None else tuple(record_key)
         entry["keys"] = [[rel, tuple(key)] for rel, key in entry["keys"]]
         entry["dirs"] = [[rel, tuple(key)] for rel, key in entry["dirs"]]
         if not all(isinstance(f, str) for f in [*entry["files"], *entry["absent"]]):

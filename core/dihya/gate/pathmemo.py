@@ -1,0 +1,299 @@
+"""Remember what a registry build learned of the import path, re-checked by `stat`.
+
+The verification cache (`dihya.gate.verifycache`) lets the gate skip hashing an unchanged
+distribution; this module lets a rebuild skip what is left when nothing on the import path
+changed: discovery (the `*.dist-info` directories of each path entry and their
+`entry_points.txt`, METADATA and `direct_url.json`), module resolution (shadowing), the
+installed versions that dependency checks compare, and the `.pth` scan.
+
+Each remembered result carries the `stat` key (device, inode, size, `st_mtime_ns`,
+`st_ctime_ns`; `verifycache.stat_key`) of every directory and file it depends on:
+
+* a directory's key changes when an entry is added, removed or renamed in it (its ctime,
+  which no unprivileged system call can set back), so the listing of a path entry, of a
+  package directory and of a namespace portion is keyed on its directory;
+* a file's key changes when its bytes change (ctime) or it is replaced (inode);
+* a file that is absent is keyed on its directory (creating it changes the directory).
+
+A result is only used when every key is unchanged; any difference (or a key that cannot be
+read) and that part is computed again, as without this module, for the affected entry
+only (a path entry's listing, one distribution, one plugin's resolution, one version).
+Keys are only remembered when every mtime and ctime is more than `verifycache.RACY_NS`
+(2 s) older than the moment the result was computed ("racily clean", as git does with its
+index): a directory changed twice in one timestamp tick could otherwise keep its key.
+
+Module resolution also depends on the import system's state in this process: the
+`sys.meta_path` finders before `PathFinder`, `sys.path_hooks` and the finder of each path
+entry (`sys.path_importer_cache`). A resolution is remembered only when those finders are
+the standard ones (built-in, frozen, `FileFinder`, setuptools' `_distutils_hack`), and is
+keyed on their identity.
+
+Everything lives in this process's memory (a server worker's reloads, a second listing);
+nothing is written to disk. With `DIHYA_VERIFY_CACHE=off` nothing is remembered at all.
+`STATS` counts the hits and misses of each part. What this trusts is written in
+docs/threat-model.md ("The import-path memo").
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Final, TypeVar
+
+from dihya.gate import verifycache
+from dihya.gate.verifycache import RACY_NS, StatKey, stat_key
+
+T = TypeVar("T")
+
+#: Hits and misses per part ("discovery.listing", "discovery.dist", "resolution",
+#: "version", "pth"): `STATS["resolution.hit"]` etc.
+STATS: Counter[str] = Counter()
+
+# (path, its key when the result was computed); None: absent (its directory is checked too)
+Check = tuple[str, StatKey | None]
+
+_LOCK = threading.Lock()
+_MEMO: dict[Any, tuple[tuple[Check, ...], Any]] = {}
+_MAX_ENTRIES: Final = 200_000
+
+# Keys already looked at in this build (a build stats each path entry once, not once per
+# plugin); None outside a build.
+_PASS: ContextVar[dict[Any, Any] | None] = ContextVar("dihya_pathmemo_pass",
+                                                                   default=None)
+_STARTED: Final = ("started",)
+_STANDARD_FINDERS: Final = (importlib.machinery.BuiltinImporter,
+                            importlib.machinery.FrozenImporter)
+
+
+def enabled() -> bool:
+    """True unless the verification cache is off (`DIHYA_VERIFY_CACHE=off`); looked up
+    once per build."""
+    return shared_cache() is not None
+
+
+def shared_cache() -> verifycache.VerifyCache | None:
+    """`verifycache.shared()`, looked up once per build inside `one_pass`."""
+    return per_pass(("verifycache",), verifycache.shared)
+
+
+@contextmanager
+def one_pass() -> Iterator[None]:
+    """Stat each path once while the block runs (one build)."""
+    if _PASS.get() is not None:
+        yield
+        return
+    token = _PASS.set({_STARTED: time.time_ns()})
+    try:
+        yield
+    finally:
+        _PASS.reset(token)
+
+
+def pass_started() -> int:
+    """When this build started (now, outside one): keys looked at in this build are not
+    older than that."""
+    seen = _PASS.get()
+    return time.time_ns() if seen is None else int(seen[_STARTED])
+
+
+def replace(part: str, key: Any, value: Any) -> None:
+    """Change the value remembered under `key`, keeping its checks (a value found to hold
+    again, with fresher facts)."""
+    with _LOCK:
+        entry = _MEMO.get((part, key))
+        if entry is not None:
+            _MEMO[(part, key)] = (entry[0], value)
+
+
+def key_of(path: str) -> StatKey | None:
+    """`stat_key(path)`, looked at once per build inside `one_pass`."""
+    seen = _PASS.get()
+    if seen is None:
+        return stat_key(path)
+    try:
+        found: StatKey | None = seen[path]
+    except KeyError:
+        key = seen[path] = stat_key(path)
+        return key
+    return found
+
+
+def checks(paths: Iterable[str]) -> tuple[Check, ...]:
+    return tuple((p, key_of(p)) for p in paths)
+
+
+def settled(found: Sequence[Check], started_ns: int) -> bool:
+    """True when every key that exists was last changed well before `started_ns`, and every
+    absent path's directory is among the keys (so its creation would be seen)."""
+    limit = started_ns - RACY_NS
+    present = {p for p, k in found if k is not None}
+    for path, key in found:
+        if key is None:
+            if not _ancestor_in(path, present):
+                return False
+        elif key[3] >= limit or key[4] >= limit:
+            return False
+    return True
+
+
+def _ancestor_in(path: str, present: set[str]) -> bool:
+    parent = os.path.dirname(path)
+    while parent and parent != path:
+        if parent in present:
+            return True
+        path, parent = parent, os.path.dirname(parent)
+    return False
+
+
+def still_valid(found: Sequence[Check]) -> bool:
+    return all(key_of(path) == key for path, key in found)
+
+
+def recall(part: str, key: Any) -> tuple[bool, Any]:
+    """(True, the remembered value) when every check of `key`'s entry still holds."""
+    entry = _MEMO.get((part, key))
+    if entry is not None and still_valid(entry[0]):
+        return True, entry[1]
+    return False, None
+
+
+def count(part: str, hit: bool) -> None:
+    STATS[part + (".hit" if hit else ".miss")] += 1
+
+
+def remember(part: str, key: Any, found: Sequence[Check], started_ns: int,
+             value: Any) -> None:
+    """Remember `value` under `key` if every check is settled; else forget any entry."""
+    with _LOCK:
+        if not settled(found, started_ns):
+            _MEMO.pop((part, key), None)
+            return
+        if len(_MEMO) >= _MAX_ENTRIES:
+            _MEMO.clear()
+        _MEMO[(part, key)] = (tuple(found), value)
+
+
+def memoized(part: str, key: Any,
+             compute: Callable[[], tuple[T, Sequence[Check] | None]]) -> T:
+    """`compute()`'s value, remembered under `key` with the checks it returns (None: not
+    remembered)."""
+    if not enabled():
+        return compute()[0]
+    hit, value = recall(part, key)
+    count(part, hit)
+    if hit:
+        return value  # type: ignore[no-any-return]
+    started = time.time_ns()
+    value, found = compute()
+    if found is None:
+        with _LOCK:
+            _MEMO.pop((part, key), None)
+    else:
+        remember(part, key, found, started, value)
+    return value
+
+
+def per_pass(key: Any, compute: Callable[[], T]) -> T:
+    """`compute()`, once per build inside `one_pass` (every time outside one)."""
+    seen = _PASS.get()
+    if seen is None:
+        return compute()
+    try:
+        value: T = seen[key]
+    except KeyError:
+        value = seen[key] = compute()
+    return value
+
+
+def clear() -> None:
+    """Forget everything (tests; a process that knows its path changed behind its back)."""
+    with _LOCK:
+        _MEMO.clear()
+
+
+# -- the import system's state, for module resolution ------------------------------------
+
+
+def finder_state(top: Sequence[str], meta: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The finders resolution consults, by identity, when all are standard; else None
+    (then nothing is remembered: a custom finder may depend on anything)."""
+    for finder in meta:
+        if not _standard_meta(finder):
+            return None
+    entries = []
+    for entry in top:
+        finder = sys.path_importer_cache.get(entry or cwd(), _MISSING)
+        if finder is _MISSING:
+            return None  # not looked up yet: the first resolution fills the cache
+        if finder is not None and type(finder) is not importlib.machinery.FileFinder:
+            return None
+        entries.append(finder)
+    return (tuple(meta), tuple(sys.path_hooks), tuple(entries))
+
+
+def same_finders(state: tuple[Any, ...], now: tuple[Any, ...] | None) -> bool:
+    if now is None or len(state) != len(now):
+        return False
+    return all(len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+               for a, b in zip(state, now, strict=True))
+
+
+def standard_metadata_finder(finder: Any) -> bool:
+    """True for a `sys.meta_path` entry that finds no distributions but `PathFinder`'s own
+    (`importlib.metadata` asks every finder with `find_distributions`)."""
+    return (finder is importlib.machinery.PathFinder
+            or getattr(finder, "find_distributions", None) is None)
+
+
+def standard_dirs(dirs: Iterable[str]) -> bool:
+    """True when every directory's finder (if looked up) is a plain `FileFinder`."""
+    for d in dirs:
+        finder = sys.path_importer_cache.get(d)
+        if finder is not None and type(finder) is not importlib.machinery.FileFinder:
+            return False
+    return True
+
+
+_MISSING: Final = object()
+
+
+def _standard_meta(finder: Any) -> bool:
+    if finder in _STANDARD_FINDERS:
+        return True
+    kind = type(finder)
+    # setuptools' distutils shim: answers by module name only (`spec_for_<name>`)
+    return kind.__name__ == "DistutilsMetaFinder" and kind.__module__ == "_distutils_hack"
+
+
+def cwd() -> str:
+    """The current directory ("" if it is gone): what a "" path entry stands for."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
+
+
+def path_checks(top: Sequence[str]) -> tuple[Check, ...]:
+    """The keys of the path entries themselves (the current directory for ""); for an
+    entry that does not exist, also its nearest existing ancestor (where it would be
+    created)."""
+    found: list[Check] = []
+    for entry in top:
+        path = os.path.abspath(entry or cwd() or ".")
+        key = key_of(path)
+        found.append((path, key))
+        while key is None:
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+            key = key_of(path)
+            found.append((path, key))
+    return tuple(found)
