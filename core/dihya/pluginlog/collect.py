@@ -126,6 +126,8 @@ class Collector:
         """The records, redacted and cut to size, oldest first per plugin, each plugin's
         count of dropped records last."""
         with self._lock:
+            if not self._raw and not self._dropped:
+                return []  # nothing logged (the common case): no redactor to build
             redactor = Redactor(self._strings)
             out = [self._record(redactor, plugin, version, wire)
                    for plugin, version, wire in self._raw]
