@@ -34,7 +34,8 @@ from support.site import PluginSite
 from support.wheels import build_plugin_wheel, pip_install
 
 ROLES = ("link_dist", "link_module", "link_package", "link_dep", "later_dir", "later_zip",
-         "swapped", "pyc", "pycache", "case", "mutated", "threads", "portion_link")
+         "swapped", "pyc", "pycache", "case", "mutated", "threads", "portion_link",
+         "mtime_back", "relative")
 OWNED = "raise SystemExit('owned')\n"
 
 
@@ -90,14 +91,17 @@ def _settle(memo: AttackSite, *changed: Path) -> None:
     """After a change the test makes before its attack: built until answered from memory
     with every key trusted (the directories changed are past the racy window, so the
     memo relies on their keys alone)."""
-    watched = [memo.early, *changed]
+    _past_racy_window(memo.early, *changed)
+    _warm(memo)
+    _warm(memo)
+
+
+def _past_racy_window(*watched: Path) -> None:
     deadline = time.monotonic() + 60
     while any(time.time_ns() - p.lstat().st_ctime_ns <= verifycache.RACY_NS + 10**8
               for p in watched if os.path.lexists(p)):
         assert time.monotonic() < deadline, "the directories never settled"
         time.sleep(0.1)
-    _warm(memo)
-    _warm(memo)
 
 
 def test_dist_info_link_whose_target_appears_is_discovered(memo: AttackSite) -> None:
@@ -293,6 +297,46 @@ def test_pyc_only_module_shadows_and_pycache_alone_does_not(memo: AttackSite) ->
         assert memo.both("pyc") == (("active", None),) * 2
     finally:
         shutil.rmtree(cache)
+
+
+def test_module_added_with_the_directory_mtime_put_back(memo: AttackSite) -> None:
+    """The path entry's mtime restored after a shadowing module is added (the import
+    system's own directory cache is keyed on the mtime; the memo on the ctime too)."""
+    before = memo.early.stat()
+    module = memo.early / f"{memo.module('mtime_back')}.py"
+    module.write_text(OWNED)
+    os.utime(memo.early, ns=(before.st_atime_ns, before.st_mtime_ns))
+    try:
+        assert memo.both("mtime_back") == (("refused", "shadowed-module"),) * 2
+    finally:
+        module.unlink()
+    assert memo.both("mtime_back") == (("active", None),) * 2
+
+
+def test_relative_path_entry_after_a_change_of_directory(
+        memo: AttackSite, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative path entry means another directory once the current directory changes:
+    one of them holds a shadowing module."""
+    memo.verdicts()  # warm before the change of directory
+    clean, dirty = memo.site.root / "cwd-clean", memo.site.root / "cwd-dirty"
+    (clean / "rel").mkdir(parents=True)
+    (dirty / "rel").mkdir(parents=True)
+    (dirty / "rel" / f"{memo.module('relative')}.py").write_text(OWNED)
+    memo.extra.insert(0, "rel")
+    try:
+        monkeypatch.chdir(clean)
+        _past_racy_window(clean / "rel", dirty / "rel")
+        # (resolution is not remembered with a relative entry: `importlib.invalidate_caches`
+        # drops its finder at each discovery; discovery and versions are, per directory)
+        assert memo.both("relative") == (("active", None),) * 2
+        assert memo.both("relative") == (("active", None),) * 2
+        monkeypatch.chdir(dirty)
+        assert memo.both("relative") == (("refused", "shadowed-module"),) * 2
+        monkeypatch.chdir(clean)
+        assert memo.both("relative") == (("active", None),) * 2
+    finally:
+        memo.extra.remove("rel")
+        monkeypatch.undo()
 
 
 def test_other_case_of_the_module_name(memo: AttackSite) -> None:

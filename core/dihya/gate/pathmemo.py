@@ -312,7 +312,11 @@ def link_checks(directory: str, suffixes: tuple[str, ...] | None = None
     name ends with one of `suffixes`, when given). A link's target can appear, go or be
     replaced without the directory holding the link changing: a result that depends on
     what is behind a link is keyed on the link itself. Which links a directory holds is
-    remembered while the directory's key is unchanged (adding or removing one changes it)."""
+    remembered while the directory's key is unchanged (adding or removing one changes it).
+    Nothing when the memo is off (no key is compared then)."""
+    if not enabled():
+        return ()
+
     def compute() -> tuple[tuple[str, ...], Sequence[Check]]:
         links: list[str] = []
         with contextlib.suppress(OSError), os.scandir(directory) as it:
