@@ -31,11 +31,11 @@ from test_pathmemo import DEP, Site, _dep_wheel, _warm
 
 from dihya.gate import pathmemo, verifycache
 from support.site import PluginSite
-from support.wheels import build_plugin_wheel, pip_install
+from support.wheels import build_plugin_wheel, build_wheel, pip_install, plugin_source
 
 ROLES = ("link_dist", "link_module", "link_package", "link_dep", "later_dir", "later_zip",
          "swapped", "pyc", "pycache", "case", "mutated", "threads", "portion_link",
-         "mtime_back", "relative")
+         "mtime_back", "relative", "namespace")
 OWNED = "raise SystemExit('owned')\n"
 
 
@@ -75,8 +75,15 @@ def memo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AttackSite]:
                 requires = ("dihya-core", f"{dep}>=1.0")
                 pip_install(sys.executable, str(_dep_wheel(root, dep, "1.0.0")),
                             target=site.site)
-            pip_install(sys.executable, str(build_plugin_wheel(
-                site.wheels, name, requires=requires)), target=site.site)
+            if role == "namespace":  # the plugin's package inside a namespace package
+                wheel = build_wheel(site.wheels, f"dihya-ns-{name}", "1.0.0",
+                                    {f"dihyans_{name}/plugmod/__init__.py":
+                                     plugin_source(name)},
+                                    {name: f"dihyans_{name}.plugmod:Plugin"})
+                (early / f"dihyans_{name}").mkdir()  # a portion first on the path
+            else:
+                wheel = build_plugin_wheel(site.wheels, name, requires=requires)
+            pip_install(sys.executable, str(wheel), target=site.site)
         state = AttackSite(site, early, names,
                            [str(root / "swap"), str(root / "later"), str(root / "later.zip")])
         _warm(state)
@@ -236,6 +243,20 @@ def test_dependency_link_whose_target_is_replaced_changes_the_version(
         link.unlink()
         shutil.rmtree(target, ignore_errors=True)
     assert memo.both("link_dep") == (("active", None),) * 2
+
+
+def test_namespace_package_portion_first_on_the_path(memo: AttackSite) -> None:
+    """The plugin lives in a namespace package; an empty portion of it comes first on the
+    path: a module of the plugin's name, or an `__init__.py`, written in that portion."""
+    portion = memo.early / f"dihyans_{memo.names['namespace']}"
+    assert memo.both("namespace") == (("active", None),) * 2
+    for name in ("plugmod.py", "__init__.py"):
+        (portion / name).write_text(OWNED)
+        try:
+            assert memo.both("namespace") == (("refused", "shadowed-module"),) * 2
+        finally:
+            (portion / name).unlink()
+        assert memo.both("namespace") == (("active", None),) * 2
 
 
 def test_path_entry_directory_that_appears_later(memo: AttackSite) -> None:
