@@ -98,11 +98,13 @@ def find_shadowing(site: Path, files: Sequence[str],
     hit, value = pathmemo.recall("resolution", key)
     if hit and value[0] == env[0] and _entries_hold(value[1], value[2], env[1], value[4]):
         pathmemo.count("resolution", True)
-        dirs = _trusted(env[3], value[2])
-        if value[1] != dirs:
+        if value[1] != env[3]:
             # the entries that changed hold the same as before: from now on their keys
-            # are enough, once settled (compared with when this build looked at them)
-            pathmemo.replace("resolution", key, (*value[:1], dirs, *value[2:]))
+            # are enough, once settled (compared with when this build looked at them) and
+            # holding no link (whether an entry is a link only changes with its directory)
+            dirs = _trusted(env[3], value[2])
+            if value[1] != dirs:
+                pathmemo.replace("resolution", key, (*value[:1], dirs, *value[2:]))
         return value[3]  # type: ignore[no-any-return]
     pathmemo.count("resolution", False)
     # what each path entry holds of the top-level names, looked at before resolving
