@@ -464,3 +464,24 @@ def test_a_clock_set_back_remembers_nothing(tmp_path: Path) -> None:
     key = ("attack", str(directory))
     pathmemo.remember("attack", key, checks, set_back, "old answer")
     assert pathmemo.recall("attack", key) == (False, None)
+
+
+def test_a_slower_build_does_not_put_its_value_under_newer_checks(tmp_path: Path) -> None:
+    """Two builds at once: one recalled a result and goes to refresh it while the other,
+    having seen a change, remembered another result with other checks. The refresh must
+    not pair the first build's (older) value with the second's checks."""
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    later = time.time_ns() + 10 * 10**9  # both keys settled relative to this
+    key = ("attack-replace", str(tmp_path))
+    pathmemo.remember("attack", key, pathmemo.checks([str(old_dir)]), later, "old answer")
+    hit, recalled = pathmemo.recall("attack", key)
+    assert hit and recalled == "old answer"
+    # the other build remembers its own result, keyed on another directory
+    pathmemo.remember("attack", key, pathmemo.checks([str(new_dir)]), later, "new answer")
+    pathmemo.replace("attack", key, recalled, "old answer, refreshed")
+    assert pathmemo.recall("attack", key) == (True, "new answer")
+    # with nobody in between, the refresh applies
+    pathmemo.replace("attack", key, "new answer", "new answer, refreshed")
+    assert pathmemo.recall("attack", key) == (True, "new answer, refreshed")

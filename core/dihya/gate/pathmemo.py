@@ -104,12 +104,13 @@ def pass_started() -> int:
     return time.time_ns() if seen is None else int(seen[_STARTED])
 
 
-def replace(part: str, key: Any, value: Any) -> None:
-    """Change the value remembered under `key`, keeping its checks (a value found to hold
-    again, with fresher facts)."""
+def replace(part: str, key: Any, old: Any, value: Any) -> None:
+    """Change the value remembered under `key` from `old` (the value recalled) to `value`,
+    keeping its checks (a value found to hold again, with fresher facts). Nothing when
+    another build remembered another value meanwhile: its checks are not `old`'s."""
     with _LOCK:
         entry = _MEMO.get((part, key))
-        if entry is not None:
+        if entry is not None and entry[1] is old:
             _MEMO[(part, key)] = (entry[0], value)
 
 

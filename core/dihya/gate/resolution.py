@@ -104,7 +104,8 @@ def find_shadowing(site: Path, files: Sequence[str],
             # holding no link (whether an entry is a link only changes with its directory)
             dirs = _trusted(env[3], value[2])
             if value[1] != dirs:
-                pathmemo.replace("resolution", key, (*value[:1], dirs, *value[2:]))
+                pathmemo.replace("resolution", key, value,
+                                 (*value[:1], dirs, *value[2:]))
         return value[3]  # type: ignore[no-any-return]
     pathmemo.count("resolution", False)
     # what each path entry holds of the top-level names, looked at before resolving
