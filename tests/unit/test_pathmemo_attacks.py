@@ -485,3 +485,29 @@ def test_a_slower_build_does_not_put_its_value_under_newer_checks(tmp_path: Path
     # with nobody in between, the refresh applies
     pathmemo.replace("attack", key, "new answer", "new answer, refreshed")
     assert pathmemo.recall("attack", key) == (True, "new answer, refreshed")
+
+
+def test_real_sys_path_mutated_by_code_in_the_process(
+        memo: AttackSite, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builds on the real `sys.path` (no explicit path): code running in the process (an
+    in-process plugin at import time) puts a directory holding a shadowing module first."""
+    from dihya.registry import build_registry
+
+    def verdict() -> tuple[object, ...]:
+        record = build_registry(memo.config()).get(memo.names["mutated"])
+        return (record.status, record.reason) if record is not None else ()
+
+    def without_cache() -> tuple[object, ...]:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(verifycache.ENV, "off")
+            return verdict()
+
+    inserted = memo.site.root / "inserted-real"
+    inserted.mkdir()
+    (inserted / f"{memo.module('mutated')}.py").write_text(OWNED)
+    _past_racy_window(inserted)
+    assert verdict() == verdict() == without_cache() == ("active", None)
+    monkeypatch.syspath_prepend(str(inserted))
+    assert (verdict(), without_cache()) == (("refused", "shadowed-module"),) * 2
+    monkeypatch.undo()
+    assert (verdict(), without_cache()) == (("active", None),) * 2
