@@ -36,6 +36,7 @@ docs/threat-model.md ("The import-path memo").
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import os
 import sys
@@ -103,12 +104,13 @@ def pass_started() -> int:
     return time.time_ns() if seen is None else int(seen[_STARTED])
 
 
-def replace(part: str, key: Any, value: Any) -> None:
-    """Change the value remembered under `key`, keeping its checks (a value found to hold
-    again, with fresher facts)."""
+def replace(part: str, key: Any, old: Any, value: Any) -> None:
+    """Change the value remembered under `key` from `old` (the value recalled) to `value`,
+    keeping its checks (a value found to hold again, with fresher facts). Nothing when
+    another build remembered another value meanwhile: its checks are not `old`'s."""
     with _LOCK:
         entry = _MEMO.get((part, key))
-        if entry is not None:
+        if entry is not None and entry[1] is old:
             _MEMO[(part, key)] = (entry[0], value)
 
 
@@ -283,12 +285,15 @@ def cwd() -> str:
 def path_checks(top: Sequence[str]) -> tuple[Check, ...]:
     """The keys of the path entries themselves (the current directory for ""); for an
     entry that does not exist, also its nearest existing ancestor (where it would be
-    created)."""
+    created); for a directory, also each symbolic link in it whose name ends like a
+    metadata directory (`link_checks`)."""
     found: list[Check] = []
     for entry in top:
         path = os.path.abspath(entry or cwd() or ".")
         key = key_of(path)
         found.append((path, key))
+        if key is not None:
+            found += link_checks(path, METADATA_SUFFIXES)
         while key is None:
             parent = os.path.dirname(path)
             if parent == path:
@@ -297,3 +302,27 @@ def path_checks(top: Sequence[str]) -> tuple[Check, ...]:
             key = key_of(path)
             found.append((path, key))
     return tuple(found)
+
+
+METADATA_SUFFIXES: Final = (".dist-info", ".egg-info")
+
+
+def link_checks(directory: str, suffixes: tuple[str, ...] | None = None
+                ) -> tuple[Check, ...]:
+    """The keys (following the link) of the symbolic links in `directory` (those whose
+    name ends with one of `suffixes`, when given). A link's target can appear, go or be
+    replaced without the directory holding the link changing: a result that depends on
+    what is behind a link is keyed on the link itself. Which links a directory holds is
+    remembered while the directory's key is unchanged (adding or removing one changes it).
+    Nothing when the memo is off (no key is compared then)."""
+    if not enabled():
+        return ()
+
+    def compute() -> tuple[tuple[str, ...], Sequence[Check]]:
+        links: list[str] = []
+        with contextlib.suppress(OSError), os.scandir(directory) as it:
+            links = sorted(e.path for e in it if e.is_symlink()
+                           and (suffixes is None or e.name.endswith(suffixes)))
+        return tuple(links), checks([directory])
+
+    return checks(memoized("links", (directory, suffixes), compute))

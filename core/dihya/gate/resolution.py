@@ -100,8 +100,12 @@ def find_shadowing(site: Path, files: Sequence[str],
         pathmemo.count("resolution", True)
         if value[1] != env[3]:
             # the entries that changed hold the same as before: from now on their keys
-            # are enough, once settled (compared with when this build looked at them)
-            pathmemo.replace("resolution", key, (*value[:1], env[3], *value[2:]))
+            # are enough, once settled (compared with when this build looked at them) and
+            # holding no link (whether an entry is a link only changes with its directory)
+            dirs = _trusted(env[3], value[2])
+            if value[1] != dirs:
+                pathmemo.replace("resolution", key, value,
+                                 (*value[:1], dirs, *value[2:]))
         return value[3]  # type: ignore[no-any-return]
     pathmemo.count("resolution", False)
     # what each path entry holds of the top-level names, looked at before resolving
@@ -115,19 +119,34 @@ def find_shadowing(site: Path, files: Sequence[str],
     outside = [d for d in dict.fromkeys(consulted) if d is not None and d not in env[2]]
     if not pathmemo.standard_dirs(outside):
         return found
-    checks = pathmemo.checks(outside)
+    # a symbolic link's target can change without its directory changing: the links in
+    # the directories consulted are keyed themselves
+    checks = (*pathmemo.checks(outside),
+              *(c for d in outside for c in pathmemo.link_checks(d)))
     held = [c for entry in entries for c in entry if c[1] is not None]
     if not pathmemo.settled([*checks, *held], started):
         return found
-    # each entry's key when settled (then an unchanged key is enough); else its holding
-    # is compared (an absent entry: it is still absent)
-    dirs = tuple(k if k is not None and pathmemo.settled([(d, k)], started) else None
-                 for d, k in env[1])
+    # each entry's key when settled and it holds no link under the names (then an
+    # unchanged key is enough); else its holding is compared (an absent entry: it is
+    # still absent)
+    dirs = _trusted(tuple(k if k is not None and pathmemo.settled([(d, k)], started)
+                          else None for d, k in env[1]), entries)
     if env[3] == dirs:
         dirs = env[3]  # the same tuple: compared by identity first
     pathmemo.remember("resolution", key, checks, started,
                       (env[0], dirs, entries, found, names))
     return found
+
+
+def _trusted(keys: tuple[StatKey | None, ...],
+             entries: tuple[tuple[pathmemo.Check, ...], ...]) -> tuple[StatKey | None, ...]:
+    """The settled keys of the path entries whose own key is enough: None for one that
+    holds a symbolic link under the names (its target can change, or appear, without the
+    path entry changing: what it holds is then compared at every build)."""
+    if not any(os.path.islink(p) for held in entries for p, _k in held):
+        return keys
+    return tuple(None if any(os.path.islink(p) for p, _k in held) else k
+                 for k, held in zip(keys, entries, strict=True))
 
 
 def _environment(top: tuple[str, ...], real_path: bool) -> tuple[Any, ...]:
