@@ -41,7 +41,7 @@ def _expiry(expires: str | None) -> float | None:
 
 @click.group()
 def tokens() -> None:
-    """Create, list and revoke API tokens (stored only as hashes)."""
+    """Create, list, rotate and revoke API tokens (stored only as hashes)."""
 
 
 @tokens.command("create")
