@@ -372,6 +372,27 @@ def test_cli_keygen_defaults_to_the_user_config_dir_with_mode_0600(tmp_path: Pat
     assert signed.exit_code == 2 and "plain file name" in signed.output
 
 
+def test_cli_keygen_resolves_dotdot_and_links_before_the_git_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    monkeypatch.chdir(repo / "sub")
+    runner = CliRunner()
+    # ../../outside.key from inside the checkout lands outside it: not refused
+    outside = runner.invoke(main, ["plugins", "keygen", "--out", "../../outside.key"])
+    assert outside.exit_code == 0, outside.output
+    assert (tmp_path / "outside.key").exists()
+    # a link outside the checkout that points into it: the key would land inside, refused
+    (tmp_path / "link").symlink_to(repo / "sub")
+    refused = runner.invoke(main, ["plugins", "keygen", "--out",
+                                   str(tmp_path / "link" / "acme.key")])
+    assert refused.exit_code == 2 and "inside the git work tree" in refused.output
+    assert not (repo / "sub" / "acme.key").exists()
+
+
 def test_cli_keygen_refuses_a_path_inside_a_git_work_tree(tmp_path: Path) -> None:
     import subprocess
 

@@ -34,8 +34,9 @@ def key_dir(environ: dict[str, str] | None = None) -> Path:
 def git_work_tree(path: Path) -> Path | None:
     """The top of the git work tree `path` (a file or directory, existing or not) lies in,
     or None. Looks for a `.git` directory or file (a worktree, a submodule) in `path`'s
-    existing ancestors; runs no git."""
-    here = path.absolute()
+    existing ancestors; runs no git. `..` and links are resolved first: `../x` from inside
+    a checkout is outside it, and a link into a checkout is inside it."""
+    here = Path(os.path.realpath(path))
     while not here.exists() and here != here.parent:
         here = here.parent
     if here.is_file():

@@ -7,7 +7,6 @@ invalid name, author or license, a non-empty target directory).
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
@@ -65,8 +64,7 @@ def new_command(name: str, target: Path | None, author: str | None, license_id: 
     click.echo(f"wrote dihya-plugin-{name} ({len(files)} files) to {where}")
     for path in files:
         click.echo(f"  {path.relative_to(where)}")
-    # `..` resolved first: ../x from inside a checkout is not inside that checkout
-    tree = git_work_tree(Path(os.path.abspath(where)))
+    tree = git_work_tree(where)
     if tree is not None:
         click.echo(f"warning: {where} is inside the git work tree {tree}; a plugin project "
                    "usually has a repository of its own (--dir elsewhere)", err=True)
