@@ -6,6 +6,7 @@ audits the outcome. Rate limits (per token) apply to generation and actions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -187,16 +188,16 @@ def generate() -> Response:
              "needs_sha256": sha256_of(needs_bytes), "needs_bytes": len(needs_bytes)}
     snapshot = st.current(g.request_id)  # never runs a plugin switched off before now
     try:
-        if snapshot.active:
-            with collecting(g.request_id, body["needs"], log_limits()) as plugin_logs:
-                try:
-                    result = run_generation(body["needs"], snapshot, role=token.role,
-                                            request_id=g.request_id)
-                finally:
+        # no active plugin: no hook runs, so none can log; nothing to collect
+        logs = (collecting(g.request_id, body["needs"], log_limits()) if snapshot.active
+                else contextlib.nullcontext())
+        with logs as plugin_logs:
+            try:
+                result = run_generation(body["needs"], snapshot, role=token.role,
+                                        request_id=g.request_id)
+            finally:
+                if plugin_logs is not None:
                     keep_plugin_logs(plugin_logs)
-        else:  # no active plugin: no hook runs, so none can log; nothing to collect
-            result = run_generation(body["needs"], snapshot, role=token.role,
-                                    request_id=g.request_id)
     except NeedsError as exc:
         st.auditor.record("generation", "invalid", **audit)
         raise _unprocessable([{"pointer": needs_pointer(p), "detail": p.message}
