@@ -111,7 +111,7 @@ def test_read_export_purge_by_plugin_and_verify(plugin_site, needs, tmp_path: Pa
 
     code, out = _run(config, "audit", "purge", "--plugin", one)
     assert code == 0, out
-    assert "21 log records and 1 notes removed; its 3 audit events stay" in out
+    assert "21 log records and 1 note removed; its 3 audit events stay" in out
     assert read(store, one) == []
     assert len(read(store, other)) == 21  # the other plugin's records are untouched
     with store.begin() as conn:

@@ -143,8 +143,10 @@ def purge_cmd(state: State, subject: str | None, days: float | None,
                    f"{counts['switches']} switch authors removed")
     elif plugin is not None:
         counts = purge_plugin(auditor, plugin, actor=user())
-        click.echo(f"erased plugin {plugin}: {counts['logs']} log records and {counts['notes']} "
-                   f"notes removed; its {counts['events']} audit events stay in the chain")
+        logs, notes, events = counts["logs"], counts["notes"], counts["events"]
+        click.echo(f"erased plugin {plugin}: {logs} log record{'s' if logs != 1 else ''} and "
+                   f"{notes} note{'s' if notes != 1 else ''} removed; its {events} audit "
+                   + ("event stays" if events == 1 else "events stay") + " in the chain")
     else:
         assert days is not None
         click.echo(f"removed {purge_older_than(auditor, days, actor=user())} events older "

@@ -179,9 +179,10 @@ def purge() -> Response:
     counts = purge_events(st, session.token, guard.request_id(), subject=subject,
                           older_than_days=days, plugin=plugin)
     if plugin is not None:
-        notice = (f"Plugin {plugin} erased: {counts['logs']} log records and "
-                  f"{counts['notes']} notes removed; its {counts['events']} events stay in "
-                  "the hash chain.")
+        logs, notes, events = counts["logs"], counts["notes"], counts["events"]
+        notice = (f"Plugin {plugin} erased: {logs} log record{'s' if logs != 1 else ''} and "
+                  f"{notes} note{'s' if notes != 1 else ''} removed; its {events} "
+                  + ("event stays" if events == 1 else "events stay") + " in the hash chain.")
     elif subject is not None:
         notice = (f"Subject erased: {counts['events']} events made unlinkable, "
                   f"{counts['notes']} notes, {counts['tokens']} tokens and "
