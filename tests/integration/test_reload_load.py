@@ -15,7 +15,9 @@ bundled plugin 5 times (HTTP). Checked afterwards, from what every request recor
   every request that started 1 s or more after the approval returned; its upgrade ran in no
   request before its re-approval, and in every request from 1 s after it; after the
   removal's reload returned (+ 1 s) no request ran it (a short run goes on until these
-  steps are done and checked);
+  steps are done and checked). Each step, and each enable, waits until one request per
+  client that started in the window it opened has come back, so every window has requests
+  to check however loaded the machine is (a fixed 1 s window was empty at load 10);
 - the server stops with exit status 0 and logged no traceback.
 
 Runs in its own tox env (`tox run -e reload-load`, marker `load`) and its own venv: the
@@ -141,6 +143,17 @@ def client(index: int, base: str, tok: str, stop: threading.Event, log: Log) -> 
             log.samples.append(sample)
 
 
+def wait_for_requests(log: Log, since: float, timeout_s: float = 120.0) -> None:
+    """Poll until one request per client that started at `since` or later has come back
+    (or `timeout_s` passed: the checks then say what is missing)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with log.lock:
+            if sum(s.start >= since for s in log.samples) >= CLIENTS:
+                return
+        time.sleep(0.05)
+
+
 def http_op(srv: Server, admin: str, path: str, body: object = None) -> tuple[bool, str]:
     status, _, answer = srv.call("POST", path, admin, body)
     return status == 200, f"{status} {json.dumps(answer)[:500]}"
@@ -171,6 +184,7 @@ def switches(srv: Server, admin: str, t0: float, log: Log) -> None:
             srv, admin, f"/api/v1/plugins/{p}/disable", {"reason": "load test"}))
         time.sleep(max(0.0, t0 + DURATION * (k / CYCLES + 0.14) - time.monotonic(),
                        off.returned + 2.0 - time.monotonic()))
+        wait_for_requests(log, since=off.returned)  # the off window has requests to check
         log.op("enable", plugin, lambda p=plugin: http_op(
             srv, admin, f"/api/v1/plugins/{p}/enable"))
 
@@ -198,9 +212,13 @@ def lifecycle(backend, wheels: dict[str, Path], t0: float, log: Log) -> None:
         return run
 
     def at(fraction: float, after: Op | None = None) -> None:
-        not_before = after.returned + GRACE + 1.0 if after is not None else 0.0
-        time.sleep(max(0.0, t0 + DURATION * fraction - time.monotonic(),
-                       not_before - time.monotonic()))
+        """Wait until `fraction` of DURATION and, after a step, until requests started
+        GRACE after it have come back (one per client): the next step must leave a window
+        with requests in it to check, however slow the machine is."""
+        time.sleep(max(0.0, t0 + DURATION * fraction - time.monotonic()))
+        if after is None:
+            return
+        wait_for_requests(log, since=after.returned + GRACE)
 
     at(0.2)
     if not log.op("pip-install", NEW, pip(str(wheels["1.0.0"]))).ok:
@@ -252,8 +270,8 @@ def test_generate_under_reloads_switches_and_a_new_plugin(backend, server,
     for t in threads:
         t.start()
     time.sleep(max(0.0, t0 + DURATION - time.monotonic()))
-    lifecycle_thread = threads[-1]  # a short run goes on until the removal was checked
-    lifecycle_thread.join(timeout=120)
+    for operator in threads[CLIENTS:]:  # a slow or short run goes on until every step
+        operator.join(timeout=240)       # was done and had requests after it to check
     removed = [o.returned for o in log.ops if o.kind == "reload-removed"]
     if removed:
         time.sleep(max(0.0, removed[0] + GRACE + 2.0 - time.monotonic()))
