@@ -106,3 +106,26 @@ def test_a_failed_append_leaves_the_next_one_working(store: Store) -> None:
     result = log.verify()
     assert result.ok and result.rows == 4, result.problem
 
+
+
+TRICKY = ["it's", "back\\slash", "\\'; DROP TABLE dihya_audit; --", "100% :seq %(v)s $1 $$x$$",
+          "E'\\x41'", "é😀\u2028\t\r\n", "'' \\\\ '", ""]
+
+
+def test_values_that_need_quoting_are_stored_as_they_are(store: Store) -> None:
+    """On PostgreSQL the writes go as one simple query with their values written in as
+    literals (`dihya.store.directwrite.pg_literal`): quotes, backslashes, placeholders
+    and any character come back byte for byte, and the chain verifies."""
+    auditor = Auditor(store=store)
+    assert auditor.log is not None
+    for i, text in enumerate(TRICKY):
+        auditor.record("plugin.action", "ok", subject=text or "x", target=f"t{text}",
+                       action=text, files=-i, duration_ms=0.1 + i, note=text)
+    result = auditor.log.verify()
+    assert result.ok and result.rows == len(TRICKY), result.problem
+    rows = list(auditor.log.rows())
+    assert [r["action"] for r in rows] == TRICKY
+    assert [r["note"] for r in rows] == TRICKY
+    assert [r["files"] for r in rows] == [-i for i in range(len(TRICKY))]
+    for text in TRICKY:
+        assert [r["action"] for r in auditor.log.rows(text or "x")] == [text]

@@ -9,7 +9,9 @@ psycopg's own `BEGIN`): eight per event. Here:
 - PostgreSQL, two round trips: (1) `BEGIN` with the transaction's settings and the
   advisory lock, and the first read (`rows`), in one simple query — its parameters, hex
   digests and ids only, written in as literals (anything else: a round trip of its own);
-  (2) every write (`write`), queued and sent in one pipeline with `COMMIT`. Connections
+  (2) every write (`write`), queued and sent with `COMMIT` as one simple query, its values
+  written in as quoted literals (`pg_literal`; psycopg's pipeline, which did the same in
+  one round trip with bound parameters, was most of an event's CPU). Connections
   come from a pool of their own, in autocommit mode (the transaction is begun by hand) and
   without a liveness ping: a dead connection fails the attempt, which the group commit
   retries with a look-up of what did commit (`dihya.audit.writer`). Each statement of a
@@ -22,6 +24,7 @@ for psycopg's `%(name)s`.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Final
 
@@ -63,6 +66,39 @@ def _with_literals(text: str, params: dict[str, Any]) -> str | None:
         return _PLACEHOLDER.sub(lambda m: f"'{params[m.group(1)]}'", text)
     except KeyError:
         return None
+
+
+def pg_literal(value: Any, conn: Any) -> str:
+    """`value` as a PostgreSQL literal, for a simple query (no bound parameters).
+
+    Strings: quotes doubled, and when there is a backslash the escape-string form with
+    backslashes doubled too — each form reads back as the same text whatever
+    `standard_conforming_strings` is. A NUL (which no PostgreSQL text holds) and any
+    type but `None`, `bool`, `int`, `str` and a finite `float` are quoted by psycopg's
+    own adapters (`psycopg.sql.Literal`), which refuse what cannot be stored as
+    psycopg would refuse the same value as a parameter."""
+    kind = type(value)
+    if kind is str and "\x00" not in value:
+        if "\\" in value:
+            return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+        return "'" + value.replace("'", "''") + "'"
+    if value is None:
+        return "NULL"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        # the shortest text that reads back as this double (`float8in` rounds correctly)
+        return "'" + float.__repr__(value) + "'::float8"
+    from psycopg import sql  # rare: not imported by a SQLite store's process
+
+    return sql.Literal(value).as_string(conn)
+
+
+def pg_statement(text: str, params: dict[str, Any], conn: Any) -> str:
+    """`text` (`:name` placeholders) with its parameters written in as literals."""
+    return _PLACEHOLDER.sub(lambda m: pg_literal(params[m.group(1)], conn), text)
 
 
 class RawTransaction:
@@ -107,18 +143,21 @@ class RawTransaction:
         if self._sqlite:
             self._cursor.executemany(text, params)
         else:
-            self._queued.append((self._sql(text), params))
+            self._queued.append((text, params))
 
     def commit(self) -> None:
-        """The queued writes and `COMMIT` (one pipeline on PostgreSQL)."""
+        """The queued writes and `COMMIT`: on PostgreSQL one simple query, one round trip
+        (the server runs its statements in order and stops at the first error, so no
+        `COMMIT` follows a failed write; the transaction is then rolled back)."""
         if self._sqlite:
             self._cursor.execute("COMMIT")
             return
         self._begun()
-        with self._cursor.connection.pipeline():
-            for sql, params in self._queued:
-                self._cursor.executemany(sql, params)
-            self._cursor.execute("COMMIT")
+        conn = self._cursor.connection
+        statements = [pg_statement(text, p, conn)
+                      for text, params in self._queued for p in params]
+        statements.append("COMMIT")
+        self._cursor.execute("; ".join(statements))
 
     def rollback(self) -> None:
         if self._begin is None:  # nothing was begun otherwise
