@@ -107,7 +107,6 @@ def test_a_failed_append_leaves_the_next_one_working(store: Store) -> None:
     assert result.ok and result.rows == 4, result.problem
 
 
-
 TRICKY = ["it's", "back\\slash", "\\'; DROP TABLE dihya_audit; --", "100% :seq %(v)s $1 $$x$$",
           "E'\\x41'", "é😀\u2028\t\r\n", "'' \\\\ '", ""]
 
