@@ -79,9 +79,10 @@ def pg_literal(value: Any, conn: Any) -> str:
     psycopg would refuse the same value as a parameter."""
     kind = type(value)
     if kind is str and "\x00" not in value:
-        if "\\" in value:
-            return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-        return "'" + value.replace("'", "''") + "'"
+        text: str = value
+        if "\\" in text:
+            return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+        return "'" + text.replace("'", "''") + "'"
     if value is None:
         return "NULL"
     if kind is bool:
