@@ -11,7 +11,9 @@ psycopg's own `BEGIN`): eight per event. Here:
   digests and ids only, written in as literals (anything else: a round trip of its own);
   (2) every write (`write`), queued and sent with `COMMIT` as one simple query, its values
   written in as quoted literals (`pg_literal`; psycopg's pipeline, which did the same in
-  one round trip with bound parameters, was most of an event's CPU). Connections
+  one round trip with bound parameters, was most of an event's CPU). Both are sent with
+  libpq's `PQexec` (`pg_exec`), which waits for the answer in C without the GIL; the
+  rows are loaded by psycopg's own loaders. Connections
   come from a pool of their own, in autocommit mode (the transaction is begun by hand) and
   without a liveness ping: a dead connection fails the attempt, which the group commit
   retries with a look-up of what did commit (`dihya.audit.writer`). Each statement of a
@@ -34,7 +36,6 @@ _SAFE_SETTING: Final = re.compile(r"^[A-Za-z0-9 :._-]+$")
 
 _HEX: Final = re.compile(r"^[0-9a-f]{1,128}$")
 _PLACEHOLDER: Final = re.compile(r":(\w+)")
-_BEGIN_STATEMENTS: Final = 4  # BEGIN, two SET LOCAL, the lock
 
 
 def pg_begin(lock_name: str, synchronous_commit: str, lock_timeout: str) -> str:
@@ -102,6 +103,38 @@ def pg_statement(text: str, params: dict[str, Any], conn: Any) -> str:
     return _PLACEHOLDER.sub(lambda m: pg_literal(params[m.group(1)], conn), text)
 
 
+def pg_exec(conn: Any, query: str) -> Any:
+    """Run `query` (one or more statements, no parameters) on psycopg connection `conn` in
+    one round trip with libpq's `PQexec`, which waits in C without the GIL; the result
+    of its last statement. psycopg's own `execute` wakes and runs Python for every
+    statement's result as it arrives: most of the client's CPU for a commit that waits on
+    the server's WAL flush. An error is raised as psycopg raises it: the statement's error
+    class from its SQLSTATE, or `OperationalError` when the connection failed."""
+    import psycopg
+    from psycopg import pq
+
+    encoding = conn.info.encoding
+    result = conn.pgconn.exec_(query.encode(encoding))
+    if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+        return result
+    if conn.pgconn.status != pq.ConnStatus.OK or not result.error_field(
+            pq.DiagnosticField.SQLSTATE):
+        raise psycopg.OperationalError(result.get_error_message(encoding) or
+                                       "the connection to the server failed")
+    raise psycopg.errors.error_from_result(result, encoding=encoding)
+
+
+def pg_rows(conn: Any, query: str) -> list[tuple[Any, ...]]:
+    """The rows of `query`'s last statement (`pg_exec`), loaded as psycopg loads a
+    cursor's (its `Transformer`: the same Python values for every column type)."""
+    from psycopg.adapt import Transformer
+
+    result = pg_exec(conn, query)
+    loader = Transformer(conn)
+    loader.set_pgresult(result)
+    return loader.load_rows(0, result.ntuples, tuple)
+
+
 class RawTransaction:
     """The statements of one `Store.raw_locked` transaction; on PostgreSQL `begin` is
     sent with the first read (or alone, before the first read that cannot join it)."""
@@ -128,10 +161,7 @@ class RawTransaction:
             joined = _with_literals(text, params or {})
             if joined is not None:  # one round trip: BEGIN, settings, lock, this query
                 begin, self._begin = self._begin, None
-                self._cursor.execute(f"{begin}; {joined}")
-                for _ in range(_BEGIN_STATEMENTS):
-                    self._cursor.nextset()
-                return list(self._cursor.fetchall())
+                return pg_rows(self._cursor.connection, f"{begin}; {joined}")
             self._begun()
         self._cursor.execute(self._sql(text), params or {})
         return list(self._cursor.fetchall())
@@ -158,7 +188,7 @@ class RawTransaction:
         statements = [pg_statement(text, p, conn)
                       for text, params in self._queued for p in params]
         statements.append("COMMIT")
-        self._cursor.execute("; ".join(statements))
+        pg_exec(conn, "; ".join(statements))
 
     def rollback(self) -> None:
         if self._begin is None:  # nothing was begun otherwise
