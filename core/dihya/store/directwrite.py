@@ -26,6 +26,7 @@ for psycopg's `%(name)s`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Final
@@ -38,6 +39,7 @@ _HEX: Final = re.compile(r"^[0-9a-f]{1,128}$")
 _PLACEHOLDER: Final = re.compile(r":(\w+)")
 
 
+@functools.lru_cache(maxsize=64)
 def pg_begin(lock_name: str, synchronous_commit: str, lock_timeout: str) -> str:
     """`BEGIN`, the transaction's settings and its advisory lock, as one simple query
     (no parameters: psycopg then sends several statements in one round trip). The values
@@ -100,7 +102,19 @@ def pg_literal(value: Any, conn: Any) -> str:
 
 def pg_statement(text: str, params: dict[str, Any], conn: Any) -> str:
     """`text` (`:name` placeholders) with its parameters written in as literals."""
-    return _PLACEHOLDER.sub(lambda m: pg_literal(params[m.group(1)], conn), text)
+    parts = _SPLIT.get(text)
+    if parts is None:  # the text between placeholders, then their names: split once
+        pieces = _PLACEHOLDER.split(text)
+        parts = _SPLIT[text] = (pieces[0::2], pieces[1::2])
+    texts, names = parts
+    out = [texts[0]]
+    for name, after in zip(names, texts[1:], strict=True):
+        out.append(pg_literal(params[name], conn))
+        out.append(after)
+    return "".join(out)
+
+
+_SPLIT: dict[str, tuple[list[str], list[str]]] = {}
 
 
 def pg_exec(conn: Any, query: str) -> Any:
