@@ -48,3 +48,16 @@ def test_placeholders_are_filled_once() -> None:
     text = "INSERT INTO t (a, b) VALUES (:a, :b)"
     assert pg_statement(text, {"a": ":b", "b": "x"}, None) == \
         "INSERT INTO t (a, b) VALUES (':b', 'x')"
+
+
+def test_another_client_encoding_leaves_every_value_to_psycopg(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from psycopg import sql
+
+    class Conn:
+        class info:  # psycopg's attribute name
+            encoding = "shift_jis"
+
+    monkeypatch.setattr(sql.Literal, "as_string", lambda self, conn: "<psycopg>")
+    assert pg_statement("VALUES (:a, :b)", {"a": "x", "b": 1}, Conn()) == \
+        "VALUES (<psycopg>, <psycopg>)"

@@ -95,13 +95,20 @@ def pg_literal(value: Any, conn: Any) -> str:
     if kind is float and math.isfinite(value):
         # the shortest text that reads back as this double (`float8in` rounds correctly)
         return "'" + float.__repr__(value) + "'::float8"
+    return _psycopg_literal(value, conn)
+
+
+def _psycopg_literal(value: Any, conn: Any) -> str:
     from psycopg import sql  # rare: not imported by a SQLite store's process
 
     return sql.Literal(value).as_string(conn)
 
 
 def pg_statement(text: str, params: dict[str, Any], conn: Any) -> str:
-    """`text` (`:name` placeholders) with its parameters written in as literals."""
+    """`text` (`:name` placeholders) with its parameters written in as literals: by
+    `pg_literal` when the connection's client encoding is UTF-8 (what the quoting is
+    written for), else every value by psycopg's own `sql.Literal`."""
+    quote = pg_literal if conn is None or conn.info.encoding == "utf-8" else _psycopg_literal
     parts = _SPLIT.get(text)
     if parts is None:  # the text between placeholders, then their names: split once
         pieces = _PLACEHOLDER.split(text)
@@ -109,7 +116,7 @@ def pg_statement(text: str, params: dict[str, Any], conn: Any) -> str:
     texts, names = parts
     out = [texts[0]]
     for name, after in zip(names, texts[1:], strict=True):
-        out.append(pg_literal(params[name], conn))
+        out.append(quote(params[name], conn))
         out.append(after)
     return "".join(out)
 
