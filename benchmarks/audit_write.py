@@ -24,9 +24,16 @@ default: a commit survives power loss) and `"normal"` (any process crash):
      /proc) per request with audit minus without, over with. The machine's load average is
      printed per row.
 
+  With `--compare-core DIR` (a checkout's `core` directory, e.g. `main`'s), each HTTP row
+  is measured for this core and for that one (servers run with `PYTHONPATH=DIR`), the
+  four servers' rounds interleaved: before and after side by side in one run, each
+  against its own server without audit. `--no-appends` skips parts 1 and 2 (in-process:
+  this core only); `--single-client` skips the concurrent HTTP load.
+
     python benchmarks/audit_write.py [--events N] [--seconds S] [--rounds R]
                                      [--clients C] [--threads T] [--postgres URL]
-                                     [--only sqlite|postgres]
+                                     [--only sqlite|postgres] [--compare-core DIR]
+                                     [--no-appends] [--single-client]
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from _common import ROOT, percentile, print_machine, table, tree_cpu_seconds
 
@@ -154,16 +162,20 @@ def free_port() -> int:
 class Side:
     """One benchmark server: with or without audit."""
 
-    def __init__(self, config: Path, audit: bool, threads: int, log: Path) -> None:
+    def __init__(self, config: Path, audit: bool, threads: int, log: Path,
+                 core: str | None = None) -> None:
         self.audit = audit
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("DIHYA_") and k != "PYTHONPATH"}
+        if core is not None:
+            env["PYTHONPATH"] = core
         self.port = free_port()
         self.log_path = log
         self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "_audit_server.py"), str(config), str(self.port), "2",
              str(threads), "audit" if audit else "no-audit"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("DIHYA_")})
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -237,45 +249,57 @@ def latency_rows(label: str, url: str, sync: str, args: argparse.Namespace,
     token = create_token(store, "bench-" + secrets.token_hex(3), "developer")
     store.engine.dispose()
     rows = []
-    for clients, threads in ((1, 1), (args.clients, args.threads)):
-        sides = {audit: Side(config, audit, threads, work / f"{label}-{sync}-{audit}.log")
-                 for audit in (True, False)}
-        samples: dict[bool, list[float]] = {True: [], False: []}
-        cpu = {True: 0.0, False: 0.0}  # the server's CPU seconds during the measured rounds
-        errors = {True: 0, False: 0}
-        loads = [load()]
+    cores: list[tuple[str, str | None]] = [("", None)]
+    if args.compare_core:
+        cores = [("this core", None), ("compare core", str(args.compare_core))]
+    loads = [(1, 1)] if args.single_client else [(1, 1), (args.clients, args.threads)]
+    for clients, threads in loads:
+        keys = [(name, audit) for name, _ in cores for audit in (True, False)]
+        where = dict(cores)
+        sides = {}
         try:
-            for audit in (True, False):  # warm-up, unrecorded
-                run_round(sides[audit].port, token, clients, 1.0)
+            for key in keys:
+                name, audit = key
+                sides[key] = Side(config, audit, threads,
+                                  work / f"{label}-{sync}-{audit}-{len(sides)}.log", where[name])
+            samples: dict[Any, list[float]] = {key: [] for key in keys}
+            cpu = dict.fromkeys(keys, 0.0)  # the server's CPU seconds in measured rounds
+            errors = dict.fromkeys(keys, 0)
+            loads_seen = [load()]
+            for key in keys:  # warm-up, unrecorded
+                run_round(sides[key].port, token, clients, 1.0)
             for r in range(args.rounds):
-                order = (True, False) if r % 2 == 0 else (False, True)
-                for audit in order:
-                    before = tree_cpu_seconds(sides[audit].proc.pid)
-                    got, failed = run_round(sides[audit].port, token, clients, args.seconds)
-                    cpu[audit] += tree_cpu_seconds(sides[audit].proc.pid) - before
-                    samples[audit] += got
-                    errors[audit] += failed
-            loads.append(load())
+                order = keys[r % len(keys):] + keys[:r % len(keys)]
+                for key in order:
+                    before = tree_cpu_seconds(sides[key].proc.pid)
+                    got, failed = run_round(sides[key].port, token, clients, args.seconds)
+                    cpu[key] += tree_cpu_seconds(sides[key].proc.pid) - before
+                    samples[key] += got
+                    errors[key] += failed
+            loads_seen.append(load())
         finally:
-            counts = {audit: side.stop() for audit, side in sides.items()}
-        with_audit = statistics.median(samples[True])
-        without = statistics.median(samples[False])
-        share = (with_audit - without) / with_audit * 100
-        cpu_with = cpu[True] / max(1, len(samples[True]))
-        cpu_without = cpu[False] / max(1, len(samples[False]))
-        cpu_share = (cpu_with - cpu_without) / cpu_with * 100 if cpu_with else float("nan")
-        commits, events = counts[True]
-        per_commit = f"{events / commits:.2f}" if commits else "-"
-        total_s = args.rounds * args.seconds
-        rows.append([
-            f"{label}, synchronous={sync}", f"{clients}/{threads}",
-            f"{with_audit * 1000:.2f} / {percentile(samples[True], 90) * 1000:.2f}",
-            f"{without * 1000:.2f} / {percentile(samples[False], 90) * 1000:.2f}",
-            f"{len(samples[True]) / total_s:.0f} / {len(samples[False]) / total_s:.0f}",
-            f"{share:.1f} %", f"{cpu_with * 1000:.2f} / {cpu_without * 1000:.2f}",
-            f"{cpu_share:.1f} %", per_commit, f"{errors[True]}/{errors[False]}",
-            " -> ".join(loads)])
-        print(f"  {rows[-1]}", flush=True)
+            counts = {key: side.stop() for key, side in sides.items()}
+        for name, _ in cores:
+            on, off = (name, True), (name, False)
+            with_audit = statistics.median(samples[on])
+            without = statistics.median(samples[off])
+            share = (with_audit - without) / with_audit * 100
+            cpu_with = cpu[on] / max(1, len(samples[on]))
+            cpu_without = cpu[off] / max(1, len(samples[off]))
+            cpu_share = (cpu_with - cpu_without) / cpu_with * 100 if cpu_with else float("nan")
+            commits, events = counts[on]
+            per_commit = f"{events / commits:.2f}" if commits else "-"
+            total_s = args.rounds * args.seconds
+            rows.append([
+                f"{label}, synchronous={sync}" + (f" ({name})" if name else ""),
+                f"{clients}/{threads}",
+                f"{with_audit * 1000:.2f} / {percentile(samples[on], 90) * 1000:.2f}",
+                f"{without * 1000:.2f} / {percentile(samples[off], 90) * 1000:.2f}",
+                f"{len(samples[on]) / total_s:.0f} / {len(samples[off]) / total_s:.0f}",
+                f"{share:.1f} %", f"{cpu_with * 1000:.2f} / {cpu_without * 1000:.2f}",
+                f"{cpu_share:.1f} %", per_commit, f"{errors[on]}/{errors[off]}",
+                " -> ".join(loads_seen)])
+            print(f"  {rows[-1]}", flush=True)
     return rows
 
 
@@ -289,6 +313,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--only", choices=("sqlite", "postgres"))
+    parser.add_argument("--compare-core", type=Path, default=None,
+                        help="another checkout's core directory, measured side by side")
+    parser.add_argument("--no-appends", action="store_true",
+                        help="skip the in-process sequential and concurrent appends")
+    parser.add_argument("--single-client", action="store_true",
+                        help="only the one-client HTTP load")
     args = parser.parse_args()
     print_machine()
     print(f"load average (1 min/5 min) at start: {load()}\n", flush=True)
@@ -301,6 +331,9 @@ def main() -> None:
                 # PostgreSQL setting per transaction; separate files keep counts apart
                 url = (base_url.replace("dihya.sqlite3", f"dihya-{sync}.sqlite3")
                        if base_url.startswith("sqlite") else base_url)
+                if args.no_appends:
+                    http_rows += latency_rows(label, url, sync, args, Path(tmp))
+                    continue
                 seq = sequential(url, sync, args.events)
                 rate, ok, count = concurrent(url, sync, args.events // 4 or 1)
                 append_rows.append([f"{label}, synchronous={sync}",
@@ -310,9 +343,10 @@ def main() -> None:
                                     load()])
                 print(f"  {append_rows[-1]}", flush=True)
                 http_rows += latency_rows(label, url, sync, args, Path(tmp))
-    print()
-    print(table(["store", "events/s (1 proc)", "median/event", "events/s (8 procs)",
-                 "chain", "load"], append_rows))
+    if append_rows:
+        print()
+        print(table(["store", "events/s (1 proc)", "median/event", "events/s (8 procs)",
+                     "chain", "load"], append_rows))
     print()
     print(table(["store", "clients/threads", "with audit ms (median / p90)",
                  "without ms (median / p90)", "req/s with / without", "audit share",

@@ -24,10 +24,14 @@ from /proc) per side, and the ratios A/B (target >= 0.8) and B/C (target >= 0.35
 servers are always stopped. `--profile` adds, per side, an in-process run of the request path
 (Flask test client) with each hook's median time and a cProfile.
 
+`--compare-core DIR` (another checkout's `core` directory, e.g. `main`'s) adds side D: B
+served by that core (`PYTHONPATH=DIR`, the same venv, config and store), interleaved
+with the others, so before and after are measured in one run.
+
     python benchmarks/http_generate.py [--rounds 4] [--seconds 5] [--requests 5000]
                                        [--threads 4] [--warmup 3]
                                        [--mode sandbox|in-process]
-                                       [--profile] [--workdir DIR]
+                                       [--profile] [--workdir DIR] [--compare-core DIR]
 """
 
 from __future__ import annotations
@@ -316,6 +320,8 @@ def main() -> None:
                         "default, sandbox)")
     parser.add_argument("--profile", action="store_true",
                         help="also print a cProfile of the request path (in-process) per side")
+    parser.add_argument("--compare-core", type=Path, default=None,
+                        help="another checkout's core directory: side D, B served by it")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where to create the temporary directory (default: the system's)")
     args = parser.parse_args()
@@ -333,24 +339,31 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     sides = {"A": clean_env(), "B": clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS)),
              "C": clean_env()}
+    if args.compare_core:
+        sides["D"] = clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS),
+                               PYTHONPATH=str(args.compare_core.resolve()))
     servers: dict[str, Server] = {}
     try:
         for label, env in sides.items():
             servers[label] = Server(label, bindir, config, work, env, flask=label == "C")
         ready = {label: server.wait_ready() for label, server in servers.items()}
         ran = {label: check_side(server.port, body, headers) for label, server in servers.items()}
-        if ran["A"] != sorted(PLUGINS) or ran["B"]:
+        if ran["A"] != sorted(PLUGINS) or ran["B"] or ran.get("D"):
             raise SystemExit(f"unexpected plugins: A ran {ran['A']}, B ran {ran['B']}")
         print(f"servers: A on :{servers['A'].port} ({ready['A']['plugins_active']} plugins "
               f"active, ran {', '.join(ran['A'])}), B on :{servers['B'].port} "
               f"({ready['B']['plugins_active']} active), C (trivial Flask) on "
               f":{servers['C'].port}")
 
-        results: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "C": []}
+        results: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
         for label in servers:  # warm-up: imports, caches, first-call costs, both workers
             run_round(servers[label].port, body, headers, args.threads, args.warmup,
                       args.requests)
-        orders = (("A", "B", "C"), ("C", "B", "A"), ("B", "C", "A"), ("A", "C", "B"))
+        orders: tuple[tuple[str, ...], ...] = (
+            ("A", "B", "C"), ("C", "B", "A"), ("B", "C", "A"), ("A", "C", "B"))
+        if "D" in servers:
+            orders = (("A", "B", "C", "D"), ("D", "C", "B", "A"), ("B", "D", "A", "C"),
+                      ("C", "A", "D", "B"))
         for index in range(args.rounds):
             for label in orders[index % len(orders)]:
                 outcome = run_round(servers[label].port, body, headers, args.threads,
@@ -371,11 +384,12 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
     names = {"A": "A  plugins on (example + markdown-docs)",
              "B": "B  plugins off (DIHYA_PLUGINS_DISABLE)",
-             "C": "C  peer: trivial Flask endpoint, gunicorn"}
+             "C": "C  peer: trivial Flask endpoint, gunicorn",
+             "D": "D  plugins off, --compare-core"}
     rows = []
     rps: dict[str, float] = {}
     cpu: dict[str, float] = {}
-    for label in ("A", "B", "C"):
+    for label in results:
         rounds = results[label]
         ok = sum(r["ok"] for r in rounds)
         elapsed = sum(r["elapsed"] for r in rounds)
@@ -394,8 +408,11 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
           f"most {args.seconds:g} s / {args.requests} requests")
     print(table(["side", "rps", "rps/round med", "range", "median ms", "p99 ms",
                  "server CPU ms/req", "requests", "errors"], rows))
-    for (a, b, target, what) in (("A", "B", TARGET, "plugins on / off"),
-                                 ("B", "C", TARGET_VS_FLASK, "plugins off / trivial Flask")):
+    pairs = [("A", "B", TARGET, "plugins on / off"),
+             ("B", "C", TARGET_VS_FLASK, "plugins off / trivial Flask")]
+    if "D" in results:
+        pairs.append(("D", "C", TARGET_VS_FLASK, "plugins off, compared core / trivial Flask"))
+    for (a, b, target, what) in pairs:
         ratio = rps[a] / rps[b]
         status = ("MET" if ratio >= target else "NOT MET")
         print(f"ratio {a}/{b} (rps, {what}): {ratio:.2f}   target >= {target:.2f}: "

@@ -106,3 +106,44 @@ def test_a_failed_append_leaves_the_next_one_working(store: Store) -> None:
     result = log.verify()
     assert result.ok and result.rows == 4, result.problem
 
+
+TRICKY = ["it's", "back\\slash", "\\'; DROP TABLE dihya_audit; --", "100% :seq %(v)s $1 $$x$$",
+          "E'\\x41'", "é😀\u2028\t\r\n", "'' \\\\ '", ""]
+
+
+def test_values_that_need_quoting_are_stored_as_they_are(store: Store) -> None:
+    """On PostgreSQL the writes go as one simple query with their values written in as
+    literals (`dihya.store.directwrite.pg_literal`): quotes, backslashes, placeholders
+    and any character come back byte for byte, and the chain verifies."""
+    auditor = Auditor(store=store)
+    assert auditor.log is not None
+    for i, text in enumerate(TRICKY):
+        auditor.record("plugin.action", "ok", subject=text or "x", target=f"t{text}",
+                       action=text, files=-i, duration_ms=0.1 + i, note=text)
+    result = auditor.log.verify()
+    assert result.ok and result.rows == len(TRICKY), result.problem
+    rows = list(auditor.log.rows())
+    assert [r["action"] for r in rows] == TRICKY
+    assert [r["note"] for r in rows] == TRICKY
+    assert [r["files"] for r in rows] == [-i for i in range(len(TRICKY))]
+    for text in TRICKY:
+        assert [r["action"] for r in auditor.log.rows(text or "x")] == [text]
+
+
+def test_a_connection_the_server_closed_is_retried(store: Store) -> None:
+    """PostgreSQL: the audit's pooled connections killed by the server (a restart, an
+    idle timeout) fail one attempt; the group commit retries on a new connection, the
+    event is stored once and the chain verifies."""
+    if store.is_sqlite:
+        pytest.skip("PostgreSQL's connections")
+    auditor = Auditor(store=store)
+    assert auditor.log is not None
+    auditor.record("generation", "ok", subject="jane", files=1)
+    with store.raw_locked("audit") as tx:  # the pooled connection the next append takes
+        [(pid,)] = tx.rows("SELECT pg_backend_pid()")
+    with store.begin() as conn:  # that one only: other tests share the server
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    auditor.record("generation", "ok", subject="jane", files=2)
+    result = auditor.log.verify()
+    assert result.ok and result.rows == 2, result.problem
+    assert [r["files"] for r in auditor.log.rows()] == [1, 2]

@@ -6,7 +6,8 @@ packets, then a type byte and a length), so the proxy knows when a connection se
 `COMMIT` after inserting into `dihya_audit`: `lose_commit_reply()` arms it to forward
 that COMMIT to the server, wait for the server's reply — the transaction is committed by
 then — and close both sockets instead of forwarding it. (An insert is seen in a simple
-query, in a Parse, or in a Bind of a statement psycopg prepared from such a Parse.) The
+query — with the COMMIT as its last statement, or alone —, in a Parse, or in a Bind of a
+statement psycopg prepared from such a Parse.) The
 client sees its connection die during COMMIT, exactly as when a network or a server host
 fails at that instant.
 """
@@ -108,6 +109,11 @@ class _Link:
     def _statement(self, text: bytes) -> None:
         if _is_audit_insert(text):
             self.audit_insert = True
+            # a simple query may carry the writes and the COMMIT together (the core's
+            # audit append on PostgreSQL does): its last statement ends the transaction
+            last = text.rstrip(b"\0 ;").rsplit(b";", 1)
+            if len(last) == 2:
+                self._transaction_end(last[1].strip())
         else:
             self._transaction_end(text)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import operator
 import os
 import secrets
@@ -190,11 +191,40 @@ def hook_event_type(result: HookResult) -> str:
 
 def iso_time(ts: float) -> str:
     """`ts` (seconds since the epoch) as ISO 8601 in UTC, to the millisecond:
-    `2026-12-02T09:01:19.123Z`."""
+    `2026-12-02T09:01:19.123Z`.
+
+    Exactly `datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")` with
+    `Z` for `+00:00` (`tests/unit/test_audit_time.py` compares them): the microseconds
+    rounded half to even as `fromtimestamp` rounds them, then truncated to milliseconds;
+    the date and time of the second from a small cache (every log line asks, and the
+    datetime round trip was most of a line's time)."""
+    if type(ts) is not float or not _TS_MIN <= ts < _TS_MAX:
+        return _iso_time_datetime(ts)
+    frac, whole = math.modf(ts)
+    micro = round(frac * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    elif micro < 0:
+        whole, micro = whole - 1, micro + 1_000_000
+    second = int(whole)
+    prefix = _SECONDS.get(second)
+    if prefix is None:
+        if len(_SECONDS) >= 64:
+            _SECONDS.clear()
+        prefix = _SECONDS[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{prefix}.{micro // 1000:03d}Z"
+
+
+def _iso_time_datetime(ts: float) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
+
+
+_SECONDS: dict[int, str] = {}  # a second since the epoch -> its date and time, UTC
+_TS_MIN: Final = 0.0  # from the epoch to the year 9999: four-digit years, as isoformat
+_TS_MAX: Final = 253402300799.0
 
 
 def sha256_of(text: str | bytes) -> str:

@@ -418,9 +418,13 @@ class Store:
         itself, with the lock, in one round trip) and no liveness ping (a dead one fails
         the attempt, which is retried)."""
         if self._direct is None:
+            # no reset on return: `raw_locked` ends every transaction itself (COMMIT or
+            # ROLLBACK, else the connection is invalidated), so the pool's rollback had
+            # nothing to do but cost its call
             self._direct = sa.create_engine(
                 self.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8,
-                pool_timeout=10, connect_args=_pg_connect_args(self.url))
+                pool_timeout=10, pool_reset_on_return=None,
+                connect_args=_pg_connect_args(self.url))
         return self._direct
 
     def dispose(self) -> None:

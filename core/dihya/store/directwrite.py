@@ -9,7 +9,11 @@ psycopg's own `BEGIN`): eight per event. Here:
 - PostgreSQL, two round trips: (1) `BEGIN` with the transaction's settings and the
   advisory lock, and the first read (`rows`), in one simple query — its parameters, hex
   digests and ids only, written in as literals (anything else: a round trip of its own);
-  (2) every write (`write`), queued and sent in one pipeline with `COMMIT`. Connections
+  (2) every write (`write`), queued and sent with `COMMIT` as one simple query, its values
+  written in as quoted literals (`pg_literal`; psycopg's pipeline, which did the same in
+  one round trip with bound parameters, was most of an event's CPU). Both are sent with
+  libpq's `PQexec` (`pg_exec`), which waits for the answer in C without the GIL; the
+  rows are loaded by psycopg's own loaders. Connections
   come from a pool of their own, in autocommit mode (the transaction is begun by hand) and
   without a liveness ping: a dead connection fails the attempt, which the group commit
   retries with a look-up of what did commit (`dihya.audit.writer`). Each statement of a
@@ -22,6 +26,8 @@ for psycopg's `%(name)s`.
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from typing import Any, Final
 
@@ -31,9 +37,9 @@ _SAFE_SETTING: Final = re.compile(r"^[A-Za-z0-9 :._-]+$")
 
 _HEX: Final = re.compile(r"^[0-9a-f]{1,128}$")
 _PLACEHOLDER: Final = re.compile(r":(\w+)")
-_BEGIN_STATEMENTS: Final = 4  # BEGIN, two SET LOCAL, the lock
 
 
+@functools.lru_cache(maxsize=64)
 def pg_begin(lock_name: str, synchronous_commit: str, lock_timeout: str) -> str:
     """`BEGIN`, the transaction's settings and its advisory lock, as one simple query
     (no parameters: psycopg then sends several statements in one round trip). The values
@@ -65,6 +71,91 @@ def _with_literals(text: str, params: dict[str, Any]) -> str | None:
         return None
 
 
+def pg_literal(value: Any, conn: Any) -> str:
+    """`value` as a PostgreSQL literal, for a simple query (no bound parameters).
+
+    Strings: quotes doubled, and when there is a backslash the escape-string form with
+    backslashes doubled too — each form reads back as the same text whatever
+    `standard_conforming_strings` is. A NUL (which no PostgreSQL text holds) and any
+    type but `None`, `bool`, `int`, `str` and a finite `float` are quoted by psycopg's
+    own adapters (`psycopg.sql.Literal`), which refuse what cannot be stored as
+    psycopg would refuse the same value as a parameter."""
+    kind = type(value)
+    if kind is str and "\x00" not in value:
+        text: str = value
+        if "\\" in text:
+            return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+        return "'" + text.replace("'", "''") + "'"
+    if value is None:
+        return "NULL"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        # the shortest text that reads back as this double (`float8in` rounds correctly)
+        return "'" + float.__repr__(value) + "'::float8"
+    return _psycopg_literal(value, conn)
+
+
+def _psycopg_literal(value: Any, conn: Any) -> str:
+    from psycopg import sql  # rare: not imported by a SQLite store's process
+
+    return sql.Literal(value).as_string(conn)
+
+
+def pg_statement(text: str, params: dict[str, Any], conn: Any) -> str:
+    """`text` (`:name` placeholders) with its parameters written in as literals: by
+    `pg_literal` when the connection's client encoding is UTF-8 (what the quoting is
+    written for), else every value by psycopg's own `sql.Literal`."""
+    quote = pg_literal if conn is None or conn.info.encoding == "utf-8" else _psycopg_literal
+    parts = _SPLIT.get(text)
+    if parts is None:  # the text between placeholders, then their names: split once
+        pieces = _PLACEHOLDER.split(text)
+        parts = _SPLIT[text] = (pieces[0::2], pieces[1::2])
+    texts, names = parts
+    out = [texts[0]]
+    for name, after in zip(names, texts[1:], strict=True):
+        out.append(quote(params[name], conn))
+        out.append(after)
+    return "".join(out)
+
+
+_SPLIT: dict[str, tuple[list[str], list[str]]] = {}
+
+
+def pg_exec(conn: Any, query: str) -> Any:
+    """Run `query` (one or more statements, no parameters) on psycopg connection `conn` in
+    one round trip with libpq's `PQexec`, which waits in C without the GIL; the result
+    of its last statement. psycopg's own `execute` wakes and runs Python for every
+    statement's result as it arrives: most of the client's CPU for a commit that waits on
+    the server's WAL flush. An error is raised as psycopg raises it: the statement's error
+    class from its SQLSTATE, or `OperationalError` when the connection failed."""
+    import psycopg
+    from psycopg import pq
+
+    encoding = conn.info.encoding
+    result = conn.pgconn.exec_(query.encode(encoding))
+    if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+        return result
+    if conn.pgconn.status != pq.ConnStatus.OK or not result.error_field(
+            pq.DiagnosticField.SQLSTATE):
+        raise psycopg.OperationalError(result.get_error_message(encoding) or
+                                       "the connection to the server failed")
+    raise psycopg.errors.error_from_result(result, encoding=encoding)
+
+
+def pg_rows(conn: Any, query: str) -> list[tuple[Any, ...]]:
+    """The rows of `query`'s last statement (`pg_exec`), loaded as psycopg loads a
+    cursor's (its `Transformer`: the same Python values for every column type)."""
+    from psycopg.adapt import Transformer
+
+    result = pg_exec(conn, query)
+    loader = Transformer(conn)
+    loader.set_pgresult(result)
+    return loader.load_rows(0, result.ntuples, tuple)
+
+
 class RawTransaction:
     """The statements of one `Store.raw_locked` transaction; on PostgreSQL `begin` is
     sent with the first read (or alone, before the first read that cannot join it)."""
@@ -91,10 +182,7 @@ class RawTransaction:
             joined = _with_literals(text, params or {})
             if joined is not None:  # one round trip: BEGIN, settings, lock, this query
                 begin, self._begin = self._begin, None
-                self._cursor.execute(f"{begin}; {joined}")
-                for _ in range(_BEGIN_STATEMENTS):
-                    self._cursor.nextset()
-                return list(self._cursor.fetchall())
+                return pg_rows(self._cursor.connection, f"{begin}; {joined}")
             self._begun()
         self._cursor.execute(self._sql(text), params or {})
         return list(self._cursor.fetchall())
@@ -107,18 +195,21 @@ class RawTransaction:
         if self._sqlite:
             self._cursor.executemany(text, params)
         else:
-            self._queued.append((self._sql(text), params))
+            self._queued.append((text, params))
 
     def commit(self) -> None:
-        """The queued writes and `COMMIT` (one pipeline on PostgreSQL)."""
+        """The queued writes and `COMMIT`: on PostgreSQL one simple query, one round trip
+        (the server runs its statements in order and stops at the first error, so no
+        `COMMIT` follows a failed write; the transaction is then rolled back)."""
         if self._sqlite:
             self._cursor.execute("COMMIT")
             return
         self._begun()
-        with self._cursor.connection.pipeline():
-            for sql, params in self._queued:
-                self._cursor.executemany(sql, params)
-            self._cursor.execute("COMMIT")
+        conn = self._cursor.connection
+        statements = [pg_statement(text, p, conn)
+                      for text, params in self._queued for p in params]
+        statements.append("COMMIT")
+        pg_exec(conn, "; ".join(statements))
 
     def rollback(self) -> None:
         if self._begin is None:  # nothing was begun otherwise

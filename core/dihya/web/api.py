@@ -83,6 +83,9 @@ def json_body(optional: bool = False) -> Any:
 def validate_body(schema: dict[str, Any], body: Any) -> None:
     """422 listing the schema violations of `body` (the first MAX_PROBLEMS, then one entry
     saying more were found), each with its JSON pointer."""
+    if schema is GENERATE_BODY and type(body) is dict and body.keys() == {"needs"} \
+            and type(body["needs"]) is dict:
+        return  # what the schema asks, checked without jsonschema's walk (JSON's types)
     errors, more = first_errors(_validator(schema).iter_errors(body), MAX_PROBLEMS)
     if errors:
         listed = [{"pointer": _pointer(e.absolute_path), "detail": _schema_detail(e)}

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
@@ -109,9 +109,18 @@ class RequestSafeLogger(GunicornLogger):  # type: ignore[misc]
                 request_id = _escape_atom(str(value))[:64]
         ms = request_time.seconds * 1000 + request_time.microseconds / 1000
         sent = getattr(resp, "sent", None)
-        self.access_log.info(f"{method} {path} {code}", extra={
-            "method": method, "path": path, "status": code, "bytes": sent,
-            "duration_ms": round(ms, 2), "request_id": request_id})
+        log = self.access_log
+        if not log.isEnabledFor(logging.INFO):
+            return
+        # `log.info` without its walk up the stack for the caller (always this method)
+        log.handle(log.makeRecord(log.name, logging.INFO, __file__, _ACCESS_LINE_NO,
+                                  f"{method} {path} {code}", (), None, "access", extra={
+                                      "method": method, "path": path, "status": code,
+                                      "bytes": sent, "duration_ms": round(ms, 2),
+                                      "request_id": request_id}))
+
+
+_ACCESS_LINE_NO: Final = RequestSafeLogger.access.__code__.co_firstlineno
 
 
 def logger_class(log_format: str) -> type[RequestSafeLogger]:
