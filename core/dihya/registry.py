@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -233,10 +233,18 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
 
 
 def _forget_stale_modules(previous: RegistrySnapshot, in_process: Sequence[Verdict]) -> None:
-    keep = {(v.plugin.name, v.fingerprint, v.plugin.site_packages) for v in in_process}
+    # compared as strings (a record's `site` is its plugin's `site_packages`): a `Path` per
+    # plugin made, hashed and compared was most of this step's cost
+    keep = {(v.plugin.name, v.fingerprint, _site_of(v.plugin)) for v in in_process}
     for r in previous.records:
-        if r.site is not None and (r.name, r.fingerprint, r.site) not in keep:
+        if r.site is not None and (r.name, r.fingerprint, os.fspath(r.site)) not in keep:
             forget_modules(r.site, r.files)
+
+
+def _site_of(plugin: Any) -> str | None:
+    """`os.fspath(plugin.site_packages)`, without making the `Path`."""
+    dist_info = plugin.dist_info
+    return None if dist_info is None else os.path.dirname(os.fspath(dist_info)) or "."
 
 
 def _worker_specs(config: Config, verdicts: Sequence[Verdict],
@@ -366,13 +374,29 @@ def _record(verdict: Verdict, status: str, reason: str | None, message: str,
 
 def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
     cls, entry = loaded.cls, verdict.entry
-    meta = {"hooks": loaded.hooks, "safe": cls.safe, "priority": cls.priority,
-            "description": cls.description, "author": cls.author, "actions": loaded.actions,
-            "hook_args": loaded.hook_args}
     if entry is not None and entry.mode == "in-process" and not cls.safe:
+        meta = {"hooks": loaded.hooks, "safe": cls.safe, "priority": cls.priority,
+                "description": cls.description, "author": cls.author,
+                "actions": loaded.actions, "hook_args": loaded.hook_args}
         return _record(verdict, REFUSED, Reason.UNSAFE_IN_PROCESS,
                        f"approved in-process but {cls.__qualname__}.safe is False; approve "
                        "it with --mode sandbox", **meta)
-    return _record(verdict, ACTIVE, None, "active", instance=loaded.instance,
-                   executor=_IN_PROCESS, isolation=("none: runs in the backend process",),
-                   warnings=loaded.deprecations, **meta)
+    # what `_record` makes of it, without the keyword dicts in between: the record of
+    # every active in-process plugin on every build
+    p = verdict.plugin
+    in_process = entry is not None and entry.mode == "in-process"
+    imported = in_process and bool(verdict.files)
+    return PluginRecord(
+        name=p.name, distribution=p.distribution, version=p.version, value=p.value,
+        status=ACTIVE, reason=None, message="active",
+        mode=entry.mode if entry else None, fingerprint=verdict.fingerprint,
+        approved_fingerprint=entry.fingerprint if entry else None,
+        hooks=loaded.hooks, required=entry.required if entry else False,
+        roles=entry.roles if entry else None, safe=cls.safe, priority=cls.priority,
+        description=cls.description, author=cls.author, isolation=_NOT_ISOLATED,
+        warnings=loaded.deprecations, actions=loaded.actions, hook_args=loaded.hook_args,
+        executor=_IN_PROCESS, instance=loaded.instance,
+        site=p.site_packages if imported else None, files=verdict.files if imported else ())
+
+
+_NOT_ISOLATED: Final = ("none: runs in the backend process",)

@@ -109,7 +109,7 @@ def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[
                         f"not in the allowlist of {config.path}; approve it with "
                         f"`dihya plugins approve {plugin.name}`")
     entry = _closest_entry(plugin, entries)
-    if canonicalize_name(entry.distribution) != canonicalize_name(plugin.distribution):
+    if _canonical(entry.distribution) != _canonical(plugin.distribution):
         return _verdict(plugin, REFUSED, Reason.DISTRIBUTION_MISMATCH,
                         f"approved from distribution {entry.distribution!r}, installed from "
                         f"{plugin.distribution!r}", entry)
@@ -149,13 +149,22 @@ def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[
 
 
 def _closest_entry(plugin: DiscoveredPlugin, entries: Sequence[AllowEntry]) -> AllowEntry:
-    dist = canonicalize_name(plugin.distribution)
+    if len(entries) == 1:  # the usual case: nothing to choose between
+        return entries[0]
+    dist = _canonical(plugin.distribution)
 
     def score(e: AllowEntry) -> int:
-        same_dist = canonicalize_name(e.distribution) == dist
+        same_dist = _canonical(e.distribution) == dist
         return same_dist * 2 + (same_dist and e.version == plugin.version)
 
     return max(entries, key=score)
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical(name: str) -> str:
+    """`canonicalize_name(name)`, computed once per name (a rebuild compares the same
+    names again)."""
+    return canonicalize_name(name)
 
 
 def find_installed(name: str, group: str, path: Sequence[str] | None = None
@@ -234,9 +243,9 @@ def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,
 def resolution_problem(plugin: DiscoveredPlugin, files: InstalledFiles) -> str | None:
     """Why the entry point's module is not a file of the plugin's distribution, or None."""
     module = plugin.module
-    parts = module.split(".")
-    candidates = {"/".join(parts) + ".py", "/".join(parts) + "/__init__.py"}
-    if not candidates & set(files.files):
+    stem = module.replace(".", "/")
+    listed = files.files
+    if stem + ".py" not in listed and stem + "/__init__.py" not in listed:
         return (f"module {module!r} of entry point {plugin.value!r} is not a file of "
                 f"{plugin.distribution}")
     return None

@@ -81,6 +81,16 @@ class Metadata:
     requires: tuple[str, ...] | None
 
 
+@attrs.frozen
+class _Compiled:
+    """What a hit needs of one cache entry, derived from it once."""
+
+    entry: dict[str, Any] = attrs.field(eq=False)  # the entry this was made from
+    checks: tuple[tuple[str, StatKey], ...]  # (absolute path, key): hashed files, dirs
+    absent: tuple[str, ...]  # absolute paths that must not exist
+    found: InstalledFiles  # the answer of a hit
+
+
 def stat_key(path: str) -> StatKey | None:
     """The cache key of one path (following links, as reading it does), or None if gone."""
     try:
@@ -105,6 +115,9 @@ class VerifyCache:
         self._lock = threading.RLock()
         self._dists: dict[str, dict[str, Any]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        # per entry of `_dists` (the same dict object): its checks as absolute paths and
+        # the answer of a hit, made once (not per build); rebuilt when the entry is replaced
+        self._compiled: dict[str, _Compiled] = {}
         self._loaded = path is None
         self._dirty = False
         self.hits = 0
@@ -132,7 +145,7 @@ class VerifyCache:
                 and entry.get("record_key") == record_key
                 and self._still_valid(entry, where, entry["record"], root, stat)):
             self.hits += 1  # RECORD unchanged (its key): not even read
-            return InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
+            return self._compile(where, entry).found
         try:
             with open(record_path, "rb") as fh:
                 record = fh.read()
@@ -145,7 +158,7 @@ class VerifyCache:
                 with self._lock:
                     entry["record_key"] = record_key
                     self._dirty = True
-            return InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
+            return self._compile(where, entry).found
         self.misses += 1
         started = time.time_ns()
         try:
@@ -182,19 +195,35 @@ class VerifyCache:
         with self._lock:
             return os.fspath(dist_info) in self._dists
 
-    def _still_valid(self, entry: dict[str, Any], where: str, record_sha: str,
-                     root: str, stat: Callable[[str], StatKey | None] = stat_key) -> bool:
-        if entry["record"] != record_sha or entry["root"] != root:
-            return False
+    def _compile(self, where: str, entry: dict[str, Any]) -> _Compiled:
+        """`entry`'s checks with absolute paths, and its answer (an immutable
+        `InstalledFiles`), made once per entry object."""
+        compiled = self._compiled.get(where)
+        if compiled is not None and compiled.entry is entry:
+            return compiled
         site = os.path.dirname(where)
         join = os.path.join
-        for rel, key in entry["keys"]:
-            if stat(join(site, rel)) != key:
+        compiled = _Compiled(
+            entry,
+            tuple((join(site, rel), tuple(key)) for rel, key in (*entry["keys"], *entry["dirs"])),
+            tuple(join(site, rel) for rel in entry["absent"]),
+            InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ()))
+        with self._lock:
+            self._compiled[where] = compiled
+        return compiled
+
+    def _still_valid(self, entry: dict[str, Any], where: str, record_sha: str,
+                     root: str, stat: Callable[[str], StatKey | None] = stat_key) -> bool:
+        """Every hashed file and listed package directory has its key (a `stat` each,
+        every time), every absent file is still absent, RECORD and the site's real path
+        are the same."""
+        if entry["record"] != record_sha or entry["root"] != root:
+            return False
+        compiled = self._compile(where, entry)
+        for path, key in compiled.checks:
+            if stat(path) != key:
                 return False
-        for rel, key in entry["dirs"]:
-            if stat(join(site, rel)) != key:
-                return False
-        return not any(os.path.exists(join(site, rel)) for rel in entry["absent"])
+        return not any(os.path.exists(path) for path in compiled.absent)
 
     def metadata(self, dist_info: Path, parse: Any) -> Metadata:
         """The name, version and requirements of METADATA in `dist_info`; `parse()` returns
@@ -244,6 +273,7 @@ class VerifyCache:
             except (ValueError, TypeError, KeyError):
                 return
             self._dists, self._meta = dists, meta
+            self._compiled = {}
 
     def save(self) -> None:
         """Write the entries (when something changed) atomically; errors are ignored: the
@@ -265,6 +295,7 @@ class VerifyCache:
     def clear(self) -> None:
         with self._lock:
             self._dists.clear()
+            self._compiled.clear()
             self._meta.clear()
             self._dirty = self.path is not None
 
