@@ -134,6 +134,12 @@ class RegistrySnapshot:
     owns_sandbox: bool = attrs.field(default=True, eq=False, repr=False)
     # the `.pth` files of this interpreter's site directories that run code at start
     pth: tuple[PthFile, ...] = ()
+    # derived from `records` at their first use (each generation asks for `active`, a
+    # request for a plugin `get`s it): computed once per snapshot, not per call
+    _active: tuple[PluginRecord, ...] | None = attrs.field(
+        default=None, init=False, eq=False, repr=False)
+    _by_name: dict[str, PluginRecord] | None = attrs.field(
+        default=None, init=False, eq=False, repr=False)
 
     def close(self) -> None:
         """Stop this snapshot's sandbox workers, unless the pool is shared (a server's)."""
@@ -143,11 +149,22 @@ class RegistrySnapshot:
     @property
     def active(self) -> tuple[PluginRecord, ...]:
         """Active plugins in call order: priority, then entry-point name."""
-        return tuple(sorted((r for r in self.records if r.active),
-                            key=lambda r: (r.priority or 0, r.name)))
+        found = self._active
+        if found is None:
+            found = tuple(sorted((r for r in self.records if r.active),
+                                 key=lambda r: (r.priority or 0, r.name)))
+            object.__setattr__(self, "_active", found)  # the same value in every thread
+        return found
 
     def get(self, name: str) -> PluginRecord | None:
-        return next((r for r in self.records if r.name == name), None)
+        """The first record named `name` (several only for a `duplicate-name` refusal)."""
+        index = self._by_name
+        if index is None:
+            index = {}
+            for r in self.records:
+                index.setdefault(r.name, r)
+            object.__setattr__(self, "_by_name", index)
+        return index.get(name)
 
     def names(self) -> list[str]:
         return sorted({r.name for r in self.records})
