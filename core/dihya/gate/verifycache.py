@@ -86,7 +86,7 @@ class _Compiled:
     """What a hit needs of one cache entry, derived from it once."""
 
     entry: dict[str, Any] = attrs.field(eq=False)  # the entry this was made from
-    checks: tuple[tuple[str, StatKey], ...]  # (absolute path, key): hashed files, dirs
+    checks: tuple[tuple[str, Any], ...]  # (absolute path, key): hashed files, dirs
     absent: tuple[str, ...]  # absolute paths that must not exist
     found: InstalledFiles  # the answer of a hit
 
@@ -115,13 +115,14 @@ class VerifyCache:
         self._lock = threading.RLock()
         self._dists: dict[str, dict[str, Any]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
-        # per entry of `_dists` (the same dict object): its checks as absolute paths and
-        # the answer of a hit, made once (not per build); rebuilt when the entry is replaced
-        self._compiled: dict[str, _Compiled] = {}
         self._loaded = path is None
         self._dirty = False
         self.hits = 0
         self.misses = 0
+        # per entry of `_dists` (that very dict object): its checks as absolute paths and
+        # the answer of a hit, made once, not per build; made again for a new entry (a
+        # miss, a reload of the file), whatever the `where` it is under
+        self._compiled: dict[str, _Compiled] = {}
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -205,7 +206,8 @@ class VerifyCache:
         join = os.path.join
         compiled = _Compiled(
             entry,
-            tuple((join(site, rel), tuple(key)) for rel, key in (*entry["keys"], *entry["dirs"])),
+            # the keys as remembered: compared with `!=` to fresh ones, as before
+            tuple((join(site, rel), key) for rel, key in (*entry["keys"], *entry["dirs"])),
             tuple(join(site, rel) for rel in entry["absent"]),
             InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ()))
         with self._lock:
@@ -273,7 +275,6 @@ class VerifyCache:
             except (ValueError, TypeError, KeyError):
                 return
             self._dists, self._meta = dists, meta
-            self._compiled = {}
 
     def save(self) -> None:
         """Write the entries (when something changed) atomically; errors are ignored: the
@@ -295,7 +296,6 @@ class VerifyCache:
     def clear(self) -> None:
         with self._lock:
             self._dists.clear()
-            self._compiled.clear()
             self._meta.clear()
             self._dirty = self.path is not None
 
