@@ -26,7 +26,15 @@ import attrs
 
 from dihya.config import Config, env_disabled
 from dihya.gate import pathmemo
-from dihya.gate.decide import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess_all
+from dihya.gate.decide import (
+    ACTIVE,
+    FAILED,
+    REFUSED,
+    STATUSES,
+    Verdict,
+    assess_all,
+    site_packages,
+)
 from dihya.gate.discovery import discover
 from dihya.gate.loader import Loaded, forget_modules, load_plugins
 from dihya.gate.startup import PthFile, scan_pth
@@ -259,9 +267,8 @@ def _forget_stale_modules(previous: RegistrySnapshot, in_process: Sequence[Verdi
 
 
 def _site_of(plugin: Any) -> str | None:
-    """`os.fspath(plugin.site_packages)`, without making the `Path`."""
-    dist_info = plugin.dist_info
-    return None if dist_info is None else os.path.dirname(os.fspath(dist_info)) or "."
+    site = site_packages(plugin)
+    return None if site is None else os.fspath(site)
 
 
 def _worker_specs(config: Config, verdicts: Sequence[Verdict],
@@ -384,7 +391,7 @@ def _record(verdict: Verdict, status: str, reason: str | None, message: str,
         mode=entry.mode if entry else None, fingerprint=verdict.fingerprint,
         approved_fingerprint=entry.fingerprint if entry else None,
         required=entry.required if entry else False, roles=entry.roles if entry else None,
-        site=p.site_packages if imported else None, files=verdict.files if imported else (),
+        site=site_packages(p) if imported else None, files=verdict.files if imported else (),
         **extra,
     )
 
@@ -413,7 +420,7 @@ def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
         description=cls.description, author=cls.author, isolation=_NOT_ISOLATED,
         warnings=loaded.deprecations, actions=loaded.actions, hook_args=loaded.hook_args,
         executor=_IN_PROCESS, instance=loaded.instance,
-        site=p.site_packages if imported else None, files=verdict.files if imported else ())
+        site=site_packages(p) if imported else None, files=verdict.files if imported else ())
 
 
 _NOT_ISOLATED: Final = ("none: runs in the backend process",)

@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Final
 
 import attrs
@@ -262,13 +263,24 @@ def shadowing_problem(plugin: DiscoveredPlugin, files: InstalledFiles,
     refusal with reason `shadowed-module` (`SHADOWED_MODULE`); the message names the file.
     Imports nothing. The sandbox worker runs it again on its own import path.
     """
-    site = plugin.site_packages
+    site = site_packages(plugin)
     if site is None:
         return f"{plugin.distribution} has no installed files to verify"
     found = find_shadowing(site, files.files, path)
     if found is None:
         return None
     return f"{plugin.distribution}: {found.message}"
+
+
+def site_packages(plugin: DiscoveredPlugin) -> Path | None:
+    """`plugin.site_packages`: one `Path` per distribution directory, not one per call (a
+    rebuild asks for it twice per plugin)."""
+    return None if plugin.dist_info is None else _parent(plugin.dist_info)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parent(dist_info: Path) -> Path:
+    return dist_info.parent
 
 
 def dependency_problems(plugin: DiscoveredPlugin, path: Sequence[str] | None = None) -> list[str]:
