@@ -86,9 +86,20 @@ class _Compiled:
     """What a hit needs of one cache entry, derived from it once."""
 
     entry: dict[str, Any] = attrs.field(eq=False)  # the entry this was made from
+    site: str  # the directory the entry's paths are relative to
+    record: str  # RECORD's path
     checks: tuple[tuple[str, Any], ...]  # (absolute path, key): hashed files, dirs
     absent: tuple[str, ...]  # absolute paths that must not exist
     found: InstalledFiles  # the answer of a hit
+
+
+def _holds(compiled: _Compiled, stat: Callable[[str], StatKey | None]) -> bool:
+    """Every hashed file and listed package directory of the entry has its key (a `stat`
+    each, every time) and every file that must be absent is."""
+    for path, key in compiled.checks:
+        if stat(path) != key:
+            return False
+    return not compiled.absent or not any(os.path.exists(p) for p in compiled.absent)
 
 
 def stat_key(path: str) -> StatKey | None:
@@ -137,16 +148,17 @@ class VerifyCache:
         self._load()
         stat = stat or stat_key
         where = os.fspath(dist_info)
-        record_path = os.path.join(where, "RECORD")
-        record_key = stat(record_path)
-        root = realpath(os.path.dirname(where))
         with self._lock:
             entry = self._dists.get(where)
-        if (entry is not None and record_key is not None
-                and entry.get("record_key") == record_key
-                and self._still_valid(entry, where, entry["record"], root, stat)):
+        compiled = None if entry is None else self._compile(where, entry)
+        record_path = os.path.join(where, "RECORD") if compiled is None else compiled.record
+        record_key = stat(record_path)
+        root = realpath(os.path.dirname(where) if compiled is None else compiled.site)
+        if (compiled is not None and entry is not None and record_key is not None
+                and entry.get("record_key") == record_key and entry["root"] == root
+                and _holds(compiled, stat)):
             self.hits += 1  # RECORD unchanged (its key): not even read
-            return self._compile(where, entry).found
+            return compiled.found
         try:
             with open(record_path, "rb") as fh:
                 record = fh.read()
@@ -205,7 +217,7 @@ class VerifyCache:
         site = os.path.dirname(where)
         join = os.path.join
         compiled = _Compiled(
-            entry,
+            entry, site, join(where, "RECORD"),
             # the keys as remembered: compared with `!=` to fresh ones, as before
             tuple((join(site, rel), key) for rel, key in (*entry["keys"], *entry["dirs"])),
             tuple(join(site, rel) for rel in entry["absent"]),
@@ -221,11 +233,7 @@ class VerifyCache:
         are the same."""
         if entry["record"] != record_sha or entry["root"] != root:
             return False
-        compiled = self._compile(where, entry)
-        for path, key in compiled.checks:
-            if stat(path) != key:
-                return False
-        return not any(os.path.exists(path) for path in compiled.absent)
+        return _holds(self._compile(where, entry), stat)
 
     def metadata(self, dist_info: Path, parse: Any) -> Metadata:
         """The name, version and requirements of METADATA in `dist_info`; `parse()` returns
