@@ -20,13 +20,21 @@ import sys
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from dihya.config import Config, env_disabled
 from dihya.gate import pathmemo
-from dihya.gate.decide import ACTIVE, FAILED, REFUSED, STATUSES, Verdict, assess_all
+from dihya.gate.decide import (
+    ACTIVE,
+    FAILED,
+    REFUSED,
+    STATUSES,
+    Verdict,
+    assess_all,
+    site_packages,
+)
 from dihya.gate.discovery import discover
 from dihya.gate.loader import Loaded, forget_modules, load_plugins
 from dihya.gate.startup import PthFile, scan_pth
@@ -134,6 +142,12 @@ class RegistrySnapshot:
     owns_sandbox: bool = attrs.field(default=True, eq=False, repr=False)
     # the `.pth` files of this interpreter's site directories that run code at start
     pth: tuple[PthFile, ...] = ()
+    # derived from `records` at their first use (each generation asks for `active`, a
+    # request for a plugin `get`s it): computed once per snapshot, not per call
+    _active: tuple[PluginRecord, ...] | None = attrs.field(
+        default=None, init=False, eq=False, repr=False)
+    _by_name: dict[str, PluginRecord] | None = attrs.field(
+        default=None, init=False, eq=False, repr=False)
 
     def close(self) -> None:
         """Stop this snapshot's sandbox workers, unless the pool is shared (a server's)."""
@@ -143,11 +157,22 @@ class RegistrySnapshot:
     @property
     def active(self) -> tuple[PluginRecord, ...]:
         """Active plugins in call order: priority, then entry-point name."""
-        return tuple(sorted((r for r in self.records if r.active),
-                            key=lambda r: (r.priority or 0, r.name)))
+        found = self._active
+        if found is None:
+            found = tuple(sorted((r for r in self.records if r.active),
+                                 key=lambda r: (r.priority or 0, r.name)))
+            object.__setattr__(self, "_active", found)  # the same value in every thread
+        return found
 
     def get(self, name: str) -> PluginRecord | None:
-        return next((r for r in self.records if r.name == name), None)
+        """The first record named `name` (several only for a `duplicate-name` refusal)."""
+        index = self._by_name
+        if index is None:
+            index = {}
+            for r in self.records:
+                index.setdefault(r.name, r)
+            object.__setattr__(self, "_by_name", index)
+        return index.get(name)
 
     def names(self) -> list[str]:
         return sorted({r.name for r in self.records})
@@ -233,10 +258,17 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
 
 
 def _forget_stale_modules(previous: RegistrySnapshot, in_process: Sequence[Verdict]) -> None:
-    keep = {(v.plugin.name, v.fingerprint, v.plugin.site_packages) for v in in_process}
+    # compared as strings (a record's `site` is its plugin's `site_packages`): a `Path` per
+    # plugin made, hashed and compared was most of this step's cost
+    keep = {(v.plugin.name, v.fingerprint, _site_of(v.plugin)) for v in in_process}
     for r in previous.records:
-        if r.site is not None and (r.name, r.fingerprint, r.site) not in keep:
+        if r.site is not None and (r.name, r.fingerprint, os.fspath(r.site)) not in keep:
             forget_modules(r.site, r.files)
+
+
+def _site_of(plugin: Any) -> str | None:
+    site = site_packages(plugin)
+    return None if site is None else os.fspath(site)
 
 
 def _worker_specs(config: Config, verdicts: Sequence[Verdict],
@@ -359,20 +391,36 @@ def _record(verdict: Verdict, status: str, reason: str | None, message: str,
         mode=entry.mode if entry else None, fingerprint=verdict.fingerprint,
         approved_fingerprint=entry.fingerprint if entry else None,
         required=entry.required if entry else False, roles=entry.roles if entry else None,
-        site=p.site_packages if imported else None, files=verdict.files if imported else (),
+        site=site_packages(p) if imported else None, files=verdict.files if imported else (),
         **extra,
     )
 
 
 def _loaded_record(verdict: Verdict, loaded: Loaded) -> PluginRecord:
     cls, entry = loaded.cls, verdict.entry
-    meta = {"hooks": loaded.hooks, "safe": cls.safe, "priority": cls.priority,
-            "description": cls.description, "author": cls.author, "actions": loaded.actions,
-            "hook_args": loaded.hook_args}
     if entry is not None and entry.mode == "in-process" and not cls.safe:
+        meta = {"hooks": loaded.hooks, "safe": cls.safe, "priority": cls.priority,
+                "description": cls.description, "author": cls.author,
+                "actions": loaded.actions, "hook_args": loaded.hook_args}
         return _record(verdict, REFUSED, Reason.UNSAFE_IN_PROCESS,
                        f"approved in-process but {cls.__qualname__}.safe is False; approve "
                        "it with --mode sandbox", **meta)
-    return _record(verdict, ACTIVE, None, "active", instance=loaded.instance,
-                   executor=_IN_PROCESS, isolation=("none: runs in the backend process",),
-                   warnings=loaded.deprecations, **meta)
+    # what `_record` makes of it, without the keyword dicts in between: the record of
+    # every active in-process plugin on every build
+    p = verdict.plugin
+    in_process = entry is not None and entry.mode == "in-process"
+    imported = in_process and bool(verdict.files)
+    return PluginRecord(
+        name=p.name, distribution=p.distribution, version=p.version, value=p.value,
+        status=ACTIVE, reason=None, message="active",
+        mode=entry.mode if entry else None, fingerprint=verdict.fingerprint,
+        approved_fingerprint=entry.fingerprint if entry else None,
+        hooks=loaded.hooks, required=entry.required if entry else False,
+        roles=entry.roles if entry else None, safe=cls.safe, priority=cls.priority,
+        description=cls.description, author=cls.author, isolation=_NOT_ISOLATED,
+        warnings=loaded.deprecations, actions=loaded.actions, hook_args=loaded.hook_args,
+        executor=_IN_PROCESS, instance=loaded.instance,
+        site=site_packages(p) if imported else None, files=verdict.files if imported else ())
+
+
+_NOT_ISOLATED: Final = ("none: runs in the backend process",)

@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Final
 
 import attrs
@@ -109,7 +110,7 @@ def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[
                         f"not in the allowlist of {config.path}; approve it with "
                         f"`dihya plugins approve {plugin.name}`")
     entry = _closest_entry(plugin, entries)
-    if canonicalize_name(entry.distribution) != canonicalize_name(plugin.distribution):
+    if _canonical(entry.distribution) != _canonical(plugin.distribution):
         return _verdict(plugin, REFUSED, Reason.DISTRIBUTION_MISMATCH,
                         f"approved from distribution {entry.distribution!r}, installed from "
                         f"{plugin.distribution!r}", entry)
@@ -149,13 +150,22 @@ def assess(plugin: DiscoveredPlugin, config: Config, disabled_by_env: frozenset[
 
 
 def _closest_entry(plugin: DiscoveredPlugin, entries: Sequence[AllowEntry]) -> AllowEntry:
-    dist = canonicalize_name(plugin.distribution)
+    if len(entries) == 1:  # the usual case: nothing to choose between
+        return entries[0]
+    dist = _canonical(plugin.distribution)
 
     def score(e: AllowEntry) -> int:
-        same_dist = canonicalize_name(e.distribution) == dist
+        same_dist = _canonical(e.distribution) == dist
         return same_dist * 2 + (same_dist and e.version == plugin.version)
 
     return max(entries, key=score)
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical(name: str) -> str:
+    """`canonicalize_name(name)`, computed once per name (a rebuild compares the same
+    names again)."""
+    return canonicalize_name(name)
 
 
 def find_installed(name: str, group: str, path: Sequence[str] | None = None
@@ -234,9 +244,9 @@ def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,
 def resolution_problem(plugin: DiscoveredPlugin, files: InstalledFiles) -> str | None:
     """Why the entry point's module is not a file of the plugin's distribution, or None."""
     module = plugin.module
-    parts = module.split(".")
-    candidates = {"/".join(parts) + ".py", "/".join(parts) + "/__init__.py"}
-    if not candidates & set(files.files):
+    stem = module.replace(".", "/")
+    listed = files.files
+    if stem + ".py" not in listed and stem + "/__init__.py" not in listed:
         return (f"module {module!r} of entry point {plugin.value!r} is not a file of "
                 f"{plugin.distribution}")
     return None
@@ -253,13 +263,24 @@ def shadowing_problem(plugin: DiscoveredPlugin, files: InstalledFiles,
     refusal with reason `shadowed-module` (`SHADOWED_MODULE`); the message names the file.
     Imports nothing. The sandbox worker runs it again on its own import path.
     """
-    site = plugin.site_packages
+    site = site_packages(plugin)
     if site is None:
         return f"{plugin.distribution} has no installed files to verify"
     found = find_shadowing(site, files.files, path)
     if found is None:
         return None
     return f"{plugin.distribution}: {found.message}"
+
+
+def site_packages(plugin: DiscoveredPlugin) -> Path | None:
+    """`plugin.site_packages`: one `Path` per distribution directory, not one per call (a
+    rebuild asks for it twice per plugin)."""
+    return None if plugin.dist_info is None else _parent(plugin.dist_info)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parent(dist_info: Path) -> Path:
+    return dist_info.parent
 
 
 def dependency_problems(plugin: DiscoveredPlugin, path: Sequence[str] | None = None) -> list[str]:

@@ -81,6 +81,27 @@ class Metadata:
     requires: tuple[str, ...] | None
 
 
+@attrs.frozen
+class _Compiled:
+    """What a hit needs of one cache entry, derived from it once."""
+
+    entry: dict[str, Any] = attrs.field(eq=False)  # the entry this was made from
+    site: str  # the directory the entry's paths are relative to
+    record: str  # RECORD's path
+    checks: tuple[tuple[str, Any], ...]  # (absolute path, key): hashed files, dirs
+    absent: tuple[str, ...]  # absolute paths that must not exist
+    found: InstalledFiles  # the answer of a hit
+
+
+def _holds(compiled: _Compiled, stat: Callable[[str], StatKey | None]) -> bool:
+    """Every hashed file and listed package directory of the entry has its key (a `stat`
+    each, every time) and every file that must be absent is."""
+    for path, key in compiled.checks:
+        if stat(path) != key:
+            return False
+    return not compiled.absent or not any(os.path.exists(p) for p in compiled.absent)
+
+
 def stat_key(path: str) -> StatKey | None:
     """The cache key of one path (following links, as reading it does), or None if gone."""
     try:
@@ -109,6 +130,10 @@ class VerifyCache:
         self._dirty = False
         self.hits = 0
         self.misses = 0
+        # per entry of `_dists` (that very dict object): its checks as absolute paths and
+        # the answer of a hit, made once, not per build; made again for a new entry (a
+        # miss, a reload of the file), whatever the `where` it is under
+        self._compiled: dict[str, _Compiled] = {}
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -123,16 +148,17 @@ class VerifyCache:
         self._load()
         stat = stat or stat_key
         where = os.fspath(dist_info)
-        record_path = os.path.join(where, "RECORD")
-        record_key = stat(record_path)
-        root = realpath(os.path.dirname(where))
         with self._lock:
             entry = self._dists.get(where)
-        if (entry is not None and record_key is not None
-                and entry.get("record_key") == record_key
-                and self._still_valid(entry, where, entry["record"], root, stat)):
+        compiled = None if entry is None else self._compile(where, entry)
+        record_path = os.path.join(where, "RECORD") if compiled is None else compiled.record
+        record_key = stat(record_path)
+        root = realpath(os.path.dirname(where) if compiled is None else compiled.site)
+        if (compiled is not None and entry is not None and record_key is not None
+                and entry.get("record_key") == record_key and entry["root"] == root
+                and _holds(compiled, stat)):
             self.hits += 1  # RECORD unchanged (its key): not even read
-            return InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
+            return compiled.found
         try:
             with open(record_path, "rb") as fh:
                 record = fh.read()
@@ -145,7 +171,7 @@ class VerifyCache:
                 with self._lock:
                     entry["record_key"] = record_key
                     self._dirty = True
-            return InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
+            return self._compile(where, entry).found
         self.misses += 1
         started = time.time_ns()
         try:
@@ -182,19 +208,32 @@ class VerifyCache:
         with self._lock:
             return os.fspath(dist_info) in self._dists
 
-    def _still_valid(self, entry: dict[str, Any], where: str, record_sha: str,
-                     root: str, stat: Callable[[str], StatKey | None] = stat_key) -> bool:
-        if entry["record"] != record_sha or entry["root"] != root:
-            return False
+    def _compile(self, where: str, entry: dict[str, Any]) -> _Compiled:
+        """`entry`'s checks with absolute paths, and its answer (an immutable
+        `InstalledFiles`), made once per entry object."""
+        compiled = self._compiled.get(where)
+        if compiled is not None and compiled.entry is entry:
+            return compiled
         site = os.path.dirname(where)
         join = os.path.join
-        for rel, key in entry["keys"]:
-            if stat(join(site, rel)) != key:
-                return False
-        for rel, key in entry["dirs"]:
-            if stat(join(site, rel)) != key:
-                return False
-        return not any(os.path.exists(join(site, rel)) for rel in entry["absent"])
+        compiled = _Compiled(
+            entry, site, join(where, "RECORD"),
+            # the keys as remembered: compared with `!=` to fresh ones, as before
+            tuple((join(site, rel), key) for rel, key in (*entry["keys"], *entry["dirs"])),
+            tuple(join(site, rel) for rel in entry["absent"]),
+            InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ()))
+        with self._lock:
+            self._compiled[where] = compiled
+        return compiled
+
+    def _still_valid(self, entry: dict[str, Any], where: str, record_sha: str,
+                     root: str, stat: Callable[[str], StatKey | None] = stat_key) -> bool:
+        """Every hashed file and listed package directory has its key (a `stat` each,
+        every time), every absent file is still absent, RECORD and the site's real path
+        are the same."""
+        if entry["record"] != record_sha or entry["root"] != root:
+            return False
+        return _holds(self._compile(where, entry), stat)
 
     def metadata(self, dist_info: Path, parse: Any) -> Metadata:
         """The name, version and requirements of METADATA in `dist_info`; `parse()` returns

@@ -199,16 +199,27 @@ def process_buffer() -> CallBuffer:
     return _PROCESS[0]
 
 
-@contextlib.contextmanager
-def loading(name: str) -> Iterator[None]:
+class loading:  # named as the function it replaces: `with loading(name):`
     """Records made while plugin `name` is imported and instantiated are its own (whatever
-    logger they use); they wait for its first call."""
-    install()
-    token = _LOADING.set(name)
-    try:
-        yield
-    finally:
-        _LOADING.reset(token)
+    logger they use); they wait for its first call.
+
+    A class rather than a generator-based context manager: every registry build enters it
+    twice per in-process plugin."""
+
+    __slots__ = ("_name", "_token")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._token: contextvars.Token[str | None] | None = None
+
+    def __enter__(self) -> None:
+        install()
+        self._token = _LOADING.set(self._name)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._token is not None:
+            _LOADING.reset(self._token)
+            self._token = None
 
 
 def begin_call(name: str) -> CallBuffer:

@@ -81,7 +81,14 @@ def note_changes(store: Store, states: Sequence[SeenState]) -> list[SeenChange]:
 
 
 def _changes(conn: Connection, states: Sequence[SeenState]) -> list[SeenChange]:
-    rows = conn.execute(sa.select(plugin_seen_table)).all()
-    known = {r.name: SeenState(r.name, r.version, r.fingerprint, r.status, r.reason)
-             for r in rows}
-    return [SeenChange(s, known.get(s.name)) for s in states if known.get(s.name) != s]
+    # compared as plain tuples (the fields of `SeenState`, in order): a reload with nothing
+    # changed compares every plugin and makes no object per row
+    c = plugin_seen_table.c
+    rows = conn.execute(sa.select(c.name, c.version, c.fingerprint, c.status, c.reason))
+    known = {row[0]: tuple(row) for row in rows}
+    changes = []
+    for s in states:
+        before = known.get(s.name)
+        if before != (s.name, s.version, s.fingerprint, s.status, s.reason):
+            changes.append(SeenChange(s, None if before is None else SeenState(*before)))
+    return changes
