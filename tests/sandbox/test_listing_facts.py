@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,3 +206,56 @@ def test_cli_listing_starts_no_worker(plugin_site, tmp_path: Path) -> None:
                and [a["name"] for a in rows[n]["actions"]] == ["shout"] for n in names)
     out, started = dihya("plugins", "show", names[0], "--json")
     assert started == 0 and json.loads(out)["actions"][0]["name"] == "shout"
+
+
+def _worker_processes(names: list[str]) -> list[int]:
+    """Pids of live processes whose command line names one of these plugins (their workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(f'"name": "{n}"' in cmdline or f'"name":"{n}"' in cmdline
+                                for n in names):
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_until(condition: Any, what: str, deadline_s: float = 120.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, f"still {what} after {deadline_s} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("close_when", ["at once", "after the first start"])
+def test_a_pool_closed_while_warming_raises_nothing_and_leaves_no_worker(
+        plugin_site, spawned, close_when) -> None:
+    """A server's reload closes an old pool while its workers warm in the background: no
+    thread may die of it (the spawner was shut down under it), and every worker that still
+    started is stopped."""
+    config, names, store = _site(plugin_site, {f"w{i}": AFTER_ONLY for i in range(4)})
+    _listing(config, plugin_site, store).close()  # records: the next listing starts none
+    errors: list[Any] = []
+    previous_hook = threading.excepthook
+    threading.excepthook = errors.append
+    try:
+        spawned.clear()
+        snap = _listing(config, plugin_site, store)
+        assert snap.sandbox is not None and spawned == []
+        snap.sandbox.warm()
+        if close_when != "at once":
+            _wait_until(lambda: spawned, "no worker started")
+        snap.close()
+        _wait_until(lambda: not any(t.name.startswith("dihya-sandbox-warm")
+                                    for t in threading.enumerate()), "warming")
+    finally:
+        threading.excepthook = previous_hook
+    assert [f"{e.thread.name}: {e.exc_type.__name__}: {e.exc_value}" for e in errors] == []
+    assert snap.sandbox.running() == {}
+    _wait_until(lambda: not _worker_processes(list(names.values())),
+                "a worker process of a closed pool is running")

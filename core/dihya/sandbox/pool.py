@@ -312,7 +312,11 @@ class SandboxPool:
         self._previous: dict[str, Worker] = {}
 
     def _spawn(self, start: Callable[[], Any]) -> Any:
-        return self._spawner.submit(start).result()
+        try:
+            started = self._spawner.submit(start)
+        except RuntimeError as exc:  # `close` shut the spawner down while this start came
+            raise WorkerFailed("the sandbox pool is closed") from exc
+        return started.result()
 
     def start(self, spec: WorkerSpec) -> Hello:
         """Start the plugin's worker (kept warm) and return what it said when loaded.
@@ -331,14 +335,24 @@ class SandboxPool:
             with self._lock:  # the caller reports it; later builds start it again
                 self._failures[spec.name] = (spec, exc)
             raise
+        except WorkerFailed as exc:  # `_spawn` after `close`
+            raise WorkerStartError(Reason.SANDBOX_START_FAILED,
+                                   "the sandbox pool was closed while the worker started"
+                                   ) from exc
         with self._lock:
-            self._specs[spec.name] = spec
-            self._failures.pop(spec.name, None)
-            self._expected.pop(spec.name, None)
-            self._unstarted.discard(spec.name)
-            old = self._workers.pop(spec.name, None)
-            self._workers[spec.name] = worker
-            stale = self._keep_previous_version(spec, old)
+            closed = self._closed
+            if not closed:
+                self._specs[spec.name] = spec
+                self._failures.pop(spec.name, None)
+                self._expected.pop(spec.name, None)
+                self._unstarted.discard(spec.name)
+                old = self._workers.pop(spec.name, None)
+                self._workers[spec.name] = worker
+                stale = self._keep_previous_version(spec, old)
+        if closed:  # closed while it started: never leave a process behind
+            worker.close()
+            raise WorkerStartError(Reason.SANDBOX_START_FAILED,
+                                   "the sandbox pool was closed while the worker started")
         for worker_gone in stale:
             self._retire(worker_gone)
         self._ensure_reaper()
@@ -620,6 +634,10 @@ class SandboxPool:
             fresh = exc
         except OSError as exc:
             fresh = WorkerStartError(Reason.SANDBOX_START_FAILED, f"cannot start a worker: {exc}")
+        except WorkerFailed:  # the pool was closed meanwhile
+            with self._lock:
+                self._replacing.pop(spec.name, None)
+            return
         with self._lock:
             self._replacing.pop(spec.name, None)
             keep = not self._closed and self._specs.get(spec.name) == spec
