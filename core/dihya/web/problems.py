@@ -140,9 +140,6 @@ def store_unavailable(fault: StoreFault) -> Response:
 
 
 def _retry_after(exc: HTTPException) -> int:
-    limit = getattr(exc, "limit", None)
-    try:
-        seconds = int(limit.limit.get_expiry()) if limit is not None else 60
-    except Exception:
-        seconds = 60
-    return max(1, seconds)
+    """A 429's `Retry-After`: the exceeded limit's window (`TokenLimitExceeded`), else 60."""
+    seconds = getattr(exc, "retry_after_s", None)
+    return max(1, seconds) if isinstance(seconds, int) else 60
