@@ -53,9 +53,11 @@ class JsonDepthError(FixedReasonError, ValueError):
 def load_json(text: str | bytes) -> Any:
     """`json.loads`, refusing documents nested deeper than MAX_JSON_DEPTH (JsonDepthError,
     also for those too deep for the parser itself) so that nothing downstream recurses
-    without bound; json.JSONDecodeError as usual for malformed text."""
+    without bound; json.JSONDecodeError as usual for malformed text, and ValueError for
+    `NaN`, `Infinity` and `-Infinity`, which Python's parser takes but JSON (RFC 8259)
+    does not have and the canonical JSON cannot hash."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except RecursionError as exc:
         raise JsonDepthError(f"arrays and objects are nested deeper than the limit of "
                              f"{MAX_JSON_DEPTH}") from exc
@@ -63,6 +65,10 @@ def load_json(text: str | bytes) -> Any:
         raise JsonDepthError(f"arrays and objects are nested deeper than the limit of "
                              f"{MAX_JSON_DEPTH}")
     return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def nesting_depth(value: Any, stop: int) -> int:
