@@ -49,10 +49,11 @@ from flask import Flask, Response, current_app, g, request
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import STRATEGIES, RateLimiter
-from werkzeug.exceptions import TooManyRequests
 from werkzeug.http import parse_date
 
 from dihya.config import Config
+from dihya.reasons import ProblemType
+from dihya.web.problems import RATE_LIMITED_DETAIL, ApiProblem
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("dihya.web")
@@ -105,14 +106,11 @@ class ThreadlessMemoryStorage(MemoryStorage):
             self._sweep_lock.release()
 
 
-class TokenLimitExceeded(TooManyRequests):
-    """429: the token used up `item` on this view. `retry_after_s` is the limit's window
-    (the problem document's `Retry-After`, raised to the counter's reset if that is later)."""
-
-    def __init__(self, item: RateLimitItem) -> None:
-        super().__init__(description=str(item))
-        self.item = item
-        self.retry_after_s = max(1, int(item.get_expiry()))
+def limit_exceeded(item: RateLimitItem) -> ApiProblem:
+    """429: the token used up `item` on this view. `Retry-After` is the limit's window
+    (raised to the counter's reset by `TokenLimiter.add_headers` if that is later)."""
+    return ApiProblem(429, ProblemType.RATE_LIMITED, "Too Many Requests", RATE_LIMITED_DETAIL,
+                      headers={HEADER_RETRY_AFTER: str(max(1, int(item.get_expiry())))})
 
 
 def storage_uri(uri: str) -> str:
@@ -185,13 +183,13 @@ class TokenLimiter:
 
     def count(self, endpoint: str, token_id: str) -> None:
         """Count this request against every limit of `endpoint` for the token, in order;
-        raise `TokenLimitExceeded` at the first one exceeded."""
+        raise a 429 `ApiProblem` at the first one exceeded."""
         identifiers = ((self.prefix,) if self.prefix else ()) + (f"token:{token_id}", endpoint)
         if self.dead and self.fallback is not None:
             self._revive()
         try:
             self._hit(identifiers)
-        except TokenLimitExceeded:
+        except ApiProblem:
             raise
         except Exception as exc:
             self._fail_over(exc)
@@ -205,7 +203,7 @@ class TokenLimiter:
                 counted = (item, identifiers)  # the header's limit unless one is exceeded
             if not limiter.hit(item, *identifiers):
                 setattr(g, _COUNTED, (item, identifiers))
-                raise TokenLimitExceeded(item)
+                raise limit_exceeded(item)
         setattr(g, _COUNTED, counted)
 
     def add_headers(self, response: Response) -> Response:
