@@ -135,6 +135,15 @@ def build_core_wheel(outdir: Path) -> Path:
     return next(outdir.glob("dihya_core-*.whl"))
 
 
+def core_dependencies(core_dir: Path) -> list[str]:
+    """The runtime requirements of the checkout whose `core` directory is `core_dir` (its
+    `pyproject.toml`), for a venv that also serves that core with `PYTHONPATH`."""
+    import tomllib
+
+    project = tomllib.loads((core_dir.resolve().parent / "pyproject.toml").read_text("utf-8"))
+    return list(project["project"]["dependencies"])
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment of measured processes: no DIHYA_* switches, bytecode allowed."""
     env = {k: v for k, v in os.environ.items()

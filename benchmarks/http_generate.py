@@ -56,6 +56,7 @@ from _common import (
     ROOT,
     build_core_wheel,
     clean_env,
+    core_dependencies,
     make_venv,
     percentile,
     print_machine,
@@ -155,9 +156,11 @@ def dihya(bindir: Path, config: Path, *args: str, env: dict[str, str],
     return out.stdout
 
 
-def setup(tmp: Path, mode: str | None) -> tuple[Path, Path, str, Path]:
+def setup(tmp: Path, mode: str | None,
+          compare_core: Path | None = None) -> tuple[Path, Path, str, Path]:
     """Build the wheels, the venv, the config and a token; return (bin, config, token,
-    work dir)."""
+    work dir). With `compare_core`, the venv also gets what that core depends on (its
+    checkout's `pyproject.toml`), as the two cores' dependencies may differ."""
     wheels = tmp / "wheels"
     wheels.mkdir()
     t0 = time.perf_counter()
@@ -171,7 +174,9 @@ def setup(tmp: Path, mode: str | None) -> tuple[Path, Path, str, Path]:
         (new,) = set(wheels.glob("*.whl")) - before
         plugins.append(new)
     t1 = time.perf_counter()
-    python = make_venv(tmp / "venv", [str(core), *map(str, plugins)])
+    python = make_venv(tmp / "venv", [str(core), *map(str, plugins),
+                                      *(core_dependencies(compare_core) if compare_core
+                                        else [])])
     t2 = time.perf_counter()
     bindir = python.parent
     work = tmp / "work"
@@ -334,7 +339,7 @@ def main() -> None:
 
 
 def bench(tmp: Path, args: argparse.Namespace) -> None:
-    bindir, config, token, work = setup(tmp, args.mode)
+    bindir, config, token, work = setup(tmp, args.mode, args.compare_core)
     body = json.dumps({"needs": json.loads(NEEDS_FILE.read_text("utf-8"))}).encode()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     sides = {"A": clean_env(), "B": clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS)),

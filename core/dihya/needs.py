@@ -53,9 +53,11 @@ class JsonDepthError(FixedReasonError, ValueError):
 def load_json(text: str | bytes) -> Any:
     """`json.loads`, refusing documents nested deeper than MAX_JSON_DEPTH (JsonDepthError,
     also for those too deep for the parser itself) so that nothing downstream recurses
-    without bound; json.JSONDecodeError as usual for malformed text."""
+    without bound; json.JSONDecodeError as usual for malformed text, and ValueError for
+    `NaN`, `Infinity` and `-Infinity`, which Python's parser takes but JSON (RFC 8259)
+    does not have and the canonical JSON cannot hash."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except RecursionError as exc:
         raise JsonDepthError(f"arrays and objects are nested deeper than the limit of "
                              f"{MAX_JSON_DEPTH}") from exc
@@ -63,6 +65,10 @@ def load_json(text: str | bytes) -> Any:
         raise JsonDepthError(f"arrays and objects are nested deeper than the limit of "
                              f"{MAX_JSON_DEPTH}")
     return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def nesting_depth(value: Any, stop: int) -> int:
@@ -158,13 +164,20 @@ def validate_needs(needs: object) -> list[Problem]:
     """The problems with `needs` (at most MAX_PROBLEMS, then one that says more were not
     listed), or an empty list when they are valid. Bounded work whatever the input: the
     schema's errors are drawn lazily and no more than needed are worded."""
+    return _needs_problems(needs, depth_checked=False)
+
+
+def _needs_problems(needs: object, depth_checked: bool) -> list[Problem]:
+    """`validate_needs`; `depth_checked`: the caller took `needs` from a document
+    `load_json` parsed, which refused any nesting deeper than MAX_JSON_DEPTH, so the depth
+    is not walked a second time."""
     try:
         size = len(json.dumps(needs, ensure_ascii=False).encode("utf-8"))
     except (TypeError, ValueError) as exc:
         return [Problem("$", f"not JSON data: {exc}")]
     if size > MAX_NEEDS_BYTES:
         return [Problem("$", f"needs are {size} bytes, the limit is {MAX_NEEDS_BYTES}")]
-    if nesting_depth(needs, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+    if not depth_checked and nesting_depth(needs, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         return [Problem("$", f"arrays and objects are nested deeper than the limit of "
                              f"{MAX_JSON_DEPTH}")]
     if _passes_fast_check(needs):
@@ -202,7 +215,17 @@ def more_problems() -> Problem:
 
 def check_needs(needs: object) -> dict[str, Any]:
     """Return `needs` if valid, else raise `NeedsError` listing every problem."""
-    problems = validate_needs(needs)
+    return _checked(needs, depth_checked=False)
+
+
+def check_loaded_needs(needs: object) -> dict[str, Any]:
+    """`check_needs` of needs taken from a document `load_json` parsed (which refused any
+    nesting deeper than MAX_JSON_DEPTH): the same checks but the depth walk, done once."""
+    return _checked(needs, depth_checked=True)
+
+
+def _checked(needs: object, depth_checked: bool) -> dict[str, Any]:
+    problems = _needs_problems(needs, depth_checked)
     if problems:
         raise NeedsError(problems)
     assert isinstance(needs, dict)

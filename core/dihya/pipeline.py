@@ -22,7 +22,7 @@ from typing import Any, Final, NamedTuple, Protocol
 import attrs
 
 from dihya.canonical import canonical_sha256
-from dihya.needs import Problem, check_needs, validate_code, validate_needs
+from dihya.needs import Problem, check_loaded_needs, check_needs, validate_code, validate_needs
 from dihya.plugin import HOOK_API_VERSION
 from dihya.reasons import DihyaError, FixedReasonError, HookStatus
 from dihya.registry import PluginRecord, RegistrySnapshot
@@ -328,17 +328,23 @@ def _exact_json(value: Any) -> str:
 def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None = None,
                    executor_for: ExecutorFor = default_executor,
                    generate: Callable[[dict[str, Any]], dict[str, str]] | None = None,
-                   request_id: str | None = None) -> GenerationResult:
+                   request_id: str | None = None, needs_sha256: str | None = None,
+                   loaded: bool = False) -> GenerationResult:
     """Generate code for `needs` with the active plugins of `snapshot`.
 
     `role` is the caller's role for the per-plugin ACL (None: the operator, who may run
     every active plugin); it and `request_id` reach the hooks in their `context`. Raises
     `NeedsError` for invalid needs and `GenerationFailed`
     when a required plugin fails or the generator's output is invalid.
+
+    What a caller that parsed the needs already knows is not worked out again: with
+    `loaded`, `needs` come from a document `dihya.needs.load_json` parsed (its depth is
+    checked); `needs_sha256` is their canonical SHA-256 (the HTTP view hashes them for its
+    audit event before this runs; the report's `needs_sha256` is that value).
     """
     start = time.perf_counter()
-    needs = freeze(check_needs(needs))
-    needs_hash = canonical_sha256(needs)
+    needs = freeze(check_loaded_needs(needs) if loaded else check_needs(needs))
+    needs_hash = needs_sha256 or canonical_sha256(needs)
     timeout = snapshot.config.hook_timeout_s
     report: list[HookResult] = []
     runnable = []
@@ -403,8 +409,18 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed)
     code_bytes = sum(len(t) for t in code.values())
     plugins_ok = sum(h.status == OK for h in report)
-    log.info("generation needs_sha256=%s files=%d bytes=%d plugins_ok=%d ms=%.1f",
-             needs_hash[:16], len(code), code_bytes, plugins_ok, elapsed,
-             extra={"needs_sha256": needs_hash, "files": len(code), "code_bytes": code_bytes,
-                    "plugins_ok": plugins_ok, "duration_ms": round(elapsed, 2)})
+    if log.isEnabledFor(logging.INFO):
+        # `log.info` without its look-up of the caller's frame (this function, always);
+        # the request id given, so the server's filter need not find it in Flask's context
+        log.handle(log.makeRecord(
+            log.name, logging.INFO, __file__, _LOG_LINE_NO,
+            "generation needs_sha256=%s files=%d bytes=%d plugins_ok=%d ms=%.1f",
+            (needs_hash[:16], len(code), code_bytes, plugins_ok, elapsed), None,
+            "run_generation",
+            {"needs_sha256": needs_hash, "files": len(code), "code_bytes": code_bytes,
+             "plugins_ok": plugins_ok, "duration_ms": round(elapsed, 2),
+             "request_id": request_id}))
     return result
+
+
+_LOG_LINE_NO: Final = run_generation.__code__.co_firstlineno

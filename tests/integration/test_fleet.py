@@ -284,7 +284,7 @@ RATE = 12  # per hour: a fixed window far longer than the test
 
 def test_rate_limits_are_exact_across_workers_and_nodes(fleet: Fleet, backend: Any,
                                                          tmp_path: Path) -> None:
-    backend.pip("redis>=5")  # the client Flask-Limiter's Redis storage needs (dihya-core[redis])
+    backend.pip("redis>=5")  # the client `limits`' Redis storage needs (dihya-core[redis])
     with redis_server(tmp_path / "redis") as url:
         fleet.configure(rate_limit=f"{RATE}/hour", storage=url)
         assert verify_notes(fleet) == []  # shared: nothing to note

@@ -133,6 +133,8 @@ def _read_json(path: Path) -> Any:
         raise CheckFailed(f"{path}: not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise CheckFailed(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from exc
+    except ValueError as exc:  # NaN or Infinity: not JSON
+        raise CheckFailed(f"{path}: not valid JSON: {exc}") from exc
 
 
 def _echo_report(report: dict[str, Any]) -> None:

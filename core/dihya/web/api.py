@@ -186,18 +186,22 @@ def generate() -> Response:
     validate_body(GENERATE_BODY, body)
     token = current_token()
     st = state()
+    request_id: str = g.request_id  # one look-up through Flask's context, not six
     needs_bytes = canonical_bytes(body["needs"])  # hashed as the report's needs_sha256
-    audit = {"subject": token.name, "role": token.role, "request_id": g.request_id,
-             "needs_sha256": sha256_of(needs_bytes), "needs_bytes": len(needs_bytes)}
-    snapshot = st.current(g.request_id)  # never runs a plugin switched off before now
+    needs_sha256 = sha256_of(needs_bytes)
+    audit = {"subject": token.name, "role": token.role, "request_id": request_id,
+             "needs_sha256": needs_sha256, "needs_bytes": len(needs_bytes)}
+    snapshot = st.current(request_id)  # never runs a plugin switched off before now
     try:
         # no active plugin: no hook runs, so none can log; nothing to collect
-        logs = (collecting(g.request_id, body["needs"], log_limits()) if snapshot.active
+        logs = (collecting(request_id, body["needs"], log_limits()) if snapshot.active
                 else contextlib.nullcontext())
         with logs as plugin_logs:
             try:
+                # parsed by `json_body` (depth checked) and hashed above: done once
                 result = run_generation(body["needs"], snapshot, role=token.role,
-                                        request_id=g.request_id)
+                                        request_id=request_id, loaded=True,
+                                        needs_sha256=needs_sha256)
             finally:
                 if plugin_logs is not None:
                     keep_plugin_logs(plugin_logs)
@@ -220,17 +224,19 @@ def generate() -> Response:
         raise ApiProblem(502, ProblemType.GENERATION_FAILED, "Generation failed",
                          f"The generation could not complete at stage `{exc.stage}`.",
                          report={"plugins": [h.to_json() for h in exc.plugins]}) from exc
-    snapshot_records = {r.name: r for r in snapshot.records}
+    snapshot_records: dict[str, PluginRecord] | None = None  # built on a failure only
     for h in result.plugins:
         if h.status not in ("ok", "skipped"):
+            if snapshot_records is None:
+                snapshot_records = {r.name: r for r in snapshot.records}
             record = snapshot_records.get(h.name)
             st.auditor.record(hook_event_type(h), "failed", plugin=h.name, reason=h.status,
-                              action=h.hook, request_id=g.request_id,
+                              action=h.hook, request_id=request_id,
                               duration_ms=round(h.ms, 2),
                               plugin_version=record.version if record else None,
                               plugin_fingerprint=record.fingerprint if record else None)
     st.note_outcomes(((h.name, h.status == "ok") for h in result.plugins
-                      if h.status != "skipped"), g.request_id)
+                      if h.status != "skipped"), request_id)
     code_text = canonical_bytes(result.files)
     st.auditor.record(
         "generation", "ok", files=len(result.files), code_bytes=len(code_text),

@@ -27,6 +27,8 @@ log = logging.getLogger("dihya.web")
 
 PROBLEM_TYPE_BASE: Final = "urn:dihya:problem:"
 MEDIA_TYPE: Final = "application/problem+json"
+RATE_LIMITED_DETAIL: Final = ("Too many requests for this token; retry after the number of "
+                              "seconds in Retry-After.")
 
 
 class ApiProblem(Exception):
@@ -76,7 +78,7 @@ _DETAILS: Final = {
     404: "No such resource; see /openapi.json for the routes.",
     405: "This method is not allowed on this resource; see the Allow header.",
     413: "The request body is larger than 1 MiB.",
-    429: "Too many requests for this token; retry after the number of seconds in Retry-After.",
+    429: RATE_LIMITED_DETAIL,
 }
 
 
@@ -140,9 +142,5 @@ def store_unavailable(fault: StoreFault) -> Response:
 
 
 def _retry_after(exc: HTTPException) -> int:
-    limit = getattr(exc, "limit", None)
-    try:
-        seconds = int(limit.limit.get_expiry()) if limit is not None else 60
-    except Exception:
-        seconds = 60
-    return max(1, seconds)
+    """A 429 raised outside the per-token limiter (which answers with its own `ApiProblem`)."""
+    return 60

@@ -19,6 +19,7 @@ cannot forge a second line.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -68,11 +69,18 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
-            from flask import g, has_app_context
-
+            g, has_app_context = _flask_context()
             if has_app_context():
                 record.request_id = g.get("request_id")
         return True
+
+
+@functools.cache
+def _flask_context() -> tuple[Any, Any]:
+    """Flask's `g` and `has_app_context`, imported on the first record (not per record)."""
+    from flask import g, has_app_context
+
+    return g, has_app_context
 
 
 class RequestSafeLogger(GunicornLogger):  # type: ignore[misc]
