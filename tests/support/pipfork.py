@@ -27,6 +27,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
@@ -100,7 +101,8 @@ while True:
 '''
 
 _IGNORED_VARS = ("PYTEST_CURRENT_TEST",)
-_servers: dict[tuple[str, str], _Server | None] = {}
+_servers: OrderedDict[tuple[str, str], _Server | None] = OrderedDict()
+MAX_SERVERS = 6  # the least recently used one stops when another starts
 _servers_lock = threading.Lock()
 
 
@@ -152,11 +154,18 @@ def _server(python: str, env: Mapping[str, str]) -> _Server | None:
     kept = {k: v for k, v in env.items() if k not in _IGNORED_VARS and not k.startswith("DIHYA_")}
     key = (python, json.dumps(sorted(kept.items())))
     with _servers_lock:
-        if key not in _servers:
-            server = _Server(python, env)
-            _servers[key] = server if server.ready else None
-            if not server.ready:
-                server.stop()
+        if key in _servers:
+            _servers.move_to_end(key)
+            return _servers[key]
+        server = _Server(python, env)
+        _servers[key] = server if server.ready else None
+        if not server.ready:
+            server.stop()
+        while len(_servers) > MAX_SERVERS:
+            _key, old = _servers.popitem(last=False)
+            if old is not None:
+                with old.lock:  # not while a command of another thread runs in it
+                    old.stop()
         return _servers[key]
 
 

@@ -98,3 +98,14 @@ def test_a_pip_command_past_its_timeout_is_killed(tmp_path: Path) -> None:
                      str(fifo)], timeout=2)
     ok = pipfork.run([*PIP, "show", "pytest"], capture_output=True, check=True)
     assert ok.returncode == 0  # a fresh server serves the next command
+
+
+def test_servers_per_environment_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command in another environment gets a server of its own; the oldest stop."""
+    monkeypatch.setenv("DIHYA_TEST_PIP_FORK", "1")
+    monkeypatch.setattr(pipfork, "MAX_SERVERS", 2)
+    for i in range(3):
+        monkeypatch.setenv("PIPFORK_TEST_ROUND", str(i))
+        shown = pipfork.run([*PIP, "show", "pytest"], capture_output=True, text=True)
+        assert shown.returncode == 0 and "Name: pytest" in shown.stdout
+    assert len(pipfork._servers) <= 2
