@@ -152,7 +152,8 @@ class _Server:
 
 def _server(python: str, env: Mapping[str, str]) -> _Server | None:
     kept = {k: v for k, v in env.items() if k not in _IGNORED_VARS and not k.startswith("DIHYA_")}
-    key = (python, json.dumps(sorted(kept.items())))
+    # a forked copy of this process gets servers of its own: the socket is not shared
+    key = (python, json.dumps([os.getpid(), sorted(kept.items())]))
     with _servers_lock:
         if key in _servers:
             _servers.move_to_end(key)
