@@ -139,7 +139,8 @@ class _Server:
 
     def stop(self) -> None:
         try:
-            self.sock.close()
+            self.reader.close()  # the socket's file: until it is closed, the fd stays open
+            self.sock.close()  # EOF: the server ends
             self.process.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             self.kill()
@@ -174,10 +175,14 @@ def _server(python: str, env: Mapping[str, str]) -> _Server | None:
 def stop_all() -> None:
     """End every pip server (at exit; a server also ends when our process goes)."""
     with _servers_lock:
-        for server in _servers.values():
-            if server is not None:
-                server.stop()
+        servers = [s for s in _servers.values() if s is not None]
         _servers.clear()
+    for server in servers:  # every one told first (EOF), then each waited for
+        with contextlib.suppress(OSError):
+            server.reader.close()
+            server.sock.close()
+    for server in servers:
+        server.stop()
 
 
 def is_pip(cmd: Sequence[object]) -> bool:
