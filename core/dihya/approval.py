@@ -19,7 +19,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -35,8 +35,10 @@ from dihya.gate.decide import (
 )
 from dihya.gate.discovery import DiscoveredPlugin
 from dihya.reasons import DihyaError, Reason
-from dihya.store import Store
-from dihya.store.filelists import FileDiff, FileList, diff, list_files, recall
+
+if TYPE_CHECKING:  # the `dihya.store` package brings SQLAlchemy: imported where it is used
+    from dihya.store import Store
+    from dihya.store.filelists import FileDiff, FileList
 
 
 class CannotApprove(DihyaError):
@@ -84,6 +86,8 @@ class ApprovalPlan:
 def plan_approval(name: str, config: Config, store: Store | None = None,
                   path: Sequence[str] | None = None) -> ApprovalPlan:
     """What approving `name` as installed now would record, or why it cannot be."""
+    from dihya.store.filelists import diff, list_files, recall
+
     previous = config.entries_for(name)
     try:
         plugin, duplicate = find_installed(name, config.group, path), None

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from support.browser import Backend
+from support.checkout import checkout_wheels
 from support.serving import Server
 from support.wheels import build_plugin_wheel, plugin_source
 
@@ -68,8 +69,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     """A served backend: example, markdown-docs and greeter 1.0.0 approved; tokens for
     each role; greeter 1.1.0 built, not installed."""
     wheels_dir = tmp_path_factory.mktemp("wheels")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
-                    str(wheels_dir), str(ROOT), *map(str, PLUGINS)], check=True)
+    checkout_wheels(wheels_dir)
     module = "dihya_plugin_greeter"
     v1 = build_plugin_wheel(wheels_dir / "v1", "greeter", version="1.0.0",
                             extra_files={f"{module}/old.py": "OLD = True\n"})

@@ -11,24 +11,27 @@ from pathlib import Path
 
 import pytest
 
+from support import pipfork
+from support.checkout import checkout_wheels
+
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))
 
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Wheels of dihya-core and every bundled plugin, built from this checkout."""
+    """Wheels of dihya-core and every bundled plugin, built from this checkout (once per
+    source state in a tox run: `support.checkout`)."""
     out = tmp_path_factory.mktemp("wheels")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out),
-                    str(ROOT), *map(str, PLUGINS)], check=True)
+    checkout_wheels(out)
     return out
 
 
 def make_venv(where: Path, wheels: list[Path]) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
     python = where / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    *map(str, wheels)], check=True)
+    pipfork.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                 *map(str, wheels)], check=True)
     return where
 
 
@@ -67,8 +70,8 @@ class Backend:
         return {r["name"]: r for r in self.json("plugins", "list", "--json", **kw)}  # type: ignore[union-attr,index]
 
     def pip(self, *args: str) -> None:
-        subprocess.run([str(self.python), "-m", "pip", "install", "--quiet",
-                        "--disable-pip-version-check", *args], check=True)
+        pipfork.run([str(self.python), "-m", "pip", "install", "--quiet",
+                     "--disable-pip-version-check", *args], check=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from support import pipfork
 from support.wheels import build_plugin_wheel, build_wheel, plugin_source, tampered
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def extra_plugin(backend, tmp_path: Path, name: str, **kwargs) -> Iterator[None]
     try:
         yield
     finally:
-        subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
+        pipfork.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
                         f"dihya-plugin-{name}"], check=True)
 
 
@@ -211,7 +211,7 @@ def test_missing_dependency_names_the_requirement(backend, tmp_path: Path) -> No
         backend.pip("--no-deps", str(dep))
         assert backend.dihya("plugins", "approve", "needy").returncode == 0
         assert backend.rows()["needy"]["status"] == "active"
-        subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
+        pipfork.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
                         "leftpad-xyz"], check=True)
         row = backend.rows()["needy"]
         assert (row["status"], row["reason"]) == ("failed", "missing-dependency")
@@ -250,7 +250,7 @@ def test_editable_install_is_refused(backend, tmp_path: Path) -> None:
         assert result.returncode == 1 and "editable install" in result.stderr
         assert backend.rows()["editme"]["reason"] == "not-allowlisted"
     finally:
-        subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
+        pipfork.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
                         "dihya-plugin-editme"], check=True)
 
 

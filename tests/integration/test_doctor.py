@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from support import pipfork
 from support.wheels import tampered
 
 pytestmark = pytest.mark.slow
@@ -176,5 +177,5 @@ def test_list_on_80_columns_keeps_names_whole(backend, tmp_path: Path) -> None:
             assert any(name in line for line in lines), (name, result.stdout)
         assert "more: `plugins show NAME`, --json" in result.stdout
     finally:
-        subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
+        pipfork.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet",
                         f"dihya-plugin-{long}"], check=True)

@@ -5,12 +5,12 @@ config, refusals that leave nothing installed and the config unchanged, and unin
 from __future__ import annotations
 
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from support import pipfork
 from support.wheels import build_plugin_wheel, plugin_source
 
 pytestmark = pytest.mark.slow
@@ -20,8 +20,8 @@ NAME = "acme-hello"
 
 
 def pip_show(backend, dist: str = DIST) -> bool:
-    return subprocess.run([str(backend.python), "-m", "pip", "show", "--quiet", dist],
-                          capture_output=True).returncode == 0
+    return pipfork.run([str(backend.python), "-m", "pip", "show", "--quiet", dist],
+                       capture_output=True).returncode == 0
 
 
 def publisher_table(public: str, *dists: str) -> str:
@@ -127,8 +127,8 @@ def test_signed_install_upgrade_refusals_and_uninstall(backend, tmp_path: Path) 
         assert "[[plugins.allow]]" not in backend.config.read_text()
         assert "# operator note: keep me" in backend.config.read_text()
     finally:
-        subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet", DIST],
-                       capture_output=True)
+        pipfork.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet", DIST],
+                    capture_output=True)
 
 
 def test_unsigned_install_with_approve(backend, tmp_path: Path) -> None:
@@ -142,5 +142,5 @@ def test_unsigned_install_with_approve(backend, tmp_path: Path) -> None:
         assert backend.dihya("plugins", "uninstall", NAME).returncode == 0
         assert not pip_show(backend)
     finally:
-        subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet", DIST],
-                       capture_output=True)
+        pipfork.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet", DIST],
+                    capture_output=True)

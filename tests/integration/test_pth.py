@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from support import pipfork
 from support.wheels import build_wheel
 
 pytestmark = pytest.mark.slow
@@ -33,8 +34,8 @@ def pth_wheel_installed(backend, tmp_path: Path) -> Iterator[Path]:
     try:
         yield backend.site_packages() / PTH
     finally:
-        subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet", DIST],
-                       check=True)
+        pipfork.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet", DIST],
+                    check=True)
 
 
 def pth_rows(verify: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:

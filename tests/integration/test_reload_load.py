@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_venv
+from support import pipfork
 from support.serving import Server, call
 from support.wheels import build_plugin_wheel, plugin_source
 
@@ -200,9 +200,9 @@ def lifecycle(backend, wheels: dict[str, Path], t0: float, log: Log) -> None:
         return run
 
     def uninstall() -> tuple[bool, str]:
-        result = subprocess.run([str(backend.python), "-m", "pip", "uninstall", "--yes",
-                                 "--quiet", f"dihya-plugin-{NEW}"], capture_output=True,
-                                text=True)
+        result = pipfork.run([str(backend.python), "-m", "pip", "uninstall", "--yes",
+                              "--quiet", f"dihya-plugin-{NEW}"], capture_output=True,
+                             text=True)
         return result.returncode == 0, result.stdout + result.stderr
 
     def dihya(*args: str) -> Callable[[], tuple[bool, str]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from support import pipfork
 from support.wheels import build_plugin_wheel, plugin_source
 
 pytestmark = pytest.mark.slow
@@ -91,5 +92,5 @@ def test_a_failed_upgrade_is_rolled_back_and_rollback_goes_back(backend,
                                 env={"XDG_CACHE_HOME": str(tmp_path / "empty")})
         assert nothing.returncode == 1 and "no other version of" in nothing.stderr
     finally:
-        subprocess.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet", DIST],
-                       check=False)
+        pipfork.run([str(backend.python), "-m", "pip", "uninstall", "-y", "--quiet", DIST],
+                    check=False)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from support import pipfork
+
 ROOT = Path(__file__).resolve().parents[2]
 TODO = ROOT / "examples" / "needs" / "todo.json"
 
@@ -151,7 +153,7 @@ def test_scaffold_to_a_plugin_running_in_a_generation(backend, wheelhouse: Path,
         rows = backend.rows()
         assert rows["hello"]["status"] == "active" and rows["hello"]["mode"] == "sandbox"
     finally:
-        subprocess.run([str(backend.python), "-m", "pip", "uninstall", "--yes", "--quiet",
+        pipfork.run([str(backend.python), "-m", "pip", "uninstall", "--yes", "--quiet",
                         "dihya-plugin-hello"], check=False)
     print(f"\nplugin author kit: {commands} author commands; green tox {green:.1f} s; "
           f"plugin running in a generation {running:.1f} s")

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from support import pipfork
 from support.serving import Server, clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +40,8 @@ class Backend:
         return result.stdout
 
     def pip_install(self, wheel: Path) -> None:
-        subprocess.run([str(self.venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                        "--disable-pip-version-check", "--no-deps", str(wheel)], check=True)
+        pipfork.run([str(self.venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                     "--disable-pip-version-check", "--no-deps", str(wheel)], check=True)
 
 
 def screenshot(page: Any, name: str) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from support import pipfork
+
 GROUP = "dihya.generation_plugins"
 
 NOOP_PLUGIN = '''\
@@ -98,19 +100,20 @@ def build_plugin_wheel(outdir: Path, name: str, version: str = "1.0.0", safe: bo
 
 
 def pip_install(python: Path | str, *args: str, target: Path | None = None) -> None:
-    """Install with the pip of `python`, offline from local wheels when possible."""
+    """Install with the pip of `python`, offline from local wheels when possible (in a fork
+    of a process that imported pip once: `support.pipfork`)."""
     cmd = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
            "--no-warn-script-location"]
     if target is not None:
         cmd += ["--target", str(target), "--no-deps", "--upgrade"]
-    subprocess.run([*cmd, *args], check=True)
+    pipfork.run([*cmd, *args], check=True)
 
 
 def venv_pip(venv: Path, *args: str) -> None:
     """`pip install WHEEL` (no dependencies) or `pip uninstall -y DIST` in `venv`."""
     extra = ["--no-deps"] if args[0] == "install" else ["-y"]
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", *args, *extra, "--quiet",
-                    "--disable-pip-version-check"], check=True)
+    pipfork.run([str(venv / "bin" / "python"), "-m", "pip", *args, *extra, "--quiet",
+                 "--disable-pip-version-check"], check=True)
 
 
 @contextmanager

@@ -38,12 +38,15 @@ class _Group(click.Group):
     unreachable) ends it with exit 1 and the cause in words, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from dihya.store.faults import StoreUnavailable
-
         try:
             return super().invoke(ctx)
-        except StoreUnavailable as exc:
-            raise CheckFailed(str(exc)) from exc
+        except Exception as exc:
+            # only a command that opened the store can meet a store fault; the others never
+            # import `dihya.store` (and SQLAlchemy with it, a third of a command's start)
+            faults = sys.modules.get("dihya.store.faults")
+            if faults is not None and isinstance(exc, faults.StoreUnavailable):
+                raise CheckFailed(str(exc)) from exc
+            raise
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -36,10 +36,10 @@ from dihya.gate.decide import PluginNotFound, find_installed
 from dihya.gate.discovery import DiscoveredPlugin
 from dihya.reasons import Reason
 from dihya.registry import RegistrySnapshot, build_registry
-from dihya.store.marker import StoreMarker
 
 if TYPE_CHECKING:
     from dihya.store import Store
+    from dihya.store.marker import StoreMarker
 
 
 class CheckFailed(click.ClickException):
@@ -143,6 +143,10 @@ class State:
         return store
 
     def marker(self, config: Config | None = None) -> StoreMarker:
+        # imported here: the `dihya.store` package brings SQLAlchemy (a third of a
+        # command's start), which commands that never open the store do not need
+        from dihya.store.marker import StoreMarker
+
         config = config or self.config()
         return StoreMarker.for_config(self.config_path, config.effective_store_url)
 
