@@ -119,8 +119,9 @@ def plugin_export(auditor: Auditor, plugin: str, fmt: str, *, actor: str,
     if fmt not in PLUGIN_FORMATS:
         raise ValueError(f"a per-plugin export is JSON or JSON Lines, not {fmt}")
     log = _log(auditor)
-    events = list(matching(log, AuditFilter(plugin=plugin)))
-    logs = [r.to_json() for r in every(log.store, plugin)]
+    # each event as in the full export: `event_id`, and `at_iso` beside `at`
+    events = [with_iso(row) for row in matching(log, AuditFilter(plugin=plugin))]
+    logs = [with_iso(r.to_json()) for r in every(log.store, plugin)]
     auditor.record("audit.exported", "ok", subject=actor, count=len(events) + len(logs),
                    format=fmt, plugin=plugin, reason="plugin", **fields)
     if fmt == "json":

@@ -92,7 +92,9 @@ def _select(where: list[Any]) -> Any:
 
 
 def _row(r: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"seq": r.seq, **{k: getattr(r, k) for k in _COLUMNS}}
+    """One stored event as exported, like the full export's rows (`event_id` included)."""
+    out: dict[str, Any] = {"seq": r.seq, **{k: getattr(r, k) for k in _COLUMNS},
+                           "event_id": r.event_id}
     out.update(json.loads(r.fields))
     if r.payload is not None:
         out["note"] = r.payload

@@ -80,6 +80,9 @@ def generate(state: State, needs_file: Path, outdir: Path, force: bool, update: 
     try:
         written = write_tree(result.files, outdir, force=force, keep_added=update)
     except OutputError as exc:
+        if not exc.usage:  # writing failed (a full disk, a file in the way): the report too
+            emit({"error": "write-failed", "message": str(exc),
+                  "plugins": [h.to_json() for h in result.plugins]})
         raise _output_failed(exc) from exc
     except (OSError, UnicodeError) as exc:
         # the disk, permissions, a name the filesystem refuses: one line, never a traceback

@@ -114,7 +114,11 @@ def write_tree(files: Mapping[str, str], outdir: Path, force: bool = False,
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _failure(exc, target, f"cannot create {target.parent}") from None
+        error = _failure(exc, target, "cannot create the directory of")
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # `-o notes.txt/out`
+            error = OutputError(f"{error}; a file stands where a directory is needed: move "
+                                "it away, or choose another -o", usage=False)
+        raise error from None
     with locked(target.parent):
         recovered = _recover(target)
         with _reporting(recovered):

@@ -38,7 +38,7 @@ _LOCAL_TIME: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
 _FILENAME_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _PLUGIN: Final = re.compile(PLUGIN_PATTERN)
 _SHOWN: Final = frozenset({"seq", "at", "type", "outcome", "actor", "target", "plugin",
-                           "reason", "note"})
+                           "reason", "note", "event_id"})
 
 
 def _when(text: str, offset_min: int, name: str, errors: list[str]) -> float | None:
