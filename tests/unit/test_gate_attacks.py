@@ -1,0 +1,184 @@
+"""The gate, attacked by someone who can write site-packages after an approval (but is not
+root), and by a publisher whose distribution looks like another: real wheels installed into
+a real site directory, each attack checked against the verdict and, where it matters,
+against what `import` then runs.
+
+The approved plugin here discovers its submodules the way many plugin packages do
+(`pkgutil.walk_packages` over its own `__path__`, importing each one): a module that the
+attacker makes importable inside the package runs with it, unless the gate refuses it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dihya.gate import verifycache
+from dihya.registry import build_registry
+from support.wheels import build_wheel, plugin_source
+
+WALKER = '''
+import importlib, pkgutil
+for _info in pkgutil.walk_packages(__path__, __name__ + "."):
+    importlib.import_module(_info.name)
+'''
+
+
+def _install_walker(plugin_site) -> tuple[str, Path]:
+    name = plugin_site.unique()
+    module = f"dihya_plugin_{name}"
+    plugin_site.install(name, source=WALKER + plugin_source(name),
+                        extra_files={f"{module}/generators/__init__.py": "",
+                                     f"{module}/generators/table.py": "KIND = 'table'\n"})
+    return name, plugin_site.site / module
+
+
+def _verdict(plugin_site, name: str, entry) -> tuple[str, str | None, str]:
+    snapshot = build_registry(plugin_site.config(entry), path=plugin_site.path)
+    try:
+        record = snapshot.get(name)
+        return record.status, record.reason, record.message
+    finally:
+        snapshot.close()
+
+
+def _planted(marker: Path) -> str:
+    return f"open({str(marker)!r}, 'w').write('ran')\n"
+
+
+@pytest.fixture(params=["cache", "no-cache"])
+def cache_mode(request, monkeypatch, tmp_path) -> str:
+    """Each attack with the verification cache (warm: the plugin verified once before the
+    attack) and without it."""
+    if request.param == "no-cache":
+        monkeypatch.setenv(verifycache.ENV, "off")
+    else:
+        monkeypatch.setenv(verifycache.ENV, str(tmp_path / "cache" / "verified.json"))
+    return str(request.param)
+
+
+def test_the_walking_plugin_is_active_untouched(plugin_site) -> None:
+    name, _package = _install_walker(plugin_site)
+    assert _verdict(plugin_site, name, plugin_site.entry(name))[:2] == ("active", None)
+
+
+# -- code a package gains where the unlisted-file walk did not look ------------------------
+
+@pytest.mark.parametrize("where", ["__pycache__/__init__.py", "__pycache__/__init__.pyc",
+                                   "generators/__pycache__/__init__.py",
+                                   "__pycache__/sub/__init__.py"])
+def test_a_package_named_pycache_is_unlisted_code(plugin_site, tmp_path, cache_mode,
+                                                   where) -> None:
+    """`__pycache__` is a valid module name: `pkg/__pycache__/__init__.py` is the package
+    `pkg.__pycache__`, which `walk_packages` finds and imports. Everything under
+    `__pycache__/` is left out of the fingerprint (installers write bytecode there), and
+    the unlisted-file walk skipped those directories: the planted package ran with an
+    approved plugin. Only tagged bytecode (`NAME.cpython-311.pyc`) belongs there."""
+    name, package = _install_walker(plugin_site)
+    entry = plugin_site.entry(name)
+    assert _verdict(plugin_site, name, entry)[:2] == ("active", None)
+    marker = tmp_path / "ran"
+    target = package / where
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if where.endswith(".pyc"):
+        import importlib.util
+
+        code = compile(_planted(marker), str(target), "exec")
+        import marshal
+
+        target.write_bytes(importlib.util.MAGIC_NUMBER + b"\0" * 12 + marshal.dumps(code))
+    else:
+        target.write_text(_planted(marker))
+    status, reason, message = _verdict(plugin_site, name, entry)
+    assert (status, reason) == ("refused", "unlisted-file"), message
+    assert "__pycache__" in message
+    assert not marker.exists(), "the planted package ran"
+
+
+def test_tagged_bytecode_in_pycache_is_still_not_unlisted(plugin_site, cache_mode) -> None:
+    name, package = _install_walker(plugin_site)
+    entry = plugin_site.entry(name)
+    for directory in (package / "__pycache__", package / "generators" / "__pycache__"):
+        directory.mkdir(exist_ok=True)
+        (directory / "__init__.cpython-311.pyc").write_bytes(b"junk")
+        (directory / "table.cpython-311.opt-1.pyc").write_bytes(b"junk")
+    assert _verdict(plugin_site, name, entry)[:2] == ("active", None)
+
+
+@pytest.mark.parametrize("kind", ["package", "subpackage", "dangling-then-created"])
+def test_a_link_to_a_directory_inside_the_package_is_unlisted_code(plugin_site, tmp_path,
+                                                                   cache_mode, kind) -> None:
+    """`pkg/extra -> /elsewhere/extra` (a package outside site-packages, writable by its
+    owner): the unlisted-file walk did not follow links to directories, so its modules
+    were never seen, and `walk_packages` imported them. A wheel never installs a link; a
+    dangling one is refused too, since its target can appear later without the package
+    directory changing."""
+    name, package = _install_walker(plugin_site)
+    entry = plugin_site.entry(name)
+    assert _verdict(plugin_site, name, entry)[:2] == ("active", None)  # cache warmed
+    marker = tmp_path / "ran"
+    outside = tmp_path / "outside" / "extra"
+    if kind != "dangling-then-created":
+        outside.mkdir(parents=True)
+        (outside / "__init__.py").write_text(_planted(marker))
+    link = package / "generators" / "more" if kind == "subpackage" else package / "extra"
+    os.symlink(outside, link)
+    status, reason, message = _verdict(plugin_site, name, entry)
+    assert (status, reason) == ("refused", "unlisted-file"), message
+    if kind == "dangling-then-created":
+        outside.mkdir(parents=True)
+        (outside / "__init__.py").write_text(_planted(marker))
+        status, reason, message = _verdict(plugin_site, name, entry)
+        assert (status, reason) == ("refused", "unlisted-file"), message
+    assert not marker.exists(), "code behind the link ran"
+
+
+# -- look-alike distributions: defended by the fingerprint -----------------------------------
+
+def _replace_with(plugin_site, module: str, wheel: Path) -> None:
+    """The approved distribution's files removed and the look-alike's unpacked in their
+    place, as someone who writes site-packages would (pip refuses such names)."""
+    for old in [*plugin_site.site.glob(f"{module}-*.dist-info"), plugin_site.site / module]:
+        shutil.rmtree(old)
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(plugin_site.site)
+
+
+def test_a_confusable_distribution_name_does_not_take_an_approval(plugin_site) -> None:
+    """A distribution whose name differs from the approved one only by a Unicode
+    confusable (KELVIN SIGN for `k`, which `canonicalize_name` folds to `k`), with the
+    same entry point and version and other code: the name check passes, the fingerprint
+    (over METADATA, which holds the name, and the code) does not."""
+    name = plugin_site.unique("k")
+    plugin_site.install(name)
+    entry = plugin_site.entry(name)
+    module = f"dihya_plugin_{name}"
+    lookalike = entry.distribution.replace("k", "\u212a", 1)
+    assert lookalike != entry.distribution
+    wheel = build_wheel(plugin_site.wheels / "lookalike", lookalike, entry.version,
+                        {f"{module}/__init__.py": "import os\n" + plugin_source(name)},
+                        {name: f"{module}:Plugin"})
+    _replace_with(plugin_site, module, wheel)
+    status, reason, message = _verdict(plugin_site, name, entry)
+    assert (status, reason) == ("refused", "fingerprint-mismatch"), message
+    assert module not in sys.modules
+
+
+def test_a_confusable_version_does_not_match(plugin_site) -> None:
+    """`1.0.0` approved, `1.0.\uff10` (FULLWIDTH DIGIT ZERO) installed: versions are
+    compared as exact strings, never normalised."""
+    name = plugin_site.unique()
+    plugin_site.install(name, version="1.0.0")
+    entry = plugin_site.entry(name)
+    module = f"dihya_plugin_{name}"
+    wheel = build_wheel(plugin_site.wheels / "lookalike", entry.distribution, "1.0.\uff10",
+                        {f"{module}/__init__.py": plugin_source(name)},
+                        {name: f"{module}:Plugin"})
+    _replace_with(plugin_site, module, wheel)
+    status, reason, message = _verdict(plugin_site, name, entry)
+    assert (status, reason) == ("refused", "version-mismatch"), message
