@@ -182,3 +182,44 @@ def test_a_confusable_version_does_not_match(plugin_site) -> None:
     _replace_with(plugin_site, module, wheel)
     status, reason, message = _verdict(plugin_site, name, entry)
     assert (status, reason) == ("refused", "version-mismatch"), message
+
+
+def test_a_cache_file_of_the_previous_format_vouches_for_nothing(plugin_site, tmp_path,
+                                                                  monkeypatch) -> None:
+    """An entry written by the walk that skipped `__pycache__/` and links (format v1)
+    could vouch for a package holding a planted `__pycache__/__init__.py`: adding a file
+    there changes `__pycache__`'s ctime only, which v1 entries never looked at. A v1 file,
+    even authenticated by the right key, is ignored."""
+    import hashlib
+    import hmac
+    import time
+
+    cache_file = tmp_path / "cache" / "verified.json"
+    monkeypatch.setenv(verifycache.ENV, str(cache_file))
+    name, _package = _install_walker(plugin_site)
+    entry = plugin_site.entry(name)
+    dist_info = next(p.dist_info for p in plugin_site.discover() if p.name == name)
+    cache = verifycache.shared()
+    assert cache is not None
+    deadline = time.monotonic() + 60
+    while True:  # remembered once its files are older than the racy window
+        cache.inspect(dist_info)
+        if cache.remembers(dist_info):
+            break
+        assert time.monotonic() < deadline, "the cache never remembered the plugin"
+        time.sleep(0.2)
+    assert _verdict(plugin_site, name, entry)[:2] == ("active", None)
+    assert _from_file(cache_file).remembers(dist_info)
+    _head, _sep, body = cache_file.read_bytes().partition(b"\n")
+    key = cache_file.with_name(cache_file.name + ".key").read_bytes()
+    old_magic = b"dihya-verify-cache-v1"
+    mac = hmac.new(key, old_magic + b"\n" + body, hashlib.sha256).hexdigest().encode()
+    cache_file.write_bytes(old_magic + b" " + mac + b"\n" + body)
+    assert not _from_file(cache_file).remembers(dist_info)
+
+
+def _from_file(path: Path) -> verifycache.VerifyCache:
+    """The cache as a new process reads it from its file."""
+    cache = verifycache.VerifyCache(path)
+    cache._load()
+    return cache
