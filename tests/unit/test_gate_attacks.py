@@ -10,6 +10,7 @@ attacker makes importable inside the package runs with it, unless the gate refus
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -20,7 +21,8 @@ import pytest
 
 from dihya.gate import verifycache
 from dihya.registry import build_registry
-from support.wheels import build_wheel, plugin_source
+from dihya.gate.fingerprint import FINGERPRINT_HEADER, FingerprintError, fingerprint_wheel
+from support.wheels import build_plugin_wheel, build_wheel, pip_install, plugin_source
 
 WALKER = '''
 import importlib, pkgutil
@@ -223,3 +225,78 @@ def _from_file(path: Path) -> verifycache.VerifyCache:
     cache = verifycache.VerifyCache(path)
     cache._load()
     return cache
+
+
+# -- the fingerprint's own encoding ------------------------------------------------------------
+
+GUARDED = '''
+try:
+    from . import guard as _guard
+    GUARDED = True
+except ImportError:
+    GUARDED = False
+'''
+
+
+def test_a_file_name_with_a_line_break_cannot_hide_a_deleted_file(plugin_site) -> None:
+    """The fingerprint hashes the lines `<sha256> <size> <path>`: a path holding a line
+    break can carry the next file's whole line, so a file can be deleted and its line
+    folded into the name of the file sorted just before it — the same text, the same
+    fingerprint, one file fewer (here the optional `guard` module the plugin imports if
+    present). A file name with a line break is refused: it cannot be fingerprinted
+    unambiguously (no wheel a publisher would build holds one)."""
+    import csv
+    import io
+
+    name = plugin_site.unique()
+    module = f"dihya_plugin_{name}"
+    guard_rel = f"{module}/guard.py"
+    for nonce in range(2000):  # contents for a data file whose line sorts just before the guard's
+        wheel = build_plugin_wheel(plugin_site.wheels / str(nonce), name,
+                                   source=GUARDED + plugin_source(name),
+                                   extra_files={guard_rel: "CHECKS = True\n",
+                                                f"{module}/data.txt": f"data {nonce}\n"})
+        with zipfile.ZipFile(wheel) as zf:
+            lines = sorted(f"{hashlib.sha256(zf.read(n)).hexdigest()} {zf.getinfo(n).file_size} {n}"
+                           for n in zf.namelist() if not n.endswith("/RECORD"))
+        guard_line = next(x for x in lines if x.endswith(" " + guard_rel))
+        if lines[lines.index(guard_line) - 1].endswith(f" {module}/data.txt"):
+            break
+    else:
+        pytest.skip("no data file sorted just before the guard")
+    assert fingerprint_wheel(wheel) == digest_of_lines(lines)
+    pip_install(sys.executable, str(wheel), target=plugin_site.site)
+    entry = plugin_site.entry(name)
+    assert _verdict(plugin_site, name, entry)[:2] == ("active", None)
+    # the attack: the guard deleted, its line folded into the data file's name
+    site = plugin_site.site
+    folded = f"{module}/data.txt\n{guard_line[:guard_line.rindex(' ')]}"
+    folded += f" {module}/guard.py"
+    (site / folded).parent.mkdir()
+    os.rename(site / module / "data.txt", site / folded)
+    (site / module / "guard.py").unlink()
+    dist_info = next(p.dist_info for p in plugin_site.discover() if p.name == name)
+    record = dist_info / "RECORD"
+    rows = [r for r in csv.reader(io.StringIO(record.read_text())) if r]
+    rows = [[folded, *r[1:]] if r[0] == f"{module}/data.txt" else r for r in rows
+            if r[0] != f"{module}/guard.py"]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    record.write_text(out.getvalue())
+    assert not (site / module / "guard.py").exists()
+    status, reason, message = _verdict(plugin_site, name, entry)
+    assert (status, reason) == ("refused", "missing-file"), message
+    assert "line break" in message
+    # the publisher's side: such a wheel has no fingerprint either
+    folded_wheel = build_wheel(plugin_site.wheels / "folded", f"dihya-plugin-{name}", "1.0.0",
+                               {f"{module}/__init__.py": plugin_source(name),
+                                "a.txt\nb": "x"}, {name: f"{module}:Plugin"})
+    with pytest.raises(FingerprintError, match="line break"):
+        fingerprint_wheel(folded_wheel)
+
+
+def digest_of_lines(lines: list[str]) -> str:
+    h = hashlib.sha256(FINGERPRINT_HEADER)
+    for line in sorted(lines):
+        h.update((line + "\n").encode())
+    return f"sha256:{h.hexdigest()}"

@@ -58,14 +58,26 @@ def is_excluded(path: str) -> bool:
 
 
 def digest(entries: Iterable[tuple[str, bytes]]) -> str:
-    """The fingerprint of (path, content) pairs, paths relative to site-packages."""
+    """The fingerprint of (path, content) pairs, paths relative to site-packages.
+
+    FingerprintError for a path holding a line break: its line could carry the next file's
+    whole line (`"<sha> <size> a\\n<sha> <size> b"`), so a file could be deleted, its line
+    folded into the name of the file sorted before it, with the fingerprint unchanged."""
     lines = sorted(
-        f"{hashlib.sha256(data).hexdigest()} {len(data)} {path}\n" for path, data in entries
+        f"{hashlib.sha256(data).hexdigest()} {len(data)} {_one_line(path)}\n"
+        for path, data in entries
     )
     h = hashlib.sha256(FINGERPRINT_HEADER)
     for line in lines:
         h.update(line.encode("utf-8"))
     return f"sha256:{h.hexdigest()}"
+
+
+def _one_line(path: str) -> str:
+    if "\n" in path or "\r" in path:
+        raise FingerprintError(f"a file name holds a line break ({path!r}): it cannot be "
+                               "fingerprinted unambiguously; no wheel should ship one")
+    return path
 
 
 def record_paths(record_text: str) -> list[str]:
