@@ -241,3 +241,54 @@ def test_limits_signals_and_proc_of_others(plugin_site, needs, closing) -> None:
                 "write:/dev/shm", "read-through-link"):
         assert found[key][0] != "ok", (key, found[key])
     assert not os.path.exists("/dev/shm/dihya-escape")
+
+
+# -- code at interpreter start ----------------------------------------------------------------
+
+@pytest.fixture
+def sitecustomize_in_site_packages() -> Any:
+    """A `sitecustomize.py` in this interpreter's site-packages, as a distribution could
+    ship one (harmless: it sets an attribute on `sys`); `site` imports it at every start."""
+    import sysconfig
+    from pathlib import Path
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    target = site / "sitecustomize.py"
+    if target.exists():
+        pytest.skip(f"{target} exists already")
+    try:
+        target.write_text("import sys\nsys.dihya_test_sitecustomize_ran = True\n")
+    except OSError as exc:
+        pytest.skip(f"cannot write into {site}: {exc}")
+    try:
+        yield target
+    finally:
+        target.unlink()
+
+
+SITECUSTOMIZE_PROBE = plugin_source("NAME", body='''
+def after_generation(self, code, needs):
+    import sys
+    code["start.txt"] = repr((hasattr(sys, "dihya_test_sitecustomize_ran"),
+                              "sitecustomize" in sys.modules, "site" in sys.modules))
+    return code
+''')
+
+
+def test_no_sitecustomize_runs_in_a_worker(plugin_site, needs, closing,
+                                           sitecustomize_in_site_packages) -> None:
+    """The threat model promises that a worker starts without `site`: neither `.pth`
+    lines (tested in test_import_time.py) nor `sitecustomize` run in it."""
+    import subprocess
+    import sys
+
+    # the planted module does run in a plain interpreter of this environment
+    plain = subprocess.run([sys.executable, "-c", "import sys; print(hasattr(sys, "
+                            "'dihya_test_sitecustomize_ran'))"], capture_output=True, text=True,
+                           check=True)
+    assert plain.stdout.strip() == "True"
+    snap, names = sandboxed(plugin_site, {"probe": "#!full\n" + SITECUSTOMIZE_PROBE})
+    closing(snap)
+    result = run_generation(needs, snap)
+    assert statuses(result)[names["probe"]] == "ok", result.plugins
+    assert result.files["start.txt"] == repr((False, False, False))
