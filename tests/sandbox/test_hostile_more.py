@@ -292,3 +292,71 @@ def test_no_sitecustomize_runs_in_a_worker(plugin_site, needs, closing,
     result = run_generation(needs, snap)
     assert statuses(result)[names["probe"]] == "ok", result.plugins
     assert result.files["start.txt"] == repr((False, False, False))
+
+
+# -- require_isolation on a machine without an inner layer ------------------------------------
+
+# A backend process in which Landlock does not exist (`landlock_create_ruleset` answers
+# ENOSYS, as on a kernel older than 5.13): a real seccomp filter installed in it before the
+# core is imported, inherited by every worker it starts. It builds a registry with one
+# sandboxed plugin and prints what the record says.
+NO_LANDLOCK_BACKEND = r'''
+import ctypes, json, sys
+args = json.loads(sys.argv[1])
+sys.path[:0] = args["path"]
+lib = ctypes.CDLL("libseccomp.so.2")
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+ctx = lib.seccomp_init(0x7FFF0000)  # allow everything...
+number = lib.seccomp_syscall_resolve_name(b"landlock_create_ruleset")
+assert number > 0 and lib.seccomp_rule_add(ctx, 0x00050000 | 38, number, 0) == 0  # ...but: ENOSYS
+assert lib.seccomp_load(ctx) == 0
+import attrs
+from pathlib import Path
+from dihya.config import AllowEntry, Config
+from dihya.registry import build_registry
+from dihya.sandbox.layers import probe
+entry = AllowEntry(**args["entry"])
+config = Config(path=Path(args["config"]), exists=False, hook_timeout_s=5.0, allow=(entry,))
+config = attrs.evolve(config, sandbox=attrs.evolve(config.sandbox,
+                                                   require_isolation=args["require"]))
+snap = build_registry(config, path=args["path"])
+record = snap.get(entry.name)
+print(json.dumps({"probe": probe()["landlock"], "status": record.status,
+                  "reason": record.reason, "message": record.message,
+                  "warnings": list(record.warnings), "isolation": list(record.isolation)}))
+snap.close()
+'''
+
+
+@pytest.mark.parametrize("require", [False, True])
+def test_a_missing_inner_layer_is_a_warning_and_require_isolation_refuses(
+        plugin_site, tmp_path, require) -> None:
+    """The threat model: a layer this machine does not allow is skipped and reported in
+    the plugin's `warnings`, and `[sandbox] require_isolation = true` refuses to run with
+    any warning. Before, only the outer layers (bwrap, unshare) were reported: a worker
+    without Landlock (or seccomp) was `active` with no warning, require_isolation or not."""
+    import subprocess
+    import sys
+
+    _need("seccomp", "landlock")
+    name = plugin_site.unique("nolandlock")
+    plugin_site.install(name)
+    entry = plugin_site.entry(name, mode="sandbox")
+    args = {"path": plugin_site.path, "require": require, "config": str(tmp_path / "d.toml"),
+            "entry": {k: getattr(entry, k) for k in ("name", "distribution", "version",
+                                                     "fingerprint", "mode")}}
+    done = subprocess.run([sys.executable, "-c", NO_LANDLOCK_BACKEND, json.dumps(args)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["probe"].startswith("unavailable"), found
+    assert not any(layer.startswith("landlock") for layer in found["isolation"]), found
+    if require:
+        assert (found["status"], found["reason"]) == ("failed", "sandbox-start-failed"), found
+        assert "Landlock" in found["message"], found
+    else:
+        assert found["status"] == "active", found
+        assert any("Landlock" in w for w in found["warnings"]), found
