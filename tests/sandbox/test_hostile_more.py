@@ -9,6 +9,7 @@ overran (`timeout`), whatever size the request has.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -60,10 +61,8 @@ def _finishes(fn: Callable[[], Any], deadline_s: float, on_hang: Callable[[], No
 def _kill_workers(snap: Any) -> Callable[[], None]:
     def kill() -> None:
         for pid in snap.sandbox.running().values():
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
     return kill
 
 

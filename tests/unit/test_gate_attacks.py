@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from dihya.gate import verifycache
-from dihya.registry import build_registry
 from dihya.gate.fingerprint import FINGERPRINT_HEADER, FingerprintError, fingerprint_wheel
+from dihya.registry import build_registry
 from support.wheels import build_plugin_wheel, build_wheel, pip_install, plugin_source
 
 WALKER = '''
