@@ -140,3 +140,38 @@ def test_acknowledging_keeps_comments_and_is_idempotent(tmp_path: Path) -> None:
     parsed = load_config(config).known_pth
     assert parsed == (KnownPth("a.pth", "a" * 64), KnownPth("b.pth", "b" * 64, "reviewed"))
     assert config_from_document(config, read_document(config)).known_pth == parsed
+
+
+def test_a_sitecustomize_module_a_distribution_ships_is_reported(tmp_path: Path) -> None:
+    """`site` imports `sitecustomize` (and `usercustomize`) at every start, after the `.pth`
+    files: a distribution merely installed, approved or not, can ship one. It is reported
+    like a code-running `.pth` file (owner, hash), so `plugins verify` fails until the
+    operator acknowledges that exact content; a package of that name cannot be
+    acknowledged (its content is not pinned): remove it."""
+    code = b"import os\nos.environ.setdefault('DIHYA_TEST_SITECUSTOMIZE', '1')\n"
+    site = install_pth_wheel(tmp_path, "customize-demo", {"sitecustomize.py": code,
+                                                          "customize_demo/__init__.py": b""})
+    (site / "usercustomize").mkdir()
+    (site / "usercustomize" / "__init__.py").write_bytes(b"import os\n")
+    (site / "sitecustomize_notes.txt").write_bytes(b"not a module\n")
+    found = {p.file: p for p in scan_pth(directories=[str(site)])}
+    assert set(found) == {"sitecustomize.py", "__init__.py"}, found
+    planted = found["sitecustomize.py"]
+    assert (planted.owner, planted.acknowledged) == ("customize-demo", False)
+    assert planted.sha256 == hashlib.sha256(code).hexdigest()
+    assert "runs code at interpreter start" in planted.describe()
+    package = found["__init__.py"]
+    assert package.path == str(site / "usercustomize" / "__init__.py")
+    assert package.sha256 is None and not package.acknowledged
+    known = [KnownPth("sitecustomize.py", planted.sha256)]
+    again = {p.file: p for p in scan_pth(known, [str(site)])}
+    assert again["sitecustomize.py"].acknowledged_by == BY_CONFIG
+    (site / "sitecustomize.py").write_bytes(code + b"import evil\n")
+    assert not {p.file: p for p in scan_pth(known, [str(site)])}["sitecustomize.py"].acknowledged
+
+
+def test_a_sitecustomize_acknowledgement_is_a_valid_config_entry(tmp_path: Path) -> None:
+    config = tmp_path / "dihya.toml"
+    config.write_text('[plugins]\nknown_pth = [{file = "sitecustomize.py", sha256 = "'
+                      + "0" * 64 + '"}]\n')
+    assert load_config(config).known_pth == (KnownPth("sitecustomize.py", "0" * 64),)

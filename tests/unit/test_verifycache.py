@@ -242,7 +242,7 @@ def test_edited_cache_file_is_ignored_and_rewritten(cached: Cached) -> None:
     fresh.save()
     assert _fresh_cache(cached).inspect(cached.dist_info("hit")).fingerprint == (
         cached.entries["hit"].fingerprint)
-    assert cached.cache.read_bytes().startswith(b"dihya-verify-cache-v1 ")
+    assert cached.cache.read_bytes().startswith(b"dihya-verify-cache-v2 ")
 
 
 def test_foreign_cache_files_are_never_read(cached: Cached, tmp_path: Path) -> None:

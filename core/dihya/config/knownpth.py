@@ -23,6 +23,11 @@ class KnownPth:
     note: str | None = None
 
 
+def _customize(file: str) -> bool:
+    """`sitecustomize.py` and the like: acknowledged the same way as a `.pth` file."""
+    return file.partition(".")[0] in ("sitecustomize", "usercustomize") and "." in file
+
+
 def parse_known_pth(raw: object) -> tuple[KnownPth, ...]:
     """`[[plugins.known_pth]]` as read from TOML; ValueError saying what to fix."""
     if not isinstance(raw, list):
@@ -34,8 +39,8 @@ def parse_known_pth(raw: object) -> tuple[KnownPth, ...]:
 def _known(index: int, item: object) -> KnownPth:
     item, label = array_entry(f"[[plugins.known_pth]] #{index}", item, KNOWN_PTH_KEYS)
     file = item.get("file")
-    if (not isinstance(file, str) or not file.endswith(".pth") or "/" in file
-            or "\\" in file or file in (".pth",)):
+    if (not isinstance(file, str) or not (file.endswith(".pth") or _customize(file))
+            or "/" in file or "\\" in file or file in (".pth",)):
         raise ValueError(f"{label}: `file` is required: the name of a .pth file without its "
                          f"directory (such as 'distutils-precedence.pth'), not {file!r}")
     digest = item.get("sha256")

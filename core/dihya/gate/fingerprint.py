@@ -58,14 +58,26 @@ def is_excluded(path: str) -> bool:
 
 
 def digest(entries: Iterable[tuple[str, bytes]]) -> str:
-    """The fingerprint of (path, content) pairs, paths relative to site-packages."""
+    """The fingerprint of (path, content) pairs, paths relative to site-packages.
+
+    FingerprintError for a path holding a line break: its line could carry the next file's
+    whole line (`"<sha> <size> a\\n<sha> <size> b"`), so a file could be deleted, its line
+    folded into the name of the file sorted before it, with the fingerprint unchanged."""
     lines = sorted(
-        f"{hashlib.sha256(data).hexdigest()} {len(data)} {path}\n" for path, data in entries
+        f"{hashlib.sha256(data).hexdigest()} {len(data)} {_one_line(path)}\n"
+        for path, data in entries
     )
     h = hashlib.sha256(FINGERPRINT_HEADER)
     for line in lines:
         h.update(line.encode("utf-8"))
     return f"sha256:{h.hexdigest()}"
+
+
+def _one_line(path: str) -> str:
+    if "\n" in path or "\r" in path:
+        raise FingerprintError(f"a file name holds a line break ({path!r}): it cannot be "
+                               "fingerprinted unambiguously; no wheel should ship one")
+    return path
 
 
 def record_paths(record_text: str) -> list[str]:
@@ -278,14 +290,24 @@ def unlisted_code_files(site: Path, listed: set[str], walked: list[str] | None =
     site_str = os.fspath(site)
     for pkg in roots:
         for dirpath, dirnames, filenames in os.walk(site / pkg):
-            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
             reldir = _relative_dir(dirpath, site_str, site)
             if walked is not None:
                 walked.append(reldir)
+            # a link (to a directory, or dangling: its target can appear later without this
+            # directory changing) is never installed by a wheel, and os.walk does not
+            # follow it: whatever it leads to could be imported as part of the package
+            found += [f"{reldir}/{name}" for name in dirnames
+                      if os.path.islink(os.path.join(dirpath, name))]
+            found += [f"{reldir}/{name}" for name in filenames
+                      if not name.endswith(IMPORTABLE_SUFFIXES)
+                      and os.path.islink(os.path.join(dirpath, name))
+                      and not os.path.exists(os.path.join(dirpath, name))]
+            bytecode_dir = os.path.basename(dirpath) == "__pycache__"
             found += [
                 f"{reldir}/{name}"
                 for name in filenames
                 if name.endswith(IMPORTABLE_SUFFIXES) and f"{reldir}/{name}" not in listed
+                and not (bytecode_dir and _cached_bytecode(name))
             ]
     modules = {p[: -len(".py")] for p in listed if "/" not in p and p.endswith(".py")}
     for stem in sorted(modules):
@@ -298,6 +320,16 @@ def unlisted_code_files(site: Path, listed: set[str], walked: list[str] | None =
             if os.path.exists(os.path.join(site_str, candidate)):
                 found.append(candidate)
     return sorted(found)
+
+
+def _cached_bytecode(name: str) -> bool:
+    """A name the interpreter writes in `__pycache__/`: `MODULE.TAG[.opt-N].pyc`.
+
+    Anything else there that the import system loads — `__init__.py`, a bare `x.pyc`, an
+    extension module — makes `__pycache__` (a valid module name) an importable package or
+    module of its own: that is unlisted code, though the fingerprint leaves `__pycache__/`
+    out."""
+    return name.endswith(".pyc") and "." in name[:-len(".pyc")].lstrip(".")
 
 
 def _relative_dir(dirpath: str, site_str: str, site: Path) -> str:

@@ -28,7 +28,7 @@ import attrs
 
 from dihya.config.knownpth import KnownPth
 from dihya.gate import pathmemo
-from dihya.gate.fingerprint import record_paths
+from dihya.gate.fingerprint import IMPORTABLE_SUFFIXES, record_paths
 
 #: The `distutils-precedence.pth` that setuptools installs with itself (and that `python -m
 #: venv` puts in every new venv through its bundled setuptools), by exact content, with the
@@ -124,7 +124,9 @@ def runs_code(data: bytes) -> bool:
 
 def scan_pth(known: Sequence[KnownPth] = (),
              directories: Sequence[str] | None = None) -> tuple[PthFile, ...]:
-    """Every `.pth` file that executes code, in the order `site` runs them.
+    """Every `.pth` file that executes code, in the order `site` runs them, and every
+    `sitecustomize`/`usercustomize` module in the site directories (which `site` imports
+    after them).
 
     Each directory's answer is remembered while the directory, its `.pth` files and (when
     one runs code) the RECORDs that could name its owner are unchanged
@@ -150,6 +152,9 @@ def _scan_directory(directory: str, acknowledged: frozenset[tuple[str, str]]
     except OSError:
         return (), checks
     for name in names:
+        if customize_module(name):
+            found.append(_customize(directory, name, names, acknowledged, checks))
+            continue
         if not name.endswith(".pth"):
             continue
         path = os.path.join(directory, name)
@@ -176,6 +181,49 @@ def _scan_directory(directory: str, acknowledged: frozenset[tuple[str, str]]
             if any(key is None for _path, key in read):
                 checks += pathmemo.checks([dist_info])
     return tuple(found), checks
+
+
+#: Modules `site` imports at start, from anywhere on the path: a distribution can ship one.
+CUSTOMIZE_MODULES: Final = ("sitecustomize", "usercustomize")
+
+
+def customize_module(name: str) -> bool:
+    """True for a directory entry that `import sitecustomize` (or `usercustomize`) would
+    load: `sitecustomize.py`, its bytecode or extension module, or a package directory."""
+    stem, dot, _rest = name.partition(".")
+    if stem not in CUSTOMIZE_MODULES:
+        return False
+    return not dot or name.endswith(IMPORTABLE_SUFFIXES)
+
+
+def _customize(directory: str, name: str, names: Sequence[str],
+               acknowledged: frozenset[tuple[str, str]],
+               checks: list[pathmemo.Check]) -> PthFile:
+    """A `sitecustomize`/`usercustomize` module in a site directory: every line of it runs
+    at interpreter start, like a `.pth` file's `import` lines. A package of that name is
+    reported by its `__init__.py` and cannot be acknowledged (remove it)."""
+    path = os.path.join(directory, name)
+    checks += pathmemo.checks([path])
+    data: bytes | None = None
+    if os.path.isdir(path):
+        checks += pathmemo.path_checks([path])
+        path = os.path.join(path, "__init__.py")
+        checks += pathmemo.checks([path])
+        record_name = f"{name}/__init__.py"
+    else:
+        record_name = name
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            data = None
+    digest = hashlib.sha256(data).hexdigest() if data is not None else None
+    owner, looked = _owner(directory, record_name, names)
+    for entry in looked:
+        checks += pathmemo.checks([os.path.join(directory, entry, "RECORD"),
+                                   os.path.join(directory, entry, "METADATA"),
+                                   os.path.join(directory, entry)])
+    return PthFile(path, digest, owner, _acknowledged_by(name, digest, acknowledged))
 
 
 def _acknowledged_by(name: str, digest: str | None,

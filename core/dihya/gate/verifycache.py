@@ -64,7 +64,9 @@ from dihya.gate.fingerprint import (
 ENV: Final = "DIHYA_VERIFY_CACHE"
 #: Files whose mtime or ctime is this close to the start of their hashing are not remembered.
 RACY_NS: Final = 2_000_000_000
-_MAGIC: Final = b"dihya-verify-cache-v1"
+#: v2: the unlisted-file walk also looks into `__pycache__/` and at links; an entry of a v1
+#: file was made without them, so it is not trusted (the whole file is ignored, then replaced).
+_MAGIC: Final = b"dihya-verify-cache-v2"
 _KEY_BYTES: Final = 32
 _MAX_FILE_BYTES: Final = 256 * 1024 * 1024
 

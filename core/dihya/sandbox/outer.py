@@ -64,7 +64,8 @@ from dihya.sandbox.policy import (
     SandboxSetupError,
 )
 
-__all__ = ["NEVER_BOUND", "interpreter_paths", "launch", "probe_outer", "probe_user",
+__all__ = ["NEVER_BOUND", "inner_warnings", "interpreter_paths", "launch", "probe_outer",
+           "probe_user",
            "sandbox_user", "view_args"]
 
 # Capabilities bwrap keeps (as root) for setpriv to switch to the sandbox user; setpriv
@@ -384,7 +385,20 @@ def launch(argv: list[str], policy: SandboxPolicy
     else:
         warnings.append(f"no outer isolation: bwrap {probe_outer('bwrap')}; "
                         f"unshare {probe_outer('unshare')}")
+    warnings += inner_warnings()
     return full, env, kwargs, layers, warnings
+
+
+def inner_warnings() -> list[str]:
+    """The inner layers (dihya.sandbox.inner) this machine does not allow: the worker
+    skips them, so they are warnings like a missing outer layer (and `[sandbox]
+    require_isolation` refuses the worker). Probed here, in the backend, not taken from
+    what the worker reports."""
+    from dihya.sandbox.inner import probe_landlock, probe_seccomp
+
+    return [f"no {name} in the worker: {state}"
+            for name, state in (("Landlock", probe_landlock()), ("seccomp", probe_seccomp()))
+            if state != AVAILABLE]
 
 
 def _choose_outer(wanted: str) -> str:

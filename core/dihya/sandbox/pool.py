@@ -155,6 +155,9 @@ class Worker:
         self.proc = self._spawn(lambda: subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=env, close_fds=True, cwd=self.scratch, start_new_session=True, **kwargs))
+        assert self.proc.stdin is not None
+        # requests are written with a deadline: a worker may stop reading them (see `call`)
+        os.set_blocking(self.proc.stdin.fileno(), False)
         deadline = time.monotonic() + self.settings.start_timeout_s
         try:
             assert self.proc.stdout is not None
@@ -197,10 +200,12 @@ class Worker:
             self.calls += 1
             self.last_used = time.monotonic()
             request = {"id": self.calls, "op": "call", "hook": method, "kwargs": dict(kwargs)}
+            # one deadline for the whole call: writing the request too (a worker that stops
+            # reading its stdin, a request larger than the pipe, must not hold us forever)
+            deadline = time.monotonic() + timeout_s
             try:
-                write_frame(self.proc.stdin.fileno(), request, self.max_frame_bytes)
-                answer = read_frame(self.proc.stdout.fileno(), time.monotonic() + timeout_s,
-                                    self.max_frame_bytes)
+                write_frame(self.proc.stdin.fileno(), request, self.max_frame_bytes, deadline)
+                answer = read_frame(self.proc.stdout.fileno(), deadline, self.max_frame_bytes)
             except FrameTimeout as exc:
                 self.kill()
                 raise HookTimeout(f"{method} did not answer within {timeout_s} s; the "
@@ -250,9 +255,10 @@ class Worker:
         proc = self.proc
         if proc is not None and proc.poll() is None and proc.stdin is not None:
             try:
-                write_frame(proc.stdin.fileno(), {"id": -1, "op": "shutdown"})
+                write_frame(proc.stdin.fileno(), {"id": -1, "op": "shutdown"},
+                            deadline=time.monotonic() + KILL_GRACE_S)
                 proc.wait(timeout=KILL_GRACE_S)
-            except (OSError, ProtocolError, subprocess.TimeoutExpired):
+            except (OSError, ProtocolError, FrameTimeout, subprocess.TimeoutExpired):
                 pass
         self.kill()
         shutil.rmtree(self.scratch, ignore_errors=True)

@@ -84,11 +84,29 @@ def check_json(value: Any) -> None:
         raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def write_frame(fd: int, message: dict[str, Any], max_bytes: int = MAX_FRAME_BYTES) -> None:
+def write_frame(fd: int, message: dict[str, Any], max_bytes: int = MAX_FRAME_BYTES,
+                deadline: float | None = None) -> None:
+    """Write one frame to `fd`; `deadline` is a `time.monotonic()` value or None.
+
+    With a deadline, `fd` must be non-blocking (`os.set_blocking(fd, False)`): the other
+    side may stop reading at any time (a hostile worker can leave its requests unread, even
+    shrink its pipe to one page), and `FrameTimeout` is raised when the frame is not all
+    written by then. Without one, a blocking `fd` is written in full, as before.
+    """
     data = memoryview(encode(message, max_bytes))
     while data:
-        written = os.write(fd, data)
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            written = 0
         data = data[written:]
+        if data and (written == 0 or deadline is not None):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise FrameTimeout("the other side did not read the frame before the deadline")
+            _, ready, _ = select.select([], [fd], [], left)
+            if not ready:
+                raise FrameTimeout("the other side did not read the frame before the deadline")
 
 
 def read_frame(fd: int, deadline: float | None = None,
