@@ -26,12 +26,18 @@ Module resolution also depends on the import system's state in this process: the
 `sys.meta_path` finders before `PathFinder`, `sys.path_hooks` and the finder of each path
 entry (`sys.path_importer_cache`). A resolution is remembered only when those finders are
 the standard ones (built-in, frozen, `FileFinder`, setuptools' `_distutils_hack`), and is
-keyed on their identity.
+keyed on their kind (`dihya.gate.finders.kind`: type, and a `FileFinder`'s directory and
+loaders), which another process can compare.
 
-Everything lives in this process's memory (a server worker's reloads, a second listing);
-nothing is written to disk. With `DIHYA_VERIFY_CACHE=off` nothing is remembered at all.
-`STATS` counts the hits and misses of each part. What this trusts is written in
-docs/threat-model.md ("The import-path memo").
+The memo lives in this process's memory (a server worker's reloads, a second listing) and,
+for the parts registered with `persist`, across processes: the verification cache writes
+its entries into its authenticated file (`VerifyCache.save`; a file per context, see
+`dihya.gate.finders.context`) and a new process reads them back (`attach`), still encoded,
+decoding an entry only once its checks held (every key compared by `stat` in the new
+process, as for an entry of its own). With `DIHYA_VERIFY_CACHE=off` nothing is remembered
+at all. `STATS` counts the hits and misses of each part, and `persisted.loaded` /
+`persisted.hit` the entries read from the file and used. What this trusts is written in
+docs/threat-model.md ("The import-path memo", "Across processes").
 """
 
 from __future__ import annotations

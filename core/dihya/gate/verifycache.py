@@ -15,10 +15,11 @@ or unlisted) together with a key that anyone without root cannot forge cheaply:
   sit beside a top-level module (one `stat` each);
 * the real path of site-packages.
 
-Any difference, and the distribution is read and hashed again in full. Module resolution
-(shadowing), `.pth` files and dependency versions are remembered separately, in memory, by
-`dihya.gate.pathmemo` (keyed on the import path's directories); the allowlist is compared
-on every build.
+Any difference, and the distribution is read and hashed again in full. Discovery, module
+resolution (shadowing), `.pth` files and dependency versions are remembered separately by
+`dihya.gate.pathmemo` (keyed on the import path's directories), whose entries this cache
+writes into its file too (`memo_entries`, `memo_source`); the allowlist is compared on
+every build.
 
 Parsed METADATA (name, version, requirements) is cached the same way, keyed on the stat of
 the METADATA file.
@@ -27,12 +28,18 @@ Entries are only remembered when every file's mtime and ctime are at least `RACY
 than the start of the hashing (as git does with its index): a file written in the same
 timestamp tick as it was read could otherwise keep its ctime and look unchanged.
 
-The cache persists in `$XDG_CACHE_HOME/dihya/verified-UID.json` (default `~/.cache`), or
-the file `DIHYA_VERIFY_CACHE` names (`off`: no cache at all), written atomically with mode
-0600 in a directory of this user that no one else can write, authenticated with HMAC-SHA256
-under a random key kept beside it (`.key`, 0600). A file that is not a regular file of this
-user, not 0600-tight, not authenticated by the key, or not understood is ignored — never
-trusted — and replaced at the next save. What this trusts is written in
+The cache persists in `$XDG_CACHE_HOME/dihya/verified-UID-CONTEXT.json` (default
+`~/.cache`; CONTEXT: `finders.context()`, a short hash of the interpreter, `sys.path` and
+the finder kinds, so that processes of different contexts do not overwrite each other's
+memo; files of another context not written for 14 days are removed), or the file
+`DIHYA_VERIFY_CACHE` names (`off`: no cache at all), written atomically with mode 0600 in a
+directory of this user that no one else can write, authenticated with HMAC-SHA256 under a
+random key kept beside it (`verified-UID.key`, shared by the contexts; `NAME.key` beside a
+named file; 0600). The body is `marshal`-encoded (format v2) and is decoded only after its
+MAC matched. A file that is not a regular file of this user, not 0600-tight, not
+authenticated by the key, or not understood is ignored — never trusted — and replaced at
+the next save; a memo written for another context is ignored (the verified distributions
+of such a file are still each re-checked by `stat`, as always). What this trusts is written in
 docs/threat-model.md ("The verification cache").
 """
 
