@@ -253,6 +253,9 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f"dihya-bench-load-{n}-", dir=base))
         try:
             results[n] = bench(tmp, n, args)
+            if n != max(counts):  # what is done so far, in case the run is stopped
+                report(args, results, [])
+                print(flush=True)
             if args.growth and n == max(counts):
                 growth = growth_probe(tmp)
         finally:
