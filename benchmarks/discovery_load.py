@@ -21,6 +21,10 @@ fingerprints computed by the core itself. Then, interleaved, in fresh processes:
 Then, in the largest venv, how the gate's cost per distribution grows with its number of
 files and bytes (cache hit: a `stat` per file; miss: every byte hashed).
 
+`--compare-core DIR` (another checkout's `core` directory, e.g. `main`'s) adds the same
+dihya sides run with `PYTHONPATH=DIR` (that core's sources in place of the installed one,
+the same venv and plugins), interleaved with the others: "main" in the tables.
+
 Targets (issue #16): discovery + gate + load <= 1.2x stevedore at every N; second listing at
 the largest N <= 2x stevedore's rescan.
 
@@ -110,11 +114,19 @@ t4 = time.perf_counter()
 first = dict(phases)  # the phases of the first build only
 cache = verifycache.shared()
 hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
+try:
+    from dihya.gate import pathmemo
+    memo = dict(pathmemo.STATS)
+except ImportError:
+    memo = {}
 again = registry.build_registry(config)
 t5 = time.perf_counter()
 assert all(r.active for r in snapshot.records), [r.message for r in snapshot.records]
 print(json.dumps({"imports": t1 - t0, "build": t4 - t3, "rebuild": t5 - t4,
-                  "active": len(snapshot.active), "hits": hits, "misses": misses, **first}))
+                  "active": len(snapshot.active), "hits": hits, "misses": misses,
+                  "persisted": memo.get("persisted.hit", 0),
+                  "memo_misses": sum(v for k, v in memo.items() if k.endswith(".miss")),
+                  **first}))
 """
 
 STEVEDORE_PROBE = f"""\
@@ -220,6 +232,9 @@ def main() -> None:
                         help="also print a cProfile of one `plugins list --json` run")
     parser.add_argument("--no-growth", dest="growth", action="store_false",
                         help="skip the cost-per-distribution part")
+    parser.add_argument("--compare-core", type=Path, default=None,
+                        help="another checkout's core directory (e.g. main's), run "
+                        "interleaved with PYTHONPATH=DIR")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where to create the temporary venvs (default: under ~/.cache; "
                         "not /tmp, where stevedore disables its cache)")
@@ -238,6 +253,9 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f"dihya-bench-load-{n}-", dir=base))
         try:
             results[n] = bench(tmp, n, args)
+            if n != max(counts):  # what is done so far, in case the run is stopped
+                report(args, results, [])
+                print(flush=True)
             if args.growth and n == max(counts):
                 growth = growth_probe(tmp)
         finally:
@@ -278,15 +296,22 @@ def bench(tmp: Path, count: int, args: argparse.Namespace) -> dict[str, list[dic
         raise SystemExit("stevedore does not see the same plugins as the core")
     # The verification cache remembers files only once they are older than its racy
     # window (2 s): wait until a fresh process answers every plugin from it.
-    deadline = time.monotonic() + 120
-    while True:
-        _, out = run([*probe, "plain"], env, work)
-        state = json.loads(out)
-        if state["misses"] == 0 and state["hits"] >= count:
-            break
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the verification cache is not used: {state}")
-        time.sleep(0.5)
+    compare = dict(env, PYTHONPATH=str(args.compare_core.resolve())) if args.compare_core \
+        else None
+    for side_env in (env, compare):
+        if side_env is None:
+            continue
+        deadline = time.monotonic() + 120
+        while True:
+            _, out = run([*probe, "plain"], side_env, work)
+            state = json.loads(out)
+            if state["misses"] == 0 and state["hits"] >= count and (
+                    side_env is compare or not state.get("memo_misses")):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the verification cache is not used: {state}")
+            time.sleep(0.5)
+    print(f"  warm: {state}", flush=True)
     for _ in range(args.warmup):
         run(core_cmd, env, work)
         run(base_cmd, env, work)
@@ -298,14 +323,18 @@ def bench(tmp: Path, count: int, args: argparse.Namespace) -> dict[str, list[dic
         profile(python, config, work, env)
 
     out_of: dict[str, list[dict[str, float]]] = {k: [] for k in (
-        "core", "core_off", "stevedore", "cmd_core", "cmd_stevedore")}
+        "core", "core_off", "stevedore", "cmd_core", "cmd_stevedore", "main", "cmd_main")}
     for i in range(args.repeat):
         mode = "phases" if i % 2 else "plain"
         sides = [("core", [*probe, mode], env), ("core_off", [*probe, mode], off),
                  ("stevedore", sted_probe, env)]
+        if compare is not None:
+            sides.insert(1, ("main", [*probe, mode], compare))
         for key, cmd, e in (sides if i % 2 == 0 else sides[::-1]):
             out_of[key].append(json.loads(run(cmd, e, work)[1]))
         out_of["cmd_core"].append({"wall": run(core_cmd, env, work)[0]})
+        if compare is not None:
+            out_of["cmd_main"].append({"wall": run(core_cmd, compare, work)[0]})
         out_of["cmd_stevedore"].append({"wall": run(base_cmd, env, work)[0]})
     print(f"  N = {count}: {args.repeat} rounds done (load {load()})", flush=True)
     return out_of
@@ -345,6 +374,26 @@ def report(args: argparse.Namespace, results: dict[int, dict[str, list[dict[str,
                  "dihya, cache off", "ratio"], rows))
     print("(dihya: discovery, the gate with the verification cache, load; cache off: every "
           "file hashed, as the first listing after an install or a change)")
+    if any(r["main"] for r in results.values()):
+        print("\n== the same, this core against the compared core (main), interleaved (ms, "
+              "median)")
+        rows = []
+        for n, r in results.items():
+            core, main, sted = (med(r[k], "build") for k in ("core", "main", "stevedore"))
+            cmd, cmd_main = med(r["cmd_core"], "wall"), med(r["cmd_main"], "wall")
+            rows.append([f"N = {n}", ms(core), ms(main), f"{core / main:.2f}x",
+                         f"{core / sted:.2f}x", f"{main / sted:.2f}x", ms(cmd), ms(cmd_main),
+                         f"{med(r['core'], 'persisted'):.0f}"])
+        print(table(["plugins", "build", "main", "this/main", "this/stevedore",
+                     "main/stevedore", "plugins list", "main: list", "memo hits read"],
+                    rows))
+        rows = []
+        for n, r in results.items():
+            rows.append([f"N = {n}", *(ms(med(r["core"], k)) for k in ("discover", "gate",
+                                                                        "load")),
+                         *(ms(med(r["main"], k)) for k in ("discover", "gate", "load"))])
+        print(table(["plugins", "discover", "gate", "load", "main: discover", "main: gate",
+                     "main: load"], rows))
 
     print("\n== where dihya's build goes (ms, median of the runs that timed the phases)")
     rows = []

@@ -31,8 +31,13 @@ Sets up, in a temporary directory removed at the end:
    timed from the fork to its app (`create_app`), build included.
    Target (issue #16): <= 0.3 s, with no audit event when nothing changed.
 
+`--compare-core DIR` (another checkout's `core` directory, e.g. `main`'s): each measured
+process of 1 (S and P) and 2 (the start as it is, the forked worker) is also run with
+`PYTHONPATH=DIR` (that core's sources in place of the installed one, same venv, plugins and
+configs), interleaved, and a last table puts the two cores side by side.
+
     python benchmarks/listing_start.py [--installed 1000] [--approved 100] [--repeat 5]
-                                       [--workdir DIR]
+                                       [--workdir DIR] [--compare-core DIR]
 """
 
 from __future__ import annotations
@@ -213,12 +218,13 @@ def reuse(tmp: Path) -> tuple[Path, dict[str, Path]]:
     return python, configs
 
 
-def listing(python: Path, config: Path) -> tuple[float, int, list[dict[str, Any]]]:
+def listing(python: Path, config: Path, env: dict[str, str] | None = None
+            ) -> tuple[float, int, list[dict[str, Any]]]:
     """One `dihya --config C plugins list --json`: seconds, workers started, rows."""
     start = time.perf_counter()
     done = subprocess.run([str(python), "-c", COUNTING_CLI, "--config", str(config), "plugins",
-                           "list", "--json"], capture_output=True, text=True, env=clean_env(),
-                          cwd=config.parent)
+                           "list", "--json"], capture_output=True, text=True,
+                          env=env or clean_env(), cwd=config.parent)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"plugins list failed:\n{done.stderr[-3000:]}")
@@ -235,11 +241,12 @@ def audit_events(config: Path) -> int:
 
 
 def server_start(python: Path, config: Path, create: bool = False,
-                 forked: bool = False) -> dict[str, float]:
+                 forked: bool = False, env: dict[str, str] | None = None) -> dict[str, float]:
     before = audit_events(config)
     out = subprocess.run([str(python), "-c", SERVER_START_FORKED if forked else SERVER_START,
                           str(config), "create" if create else "existing"],
-                         capture_output=True, text=True, env=clean_env(), cwd=config.parent)
+                         capture_output=True, text=True, env=env or clean_env(),
+                         cwd=config.parent)
     if out.returncode != 0:
         raise SystemExit(f"create_app failed:\n{out.stderr[-3000:]}")
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -329,6 +336,39 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
     print(f"dihya serve worker / baseline: {f['median'] / b['median']:.1f}x; worker start "
           f"(forked): {verdict_at_most(f['median'] * 1000, START_TARGET_MS)}; without the "
           f"build: {ms(f['median'] - f_median.get('build', 0.0))} ms")
+    if args.compare_core:
+        compare(python, configs, args)
+
+
+def compare(python: Path, configs: dict[str, Path], args: argparse.Namespace) -> None:
+    """This core and the compared one (`PYTHONPATH=DIR`), interleaved, fresh processes."""
+    other = clean_env(PYTHONPATH=str(args.compare_core.resolve()))
+    for env in (None, other):  # each core's own caches warm (and their files settled)
+        for _ in range(2):
+            listing(python, configs["P"], env)
+            server_start(python, configs["W"], env=env)
+        time.sleep(2.5)
+        listing(python, configs["P"], env)
+        server_start(python, configs["W"], env=env)
+    rows: dict[str, list[list[float]]] = {k: [[], []] for k in (
+        "list S", "list P", "start W", "start W build", "forked W", "forked W build")}
+    for i in range(args.repeat):
+        for side, env in ((0, None), (1, other)) if i % 2 == 0 else ((1, other), (0, None)):
+            rows["list S"][side].append(listing(python, configs["S"], env)[0])
+            rows["list P"][side].append(listing(python, configs["P"], env)[0])
+            start = server_start(python, configs["W"], env=env)
+            rows["start W"][side].append(start["total"])
+            rows["start W build"][side].append(start.get("build", 0.0))
+            forked = server_start(python, configs["W"], forked=True, env=env)
+            rows["forked W"][side].append(forked["total"])
+            rows["forked W build"][side].append(forked.get("build", 0.0))
+    print(f"\n3. this core against {args.compare_core} (PYTHONPATH), {args.repeat} "
+          "interleaved rounds (ms, median; fresh processes)")
+    out = []
+    for key, (this, that) in rows.items():
+        a, b = summary(this)["median"], summary(that)["median"]
+        out.append([key, ms(a), ms(b), f"{a / b:.2f}x" if b else ""])
+    print(table(["row", "this core", "compared core", "this / compared"], out))
 
 
 def main() -> None:
@@ -336,6 +376,8 @@ def main() -> None:
     parser.add_argument("--installed", type=int, default=1000)
     parser.add_argument("--approved", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--compare-core", type=Path, default=None,
+                        help="another checkout's core directory (e.g. main's), interleaved")
     parser.add_argument("--workdir", type=Path, help="keep the setup here (not removed); a "
                         "setup already there is reused (the core rebuilt, the stores removed)")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from types import FunctionType
 from typing import Any, ClassVar, Final, TypeVar
 
 import attrs
@@ -327,6 +328,36 @@ def _hook_method(cls: type, spec: HookSpec) -> Any:
     return None
 
 
+def parameters(func: Any) -> list[tuple[str, Any]]:
+    """(name, `inspect.Parameter` kind) of each parameter of `func`, in the order
+    `inspect.signature(func).parameters` gives them. A plain function's are read from its
+    code object (co_varnames, co_argcount, ...: a fresh process validating many plugin
+    classes paid for `inspect.signature` three times per hook); anything else — a function
+    with `__wrapped__` or `__signature__` (which `inspect.signature` follows), a callable
+    that is not a plain function — through `inspect.signature` itself."""
+    import inspect
+
+    code = getattr(func, "__code__", None)
+    if (type(func) is not FunctionType or code is None
+            or "__wrapped__" in func.__dict__ or "__signature__" in func.__dict__):
+        return [(p.name, p.kind) for p in inspect.signature(func).parameters.values()]
+    kind = inspect.Parameter
+    names = code.co_varnames
+    positional, posonly, kwonly = code.co_argcount, code.co_posonlyargcount, \
+        code.co_kwonlyargcount
+    found: list[tuple[str, Any]] = [
+        (names[i], kind.POSITIONAL_ONLY if i < posonly else kind.POSITIONAL_OR_KEYWORD)
+        for i in range(positional)]
+    at = positional + kwonly
+    if code.co_flags & inspect.CO_VARARGS:
+        found.append((names[at], kind.VAR_POSITIONAL))
+        at += 1
+    found += [(names[i], kind.KEYWORD_ONLY) for i in range(positional, positional + kwonly)]
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        found.append((names[at], kind.VAR_KEYWORD))
+    return found
+
+
 def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
     """An implementation takes `self` and any subset of the spec's arguments, by name (in
     any order, keyword-only or not, with or without defaults), or `**kwargs` for all."""
@@ -337,21 +368,22 @@ def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
         return []
     if isinstance(method, staticmethod | classmethod) or not inspect.isfunction(method):
         return [f"hook `{spec.name}` must be a plain method, such as `def {spec.signature}`"]
-    params = list(inspect.signature(method).parameters.values())
-    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY,
-                                            params[0].POSITIONAL_OR_KEYWORD):
+    params = parameters(method)
+    kind = inspect.Parameter
+    if not params or params[0][1] not in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD):
         return [f"hook `{spec.name}` must take `self` first, such as `def {spec.signature}`"]
-    known = ", ".join(f"`{a.name}`" + (f" (since hook API {a.since})" if a.since != "1.0"
-                                       else "") for a in spec.args)
     problems = []
-    for param in params[1:]:
-        if param.kind is param.VAR_KEYWORD:
+    for name, param_kind in params[1:]:
+        if param_kind is kind.VAR_KEYWORD:
             continue
-        if param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY):
-            problems.append(f"hook `{spec.name}`: argument `{param.name}` cannot be "
+        if param_kind in (kind.VAR_POSITIONAL, kind.POSITIONAL_ONLY):
+            problems.append(f"hook `{spec.name}`: argument `{name}` cannot be "
                             "positional-only or `*args`: hooks are called by keyword")
-        elif param.name not in spec.arg_names:
-            problems.append(f"hook `{spec.name}`: argument `{param.name}` is not an argument "
+        elif name not in spec.arg_names:
+            known = ", ".join(f"`{a.name}`" + (f" (since hook API {a.since})"
+                                               if a.since != "1.0" else "")
+                              for a in spec.args)
+            problems.append(f"hook `{spec.name}`: argument `{name}` is not an argument "
                             f"of this hook; it takes any of {known}")
     return problems
 
@@ -366,11 +398,11 @@ def hook_arguments(cls: type) -> dict[str, tuple[str, ...]]:
         method = _hook_method(cls, spec)
         if method is None:
             continue
-        params = inspect.signature(method).parameters.values()
-        if any(p.kind is p.VAR_KEYWORD for p in params):
+        params = parameters(method)
+        if any(k is inspect.Parameter.VAR_KEYWORD for _n, k in params):
             found[spec.name] = spec.arg_names
         else:
-            names = {p.name for p in params}
+            names = {n for n, _k in params}
             found[spec.name] = tuple(n for n in spec.arg_names if n in names)
     return found
 
@@ -388,7 +420,7 @@ def deprecation_warnings(cls: type, specs: tuple[HookSpec, ...] | None = None) -
             continue
         if spec.deprecated:
             warnings.append(f"hook `{spec.name}` is deprecated: {spec.deprecated}")
-        taken = set(inspect.signature(method).parameters)
+        taken = {name for name, _kind in parameters(method)}
         warnings.extend(f"argument `{a.name}` of hook `{spec.name}` is deprecated: "
                         f"{a.deprecated}" for a in spec.args if a.deprecated and a.name in taken)
     return warnings

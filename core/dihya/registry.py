@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from dihya.config import Config, env_disabled
-from dihya.gate import pathmemo
+from dihya.gate import pathmemo, verifycache
 from dihya.gate.decide import (
     ACTIVE,
     FAILED,
@@ -252,6 +252,7 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
         sandbox.retain({r.name for r in records if r.active and r.mode == "sandbox"})
     # looked at with every build: a reload or auto_reload (which watches *.pth) sees a new one
     pth = scan_pth(config.known_pth)
+    verifycache.save_shared()  # what this build learned, for the next process too
     elapsed = (time.perf_counter() - start) * 1000
     return RegistrySnapshot(tuple(records), config, time.time(), elapsed, sandbox, owns_sandbox,
                             pth)

@@ -179,6 +179,32 @@ def test_plugin_calling_sys_exit_at_import_does_not_end_the_backend(plugin_site)
     assert statuses(snapshot)[name] == ("failed", "import-error")
 
 
+def test_failing_imports_in_one_build_stop_no_other_plugin(plugin_site) -> None:
+    """One manager loads every plugin of a build: a plugin whose import raises an
+    AssertionError, a SystemExit or an ImportError fails alone, in whatever order; the
+    plugins around it load, and an unapproved one beside them is never imported."""
+    sources = {"assert": "assert False, 'boom'\n", "exit": "raise SystemExit(3)\n",
+               "missing": "import no_such_module_xyz\n"}
+    good = [plugin_site.unique("a"), plugin_site.unique("m"), plugin_site.unique("z")]
+    bad = {plugin_site.unique(kind): source for kind, source in sources.items()}
+    for name in good:
+        plugin_site.install(name)
+    for name, source in bad.items():
+        plugin_site.install(name, source=source)
+    unapproved = plugin_site.unique("u")
+    plugin_site.install(unapproved)
+    entries = [plugin_site.entry(n) for n in [*good, *bad]]
+    snapshot = build_registry(plugin_site.config(*entries), path=plugin_site.path)
+    found = statuses(snapshot)
+    for name in good:
+        assert found[name] == ("active", None), snapshot.get(name).message
+    for name in bad:
+        assert found[name] == ("failed", "import-error"), name
+    assert "boom" in snapshot.get(next(n for n in bad if n.startswith("assert"))).message
+    assert found[unapproved] == ("refused", "not-allowlisted")
+    assert f"dihya_plugin_{unapproved}" not in sys.modules
+
+
 def test_misspelt_hook_is_invalid_plugin(plugin_site) -> None:
     name = plugin_site.unique()
     body = "\ndef befor_generation(self, needs):\n    return needs\n"

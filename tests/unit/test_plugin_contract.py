@@ -170,3 +170,43 @@ def test_staticmethod_hook_is_refused() -> None:
 def test_specs_cover_the_base_class() -> None:
     for spec in HOOK_SPECS:
         assert callable(getattr(GenerationPluginBase, spec.name))
+
+
+def _functions_of_every_shape() -> list[object]:
+    import functools
+
+    def plain(self, needs): ...  # type: ignore[no-untyped-def]
+    def defaults(self, needs=1, *, code=2): ...  # type: ignore[no-untyped-def]
+    def posonly(self, needs, /, code, *args, context, **kwargs): ...  # type: ignore[no-untyped-def]
+    def star(*args): ...  # type: ignore[no-untyped-def]
+    def kwargs_only(**kw): ...  # type: ignore[no-untyped-def]
+    def nothing(): ...  # type: ignore[no-untyped-def]
+    def kwonly_star(self, *, needs, code=None, **rest): ...  # type: ignore[no-untyped-def]
+    def with_locals(self, needs):  # type: ignore[no-untyped-def]
+        a = b = 1
+        return a + b
+
+    def closure(self, needs):  # type: ignore[no-untyped-def]
+        return plain
+
+    @functools.wraps(plain)
+    def wrapped(*args, **kwargs): ...  # type: ignore[no-untyped-def]
+
+    def signed(*args): ...  # type: ignore[no-untyped-def]
+    import inspect
+    signed.__signature__ = inspect.signature(plain)  # type: ignore[attr-defined]
+    lam = lambda self, code, needs=None: None  # noqa: E731
+    return [plain, defaults, posonly, star, kwargs_only, nothing, kwonly_star, with_locals,
+            closure, wrapped, signed, lam, functools.partial(posonly, 1), len, print]
+
+
+def test_parameters_read_from_code_objects_are_those_of_inspect_signature() -> None:
+    """`dihya.plugin.parameters` reads a plain function's parameters from its code object;
+    for every shape of function (and the fallbacks) it must say what inspect says."""
+    import inspect
+
+    from dihya.plugin import parameters
+
+    for func in _functions_of_every_shape():
+        expected = [(p.name, p.kind) for p in inspect.signature(func).parameters.values()]
+        assert parameters(func) == expected, func

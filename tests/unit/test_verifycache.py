@@ -11,6 +11,7 @@ must give exactly the verdict the gate gives without the cache (`DIHYA_VERIFY_CA
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import stat
 import sys
@@ -221,13 +222,13 @@ def test_edited_cache_file_is_ignored_and_rewritten(cached: Cached) -> None:
     _flip_keeping_size_and_mtime(module)
     raw = cached.cache.read_bytes()
     head, _, body = raw.partition(b"\n")
-    data = json.loads(body)
+    data = marshal.loads(body)
     entry = data["dists"][os.fspath(cached.dist_info("cachefile"))]
     site = cached.site.site
     entry["keys"] = [[rel, list(verifycache.stat_key(os.path.join(site, rel)))]
                      for rel, _key in entry["keys"]]
     assert entry["fingerprint"] == cached.entries["cachefile"].fingerprint
-    cached.cache.write_bytes(head + b"\n" + json.dumps(data).encode())
+    cached.cache.write_bytes(head + b"\n" + marshal.dumps(data))
     fresh = _fresh_cache(cached)
     assert fresh.inspect(cached.dist_info("cachefile")).fingerprint != entry["fingerprint"]
     assert fresh.misses == 1
@@ -242,7 +243,7 @@ def test_edited_cache_file_is_ignored_and_rewritten(cached: Cached) -> None:
     fresh.save()
     assert _fresh_cache(cached).inspect(cached.dist_info("hit")).fingerprint == (
         cached.entries["hit"].fingerprint)
-    assert cached.cache.read_bytes().startswith(b"dihya-verify-cache-v2 ")
+    assert cached.cache.read_bytes().startswith(b"dihya-verify-cache-v3 ")
 
 
 def test_foreign_cache_files_are_never_read(cached: Cached, tmp_path: Path) -> None:

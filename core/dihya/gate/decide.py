@@ -359,6 +359,9 @@ def _lookup_version(name: str, path: Sequence[str] | None) -> str | None:
     return pathmemo.memoized("version", key, compute)
 
 
+pathmemo.persist("version")
+
+
 def _scan_version(name: str, path: Sequence[str] | None) -> tuple[str | None, str | None]:
     """(version, the distribution's metadata directory when it is one) of `name`."""
     dist: md.Distribution | None

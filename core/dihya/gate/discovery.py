@@ -15,7 +15,7 @@ import sys
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 from packaging.utils import canonicalize_name
@@ -188,6 +188,62 @@ def _listing(entry: str) -> tuple[tuple[Path, str], ...]:
 
 
 _SUFFIXES: Final = (".dist-info", ".egg-info")
+
+
+# -- across processes (`pathmemo.persist`): what the memo of discovery writes --------------
+
+
+def _encode_plugins(plugins: list[DiscoveredPlugin]) -> tuple[Any, ...]:
+    out = []
+    for p in plugins:
+        meta = _METADATA.get(p.entry_point.dist) if p.entry_point.dist is not None else None
+        out.append((p.name, p.value, p.group, p.distribution, p.version,
+                    None if p.dist_info is None else os.fspath(p.dist_info), p.editable,
+                    None if meta is None else (meta.name, meta.version, meta.requires)))
+    return tuple(out)
+
+
+def _decode_plugins(data: tuple[Any, ...]) -> list[DiscoveredPlugin]:
+    """The plugins of one distribution as `_plugins_of` found them, their entry points
+    bound to a `PathDistribution` of the same directory (as `select` binds them), its
+    parsed METADATA remembered for `requires_of`."""
+    found = []
+    dists: dict[str, md.PathDistribution] = {}
+    for name, value, group, distribution, version, where, editable, meta in data:
+        if not all(isinstance(v, str) for v in (name, value, group, distribution, version,
+                                                where)):
+            raise ValueError("malformed")
+        dist_info = Path(where)
+        dist = dists.get(where)
+        if dist is None:
+            dist = dists[where] = md.PathDistribution(dist_info)
+            if meta is not None:
+                _METADATA[dist] = Metadata(meta[0], meta[1],
+                                           None if meta[2] is None else tuple(meta[2]))
+        ep = _bound(md.EntryPoint(name=name, value=value, group=group), dist)
+        found.append(DiscoveredPlugin(name=name, value=value, group=group,
+                                      distribution=distribution, version=version,
+                                      dist_info=dist_info, editable=bool(editable),
+                                      entry_point=ep))
+    return found
+
+
+def _bound(ep: md.EntryPoint, dist: md.PathDistribution) -> md.EntryPoint:
+    """`ep` with `ep.dist` set to `dist`, as `Distribution.entry_points` makes them."""
+    bind = getattr(ep, "_for", None)
+    if bind is not None:
+        return bind(dist)  # type: ignore[no-any-return]
+    match = [e for e in dist.entry_points if e.name == ep.name and e.group == ep.group]
+    if len(match) != 1 or match[0].value != ep.value:
+        raise ValueError("entry point not found again")
+    return match[0]
+
+
+pathmemo.persist("discovery.dist", _encode_plugins, _decode_plugins)
+pathmemo.persist("discovery.listing",
+                 lambda found: tuple((os.fspath(p), n) for p, n in found),
+                 lambda data: tuple((Path(p), n) for p, n in data))
+pathmemo.persist("links")
 
 
 def _group_entry_points(dist: md.Distribution, group: str) -> md.EntryPoints:

@@ -26,12 +26,18 @@ Module resolution also depends on the import system's state in this process: the
 `sys.meta_path` finders before `PathFinder`, `sys.path_hooks` and the finder of each path
 entry (`sys.path_importer_cache`). A resolution is remembered only when those finders are
 the standard ones (built-in, frozen, `FileFinder`, setuptools' `_distutils_hack`), and is
-keyed on their identity.
+keyed on their kind (`dihya.gate.finders.kind`: type, and a `FileFinder`'s directory and
+loaders), which another process can compare.
 
-Everything lives in this process's memory (a server worker's reloads, a second listing);
-nothing is written to disk. With `DIHYA_VERIFY_CACHE=off` nothing is remembered at all.
-`STATS` counts the hits and misses of each part. What this trusts is written in
-docs/threat-model.md ("The import-path memo").
+The memo lives in this process's memory (a server worker's reloads, a second listing) and,
+for the parts registered with `persist`, across processes: the verification cache writes
+its entries into its authenticated file (`VerifyCache.save`; a file per context, see
+`dihya.gate.finders.context`) and a new process reads them back (`attach`), still encoded,
+decoding an entry only once its checks held (every key compared by `stat` in the new
+process, as for an entry of its own). With `DIHYA_VERIFY_CACHE=off` nothing is remembered
+at all. `STATS` counts the hits and misses of each part, and `persisted.loaded` /
+`persisted.hit` the entries read from the file and used. What this trusts is written in
+docs/threat-model.md ("The import-path memo", "Across processes").
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Final, TypeVar
 
-from dihya.gate import verifycache
+from dihya.gate import finders, verifycache
 from dihya.gate.verifycache import RACY_NS, StatKey, stat_key
 
 T = TypeVar("T")
@@ -80,8 +86,16 @@ def enabled() -> bool:
 
 
 def shared_cache() -> verifycache.VerifyCache | None:
-    """`verifycache.shared()`, looked up once per build inside `one_pass`."""
-    return per_pass(("verifycache",), verifycache.shared)
+    """`verifycache.shared()`, looked up once per build inside `one_pass`; the memo it
+    persisted (`attach`) is read with it, once per cache (once per process)."""
+    return per_pass(("verifycache",), _shared_attached)
+
+
+def _shared_attached() -> verifycache.VerifyCache | None:
+    cache = verifycache.shared()
+    if cache is not None and cache is not _ATTACHED[0]:
+        attach(cache)
+    return cache
 
 
 @contextmanager
@@ -110,8 +124,11 @@ def replace(part: str, key: Any, old: Any, value: Any) -> None:
     another build remembered another value meanwhile: its checks are not `old`'s."""
     with _LOCK:
         entry = _MEMO.get((part, key))
-        if entry is not None and entry[1] is old:
-            _MEMO[(part, key)] = (entry[0], value)
+        if entry is None or entry[1] is not old:
+            return
+        _MEMO[(part, key)] = (entry[0], value)
+    if part in _CODECS:
+        _touch()
 
 
 def key_of(path: str) -> StatKey | None:
@@ -159,10 +176,16 @@ def still_valid(found: Sequence[Check]) -> bool:
 
 
 def recall(part: str, key: Any) -> tuple[bool, Any]:
-    """(True, the remembered value) when every check of `key`'s entry still holds."""
+    """(True, the remembered value) when every check of `key`'s entry still holds. An
+    entry read from the persisted memo is decoded here, after its checks held."""
     entry = _MEMO.get((part, key))
     if entry is not None and still_valid(entry[0]):
-        return True, entry[1]
+        value = entry[1]
+        if type(value) is _Raw:
+            value = _decode(part, key, entry)
+            if value is _MISSING:
+                return False, None
+        return True, value
     return False, None
 
 
@@ -180,6 +203,8 @@ def remember(part: str, key: Any, found: Sequence[Check], started_ns: int,
         if len(_MEMO) >= _MAX_ENTRIES:
             _MEMO.clear()
         _MEMO[(part, key)] = (tuple(found), value)
+    if part in _CODECS:
+        _touch()
 
 
 def memoized(part: str, key: Any,
@@ -215,17 +240,116 @@ def per_pass(key: Any, compute: Callable[[], T]) -> T:
 
 
 def clear() -> None:
-    """Forget everything (tests; a process that knows its path changed behind its back)."""
+    """Forget everything (tests; a process that knows its path changed behind its back),
+    and read the persisted memo again with the next cache."""
     with _LOCK:
         _MEMO.clear()
+        _ATTACHED[0] = None
+
+
+# -- across processes: the memo persisted in the verification cache's file -----------------
+#
+# A part registered with `persist` is written into the verification cache's authenticated
+# file (`VerifyCache.save`) and read back by the next process (`attach`): each entry with
+# its checks, its value encoded by the part's codec into what `marshal` writes. An entry
+# read back is kept encoded (`_Raw`) until it is recalled: its checks are compared first,
+# exactly as for an entry of this process, and only then is it decoded. Entries whose part
+# has no codec stay in memory only.
+
+Encode = Callable[[Any], Any]
+_CODECS: dict[str, tuple[Encode, Encode]] = {}
+# the cache whose file the memo was read from and is written to (one at a time)
+_ATTACHED: list[verifycache.VerifyCache | None] = [None]
+
+
+class _Raw:
+    """A persisted value not decoded yet."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def persist(part: str, encode: Encode = _same, decode: Encode = _same) -> None:
+    """Keep `part`'s entries across processes: `encode(value)` must give what `marshal`
+    writes (str, int, None, tuples, lists, dicts, frozensets of those), `decode` the
+    value back."""
+    _CODECS[part] = (encode, decode)
+
+
+def attach(cache: verifycache.VerifyCache) -> None:
+    """Add the entries `cache`'s file holds for this context (those this process does not
+    hold already), encoded; `cache` writes this process's entries at its next save."""
+    with _LOCK:
+        if _ATTACHED[0] is cache:
+            return
+        _ATTACHED[0] = cache
+    loaded = cache.memo_entries()
+    cache.memo_source = _dump
+    added = 0
+    with _LOCK:
+        for (part, key), (found, data) in loaded.items():
+            if (part, key) not in _MEMO and len(_MEMO) < _MAX_ENTRIES:
+                _MEMO[(part, key)] = (found, _Raw(data))
+                added += 1
+    STATS["persisted.loaded"] += added
+
+
+def _decode(part: str, key: Any, entry: tuple[tuple[Check, ...], Any]) -> Any:
+    """The value of a persisted entry whose checks held, decoded (and kept decoded); the
+    entry is dropped when it cannot be (`_MISSING`)."""
+    codec = _CODECS.get(part)
+    try:
+        if codec is None:
+            raise ValueError(part)
+        value = codec[1](entry[1].data)
+    except Exception:  # written by this code under this key, but not understood: ignored
+        STATS["persisted.rejected"] += 1
+        with _LOCK:
+            if _MEMO.get((part, key)) is entry:
+                del _MEMO[(part, key)]
+        return _MISSING
+    STATS["persisted.hit"] += 1
+    with _LOCK:
+        if _MEMO.get((part, key)) is entry:
+            _MEMO[(part, key)] = (entry[0], value)
+    return value
+
+
+def _touch() -> None:
+    cache = _ATTACHED[0]
+    if cache is not None:
+        cache.memo_changed()
+
+
+def _dump() -> dict[tuple[str, Any], tuple[tuple[Check, ...], Any]]:
+    """The entries of the persisted parts, encoded, for the cache file."""
+    with _LOCK:
+        items = list(_MEMO.items())
+    out = {}
+    for (part, key), (found, value) in items:
+        codec = _CODECS.get(part)
+        if codec is None:
+            continue
+        try:
+            out[(part, key)] = (found, value.data if type(value) is _Raw else codec[0](value))
+        except Exception:  # a value this codec cannot write stays in memory
+            continue
+    return out
 
 
 # -- the import system's state, for module resolution ------------------------------------
 
 
 def finder_state(top: Sequence[str], meta: Sequence[Any]) -> tuple[Any, ...] | None:
-    """The finders resolution consults, by identity, when all are standard; else None
-    (then nothing is remembered: a custom finder may depend on anything)."""
+    """The finders resolution consults, by kind (`dihya.gate.finders.kind`: comparable in
+    another process, so a persisted resolution can be used there), when all are standard;
+    else None (then nothing is remembered: a custom finder may depend on anything)."""
     for finder in meta:
         if not _standard_meta(finder):
             return None
@@ -237,14 +361,7 @@ def finder_state(top: Sequence[str], meta: Sequence[Any]) -> tuple[Any, ...] | N
         if finder is not None and type(finder) is not importlib.machinery.FileFinder:
             return None
         entries.append(finder)
-    return (tuple(meta), tuple(sys.path_hooks), tuple(entries))
-
-
-def same_finders(state: tuple[Any, ...], now: tuple[Any, ...] | None) -> bool:
-    if now is None or len(state) != len(now):
-        return False
-    return all(len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
-               for a, b in zip(state, now, strict=True))
+    return finders.kind((tuple(meta), tuple(sys.path_hooks), tuple(entries)))  # type: ignore[no-any-return]
 
 
 def standard_metadata_finder(finder: Any) -> bool:

@@ -138,6 +138,22 @@ def find_shadowing(site: Path, files: Sequence[str],
     return found
 
 
+def _encode_resolution(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    found: Shadowing | None = value[3]
+    return (*value[:3], None if found is None else attrs.astuple(found), value[4])
+
+
+def _decode_resolution(data: tuple[Any, ...]) -> tuple[Any, ...]:
+    env, dirs, entries, found, names = data
+    if not isinstance(names, frozenset) or len(dirs) != len(entries):
+        raise ValueError("malformed")
+    return (env, dirs, entries, None if found is None else Shadowing(
+        found[0], tuple(found[1]), found[2], found[3]), names)
+
+
+pathmemo.persist("resolution", _encode_resolution, _decode_resolution)
+
+
 def _trusted(keys: tuple[StatKey | None, ...],
              entries: tuple[tuple[pathmemo.Check, ...], ...]) -> tuple[StatKey | None, ...]:
     """The settled keys of the path entries whose own key is enough: None for one that

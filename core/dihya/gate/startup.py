@@ -291,6 +291,13 @@ def _distribution_name(dist_info: str, entry: str) -> str:
     return entry[: -len(".dist-info")].rpartition("-")[0] or entry
 
 
+pathmemo.persist("pth",
+                 lambda found: tuple((p.path, p.sha256, p.owner, p.acknowledged_by)
+                                     for p in found),
+                 lambda data: tuple(PthFile(*row) for row in data))
+pathmemo.persist("pth.record")
+
+
 def pth_json(found: Iterable[PthFile], with_path: bool = True) -> list[dict[str, Any]]:
     return [p.to_json(with_path) for p in found]
 

@@ -15,10 +15,11 @@ or unlisted) together with a key that anyone without root cannot forge cheaply:
   sit beside a top-level module (one `stat` each);
 * the real path of site-packages.
 
-Any difference, and the distribution is read and hashed again in full. Module resolution
-(shadowing), `.pth` files and dependency versions are remembered separately, in memory, by
-`dihya.gate.pathmemo` (keyed on the import path's directories); the allowlist is compared
-on every build.
+Any difference, and the distribution is read and hashed again in full. Discovery, module
+resolution (shadowing), `.pth` files and dependency versions are remembered separately by
+`dihya.gate.pathmemo` (keyed on the import path's directories), whose entries this cache
+writes into its file too (`memo_entries`, `memo_source`); the allowlist is compared on
+every build.
 
 Parsed METADATA (name, version, requirements) is cached the same way, keyed on the stat of
 the METADATA file.
@@ -27,12 +28,18 @@ Entries are only remembered when every file's mtime and ctime are at least `RACY
 than the start of the hashing (as git does with its index): a file written in the same
 timestamp tick as it was read could otherwise keep its ctime and look unchanged.
 
-The cache persists in `$XDG_CACHE_HOME/dihya/verified-UID.json` (default `~/.cache`), or
-the file `DIHYA_VERIFY_CACHE` names (`off`: no cache at all), written atomically with mode
-0600 in a directory of this user that no one else can write, authenticated with HMAC-SHA256
-under a random key kept beside it (`.key`, 0600). A file that is not a regular file of this
-user, not 0600-tight, not authenticated by the key, or not understood is ignored — never
-trusted — and replaced at the next save. What this trusts is written in
+The cache persists in `$XDG_CACHE_HOME/dihya/verified-UID-CONTEXT.json` (default
+`~/.cache`; CONTEXT: `finders.context()`, a short hash of the interpreter, `sys.path` and
+the finder kinds, so that processes of different contexts do not overwrite each other's
+memo; files of another context not written for 14 days are removed), or the file
+`DIHYA_VERIFY_CACHE` names (`off`: no cache at all), written atomically with mode 0600 in a
+directory of this user that no one else can write, authenticated with HMAC-SHA256 under a
+random key kept beside it (`verified-UID.key`, shared by the contexts; `NAME.key` beside a
+named file; 0600). The body is `marshal`-encoded (format v3) and is decoded only after its
+MAC matched. A file that is not a regular file of this user, not 0600-tight, not
+authenticated by the key, or not understood is ignored — never trusted — and replaced at
+the next save; a memo written for another context is ignored (the verified distributions
+of such a file are still each re-checked by `stat`, as always). What this trusts is written in
 docs/threat-model.md ("The verification cache").
 """
 
@@ -41,7 +48,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import json
+import marshal
 import os
 import secrets
 import stat
@@ -54,6 +61,7 @@ from typing import Any, Final
 
 import attrs
 
+from dihya.gate import finders
 from dihya.gate.fingerprint import (
     FingerprintError,
     InstalledFiles,
@@ -64,9 +72,12 @@ from dihya.gate.fingerprint import (
 ENV: Final = "DIHYA_VERIFY_CACHE"
 #: Files whose mtime or ctime is this close to the start of their hashing are not remembered.
 RACY_NS: Final = 2_000_000_000
-#: v2: the unlisted-file walk also looks into `__pycache__/` and at links; an entry of a v1
-#: file was made without them, so it is not trusted (the whole file is ignored, then replaced).
-_MAGIC: Final = b"dihya-verify-cache-v2"
+#: v3: the unlisted-file walk also looks into `__pycache__/` and at links (an entry of a v1
+#: file was made without them, so it is not trusted: the whole file is ignored, then
+#: replaced), and the body is marshal with the persisted import-path memo (`pathmemo`).
+_MAGIC: Final = b"dihya-verify-cache-v3"
+#: A cache file of another context (`finders.context`) not written for this long is removed.
+STALE_CONTEXT_S: Final = 14 * 24 * 3600
 _KEY_BYTES: Final = 32
 _MAX_FILE_BYTES: Final = 256 * 1024 * 1024
 
@@ -123,8 +134,18 @@ class VerifyCache:
     """Verified distributions and parsed METADATA, by `*.dist-info` path, in memory and
     (when `path` is set) in an authenticated file."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, key_path: Path | None = None,
+                 context: str | None = None) -> None:
         self.path = path
+        # the HMAC key: beside the file (`NAME.key`) unless named
+        self.key_path = key_path if key_path is not None or path is None else \
+            path.with_name(path.name + ".key")
+        # what the persisted import-path memo is for: a memo of another context is ignored
+        self.context = context if context is not None else finders.context()
+        # `dihya.gate.pathmemo`'s entries: read from the file (until taken by
+        # `memo_entries`), and how to get this process's at a save
+        self._memo: dict[Any, Any] = {}
+        self.memo_source: Callable[[], dict[Any, Any]] | None = None
         self._lock = threading.RLock()
         self._dists: dict[str, dict[str, Any]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
@@ -266,6 +287,22 @@ class VerifyCache:
                 self._dirty = True
         return found
 
+    # -- the import-path memo (`dihya.gate.pathmemo`) -------------------------------------
+
+    def memo_entries(self) -> dict[Any, Any]:
+        """The persisted import-path memo read from the file (when it authenticated, is
+        this user's and was written for this context), handed over once: {(part, key):
+        (checks, encoded value)}, each check a (path, stat key or None)."""
+        self._load()
+        with self._lock:
+            found, self._memo = self._memo, {}
+        return found
+
+    def memo_changed(self) -> None:
+        """The memo has entries to write at the next save."""
+        if self.path is not None:
+            self._dirty = True
+
     # -- persistence ---------------------------------------------------------------------
 
     def _load(self) -> None:
@@ -276,15 +313,18 @@ class VerifyCache:
                 return
             self._loaded = True
             assert self.path is not None
-            body = _read_authenticated(self.path)
+            # authenticated first: nothing of the file is decoded before its MAC matched
+            body = _read_authenticated(self.path, self.key_path)
             if body is None:
                 return
             try:
-                data = json.loads(body)
+                data = marshal.loads(body)
                 dists, meta = _checked(data)
-            except (ValueError, TypeError, KeyError):
+                memo = _checked_memo(data.get("memo")) if (
+                    data.get("context") == self.context) else {}
+            except (ValueError, TypeError, KeyError, EOFError):
                 return
-            self._dists, self._meta = dists, meta
+            self._dists, self._meta, self._memo = dists, meta, memo
 
     def save(self) -> None:
         """Write the entries (when something changed) atomically; errors are ignored: the
@@ -298,16 +338,45 @@ class VerifyCache:
             dists = {k: v for k, v in self._dists.items() if os.path.isdir(k)}
             meta = {k: v for k, v in self._meta.items()
                     if os.path.isdir(os.path.dirname(k))}
-            body = json.dumps({"uid": os.geteuid(), "dists": dists, "meta": meta},
-                              separators=(",", ":")).encode()
+            memo = self._memo
+            if self.memo_source is not None:
+                memo = {**memo, **self.memo_source()}
+            data = {"uid": os.geteuid(), "context": self.context, "dists": dists,
+                    "meta": meta, "memo": memo}
+            try:
+                body = marshal.dumps(data)
+            except ValueError:  # a value marshal cannot write: the memo stays in memory
+                body = marshal.dumps(dict(data, memo={}))
             with contextlib.suppress(OSError):
-                _write_authenticated(self.path, body)
+                _write_authenticated(self.path, body, self.key_path)
+                _remove_stale(self.path)
 
     def clear(self) -> None:
         with self._lock:
             self._dists.clear()
             self._meta.clear()
             self._dirty = self.path is not None
+
+
+def _checked_memo(memo: Any) -> dict[Any, Any]:
+    """The memo entries of a decoded body; ValueError when malformed (then the whole file
+    is ignored). Only the checks are looked at here; a value is decoded, by its part's
+    codec, when its checks held (`pathmemo.recall`)."""
+    if memo is None:
+        return {}
+    if not isinstance(memo, dict):
+        raise ValueError("malformed")
+    for ident, entry in memo.items():
+        if not (isinstance(ident, tuple) and len(ident) == 2 and isinstance(ident[0], str)
+                and isinstance(entry, tuple) and len(entry) == 2
+                and isinstance(entry[0], tuple)):
+            raise ValueError("malformed")
+        for check in entry[0]:
+            if not (isinstance(check, tuple) and len(check) == 2
+                    and isinstance(check[0], str)
+                    and (check[1] is None or _is_key(check[1]))):
+                raise ValueError("malformed")
+    return memo
 
 
 def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -345,7 +414,7 @@ def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, 
 
 
 def _is_key(key: Any) -> bool:
-    return (isinstance(key, list) and len(key) == 5
+    return (isinstance(key, (list, tuple)) and len(key) == 5
             and all(isinstance(v, int) and not isinstance(v, bool) for v in key))
 
 
@@ -373,9 +442,8 @@ def _read_fd(fd: int) -> bytes:
         os.close(fd)
 
 
-def _key(path: Path, create: bool) -> bytes | None:
-    """The HMAC key beside the cache file; created (atomically, 0600) when `create`."""
-    key_path = path.with_name(path.name + ".key")
+def _key(key_path: Path, create: bool) -> bytes | None:
+    """The HMAC key (beside the cache file); created (atomically, 0600) when `create`."""
     fd = _open_private(key_path)
     if fd is not None:
         key = _read_fd(fd)
@@ -386,13 +454,13 @@ def _key(path: Path, create: bool) -> bytes | None:
     with contextlib.suppress(OSError):
         key_path.unlink()  # missing, foreign or malformed: a new key, the old cache is void
     key = secrets.token_bytes(_KEY_BYTES)
-    fd, tmp = tempfile.mkstemp(prefix=".key-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".key-", dir=key_path.parent)
     try:
         os.write(fd, key)
         os.close(fd)
         os.link(tmp, key_path)  # fails if another process created one meanwhile
     except FileExistsError:
-        return _key(path, create=False)
+        return _key(key_path, create=False)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -403,7 +471,7 @@ def _mac(key: bytes, body: bytes) -> bytes:
     return hmac.new(key, _MAGIC + b"\n" + body, hashlib.sha256).hexdigest().encode()
 
 
-def _read_authenticated(path: Path) -> bytes | None:
+def _read_authenticated(path: Path, key_path: Path | None = None) -> bytes | None:
     fd = _open_private(path)
     if fd is None:
         return None
@@ -412,18 +480,18 @@ def _read_authenticated(path: Path) -> bytes | None:
     magic, _, mac = head.partition(b" ")
     if not sep or magic != _MAGIC:
         return None
-    key = _key(path, create=False)
+    key = _key(key_path or path.with_name(path.name + ".key"), create=False)
     if key is None or not hmac.compare_digest(mac, _mac(key, body)):
         return None
     return body
 
 
-def _write_authenticated(path: Path, body: bytes) -> None:
+def _write_authenticated(path: Path, body: bytes, key_path: Path | None = None) -> None:
     from dihya.gate.loader import owned_dir
 
     if not owned_dir(path.parent, 0o700, 0o022):
         return
-    key = _key(path, create=True)
+    key = _key(key_path or path.with_name(path.name + ".key"), create=True)
     if key is None:
         return
     fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=path.parent)  # 0600
@@ -437,16 +505,48 @@ def _write_authenticated(path: Path, body: bytes) -> None:
         raise
 
 
-def default_path() -> Path | None:
+def default_path(context: str | None = None) -> Path | None:
     """Where this process keeps the cache: `DIHYA_VERIFY_CACHE`, else the user's cache
-    directory; None for `DIHYA_VERIFY_CACHE=off` (nothing cached, not even in memory)."""
+    directory, in a file named after the context (`finders.context()`: the interpreter,
+    `sys.path`, the finder kinds); None for `DIHYA_VERIFY_CACHE=off` (nothing cached, not
+    even in memory)."""
     value = os.environ.get(ENV, "").strip()
     if value.lower() in ("off", "0", "false", "no"):
         return None
     if value:
         return Path(value)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dihya" / f"verified-{os.geteuid()}.json"
+    context = context or finders.context()
+    return Path(base) / "dihya" / f"{_PREFIX}{os.geteuid()}-{context}.json"
+
+
+_PREFIX: Final = "verified-"
+
+
+def default_key_path(path: Path) -> Path:
+    """The HMAC key of the cache file `path`: one per user in the default directory (its
+    files of every context share it), else beside the file (`NAME.key`)."""
+    uid = os.geteuid()
+    if path.name.startswith(f"{_PREFIX}{uid}-") and path.suffix == ".json":
+        return path.with_name(f"{_PREFIX}{uid}.key")
+    return path.with_name(path.name + ".key")
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove this user's cache files of other contexts not written for `STALE_CONTEXT_S`
+    (an interpreter upgraded, a venv gone, another `sys.path`)."""
+    uid = os.geteuid()
+    if not path.name.startswith(f"{_PREFIX}{uid}-"):
+        return
+    limit = time.time() - STALE_CONTEXT_S
+    with contextlib.suppress(OSError), os.scandir(path.parent) as it:
+        for entry in it:
+            if (entry.name.startswith(f"{_PREFIX}{uid}-") and entry.name.endswith(".json")
+                    and entry.name != path.name):
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < limit:
+                        os.unlink(entry.path)
 
 
 _SHARED: tuple[tuple[str, ...], VerifyCache | None] | None = None
@@ -464,8 +564,10 @@ def shared() -> VerifyCache | None:
              os.environ.get("HOME", ""))
     with _SHARED_LOCK:
         if _SHARED is None or _SHARED[0] != where:
-            path = default_path()
-            _SHARED = (where, None if path is None else VerifyCache(path))
+            context = finders.context()
+            path = default_path(context)
+            _SHARED = (where, None if path is None else
+                       VerifyCache(path, default_key_path(path), context))
         return _SHARED[1]
 
 
@@ -480,6 +582,13 @@ def disable() -> None:
     """No cache in this process from now on (a sandbox worker hashes its plugin's bytes)."""
     global _DISABLED
     _DISABLED = True
+
+
+def save_shared() -> None:
+    """Save this process's cache if it has anything new (nothing when it is off)."""
+    cache = _SHARED[1] if _SHARED is not None else None
+    if cache is not None:
+        cache.save()
 
 
 @contextlib.contextmanager
