@@ -246,6 +246,9 @@ def _schemas() -> dict[str, Schema]:
             "additionalProperties": False,
             "properties": {
                 "at": {"type": "number", "description": "Seconds since the epoch."},
+                "at_iso": {"type": "string", "format": "date-time",
+                           "description": "`at` in ISO 8601 (UTC), in exports only (as on "
+                                          "their events)."},
                 "plugin": {"type": "string"},
                 "version": {"type": ["string", "null"]},
                 "request_id": {"type": ["string", "null"],
