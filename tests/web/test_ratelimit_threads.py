@@ -20,7 +20,7 @@ def test_rate_limited_requests_start_no_timer_thread(plugin_site, tmp_path: Path
     app = create_app(config)
     api = Api(app, {})
     limiter = app.extensions["dihya.limiter"]
-    assert isinstance(limiter._storage, ThreadlessMemoryStorage)  # memory:// by default
+    assert isinstance(limiter.storage, ThreadlessMemoryStorage)  # memory:// by default
     before = set(threading.enumerate())
     statuses = []
     for _ in range(7):  # the limit, then past it

@@ -286,6 +286,11 @@ def _describe(status: int | None) -> str:
     return f"exit status {status}"
 
 
+def _closed_while_starting() -> WorkerStartError:
+    return WorkerStartError(Reason.SANDBOX_START_FAILED,
+                            "the sandbox pool was closed while the worker started")
+
+
 class SandboxPool:
     """The workers of one registry snapshot's sandboxed plugins."""
 
@@ -342,9 +347,7 @@ class SandboxPool:
                 self._failures[spec.name] = (spec, exc)
             raise
         except WorkerFailed as exc:  # `_spawn` after `close`
-            raise WorkerStartError(Reason.SANDBOX_START_FAILED,
-                                   "the sandbox pool was closed while the worker started"
-                                   ) from exc
+            raise _closed_while_starting() from exc
         with self._lock:
             closed = self._closed
             if not closed:
@@ -357,8 +360,7 @@ class SandboxPool:
                 stale = self._keep_previous_version(spec, old)
         if closed:  # closed while it started: never leave a process behind
             worker.close()
-            raise WorkerStartError(Reason.SANDBOX_START_FAILED,
-                                   "the sandbox pool was closed while the worker started")
+            raise _closed_while_starting()
         for worker_gone in stale:
             self._retire(worker_gone)
         self._ensure_reaper()
@@ -640,10 +642,8 @@ class SandboxPool:
             fresh = exc
         except OSError as exc:
             fresh = WorkerStartError(Reason.SANDBOX_START_FAILED, f"cannot start a worker: {exc}")
-        except WorkerFailed:  # the pool was closed meanwhile
-            with self._lock:
-                self._replacing.pop(spec.name, None)
-            return
+        except WorkerFailed as exc:  # the pool was closed meanwhile: dropped below
+            fresh = WorkerStartError(Reason.SANDBOX_START_FAILED, str(exc))
         with self._lock:
             self._replacing.pop(spec.name, None)
             keep = not self._closed and self._specs.get(spec.name) == spec

@@ -100,12 +100,9 @@ def write_frame(fd: int, message: dict[str, Any], max_bytes: int = MAX_FRAME_BYT
         except BlockingIOError:
             written = 0
         data = data[written:]
-        if data and (written == 0 or deadline is not None):
+        if data:  # wait until the other side read some (never past the deadline)
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise FrameTimeout("the other side did not read the frame before the deadline")
-            _, ready, _ = select.select([], [fd], [], left)
-            if not ready:
+            if (left is not None and left <= 0) or not select.select([], [fd], [], left)[1]:
                 raise FrameTimeout("the other side did not read the frame before the deadline")
 
 

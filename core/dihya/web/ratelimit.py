@@ -149,11 +149,6 @@ class TokenLimiter:
         self._checks = 0
         self._checked_at = 0.0
 
-    @property
-    def _storage(self) -> Storage:
-        """The storage (the name Flask-Limiter's `Limiter` gave it, which tests read)."""
-        return self.storage
-
     def current(self) -> RateLimiter:
         """The strategy counting now: over the storage, or over the fallback while the
         storage is taken for dead."""
@@ -197,14 +192,12 @@ class TokenLimiter:
 
     def _hit(self, identifiers: tuple[str, ...]) -> None:
         limiter = self.current()
-        counted = None
         for item in self.items:
-            if counted is None:
-                counted = (item, identifiers)  # the header's limit unless one is exceeded
             if not limiter.hit(item, *identifiers):
                 setattr(g, _COUNTED, (item, identifiers))
                 raise limit_exceeded(item)
-        setattr(g, _COUNTED, counted)
+        # the headers tell of the smallest window unless one was exceeded
+        setattr(g, _COUNTED, (self.items[0], identifiers) if self.items else None)
 
     def add_headers(self, response: Response) -> Response:
         """`X-RateLimit-*` and `Retry-After` on the answer of a counted request."""
