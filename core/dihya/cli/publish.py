@@ -55,6 +55,7 @@ from dihya.cli._common import (
     user,
 )
 from dihya.cli.approve import check_class, facts_store
+from dihya.config import Config
 from dihya.config.edit import Approval, record_approval, record_next_version, remove_allow
 from dihya.config.publishers import Publisher
 from dihya.gate.discovery import DiscoveredPlugin, discover
@@ -368,12 +369,11 @@ def rollback(state: State, name: str) -> None:
         # read, verify and install one private copy, so the file cannot change in between
         staged = Path(tmp) / target.name
         shutil.copyfile(target, staged)
-        _roll_back(state, name, plugin, target, staged)
+        _roll_back(state, config, name, plugin, target, staged)
 
 
-def _roll_back(state: State, name: str, plugin: DiscoveredPlugin, target: Path,
-               staged: Path) -> None:
-    config = state.config()
+def _roll_back(state: State, config: Config, name: str, plugin: DiscoveredPlugin,
+               target: Path, staged: Path) -> None:
     try:
         facts = read_wheel(staged)
     except SigningError as exc:
