@@ -1,10 +1,13 @@
 """`dihya plugins keygen|sign|install|uninstall` through the real command in a real venv:
 a signed plugin installed in one command, upgraded by the same key without editing the
-config, refusals that leave nothing installed and the config unchanged, and uninstall."""
+config, rolled back to the kept version with its publisher named again (its signature
+kept in the wheel cache), refusals that leave nothing installed and the config unchanged,
+and uninstall."""
 
 from __future__ import annotations
 
 import shutil
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -41,6 +44,7 @@ def refused(backend, *args: str, reason: str) -> None:
 
 
 def test_signed_install_upgrade_refusals_and_uninstall(backend, tmp_path: Path) -> None:
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     key = tmp_path / "acme.key"
     made = backend.dihya("plugins", "keygen", "--out", str(key))
     assert made.returncode == 0, made.stderr
@@ -86,8 +90,8 @@ def test_signed_install_upgrade_refusals_and_uninstall(backend, tmp_path: Path) 
         assert backend.dihya("plugins", "sign", str(needy), "--key", str(key)).returncode == 0
         refused(backend, str(needy), reason="missing-dependency")
 
-        # install: one command, signature beside the wheel
-        installed = backend.dihya("plugins", "install", str(v1))
+        # install: one command, signature beside the wheel (kept in the wheel cache)
+        installed = backend.dihya("plugins", "install", str(v1), env=env)
         assert installed.returncode == 0, installed.stderr
         assert "signature ok: publisher 'acme'" in installed.stdout
         assert "installed and approved acme-hello" in installed.stdout
@@ -103,7 +107,8 @@ def test_signed_install_upgrade_refusals_and_uninstall(backend, tmp_path: Path) 
         v2 = build_plugin_wheel(tmp_path / "v2", NAME, version="1.1.0",
                                 source=plugin_source(NAME, "1.1.0") + "\n# 1.1.0\n")
         assert backend.dihya("plugins", "sign", str(v2), "--key", str(key)).returncode == 0
-        upgraded = backend.dihya("plugins", "install", str(v2), "--signature", str(v2) + ".sig")
+        upgraded = backend.dihya("plugins", "install", str(v2), "--signature", str(v2) + ".sig",
+                                 env=env)
         assert upgraded.returncode == 0, upgraded.stderr
         assert "(dihya-plugin-acme-hello 1.1.0 (was 1.0.0)" in upgraded.stdout
         row = backend.rows()[NAME]
@@ -117,6 +122,19 @@ def test_signed_install_upgrade_refusals_and_uninstall(backend, tmp_path: Path) 
         back = backend.dihya("plugins", "install", str(v1))
         assert back.returncode == 1 and "refused (downgrade)" in back.stderr
         assert backend.config.read_text() == before and backend.rows()[NAME]["version"] == "1.1.0"
+
+        # rollback to the kept 1.0.0 (a repack): its kept signature names acme again
+        rolled = backend.dihya("plugins", "rollback", NAME, env=env)
+        assert rolled.returncode == 0, rolled.stderr
+        assert "-> 1.0.0" in rolled.stdout and "signed by acme" in rolled.stdout, rolled.stdout
+        row = backend.rows()[NAME]
+        assert (row["status"], row["version"], row["fingerprint"]) == ("active", "1.0.0",
+                                                                      first_fp)
+        entries = {e["version"]: e for e in
+                   tomllib.loads(backend.config.read_text())["plugins"]["allow"]}
+        assert {v: e.get("publisher") for v, e in entries.items()} == {"1.0.0": "acme",
+                                                                       "1.1.0": "acme"}
+        assert entries["1.0.0"]["fingerprint"] == first_fp
 
         # uninstall: removed, revoked
         removed = backend.dihya("plugins", "uninstall", NAME)

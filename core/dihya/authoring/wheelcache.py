@@ -8,6 +8,14 @@ default). The content fingerprint of that wheel is the one the installed files h
 is kept only when the two match: what comes back is exactly what was approved. `previous`
 finds the version to go back to: the highest kept version below the installed one, else
 the most recently kept other version.
+
+A version installed signed keeps its publisher's signature beside it (`keep_signature`,
+at install time: `<distribution>/<version>-<first 16 hex digits of its fingerprint>.sig`,
+mode 0600), since the repacked wheel is not the archive that was signed.
+`verify_kept_signature` checks it for a kept wheel with the publishers trusted now
+(`dihya.gate.signing.verify_kept`: distribution, version and content fingerprint, not the
+archive's sha256), so a rollback records that publisher again; the .sig only says who
+signed, a cache that fails to verify yields no publisher.
 """
 
 from __future__ import annotations
@@ -19,12 +27,25 @@ import importlib.metadata as md
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from dihya.gate.signing import SigningError, read_wheel
+from dihya.config.publishers import Publisher
+from dihya.gate.signing import (
+    MAX_SIG_BYTES,
+    SigningError,
+    Verified,
+    WheelFacts,
+    read_wheel,
+    verify_kept,
+)
+
+#: `verify_kept_signature`: no signature was kept for that version and fingerprint
+NO_KEPT_SIGNATURE: Final = "no-kept-signature"
 
 # written by installers, not part of what was published (as the fingerprint leaves them out)
 _INSTALLER_FILES = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json",
@@ -39,6 +60,15 @@ def cache_root() -> Path:
 
 def _folder(distribution: str) -> Path:
     return cache_root() / canonicalize_name(distribution)
+
+
+def _make_folder(distribution: str) -> Path:
+    folder = _folder(distribution)
+    # private to this user: whoever can write here chooses what a rollback installs
+    cache_root().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cache_root().mkdir(exist_ok=True, mode=0o700)
+    folder.mkdir(exist_ok=True, mode=0o700)
+    return folder
 
 
 def _record_hash(data: bytes) -> str:
@@ -80,11 +110,7 @@ def keep_installed(distribution: str, fingerprint: str | None = None) -> Path | 
     name = f"{norm}-{version}-{tags[0] if tags else 'py3-none-any'}.whl"
     record = "".join(f"{p},{_record_hash(d)},{len(d)}\n" for p, d in content.items())
     record += f"{info}/RECORD,,\n"
-    folder = _folder(distribution)
-    # private to this user: whoever can write here chooses what a rollback installs
-    cache_root().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cache_root().mkdir(exist_ok=True, mode=0o700)
-    folder.mkdir(exist_ok=True, mode=0o700)
+    folder = _make_folder(distribution)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
     os.close(fd)
     try:
@@ -104,6 +130,60 @@ def keep_installed(distribution: str, fingerprint: str | None = None) -> Path | 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def signature_path(distribution: str, version: str, fingerprint: str) -> Path | None:
+    """Where the signature of `distribution` `version` with the content `fingerprint` is
+    kept: `<cache>/<distribution>/<version>-<16 hex digits>.sig`; None for a version that
+    is no valid version (it could name another path). The file name only finds the
+    signature: verifying it compares the whole fingerprint."""
+    try:
+        normal = str(Version(version))
+    except InvalidVersion:
+        return None
+    digits = fingerprint.removeprefix("sha256:")[:16]
+    if len(digits) != 16 or not all(c in "0123456789abcdef" for c in digits):
+        return None
+    return _folder(distribution) / f"{normal}-{digits}.sig"
+
+
+def keep_signature(facts: WheelFacts, sig: Path) -> Path | None:
+    """Keep `sig`, the signature `facts`' wheel was installed with, where
+    `signature_path` says (written atomically, mode 0600, replacing an older copy);
+    its path, or None when the version or fingerprint cannot name one or the .sig is
+    larger than a signature can be. OSError when the cache cannot be written."""
+    target = signature_path(facts.distribution, facts.version, facts.fingerprint)
+    if target is None:
+        return None
+    data = sig.read_bytes()
+    if len(data) > MAX_SIG_BYTES:
+        return None
+    _make_folder(facts.distribution)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def verify_kept_signature(facts: WheelFacts, publishers: Sequence[Publisher]) -> Verified:
+    """The publisher whose signature, kept when that version was installed, vouches for
+    the kept wheel of `facts` (`dihya.gate.signing.verify_kept`, with the `publishers`
+    trusted now). SigningError (NO_KEPT_SIGNATURE, or a reason of `verify_kept`) when none
+    does: the rollback is then approved by the operator."""
+    sig = signature_path(facts.distribution, facts.version, facts.fingerprint)
+    if sig is None or not sig.is_file():
+        raise SigningError(NO_KEPT_SIGNATURE,
+                           f"no signature of {facts.distribution} {facts.version} with "
+                           f"{facts.fingerprint} is kept in {_folder(facts.distribution)} "
+                           "(it was installed unsigned, or before signatures were kept)")
+    return verify_kept(facts, sig, publishers)
 
 
 def kept(distribution: str) -> list[Path]:

@@ -11,7 +11,9 @@ leaves nothing installed and the config unchanged. An install that replaces an i
 version first keeps that version as a wheel in the user's cache
 (`dihya.authoring.wheelcache`): when the new version's post-install check fails, the kept
 one is installed again (audited `plugin.rolled-back`); `rollback NAME` goes back to it on
-purpose.
+purpose. A signed install also keeps its signature in that cache, so a rollback to that
+version records its publisher again when the kept signature still verifies
+(`wheelcache.verify_kept_signature`).
 
 Exit codes as everywhere: 0 ok, 1 refused, 2 usage.
 """
@@ -22,6 +24,7 @@ import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -52,10 +55,13 @@ from dihya.cli._common import (
     user,
 )
 from dihya.cli.approve import check_class, facts_store
+from dihya.config import Config
 from dihya.config.edit import Approval, record_approval, record_next_version, remove_allow
-from dihya.gate.discovery import discover
+from dihya.config.publishers import Publisher
+from dihya.gate.discovery import DiscoveredPlugin, discover
 from dihya.gate.signing import (
     SigningError,
+    WheelFacts,
     generate_key,
     load_private_key,
     read_wheel,
@@ -218,6 +224,21 @@ def install(state: State, wheel: Path, signature: Path | None, approve: bool,
     if kept is not None:
         click.echo(f"kept {plan.facts.distribution} {was} as {kept}: `dihya plugins rollback "
                    f"{plan.names[0]}` goes back to it")
+    if plan.verified is not None and signature is not None:
+        _keep_signature(plan, signature)
+
+
+def _keep_signature(plan: InstallPlan, signature: Path) -> None:
+    """Keep the signature this version was installed with in the wheel cache, so a later
+    rollback to it can name its publisher again; a failure costs only that (said on
+    stderr), never the install."""
+    try:
+        wheelcache.keep_signature(plan.facts, signature)
+    except OSError as exc:
+        click.echo(f"warning: could not keep the signature {signature} in "
+                   f"{wheelcache.cache_root()} ({exc.strerror or exc}): a rollback to "
+                   f"{plan.facts.distribution} {plan.facts.version} will be recorded as "
+                   "approved by you, not by its publisher", err=True)
 
 
 def _describe(plan: InstallPlan) -> None:
@@ -235,7 +256,8 @@ def _describe(plan: InstallPlan) -> None:
 def _undo(state: State, plan: InstallPlan, kept: Path | None, reason: str) -> Path | None:
     """Take the new wheel out again: install the `kept` previous version back (audited
     `plugin.rolled-back`; returns its wheel when its files are exactly back), else
-    uninstall."""
+    uninstall. The config is not edited: the previous version's entry, with its
+    `publisher`, was never replaced, so no kept signature is needed here."""
     if kept is not None:
         with contextlib.suppress(InstallRefused, SigningError):
             pip_install(kept, force=True)
@@ -330,6 +352,8 @@ def rollback(state: State, name: str) -> None:
     fingerprint and its class loaded in a sandbox worker, then its approval is recorded
     (beside the current one, which stays approved: rolling forward is installing it
     again) and running servers reload. The version rolled back from is kept in turn.
+    The entry names the publisher when the signature kept at that version's install
+    verifies, with the publishers trusted now; else it is recorded as approved by you.
     """
     config = state.config()
     found = [p for p in discover(config.group) if p.name == name]
@@ -341,8 +365,17 @@ def rollback(state: State, name: str) -> None:
         raise CheckFailed(f"no other version of {plugin.distribution} is kept in "
                           f"{wheelcache.cache_root()}: `dihya plugins install` keeps the "
                           "installed version there before it replaces it")
+    with tempfile.TemporaryDirectory(prefix="dihya-rollback-") as tmp:
+        # read, verify and install one private copy, so the file cannot change in between
+        staged = Path(tmp) / target.name
+        shutil.copyfile(target, staged)
+        _roll_back(state, config, name, plugin, target, staged)
+
+
+def _roll_back(state: State, config: Config, name: str, plugin: DiscoveredPlugin,
+               target: Path, staged: Path) -> None:
     try:
-        facts = read_wheel(target)
+        facts = read_wheel(staged)
     except SigningError as exc:
         raise CheckFailed(f"the kept wheel {target} cannot be read ({exc.reason}): "
                           f"{exc.message}") from exc
@@ -354,8 +387,9 @@ def rollback(state: State, name: str) -> None:
     now_fp = installed_fingerprint(plugin.distribution, config.group)
     forward = (wheelcache.keep_installed(plugin.distribution, now_fp)
                if now_fp is not None else None)
+    publisher, how = _kept_publisher(facts, config.publishers)
     try:
-        pip_install(target, force=True)
+        pip_install(staged, force=True)
     except InstallRefused as exc:
         raise CheckFailed(f"rollback of {name} refused ({exc.reason}): {exc}") from exc
     problem = installed_fingerprint_problem(plan, config.group)
@@ -373,6 +407,7 @@ def rollback(state: State, name: str) -> None:
                 break
             approvals.append(Approval(name=n, distribution=facts.distribution,
                                       version=facts.version, fingerprint=facts.fingerprint,
+                                      publisher=publisher,
                                       safe=safe))
     if problem is not None:
         if forward is not None:
@@ -389,8 +424,22 @@ def rollback(state: State, name: str) -> None:
                        reason="on-purpose")
     click.echo(f"rolled back {name}: {plugin.distribution} {plugin.version} -> "
                f"{facts.version} (from {target}) {facts.fingerprint}")
+    click.echo(f"  {how}")
     if forward is not None:
         click.echo(f"kept {plugin.distribution} {plugin.version} as {forward}")
+
+
+def _kept_publisher(facts: WheelFacts,
+                    publishers: Sequence[Publisher]) -> tuple[str | None, str]:
+    """The publisher a rollback to the kept wheel of `facts` records (None: approved by
+    the operator) and what to say about it."""
+    try:
+        verified = wheelcache.verify_kept_signature(facts, publishers)
+    except SigningError as exc:
+        return None, f"no kept signature verifies: recorded as approved by you ({exc.message})"
+    return verified.publisher.name, (
+        f"signed by {verified.publisher.name}: the signature kept when {facts.version} was "
+        "installed verifies for this content fingerprint")
 
 
 COMMANDS = (keygen, sign, install, uninstall, rollback)

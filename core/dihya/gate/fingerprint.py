@@ -103,6 +103,26 @@ def fingerprint_wheel(wheel: Path) -> str:
     return digest(entries)
 
 
+def uncovered_members(wheel: Path) -> list[str]:
+    """The members of `wheel` that its fingerprint does not cover, its dist-info RECORD
+    aside (pip writes its own): `.data/` scripts, headers and data, `__pycache__` files
+    and installer files. A wheel that `dihya.authoring.wheelcache` repacks has none."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = [i.filename for i in zf.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FingerprintError(f"{wheel}: not a readable wheel: {exc}") from exc
+    out = []
+    for name in names:
+        parts = PurePosixPath(name).parts
+        if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] == "RECORD":
+            continue
+        path = _wheel_target(name)
+        if path is None or is_excluded(path):
+            out.append(name)
+    return out
+
+
 def _wheel_target(name: str) -> str | None:
     parts = PurePosixPath(name).parts
     if parts and parts[0].endswith(".data"):

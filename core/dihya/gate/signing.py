@@ -13,7 +13,8 @@ that document (`signed`), the signer's public key (`public_key`) and the signatu
 (`verify_wheel`) checks, in order: the .sig is well formed, its key is a trusted
 publisher's, the signature is valid for the document, the publisher may sign that
 distribution, and the wheel in hand is the one that was signed (name, version, sha256 of
-the file, content fingerprint).
+the file, content fingerprint). `verify_kept` checks a signature kept in the wheel cache
+for the repacked wheel kept of that version (a rollback): the same, without the sha256.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import attrs
 from packaging.utils import canonicalize_name
 
 from dihya.config.publishers import Publisher, decode_public_key, encode_public_key
-from dihya.gate.fingerprint import FingerprintError, fingerprint_wheel
+from dihya.gate.fingerprint import FingerprintError, fingerprint_wheel, uncovered_members
 from dihya.reasons import DihyaError
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ UNKNOWN_PUBLISHER: Final = "unknown-publisher"
 BAD_SIGNATURE: Final = "bad-signature"
 NOT_ALLOWED: Final = "publisher-not-allowed"
 WHEEL_MISMATCH: Final = "wheel-altered"
+#: `verify_kept`: the kept wheel holds files its fingerprint does not cover
+UNCOVERED: Final = "uncovered-files"
 
 
 class SigningError(DihyaError):
@@ -270,6 +273,51 @@ def verify_wheel(facts: WheelFacts, sig: Path, publishers: Sequence[Publisher]) 
 
     Raises SigningError with one of the reason codes of this module.
     """
+    publisher, document = _trusted_document(sig, publishers)
+    _same_wheel(facts, publisher, document,
+                ("distribution", "version", "wheel_sha256", "fingerprint"))
+    return Verified(publisher=publisher, document=document)
+
+
+def verify_kept(facts: WheelFacts, sig: Path, publishers: Sequence[Publisher]) -> Verified:
+    """Check the signature kept when a version was installed (`sig`, from the wheel cache)
+    for the wheel kept of that version (`facts`), against the trusted `publishers` of now.
+
+    As `verify_wheel` (well formed, a trusted publisher's key, a valid signature, a
+    publisher that may still sign that distribution), except that the wheel's sha256 is
+    not compared: the kept wheel is a repack of the installed files
+    (`dihya.authoring.wheelcache.keep_installed`), never the archive that was signed, so
+    its bytes always differ. Its distribution, version and content fingerprint must be the
+    signed ones, and nothing in it may lie outside the fingerprint (`.data/` scripts or
+    data, `__pycache__`, installer files; its RECORD aside, which pip rewrites). The
+    fingerprint covers every file that lands in site-packages, path, size and sha256,
+    and a rollback checks the installed files against it after pip ran: what comes back
+    is then exactly what the publisher signed. What the archive adds besides (RECORD's
+    listing, compression, member order) installs nothing.
+
+    Raises SigningError with one of the reason codes of this module (`UNCOVERED` for a
+    member outside the fingerprint).
+    """
+    publisher, document = _trusted_document(sig, publishers)
+    _same_wheel(facts, publisher, document, ("distribution", "version", "fingerprint"))
+    try:
+        extra = uncovered_members(facts.path)
+    except FingerprintError as exc:
+        raise SigningError("unreadable-wheel", str(exc)) from exc
+    if extra:
+        raise SigningError(UNCOVERED,
+                           f"{facts.path.name} holds files its fingerprint does not cover "
+                           f"({', '.join(sorted(extra)[:5])}): not a wheel kept by "
+                           "`dihya plugins install`; the kept signature does not vouch "
+                           "for them")
+    return Verified(publisher=publisher, document=document)
+
+
+def _trusted_document(sig: Path,
+                      publishers: Sequence[Publisher]) -> tuple[Publisher, dict[str, str]]:
+    """The document of `sig` and its publisher, once the .sig is well formed, its key is
+    a trusted publisher's, the signature verifies and the publisher may sign the
+    document's distribution."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -293,10 +341,16 @@ def verify_wheel(facts: WheelFacts, sig: Path, publishers: Sequence[Publisher]) 
                            f"publisher {publisher.name!r} may sign "
                            f"{', '.join(publisher.distributions)}, not "
                            f"{document['distribution']!r}")
+    return publisher, document
+
+
+def _same_wheel(facts: WheelFacts, publisher: Publisher, document: dict[str, str],
+                keys: tuple[str, ...]) -> None:
+    """WHEEL_MISMATCH unless the wheel of `facts` has the signed values of `keys`."""
     expected = facts.document()
     differences = [
         f"{key}: signed {document[key]!r}, wheel has {expected[key]!r}"
-        for key in ("distribution", "version", "wheel_sha256", "fingerprint")
+        for key in keys
         if (canonicalize_name(document[key]) != canonicalize_name(expected[key])
             if key == "distribution" else document[key] != expected[key])
     ]
@@ -305,4 +359,3 @@ def verify_wheel(facts: WheelFacts, sig: Path, publishers: Sequence[Publisher]) 
                            f"{facts.path.name} is not the wheel {publisher.name!r} signed "
                            f"(altered after signing, or the wrong .sig): "
                            f"{'; '.join(differences)}")
-    return Verified(publisher=publisher, document=document)
