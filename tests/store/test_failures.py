@@ -7,13 +7,23 @@ from __future__ import annotations
 import threading
 
 from dihya.store import Store
-from dihya.store.failures import Outcomes, batch, counts, failing, record
+from dihya.store.failures import Outcomes, batch, charge, counts, failing, record
 
 
 def test_outcomes_fold_in_call_order() -> None:
     assert batch([("a", False), ("a", False), ("b", True)]) == {
         "a": Outcomes(False, 2), "b": Outcomes(True, 0)}
     assert batch([("a", False), ("a", True), ("a", False)]) == {"a": Outcomes(True, 1)}
+
+
+def test_sandbox_abuses_turn_ok_calls_into_failures() -> None:
+    """An abuser whose calls all answer is counted; its abuses are not reset by them."""
+    calls = [("a", True), ("b", True), ("a", True), ("a", False)]
+    assert charge(calls, {}) == calls
+    assert charge(calls, {"a": 1}) == [("a", False), ("b", True), ("a", True), ("a", False)]
+    assert batch(charge(calls, {"a": 2})) == {"a": Outcomes(False, 3), "b": Outcomes(True, 0)}
+    # not called in this batch (or more abuses than ok calls): added as failures
+    assert charge([("b", True)], {"a": 2, "c": 0}) == [("b", True), ("a", False), ("a", False)]
 
 
 def test_counted_across_handles_and_quarantined_once(store: Store) -> None:

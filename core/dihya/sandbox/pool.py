@@ -5,6 +5,12 @@ backend: a fork inherits its memory and secrets; never `multiprocessing`: its co
 unpickle what the other side sends). The parent enforces each call's deadline, kills a
 worker that overruns, crashes, sends an oversized or malformed frame, and starts a fresh
 one on the next call. Workers are recycled after `max_calls` and reaped when idle.
+
+Two abuses of that are sandbox abuses (`on_abuse`, `take_abuses`): a worker that exits
+between calls without being asked to (every call would pay a worker start), and one that
+uses more than `IDLE_CPU_LIMIT_S` of CPU time while idle (a thread left running after the
+answer), which is stopped. Each is charged to its plugin once; the HTTP backend counts it
+as a failed call toward quarantine (`dihya.store.failures.charge`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
@@ -48,6 +54,17 @@ from dihya.sandbox.scratch import make_scratch, sweep_once
 from dihya.sandbox.start import import_path, python_argv, read_only_paths
 
 KILL_GRACE_S: Final = 0.5
+#: CPU time (user + system, in seconds: every thread of the worker's interpreter and the
+#: children it reaped) a worker may use while idle over its life, measured by the pool's
+#: watch thread every IDLE_CHECK_S between two looks at which it was idle with no call in
+#: between. A worker that used more is stopped: a sandbox abuse (`BUSY_WHILE_IDLE`).
+IDLE_CPU_LIMIT_S: Final = 0.5
+#: how often (seconds) the pool's watch thread looks at its idle workers' CPU time
+IDLE_CHECK_S: Final = 1.0
+#: the reason codes of sandbox abuses (audited as `hook.sandbox-violation`)
+EXITED_BETWEEN_CALLS: Final = "exited-between-calls"
+BUSY_WHILE_IDLE: Final = "busy-while-idle"
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 #: how long the worker of a plugin's previous version keeps serving the generations that
 #: started before an upgrade was swapped in (a longer one then finds the plugin skipped)
 UPGRADE_GRACE_S: Final = 30.0
@@ -120,6 +137,14 @@ class Worker:
         self.scratch = make_scratch(spec.name)
         self.proc: subprocess.Popen[bytes] | None = None
         self.retired = False  # set by the pool before it drains and stops this worker
+        self.stopping = False  # set when the backend stops it (`kill`, `close`)
+        self.charged = False  # a sandbox abuse of this worker was charged to its plugin
+        # the watch thread's: the worker interpreter's /proc/<pid>/stat (opened at its first
+        # look), (calls, CPU time) at its last look, and the CPU time used while idle
+        self._cpu_lock = threading.Lock()
+        self._stat_fd: int | None = None
+        self._looked: tuple[int, float] | None = None
+        self.idle_cpu_s = 0.0
         try:
             self.hello = self._start()
         except BaseException:
@@ -181,6 +206,37 @@ class Worker:
         inner = [str(x) for x in first.get("layers", []) if isinstance(x, str)]
         return Hello(meta, tuple(outer + inner), tuple(warnings))
 
+    def cpu_time(self) -> float | None:
+        """CPU time (user + system, seconds) the worker's interpreter used so far, all its
+        threads and reaped children included; None when it cannot be read (gone)."""
+        with self._cpu_lock:
+            if self._stat_fd is None and not self.stopping and self.proc is not None:
+                self._stat_fd = _open_stat(_interpreter_pid(self.proc.pid))
+            fd = self._stat_fd
+            if fd is None:
+                return None
+            try:
+                text = os.pread(fd, 2048, 0)
+            except OSError:
+                return None
+        # after the command's closing parenthesis: state is field 3, utime field 14
+        fields = text[text.rfind(b")") + 2:].split()
+        try:
+            return sum(int(f) for f in fields[11:15]) / _CLOCK_TICKS
+        except ValueError:
+            return None
+
+    def look_idle(self) -> float:
+        """Add the CPU time used since the last look to `idle_cpu_s` if no call came in
+        between, and return it. Call it holding `lock` (no call under way)."""
+        now = self.cpu_time()
+        if now is None:
+            return self.idle_cpu_s
+        if self._looked is not None and self._looked[0] == self.calls:
+            self.idle_cpu_s += max(0.0, now - self._looked[1])
+        self._looked = (self.calls, now)
+        return self.idle_cpu_s
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -235,7 +291,12 @@ class Worker:
 
     def kill(self) -> int | None:
         """Stop the worker now; returns its exit status."""
+        self.stopping = True
         proc = self.proc
+        with self._cpu_lock:
+            if self._stat_fd is not None:
+                os.close(self._stat_fd)
+                self._stat_fd = None
         if proc is None:
             return None
         if proc.poll() is None:
@@ -252,6 +313,7 @@ class Worker:
 
     def close(self) -> None:
         """Ask the worker to stop, then make sure it did; remove its scratch directory."""
+        self.stopping = True
         proc = self.proc
         if proc is not None and proc.poll() is None and proc.stdin is not None:
             try:
@@ -262,6 +324,50 @@ class Worker:
                 pass
         self.kill()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _interpreter_pid(pid: int) -> int:
+    """The worker's interpreter: the deepest process under `pid` (bwrap's or unshare's
+    child, or `pid` itself without an outer layer). Found once, after the hello: a
+    confined worker cannot start processes (seccomp), so the tree no longer changes.
+    Its processes were started after `pid`: those with a larger pid are read first."""
+    parents = _parents(n for n in _pids() if n > pid)
+    if pid not in parents.values():  # pids wrapped around: read them all
+        parents = _parents(_pids())
+    deepest, depth = pid, 0
+    for child in parents:
+        up, steps = child, 0
+        while up in parents and up != pid and steps < 16:
+            up, steps = parents[up], steps + 1
+        if up == pid and steps > depth:
+            deepest, depth = child, steps
+    return deepest
+
+
+def _pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def _parents(pids: Iterable[int]) -> dict[int, int]:
+    """pid -> parent pid, of the processes of `pids` still there."""
+    parents: dict[int, int] = {}
+    for entry in pids:
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        fields = text[text.rfind(b")") + 2:].split()
+        if len(fields) > 1:
+            parents[entry] = int(fields[1])
+    return parents
+
+
+def _open_stat(pid: int) -> int | None:
+    try:
+        return os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def apply_changes(sent: Any, changes: Any) -> Any:
@@ -316,6 +422,11 @@ class SandboxPool:
         self.on_start_failure: Callable[[str], object] | None = None
         # listed from their record (`expect`) and no worker started since
         self._unstarted: set[str] = set()
+        # sandbox abuses charged to each plugin and not yet taken (`take_abuses`), and who
+        # to tell of each (plugin name, reason code), as it is found
+        self._abuses: dict[str, int] = {}
+        self.on_abuse: Callable[[str, str], object] | None = None
+        self._stopped = threading.Event()  # set by `close`: the watch thread ends
 
         # upgrades: the worker of a plugin's previous version, replaced by `start`, kept for
         # UPGRADE_GRACE_S for the generations that started on the snapshot before the swap
@@ -488,6 +599,8 @@ class SandboxPool:
                 return previous  # a generation that started before an upgrade's swap
             raise WorkerRetired(f"{name} was replaced by another version during this "
                                 "generation")
+        if worker is not None:
+            self._check_abuse(worker)
         if worker is not None and worker.alive:
             limit = self.settings.max_calls
             if worker.calls < limit:
@@ -544,6 +657,55 @@ class SandboxPool:
             if stale is not None and stale is not worker:
                 self._retire(stale)
         return fresh
+
+    def _check_abuse(self, worker: Worker) -> None:
+        """Charge `worker`'s plugin with a sandbox abuse if the worker exited since its last
+        answer without being asked to (a call pays the start of another). A worker the
+        backend stopped itself (a timeout, a broken frame, a recycling at `max_calls`, an
+        idle reap, a rebuild, `check_idle`) is not charged here."""
+        if not worker.alive and not worker.stopping and not worker.retired:
+            self._charge(worker, EXITED_BETWEEN_CALLS)
+
+    def _stop_if_busy(self, worker: Worker) -> bool:
+        """Stop `worker` (and charge its plugin) if, idle now, it used more than
+        IDLE_CPU_LIMIT_S of CPU time while idle (`Worker.look_idle`). A worker serving a
+        call is left alone: its CPU time is the call's."""
+        if not worker.lock.acquire(blocking=False):
+            return False
+        try:
+            if worker.stopping or worker.look_idle() <= IDLE_CPU_LIMIT_S:
+                return False
+            worker.kill()
+        finally:
+            worker.lock.release()
+        self._charge(worker, BUSY_WHILE_IDLE)
+        return True
+
+    def _charge(self, worker: Worker, reason: str) -> None:
+        """Count one sandbox abuse against `worker`'s plugin (once per worker), and say so."""
+        name = worker.spec.name
+        with self._lock:
+            if worker.charged:
+                return
+            worker.charged = True
+            self._abuses[name] = self._abuses.get(name, 0) + 1
+        if self.on_abuse is not None:
+            self.on_abuse(name, reason)
+
+    def take_abuses(self) -> dict[str, int]:
+        """The sandbox abuses charged to each plugin since the last call (then forgotten)."""
+        with self._lock:
+            taken, self._abuses = self._abuses, {}
+        return taken
+
+    def check_idle(self) -> int:
+        """One look of the watch thread at every idle worker (replacements and previous
+        versions included): stop those that used more than IDLE_CPU_LIMIT_S of CPU time
+        while idle; returns how many were stopped."""
+        with self._lock:
+            workers = [*self._workers.values(), *self._previous.values(),
+                       *(w for w in self._replacements.values() if isinstance(w, Worker))]
+        return sum(self._stop_if_busy(w) for w in workers if not w.retired and w.alive)
 
     def warm(self) -> None:
         """Start, in the background (a few at a time), the worker of every plugin that
@@ -672,10 +834,14 @@ class SandboxPool:
         if self._reaper is not None:
             return
 
+        every = min(self.settings.idle_s / 2, 30.0)
+
         def loop() -> None:
-            while not self._closed:
-                time.sleep(min(self.settings.idle_s / 2, 30.0))
-                if not self._closed:
+            reaped = time.monotonic()
+            while not self._stopped.wait(IDLE_CHECK_S):
+                self.check_idle()
+                if time.monotonic() - reaped >= every:
+                    reaped = time.monotonic()
                     self.reap_idle()
 
         self._reaper = threading.Thread(target=loop, name="dihya-sandbox-reaper", daemon=True)
@@ -696,6 +862,7 @@ class SandboxPool:
             self._previous.clear()
             self._workers.clear()
             self._replacements.clear()
+        self._stopped.set()
         for worker in workers:
             worker.close()
         self._spawner.shutdown(wait=False)

@@ -11,6 +11,10 @@ that reaches the limit records the quarantine in the same transaction (and bumps
 version): exactly one worker quarantines, exactly at the limit. Failures of a plugin that is
 already switched off are not counted; any switch (an admin's disable or enable, a
 quarantine, its reset) starts the count afresh (`Store.set_plugin_disabled`).
+
+A sandbox abuse (`dihya.sandbox.pool`: a worker that exited between calls unasked, or used
+CPU while idle) counts as a failed call: `charge` turns that many of the plugin's ok calls
+of the generation into failures, so an abuser whose calls all answer is still counted.
 """
 
 from __future__ import annotations
@@ -45,6 +49,22 @@ def batch(outcomes: Iterable[tuple[str, bool]]) -> dict[str, Outcomes]:
     for name, ok in outcomes:
         changes[name] = changes.get(name, Outcomes()).then(ok)
     return changes
+
+
+def charge(outcomes: Iterable[tuple[str, bool]],
+           abuses: Mapping[str, int]) -> list[tuple[str, bool]]:
+    """`outcomes` with each plugin's sandbox abuses counted as failed calls: the first as
+    many of its ok calls become failures (a call served by a fresh worker because the last
+    one was abused is not a success), and those left over are added as failures."""
+    left = {n: c for n, c in abuses.items() if c > 0}
+    charged: list[tuple[str, bool]] = []
+    for name, ok in outcomes:
+        if ok and left.get(name):
+            left[name] -= 1
+            ok = False
+        charged.append((name, ok))
+    charged += [(name, False) for name, count in sorted(left.items()) for _ in range(count)]
+    return charged
 
 
 def failing(store: Store, names: Iterable[str] | None = None) -> frozenset[str]:

@@ -73,6 +73,7 @@ class DihyaState:
         # reported failed (starting it in the build) rather than active
         self._start_failed = False
         self.pool.on_start_failure = self._worker_start_failed
+        self.pool.on_abuse = self._sandbox_abused
         url = self.config.effective_store_url
         self.marker = StoreMarker.for_config(config_path, url)
         # created only by an app allowed to (not a `dihya serve` worker: the command made
@@ -135,6 +136,7 @@ class DihyaState:
         if self.pool.settings != self.config.sandbox:  # [sandbox] edited: new workers
             old_pool, self.pool = self.pool, SandboxPool(self.config.sandbox)
             self.pool.on_start_failure = self._worker_start_failed
+            self.pool.on_abuse = self._sandbox_abused
             old_pool.retain(set())
         # Sandbox-mode plugins are described from what their worker said when it was
         # checked (`dihya.store.facts`): the build waits for no worker. Those without a
@@ -150,6 +152,15 @@ class DihyaState:
 
     def _worker_start_failed(self, _name: str) -> None:
         self._start_failed = True
+
+    def _sandbox_abused(self, name: str, reason: str) -> None:
+        """A sandbox worker of `name` exited between calls unasked, or used CPU while idle
+        and was stopped (`reason`): audited as it is found; counted as a failed call by the
+        next `note_outcomes`."""
+        record = self._snapshot.get(name)
+        self.auditor.record("hook.sandbox-violation", "failed", plugin=name, reason=reason,
+                            plugin_version=record.version if record else None,
+                            plugin_fingerprint=record.fingerprint if record else None)
 
     def _audit_changes(self, old: RegistrySnapshot | None, new: RegistrySnapshot,
                        request_id: str | None) -> None:
@@ -395,8 +406,9 @@ class DihyaState:
         `[sandbox] quarantine_after` quarantines the plugin, for every worker of every node
         (`dihya.store.failures`). Writes only when a hook failed, or succeeded while its
         plugin has failures counted; a store that cannot take the write is logged, never
-        the generation's failure."""
-        changes = failures.batch(outcomes)
+        the generation's failure. The sandbox abuses found since the last call count as
+        failed calls of their plugins (`failures.charge`)."""
+        changes = failures.batch(failures.charge(outcomes, self.pool.take_abuses()))
         if not changes:
             return
         limit = self.config.sandbox.quarantine_after
