@@ -210,8 +210,6 @@ class Worker:
         """CPU time (user + system, seconds) the worker's interpreter used so far, all its
         threads and reaped children included; None when it cannot be read (gone)."""
         with self._cpu_lock:
-            if self._stat_fd is None and not self.stopping and self.proc is not None:
-                self._stat_fd = _open_stat(_interpreter_pid(self.proc.pid))
             fd = self._stat_fd
             if fd is None:
                 return None
@@ -225,6 +223,18 @@ class Worker:
             return sum(int(f) for f in fields[11:15]) / _CLOCK_TICKS
         except ValueError:
             return None
+
+    def watch(self) -> None:
+        """Open the worker interpreter's /proc/<pid>/stat for `cpu_time`, once (a walk of
+        /proc: the watch thread does it, holding no lock a call needs)."""
+        if self._stat_fd is not None or self.stopping or self.proc is None:
+            return
+        fd = _open_stat(_interpreter_pid(self.proc.pid))
+        with self._cpu_lock:
+            if self._stat_fd is None and not self.stopping:
+                self._stat_fd, fd = fd, None
+        if fd is not None:
+            os.close(fd)
 
     def look_idle(self) -> float:
         """Add the CPU time used since the last look to `idle_cpu_s` if no call came in
@@ -599,9 +609,10 @@ class SandboxPool:
                 return previous  # a generation that started before an upgrade's swap
             raise WorkerRetired(f"{name} was replaced by another version during this "
                                 "generation")
-        if worker is not None:
-            self._check_abuse(worker)
-        if worker is not None and worker.alive:
+        alive = worker is not None and worker.alive
+        if worker is not None and not alive:
+            self._check_exited(worker)
+        if worker is not None and alive:
             limit = self.settings.max_calls
             if worker.calls < limit:
                 if worker.calls >= limit - self.prestart_margin and spec is not None:
@@ -658,12 +669,12 @@ class SandboxPool:
                 self._retire(stale)
         return fresh
 
-    def _check_abuse(self, worker: Worker) -> None:
-        """Charge `worker`'s plugin with a sandbox abuse if the worker exited since its last
-        answer without being asked to (a call pays the start of another). A worker the
+    def _check_exited(self, worker: Worker) -> None:
+        """Charge `worker`'s plugin with a sandbox abuse if the worker, gone, exited since its
+        last answer without being asked to (a call pays the start of another). A worker the
         backend stopped itself (a timeout, a broken frame, a recycling at `max_calls`, an
         idle reap, a rebuild, `check_idle`) is not charged here."""
-        if not worker.alive and not worker.stopping and not worker.retired:
+        if not worker.stopping and not worker.retired:
             self._charge(worker, EXITED_BETWEEN_CALLS)
 
     def _stop_if_busy(self, worker: Worker) -> bool:
@@ -705,7 +716,12 @@ class SandboxPool:
         with self._lock:
             workers = [*self._workers.values(), *self._previous.values(),
                        *(w for w in self._replacements.values() if isinstance(w, Worker))]
-        return sum(self._stop_if_busy(w) for w in workers if not w.retired and w.alive)
+        stopped = 0
+        for worker in workers:
+            if not worker.retired and worker.alive:
+                worker.watch()
+                stopped += self._stop_if_busy(worker)
+        return stopped
 
     def warm(self) -> None:
         """Start, in the background (a few at a time), the worker of every plugin that
