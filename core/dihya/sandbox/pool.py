@@ -799,7 +799,8 @@ class SandboxPool:
                 return None
             if ready is None:
                 return None  # starting: the old worker serves on
-            if self._closed or self._specs.get(name) != ready.spec:
+            # gone already: stopped by the watch (busy while idle), or exited
+            if self._closed or self._specs.get(name) != ready.spec or not ready.alive:
                 stale: Worker | None = ready
                 old = None
             else:
