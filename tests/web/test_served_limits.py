@@ -5,7 +5,6 @@ never reaches the log."""
 from __future__ import annotations
 
 import json
-import re
 import socket
 import subprocess
 import sys
@@ -78,3 +77,29 @@ def test_a_chunked_body_over_the_limit_is_413_not_cut_short(
     assert status == 200, body[:300]
     status, body = post_chunked(server.port, "/api/v1/generate", token, valid)
     assert status == 200, body[:300]
+
+
+def test_a_token_pasted_into_a_path_is_not_logged(served: tuple[Server, str]) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    server, token = served
+    secret = token.rsplit("_", 1)[1]
+    for path in (f"/api/v1/plugins/{token}", f"/admin/{token}/x", f"/{token}{token}"):
+        request = urllib.request.Request(server.base + path)
+        try:
+            urllib.request.urlopen(request, timeout=30)
+        except urllib.error.HTTPError as exc:
+            assert exc.code in (303, 401, 404)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the access line is written after the answer
+        lines = [line for line in server.output_so_far().splitlines()
+                 if '"http.request"' in line and "[token]" in line]
+        if len(lines) >= 3:
+            break
+        time.sleep(0.1)
+    output = server.output_so_far()
+    assert secret not in output
+    token_id = token.split("_")[1]
+    assert f'"path":"/api/v1/plugins/dihya_{token_id}_[token]"' in output, output[-2000:]
