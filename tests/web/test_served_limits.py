@@ -103,3 +103,48 @@ def test_a_token_pasted_into_a_path_is_not_logged(served: tuple[Server, str]) ->
     assert secret not in output
     token_id = token.split("_")[1]
     assert f'"path":"/api/v1/plugins/dihya_{token_id}_[token]"' in output, output[-2000:]
+
+
+#: Requests that two HTTP parsers could frame differently (request smuggling behind a
+#: proxy): each must be refused, never answered twice.
+AMBIGUOUS = {
+    "content-length-and-chunked": "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+    "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+    "chunked-then-identity": "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, "
+    "identity\r\nContent-Length: 48\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+    "space-before-colon": "POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked"
+    "\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+    "two-content-lengths": "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n"
+    "Content-Length: 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+    "chunked-in-http-1.0": "POST /healthz HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked"
+    "\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+    "folded-header": "GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(AMBIGUOUS))
+def test_ambiguous_framing_is_refused(served: tuple[Server, str], name: str) -> None:
+    server, _token = served
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(AMBIGUOUS[name].encode())
+        answer = b""
+        while part := sock.recv(65536):
+            answer += part
+    statuses = [line.split(b"\r\n", 1)[0] for line in answer.split(b"HTTP/1.")[1:]]
+    assert len(statuses) == 1 and statuses[0].split()[1] in (b"400", b"501"), answer[:300]
+
+
+def test_the_declared_gunicorn_refuses_ambiguous_framing() -> None:
+    """gunicorn before 23.0 took some of the requests above two ways (CVE-2024-6827,
+    CVE-2024-1135): the distribution must not allow installing it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pyproject = Path(__file__).parents[2] / "pyproject.toml"
+    requirements = [Requirement(r) for r in
+                    tomllib.loads(pyproject.read_text())["project"]["dependencies"]]
+    gunicorn = next(r for r in requirements if r.name == "gunicorn")
+    assert not gunicorn.specifier.contains(Version("22.0.0")), gunicorn
+    assert gunicorn.specifier.contains(Version("23.0.0")), gunicorn
