@@ -18,6 +18,7 @@ from dihya.needs import MAX_NEEDS_BYTES
 from dihya.web.admin import init_console
 from dihya.web.api import PluginNameConverter, api
 from dihya.web.audit_api import audit_api
+from dihya.web.auth import AUTH_FAILED_PER_MINUTE, FailureBudget
 from dihya.web.health import health
 from dihya.web.openapi import openapi
 from dihya.web.problems import install_error_handlers
@@ -50,6 +51,9 @@ def create_app(config_path: str | os.PathLike[str] | None = None, *,
                       RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
                       DIHYA_RATE_LIMIT=state.config.rate_limit)
     app.config.update(overrides)
+    app.extensions["dihya.auth_failures"] = FailureBudget(
+        int(app.config.get("DIHYA_AUTH_FAILED_PER_MINUTE", AUTH_FAILED_PER_MINUTE)),
+        float(app.config.get("DIHYA_AUTH_FAILED_WINDOW_S", 60.0)))
     init_rate_limits(app)
 
     @app.before_request
