@@ -13,7 +13,6 @@ import time
 from typing import Any, Final
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
 from dihya.audit import hook_event_type, sha256_of
@@ -60,7 +59,6 @@ _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 def json_body(optional: bool = False) -> Any:
     """The request's JSON body; 415 for another media type, 400 for malformed JSON."""
     raw = request.get_data(cache=True)
-    _refuse_cut_body(raw)
     if optional and not raw:
         return {}
     mimetype = request.mimetype or ""
@@ -80,22 +78,6 @@ def json_body(optional: bool = False) -> Any:
         where = ""
         raise ApiProblem(400, ProblemType.MALFORMED_JSON, "Malformed JSON",
                          f"The request body is not valid JSON{where}.") from exc
-
-
-def _refuse_cut_body(raw: bytes) -> None:
-    """413 for a body sent without `Content-Length` (chunked) that goes on past the limit.
-
-    Werkzeug reads such a body only up to `MAX_CONTENT_LENGTH` and hands back what it
-    read, so a larger body would be taken cut short (valid JSON padded past 1 MiB was
-    answered 200): when exactly the limit came back, one more byte of the server's own
-    stream says whether the client sent more."""
-    limit = request.max_content_length
-    if request.content_length is not None or limit is None or len(raw) < limit:
-        return
-    stream = request.environ.get("wsgi.input")
-    more = stream.read(1) if stream is not None else b""
-    if more:
-        raise RequestEntityTooLarge()
 
 
 def validate_body(schema: dict[str, Any], body: Any) -> None:
