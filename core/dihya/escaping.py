@@ -5,6 +5,10 @@ paragraph separators and the bidirectional overrides as `\\xHH`/`\\uHHHH`, so a 
 URL cannot start a forged log line and a file name cannot break a message in two. JSON
 lines get the same characters as JSON `\\u` escapes (`json.dumps` already escapes C0 but
 not DEL, C1 or U+2028).
+
+`redact_tokens` replaces the secret of anything shaped like an API token
+(`dihya_<id>_<secret>`) with `[token]`: a client that pastes its token into a URL must not
+have it written to the access log.
 """
 
 from __future__ import annotations
@@ -17,7 +21,17 @@ from typing import Final
 _UNSAFE: Final = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 _UNSAFE_IN_TEXT: Final = re.compile(rf"[{_UNSAFE}\udc80-\udcff\\]")
 _UNSAFE_CONTROLS: Final = re.compile(rf"[{_UNSAFE}\udc80-\udcff]")
+#: An API token (`dihya.store.tokens`): its id (not secret, it says which token to
+#: rotate) is kept, its secret replaced.
+_TOKEN_IN_TEXT: Final = re.compile(r"dihya_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
 _UNSAFE_IN_JSON: Final = re.compile(r"[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def redact_tokens(value: str) -> str:
+    """`value` with each API token's secret replaced by `[token]`."""
+    if "dihya_" not in value:
+        return value
+    return _TOKEN_IN_TEXT.sub(r"dihya_\1_[token]", value)
 
 
 def escape_text(value: str, *, backslash: bool = True) -> str:

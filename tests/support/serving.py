@@ -92,6 +92,10 @@ class Server:
         raise RuntimeError(f"the server did not become ready (last /readyz: {last}):\n"
                            + self.output)
 
+    def output_so_far(self) -> str:
+        """What the server wrote until now (it keeps running)."""
+        return "".join(list(self._lines))
+
     def worker_pids(self) -> list[int]:
         """The pids of the server's worker processes (the master's children)."""
         found = []

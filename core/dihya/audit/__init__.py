@@ -86,7 +86,7 @@ class AuditEvent:
     plugins_ok: int | None = None
     plugins_failed: int | None = None
     duration_ms: float | None = None
-    count: int | None = None  # events exported or removed
+    count: int | None = None  # events exported or removed; failures an auth.failed stands for
     days: float | None = None  # retention period, or purge --older-than
     format: str | None = attrs.field(default=None, validator=_optional_in(FORMATS))
     pth_file: str | None = None  # a .pth file's name (never its directory)

@@ -21,6 +21,9 @@ from dihya.audit.chain import AuditLog
 DAY_S: Final = 86400.0
 #: `at_iso` is `at` (seconds since the epoch, what the hash chain covers) as ISO 8601.
 CSV_COLUMNS: Final = ("seq", *FIELDS, "note", "at_iso")  # at_iso last: columns keep their place
+#: What makes a spreadsheet read a cell as a formula (`=`, `+`, `-`, `@`, and a tab or a
+#: carriage return in front of one): a text cell starting so gets a leading `'`.
+FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _log(auditor: Auditor) -> AuditLog:
@@ -35,17 +38,27 @@ def with_iso(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "at_iso": iso_time(at)} if isinstance(at, int | float) else row
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text (CSV injection): plugin names come from
+    any installed distribution's entry points and notes are free text, so a string that
+    would start a formula is written with a leading `'`. Numbers are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def render(rows: Iterable[dict[str, Any]], fmt: str) -> str:
     """Rows as a JSON array (one event per line), JSON Lines (one object per line, no
-    array: a stream a log tool reads line by line) or CSV with a fixed header; each row
-    with `at_iso` beside `at`."""
+    array: a stream a log tool reads line by line) or CSV with a fixed header (a text cell
+    that would start a spreadsheet formula gets a leading `'`); each row with `at_iso`
+    beside `at`."""
     rows = (with_iso(row) for row in rows)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow(row)
+            writer.writerow({k: _cell(v) for k, v in row.items()})
         return out.getvalue()
     lines = [json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows]
     if fmt == "jsonl":

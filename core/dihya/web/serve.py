@@ -30,7 +30,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.glogging import SafeAtoms
 
 from dihya.config import Config, ConfigError, load_config
-from dihya.escaping import escape_text
+from dihya.escaping import escape_text, redact_tokens
 
 
 class EscapedAtoms(SafeAtoms):  # type: ignore[misc]
@@ -49,7 +49,8 @@ def _escape_atom(value: str) -> str:
     # A str beyond latin-1 is not a WSGI byte string (a header we set): escaped as it is.
     with contextlib.suppress(UnicodeEncodeError):
         value = value.encode("latin-1").decode("utf-8", "surrogateescape")
-    return escape_text(value).replace('"', '\\"')
+    # a token pasted into a URL (`/api/v1/plugins/dihya_…`) is not written to the log
+    return escape_text(redact_tokens(value)).replace('"', '\\"')
 
 
 class OneLineFormatter(logging.Formatter):

@@ -21,6 +21,7 @@ from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
 from dihya.web.admin.sessions import CONSOLE_ROLES
 from dihya.web.admin.words import STATUS_WORDS
+from dihya.web.auth import record_auth_failure
 
 LOGIN_COOKIE_AGE_S: Final = 3600
 
@@ -65,8 +66,7 @@ def login() -> Response:
     st = guard.state()
     info = authenticate(st.store, request.form.get("token", "").strip())
     if info is None:
-        st.auditor.record("auth.failed", "denied", reason="invalid-token",
-                          request_id=guard.request_id())
+        record_auth_failure("invalid-token", guard.request_id())
         return _form(401, "This token is unknown or revoked.")
     if info.role not in CONSOLE_ROLES:
         st.auditor.record("acl.denied", "denied", subject=info.name, role=info.role,
