@@ -5,14 +5,13 @@ what is not. The quarantine they lead to is tested through the HTTP backend
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from sandbox_support import hook, sandboxed, statuses
 
 from dihya.pipeline import run_generation
 from dihya.sandbox.pool import IDLE_CPU_LIMIT_S, SandboxPool
+from support.polling import wait_for
 
-DEADLINE_S = 120.0
 # slow when asked (a timeout: the pool kills the worker), crashes when asked (during the
 # call: a sandbox violation), else answers
 MOODY = hook('''import os, time
@@ -25,16 +24,6 @@ return code''')
 EXITS = hook('''import os, sys
 sys.modules["dihya.sandbox.worker"].read_frame = lambda *a, **k: os._exit(0)
 return code''')
-
-
-def wait_for(condition: Any, what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {DEADLINE_S} s: {what}")
 
 
 def test_workers_the_pool_stopped_itself_are_not_charged(plugin_site, needs, closing) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,9 @@ from test_api import TODO, Api, write_config
 
 from dihya.store import failures
 from dihya.web import create_app
+from support.polling import wait_for
 from support.wheels import plugin_source
 
-DEADLINE_S = 120.0
 # The worker exits right after its answer, when it goes back to read the next request (a
 # thread or a timer calling `os._exit` would race with the answer on a loaded machine).
 # With needs whose description is "behave" it does not.
@@ -55,16 +53,6 @@ def after_generation(self, code, needs):
     code["witness.txt"] = "still here"
     return code
 '''
-
-
-def wait_for(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {DEADLINE_S} s: {what}")
 
 
 def abuse_api(plugin_site: Any, tmp_path: Path, bodies: dict[str, str],
