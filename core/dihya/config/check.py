@@ -308,7 +308,8 @@ hook_timeout_s = 2.0
 # idle_s = 300.0           # an idle worker is stopped after this long
 # start_timeout_s = 5.0    # time to start and load the plugin
 # scratch_mb = 64          # the worker's private scratch directory
-# quarantine_after = 5     # consecutive failed calls before quarantine (per server worker)
+# quarantine_after = 5     # failed calls or sandbox abuses in a row before quarantine (counted
+#                          # for the whole fleet in the state store)
 # Refuse to run a plugin whose worker lacks an isolation layer (see `dihya doctor`).
 # require_isolation = false
 
