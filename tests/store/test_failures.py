@@ -36,8 +36,8 @@ def test_counted_across_handles_and_quarantined_once(store: Store) -> None:
         assert store.state_version() == version  # counting alone rebuilds nothing
         assert record(other, {"p": Outcomes(False, 1)}, 3) == {"p": 3}
         switch = store.plugin_switches()["p"]
-        assert (switch.reason_code, switch.reason) == ("quarantined",
-                                                      "3 consecutive failed calls or sandbox violations")
+        assert (switch.reason_code, switch.reason) == (
+            "quarantined", "3 consecutive failed calls or sandbox violations")
         assert store.state_version() == version + 1
         # late failures of a quarantined plugin are not counted
         assert record(store, {"p": Outcomes(False, 5)}, 3) == {}

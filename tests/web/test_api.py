@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -392,3 +393,39 @@ def test_config_edits_reach_a_running_app(api: Api, caplog: pytest.LogCaptureFix
         {k: e.get(k) for k in ("type", "outcome", "reason")} for e in events]
     path.write_text(original)
     assert api.get(f"/api/v1/plugins/{name}").get_json()["status"] == "active"
+
+
+def test_a_plugin_whose_name_holds_a_slash_can_be_killed_over_http(
+        plugin_site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entry-point names may hold `/`; such a plugin must still be reachable by every
+    per-plugin route, above all disable (the kill switch), written raw or as %2F."""
+    from support.wheels import build_wheel, pip_install
+
+    monkeypatch.delenv("DIHYA_PLUGINS_DISABLE", raising=False)
+    stem = plugin_site.unique("slash")
+    name, module = f"acme/{stem}", f"dihya_plugin_{stem}"
+    source = plugin_source(name, body=ACTION_PLUGIN.replace(
+        'open(os.environ["DIHYA_TEST_CALLS"], "a")', 'open(os.devnull, "a")'))
+    wheel = build_wheel(plugin_site.wheels, f"dihya-plugin-{stem}", "1.0.0",
+                        {f"{module}/__init__.py": source}, {name: f"{module}:Plugin"})
+    pip_install(sys.executable, str(wheel), target=plugin_site.site)
+    config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)],
+                          '[web]\nrate_limit = "1000/minute"\n[audit]\nkey = "test-key"\n')
+    api = Api(create_app(config), {"slash": name})
+
+    assert api.get(f"/api/v1/plugins/{name}").get_json()["status"] == "active"
+    assert api.get(f"/api/v1/plugins/acme%2F{stem}").get_json()["name"] == name
+    row = api.post(f"/api/v1/plugins/{name}/disable", "admin", json={"reason": "CVE-2"})
+    assert row.status_code == 200, row.get_data(as_text=True)
+    assert (row.get_json()["name"], row.get_json()["reason"]) == (name, "disabled-by-admin")
+    generated = api.post("/api/v1/generate", json={"needs": TODO}).get_json()
+    assert "EXTRA.txt" not in generated["files"]  # switched off: its hook did not run
+    problem(api.post(f"/api/v1/plugins/{name}/actions/echo", json={"text": "x"}), 409)
+    assert api.post(f"/api/v1/plugins/acme%2F{stem}/enable", "admin").get_json()["status"] \
+        == "active"
+    answer = api.post(f"/api/v1/plugins/{name}/actions/echo", json={"text": "hi"})
+    assert (answer.status_code, answer.get_json()) == (200, {"text": "HI"})
+    assert api.get(f"/api/v1/plugins/{name}/logs", "admin").status_code == 200
+    # a bare `reload` is still the reload route, and a prefix of the name is not the plugin
+    problem(api.get("/api/v1/plugins/acme"), 404)
+    assert api.post("/api/v1/plugins/reload", "admin").status_code == 200

@@ -119,7 +119,8 @@ def record(store: Store, changes: Mapping[str, Outcomes], limit: int,
                 count = 0
                 store.write_switch(conn, name, name in switches, {
                     "disabled": True, "reason_code": QUARANTINED,
-                    "reason": f"{limit} consecutive failed calls or sandbox violations", "actor": actor, "at": now})
+                    "reason": f"{limit} consecutive failed calls or sandbox violations",
+                    "actor": actor, "at": now})
             if before is None:
                 if count:
                     conn.execute(table.insert().values(name=name, consecutive=count, at=now))

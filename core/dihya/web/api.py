@@ -170,9 +170,14 @@ def _record_or_404(name: str) -> PluginRecord:
 
 
 class PluginNameConverter(BaseConverter):
-    """A plugin name in a URL: one path segment, never `reload` (that is a route)."""
+    """A plugin name in a URL. An entry-point name may hold `/` (only `=` is forbidden), so
+    the name may span segments, written as is or as `%2F` (the server decodes both alike):
+    `POST /api/v1/plugins/acme/pdf/disable` switches off `acme/pdf`, the one plugin the
+    backend must still be able to kill. The route's own suffix wins over a longer name
+    (`GET .../acme/logs` is the logs of `acme`). A bare `reload` is the reload route."""
 
-    regex = r"(?!reload(?:/|$))[^/]+"
+    regex = r"(?!reload$)[^/].*?"
+    part_isolating = False
 
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")

@@ -487,7 +487,8 @@ def _errors(*statuses: int) -> dict[str, Schema]:
 
 _NAME_PARAM: Final = {
     "name": "name", "in": "path", "required": True,
-    "description": "The plugin's entry-point name (`reload` is a route, not a name).",
+    "description": ("The plugin's entry-point name (`reload` alone is a route, not a name). "
+                    "A name holding `/` is sent with its `/` as is or as `%2F`."),
     "schema": {"type": "string", "pattern": "^(?!reload$)[^/]+$"},
 }
 _ACTION_PARAM: Final = {
