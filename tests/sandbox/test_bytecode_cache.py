@@ -14,7 +14,7 @@ from sandbox_support import hook, sandboxed
 from dihya.pipeline import run_generation
 from dihya.sandbox import bytecode
 
-PROBE = hook('''import json, os, sys
+PROBE = hook('''import importlib.util, json, os, sys
 prefix = sys.pycache_prefix or ""
 try:
     with open(os.path.join(prefix, "planted.pyc"), "wb") as fh:
@@ -22,7 +22,14 @@ try:
     wrote = "yes"
 except OSError as exc:
     wrote = type(exc).__name__
-code["cache.json"] = json.dumps({"prefix": prefix, "wrote": wrote})
+cached = sys.modules["dihya.sandbox.worker"].__cached__ or ""
+try:  # the core's bytecode, written by the warm-up, read by this worker (another user)
+    with open(cached, "rb") as fh:
+        readable = fh.read(4) == importlib.util.MAGIC_NUMBER
+except OSError as exc:
+    readable = type(exc).__name__
+code["cache.json"] = json.dumps({"prefix": prefix, "wrote": wrote, "cached": cached,
+                                 "readable": readable})
 return code''')
 
 
@@ -43,8 +50,32 @@ def test_a_worker_reads_the_shared_cache_and_cannot_write_it(plugin_site, needs,
     # the worker compiled its plugin's modules in memory: none of them reached the cache
     plugin_dir = str(plugin_site.site).lstrip("/")
     assert not (cache / plugin_dir).exists()
-    # the core's own modules are there, written by the warm-up
+    # the core's own modules are there, written by the warm-up, and the worker (another
+    # user, or a read-only view) can read them: else it compiles them at every start
     assert any(cache.rglob("worker*.pyc"))
+    assert seen["cached"].startswith(str(cache)), seen
+    assert seen["readable"] is True, f"the worker cannot read the shared cache: {seen}"
+
+
+def test_the_warm_up_leaves_its_cache_readable_and_repairs_a_private_one(
+        tmp_path: Path) -> None:
+    """Workers run as another user: what the warm-up writes must be readable by others
+    and writable by nobody else, including a cache an earlier version left 0700/0600."""
+    cache = tmp_path / "worker-pycache"
+    cache.mkdir(mode=0o755)
+    assert bytecode._run_warm_up(str(cache))
+    entries = [p for p in cache.rglob("*")]
+    assert entries
+    for path in entries:
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
+    # as an earlier warm-up left it: private directories and files
+    for path in entries:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    (cache / "link").symlink_to(tmp_path)  # never followed, never changed
+    assert bytecode._run_warm_up(str(cache))
+    for path in entries:
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
+    assert tmp_path.stat().st_mode & 0o777 != 0o644
 
 
 def test_an_unsafe_cache_directory_is_not_used(tmp_path: Path, monkeypatch) -> None:

@@ -21,6 +21,7 @@ does for any `.pyc`.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import threading
 from pathlib import Path
@@ -62,12 +63,46 @@ def _run_warm_up(prefix: str) -> bool:
     spec = {"warm": True, "sys_path": import_path(), "policy": attrs.asdict(policy)}
     try:
         argv, env, kwargs, _, _ = launch(python_argv(spec, prefix), policy)
+        # readable by the workers from its first write: a worker runs as another user
+        # (`launch` gives sandbox processes 0o077, which made the warm-up's directories
+        # 0700 and every worker compile the standard library and the core again)
+        kwargs["umask"] = 0o022
         done = subprocess.run(argv, env=env, cwd=prefix, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               timeout=60, check=False, close_fds=True, **kwargs)
     except (OSError, subprocess.TimeoutExpired, SandboxSetupError):
         return False
-    return done.returncode == 0
+    if done.returncode != 0:
+        return False
+    readable_by_workers(prefix)
+    return True
+
+
+def readable_by_workers(prefix: str) -> int:
+    """Make what the warm-up wrote under `prefix` readable (never writable) by others:
+    directories 0755, files 0644. Repairs a cache written with a private umask (before
+    this was fixed). Only this user's own plain files and directories are touched, links
+    never followed. Returns how many modes changed."""
+    uid = os.getuid()
+    changed = 0
+    for dirpath, dirnames, filenames in os.walk(prefix):
+        for name, want in [*((d, 0o755) for d in dirnames), *((f, 0o644) for f in filenames)]:
+            try:  # opened without following a link, checked and changed through the fd
+                fd = os.open(os.path.join(dirpath, name),
+                             os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if (st.st_uid == uid and (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode))
+                        and stat.S_IMODE(st.st_mode) != want):
+                    os.fchmod(fd, want)
+                    changed += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return changed
 
 
 def warm_imports() -> None:
