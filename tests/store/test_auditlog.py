@@ -110,6 +110,20 @@ def test_erasing_a_subject_keeps_the_chain_and_unlinks_them(store: Store) -> Non
     assert next(iter(log.rows("user-1")))["actor"] not in old
 
 
+def test_a_floor_keeps_a_subjects_recent_events_linked(store: Store) -> None:
+    """`before` (the HTTP purge floor): what is younger keeps its note and its link."""
+    auditor, log = _auditor(store)
+    _fill(auditor)
+    past = time.time() - 3600  # every event is younger than this floor
+    counts = purge_subject(auditor, "user-1", actor="admin", before=past)
+    assert counts == {"events": 0, "notes": 0, "tokens": 0, "switches": 0, "kept_events": 3}
+    assert [r.get("note") for r in log.rows("user-1")] == [None, "Jane Doe asked", None]
+    future = time.time() + 3600  # every event is older than this one: a full erasure
+    counts = purge_subject(auditor, "user-1", actor="admin", before=future)
+    assert counts == {"events": 3, "notes": 1, "tokens": 0, "switches": 0, "kept_events": 0}
+    assert list(log.rows("user-1")) == [] and log.verify().ok
+
+
 def test_export_is_audited_with_a_pseudonym(store: Store) -> None:
     auditor, log = _auditor(store)
     _fill(auditor)

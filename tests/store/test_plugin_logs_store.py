@@ -125,6 +125,22 @@ def test_read_export_purge_by_plugin_and_verify(plugin_site, needs, tmp_path: Pa
     assert _run(config, "audit", "purge", "--plugin", one, "--subject", "x")[0] == 2
 
 
+def test_a_plugins_purge_with_a_floor_leaves_recent_records(store: Store) -> None:
+    from dihya.audit.gdpr import purge_plugin
+
+    now = time.time()
+    write(store, [PluginLogRecord(now - 2 * 86400, "p", "1.0", None, "INFO", "old", []),
+                  PluginLogRecord(now, "p", "1.0", None, "INFO", "new", []),
+                  PluginLogRecord(now - 2 * 86400, "q", "1.0", None, "INFO", "other", [])])
+    auditor = Auditor(store=store)
+    counts = purge_plugin(auditor, "p", actor="admin", before=now - 86400)
+    assert (counts["logs"], counts["kept_logs"]) == (1, 1)
+    assert [r.message for r in read(store, "p")] == ["new"]
+    assert [r.message for r in read(store, "q")] == ["other"]  # another plugin's: untouched
+    assert purge_plugin(auditor, "p", actor="admin")["logs"] == 1  # no floor: every record
+    assert read(store, "p") == []
+
+
 def test_retention_removes_old_records(store: Store) -> None:
     old = PluginLogRecord(time.time() - 40 * 86400, "p", "1.0", None, "INFO", "old", [])
     new = PluginLogRecord(time.time(), "p", "1.0", None, "INFO", "new %s", ["[needs]"])

@@ -36,6 +36,10 @@ def test_init_writes_a_commented_valid_private_config(tmp_path: Path) -> None:
     assert config.allow == () and not config.empty and config.audit_key
     assert check(path) == []
     assert dihya("config", "check", str(path)).exit_code == 0
+    # the HTTP purge floor is shown with its default; uncommented, it is valid as it is
+    assert "\n# http_purge_min_age_days = 1\n" in text
+    path.write_text(text.replace("# http_purge_min_age_days = 1", "http_purge_min_age_days = 1"))
+    assert load_config(path).http_purge_min_age_days == 1.0 and check(path) == []
     # a second init draws another key: the key is not a constant of the template
     other = tmp_path / "other.toml"
     assert dihya("config", "init", str(other)).exit_code == 0

@@ -133,6 +133,27 @@ def test_plugin_log_settings_are_checked(tmp_path: Path, text: str, message: str
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("value", ["-1", '"1"', "true", "nan", "36501", "[1]"])
+def test_the_http_purge_floor_is_a_number_of_days(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "dihya.toml"
+    path.write_text(f"[audit]\nhttp_purge_min_age_days = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "[audit] http_purge_min_age_days must be a number of days between 0 (no floor) " \
+           "and 36500, not " in str(info.value)
+    assert info.value.reason == "invalid-config"
+
+
+def test_the_http_purge_floor_defaults_to_a_day_and_may_be_zero(tmp_path: Path) -> None:
+    path = tmp_path / "dihya.toml"
+    path.write_text("")
+    assert load_config(path).http_purge_min_age_days == 1.0
+    path.write_text("[audit]\nhttp_purge_min_age_days = 0\n")
+    assert load_config(path).http_purge_min_age_days == 0.0
+    path.write_text("[audit]\nhttp_purge_min_age_days = 7.5\n")
+    assert load_config(path).http_purge_min_age_days == 7.5
+
+
 def test_plugin_log_settings_have_defaults_and_are_read(tmp_path: Path) -> None:
     path = tmp_path / "dihya.toml"
     path.write_text("[plugins]\nlog_records = 10\nlog_record_bytes = 300\n"

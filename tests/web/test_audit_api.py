@@ -44,8 +44,11 @@ def api(plugin_site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
     monkeypatch.delenv("DIHYA_PLUGINS_DISABLE", raising=False)
     name = plugin_site.unique("open")
     plugin_site.install(name)
+    # no HTTP purge floor: these tests erase what was just written (the floor has its
+    # own tests, test_audit_floor.py)
     config = write_config(tmp_path / "dihya.toml", [plugin_site.entry(name)],
-                          '[web]\nrate_limit = "1000/minute"\n')
+                          '[web]\nrate_limit = "1000/minute"\n'
+                          '[audit]\nhttp_purge_min_age_days = 0\n')
     from dihya.web import create_app
 
     return Api(create_app(config), {"open": name})
@@ -116,7 +119,8 @@ def test_erasure_leaves_nothing_identifying_in_the_file(api: Api, tmp_path: Path
     purged = api.post("/api/v1/audit/purge", "admin", json={"subject": SUBJECT})
     assert purged.status_code == 200, purged.get_data(as_text=True)
     assert purged.get_json() == {"events": 5, "notes": 1, "tokens": 1, "switches": 1,
-                                 "logs": 0, "retention": 0}
+                                 "logs": 0, "retention": 0, "floor_days": 0,
+                                 "kept_events": 0, "kept_logs": 0, "kept_reason": None}
     problem(client.get("/api/v1/plugins", headers=jane), 401)  # the token went with them
     assert api.get(f"/api/v1/audit/export?subject={SUBJECT}", "admin").get_json() == []
     data = _db_bytes(tmp_path / "dihya.sqlite3")

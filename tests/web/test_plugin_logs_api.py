@@ -49,8 +49,11 @@ def api(plugin_site: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> An
         plugin_site.install(name, source=_source(name))
     entries = [plugin_site.entry(names["sandboxed"], mode="sandbox"),
                plugin_site.entry(names["inproc"])]
+    # no HTTP purge floor: these tests erase what was just logged (the floor has its own
+    # tests, test_audit_floor.py)
     config = write_config(tmp_path / "dihya.toml", entries,
-                          '[web]\nrate_limit = "1000/minute"\n', plugins="log_records = 30")
+                          '[web]\nrate_limit = "1000/minute"\n'
+                          '[audit]\nhttp_purge_min_age_days = 0\n', plugins="log_records = 30")
     from dihya.web import create_app
 
     app = create_app(config)

@@ -342,15 +342,24 @@ class AuditLog:
 
     # -- erase ------------------------------------------------------------------------
 
-    def purge_subject(self, subject: str) -> dict[str, int]:
+    def purge_subject(self, subject: str, before: float | None = None) -> dict[str, int]:
         """Erase a subject: their pseudonym mapping, their notes and salts, their tokens,
-        and who/why on the switches they set. Their events stay, now unlinkable."""
+        and who/why on the switches they set. Their events stay, now unlinkable.
+
+        With `before` (seconds since the epoch: the HTTP purge floor), only notes of
+        events and switches made before it go; while the subject has an event or a switch
+        at or after it, the pseudonym mapping stays (deleting it would make those recent
+        events unlinkable) and `events` is 0. `kept_events` counts those recent events."""
         counts = {"events": 0, "notes": 0, "tokens": 0, "switches": 0}
+        if before is not None:
+            counts["kept_events"] = 0
         with self.store.locked("audit") as conn:
             pseudonym = self.pseudonym_in(conn, subject, create=False)
             counts["tokens"] = conn.execute(tokens_table.delete().where(
                 tokens_table.c.name == subject)).rowcount
-            if pseudonym is not None:
+            if pseudonym is not None and before is not None:
+                counts.update(self._purge_subject_before(conn, pseudonym, before))
+            elif pseudonym is not None:
                 counts["events"] = conn.execute(sa.select(sa.func.count()).select_from(
                     audit_table).where(sa.or_(audit_table.c.actor == pseudonym,
                                               audit_table.c.target == pseudonym))).scalar_one()
@@ -362,6 +371,31 @@ class AuditLog:
                 conn.execute(subjects_table.delete().where(
                     subjects_table.c.pseudonym == pseudonym))
         self.compact()
+        return counts
+
+    @staticmethod
+    def _purge_subject_before(conn: Connection, pseudonym: str,
+                              before: float) -> dict[str, int]:
+        """`purge_subject` with a floor, inside its transaction."""
+        about = sa.or_(audit_table.c.actor == pseudonym, audit_table.c.target == pseudonym)
+        young = conn.execute(sa.select(sa.func.count()).select_from(audit_table).where(
+            about, audit_table.c.at >= before)).scalar_one()
+        young_switches = conn.execute(sa.select(sa.func.count()).select_from(
+            plugin_state_table).where(plugin_state_table.c.actor == pseudonym,
+                                      plugin_state_table.c.at >= before)).scalar_one()
+        old_seqs = sa.select(audit_table.c.seq).where(audit_table.c.at < before)
+        counts = {"kept_events": young, "events": 0}
+        counts["notes"] = conn.execute(audit_payload_table.delete().where(
+            audit_payload_table.c.actor == pseudonym,
+            audit_payload_table.c.seq.in_(old_seqs))).rowcount
+        counts["switches"] = conn.execute(plugin_state_table.update().where(
+            plugin_state_table.c.actor == pseudonym,
+            plugin_state_table.c.at < before).values(actor=None, reason=None)).rowcount
+        if not young and not young_switches:
+            counts["events"] = conn.execute(sa.select(sa.func.count()).select_from(
+                audit_table).where(about)).scalar_one()
+            conn.execute(subjects_table.delete().where(
+                subjects_table.c.pseudonym == pseudonym))
         return counts
 
     def purge_older_than(self, days: float) -> int:

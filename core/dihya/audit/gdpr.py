@@ -78,10 +78,11 @@ def export(auditor: Auditor, subject: str | None, fmt: str, *, actor: str,
     return render(rows, fmt)
 
 
-def purge_subject(auditor: Auditor, subject: str, *, actor: str,
+def purge_subject(auditor: Auditor, subject: str, *, actor: str, before: float | None = None,
                   **fields: Any) -> dict[str, int]:
-    """Erase `subject` (see `AuditLog.purge_subject`); audited as `audit.purged`."""
-    counts = _log(auditor).purge_subject(subject)
+    """Erase `subject` (see `AuditLog.purge_subject`, `before` included: the HTTP purge
+    floor, None for the CLI); audited as `audit.purged`."""
+    counts = _log(auditor).purge_subject(subject, before)
     auditor.record("audit.purged", "ok", subject=actor, count=counts["events"],
                    reason="subject", **fields)
     return counts
@@ -144,25 +145,34 @@ def plugin_export(auditor: Auditor, plugin: str, fmt: str, *, actor: str,
     return render(rows, "jsonl")
 
 
-def purge_plugin(auditor: Auditor, plugin: str, *, actor: str,
+def purge_plugin(auditor: Auditor, plugin: str, *, actor: str, before: float | None = None,
                  **fields: Any) -> dict[str, int]:
     """Erase what is kept about `plugin`: every log record of it, and the notes (free
     text) of the audit events that name it. The events themselves stay in the hash chain
     (they hold no personal data; removing one from the middle would break the chain), so
-    `dihya audit verify` still passes. Audited as `audit.purged` (`reason: plugin`)."""
+    `dihya audit verify` still passes. Audited as `audit.purged` (`reason: plugin`).
+
+    With `before` (seconds since the epoch: the HTTP purge floor), only the log records
+    and notes made before it go; `kept_events` and `kept_logs` count the events (whose
+    notes stay) and log records at or after it."""
     from dihya.audit.query import AuditFilter, matching
     from dihya.store import audit_payload_table
-    from dihya.store.pluginlogs import delete_plugin
+    from dihya.store.pluginlogs import count, delete_plugin
 
     log = _log(auditor)
-    seqs = [row["seq"] for row in matching(log, AuditFilter(plugin=plugin))]
+    rows = list(matching(log, AuditFilter(plugin=plugin)))
+    seqs = [row["seq"] for row in rows if before is None or row["at"] < before]
     notes = 0
     with log.store.locked("audit") as conn:
         for start in range(0, len(seqs), 500):
             notes += conn.execute(audit_payload_table.delete().where(
                 audit_payload_table.c.seq.in_(seqs[start:start + 500]))).rowcount
-    logs = delete_plugin(log.store, plugin)
+    logs = delete_plugin(log.store, plugin, before)
     log.compact()
     auditor.record("audit.purged", "ok", subject=actor, count=logs, plugin=plugin,
                    reason="plugin", **fields)
-    return {"events": len(seqs), "notes": notes, "tokens": 0, "switches": 0, "logs": logs}
+    counts = {"events": len(rows), "notes": notes, "tokens": 0, "switches": 0, "logs": logs}
+    if before is not None:
+        counts.update(kept_events=len(rows) - len(seqs),
+                      kept_logs=count(log.store, plugin, since=before))
+    return counts

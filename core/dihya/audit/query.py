@@ -159,18 +159,26 @@ def export_filtered(auditor: Auditor, flt: AuditFilter, fmt: str, *, actor: str,
 
 def purge_preview(log: AuditLog, *, subject: str | None = None,
                   older_than_days: float | None = None,
-                  plugin: str | None = None) -> dict[str, int]:
+                  plugin: str | None = None, before: float | None = None) -> dict[str, int]:
     """What a purge would remove, without removing anything or creating a pseudonym:
     for a subject, the events that would become unlinkable, their notes and tokens; by
     age, the events older than the cutoff; for a plugin, the events that name it (they
-    stay), their notes and its log records (which go)."""
+    stay), their notes and its log records (which go). With `before` (the HTTP purge
+    floor, as `dihya.audit.gdpr` takes it), what a subject's or plugin's purge leaves
+    because it is younger: `kept_events`, `kept_logs`."""
     log.flush()
-    counts = {"events": 0, "notes": 0, "tokens": 0, "logs": 0}
+    counts = {"events": 0, "notes": 0, "tokens": 0, "logs": 0, "kept_events": 0,
+              "kept_logs": 0}
     if plugin is not None:
         from dihya.store.pluginlogs import count
 
-        seqs = [row["seq"] for row in matching(log, AuditFilter(plugin=plugin))]
-        counts["events"], counts["logs"] = len(seqs), count(log.store, plugin)
+        rows = list(matching(log, AuditFilter(plugin=plugin)))
+        seqs = [row["seq"] for row in rows if before is None or row["at"] < before]
+        counts["events"], counts["logs"] = len(rows), count(log.store, plugin)
+        if before is not None:
+            counts["kept_events"] = len(rows) - len(seqs)
+            counts["kept_logs"] = count(log.store, plugin, since=before)
+            counts["logs"] -= counts["kept_logs"]
         with log.store.begin() as conn:
             for start in range(0, len(seqs), 500):
                 counts["notes"] += conn.execute(sa.select(sa.func.count()).select_from(
@@ -183,12 +191,21 @@ def purge_preview(log: AuditLog, *, subject: str | None = None,
             counts["tokens"] = conn.execute(sa.select(sa.func.count()).select_from(
                 tokens_table).where(tokens_table.c.name == subject)).scalar_one()
             if pseudonym is not None:
+                about = sa.or_(audit_table.c.actor == pseudonym,
+                               audit_table.c.target == pseudonym)
+                notes = audit_payload_table.c.actor == pseudonym
                 counts["events"] = conn.execute(sa.select(sa.func.count()).select_from(
-                    audit_table).where(sa.or_(audit_table.c.actor == pseudonym,
-                                              audit_table.c.target == pseudonym))).scalar_one()
+                    audit_table).where(about)).scalar_one()
+                if before is not None:
+                    counts["kept_events"] = conn.execute(sa.select(
+                        sa.func.count()).select_from(audit_table).where(
+                        about, audit_table.c.at >= before)).scalar_one()
+                    if counts["kept_events"]:
+                        counts["events"] = 0  # the pseudonym mapping stays
+                    notes = sa.and_(notes, audit_payload_table.c.seq.in_(sa.select(
+                        audit_table.c.seq).where(audit_table.c.at < before)))
                 counts["notes"] = conn.execute(sa.select(sa.func.count()).select_from(
-                    audit_payload_table).where(
-                    audit_payload_table.c.actor == pseudonym)).scalar_one()
+                    audit_payload_table).where(notes)).scalar_one()
         elif older_than_days is not None:
             # as `AuditLog.purge_older_than` does: the prefix of the chain up to the last
             # event older than the cutoff

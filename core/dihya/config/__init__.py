@@ -115,7 +115,8 @@ TABLE_KEYS: Final[Mapping[str, frozenset[str]]] = {
                           "known_pth", "log_records", "log_record_bytes"}),
     "store": frozenset({"url", "synchronous"}),
     "web": frozenset({"rate_limit", "rate_limit_storage"}),
-    "audit": frozenset({"key", "retention_days", "plugin_log_retention_days"}),
+    "audit": frozenset({"key", "retention_days", "plugin_log_retention_days",
+                        "http_purge_min_age_days"}),
     "sandbox": frozenset({*_SANDBOX_KEYS, "require_isolation", "allow_root"}),
     "plugins.allow": ENTRY_KEYS,
     "plugins.publishers": PUBLISHER_KEYS,
@@ -151,6 +152,9 @@ class Config:
     plugin_log_retention_days: float = 30.0
     plugin_log_records: int = 200
     plugin_log_bytes: int = 2000
+    # over HTTP (API and console) a purge leaves the events of the last this many days
+    # (`dihya.web.audit_api`); `dihya audit purge` is not limited; 0: no floor
+    http_purge_min_age_days: float = 1.0
     sandbox: SandboxSettings = attrs.field(factory=lambda: SandboxSettings())
 
     @property
@@ -248,6 +252,11 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
             0 < log_retention <= 36500):
         raise ConfigError(f"{where}: [audit] plugin_log_retention_days must be a number of "
                           f"days between 0 and 36500, not {log_retention!r}")
+    purge_floor = audit.get("http_purge_min_age_days", 1)
+    if isinstance(purge_floor, bool) or not isinstance(purge_floor, int | float) or not (
+            0 <= purge_floor <= 36500):
+        raise ConfigError(f"{where}: [audit] http_purge_min_age_days must be a number of "
+                          f"days between 0 (no floor) and 36500, not {purge_floor!r}")
     plugins = _table(where, data, "plugins")
     log_records = _bounded_int(where, plugins, "log_records", 200, 0, 1000)
     log_bytes = _bounded_int(where, plugins, "log_record_bytes", 2000, 256, 16384)
@@ -278,6 +287,7 @@ def config_from_document(path: Path, doc: Mapping[str, Any], exists: bool = True
                   rate_limit_storage=storage, audit_key=audit_key,
                   audit_retention_days=float(retention),
                   plugin_log_retention_days=float(log_retention),
+                  http_purge_min_age_days=float(purge_floor),
                   plugin_log_records=log_records, plugin_log_bytes=log_bytes, sandbox=sandbox)
 
 

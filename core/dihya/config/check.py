@@ -333,4 +333,8 @@ hook_timeout_s = 2.0
 key = "@AUDIT_KEY@"
 # How long audit events are kept, in days.
 # retention_days = 365
+# Over HTTP (API and console), a purge leaves the events of the last this many days: a
+# stolen admin token cannot erase what it just did. `dihya audit purge` on the server is
+# not limited. 0 removes the floor (weaker).
+# http_purge_min_age_days = 1
 '''

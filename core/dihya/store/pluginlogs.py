@@ -69,17 +69,20 @@ def every(store: Store, plugin: str) -> list[PluginLogRecord]:
         return [_record(r) for r in conn.execute(query)]
 
 
-def count(store: Store, plugin: str) -> int:
+def count(store: Store, plugin: str, since: float | None = None) -> int:
+    """How many records `plugin` has (at or after `since`, if given)."""
+    where = [_T.c.plugin == plugin] + ([_T.c.at >= since] if since is not None else [])
     with store.begin() as conn:
         found: int = conn.execute(sa.select(sa.func.count()).select_from(_T).where(
-            _T.c.plugin == plugin)).scalar_one()
+            *where)).scalar_one()
     return found
 
 
-def delete_plugin(store: Store, plugin: str) -> int:
-    """Remove every record of `plugin`; returns how many."""
+def delete_plugin(store: Store, plugin: str, before: float | None = None) -> int:
+    """Remove every record of `plugin` (made before `before`, if given); returns how many."""
+    where = [_T.c.plugin == plugin] + ([_T.c.at < before] if before is not None else [])
     with store.locked("plugin-logs") as conn:
-        removed: int = conn.execute(_T.delete().where(_T.c.plugin == plugin)).rowcount
+        removed: int = conn.execute(_T.delete().where(*where)).rowcount
     return removed
 
 

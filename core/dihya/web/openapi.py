@@ -43,8 +43,8 @@ _ERRORS: Final[dict[int, tuple[str, str, tuple[str, ...]]]] = {
     400: ("BadRequest", "The body is not valid JSON.", ()),
     401: ("Unauthorized", "No bearer token, or an unknown or revoked one.",
           ("WWW-Authenticate",)),
-    403: ("Forbidden", "The token's role (or the plugin's allowlist entry) does not allow "
-          "this.", ()),
+    403: ("Forbidden", "The token's role (or the plugin's allowlist entry, or for an audit "
+          "purge the HTTP purge floor) does not allow this.", ()),
     404: ("NotFound", "No installed plugin (or action) has this name.", ()),
     405: ("MethodNotAllowed", "The method is not allowed on this resource; the Allow header "
           "lists those that are.", ("Allow",)),
@@ -219,12 +219,24 @@ def _schemas() -> dict[str, Schema]:
         "PurgeRequest": copy.deepcopy(PURGE_BODY),
         "PurgeResult": {
             "type": "object",
-            "required": ["events", "notes", "tokens", "switches", "logs", "retention"],
+            "required": ["events", "notes", "tokens", "switches", "logs", "retention",
+                         "floor_days", "kept_events", "kept_logs", "kept_reason"],
             "additionalProperties": False,
             "properties": {
                 "events": {"type": "integer", "minimum": 0, "description": "Events made "
                            "unlinkable (subject), removed (older_than_days), or naming the "
-                           "plugin and kept in the chain (plugin)."},
+                           "plugin and kept in the chain (plugin). A subject who still has "
+                           "events younger than the floor keeps their pseudonym mapping: 0."},
+                "floor_days": {"type": "number", "minimum": 0, "description": "The purge "
+                               "floor in force (`[audit] http_purge_min_age_days`): over "
+                               "HTTP, what is younger than this many days stays. 0: none."},
+                "kept_events": {"type": "integer", "minimum": 0, "description": "Events "
+                                "younger than the floor left as they were: their notes "
+                                "stay and, for a subject, so does their pseudonym mapping."},
+                "kept_logs": {"type": "integer", "minimum": 0, "description": "The "
+                              "plugin's log records younger than the floor, left (plugin)."},
+                "kept_reason": {"type": ["string", "null"], "description": "Why something "
+                                "was kept back, for people; null when nothing was."},
                 "logs": {"type": "integer", "minimum": 0,
                          "description": "The plugin's log records removed (plugin)."},
                 "notes": {"type": "integer", "minimum": 0},
@@ -654,7 +666,13 @@ def _paths() -> dict[str, Schema]:
                         "their pseudonym mapping, notes and tokens are deleted. A plugin's "
                         "log records and the notes of its events are deleted; its events "
                         "stay in the chain. Then the retention period is applied. Audited "
-                        "without the subject.",
+                        "without the subject.\n\nOver HTTP a purge stops at a floor, "
+                        "`[audit] http_purge_min_age_days` (default 1 day): a purge by age "
+                        "below it is refused (403, audited as `audit.purged` with outcome "
+                        "`denied`, `reason: purge-floor`); a purge by subject or plugin "
+                        "leaves the events, notes and log records younger than it "
+                        "(`kept_events`, `kept_logs`, `kept_reason`). `dihya audit purge` on "
+                        "the server is not limited.",
             requestBody={"required": True, "content": {"application/json": {
                 "schema": {"$ref": _REF + "PurgeRequest"}}}})},
         "/api/v1/plugins/{name}/actions/{action}": {

@@ -4,7 +4,8 @@ Admins only, like `/api/v1/audit`: events carry pseudonyms and notes (personal d
 export of the filtered events is rendered as `dihya audit export` renders one and audited
 as `audit.exported`; a subject's export (a GDPR access request) is the API's own call. A
 purge (a subject, events by age, or a plugin's log records and notes) first shows what it
-would remove and runs only when that page is confirmed, through the API's `purge_events`.
+would remove and runs only when that page is confirmed, through the API's `purge_events`,
+within the same floor (`[audit] http_purge_min_age_days`): below it, the same refusal.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
 from dihya.web.audit_api import (
     EXPORT_MEDIA_TYPES,
+    FLOOR_KEY,
     PLUGIN_PATTERN,
     SUBJECT_PATTERN,
+    BelowPurgeFloor,
+    check_floor,
+    floor_before,
     purge_events,
 )
 
@@ -110,6 +115,7 @@ def audit() -> Response:
     return guard.render("audit.html", page=page, rows=[(r, _extra(r)) for r in page.rows],
                         flt=flt, raw=raw, errors=errors, types=sorted(EVENT_TYPES),
                         outcomes=sorted(OUTCOMES), formats=EXPORT_FORMATS, plugins=plugins,
+                        purge_floor=st.config.http_purge_min_age_days,
                         filter_query={k: v for k, v in raw.items() if v})
 
 
@@ -169,15 +175,24 @@ def purge() -> Response:
         if not 0 <= days <= 36500:
             raise guard.Denied(422, "Not a number of days", "Give a number of days between "
                                "0 and 36500.")
-    if request.form.get("confirm") != "yes":
-        log = st.auditor.log
-        assert log is not None
-        preview = purge_preview(log, subject=subject, older_than_days=days, plugin=plugin)
-        return guard.render("audit_purge.html", subject=subject, days=days_text,
-                            plugin=plugin, preview=preview, own=subject == session.token.name,
-                            retention=st.config.audit_retention_days)
-    counts = purge_events(st, session.token, guard.request_id(), subject=subject,
-                          older_than_days=days, plugin=plugin)
+    try:
+        # the HTTP purge floor: a purge by age below it is refused (and audited) at once
+        check_floor(st, session.token, guard.request_id(), days)
+        if request.form.get("confirm") != "yes":
+            log = st.auditor.log
+            assert log is not None
+            preview = purge_preview(log, subject=subject, older_than_days=days,
+                                    plugin=plugin, before=floor_before(st))
+            return guard.render("audit_purge.html", subject=subject, days=days_text,
+                                plugin=plugin, preview=preview,
+                                own=subject == session.token.name,
+                                retention=st.config.audit_retention_days,
+                                floor_days=st.config.http_purge_min_age_days,
+                                floor_key=FLOOR_KEY)
+        counts = purge_events(st, session.token, guard.request_id(), subject=subject,
+                              older_than_days=days, plugin=plugin)
+    except BelowPurgeFloor as exc:
+        raise guard.Denied(403, "Below the purge floor", exc.message) from None
     if plugin is not None:
         logs, notes, events = counts["logs"], counts["notes"], counts["events"]
         notice = (f"Plugin {plugin} erased: {logs} log record{'s' if logs != 1 else ''} and "
@@ -189,6 +204,10 @@ def purge() -> Response:
                   f"{counts['switches']} switch authors removed.")
     else:
         notice = f"Removed {counts['events']} events older than {days:g} days."
+    if counts["kept_reason"]:
+        notice += (f" Kept back: {counts['kept_events']} events"
+                   + (f" and {counts['kept_logs']} log records" if plugin is not None else "")
+                   + f". {counts['kept_reason']}")
     notice += f" Retention removed {counts['retention']} more."
     # erasing oneself deletes one's token: the next page finds the session ended
     return guard.done(notice, "console.audit")
