@@ -206,3 +206,100 @@ def test_signature_path_needs_a_valid_version_and_fingerprint() -> None:
     assert good.parent.name == "dihya-plugin-acme"
     assert wheelcache.signature_path(DIST, "../../evil", fp) is None
     assert wheelcache.signature_path(DIST, "1.0", "sha256:../../x") is None
+
+
+# -- a kept signature goes with its wheel ------------------------------------------------
+
+
+def kept_files(cache: Path, dist: str) -> list[str]:
+    folder = cache / dist
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def sig_name(facts: WheelFacts) -> str:
+    return f"{facts.version}-{facts.fingerprint[7:23]}.sig"
+
+
+def test_an_upgrade_keeps_the_signatures_of_the_kept_and_the_installed_version(
+        acme, plugin_site, cache: Path) -> None:
+    """install 1.0.0 signed; upgrade to 1.1.0 signed (1.0.0 kept as a wheel): both .sig stay,
+    and a rollback to 1.0.0 still names the publisher."""
+    key, public = acme
+    name = plugin_site.unique("kept")
+    dist = f"dihya-plugin-{name}"
+    v1 = read_wheel(plugin_site.install(name, version="1.0.0",
+                                        source=plugin_source(name, "1.0.0")))
+    sig1, _ = sign_wheel(v1.path, load_private_key(key))
+    wheelcache.keep_signature(v1, sig1)  # what a signed install does once installed
+    # upgrade: the installed 1.0.0 is packed into the cache, then 1.1.0 installed and kept
+    wheel1 = wheelcache.keep_installed(dist, v1.fingerprint)
+    assert wheel1 is not None
+    v2 = read_wheel(plugin_site.install(name, version="1.1.0",
+                                        source=plugin_source(name, "1.1.0")))
+    sig2, _ = sign_wheel(v2.path, load_private_key(key))
+    wheelcache.keep_signature(v2, sig2)
+    assert kept_files(cache, dist) == sorted([wheel1.name, sig_name(v1), sig_name(v2)])
+    verified = wheelcache.verify_kept_signature(read_wheel(wheel1), [publisher(public, dist)])
+    assert verified.publisher.name == "acme"
+
+
+def test_a_replaced_wheel_takes_its_signature_with_it(acme, plugin_site, cache: Path) -> None:
+    """1.0.0 installed signed, then another 1.0.0 (other content) over it, then 1.1.0: the
+    first 1.0.0's wheel is replaced by the second's, and its .sig goes; the second's stays."""
+    key, _public = acme
+    name = plugin_site.unique("kept")
+    dist = f"dihya-plugin-{name}"
+    first = read_wheel(plugin_site.install(name, version="1.0.0",
+                                           source=plugin_source(name, "1.0.0")))
+    wheelcache.keep_signature(first, sign_wheel(first.path, load_private_key(key))[0])
+    assert wheelcache.keep_installed(dist, first.fingerprint) is not None
+    second = read_wheel(plugin_site.install(name, version="1.0.0", source=plugin_source(
+        name, "1.0.0") + "\n# rebuilt\n"))
+    assert second.fingerprint != first.fingerprint
+    wheelcache.keep_signature(second, sign_wheel(second.path, load_private_key(key))[0])
+    # both still have a use: the first's wheel is kept, the second is installed
+    assert sig_name(first) in kept_files(cache, dist)
+    assert sig_name(second) in kept_files(cache, dist)
+    kept = wheelcache.keep_installed(dist, second.fingerprint)  # upgrading to 1.1.0
+    assert kept is not None and read_wheel(kept).fingerprint == second.fingerprint
+    assert kept_files(cache, dist) == sorted([kept.name, sig_name(second)])
+
+
+def test_an_orphan_signature_goes_at_the_next_keep(acme, tmp_path: Path, cache: Path) -> None:
+    """A .sig whose version is neither kept as a wheel nor the one just installed (an
+    uninstalled version, a failed keep) is removed the next time a signature is kept; the
+    one just kept stays, and a re-install of the same version replaces its .sig."""
+    key, _public = acme
+    old_wheel, old_sig = signed_wheel(tmp_path / "v0", key, version="0.9.0")
+    old = read_wheel(old_wheel)
+    wheelcache.keep_signature(old, old_sig)  # installed, then uninstalled: no wheel kept
+    wheel, sig = signed_wheel(tmp_path / "v1", key)
+    facts = read_wheel(wheel)
+    assert wheelcache.keep_signature(facts, sig) is not None
+    assert kept_files(cache, DIST) == [sig_name(facts)]
+    again = tmp_path / "again.sig"  # the same version installed again, signed again
+    again.write_bytes(sig.read_bytes())
+    wheelcache.keep_signature(facts, again)
+    assert kept_files(cache, DIST) == [sig_name(facts)]
+
+
+def test_a_signature_of_a_kept_wheel_is_never_pruned(acme, tmp_path: Path,
+                                                     cache: Path) -> None:
+    key, public = acme
+    wheel, sig = signed_wheel(tmp_path / "v1", key)
+    facts = kept_facts(wheel, sig, cache / DIST)  # .sig kept, and the wheel repacked there
+    assert wheelcache.prune_signatures(DIST) == []
+    new_wheel, new_sig = signed_wheel(tmp_path / "v2", key, version="2.0.0")
+    installed = wheelcache.keep_signature(read_wheel(new_wheel), new_sig)
+    assert installed is not None
+    assert kept_files(cache, DIST) == sorted([wheel.name, sig_name(facts), installed.name])
+    assert wheelcache.verify_kept_signature(facts, [publisher(public)]).publisher.name == "acme"
+    # a kept wheel that cannot be read keeps every signature of its version
+    (cache / DIST / wheel.name).write_bytes(b"not a zip")
+    assert wheelcache.prune_signatures(DIST, keep=installed) == []
+    assert sig_name(facts) in kept_files(cache, DIST)
+    # its wheel gone, a signature is an orphan
+    (cache / DIST / wheel.name).unlink()
+    assert wheelcache.prune_signatures(DIST, keep=installed) == [cache / DIST / sig_name(facts)]
+    assert kept_files(cache, DIST) == [installed.name]
+    assert not (cache / DIST / sig_name(facts)).exists()

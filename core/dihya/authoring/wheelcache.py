@@ -16,6 +16,14 @@ mode 0600), since the repacked wheel is not the archive that was signed.
 (`dihya.gate.signing.verify_kept`: distribution, version and content fingerprint, not the
 archive's sha256), so a rollback records that publisher again; the .sig only says who
 signed, a cache that fails to verify yields no publisher.
+
+The cache is never pruned by age or count: a wheel stays until the same version is kept
+again (replacing it). A kept signature goes with its wheel: `prune_signatures` removes
+every `.sig` of the distribution that names neither a kept wheel (its version and
+fingerprint) nor the version just installed, and runs whenever a wheel or a signature is
+kept (so a replaced wheel's signature, or one left by an uninstalled version, goes at the
+next install or rollback of that distribution). It never removes the signature of a kept
+wheel; one whose wheel cannot be read keeps every signature of its version.
 """
 
 from __future__ import annotations
@@ -126,10 +134,11 @@ def keep_installed(distribution: str, fingerprint: str | None = None) -> Path | 
             return None
         target = folder / name
         os.replace(tmp, target)
-        return target
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    prune_signatures(distribution)
+    return target
 
 
 def signature_path(distribution: str, version: str, fingerprint: str) -> Path | None:
@@ -169,7 +178,52 @@ def keep_signature(facts: WheelFacts, sig: Path) -> Path | None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    prune_signatures(facts.distribution, keep=target)
     return target
+
+
+def _signature_prefix(version: str) -> str | None:
+    """The start of every kept signature name of `version` (`<normal version>-`)."""
+    try:
+        return f"{Version(version)}-"
+    except InvalidVersion:
+        return None
+
+
+def prune_signatures(distribution: str, keep: Path | None = None) -> list[Path]:
+    """Remove the kept signatures of `distribution` whose wheel is not kept (replaced by
+    another copy of its version, never kept, or its version uninstalled), except `keep`
+    (the signature of the version just installed, whose wheel is kept only when it is
+    replaced in turn). A kept wheel's signature is never removed: a wheel that cannot be
+    read keeps every signature of the version its file name says. The paths removed; a
+    file that cannot be removed is left for the next prune."""
+    folder = _folder(distribution)
+    if not folder.is_dir():
+        return []
+    wanted: set[str] = set() if keep is None else {keep.name}
+    versions: set[str] = set()  # unreadable kept wheels: every .sig of their version stays
+    for wheel in folder.glob("*.whl"):
+        try:
+            facts = read_wheel(wheel)
+        except SigningError:
+            prefix = _signature_prefix(_version(wheel)) if "-" in wheel.name else None
+            if prefix is None:
+                return []  # cannot tell which signature is its own: remove none
+            versions.add(prefix)
+            continue
+        own = signature_path(distribution, facts.version, facts.fingerprint)
+        if own is not None:
+            wanted.add(own.name)
+    removed = []
+    for sig in folder.glob("*.sig"):
+        if sig.name in wanted or any(sig.name.startswith(v) for v in versions):
+            continue
+        try:
+            sig.unlink()
+        except OSError:
+            continue
+        removed.append(sig)
+    return removed
 
 
 def verify_kept_signature(facts: WheelFacts, publishers: Sequence[Publisher]) -> Verified:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import Iterable
 from typing import Any, Final
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -43,6 +44,7 @@ from dihya.web.auth import current_token, require, state
 from dihya.web.operations import record_or_404
 from dihya.web.problems import ApiProblem
 from dihya.web.ratelimit import per_token
+from dihya.web.serverpaths import PathFilter, for_role, plugin_row, report_for
 
 MAX_ACTION_RESULT_BYTES: Final = 1024 * 1024
 GENERATE_BODY: Final = {
@@ -224,11 +226,12 @@ def generate() -> Response:
                              "start. Retry after the number of seconds in Retry-After.",
                              headers={"Retry-After": str(RETRY_AFTER_S)},
                              reason=SANDBOX_UNAVAILABLE,
-                             report={"plugins": [h.to_json() for h in exc.plugins]}
-                             ) from exc
+                             report=report_for({"plugins": [h.to_json() for h in exc.plugins]},
+                                               _paths())) from exc
         raise ApiProblem(502, ProblemType.GENERATION_FAILED, "Generation failed",
                          f"The generation could not complete at stage `{exc.stage}`.",
-                         report={"plugins": [h.to_json() for h in exc.plugins]}) from exc
+                         report=report_for({"plugins": [h.to_json() for h in exc.plugins]},
+                                           _paths())) from exc
     snapshot_records: dict[str, PluginRecord] | None = None  # built on a failure only
     for h in result.plugins:
         if h.status not in ("ok", "skipped"):
@@ -249,7 +252,7 @@ def generate() -> Response:
         plugins_ok=sum(h.status == "ok" for h in result.plugins),
         plugins_failed=sum(h.status not in ("ok", "skipped") for h in result.plugins),
         duration_ms=round(result.ms, 2), **audit)
-    return _generated(code_text, result.report())
+    return _generated(code_text, report_for(result.report(), _paths()))
 
 
 def _generated(code_text: bytes, report: dict[str, Any]) -> Response:
@@ -261,16 +264,31 @@ def _generated(code_text: bytes, report: dict[str, Any]) -> Response:
     return current_app.response_class(body, mimetype="application/json")
 
 
+def _paths() -> PathFilter:
+    """How this request's token may see the server's paths (`dihya.web.serverpaths`)."""
+    return for_role(current_token().role, state().config_path)
+
+
+def _rows(records: Iterable[PluginRecord]) -> Response:
+    """Plugin rows as this request's token may see them."""
+    paths = _paths()
+    return jsonify([plugin_row(r.to_json(), paths) for r in records])
+
+
+def _row(record: PluginRecord) -> Response:
+    return jsonify(plugin_row(record.to_json(), _paths()))
+
+
 @api.get("/plugins")
 @require("viewer")
 def list_plugins() -> Response:
-    return jsonify([r.to_json() for r in state().current(g.request_id).records])
+    return _rows(state().current(g.request_id).records)
 
 
 @api.get("/plugins/<plugin:name>")
 @require("viewer")
 def show_plugin(name: str) -> Response:
-    return jsonify(_record_or_404(name).to_json())
+    return _row(_record_or_404(name))
 
 
 @api.post("/plugins/<plugin:name>/disable")
@@ -281,7 +299,7 @@ def disable_plugin(name: str) -> Response:
     validate_body(DISABLE_BODY, body)
     record = operations.disable_plugin(state(), current_token(), name, body.get("reason"),
                                        g.request_id)
-    return jsonify(record.to_json())
+    return _row(record)
 
 
 #: The query of `GET /api/v1/plugins/<name>/logs`.
@@ -318,14 +336,14 @@ def plugin_logs(name: str) -> Response:
 @require("admin")
 def reload_plugins() -> Response:
     snapshot = operations.reload_plugins(state(), g.request_id)
-    return jsonify([r.to_json() for r in snapshot.records])
+    return _rows(snapshot.records)
 
 
 @api.post("/plugins/<plugin:name>/enable")
 @require("admin")
 def enable_plugin(name: str) -> Response:
     record = operations.enable_plugin(state(), current_token(), name, g.request_id)
-    return jsonify(record.to_json())
+    return _row(record)
 
 
 @api.post("/plugins/<plugin:name>/actions/<action_name>")

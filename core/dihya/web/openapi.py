@@ -36,6 +36,10 @@ NEEDS_EXAMPLE: Final = {
 
 _REF = "#/components/schemas/"
 _RESP = "#/components/responses/"
+# the free texts that may name a server file (`dihya.web.serverpaths`)
+_NAMES_ONLY = ("A server file it names is shown with its full path to an `admin` token only; "
+               "other roles get its name (`dihya.toml`, `evil.pth`), or its path inside the "
+               "config's or a site directory.")
 _PROBLEM_MEDIA: Final = "application/problem+json"
 
 # status -> (component name, description, headers)
@@ -290,7 +294,7 @@ def _schemas() -> dict[str, Schema]:
                 "status": {"type": "string",
                            "enum": [OK, SKIPPED, HOOK_FAILED, TIMEOUT, INVALID_OUTPUT]},
                 "ms": {"type": "number", "minimum": 0},
-                "detail": string,
+                "detail": {"type": "string", "description": _NAMES_ONLY},
             },
         },
         "GenerationReport": {
@@ -341,7 +345,9 @@ def _schemas() -> dict[str, Schema]:
                 "status": {"type": "string", "enum": list(STATUSES)},
                 "reason": _nullable({"type": "string", "enum": reasons,
                                      "description": "Why the plugin is not active."}),
-                "message": string,
+                "message": {"type": "string",
+                            "description": "What the core decided and why, in words. "
+                                           + _NAMES_ONLY},
                 "mode": _nullable({"type": "string", "enum": list(MODES)}),
                 "fingerprint": _nullable({"type": "string", "pattern": "^sha256:"}),
                 "approved_fingerprint": _nullable({"type": "string", "pattern": "^sha256:"}),
@@ -356,7 +362,9 @@ def _schemas() -> dict[str, Schema]:
                 "description": _nullable(string),
                 "author": _nullable(string),
                 "isolation": {"type": "array", "items": string},
-                "warnings": {"type": "array", "items": string},
+                "warnings": {"type": "array", "items": string,
+                             "description": "Isolation warnings and deprecations. "
+                                            + _NAMES_ONLY},
                 "worker_user": _nullable({
                     "type": "string",
                     "description": "Who the plugin's sandbox worker runs as: the sandbox "

@@ -29,6 +29,7 @@ from werkzeug.wrappers import Response
 
 from dihya.registry import RegistrySnapshot
 from dihya.web.admin.sessions import ConsoleSession, SessionStore
+from dihya.web.serverpaths import PathFilter, for_role
 from dihya.web.state import DihyaState
 
 COOKIE: Final = "dihya_console"
@@ -76,6 +77,12 @@ def current() -> ConsoleSession:
     """The session of this request (inside a `page` view)."""
     session: ConsoleSession = g.console
     return session
+
+
+def paths() -> PathFilter:
+    """How this session may see the server's paths: whole for an admin, file names for a
+    viewer (`dihya.web.serverpaths`)."""
+    return for_role(current().role, state().config_path)
 
 
 def request_id() -> str | None:

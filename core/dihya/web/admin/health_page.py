@@ -29,7 +29,8 @@ def health() -> Response:
             name, (f"Check `{name}`", "passes.", "See the operator guide and /readyz."))
         checks.append({"name": name, "ok": bool(ok), "what": what, "good": good,
                        "advice": advice})
-    plugins = [plugin_view(r) for r in guard.snapshot().records]
+    paths = guard.paths()
+    plugins = [plugin_view(r, paths) for r in guard.snapshot().records]
     isolated = [p for p in plugins if p["warnings"] or p["status"] == "active"]
     other = {k: v for k, v in ready.items() if k not in _KNOWN}
     return guard.render("health.html", ready=ready, http_status=status, checks=checks,

@@ -28,6 +28,7 @@ from dihya.web.admin import guard
 from dihya.web.admin.blueprint import console
 from dihya.web.admin.words import STATUS_WORDS, reason_advice, reason_words, warning_advice
 from dihya.web.problems import ApiProblem
+from dihya.web.serverpaths import PathFilter, keep_paths
 
 MAX_REASON: Final = 500  # as the API's DISABLE_BODY
 LOG_LINES: Final = 50  # the newest log lines a plugin page shows
@@ -36,12 +37,13 @@ APPROVABLE: Final = frozenset({Reason.NOT_ALLOWLISTED, Reason.FINGERPRINT_MISMAT
                                Reason.UNSAFE_IN_PROCESS})
 
 
-def plugin_view(r: PluginRecord) -> dict[str, Any]:
-    """What the pages show about one plugin."""
+def plugin_view(r: PluginRecord, paths: PathFilter = keep_paths) -> dict[str, Any]:
+    """What the pages show about one plugin; its free texts passed through `paths` (the
+    session's: `guard.paths`)."""
     return {
         "name": r.name, "status": r.status, "status_words": STATUS_WORDS.get(r.status, r.status),
         "reason": r.reason, "reason_words": reason_words(r.reason),
-        "advice": reason_advice(r.reason), "message": r.message, "mode": r.mode,
+        "advice": reason_advice(r.reason), "message": paths(r.message), "mode": r.mode,
         "roles": "every role" if r.roles is None else ", ".join(r.roles) or "no role",
         "version": r.version, "distribution": r.distribution, "entry_point": r.value,
         "fingerprint": r.fingerprint, "approved_fingerprint": r.approved_fingerprint,
@@ -49,7 +51,7 @@ def plugin_view(r: PluginRecord) -> dict[str, Any]:
                         and r.fingerprint != r.approved_fingerprint),
         "quarantined": r.reason == Reason.QUARANTINED, "worker_user": r.worker_user,
         "isolation": list(r.isolation),
-        "warnings": [(w, warning_advice(w)) for w in r.warnings]
+        "warnings": [(paths(w), warning_advice(w)) for w in r.warnings]
         + [(layer, warning_advice(layer)) for layer in r.isolation if layer.startswith("none")],
         "hooks": list(r.hooks), "actions": [a.to_json() for a in r.actions.values()],
         "required": r.required, "priority": r.priority, "safe": r.safe,
@@ -63,7 +65,8 @@ def _listing(status: str | None) -> dict[str, Any]:
     snapshot = guard.snapshot()
     records = snapshot.records
     counts = {s: sum(r.status == s for r in records) for s in STATUS_WORDS}
-    shown = [plugin_view(r) for r in records if status is None or r.status == status]
+    paths = guard.paths()
+    shown = [plugin_view(r, paths) for r in records if status is None or r.status == status]
     return {"rows": shown, "counts": counts, "total": len(records), "status": status,
             "state_version": guard.state().version}
 
@@ -127,18 +130,19 @@ def plugin(name: str) -> Response:
     problems: list[str] = []
     files = None
     file_problem = None
+    paths = guard.paths()
     if found:
-        problems = dependency_problems(found[0])
+        problems = [paths(p) for p in dependency_problems(found[0])]
         installed, problem = inspect_files(found[0])
         files = list_files(found[0], installed) if installed is not None else None
-        file_problem = problem
+        file_problem = (problem[0], paths(problem[1])) if problem is not None else None
     events = None
     log_lines = None
     if guard.current().is_admin:
         events = search(st.auditor.log, AuditFilter(plugin=name), limit=20) \
             if st.auditor.log is not None else None
         log_lines = read_plugin_logs(st.store, name, limit=LOG_LINES)
-    view = plugin_view(record)
+    view = plugin_view(record, paths)
     live, etag = fragment("_plugin_status.html", p=view, max_reason=MAX_REASON)
     return guard.render("plugin.html", p=view, live=live, live_etag=etag,
                         dependency_problems=problems,
@@ -149,7 +153,8 @@ def plugin(name: str) -> Response:
 @console.get("/live/plugins/<plugin:name>")
 @guard.page("viewer", poll=True)
 def live_plugin(name: str) -> Response:
-    return _live("_plugin_status.html", p=plugin_view(_record(name)), max_reason=MAX_REASON)
+    return _live("_plugin_status.html", p=plugin_view(_record(name), guard.paths()),
+                 max_reason=MAX_REASON)
 
 
 def _operation_failed(exc: ApiProblem) -> guard.Denied:
