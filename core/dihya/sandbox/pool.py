@@ -442,7 +442,8 @@ def _same_order(first: Mapping[str, str], second: Mapping[str, str]) -> bool:
 def apply_changes(sent: Any, changes: Any) -> Any:
     """Rebuild the code mapping a worker returned as changes to what it was sent.
 
-    The result is untrusted like any hook result: the pipeline validates it in full.
+    The result is untrusted like any hook result: the pipeline validates it (every value
+    the worker set; those it did not are `sent`'s own objects, which passed already).
     """
     if (not isinstance(sent, dict) or not isinstance(changes, dict)
             or not isinstance(changes.get("set"), dict)
