@@ -131,7 +131,9 @@ def serve(in_fd: int, out_fd: int, instance: Any,
     """Answer calls until the parent closes the stream or says shutdown. A call names a
     hook (or action method) and its arguments by name; the method gets those it takes.
     When the hook's return replaces one of its arguments (`HookSpec.replaces`: the code,
-    the needs), the answer carries only the top-level keys that changed.
+    the needs), the answer carries only the top-level keys that changed. A request may
+    send such an argument as changes to the one this worker kept from an earlier request
+    (`delta`, `hold`: `rebuild_arguments`); the hook gets it whole either way.
 
     `logs`: the worker's buffer of plugin log records (`dihya.pluginlog.capture`); what
     it holds when a call returns (records made at import and since the last answer
