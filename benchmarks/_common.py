@@ -202,8 +202,11 @@ def server_not_ready(label: str, log_path: Path) -> SystemExit:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) used so far by `pid` and its live descendants (from
-    /proc/PID/stat; a process that already exited no longer counts)."""
+    """CPU seconds (user + system) used so far by `pid` and its live descendants, and by
+    the descendants they reaped (from /proc/PID/stat: utime, stime, cutime, cstime). A
+    process that exited and was reaped counts in its reaper's cutime/cstime: a sandbox
+    worker recycled during a round (`[sandbox] max_calls`) is still counted, start included.
+    Only a process that exited unreaped, or whose reaper exited too, no longer counts."""
     ticks = os.sysconf("SC_CLK_TCK")
     pids = [pid]
     for current in pids:
@@ -224,5 +227,6 @@ def tree_cpu_seconds(pid: int) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        # utime, stime, cutime, cstime (fields 14-17)
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return total / ticks

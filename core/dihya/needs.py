@@ -378,6 +378,40 @@ def validate_code(code: object) -> list[Problem]:
     return problems
 
 
+def validate_code_from(code: object, base: Mapping[str, str]) -> list[Problem]:
+    """`validate_code(code)`, for `code` made from `base`, a mapping that passed
+    `validate_code`: an entry of `code` that is one of `base`'s (a `str` key of `base`
+    holding the very same text object) is not checked again, as its path and text passed
+    then. What can make such an entry invalid beside the others, a key `base` did not
+    have that is one of its parent directories, is checked for every entry when `code`
+    added a key. The number of files is checked as in `validate_code`."""
+    if not isinstance(code, dict) or len(code) > MAX_FILES:
+        return validate_code(code)
+    problems = []
+    added = False
+    for path, text in code.items():
+        if type(path) is str and base.get(path, _ABSENT) is text:
+            continue
+        added = added or path not in base
+        where = f"$[{json.dumps(path) if isinstance(path, str) else repr(path)}]"
+        reason = unsafe_path_reason(path) or _through_file_reason(path, code)
+        if reason:
+            problems.append(Problem(where, reason))
+        reason = _content_reason(text)
+        if reason:
+            problems.append(Problem(where, reason))
+    if added:
+        for path, text in code.items():
+            if type(path) is str and base.get(path, _ABSENT) is text:
+                reason = _through_file_reason(path, code)
+                if reason:
+                    problems.append(Problem(f"$[{json.dumps(path)}]", reason))
+    return problems
+
+
+_ABSENT: Final[Any] = object()
+
+
 def _content_reason(text: object) -> str | None:
     if not isinstance(text, str):
         return f"content must be text, not {type(text).__name__}"

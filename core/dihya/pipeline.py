@@ -3,9 +3,10 @@
 The core holds the needs, the code and the context as frozen data (`dihya.sandbox.cow`):
 every hook gets a copy of it (the executor's job: a copy-on-write view in-process, JSON
 through a pipe in the sandbox), and what a hook returns is frozen and, unless it is
-exactly what the hook was given, validated again; an exception, an invalid return or a
-timeout skips that plugin's contribution and is reported, and the generation goes on
-unless the plugin's approval says `required`.
+exactly what the hook was given, validated again (of code, the files it set: those it
+gave back as they were are the given, valid ones; `needs.validate_code_from`); an
+exception, an invalid return or a timeout skips that plugin's contribution and is
+reported, and the generation goes on unless the plugin's approval says `required`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from typing import Any, Final, NamedTuple, Protocol
 import attrs
 
 from dihya.canonical import canonical_sha256
-from dihya.needs import Problem, check_loaded_needs, check_needs, validate_code, validate_needs
+from dihya.needs import (
+    Problem,
+    check_loaded_needs,
+    check_needs,
+    validate_code,
+    validate_code_from,
+    validate_needs,
+)
 from dihya.plugin import HOOK_API_VERSION
 from dihya.reasons import DihyaError, FixedReasonError, HookStatus
 from dihya.registry import PluginRecord, RegistrySnapshot
@@ -401,7 +409,9 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     kwargs = {"code": code, "needs": needs, "context": context}  # the executors never change it
     for record in runnable:
         if "after_generation" in record.hooks:
-            ok, value = call(record, "after_generation", kwargs, validate_code, code)
+            # the files it gave back as they were (the very text objects) passed already
+            check = functools.partial(validate_code_from, base=code)
+            ok, value = call(record, "after_generation", kwargs, check, code)
             if ok and value is not code:
                 code = value
                 kwargs = {"code": code, "needs": needs, "context": context}

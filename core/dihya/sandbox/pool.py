@@ -145,6 +145,10 @@ class Worker:
         self._stat_fd: int | None = None
         self._looked: tuple[int, float] | None = None
         self.idle_cpu_s = 0.0
+        # requests as deltas (`argument_delta`): whether the worker takes them (its hello
+        # says so), and the arguments it holds, as they were last sent in full or rebuilt
+        self.deltas = False
+        self._held: dict[str, Mapping[str, Any]] = {}
         try:
             self.hello = self._start()
         except BaseException:
@@ -204,6 +208,7 @@ class Worker:
         if not isinstance(meta, dict):
             raise WorkerStartError(Reason.SANDBOX_START_FAILED, "the worker sent no metadata")
         inner = [str(x) for x in first.get("layers", []) if isinstance(x, str)]
+        self.deltas = first.get("deltas") is True
         return Hello(meta, tuple(outer + inner), tuple(warnings))
 
     def cpu_time(self) -> float | None:
@@ -265,12 +270,28 @@ class Worker:
             assert self.proc.stdin is not None and self.proc.stdout is not None
             self.calls += 1
             self.last_used = time.monotonic()
-            request = {"id": self.calls, "op": "call", "hook": method, "kwargs": dict(kwargs)}
+            spec = HOOKS_BY_NAME.get(method)
+            replaces = spec.replaces if spec is not None else None
+            request: dict[str, Any] = {"id": self.calls, "op": "call", "hook": method,
+                                       "kwargs": dict(kwargs)}
+            hold = None
+            if self.deltas and replaces is not None and replaces in kwargs:
+                hold = kwargs[replaces]
+                if not _all_text(hold):
+                    hold = None
+                else:  # the worker keeps it; sent as changes to what it kept before
+                    request["hold"] = [replaces]
+                    delta = argument_delta(self._held.get(replaces), hold)
+                    if delta is not None:
+                        del request["kwargs"][replaces]
+                        request["delta"] = {replaces: delta}
             # one deadline for the whole call: writing the request too (a worker that stops
             # reading its stdin, a request larger than the pipe, must not hold us forever)
             deadline = time.monotonic() + timeout_s
             try:
                 write_frame(self.proc.stdin.fileno(), request, self.max_frame_bytes, deadline)
+                if replaces is not None and hold is not None:  # written: the worker holds it
+                    self._held = {replaces: hold}
                 answer = read_frame(self.proc.stdout.fileno(), deadline, self.max_frame_bytes)
             except FrameTimeout as exc:
                 self.kill()
@@ -289,10 +310,10 @@ class Worker:
                 deliver(target, answer["logs"], kwargs if given is None else given)
             if answer.get("ok"):
                 if "changes" in answer:
-                    spec = HOOKS_BY_NAME.get(method)
-                    sent = kwargs.get(spec.replaces) if spec and spec.replaces else None
+                    sent = kwargs.get(replaces) if replaces else None
                     return apply_changes(sent, answer["changes"])
                 return answer.get("value")
+            self._held = {}  # whatever went wrong, the next request sends it in full
             error = answer.get("error") or {}
             text = f"{error.get('type', 'Error')}: {error.get('message', '')}"[:600]
             if error.get("type") == INVALID_OUTPUT_ERROR:  # returned, but unsendable
@@ -380,10 +401,49 @@ def _open_stat(pid: int) -> int | None:
         return None
 
 
+def _all_text(value: Any) -> bool:
+    """True for a mapping of text keys to text values (the code): one a worker may hold
+    and get as changes (a shallow copy of it is a full copy)."""
+    return isinstance(value, Mapping) and all(
+        type(key) is str and type(item) is str for key, item in value.items())
+
+
+def argument_delta(held: Mapping[str, str] | None,
+                   value: Mapping[str, str]) -> dict[str, Any] | None:
+    """`value` as changes to `held` (what the worker holds of that argument): keys set
+    (added or of another text) and keys removed, as `worker.rebuild_arguments` applies
+    them; None (send it in full) when nothing is held, or when the rebuild would not give
+    `value`'s key order (a key moved) or would not be smaller."""
+    if held is None:
+        return None
+    changed: dict[str, str] = {}
+    for key, text in value.items():
+        before = held.get(key)
+        if before is not text and before != text:
+            changed[key] = text
+    removed = [key for key in held if key not in value]
+    if len(changed) == len(value):
+        return None  # every value is new: the delta is the whole mapping
+    # the order the worker's rebuild gives: the held keys still there, then the added ones
+    if removed or any(key not in held for key in changed):
+        order = [key for key in held if key in value]
+        order.extend(key for key in value if key not in held)
+        if order != list(value):
+            return None
+    elif len(held) == len(value) and not _same_order(held, value):
+        return None
+    return {"set": changed, "removed": removed}
+
+
+def _same_order(first: Mapping[str, str], second: Mapping[str, str]) -> bool:
+    return all(a == b for a, b in zip(first, second, strict=True))
+
+
 def apply_changes(sent: Any, changes: Any) -> Any:
     """Rebuild the code mapping a worker returned as changes to what it was sent.
 
-    The result is untrusted like any hook result: the pipeline validates it in full.
+    The result is untrusted like any hook result: the pipeline validates it (every value
+    the worker set; those it did not are `sent`'s own objects, which passed already).
     """
     if (not isinstance(sent, dict) or not isinstance(changes, dict)
             or not isinstance(changes.get("set"), dict)

@@ -131,13 +131,16 @@ def serve(in_fd: int, out_fd: int, instance: Any,
     """Answer calls until the parent closes the stream or says shutdown. A call names a
     hook (or action method) and its arguments by name; the method gets those it takes.
     When the hook's return replaces one of its arguments (`HookSpec.replaces`: the code,
-    the needs), the answer carries only the top-level keys that changed.
+    the needs), the answer carries only the top-level keys that changed. A request may
+    send such an argument as changes to the one this worker kept from an earlier request
+    (`delta`, `hold`: `rebuild_arguments`); the hook gets it whole either way.
 
     `logs`: the worker's buffer of plugin log records (`dihya.pluginlog.capture`); what
     it holds when a call returns (records made at import and since the last answer
     included) goes with that call's answer, as its `"logs"`."""
     from dihya.plugin import HOOKS_BY_NAME
 
+    held: dict[str, dict[str, Any]] = {}  # arguments kept for a later request's `delta`
     while True:
         try:
             message = read_frame(in_fd, None, max_bytes)
@@ -158,6 +161,9 @@ def serve(in_fd: int, out_fd: int, instance: Any,
                                            "message": "unknown operation or hook"}}, max_bytes)
             continue
         try:
+            if "delta" in message or "hold" in message:
+                kwargs = rebuild_arguments(kwargs, message.get("delta"), message.get("hold"),
+                                           held)
             takes = allowed[hook]
             given = {k: v for k, v in kwargs.items() if takes is None or k in takes}
             spec = HOOKS_BY_NAME.get(hook)
@@ -191,6 +197,44 @@ def serve(in_fd: int, out_fd: int, instance: Any,
             if "logs" in response:  # what it logged still reaches the operator
                 invalid["logs"] = response["logs"]
             _answer(out_fd, invalid, max_bytes)
+
+
+def rebuild_arguments(kwargs: dict[str, Any], delta: Any, hold: Any,
+                      held: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The arguments of a call whose request sent some as changes (`delta`: name ->
+    `{"set": {key: value}, "removed": [key, ...]}`) to the value this worker was given for
+    that name in an earlier request, which named it in `hold`; keep (a copy of) the
+    arguments named in this request's `hold` in `held`. `ProtocolError` for a delta to
+    nothing held or a malformed one (the parent never sends either).
+
+    The parent sends a delta only for a mapping of text values whose key order the
+    rebuild keeps (`dihya.sandbox.pool.argument_delta`): the hook gets the mapping it
+    would have got in full. Each hook gets its own copy: what it changes in place never
+    reaches what is held."""
+    if delta is not None:
+        if not isinstance(delta, dict):
+            raise ProtocolError("malformed delta")
+        kwargs = dict(kwargs)
+        for name, change in delta.items():
+            base = held.get(name)
+            if (base is None or not isinstance(change, dict)
+                    or not isinstance(change.get("set"), dict)
+                    or not isinstance(change.get("removed"), list)):
+                raise ProtocolError(f"delta to an argument not held: {name!r}")
+            value = dict(base)
+            for key in change["removed"]:
+                value.pop(key, None)
+            value.update(change["set"])
+            kwargs[name] = value
+    if hold is not None:
+        if not isinstance(hold, list):
+            raise ProtocolError("malformed hold")
+        held.clear()  # only what this request named: the parent forgets the rest too
+        for name in hold:
+            given = kwargs.get(name)
+            if isinstance(name, str) and isinstance(given, dict):
+                held[name] = dict(given)  # the hook's own copy is the one in `kwargs`
+    return kwargs
 
 
 def _answer(out_fd: int, response: dict[str, Any], max_bytes: int) -> None:
@@ -238,6 +282,6 @@ def main(argv: list[str]) -> int:
                                        "message": f"{type(exc).__name__}: {exc}"[:2000]}})
         return 1
     write_frame(out_fd, {"id": 0, "ok": True, "op": "hello", "meta": meta,
-                         "layers": layers_on})
+                         "layers": layers_on, "deltas": True})
     return serve(0, out_fd, instance, allowed, max_bytes, logs)
 
