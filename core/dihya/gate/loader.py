@@ -268,8 +268,11 @@ def _class_state(cls: type) -> tuple[Any, ...]:
     # ids, not the objects: holding a method would hold the class (its `__class__` cell).
     # In-process plugin code already runs with the backend's rights: this check is the
     # contract's (author mistakes), not a security boundary.
-    return tuple((id(klass), tuple((k, id(v), type(v)) for k, v in vars(klass).items()))
-                 for klass in cls.__mro__ if klass not in _CORE_CLASSES)
+    # (names, ids, types) per class: each made by one C-level call, not a tuple per name
+    return tuple((id(klass), tuple(attrs_), tuple(map(id, attrs_.values())),
+                  tuple(map(type, attrs_.values())))
+                 for klass in cls.__mro__ if klass not in _CORE_CLASSES
+                 for attrs_ in (vars(klass),))
 
 
 _CORE_CLASSES: Final = (object, GenerationPluginBase)
@@ -279,12 +282,12 @@ def _validated(obj: object, where: str) -> tuple[type[GenerationPluginBase], _Fa
     """`validate_plugin_class` and what the registry reads of the class (hooks, actions,
     hook arguments, deprecations); remembered per class while its dicts are unchanged."""
     if isinstance(obj, type):
-        state = _class_state(obj)
         try:
             hit = _VALIDATED.get(obj)
         except TypeError:
             hit = None
-        if hit is not None and hit[0] == state:
+        # the state only when there is one to compare with (a fresh process has none)
+        if hit is not None and hit[0] == _class_state(obj):
             return obj, hit[1]
     cls = validate_plugin_class(obj, where)
     facts: _Facts = (implemented_hooks(cls), plugin_actions(cls), hook_arguments(cls),
