@@ -33,6 +33,7 @@ from dihya.plugin import (
     hook_arguments,
     implemented_hooks,
     plugin_actions,
+    shared_parameters,
     validate_plugin_class,
 )
 from dihya.pluginlog import loading
@@ -289,9 +290,10 @@ def _validated(obj: object, where: str) -> tuple[type[GenerationPluginBase], _Fa
         # the state only when there is one to compare with (a fresh process has none)
         if hit is not None and hit[0] == _class_state(obj):
             return obj, hit[1]
-    cls = validate_plugin_class(obj, where)
-    facts: _Facts = (implemented_hooks(cls), plugin_actions(cls), hook_arguments(cls),
-                     tuple(deprecation_warnings(cls)))
+    params = shared_parameters()  # each hook's parameters read once for all of these
+    cls = validate_plugin_class(obj, where, params=params)
+    facts: _Facts = (implemented_hooks(cls), plugin_actions(cls), hook_arguments(cls, params),
+                     tuple(deprecation_warnings(cls, params_of=params)))
     with contextlib.suppress(TypeError):
         _VALIDATED[cls] = (_class_state(cls), facts)
     return cls, facts
