@@ -246,10 +246,6 @@ def test_edited_cache_file_is_ignored_and_rewritten(cached: Cached) -> None:
     assert cached.cache.read_bytes().startswith(b"dihya-verify-cache-v3 ")
 
 
-def _memo_entry(data: dict) -> tuple:
-    return next(iter(data["memo"].values()))
-
-
 # What a body that authenticates (a key leaked, a bug of another version) may hold that the
 # code never writes: each makes the whole file ignored, the distribution hashed again.
 MALFORMED = {
