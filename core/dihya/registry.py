@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from dihya.config import Config, env_disabled
-from dihya.gate import pathmemo, verifycache
+from dihya.gate import pathmemo, resolution, verifycache
 from dihya.gate.decide import (
     ACTIVE,
     FAILED,
@@ -208,6 +208,7 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     with pathmemo.one_pass():  # each path entry looked at once per build
         discovered = discover(config.group, path)
         verdicts = assess_all(discovered, config, env_disabled(environ), path, switches)
+        direct = resolution.direct_entries() if path is None else {}
     admitted = [v for v in verdicts if v.admitted]
     in_process: list[Verdict] = []
     sandboxed: list[Verdict] = []
@@ -216,7 +217,8 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
          else sandboxed).append(v)
     if previous is not None:
         _forget_stale_modules(previous, in_process)
-    loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in in_process])
+    loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in in_process],
+                                    _direct_modules(in_process, direct))
     owns_sandbox = sandbox is None
     if sandboxed and sandbox is None:
         from dihya.sandbox.pool import SandboxPool
@@ -256,6 +258,32 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     elapsed = (time.perf_counter() - start) * 1000
     return RegistrySnapshot(tuple(records), config, time.time(), elapsed, sandbox, owns_sandbox,
                             pth)
+
+
+def _direct_modules(in_process: Sequence[Verdict],
+                    direct: Mapping[tuple[str, tuple[str, ...]], str]) -> dict[str, str]:
+    """{top-level module of an entry point: the path entry the gate found it in} for the
+    plugins whose entry point's top-level module is a module or regular package of their
+    own distribution (a listed `NAME.py` or `NAME/__init__.py`) that resolution found in
+    their site directory with nothing before it (`resolution.direct_entries`); a name
+    claimed by two path entries is left out."""
+    found: dict[str, str] = {}
+    clashes: set[str] = set()
+    if not direct:
+        return found
+    for v in in_process:
+        if v.plugin.dist_info is None:
+            continue
+        entry = direct.get((os.fspath(v.plugin.dist_info.parent), v.files))
+        top = v.plugin.entry_point.module.partition(".")[0]
+        if entry is None or (f"{top}.py" not in v.files
+                             and f"{top}/__init__.py" not in v.files):
+            continue
+        if found.setdefault(top, entry) != entry:
+            clashes.add(top)
+    for top in clashes:
+        del found[top]
+    return found
 
 
 def _forget_stale_modules(previous: RegistrySnapshot, in_process: Sequence[Verdict]) -> None:
