@@ -251,6 +251,8 @@ def plugin_actions(cls: type) -> dict[str, ActionSpec]:
     """The actions a plugin class declares, by action name."""
     found: dict[str, ActionSpec] = {}
     for klass in reversed(cls.__mro__):
+        if klass is object:  # built-in: its attributes cannot be set, nor carry a marker
+            continue
         for attr, value in vars(klass).items():
             marker = getattr(value, _ACTION_ATTR, None)
             if marker is not None:
@@ -464,6 +466,8 @@ def _action_problems(cls: type) -> list[str]:
     problems: list[str] = []
     seen: dict[str, str] = {}
     for klass in cls.__mro__:
+        if klass is object:  # as in `plugin_actions`
+            continue
         for attr, value in vars(klass).items():
             marker = getattr(value, _ACTION_ATTR, None)
             if marker is None or (klass is not cls and attr in vars(cls)):
