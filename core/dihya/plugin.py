@@ -6,6 +6,7 @@ against it, the pipeline calls hooks by it and `docs/hooks.md` is generated from
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -250,6 +251,8 @@ def plugin_actions(cls: type) -> dict[str, ActionSpec]:
     """The actions a plugin class declares, by action name."""
     found: dict[str, ActionSpec] = {}
     for klass in reversed(cls.__mro__):
+        if klass is object:  # built-in: its attributes cannot be set, nor carry a marker
+            continue
         for attr, value in vars(klass).items():
             marker = getattr(value, _ACTION_ATTR, None)
             if marker is not None:
@@ -283,11 +286,14 @@ def implemented_hooks(cls: type) -> tuple[str, ...]:
     )
 
 
-def validate_plugin_class(obj: object, where: str) -> type[GenerationPluginBase]:
+def validate_plugin_class(obj: object, where: str, *,
+                          params: Params | None = None) -> type[GenerationPluginBase]:
     """Check `obj` (what an entry point resolved to) against the contract.
 
     Raises `InvalidPluginError` with a message naming `where` (the entry point), the class,
-    the method and what was expected; returns the class when it is valid.
+    the method and what was expected; returns the class when it is valid. `params`: how a
+    hook's parameters are read (default `parameters`; `shared_parameters()` to read each
+    method's once across this call and the loader's `hook_arguments`, ...).
     """
     if not (isinstance(obj, type) and issubclass(obj, GenerationPluginBase)):
         raise InvalidPluginError(
@@ -304,18 +310,44 @@ def validate_plugin_class(obj: object, where: str) -> type[GenerationPluginBase]
             want = " or ".join(t.__name__ for t in types)
             problems.append(f"attribute `{attr}` is {type(value).__name__} {value!r}, "
                             f"expected {want}")
-    if isinstance(cls.version, str):
-        try:
-            Version(cls.version)
-        except InvalidVersion:
-            problems.append(f"attribute `version` = {cls.version!r} is not a PEP 440 version")
+    if isinstance(cls.version, str) and not _pep440(cls.version):
+        problems.append(f"attribute `version` = {cls.version!r} is not a PEP 440 version")
     for spec in HOOK_SPECS:
-        problems.extend(_signature_problems(cls, spec))
+        problems.extend(_signature_problems(cls, spec, params or parameters))
     problems.extend(_unknown_hook_problems(cls))
     problems.extend(_action_problems(cls))
     if problems:
         raise InvalidPluginError(f"{where}: class {qualname}: " + "; ".join(problems))
     return cls
+
+
+@functools.lru_cache(maxsize=1024)
+def _pep440(version: str) -> bool:
+    """True when `version` parses as a PEP 440 version (plugins share a few versions)."""
+    try:
+        Version(version)
+    except InvalidVersion:
+        return False
+    return True
+
+
+Params = Callable[[Any], list[tuple[str, Any]]]
+
+
+def shared_parameters() -> Params:
+    """`parameters`, remembered per function for as long as the returned callable lives
+    (one class's validation and facts read each hook's parameters once, not three times)."""
+    seen: dict[int, tuple[Any, list[tuple[str, Any]]]] = {}
+
+    def params(func: Any) -> list[tuple[str, Any]]:
+        hit = seen.get(id(func))
+        if hit is not None and hit[0] is func:
+            return hit[1]
+        found = parameters(func)
+        seen[id(func)] = (func, found)
+        return found
+
+    return params
 
 
 def _hook_method(cls: type, spec: HookSpec) -> Any:
@@ -358,7 +390,8 @@ def parameters(func: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
+def _signature_problems(cls: type, spec: HookSpec, params_of: Params = parameters
+                        ) -> list[str]:
     """An implementation takes `self` and any subset of the spec's arguments, by name (in
     any order, keyword-only or not, with or without defaults), or `**kwargs` for all."""
     import inspect  # only loading pays for it, not every `dihya` command
@@ -368,7 +401,7 @@ def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
         return []
     if isinstance(method, staticmethod | classmethod) or not inspect.isfunction(method):
         return [f"hook `{spec.name}` must be a plain method, such as `def {spec.signature}`"]
-    params = parameters(method)
+    params = params_of(method)
     kind = inspect.Parameter
     if not params or params[0][1] not in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD):
         return [f"hook `{spec.name}` must take `self` first, such as `def {spec.signature}`"]
@@ -388,7 +421,7 @@ def _signature_problems(cls: type, spec: HookSpec) -> list[str]:
     return problems
 
 
-def hook_arguments(cls: type) -> dict[str, tuple[str, ...]]:
+def hook_arguments(cls: type, params_of: Params = parameters) -> dict[str, tuple[str, ...]]:
     """For each hook `cls` implements, the spec's arguments it takes (in spec order): what
     a call passes it, by keyword. `**kwargs` takes them all."""
     import inspect
@@ -398,7 +431,7 @@ def hook_arguments(cls: type) -> dict[str, tuple[str, ...]]:
         method = _hook_method(cls, spec)
         if method is None:
             continue
-        params = parameters(method)
+        params = params_of(method)
         if any(k is inspect.Parameter.VAR_KEYWORD for _n, k in params):
             found[spec.name] = spec.arg_names
         else:
@@ -407,7 +440,8 @@ def hook_arguments(cls: type) -> dict[str, tuple[str, ...]]:
     return found
 
 
-def deprecation_warnings(cls: type, specs: tuple[HookSpec, ...] | None = None) -> list[str]:
+def deprecation_warnings(cls: type, specs: tuple[HookSpec, ...] | None = None,
+                         params_of: Params = parameters) -> list[str]:
     """What `cls` uses that the hook API deprecates: implemented hooks, and arguments it
     takes, marked deprecated in `specs` (default: HOOK_SPECS). Shown at approval, in
     `plugins show` (warnings) and in the hooks reference."""
@@ -420,7 +454,7 @@ def deprecation_warnings(cls: type, specs: tuple[HookSpec, ...] | None = None) -
             continue
         if spec.deprecated:
             warnings.append(f"hook `{spec.name}` is deprecated: {spec.deprecated}")
-        taken = {name for name, _kind in parameters(method)}
+        taken = {name for name, _kind in params_of(method)}
         warnings.extend(f"argument `{a.name}` of hook `{spec.name}` is deprecated: "
                         f"{a.deprecated}" for a in spec.args if a.deprecated and a.name in taken)
     return warnings
@@ -432,6 +466,8 @@ def _action_problems(cls: type) -> list[str]:
     problems: list[str] = []
     seen: dict[str, str] = {}
     for klass in cls.__mro__:
+        if klass is object:  # as in `plugin_actions`
+            continue
         for attr, value in vars(klass).items():
             marker = getattr(value, _ACTION_ATTR, None)
             if marker is None or (klass is not cls and attr in vars(cls)):

@@ -13,6 +13,7 @@ store) gets its worker started once, and the record is made then.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pwd
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from dihya.config import Config, env_disabled
-from dihya.gate import pathmemo, verifycache
+from dihya.gate import pathmemo, resolution, verifycache
 from dihya.gate.decide import (
     ACTIVE,
     FAILED,
@@ -204,10 +205,34 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     worker is left to its first call (`SandboxPool.expect`), except those in `must_start`
     (their worker failed to start since: started here, so that the record says why).
     """
+    # The cyclic garbage collector is paused while the build runs: a build allocates many
+    # objects that all stay alive (specs, modules, classes, records), so its collections
+    # found nothing to free and traversed everything alive (a full one at N = 1000); the
+    # garbage it leaves is collected after it, as usual.
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        return _build(config, environ, path, switches, sandbox, previous, facts,
+                      start_workers, must_start)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _build(config: Config, environ: Mapping[str, str] | None = None,
+           path: Sequence[str] | None = None,
+           switches: Mapping[str, tuple[str, str]] | None = None,
+           sandbox: SandboxPool | None = None,
+           previous: RegistrySnapshot | None = None,
+           facts: Store | None = None,
+           start_workers: bool = True,
+           must_start: Collection[str] = ()) -> RegistrySnapshot:
     start = time.perf_counter()
     with pathmemo.one_pass():  # each path entry looked at once per build
         discovered = discover(config.group, path)
         verdicts = assess_all(discovered, config, env_disabled(environ), path, switches)
+        direct = resolution.direct_entries() if path is None else {}
     admitted = [v for v in verdicts if v.admitted]
     in_process: list[Verdict] = []
     sandboxed: list[Verdict] = []
@@ -216,7 +241,8 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
          else sandboxed).append(v)
     if previous is not None:
         _forget_stale_modules(previous, in_process)
-    loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in in_process])
+    loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in in_process],
+                                    _direct_modules(in_process, direct))
     owns_sandbox = sandbox is None
     if sandboxed and sandbox is None:
         from dihya.sandbox.pool import SandboxPool
@@ -256,6 +282,32 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     elapsed = (time.perf_counter() - start) * 1000
     return RegistrySnapshot(tuple(records), config, time.time(), elapsed, sandbox, owns_sandbox,
                             pth)
+
+
+def _direct_modules(in_process: Sequence[Verdict],
+                    direct: Mapping[tuple[str, tuple[str, ...]], str]) -> dict[str, str]:
+    """{top-level module of an entry point: the path entry the gate found it in} for the
+    plugins whose entry point's top-level module is a module or regular package of their
+    own distribution (a listed `NAME.py` or `NAME/__init__.py`) that resolution found in
+    their site directory with nothing before it (`resolution.direct_entries`); a name
+    claimed by two path entries is left out."""
+    found: dict[str, str] = {}
+    clashes: set[str] = set()
+    if not direct:
+        return found
+    for v in in_process:
+        if v.plugin.dist_info is None:
+            continue
+        entry = direct.get((os.fspath(v.plugin.dist_info.parent), v.files))
+        top = v.plugin.entry_point.module.partition(".")[0]
+        if entry is None or (f"{top}.py" not in v.files
+                             and f"{top}/__init__.py" not in v.files):
+            continue
+        if found.setdefault(top, entry) != entry:
+            clashes.add(top)
+    for top in clashes:
+        del found[top]
+    return found
 
 
 def _forget_stale_modules(previous: RegistrySnapshot, in_process: Sequence[Verdict]) -> None:

@@ -246,6 +246,61 @@ def test_edited_cache_file_is_ignored_and_rewritten(cached: Cached) -> None:
     assert cached.cache.read_bytes().startswith(b"dihya-verify-cache-v3 ")
 
 
+# What a body that authenticates (a key leaked, a bug of another version) may hold that the
+# code never writes: each makes the whole file ignored, the distribution hashed again.
+MALFORMED = {
+    "a bool in a file's key": lambda d, e: e["keys"][0].__setitem__(
+        1, [True, *e["keys"][0][1][1:]]),
+    "a key of four ints": lambda d, e: e["keys"][0].__setitem__(1, list(e["keys"][0][1][:4])),
+    "a float in a key": lambda d, e: e["keys"][0].__setitem__(1, [0.5, *e["keys"][0][1][1:]]),
+    "a path that is not a string": lambda d, e: e["keys"][0].__setitem__(0, 7),
+    "a pair of three": lambda d, e: e["keys"].__setitem__(0, [*e["keys"][0], 1]),
+    "a fingerprint that is None": lambda d, e: e.__setitem__("fingerprint", None),
+    "a listed file that is bytes": lambda d, e: e["files"].append(b"x.py"),
+    "a record key of four ints": lambda d, e: e.__setitem__("record_key", (1, 2, 3, 4)),
+    "a memo check with a bool key": lambda d, e: d["memo"].__setitem__(
+        ("x", "y"), ((("/p", (True, 0, 0, 0, 0)),), None)),
+    "a memo check that is a list": lambda d, e: d["memo"].__setitem__(
+        ("x", "y"), ((["/p", None],), None)),
+    "a memo key that is not a pair": lambda d, e: d["memo"].__setitem__(
+        ("x",), ((), None)),
+    "a memo entry of three": lambda d, e: d["memo"].__setitem__(("x", "y"), ((), None, 1)),
+    "a METADATA key with a bool": lambda d, e: next(iter(d["meta"].values())).__setitem__(
+        "key", [False, 0, 0, 0, 0]),
+    "a requirement that is an int": lambda d, e: next(iter(d["meta"].values())).__setitem__(
+        "requires", [1]),
+}
+
+
+@pytest.mark.parametrize("change", sorted(MALFORMED))
+def test_authenticated_but_malformed_body_is_ignored(cached: Cached, change: str) -> None:
+    """Signed with the cache's own key, but holding what the code never writes: the
+    structure checks (made per kind of element for the whole file at once) reject it."""
+    dist_info = cached.dist_info("hit")
+    _fresh_cache(cached).inspect(dist_info)
+    original = cached.cache.read_bytes()
+    data = marshal.loads(original.partition(b"\n")[2])
+    data.setdefault("memo", {})
+    if not data["meta"]:
+        data["meta"]["/nowhere/METADATA"] = {"key": [1, 2, 3, 4, 5], "name": "n",
+                                             "version": "1", "requires": None}
+    MALFORMED[change](data, data["dists"][os.fspath(dist_info)])
+    body = marshal.dumps(data)
+    key = (cached.cache.parent / (cached.cache.name + ".key")).read_bytes()
+    try:
+        cached.cache.write_bytes(b"dihya-verify-cache-v3 " + verifycache._mac(key, body)
+                                 + b"\n" + body)
+        fresh = _fresh_cache(cached)
+        assert fresh.memo_entries() == {}
+        fresh.inspect(dist_info)
+        assert (fresh.hits, fresh.misses) == (0, 1)
+    finally:
+        cached.cache.write_bytes(original)
+    unchanged = _fresh_cache(cached)  # the original file still answers: the test's control
+    unchanged.inspect(dist_info)
+    assert (unchanged.hits, unchanged.misses) == (1, 0)
+
+
 def test_foreign_cache_files_are_never_read(cached: Cached, tmp_path: Path) -> None:
     dist_info = cached.dist_info("foreign")
     assert _fresh_cache(cached).inspect(dist_info) is not None

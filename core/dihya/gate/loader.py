@@ -9,15 +9,18 @@ their cached bytecode) so that the next load imports the verified files afresh.
 
 from __future__ import annotations
 
+import _imp
 import contextlib
+import importlib.machinery
 import importlib.metadata as md
 import importlib.util
+import itertools
 import os
 import stat
 import sys
 import tempfile
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,6 +28,7 @@ import attrs
 from stevedore import NamedExtensionManager
 from stevedore.extension import Extension
 
+from dihya.gate import pathmemo
 from dihya.plugin import (
     ActionSpec,
     GenerationPluginBase,
@@ -33,6 +37,7 @@ from dihya.plugin import (
     hook_arguments,
     implemented_hooks,
     plugin_actions,
+    shared_parameters,
     validate_plugin_class,
 )
 from dihya.pluginlog import loading
@@ -156,6 +161,63 @@ def _load_imported(ep: md.EntryPoint, failures: dict[str, BaseException]) -> lis
     return [Extension(ep.name, ep, plugin, None)]
 
 
+class _DirectFinder:
+    """A `sys.meta_path` finder, first while a build loads its plugins, that answers for
+    the top-level modules the gate resolved (`direct`: name -> path entry) what `import`
+    would find: that path entry's own finder's spec (a `FileFinder` of the exact entry
+    string, as `PathFinder` caches it) — the same spec, loader, `__file__` and `__path__`,
+    without asking every earlier path entry and `sys.meta_path` finder, which the gate
+    found to hold nothing by that name. Everything else (a dotted name, a module not in
+    `direct`, a namespace portion, a spec not found or found elsewhere) is left to the
+    finders after it: the normal import. The import itself (lock, `sys.modules`, parent
+    packages, loading) is `import`'s own."""
+
+    def __init__(self, direct: Mapping[str, str]) -> None:
+        self._direct = direct
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if path is not None:
+            return None
+        entry = self._direct.get(name)
+        if entry is None or entry not in sys.path:
+            return None
+        finder = sys.path_importer_cache.get(entry)
+        if type(finder) is not importlib.machinery.FileFinder:
+            return None
+        spec = finder.find_spec(name, target)
+        if spec is None or spec.loader is None:
+            return None  # gone, or a namespace portion: `PathFinder` gathers them all
+        return spec
+
+
+@contextlib.contextmanager
+def _direct_finder(direct: Mapping[str, str] | None) -> Iterator[None]:
+    """`_DirectFinder` first on `sys.meta_path` while the block runs, when every finder
+    before `PathFinder` is a standard one (`pathmemo.finder_state`'s: built-in, frozen,
+    setuptools' distutils shim) and answers for none of the names; else nothing."""
+    before = list(itertools.takewhile(lambda f: f is not importlib.machinery.PathFinder,
+                                      sys.meta_path))
+    if (not direct or len(before) == len(sys.meta_path)
+            or not all(pathmemo.standard_meta(f) for f in before)):
+        yield
+        return
+    # the names a finder before `PathFinder` answers for: left to the normal import
+    shimmed = {a[len("spec_for_"):] for f in before if not isinstance(f, type)
+               for a in dir(f) if a.startswith("spec_for_")}
+    usable = {name: entry for name, entry in direct.items()
+              if name not in shimmed and not (_imp.is_builtin(name) or _imp.is_frozen(name))}
+    if not usable:
+        yield
+        return
+    finder = _DirectFinder(usable)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(finder)
+
+
 def user_cache_path(name: str) -> Path:
     """`$XDG_CACHE_HOME/dihya/NAME-UID` (default `~/.cache`): this user's cache `name`."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -218,13 +280,20 @@ def forget_modules(site: Path, files: Iterable[str]) -> list[str]:
     return sorted(dropped)
 
 
-def load_plugins(group: str, entry_points: Sequence[md.EntryPoint]) -> tuple[
+def load_plugins(group: str, entry_points: Sequence[md.EntryPoint],
+                 direct: Mapping[str, str] | None = None) -> tuple[
         dict[str, Loaded], dict[str, LoadFailure]]:
-    """Import and validate the given (verified) entry points; nothing else is imported."""
+    """Import and validate the given (verified) entry points; nothing else is imported.
+
+    `direct`: {top-level module: the `sys.path` entry the gate found it in, with nothing
+    before it bearing its name} (`resolution.direct_entries`): while loading, such a module
+    is looked up in that entry alone (`_DirectFinder`), not in every path entry."""
     redirect_bytecode()
     errors: dict[str, BaseException] = {}
     imported = {ep.name: _load_imported(ep, errors) for ep in entry_points}
-    fresh = _load_all(group, [ep for ep in entry_points if not imported[ep.name]], errors)
+    pending = [ep for ep in entry_points if not imported[ep.name]]
+    with _direct_finder(direct if pending else None):
+        fresh = _load_all(group, pending, errors)
     extensions = [ext for ep in entry_points
                   for ext in (imported[ep.name] or [fresh.get(ep.name)])]
     loaded: dict[str, Loaded] = {}
@@ -268,8 +337,11 @@ def _class_state(cls: type) -> tuple[Any, ...]:
     # ids, not the objects: holding a method would hold the class (its `__class__` cell).
     # In-process plugin code already runs with the backend's rights: this check is the
     # contract's (author mistakes), not a security boundary.
-    return tuple((id(klass), tuple((k, id(v), type(v)) for k, v in vars(klass).items()))
-                 for klass in cls.__mro__ if klass not in _CORE_CLASSES)
+    # (names, ids, types) per class: each made by one C-level call, not a tuple per name
+    return tuple((id(klass), tuple(attrs_), tuple(map(id, attrs_.values())),
+                  tuple(map(type, attrs_.values())))
+                 for klass in cls.__mro__ if klass not in _CORE_CLASSES
+                 for attrs_ in (vars(klass),))
 
 
 _CORE_CLASSES: Final = (object, GenerationPluginBase)
@@ -279,16 +351,17 @@ def _validated(obj: object, where: str) -> tuple[type[GenerationPluginBase], _Fa
     """`validate_plugin_class` and what the registry reads of the class (hooks, actions,
     hook arguments, deprecations); remembered per class while its dicts are unchanged."""
     if isinstance(obj, type):
-        state = _class_state(obj)
         try:
             hit = _VALIDATED.get(obj)
         except TypeError:
             hit = None
-        if hit is not None and hit[0] == state:
+        # the state only when there is one to compare with (a fresh process has none)
+        if hit is not None and hit[0] == _class_state(obj):
             return obj, hit[1]
-    cls = validate_plugin_class(obj, where)
-    facts: _Facts = (implemented_hooks(cls), plugin_actions(cls), hook_arguments(cls),
-                     tuple(deprecation_warnings(cls)))
+    params = shared_parameters()  # each hook's parameters read once for all of these
+    cls = validate_plugin_class(obj, where, params=params)
+    facts: _Facts = (implemented_hooks(cls), plugin_actions(cls), hook_arguments(cls, params),
+                     tuple(deprecation_warnings(cls, params_of=params)))
     with contextlib.suppress(TypeError):
         _VALIDATED[cls] = (_class_state(cls), facts)
     return cls, facts

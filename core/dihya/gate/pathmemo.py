@@ -351,7 +351,7 @@ def finder_state(top: Sequence[str], meta: Sequence[Any]) -> tuple[Any, ...] | N
     another process, so a persisted resolution can be used there), when all are standard;
     else None (then nothing is remembered: a custom finder may depend on anything)."""
     for finder in meta:
-        if not _standard_meta(finder):
+        if not standard_meta(finder):
             return None
     entries = []
     for entry in top:
@@ -383,7 +383,9 @@ def standard_dirs(dirs: Iterable[str]) -> bool:
 _MISSING: Final = object()
 
 
-def _standard_meta(finder: Any) -> bool:
+def standard_meta(finder: Any) -> bool:
+    """True for a `sys.meta_path` finder before `PathFinder` that depends on nothing but
+    the module name (built-in, frozen, setuptools' distutils shim)."""
     if finder in _STANDARD_FINDERS:
         return True
     kind = type(finder)

@@ -98,6 +98,8 @@ def find_shadowing(site: Path, files: Sequence[str],
     hit, value = pathmemo.recall("resolution", key)
     if hit and value[0] == env[0] and _entries_hold(value[1], value[2], env[1], value[4]):
         pathmemo.count("resolution", True)
+        if real_path and value[3] is None:
+            _note_direct(key, top, value[2], env[1], site_str)
         if value[1] != env[3]:
             # the entries that changed hold the same as before: from now on their keys
             # are enough, once settled (compared with when this build looked at them) and
@@ -116,6 +118,8 @@ def find_shadowing(site: Path, files: Sequence[str],
     found = _find_shadowing(site, files, path, consulted)
     if env[0][0] is None or None in consulted:
         return found
+    if real_path and found is None:
+        _note_direct(key, top, entries, env[1], site_str)
     outside = [d for d in dict.fromkeys(consulted) if d is not None and d not in env[2]]
     if not pathmemo.standard_dirs(outside):
         return found
@@ -136,6 +140,34 @@ def find_shadowing(site: Path, files: Sequence[str],
     pathmemo.remember("resolution", key, checks, started,
                       (env[0], dirs, entries, found, names))
     return found
+
+
+def _note_direct(key: tuple[Any, ...], top: tuple[str, ...],
+                 entries: tuple[tuple[pathmemo.Check, ...], ...],
+                 dirs: tuple[pathmemo.Check, ...], site: str) -> None:
+    """Note, for this build (`direct_entries`), the path entry `import` would find the
+    distribution's top-level modules in: `site` itself when it is on `sys.path` as such and
+    no entry before it holds anything bearing their names (those entries being absent
+    counts as holding nothing). Only with the standard finders, nothing shadowing."""
+    for entry, held, (directory, _key) in zip(top, entries, dirs, strict=True):
+        if entry == site:
+            if held:
+                direct_entries()[key[1:3]] = entry
+            return
+        if held and held != ((directory, None),):
+            return
+
+
+_DIRECT: Final = ("resolution-direct",)
+
+
+def direct_entries() -> dict[tuple[str, tuple[str, ...]], str]:
+    """{(site, files): path entry} for the distributions whose resolution this build
+    checked against the real `sys.path` and found unshadowed, with no entry before their
+    site holding anything by their top-level names (empty outside a build): the loader
+    asks that entry's own finder alone for such a module (`dihya.gate.loader`)."""
+    table: dict[tuple[str, tuple[str, ...]], str] = pathmemo.per_pass(_DIRECT, dict)
+    return table
 
 
 def _encode_resolution(value: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -55,7 +55,9 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -361,61 +363,103 @@ class VerifyCache:
 def _checked_memo(memo: Any) -> dict[Any, Any]:
     """The memo entries of a decoded body; ValueError when malformed (then the whole file
     is ignored). Only the checks are looked at here; a value is decoded, by its part's
-    codec, when its checks held (`pathmemo.recall`)."""
+    codec, when its checks held (`pathmemo.recall`).
+
+    Each kind of element is checked for the whole memo at once (`_all_of`: the set of its
+    types, of its lengths), not element by element in Python: the same checks, in C."""
     if memo is None:
         return {}
     if not isinstance(memo, dict):
         raise ValueError("malformed")
-    for ident, entry in memo.items():
-        if not (isinstance(ident, tuple) and len(ident) == 2 and isinstance(ident[0], str)
-                and isinstance(entry, tuple) and len(entry) == 2
-                and isinstance(entry[0], tuple)):
-            raise ValueError("malformed")
-        for check in entry[0]:
-            if not (isinstance(check, tuple) and len(check) == 2
-                    and isinstance(check[0], str)
-                    and (check[1] is None or _is_key(check[1]))):
-                raise ValueError("malformed")
+    idents, entries = list(memo), list(memo.values())
+    found = list(map(_FIRST, entries)) if _all_of(entries, _TUPLE, 2) else None
+    if (found is None or not _all_of(idents, _TUPLE, 2)
+            or not _all_of(map(_FIRST, idents), _STR) or not _all_of(found, _TUPLE)):
+        raise ValueError("malformed")
+    checks = list(chain.from_iterable(found))
+    if (not _all_of(checks, _TUPLE, 2) or not _all_of(map(_FIRST, checks), _STR)
+            or not _keys_or_none(list(map(_SECOND, checks)))):
+        raise ValueError("malformed")
     return memo
 
 
+_FIRST: Final = itemgetter(0)
+_SECOND: Final = itemgetter(1)
+_TUPLE: Final = frozenset({tuple})
+_STR: Final = frozenset({str})
+_SEQUENCE: Final = frozenset({list, tuple})
+_INT: Final = frozenset({int})
+_NONE: Final = frozenset({type(None)})
+
+
+def _all_of(items: Iterable[Any], types: frozenset[type], length: int | None = None
+            ) -> bool:
+    """True when every item's type is one of `types` (exactly: what `marshal` gives has no
+    subclasses but bool, which is not int here) and, with `length`, every item has that
+    length (`items` must then be a sequence)."""
+    if not types.issuperset(map(type, items)):
+        return False
+    return length is None or set(map(len, items)) <= {length}
+
+
+def _keys_or_none(keys: list[Any]) -> bool:
+    """True when every item is None or a stat key (`_are_keys`)."""
+    present = [k for k in keys if k is not None]
+    return _are_keys(present)
+
+
+def _are_keys(keys: list[Any]) -> bool:
+    """True when every item is a stat key as written: a list or tuple of five ints (not
+    bools), checked all at once."""
+    return (_all_of(keys, _SEQUENCE, 5)
+            and _INT.issuperset(map(type, chain.from_iterable(keys))))
+
+
 def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The entries of a decoded cache body; ValueError/TypeError/KeyError when malformed."""
+    """The entries of a decoded cache body; ValueError/TypeError/KeyError when malformed.
+    Each kind of field is checked for all entries at once (`_all_of`), as in
+    `_checked_memo`."""
     if not isinstance(data, dict) or data.get("uid") != os.geteuid():
         raise ValueError("not this user's cache")
     dists, meta = data["dists"], data["meta"]
     if not isinstance(dists, dict) or not isinstance(meta, dict):
         raise ValueError("malformed")
-    for entry in dists.values():
-        for field, kind in (("record", str), ("root", str), ("fingerprint", str),
-                            ("files", list), ("keys", list), ("dirs", list),
-                            ("absent", list)):
-            if not isinstance(entry[field], kind):
-                raise ValueError("malformed")
-        for rel, key in [*entry["keys"], *entry["dirs"]]:
-            if not isinstance(rel, str) or not _is_key(key):
-                raise ValueError("malformed")
-        record_key = entry.get("record_key")
-        if record_key is not None and not _is_key(record_key):
+    entries = list(dists.values())
+    for field, kind in (("record", _STR), ("root", _STR), ("fingerprint", _STR),
+                        ("files", _LIST), ("keys", _LIST), ("dirs", _LIST),
+                        ("absent", _LIST)):
+        if not _all_of(map(itemgetter(field), entries), kind):
             raise ValueError("malformed")
+    pairs = list(chain.from_iterable(map(itemgetter("keys"), entries)))
+    pairs += chain.from_iterable(map(itemgetter("dirs"), entries))
+    rels, keys = (list(map(_FIRST, pairs)), list(map(_SECOND, pairs))) \
+        if _all_of(pairs, _SEQUENCE, 2) else (None, None)
+    if rels is None or keys is None or not _all_of(rels, _STR) or not _are_keys(keys):
+        raise ValueError("malformed")
+    record_keys = [entry.get("record_key") for entry in entries]
+    if not _keys_or_none(record_keys):
+        raise ValueError("malformed")
+    strings = chain.from_iterable(chain(e["files"], e["absent"]) for e in entries)
+    if not _all_of(strings, _STR):
+        raise ValueError("malformed")
+    if not _all_of(keys, _TUPLE):  # tuples, as compared with fresh keys (a v3 file has)
+        for entry in entries:
+            entry["keys"] = [[rel, tuple(key)] for rel, key in entry["keys"]]
+            entry["dirs"] = [[rel, tuple(key)] for rel, key in entry["dirs"]]
+    for entry, record_key in zip(entries, record_keys, strict=True):
         entry["record_key"] = None if record_key is None else tuple(record_key)
-        entry["keys"] = [[rel, tuple(key)] for rel, key in entry["keys"]]
-        entry["dirs"] = [[rel, tuple(key)] for rel, key in entry["dirs"]]
-        if not all(isinstance(f, str) for f in [*entry["files"], *entry["absent"]]):
-            raise ValueError("malformed")
-    for entry in meta.values():
-        if not _is_key(entry["key"]) or not all(
-                entry[f] is None or isinstance(entry[f], str) for f in ("name", "version")):
-            raise ValueError("malformed")
-        if entry["requires"] is not None and not all(
-                isinstance(r, str) for r in entry["requires"]):
-            raise ValueError("malformed")
+    metas = list(meta.values())
+    if (not _are_keys(list(map(itemgetter("key"), metas)))
+            or not (_STR | _NONE).issuperset(map(type, map(itemgetter("name"), metas)))
+            or not (_STR | _NONE).issuperset(map(type, map(itemgetter("version"), metas)))):
+        raise ValueError("malformed")
+    requires = [r for r in map(itemgetter("requires"), metas) if r is not None]
+    if not _all_of(chain.from_iterable(requires), _STR):
+        raise ValueError("malformed")
     return dists, meta
 
 
-def _is_key(key: Any) -> bool:
-    return (isinstance(key, (list, tuple)) and len(key) == 5
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in key))
+_LIST: Final = frozenset({list})
 
 
 def _open_private(path: Path) -> int | None:
