@@ -72,6 +72,10 @@ def test_filtered_export_is_audited_with_the_plugin(store: Store) -> None:
             event["reason"]) == ("audit.exported", "my_plugin", "jsonl", 7, "filtered")
 
 
+#: what a preview without a floor (the store layer's default) keeps back
+NOTHING_KEPT = {"kept_events": 0, "kept_logs": 0}
+
+
 def test_purge_preview_counts_without_changing_anything(store: Store) -> None:
     auditor = _events(store)
     log = auditor.log
@@ -79,14 +83,14 @@ def test_purge_preview_counts_without_changing_anything(store: Store) -> None:
     create_token(store, "alice", "viewer")
     before = list(log.rows())
     preview = purge_preview(log, subject="alice")
-    assert preview == {"events": 7, "notes": 7, "tokens": 1, "logs": 0}
+    assert preview == {"events": 7, "notes": 7, "tokens": 1, "logs": 0, **NOTHING_KEPT}
     assert purge_preview(log, subject="nobody") == {"events": 0, "notes": 0, "tokens": 0,
-                                                    "logs": 0}
+                                                    "logs": 0, **NOTHING_KEPT}
     # a plugin: the events naming exactly it (they stay), their notes and its log records
     assert purge_preview(log, plugin="my_plugin") == {"events": 7, "notes": 7, "tokens": 0,
-                                                      "logs": 0}
+                                                      "logs": 0, **NOTHING_KEPT}
     assert purge_preview(log, plugin="my_plugin2") == {"events": 1, "notes": 0, "tokens": 0,
-                                                       "logs": 0}
+                                                       "logs": 0, **NOTHING_KEPT}
     assert purge_preview(log, older_than_days=0)["events"] == 12
     assert purge_preview(log, older_than_days=1)["events"] == 0
     assert list(log.rows()) == before
