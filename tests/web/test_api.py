@@ -426,6 +426,12 @@ def test_a_plugin_whose_name_holds_a_slash_can_be_killed_over_http(
     answer = api.post(f"/api/v1/plugins/{name}/actions/echo", json={"text": "hi"})
     assert (answer.status_code, answer.get_json()) == (200, {"text": "HI"})
     assert api.get(f"/api/v1/plugins/{name}/logs", "admin").status_code == 200
+    # a sub-route's URL offers the sub-route's methods only (not the plugin page's GET)
+    for url, allowed in [(f"/api/v1/plugins/{name}/disable", {"POST", "OPTIONS"}),
+                         (f"/api/v1/plugins/{name}/actions/echo", {"POST", "OPTIONS"}),
+                         (f"/api/v1/plugins/{name}", {"GET", "HEAD", "OPTIONS"})]:
+        answer = api.client.options(url, headers=api.headers("admin"))
+        assert set(answer.headers["Allow"].split(", ")) == allowed, (url, answer.headers)
     # a bare `reload` is still the reload route, and a prefix of the name is not the plugin
     problem(api.get("/api/v1/plugins/acme"), 404)
     assert api.post("/api/v1/plugins/reload", "admin").status_code == 200

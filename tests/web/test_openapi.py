@@ -72,8 +72,8 @@ def test_every_route_is_documented_and_nothing_else(app: Any, doc: dict[str, Any
         if rule.endpoint == "static" or rule.endpoint.startswith("console."):
             continue
         for converter in rule._converters.values():
-            assert type(converter).__name__ in ("UnicodeConverter", "PluginNameConverter"), \
-                rule.rule
+            assert type(converter).__name__ in (
+                "UnicodeConverter", "PluginNameConverter", "PluginPageConverter"), rule.rule
         path = _shape(_template(rule.rule))
         served.setdefault(path, set()).update(set(rule.methods or ()) - AUTOMATIC)
     documented: dict[str, set[str]] = {}

@@ -19,7 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from dihya.config import Config, resolve_path
 from dihya.needs import MAX_NEEDS_BYTES
 from dihya.web.admin import init_console
-from dihya.web.api import PluginNameConverter, api
+from dihya.web.api import PluginNameConverter, PluginPageConverter, api
 from dihya.web.audit_api import audit_api
 from dihya.web.auth import AUTH_FAILED_PER_MINUTE, FailureBudget
 from dihya.web.health import health
@@ -119,6 +119,7 @@ def create_app(config_path: str | os.PathLike[str] | None = None, *,
 
     install_error_handlers(app)
     app.url_map.converters["plugin"] = PluginNameConverter
+    app.url_map.converters["plugin_page"] = PluginPageConverter
     app.register_blueprint(health)
     app.register_blueprint(openapi)
     app.register_blueprint(api)

@@ -182,6 +182,16 @@ class PluginNameConverter(BaseConverter):
     part_isolating = False
 
 
+class PluginPageConverter(PluginNameConverter):
+    """The name in a plugin's own URL (`GET .../plugins/<name>`): never one that ends like
+    one of its sub-routes (`/disable`, `/enable`, `/logs`, `/approve`, `/reset-quarantine`,
+    `/actions/<action>`), so that the page's `GET` is not offered for a sub-route's URL
+    (`OPTIONS .../plugins/x/disable` lists `POST` only)."""
+
+    regex = (r"(?!reload$)(?!.*/(?:disable|enable|logs|approve|reset-quarantine)$)"
+             r"(?!.*/actions/[^/]+$)[^/].*?")
+
+
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
@@ -285,7 +295,7 @@ def list_plugins() -> Response:
     return _rows(state().current(g.request_id).records)
 
 
-@api.get("/plugins/<plugin:name>")
+@api.get("/plugins/<plugin_page:name>")
 @require("viewer")
 def show_plugin(name: str) -> Response:
     return _row(_record_or_404(name))

@@ -117,7 +117,7 @@ def _record(name: str) -> PluginRecord:
     return record
 
 
-@console.get("/plugins/<plugin:name>")
+@console.get("/plugins/<plugin_page:name>")
 @guard.page("viewer")
 def plugin(name: str) -> Response:
     """One plugin: status, isolation, hooks and actions, dependencies, files, events."""
@@ -150,7 +150,7 @@ def plugin(name: str) -> Response:
                         events=events, log_lines=log_lines, max_reason=MAX_REASON)
 
 
-@console.get("/live/plugins/<plugin:name>")
+@console.get("/live/plugins/<plugin_page:name>")
 @guard.page("viewer", poll=True)
 def live_plugin(name: str) -> Response:
     return _live("_plugin_status.html", p=plugin_view(_record(name), guard.paths()),
