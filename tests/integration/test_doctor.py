@@ -39,7 +39,7 @@ def test_doctor_passes_on_a_good_setup_and_says_what_it_checked(backend) -> None
     assert code == 0, rows
     for name in ("sandbox-user", "bubblewrap", "landlock", "seccomp", "config",
                  "config-permissions", "store", "pth", "plugin:example",
-                 "plugin:markdown-docs", "rate-limits"):
+                 "plugin:markdown-docs", "rate-limits", "audit-purge-floor"):
         assert name in rows, sorted(rows)
     assert rows["plugin:example"]["level"] == "ok"
     assert "verified" in str(rows["plugin:example"]["detail"])
@@ -55,6 +55,20 @@ def test_doctor_passes_on_a_good_setup_and_says_what_it_checked(backend) -> None
     assert text.returncode == 0
     assert "ok   plugin:markdown-docs: active, verified" in text.stdout
     assert "0 problems" in text.stdout
+
+
+def test_doctor_warns_when_http_purges_have_no_floor(backend) -> None:
+    assert backend.dihya("plugins", "approve", "example").returncode == 0
+    code, rows = checks(backend)
+    assert rows["audit-purge-floor"]["level"] == "ok", rows["audit-purge-floor"]
+    assert "last 1 day" in str(rows["audit-purge-floor"]["detail"])
+    with backend.config.open("a") as fh:
+        fh.write("\n[audit]\nhttp_purge_min_age_days = 0\n")
+    code, rows = checks(backend)
+    row = rows["audit-purge-floor"]
+    assert code == 0 and row["level"] == "warning", row  # warned, not failed
+    assert "erase every audit event over HTTP" in str(row["detail"])
+    assert "http_purge_min_age_days = 1" in str(row["fix"])
 
 
 def test_doctor_fails_on_a_config_others_may_write_and_passes_once_fixed(backend) -> None:

@@ -217,7 +217,21 @@ def _config_rows(state: State) -> tuple[Config | None, list[dict[str, Any]]]:
                            f"dihya config init --force {shlex.quote(str(path))}"), *rows]
     approved = len(config.allow)
     return config, [_row("config", OK, f"{path} is valid ({approved} approval"
-                         f"{'' if approved == 1 else 's'})"), *rows]
+                         f"{'' if approved == 1 else 's'})"), *rows, _purge_floor_row(config)]
+
+
+def _purge_floor_row(config: Config) -> dict[str, Any]:
+    """`[audit] http_purge_min_age_days`: at 0 an admin token can erase, over HTTP, the
+    audit events of what it just did (a warning: the operator may mean it)."""
+    floor = config.http_purge_min_age_days
+    if floor <= 0:
+        return _row("audit-purge-floor", WARNING,
+                    "[audit] http_purge_min_age_days = 0: an admin token can erase every "
+                    "audit event over HTTP, the ones recording what it just did included",
+                    f"set http_purge_min_age_days = 1 (or more) in [audit] of "
+                    f"{config.path}; `dihya audit purge` on the server is not limited")
+    return _row("audit-purge-floor", OK, f"HTTP purges keep the last {floor:g} day"
+                f"{'' if floor == 1 else 's'} of audit events")
 
 
 def _backquoted(text: str) -> str | None:
