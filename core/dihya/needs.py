@@ -366,16 +366,23 @@ def validate_code(code: object) -> list[Problem]:
                         f"not {type(code).__name__}")]
     if len(code) > MAX_FILES:
         return [Problem("$", f"{len(code)} files, the limit is {MAX_FILES}")]
-    problems = []
+    problems: list[Problem] = []
     for path, text in code.items():
-        where = f"$[{json.dumps(path) if isinstance(path, str) else repr(path)}]"
-        reason = unsafe_path_reason(path) or _through_file_reason(path, code)
-        if reason:
-            problems.append(Problem(where, reason))
-        reason = _content_reason(text)
-        if reason:
-            problems.append(Problem(where, reason))
+        _entry_problems(path, text, code, problems)
     return problems
+
+
+def _entry_problems(path: object, text: object, code: dict[Any, Any],
+                    problems: list[Problem]) -> None:
+    """Append to `problems` what is wrong with one entry of `code`: its path (unsafe, or
+    through another file of `code`) and its text."""
+    where = f"$[{json.dumps(path) if isinstance(path, str) else repr(path)}]"
+    reason = unsafe_path_reason(path) or _through_file_reason(path, code)
+    if reason:
+        problems.append(Problem(where, reason))
+    reason = _content_reason(text)
+    if reason:
+        problems.append(Problem(where, reason))
 
 
 def validate_code_from(code: object, base: Mapping[str, str]) -> list[Problem]:
@@ -387,19 +394,13 @@ def validate_code_from(code: object, base: Mapping[str, str]) -> list[Problem]:
     added a key. The number of files is checked as in `validate_code`."""
     if not isinstance(code, dict) or len(code) > MAX_FILES:
         return validate_code(code)
-    problems = []
+    problems: list[Problem] = []
     added = False
     for path, text in code.items():
         if type(path) is str and base.get(path, _ABSENT) is text:
             continue
         added = added or path not in base
-        where = f"$[{json.dumps(path) if isinstance(path, str) else repr(path)}]"
-        reason = unsafe_path_reason(path) or _through_file_reason(path, code)
-        if reason:
-            problems.append(Problem(where, reason))
-        reason = _content_reason(text)
-        if reason:
-            problems.append(Problem(where, reason))
+        _entry_problems(path, text, code, problems)
     if added:
         for path, text in code.items():
             if type(path) is str and base.get(path, _ABSENT) is text:

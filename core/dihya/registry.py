@@ -13,15 +13,16 @@ store) gets its worker started once, and the record is made then.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
 import pwd
 import sys
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, ParamSpec
 
 import attrs
 
@@ -179,6 +180,31 @@ class RegistrySnapshot:
         return sorted({r.name for r in self.records})
 
 
+P = ParamSpec("P")
+
+
+def _collector_paused(build: Callable[P, RegistrySnapshot]) -> Callable[P, RegistrySnapshot]:
+    """`build` with the cyclic garbage collector paused while it runs: a build allocates
+    many objects that all stay alive (specs, modules, classes, records), so collections
+    during it found nothing to free and traversed everything alive (a full one at
+    N = 1000); the garbage it leaves is collected after it, as usual. A collector the
+    application switched off stays off."""
+
+    @functools.wraps(build)
+    def paused(*args: P.args, **kwargs: P.kwargs) -> RegistrySnapshot:
+        was_on = gc.isenabled()
+        if was_on:
+            gc.disable()
+        try:
+            return build(*args, **kwargs)
+        finally:
+            if was_on:
+                gc.enable()
+
+    return paused
+
+
+@_collector_paused
 def build_registry(config: Config, environ: Mapping[str, str] | None = None,
                    path: Sequence[str] | None = None,
                    switches: Mapping[str, tuple[str, str]] | None = None,
@@ -205,29 +231,6 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     worker is left to its first call (`SandboxPool.expect`), except those in `must_start`
     (their worker failed to start since: started here, so that the record says why).
     """
-    # The cyclic garbage collector is paused while the build runs: a build allocates many
-    # objects that all stay alive (specs, modules, classes, records), so its collections
-    # found nothing to free and traversed everything alive (a full one at N = 1000); the
-    # garbage it leaves is collected after it, as usual.
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
-        return _build(config, environ, path, switches, sandbox, previous, facts,
-                      start_workers, must_start)
-    finally:
-        if paused:
-            gc.enable()
-
-
-def _build(config: Config, environ: Mapping[str, str] | None = None,
-           path: Sequence[str] | None = None,
-           switches: Mapping[str, tuple[str, str]] | None = None,
-           sandbox: SandboxPool | None = None,
-           previous: RegistrySnapshot | None = None,
-           facts: Store | None = None,
-           start_workers: bool = True,
-           must_start: Collection[str] = ()) -> RegistrySnapshot:
     start = time.perf_counter()
     with pathmemo.one_pass():  # each path entry looked at once per build
         discovered = discover(config.group, path)
