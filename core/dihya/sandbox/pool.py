@@ -421,22 +421,14 @@ def argument_delta(held: Mapping[str, str] | None,
         before = held.get(key)
         if before is not text and before != text:
             changed[key] = text
-    removed = [key for key in held if key not in value]
     if len(changed) == len(value):
         return None  # every value is new: the delta is the whole mapping
     # the order the worker's rebuild gives: the held keys still there, then the added ones
-    if removed or any(key not in held for key in changed):
-        order = [key for key in held if key in value]
-        order.extend(key for key in value if key not in held)
-        if order != list(value):
-            return None
-    elif len(held) == len(value) and not _same_order(held, value):
+    order = [key for key in held if key in value]
+    order.extend(key for key in value if key not in held)
+    if order != list(value):
         return None
-    return {"set": changed, "removed": removed}
-
-
-def _same_order(first: Mapping[str, str], second: Mapping[str, str]) -> bool:
-    return all(a == b for a, b in zip(first, second, strict=True))
+    return {"set": changed, "removed": [key for key in held if key not in value]}
 
 
 def apply_changes(sent: Any, changes: Any) -> Any:
