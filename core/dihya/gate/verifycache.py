@@ -114,7 +114,9 @@ def _holds(compiled: _Compiled, stat: Callable[[str], StatKey | None]) -> bool:
     for path, key in compiled.checks:
         if stat(path) != key:
             return False
-    return not compiled.absent or not any(os.path.exists(p) for p in compiled.absent)
+    # `stat` rather than `os.path.exists`: in a build, what it looked at is remembered
+    # with the rest (`pathmemo.observed`), absent paths included
+    return not compiled.absent or all(stat(p) is None for p in compiled.absent)
 
 
 def stat_key(path: str) -> StatKey | None:
