@@ -248,6 +248,7 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
               tuple(sys.path) if path is None else None, dict(switches or {}),
               startup.site_directories())
     environment = resolution.environment(path)
+    finders = replay.finders()
     trace = replay.last()
     # nothing the last build looked at changed (every path `stat`ed again): its answer
     held = replay.holds(trace, inputs, environment)
@@ -311,9 +312,9 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     loaded_now = {**kept, **_imported(pending, loaded)}
     built = _Built(verdicts, direct, pth, loaded_now, records)
     if reused is None:
-        same_finders = resolution.environment(path) == environment
         replay.keep(replay.make(inputs, (gate_seen, pth_seen), started_ns,
-                                environment if same_finders else None, realpaths, built))
+                                (finders, environment), realpaths, built,
+                                (replay.finders(), resolution.environment(path))))
     elif pending:  # the same checks: what was loaded now, if the `.pth` files said the same
         assert trace is not None
         replay.keep(attrs.evolve(trace, value=built) if pth == reused.pth else None)

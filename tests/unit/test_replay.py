@@ -12,7 +12,8 @@ through a hard link in another directory, written through a shared memory mappin
 before the build (which inotify would not report, see docs/threat-model.md), replaced by
 rename, a shadowing module added, a `.pth` file added. What the replay reuses besides the
 gate's answer is checked too: a plugin class changed in place is validated again, a module
-dropped from `sys.modules` is imported again, the environment's kill switch is honoured.
+dropped from `sys.modules` is imported again, the environment's kill switch and a runtime
+switch are honoured, a finder added to `sys.meta_path` is seen.
 """
 
 from __future__ import annotations
@@ -295,3 +296,32 @@ def test_the_environment_kill_switch_is_honoured(state: Site) -> None:
         "disabled", "disabled-by-env")
     back = state.build(environ={})
     assert back.get(name).active  # type: ignore[union-attr]
+    _warm(state)
+    # a runtime switch from the store (an admin's disable)
+    off = state.build(switches={name: ("disabled-by-admin", "disabled by an admin")})
+    assert (off.get(name).status, off.get(name).reason) == (  # type: ignore[union-attr]
+        "disabled", "disabled-by-admin")
+    assert state.build().get(name).active  # type: ignore[union-attr]
+
+
+class _DistributionFinder:
+    """A `sys.meta_path` finder that could find distributions (not a standard one)."""
+
+    def find_spec(self, *args: object) -> None:
+        return None
+
+    def find_distributions(self, *args: object, **kwargs: object) -> Iterator[object]:
+        return iter(())
+
+
+def test_a_finder_added_to_the_import_system_is_seen(state: Site) -> None:
+    _warm(state)
+    finder = _DistributionFinder()
+    sys.meta_path.append(finder)
+    try:
+        misses = replay.STATS["miss"]
+        snapshot = state.build()
+        assert replay.STATS["miss"] == misses + 1
+        assert all(v == ("active", None) for v in state.verdicts(snapshot).values())
+    finally:
+        sys.meta_path.remove(finder)

@@ -33,7 +33,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 import attrs
 
@@ -65,14 +65,17 @@ def finders() -> tuple[Any, ...]:
 
 
 def make(inputs: tuple[Any, ...], seen: Iterable[Mapping[str, StatKey | None] | None],
-         started_ns: int, environment: Any, realpaths: Mapping[str, str],
-         value: Any) -> Trace | None:
+         started_ns: int, before: tuple[Any, Any], realpaths: Mapping[str, str],
+         value: Any, after: tuple[Any, Any]) -> Trace | None:
     """A trace of a build that started at `started_ns` and looked at `seen` (one mapping
     per pass, `pathmemo.observed`), or None when it cannot be replayed: a pass was not
-    answered from memory, a path was seen with two keys, a key is not settled, or the
-    finders are not standard ones (`environment` None)."""
+    answered from memory, a path was seen with two keys, a key is not settled, the finders
+    are not standard ones, or they changed while the build ran (`before` and `after`: the
+    finders and `resolution.environment` when it started and when it ended)."""
     cache = pathmemo.shared_cache()
-    if cache is None or environment is None or environment[0] is None:
+    found, environment = before
+    if (cache is None or environment is None or environment[0] is None
+            or environment != after[1] or not _same(found, after[0])):
         return None
     merged: dict[str, StatKey | None] = {}
     for keys in seen:
@@ -86,7 +89,7 @@ def make(inputs: tuple[Any, ...], seen: Iterable[Mapping[str, StatKey | None] | 
     for _path, key in checks:
         if key is not None and (key[3] >= limit or key[4] >= limit):
             return None
-    return Trace(inputs, cache, pathmemo.generation(), finders(), environment,
+    return Trace(inputs, cache, pathmemo.generation(), found, environment,
                  tuple(sorted(realpaths.items())), tuple(merged), tuple(merged.values()),
                  value)
 
@@ -134,7 +137,6 @@ def _keys_hold(paths: Sequence[str], keys: Sequence[StatKey | None]) -> bool:
 
 # the last trace made in this process: one slot (a process builds for one config)
 _LAST: list[Trace | None] = [None]
-_NO_TRACE: Final = None
 
 
 def last() -> Trace | None:
