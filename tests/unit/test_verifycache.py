@@ -254,6 +254,12 @@ MALFORMED = {
     "a key of four ints": lambda d, e: e["keys"][0].__setitem__(1, list(e["keys"][0][1][:4])),
     "a float in a key": lambda d, e: e["keys"][0].__setitem__(1, [0.5, *e["keys"][0][1][1:]]),
     "a path that is not a string": lambda d, e: e["keys"][0].__setitem__(0, 7),
+    # checked as the site's prefix + the path: an absolute one would name another file
+    "an absolute path in a file's key": lambda d, e: e["keys"][0].__setitem__(
+        0, "/etc/hostname"),
+    "an absolute path in a directory's key": lambda d, e: e["dirs"].append(
+        ["/etc", list(verifycache.stat_key("/etc") or ())]),
+    "an absolute path that must be absent": lambda d, e: e["absent"].append("/nowhere.py"),
     "a pair of three": lambda d, e: e["keys"].__setitem__(0, [*e["keys"][0], 1]),
     "a fingerprint that is None": lambda d, e: e.__setitem__("fingerprint", None),
     "a listed file that is bytes": lambda d, e: e["files"].append(b"x.py"),

@@ -96,25 +96,34 @@ class Metadata:
     requires: tuple[str, ...] | None
 
 
-@attrs.frozen
 class _Compiled:
-    """What a hit needs of one cache entry, derived from it once."""
+    """What a hit needs of one cache entry, derived from it once (a plain class: made for
+    every entry a fresh process uses)."""
 
-    entry: dict[str, Any] = attrs.field(eq=False)  # the entry this was made from
-    site: str  # the directory the entry's paths are relative to
-    record: str  # RECORD's path
-    checks: tuple[tuple[str, Any], ...]  # (absolute path, key): hashed files, dirs
-    absent: tuple[str, ...]  # absolute paths that must not exist
-    found: InstalledFiles  # the answer of a hit
+    __slots__ = ("entry", "found", "prefix", "record", "site")
+
+    def __init__(self, entry: dict[str, Any], where: str) -> None:
+        self.entry = entry  # the entry this was made from (of the `*.dist-info` `where`)
+        self.site = os.path.dirname(where)  # the directory the entry's paths are relative to
+        # what `os.path.join(site, rel)` puts before a relative path (`_checked` makes sure
+        # that every remembered path is relative)
+        self.prefix = self.site if self.site.endswith("/") else self.site + "/"
+        self.record = os.path.join(where, "RECORD")  # RECORD's path
+        self.found = InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
 
 
 def _holds(compiled: _Compiled, stat: Callable[[str], StatKey | None]) -> bool:
     """Every hashed file and listed package directory of the entry has its key (a `stat`
     each, every time) and every file that must be absent is."""
-    for path, key in compiled.checks:
-        if stat(path) != key:
+    entry, prefix = compiled.entry, compiled.prefix
+    for rel, key in entry["keys"]:
+        if stat(prefix + rel) != key:
             return False
-    return not compiled.absent or not any(os.path.exists(p) for p in compiled.absent)
+    for rel, key in entry["dirs"]:
+        if stat(prefix + rel) != key:
+            return False
+    absent = entry["absent"]
+    return not absent or not any(os.path.exists(prefix + rel) for rel in absent)
 
 
 def stat_key(path: str) -> StatKey | None:
@@ -234,19 +243,12 @@ class VerifyCache:
             return os.fspath(dist_info) in self._dists
 
     def _compile(self, where: str, entry: dict[str, Any]) -> _Compiled:
-        """`entry`'s checks with absolute paths, and its answer (an immutable
-        `InstalledFiles`), made once per entry object."""
+        """What `entry`'s checks need (the site's prefix, RECORD's path) and its answer (an
+        immutable `InstalledFiles`), made once per entry object."""
         compiled = self._compiled.get(where)
         if compiled is not None and compiled.entry is entry:
             return compiled
-        site = os.path.dirname(where)
-        join = os.path.join
-        compiled = _Compiled(
-            entry, site, join(where, "RECORD"),
-            # the keys as remembered: compared with `!=` to fresh ones, as before
-            tuple((join(site, rel), key) for rel, key in (*entry["keys"], *entry["dirs"])),
-            tuple(join(site, rel) for rel in entry["absent"]),
-            InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ()))
+        compiled = _Compiled(entry, where)
         with self._lock:
             self._compiled[where] = compiled
         return compiled
@@ -434,13 +436,17 @@ def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, 
     pairs += chain.from_iterable(map(itemgetter("dirs"), entries))
     rels, keys = (list(map(_FIRST, pairs)), list(map(_SECOND, pairs))) \
         if _all_of(pairs, _SEQUENCE, 2) else (None, None)
-    if rels is None or keys is None or not _all_of(rels, _STR) or not _are_keys(keys):
+    if (rels is None or keys is None or not _all_of(rels, _STR) or not _are_keys(keys)
+            or _any_absolute(rels)):
         raise ValueError("malformed")
     record_keys = [entry.get("record_key") for entry in entries]
     if not _keys_or_none(record_keys):
         raise ValueError("malformed")
     strings = chain.from_iterable(chain(e["files"], e["absent"]) for e in entries)
     if not _all_of(strings, _STR):
+        raise ValueError("malformed")
+    # relative, as remembered: a check's path is the site's prefix + it (`_Compiled`)
+    if _any_absolute(list(chain.from_iterable(map(itemgetter("absent"), entries)))):
         raise ValueError("malformed")
     if not _all_of(keys, _TUPLE):  # tuples, as compared with fresh keys (a v3 file has)
         for entry in entries:
@@ -462,6 +468,12 @@ def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, 
 _LIST: Final = frozenset({list})
 
 
+def _any_absolute(paths: list[str]) -> bool:
+    """True when one of `paths` (strings) starts with "/": checked on one string that
+    joins them all (a NUL, which no path holds, before each)."""
+    return "\0/" in "\0" + "\0".join(paths)
+
+
 def _open_private(path: Path) -> int | None:
     """An fd of `path` if it is a regular file of this user that no one else can access."""
     try:
@@ -476,12 +488,13 @@ def _open_private(path: Path) -> int | None:
     return fd
 
 
-def _read_fd(fd: int) -> bytes:
+def _read_fd(fd: int, size: int = 0) -> bytes:
+    """Everything `fd` reads (`size`: what `fstat` said, read in one call), closed after."""
     try:
         chunks = []
-        while chunk := os.read(fd, 1 << 20):
+        while chunk := os.read(fd, max(size + 1, 1 << 16)):
             chunks.append(chunk)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -511,19 +524,24 @@ def _key(key_path: Path, create: bool) -> bytes | None:
     return key
 
 
-def _mac(key: bytes, body: bytes) -> bytes:
-    return hmac.new(key, _MAGIC + b"\n" + body, hashlib.sha256).hexdigest().encode()
+def _mac(key: bytes, body: bytes | memoryview) -> bytes:
+    mac = hmac.new(key, _MAGIC + b"\n", hashlib.sha256)
+    mac.update(body)
+    return mac.hexdigest().encode()
 
 
-def _read_authenticated(path: Path, key_path: Path | None = None) -> bytes | None:
+def _read_authenticated(path: Path, key_path: Path | None = None) -> memoryview | None:
+    """The body of the cache file `path` once its MAC matched (a view of the bytes read:
+    the megabytes of a large cache are not copied), or None."""
     fd = _open_private(path)
     if fd is None:
         return None
-    data = _read_fd(fd)
-    head, sep, body = data.partition(b"\n")
-    magic, _, mac = head.partition(b" ")
-    if not sep or magic != _MAGIC:
+    data = _read_fd(fd, os.fstat(fd).st_size)
+    end = data.find(b"\n", 0, 256)
+    magic, _, mac = data[:max(end, 0)].partition(b" ")
+    if end < 0 or magic != _MAGIC:
         return None
+    body = memoryview(data)[end + 1:]
     key = _key(key_path or path.with_name(path.name + ".key"), create=False)
     if key is None or not hmac.compare_digest(mac, _mac(key, body)):
         return None
