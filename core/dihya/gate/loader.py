@@ -33,12 +33,7 @@ from dihya.plugin import (
     ActionSpec,
     GenerationPluginBase,
     InvalidPluginError,
-    deprecation_warnings,
-    hook_arguments,
-    implemented_hooks,
-    plugin_actions,
-    shared_parameters,
-    validate_plugin_class,
+    loading_facts,
 )
 from dihya.pluginlog import loading
 from dihya.reasons import Reason
@@ -358,10 +353,9 @@ def _validated(obj: object, where: str) -> tuple[type[GenerationPluginBase], _Fa
         # the state only when there is one to compare with (a fresh process has none)
         if hit is not None and hit[0] == _class_state(obj):
             return obj, hit[1]
-    params = shared_parameters()  # each hook's parameters read once for all of these
-    cls = validate_plugin_class(obj, where, params=params)
-    facts: _Facts = (implemented_hooks(cls), plugin_actions(cls), hook_arguments(cls, params),
-                     tuple(deprecation_warnings(cls, params_of=params)))
+    # each hook's method, its parameters and the action markers looked up once for all
+    cls, hooks, actions, hook_args, deprecations = loading_facts(obj, where)
+    facts: _Facts = (hooks, actions, hook_args, tuple(deprecations))
     with contextlib.suppress(TypeError):
         _VALIDATED[cls] = (_class_state(cls), facts)
     return cls, facts
