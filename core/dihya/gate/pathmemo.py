@@ -172,7 +172,18 @@ def _ancestor_in(path: str, present: set[str]) -> bool:
 
 
 def still_valid(found: Sequence[Check]) -> bool:
-    return all(key_of(path) == key for path, key in found)
+    """Every check's path has its key now (`key_of`: looked at once per build)."""
+    seen = _PASS.get()
+    if seen is None:
+        return all(stat_key(path) == key for path, key in found)
+    for path, key in found:
+        try:
+            now = seen[path]
+        except KeyError:
+            now = seen[path] = stat_key(path)
+        if now != key:
+            return False
+    return True
 
 
 def recall(part: str, key: Any) -> tuple[bool, Any]:
@@ -315,9 +326,10 @@ def _decode(part: str, key: Any, entry: tuple[tuple[Check, ...], Any]) -> Any:
                 del _MEMO[(part, key)]
         return _MISSING
     STATS["persisted.hit"] += 1
+    ident = (part, key)
     with _LOCK:
-        if _MEMO.get((part, key)) is entry:
-            _MEMO[(part, key)] = (entry[0], value)
+        if _MEMO.get(ident) is entry:
+            _MEMO[ident] = (entry[0], value)
     return value
 
 
