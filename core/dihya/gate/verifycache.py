@@ -35,11 +35,17 @@ memo; files of another context not written for 14 days are removed), or the file
 `DIHYA_VERIFY_CACHE` names (`off`: no cache at all), written atomically with mode 0600 in a
 directory of this user that no one else can write, authenticated with HMAC-SHA256 under a
 random key kept beside it (`verified-UID.key`, shared by the contexts; `NAME.key` beside a
-named file; 0600). The body is `marshal`-encoded (format v3) and is decoded only after its
-MAC matched. A file that is not a regular file of this user, not 0600-tight, not
-authenticated by the key, or not understood is ignored — never trusted — and replaced at
-the next save; a memo written for another context is ignored (the verified distributions
-of such a file are still each re-checked by `stat`, as always). What this trusts is written in
+named file; 0600). The body is `marshal`-encoded (format v4) and is decoded only after its
+MAC matched (the MAC covers the whole body). The verified distributions are decoded and
+checked at once; the parsed METADATA and each part of the memo are sections of the body
+(`marshal` bytes of their own), each decoded and checked when a build first uses it — a
+build answered by the memo never decodes the METADATA, the `.pth` owners or the link
+listings. A file that is not a regular file of this user, not 0600-tight, not
+authenticated by the key, or whose distributions are not understood is ignored — never
+trusted — and replaced at the next save; a section that is not understood is ignored
+alone (never used) and rewritten at the next save; a memo written for another context is
+ignored (the verified distributions of such a file are still each re-checked by `stat`,
+as always). What this trusts is written in
 docs/threat-model.md ("The verification cache").
 """
 
@@ -77,7 +83,8 @@ RACY_NS: Final = 2_000_000_000
 #: v3: the unlisted-file walk also looks into `__pycache__/` and at links (an entry of a v1
 #: file was made without them, so it is not trusted: the whole file is ignored, then
 #: replaced), and the body is marshal with the persisted import-path memo (`pathmemo`).
-_MAGIC: Final = b"dihya-verify-cache-v3"
+#: v4: the METADATA and each memo part are sections decoded when first used.
+_MAGIC: Final = b"dihya-verify-cache-v4"
 #: A cache file of another context (`finders.context`) not written for this long is removed.
 STALE_CONTEXT_S: Final = 14 * 24 * 3600
 _KEY_BYTES: Final = 32
@@ -153,13 +160,17 @@ class VerifyCache:
             path.with_name(path.name + ".key")
         # what the persisted import-path memo is for: a memo of another context is ignored
         self.context = context if context is not None else finders.context()
-        # `dihya.gate.pathmemo`'s entries: read from the file (until taken by
-        # `memo_entries`), and how to get this process's at a save
-        self._memo: dict[Any, Any] = {}
-        self.memo_source: Callable[[], dict[Any, Any]] | None = None
+        # `dihya.gate.pathmemo`'s entries as read from the file, one encoded section per
+        # part (until taken by `memo_parts`), and how to get this process's at a save
+        # (`memo_source`: {part: its section as read, or its entries})
+        self._memo: dict[str, bytes] = {}
+        self.memo_source: Callable[[], dict[str, bytes | dict[Any, Any]]] | None = None
         self._lock = threading.RLock()
         self._dists: dict[str, dict[str, Any]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        # the METADATA section as read, decoded at the first `metadata` (a build whose
+        # discovery is answered by the memo never asks)
+        self._meta_section: bytes | None = None
         self._loaded = path is None
         self._dirty = False
         self.hits = 0
@@ -269,6 +280,7 @@ class VerifyCache:
         where = os.path.join(os.fspath(dist_info), "METADATA")
         key = stat_key(where)
         with self._lock:
+            self._meta_decoded()
             entry = self._meta.get(where)
         if key is not None and entry is not None and tuple(entry["key"]) == key:
             requires = entry["requires"]
@@ -293,14 +305,39 @@ class VerifyCache:
 
     # -- the import-path memo (`dihya.gate.pathmemo`) -------------------------------------
 
-    def memo_entries(self) -> dict[Any, Any]:
+    def memo_parts(self) -> dict[str, bytes]:
         """The persisted import-path memo read from the file (when it authenticated, is
-        this user's and was written for this context), handed over once: {(part, key):
-        (checks, encoded value)}, each check a (path, stat key or None)."""
+        this user's and was written for this context), handed over once: {part: its
+        section}, each decoded by `memo_section` when the part is first used."""
         self._load()
         with self._lock:
             found, self._memo = self._memo, {}
         return found
+
+    def memo_entries(self) -> dict[Any, Any]:
+        """Every part of `memo_parts` decoded: {(part, key): (checks, encoded value)}, each
+        check a (path, stat key or None); {} when one part is malformed."""
+        found: dict[Any, Any] = {}
+        try:
+            for part, section in self.memo_parts().items():
+                found.update(memo_section(part, section))
+        except ValueError:
+            return {}
+        return found
+
+    def _meta_decoded(self) -> None:
+        """Decode the METADATA section read from the file, once (under the lock); a
+        malformed one is ignored (every METADATA is then parsed) and rewritten."""
+        section, self._meta_section = self._meta_section, None
+        if section is None:
+            return
+        try:
+            meta = _checked_meta(marshal.loads(section))
+        except (ValueError, TypeError, KeyError, EOFError):
+            self._dirty = self.path is not None
+            return
+        for where, entry in meta.items():
+            self._meta.setdefault(where, entry)
 
     def memo_changed(self) -> None:
         """The memo has entries to write at the next save."""
@@ -323,12 +360,15 @@ class VerifyCache:
                 return
             try:
                 data = marshal.loads(body)
-                dists, meta = _checked(data)
-                memo = _checked_memo(data.get("memo")) if (
-                    data.get("context") == self.context) else {}
+                dists = _checked(data)
+                meta, memo = data["meta"], data["memo"]
+                if (type(meta) is not bytes or type(memo) is not dict
+                        or not _all_of(memo, _STR) or not _all_of(memo.values(), _BYTES)):
+                    raise ValueError("malformed")
             except (ValueError, TypeError, KeyError, EOFError):
                 return
-            self._dists, self._meta, self._memo = dists, meta, memo
+            self._dists, self._meta_section = dists, meta
+            self._memo = memo if data.get("context") == self.context else {}
 
     def save(self) -> None:
         """Write the entries (when something changed) atomically; errors are ignored: the
@@ -340,17 +380,21 @@ class VerifyCache:
                 return
             self._dirty = False
             dists = {k: v for k, v in self._dists.items() if os.path.isdir(k)}
+            self._meta_decoded()
             meta = {k: v for k, v in self._meta.items()
                     if os.path.isdir(os.path.dirname(k))}
-            memo = self._memo
+            parts: dict[str, bytes | dict[Any, Any]] = dict(self._memo)
             if self.memo_source is not None:
-                memo = {**memo, **self.memo_source()}
+                parts.update(self.memo_source())
+            memo = {}
+            for part, entries in parts.items():
+                try:  # one section per part: a process decodes only the parts it uses
+                    memo[part] = entries if type(entries) is bytes else marshal.dumps(entries)
+                except ValueError:  # a value marshal cannot write: that part stays in memory
+                    continue
             data = {"uid": os.geteuid(), "context": self.context, "dists": dists,
-                    "meta": meta, "memo": memo}
-            try:
-                body = marshal.dumps(data)
-            except ValueError:  # a value marshal cannot write: the memo stays in memory
-                body = marshal.dumps(dict(data, memo={}))
+                    "meta": marshal.dumps(meta), "memo": memo}
+            body = marshal.dumps(data)
             with contextlib.suppress(OSError):
                 _write_authenticated(self.path, body, self.key_path)
                 _remove_stale(self.path)
@@ -359,13 +403,27 @@ class VerifyCache:
         with self._lock:
             self._dists.clear()
             self._meta.clear()
+            self._meta_section = None
             self._dirty = self.path is not None
 
 
+def memo_section(part: str, section: bytes) -> dict[Any, Any]:
+    """The entries of one part's section of the persisted memo (read from a file that
+    authenticated): {(part, key): (checks, encoded value)}; ValueError when malformed or
+    holding another part's entries (then the part is ignored and rewritten)."""
+    try:
+        memo = _checked_memo(marshal.loads(section))
+    except (TypeError, KeyError, EOFError) as exc:
+        raise ValueError("malformed") from exc
+    if set(map(_FIRST, memo)) - {part}:
+        raise ValueError("malformed")
+    return memo
+
+
 def _checked_memo(memo: Any) -> dict[Any, Any]:
-    """The memo entries of a decoded body; ValueError when malformed (then the whole file
-    is ignored). Only the checks are looked at here; a value is decoded, by its part's
-    codec, when its checks held (`pathmemo.recall`).
+    """The memo entries of a decoded section; ValueError when malformed. Only the checks
+    are looked at here; a value is decoded, by its part's codec, when its checks held
+    (`pathmemo.recall`).
 
     Each kind of element is checked for the whole memo at once (`_all_of`: the set of its
     types, of its lengths), not element by element in Python: the same checks, in C."""
@@ -417,14 +475,14 @@ def _are_keys(keys: list[Any]) -> bool:
             and _INT.issuperset(map(type, chain.from_iterable(keys))))
 
 
-def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The entries of a decoded cache body; ValueError/TypeError/KeyError when malformed.
-    Each kind of field is checked for all entries at once (`_all_of`), as in
-    `_checked_memo`."""
+def _checked(data: Any) -> dict[str, dict[str, Any]]:
+    """The verified distributions of a decoded cache body; ValueError/TypeError/KeyError
+    when malformed (then the whole file is ignored). Each kind of field is checked for all
+    entries at once (`_all_of`), as in `_checked_memo`."""
     if not isinstance(data, dict) or data.get("uid") != os.geteuid():
         raise ValueError("not this user's cache")
-    dists, meta = data["dists"], data["meta"]
-    if not isinstance(dists, dict) or not isinstance(meta, dict):
+    dists = data["dists"]
+    if not isinstance(dists, dict):
         raise ValueError("malformed")
     entries = list(dists.values())
     for field, kind in (("record", _STR), ("root", _STR), ("fingerprint", _STR),
@@ -454,6 +512,14 @@ def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, 
             entry["dirs"] = [[rel, tuple(key)] for rel, key in entry["dirs"]]
     for entry, record_key in zip(entries, record_keys, strict=True):
         entry["record_key"] = None if record_key is None else tuple(record_key)
+    return dists
+
+
+def _checked_meta(meta: Any) -> dict[str, dict[str, Any]]:
+    """The parsed METADATA of a decoded section; ValueError/TypeError/KeyError when
+    malformed."""
+    if not isinstance(meta, dict) or not _all_of(meta, _STR):
+        raise ValueError("malformed")
     metas = list(meta.values())
     if (not _are_keys(list(map(itemgetter("key"), metas)))
             or not (_STR | _NONE).issuperset(map(type, map(itemgetter("name"), metas)))
@@ -462,10 +528,11 @@ def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, 
     requires = [r for r in map(itemgetter("requires"), metas) if r is not None]
     if not _all_of(chain.from_iterable(requires), _STR):
         raise ValueError("malformed")
-    return dists, meta
+    return meta
 
 
 _LIST: Final = frozenset({list})
+_BYTES: Final = frozenset({bytes})
 
 
 def _any_absolute(paths: list[str]) -> bool:
