@@ -10,8 +10,9 @@ log capture of the call (`dihya.pluginlog.capture`), the call, the clock read th
 the deadline and the report's `ms`, then the check of what came back and the row. Only
 what the fast path cannot settle leaves the loop, to the caller's `RoundGuard`:
 
-- a plugin this executor does not run (a sandboxed one, one without a call plan): the
-  guard's own guarded call (`RoundGuard.call`);
+- a plugin without a call plan for the hook (a sandboxed one: plans are made only for
+  plugins loaded here whose executor the registry chose in-process, `executor.hook_plans`,
+  and a record cannot change): the guard's own guarded call (`RoundGuard.call`);
 - a return other than the chained argument's view, unchanged (the same values, by
   identity, under the same keys, in the same order): `RoundGuard.settle`, which freezes and
   validates it in full, exactly as a single call's return;
@@ -44,7 +45,6 @@ from dihya.pluginlog.capture import (
 from dihya.reasons import HookStatus
 from dihya.sandbox.cow import CowDict, FrozenDict
 from dihya.sandbox.executor import (
-    HookExecutor,
     HookTarget,
     HookTimeout,
     views_for,
@@ -80,14 +80,10 @@ class HookResult(NamedTuple):
 
 
 class RoundTarget(HookTarget, Protocol):
-    """A plugin as a round sees it: a `HookTarget` that says which hooks it implements and
-    which executor the registry chose for it (None: in-process)."""
+    """A plugin as a round sees it: a `HookTarget` that says which hooks it implements."""
 
     @property
     def hooks(self) -> Sequence[str]: ...
-
-    @property
-    def executor(self) -> HookExecutor | None: ...
 
 
 class RoundGuard(Protocol):
@@ -136,8 +132,10 @@ def call_round(records: Sequence[RoundTarget], hook: str, kwargs: dict[str, Any]
 
     The loop is `InProcessExecutor.call_at` and the guarded call's fast path, inlined: a
     private view of each argument a hook takes, a log capture that allocates only when the
-    hook logs, one clock read before the call and one when it returned (the deadline and
-    the report's `ms`); a plugin this executor does not run goes through `guard.call`.
+    hook logs, one clock read before the views and one when the hook returned (the
+    deadline and the report's `ms`, as the single calls read them); a plugin without a
+    call plan for `hook` goes through `guard.call`. The round runs on the caller's thread:
+    the thread's capture stack is read once.
     """
     if (chained is None) != (check_for is None):
         raise ValueError("a chained round needs the check of its returns, and only it")
