@@ -28,6 +28,7 @@ for psycopg's `%(name)s`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
@@ -64,22 +65,25 @@ def sqlite_begin_immediate(cursor: Any, timeout_s: float) -> None:
     busy timeout is 0 during `BEGIN IMMEDIATE`, and the lock is tried again after 50 µs,
     then doubling to at most 0.5 ms, until the deadline; then the timeout is set back."""
     deadline = time.monotonic() + timeout_s
+    restore = f"PRAGMA busy_timeout = {int(timeout_s * 1000)}"
     cursor.execute("PRAGMA busy_timeout = 0")
-    try:
-        wait = _BEGIN_FIRST_WAIT_S
-        while True:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                code = getattr(exc, "sqlite_errorcode", None)
-                if code is None or code & 0xFF != _SQLITE_BUSY or \
-                        time.monotonic() + wait > deadline:
-                    raise
-            time.sleep(wait)
-            wait = min(2 * wait, _BEGIN_LONGEST_WAIT_S)
-    finally:
-        cursor.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+    wait = _BEGIN_FIRST_WAIT_S
+    while True:
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            break
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is None or code & 0xFF != _SQLITE_BUSY or \
+                    time.monotonic() + wait > deadline:
+                # the timeout set back if the connection still can: the error raised is
+                # SQLite's own (what the store's fault classification reads), not this
+                with contextlib.suppress(sqlite3.Error):
+                    cursor.execute(restore)
+                raise
+        time.sleep(wait)
+        wait = min(2 * wait, _BEGIN_LONGEST_WAIT_S)
+    cursor.execute(restore)
 
 
 @functools.lru_cache(maxsize=64)
