@@ -12,6 +12,7 @@ reported, and the generation goes on unless the plugin's approval says `required
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from dihya.canonical import canonical_sha256
+from dihya.canonical import canonical_bytes, canonical_sha256
 from dihya.needs import (
     Problem,
     check_loaded_needs,
@@ -63,6 +64,16 @@ class GenerationResult:
     plugins: tuple[HookResult, ...]
     needs_sha256: str
     ms: float
+    #: `canonical_bytes(files)` and its SHA-256 when already known (the core generator's
+    #: remembered output that no plugin changed, `core_code_json`); else None
+    files_json: tuple[bytes, str] | None = attrs.field(default=None, repr=False, eq=False)
+
+    def files_canonical(self) -> tuple[bytes, str]:
+        """The files' canonical JSON (sorted keys, compact, UTF-8) and its SHA-256."""
+        if self.files_json is not None:
+            return self.files_json
+        text = canonical_bytes(self.files)
+        return text, hashlib.sha256(text).hexdigest()
 
     def report(self) -> dict[str, Any]:
         return {"plugins": [h.to_json() for h in self.plugins], "needs_sha256": self.needs_sha256,
@@ -377,6 +388,30 @@ def core_code(needs_text: str) -> dict[str, str]:
     return _checked_code(core_generate(json.loads(needs_text)))
 
 
+@functools.lru_cache(maxsize=CORE_CODE_CACHE)
+def core_code_json(needs_text: str) -> tuple[bytes, str]:
+    """`core_code(needs_text)` as canonical JSON bytes, and their SHA-256 (what the HTTP
+    answer sends and the audit event records), remembered with it: frozen data, so the
+    bytes stay those of the mapping."""
+    text = canonical_bytes(core_code(needs_text))
+    return text, hashlib.sha256(text).hexdigest()
+
+
+@functools.lru_cache(maxsize=CORE_CODE_CACHE)
+def _checked_loaded_needs(needs_text: str) -> bool:
+    """Check the needs whose `_exact_json` is `needs_text` (taken from a document
+    `load_json` parsed): True, else `NeedsError`. Whether needs are valid is a pure function
+    of their value, and that text tells every JSON value apart (key order, `1`, `1.0`,
+    `true`, every character), so the last `CORE_CODE_CACHE` valid ones are remembered:
+    the same needs again cost a lookup (a dict's hash and, on a hit, a full comparison of
+    the text), as their generation does (`core_code`). Nothing the caller says is
+    trusted: the key is the needs' own text, made here. Invalid needs raise, and an
+    exception is not remembered. Checked on the needs read back from the text: the same
+    value."""
+    check_loaded_needs(json.loads(needs_text))
+    return True
+
+
 def _exact_json(value: Any) -> str:
     """JSON that tells apart whatever the generator could: key order kept, `1`, `1.0` and
     `true` distinct (the key of `core_code`)."""
@@ -401,7 +436,12 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     audit event before this runs; the report's `needs_sha256` is that value).
     """
     start = time.perf_counter()
-    needs = freeze(check_loaded_needs(needs) if loaded else check_needs(needs))
+    needs_text: str | None = None  # `_exact_json` of the needs as checked
+    if loaded:
+        needs_text = _exact_json(needs)
+        _checked_loaded_needs(needs_text)
+    else:
+        check_needs(needs)
     needs_hash = needs_sha256 or canonical_sha256(needs)
     timeout = snapshot.config.hook_timeout_s
     report: list[HookResult] = []
@@ -446,18 +486,30 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         nonlocal needs  # what `_fail` hands to on_generation_error
         needs = value
 
-    needs = run_before_generation(runnable, needs, call, accept, context)
+    if runnable:  # frozen for the plugins (read-only views), and maybe changed by them
+        needs = given = freeze(needs)
+        needs = run_before_generation(runnable, needs, call, accept, context)
+        if needs is not given:
+            needs_text = None
+    elif generate is not None:
+        needs = freeze(needs)  # a test's generator gets a view, as plugins do
+    # with no plugin to run the needs reach nothing but `_exact_json`: no frozen copy made
+    if needs_text is None:
+        needs_text = _exact_json(needs)
     try:
-        code = (core_code(_exact_json(needs)) if generate is None
+        code = (core_code(needs_text) if generate is None
                 else _checked_code(generate(view(needs))))
     except _InvalidCode as exc:
         _fail("the core generator produced invalid code", "generator", exc.problems)
         raise  # not reached: _fail raises
+    core = code if generate is None else None  # the core generator's output as remembered
 
     kwargs = {"code": code, "needs": needs, "context": context}  # the executors never change it
     code = call.round(runnable, "after_generation", kwargs, "code", _code_check)
     elapsed = (time.perf_counter() - start) * 1000
-    result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed)
+    # the core's remembered code that no plugin changed: its canonical JSON remembered too
+    files_json = core_code_json(needs_text) if code is core else None
+    result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed, files_json)
     code_bytes = sum(len(t) for t in code.values())
     plugins_ok = sum(h.status == OK for h in report)
     if log.isEnabledFor(logging.INFO):
