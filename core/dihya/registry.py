@@ -87,7 +87,8 @@ class PluginRecord:
     hook_plans: Mapping[str, HookPlan] = attrs.field(
         init=False, eq=False, repr=False,
         default=attrs.Factory(lambda self: hook_plans(self.instance, self.hooks,
-                                                      self.hook_args), takes_self=True))
+                                                      self.hook_args, self.executor),
+                              takes_self=True))
 
     @property
     def active(self) -> bool:
