@@ -38,7 +38,7 @@ from dihya.gate.decide import (
     site_packages,
 )
 from dihya.gate.discovery import discover
-from dihya.gate.loader import Loaded, forget_modules, load_plugins
+from dihya.gate.loader import DirectModule, Loaded, direct_source, forget_modules, load_plugins
 from dihya.gate.startup import PthFile, scan_pth
 from dihya.plugin import ActionSpec, GenerationPluginBase
 from dihya.reasons import Reason
@@ -289,25 +289,28 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
 
 
 def _direct_modules(in_process: Sequence[Verdict],
-                    direct: Mapping[tuple[str, tuple[str, ...]], str]) -> dict[str, str]:
-    """{top-level module of an entry point: the path entry the gate found it in} for the
-    plugins whose entry point's top-level module is a module or regular package of their
-    own distribution (a listed `NAME.py` or `NAME/__init__.py`) that resolution found in
-    their site directory with nothing before it (`resolution.direct_entries`); a name
-    claimed by two path entries is left out."""
-    found: dict[str, str] = {}
+                    direct: Mapping[tuple[str, tuple[str, ...]], str]
+                    ) -> dict[str, DirectModule]:
+    """{top-level module of an entry point: (the path entry the gate found it in, its one
+    source file)} for the plugins whose entry point's top-level module is a module or
+    regular package of their own distribution (a listed `NAME.py` or `NAME/__init__.py`)
+    that resolution found in their site directory with nothing before it
+    (`resolution.direct_entries`); a name claimed by two path entries is left out. The
+    source file (`direct_source`) is None unless it is the only importable file the
+    distribution lists by that name."""
+    found: dict[str, DirectModule] = {}
     clashes: set[str] = set()
     if not direct:
         return found
     for v in in_process:
         if v.plugin.dist_info is None:
             continue
-        entry = direct.get((os.fspath(v.plugin.dist_info.parent), v.files))
+        entry = direct.get((os.fspath(site_packages(v.plugin) or ""), v.files))
         top = v.plugin.entry_point.module.partition(".")[0]
         if entry is None or (f"{top}.py" not in v.files
                              and f"{top}/__init__.py" not in v.files):
             continue
-        if found.setdefault(top, entry) != entry:
+        if found.setdefault(top, (entry, direct_source(top, v.files)))[0] != entry:
             clashes.add(top)
     for top in clashes:
         del found[top]
