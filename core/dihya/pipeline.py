@@ -12,17 +12,17 @@ reported, and the generation goes on unless the plugin's approval says `required
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from operator import is_
 from time import perf_counter
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 
-from dihya.canonical import canonical_sha256
+from dihya.canonical import canonical_bytes, canonical_sha256
 from dihya.needs import (
     Problem,
     check_loaded_needs,
@@ -34,7 +34,7 @@ from dihya.needs import (
 from dihya.plugin import HOOK_API_VERSION
 from dihya.reasons import DihyaError, FixedReasonError, HookStatus
 from dihya.registry import PluginRecord, RegistrySnapshot
-from dihya.sandbox.cow import CowDict, freeze, frozen_dict, frozen_list, view
+from dihya.sandbox.cow import FrozenDict, freeze, frozen_dict, frozen_list, view
 from dihya.sandbox.executor import (
     HookExecutor,
     HookRaised,
@@ -45,6 +45,10 @@ from dihya.sandbox.executor import (
     is_invalid_output,
 )
 
+# the report row, made by the rounds too (`HookResult` is the pipeline's public name)
+from dihya.sandbox.rounds import Check, call_round
+from dihya.sandbox.rounds import HookResult as HookResult
+
 log = logging.getLogger("dihya.pipeline")
 
 OK: Final = HookStatus.OK
@@ -54,35 +58,22 @@ TIMEOUT: Final = HookStatus.TIMEOUT
 INVALID_OUTPUT: Final = HookStatus.INVALID_OUTPUT
 
 
-class HookResult(NamedTuple):
-    """How one hook of one plugin went; `detail` never carries needs or code.
-
-    A named tuple, not an attrs class: the pipeline makes one per hook call, and a tuple
-    costs a fifth of a frozen attrs instance (issue #16)."""
-
-    name: str
-    hook: str
-    status: str
-    ms: float
-    detail: str | None = None
-    # the plugin's sandbox worker died or broke the protocol (not part of the report);
-    # pass it by keyword
-    violation: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "hook": self.hook, "status": self.status,
-                               "ms": round(self.ms, 3)}
-        if self.detail:
-            out["detail"] = self.detail
-        return out
-
-
 @attrs.frozen
 class GenerationResult:
     files: dict[str, str]
     plugins: tuple[HookResult, ...]
     needs_sha256: str
     ms: float
+    #: `canonical_bytes(files)` and its SHA-256 when already known (the core generator's
+    #: remembered output that no plugin changed, `core_code_json`); else None
+    files_json: tuple[bytes, str] | None = attrs.field(default=None, repr=False, eq=False)
+
+    def files_canonical(self) -> tuple[bytes, str]:
+        """The files' canonical JSON (sorted keys, compact, UTF-8) and its SHA-256."""
+        if self.files_json is not None:
+            return self.files_json
+        text = canonical_bytes(self.files)
+        return text, hashlib.sha256(text).hexdigest()
 
     def report(self) -> dict[str, Any]:
         return {"plugins": [h.to_json() for h in self.plugins], "needs_sha256": self.needs_sha256,
@@ -111,10 +102,6 @@ class GenerationFailed(DihyaError):
 
 ExecutorFor = Callable[[PluginRecord], HookExecutor]
 _IN_PROCESS = InProcessExecutor()
-# `dict`'s own methods, past a view's overrides (method descriptors: `dict.__len__` and
-# `dict.__iter__` are slot wrappers, several times slower to call)
-_dict_values: Final = dict.values
-_dict_keys: Final = dict.keys
 
 
 def default_executor(record: PluginRecord) -> HookExecutor:
@@ -134,78 +121,93 @@ class HookCall(Protocol):
                  given: Any = _NOTHING) -> tuple[bool, Any]: ...
 
 
-def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: float,
-                on_required_failure: Callable[[str, str, str], None],
-                unstartable: set[str] | None = None) -> HookCall:
-    """The guarded call of one hook of one plugin, as the pipeline makes it.
+class HookCaller:
+    """The guarded calls of one generation: of one hook of one plugin
+    (`caller(record, hook, kwargs, check, given)`, a `HookCall`), or of one hook of each
+    plugin of a list in turn (`caller.round(...)`).
 
     The executor copies the arguments and calls the hook; the return is frozen (a value
     that is not JSON data is `invalid-output`) and checked with `check` unless it is
-    `given` itself (the frozen, already valid argument it got back), the call timed and reported
-    in `report`; the frozen value is returned. A failure of a `required` plugin (other than in
-    `on_generation_error`) calls `on_required_failure(message, plugin name, status)`.
-    A plugin whose sandbox worker could not start is added to `unstartable`.
+    `given` itself (the frozen, already valid argument it got back), the call timed and
+    reported in `report`; the frozen value is returned. A failure of a `required` plugin
+    (other than in `on_generation_error`) calls `on_required_failure(message, plugin name,
+    status)`. A plugin whose sandbox worker could not start is added to `unstartable`.
 
     One pair of clock reads times a call that returns: the pipeline's before the
     executor's call and the executor's when the hook returned (`HookExecutor.call_at`),
     which also serves the executor's deadline; a return that is validated is timed to the
     end of its validation, a failure to the end of its handling.
+
+    A round with the registry's executors is run by `dihya.sandbox.rounds.call_round`,
+    which times and checks each call the same way: the in-process plugins in its own loop,
+    the others through `call`; this object is its `RoundGuard`. A slotted class with
+    methods rather than closures: one is made per generation (issue #16).
     """
 
-    append = report.append
-    new_result = tuple.__new__  # HookResult's own __new__, without its keyword handling
-    registry_choice = executor_for is default_executor  # then read the record's own
-    # the last frozen argument a view came back from, its values and its keys
-    last_given: tuple[Any, tuple[Any, ...], tuple[Any, ...]] = (_NOTHING, (), ())
+    __slots__ = ("_executor_for", "_on_required_failure", "_unstartable", "report",
+                 "rounds", "timeout_s")
 
-    def call(record: PluginRecord, hook: str, kwargs: dict[str, Any],
-             check: Callable[[Any], list[Problem]] | None,
-             given: Any = _NOTHING) -> tuple[bool, Any]:
-        nonlocal last_given
+    def __init__(self, report: list[HookResult], executor_for: ExecutorFor, timeout: float,
+                 on_required_failure: Callable[[str, str, str], None],
+                 unstartable: set[str] | None = None) -> None:
+        self.report = report
+        self.timeout_s = timeout
+        self._executor_for = executor_for
+        self._on_required_failure = on_required_failure
+        self._unstartable = unstartable
+        #: the registry's choice of executors: the record's own, and rounds run by
+        #: `call_round` (else a round is made of single calls)
+        self.rounds = executor_for is default_executor
+
+    def __call__(self, record: PluginRecord, hook: str, kwargs: dict[str, Any],
+                 check: Callable[[Any], list[Problem]] | None,
+                 given: Any = _NOTHING) -> tuple[bool, Any]:
         started = perf_counter()
         try:
-            executor = ((record.executor or _IN_PROCESS) if registry_choice
-                        else executor_for(record))
-            value, ended = executor.call_at(record, hook, kwargs, timeout, started)
-            if check is not None:
-                if type(value) is CowDict and value.base is given:
-                    seen, seen_values, seen_keys = last_given  # one read: thread-safe
-                    if given is not seen:  # a round's argument: the same for many calls
-                        seen, seen_values, seen_keys = last_given = (
-                            given, tuple(_dict_values(given)), tuple(_dict_keys(given)))
-                    # `freeze`'s first case: the view, unchanged (the same values, by
-                    # identity, under the same keys, in the same order), is what it was
-                    # made from. Keys by equality: JSON keys are text, and a key equal
-                    # to a given one is that key (only a key type with an `__eq__` of its
-                    # own could tell otherwise).
-                    unchanged = (len(value) == len(seen_values)
-                                 and all(map(is_, _dict_values(value), seen_values))
-                                 and tuple(_dict_keys(value)) == seen_keys)
-                else:
-                    unchanged = False
-                if unchanged:
-                    value = given
-                else:
-                    try:
-                        value = freeze(value)
-                    except (TypeError, ValueError, RecursionError) as exc:
-                        raise _NotJson(str(exc)) from exc
-                    if value is not given:  # the very frozen input back: valid, unchanged
-                        problems = check(value)
-                        if problems:
-                            raise _Invalid("; ".join(map(str, problems[:5])))
-                        ended = perf_counter()
+            executor = ((record.executor or _IN_PROCESS) if self.rounds
+                        else self._executor_for(record))
+            value, ended = executor.call_at(record, hook, kwargs, self.timeout_s, started)
         except Exception as exc:
             failure = exc
         else:
-            append(new_result(HookResult, (record.name, hook, OK, (ended - started) * 1000,
-                                           None, False)))
-            return True, value
+            if check is None:  # a return nobody uses (`on_generation_error`)
+                self.report.append(_new_row(HookResult, (record.name, hook, OK,
+                                                         (ended - started) * 1000, None,
+                                                         False)))
+                return True, value
+            return self.settle(record, hook, value, check, given, started, ended)
         # outside the `except`: a required plugin's failure raises without chaining
-        return _failed(record, hook, failure, (perf_counter() - started) * 1000)
+        return self.failed(record, hook, failure, (perf_counter() - started) * 1000)
 
-    def _failed(record: PluginRecord, hook: str, exc: Exception,
-                ms: float) -> tuple[bool, Any]:
+    call = __call__  # the `RoundGuard`'s name for it
+
+    def settle(self, record: PluginRecord, hook: str, value: Any,
+               check: Callable[[Any], list[Problem]], given: Any, started: float,
+               ended: float) -> tuple[bool, Any]:
+        """Freeze and check what a hook returned (a view of `given` that froze back to it,
+        unchanged, is `given` and is not checked) and report it: `(ok, frozen value)`."""
+        try:
+            try:
+                value = freeze(value)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise _NotJson(str(exc)) from exc
+            if value is not given:  # the very frozen input back: valid, unchanged
+                problems = check(value)
+                if problems:
+                    raise _Invalid("; ".join(map(str, problems[:5])))
+                ended = perf_counter()
+        except Exception as exc:
+            failure = exc
+        else:
+            self.report.append(_new_row(HookResult, (record.name, hook, OK,
+                                                     (ended - started) * 1000, None, False)))
+            return True, value
+        return self.failed(record, hook, failure, (perf_counter() - started) * 1000)
+
+    def failed(self, record: PluginRecord, hook: str, exc: Exception,
+               ms: float) -> tuple[bool, Any]:
+        """Report a call that raised, overran its deadline or returned something invalid
+        (`exc` says which); a required plugin's failure calls `on_required_failure`."""
         violation = False
         if isinstance(exc, _Invalid):
             status, detail = INVALID_OUTPUT, str(exc)
@@ -223,18 +225,59 @@ def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: fl
         else:
             status, detail = HOOK_FAILED, f"{type(exc).__name__}: {exc}"[:500]
             violation = isinstance(exc, SandboxViolation)
-            if unstartable is not None and _worker_cannot_start(exc):
-                unstartable.add(record.name)
-        append(new_result(HookResult, (record.name, hook, status, ms, detail, violation)))
+            if self._unstartable is not None and _worker_cannot_start(exc):
+                self._unstartable.add(record.name)
+        self.report.append(_new_row(HookResult, (record.name, hook, status, ms, detail,
+                                                 violation)))
         log.warning("hook %s of plugin %s: %s (%.1f ms)", hook, record.name, status, ms,
                     extra={"plugin": record.name, "action": hook, "reason": status,
                            "duration_ms": round(ms, 2)})
         if record.required and hook != "on_generation_error":
-            on_required_failure(f"required plugin {record.name!r} {hook}: {status}",
-                                record.name, status)
+            self._on_required_failure(f"required plugin {record.name!r} {hook}: {status}",
+                                      record.name, status)
         return False, None
 
-    return call
+    def round(self, records: Sequence[PluginRecord], hook: str, kwargs: dict[str, Any],
+              chained: str | None = None, check_for: Callable[[Any], Check] | None = None,
+              accepted: Callable[[Any], None] | None = None) -> Any:
+        """`hook` of each of `records` that implements it, in order, each guarded and
+        reported: see `dihya.sandbox.rounds.call_round` (the same arguments)."""
+        if self.rounds:
+            return call_round(records, hook, kwargs, chained, check_for, self, accepted)
+        return round_by_calls(self, records, hook, kwargs, chained, check_for, accepted)
+
+
+#: `HookResult`'s own `__new__`, without its keyword handling
+_new_row: Final = tuple.__new__
+
+
+def round_by_calls(call: HookCall, records: Sequence[PluginRecord], hook: str,
+                   kwargs: dict[str, Any], chained: str | None = None,
+                   check_for: Callable[[Any], Check] | None = None,
+                   accepted: Callable[[Any], None] | None = None) -> Any:
+    """A round (`HookCaller.round`) made of single guarded calls: for a `call` that is not
+    a `HookCaller`, or executors other than the registry's."""
+    if (chained is None) != (check_for is None):
+        raise ValueError("a chained round needs the check of its returns, and only it")
+    given = kwargs[chained] if chained is not None else _NOTHING
+    check = check_for(given) if check_for is not None else None
+    for record in records:
+        if hook in record.hooks:
+            ok, value = call(record, hook, kwargs, check, given)
+            if ok and chained is not None and value is not given:
+                given = value
+                kwargs = {**kwargs, chained: value}
+                if accepted is not None:
+                    accepted(value)
+                check = check_for(given)  # type: ignore[misc]  # given with `chained`
+    return given if chained is not None else None
+
+
+def hook_caller(report: list[HookResult], executor_for: ExecutorFor, timeout: float,
+                on_required_failure: Callable[[str, str, str], None],
+                unstartable: set[str] | None = None) -> HookCaller:
+    """The guarded calls of one generation (`HookCaller`, the same arguments)."""
+    return HookCaller(report, executor_for, timeout, on_required_failure, unstartable)
 
 
 class _Invalid(FixedReasonError):
@@ -254,10 +297,13 @@ def generation_context(records: Sequence[PluginRecord], role: str | None = None,
     """The `context` argument of every hook of one generation (no personal data), frozen.
 
     Built frozen (`cow.frozen_dict`) rather than built and then frozen: ≈ 2 µs of every
-    round (issue #16)."""
-    return frozen_dict({"hook_api_version": HOOK_API_VERSION, "request_id": freeze(request_id),
-                        "role": freeze(role),
-                        "plugins": frozen_list([str(r.name) for r in records])})
+    round (issue #16); a role or request id that is text or None is frozen as it is."""
+    return frozen_dict({
+        "hook_api_version": HOOK_API_VERSION,
+        "request_id": (request_id if request_id is None or type(request_id) is str
+                       else freeze(request_id)),
+        "role": role if role is None or type(role) is str else freeze(role),
+        "plugins": frozen_list([str(r.name) for r in records])})
 
 
 def _worker_cannot_start(exc: Exception) -> bool:
@@ -278,18 +324,33 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
     is validated in full. `accepted` is told each accepted return that changed the needs,
     as it happens. The needs returned are frozen (`dihya.sandbox.cow`).
     """
-    needs = freeze(needs)
-    context = freeze(generation_context(records) if context is None else context)
+    if type(needs) is not FrozenDict:  # `freeze`, which gives frozen data back as it is
+        needs = freeze(needs)
+    if context is None:
+        context = generation_context(records)
+    elif type(context) is not FrozenDict:
+        context = freeze(context)
     kwargs = {"needs": needs, "context": context}  # the executors never change it
-    for record in records:
-        if "before_generation" in record.hooks:
-            ok, value = call(record, "before_generation", kwargs, validate_needs, needs)
-            if ok and value is not needs:
-                needs = value
-                kwargs = {"needs": needs, "context": context}
-                if accepted is not None:
-                    accepted(needs)
-    return needs
+    if type(call) is HookCaller and call.rounds:  # `HookCaller.round`, without its frame
+        out: dict[str, Any] = call_round(records, "before_generation", kwargs, "needs",
+                                         _needs_check, call, accepted)
+    elif isinstance(call, HookCaller):
+        out = call.round(records, "before_generation", kwargs, "needs", _needs_check, accepted)
+    else:
+        out = round_by_calls(call, records, "before_generation", kwargs, "needs", _needs_check,
+                             accepted)
+    return out
+
+
+def _needs_check(needs: Any) -> Check:
+    """The check of a return that replaces `needs`: the needs schema, in full."""
+    return validate_needs
+
+
+def _code_check(code: Any) -> Check:
+    """The check of a return that replaces `code`: the files it gave back as they were
+    (the very text objects) passed already."""
+    return functools.partial(validate_code_from, base=code)
 
 
 class _InvalidCode(FixedReasonError):
@@ -327,6 +388,30 @@ def core_code(needs_text: str) -> dict[str, str]:
     return _checked_code(core_generate(json.loads(needs_text)))
 
 
+@functools.lru_cache(maxsize=CORE_CODE_CACHE)
+def core_code_json(needs_text: str) -> tuple[bytes, str]:
+    """`core_code(needs_text)` as canonical JSON bytes, and their SHA-256 (what the HTTP
+    answer sends and the audit event records), remembered with it: frozen data, so the
+    bytes stay those of the mapping."""
+    text = canonical_bytes(core_code(needs_text))
+    return text, hashlib.sha256(text).hexdigest()
+
+
+@functools.lru_cache(maxsize=CORE_CODE_CACHE)
+def _checked_loaded_needs(needs_text: str) -> bool:
+    """Check the needs whose `_exact_json` is `needs_text` (taken from a document
+    `load_json` parsed): True, else `NeedsError`. Whether needs are valid is a pure function
+    of their value, and that text tells every JSON value apart (key order, `1`, `1.0`,
+    `true`, every character), so the last `CORE_CODE_CACHE` valid ones are remembered:
+    the same needs again cost a lookup (a dict's hash and, on a hit, a full comparison of
+    the text), as their generation does (`core_code`). Nothing the caller says is
+    trusted: the key is the needs' own text, made here. Invalid needs raise, and an
+    exception is not remembered. Checked on the needs read back from the text: the same
+    value."""
+    check_loaded_needs(json.loads(needs_text))
+    return True
+
+
 def _exact_json(value: Any) -> str:
     """JSON that tells apart whatever the generator could: key order kept, `1`, `1.0` and
     `true` distinct (the key of `core_code`)."""
@@ -351,7 +436,12 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     audit event before this runs; the report's `needs_sha256` is that value).
     """
     start = time.perf_counter()
-    needs = freeze(check_loaded_needs(needs) if loaded else check_needs(needs))
+    needs_text: str | None = None  # `_exact_json` of the needs as checked
+    if loaded:
+        needs_text = _exact_json(needs)
+        _checked_loaded_needs(needs_text)
+    else:
+        check_needs(needs)
     needs_hash = needs_sha256 or canonical_sha256(needs)
     timeout = snapshot.config.hook_timeout_s
     report: list[HookResult] = []
@@ -387,10 +477,8 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     def _fail(message: str, stage: str, problems: list[Problem] | None = None,
               plugin: str | None = None, kind: str = "invalid-code") -> None:
         error = {"stage": stage, "type": kind, "plugin": plugin}
-        for record in runnable:
-            if "on_generation_error" in record.hooks:
-                call(record, "on_generation_error",
-                     {"error": error, "needs": needs, "context": context}, None)
+        call.round(runnable, "on_generation_error",
+                   {"error": error, "needs": needs, "context": context})
         raise GenerationFailed(stage, message, tuple(report), problems,
                                SANDBOX_UNAVAILABLE if plugin in unstartable else None)
 
@@ -398,25 +486,30 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         nonlocal needs  # what `_fail` hands to on_generation_error
         needs = value
 
-    needs = run_before_generation(runnable, needs, call, accept, context)
+    if runnable:  # frozen for the plugins (read-only views), and maybe changed by them
+        needs = given = freeze(needs)
+        needs = run_before_generation(runnable, needs, call, accept, context)
+        if needs is not given:
+            needs_text = None
+    elif generate is not None:
+        needs = freeze(needs)  # a test's generator gets a view, as plugins do
+    # with no plugin to run the needs reach nothing but `_exact_json`: no frozen copy made
+    if needs_text is None:
+        needs_text = _exact_json(needs)
     try:
-        code = (core_code(_exact_json(needs)) if generate is None
+        code = (core_code(needs_text) if generate is None
                 else _checked_code(generate(view(needs))))
     except _InvalidCode as exc:
         _fail("the core generator produced invalid code", "generator", exc.problems)
         raise  # not reached: _fail raises
+    core = code if generate is None else None  # the core generator's output as remembered
 
     kwargs = {"code": code, "needs": needs, "context": context}  # the executors never change it
-    for record in runnable:
-        if "after_generation" in record.hooks:
-            # the files it gave back as they were (the very text objects) passed already
-            check = functools.partial(validate_code_from, base=code)
-            ok, value = call(record, "after_generation", kwargs, check, code)
-            if ok and value is not code:
-                code = value
-                kwargs = {"code": code, "needs": needs, "context": context}
+    code = call.round(runnable, "after_generation", kwargs, "code", _code_check)
     elapsed = (time.perf_counter() - start) * 1000
-    result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed)
+    # the core's remembered code that no plugin changed: its canonical JSON remembered too
+    files_json = core_code_json(needs_text) if code is core else None
+    result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed, files_json)
     code_bytes = sum(len(t) for t in code.values())
     plugins_ok = sum(h.status == OK for h in report)
     if log.isEnabledFor(logging.INFO):

@@ -194,6 +194,9 @@ HOOK_SPECS: Final[tuple[HookSpec, ...]] = (
 )
 
 HOOKS_BY_NAME: Final = {spec.name: spec for spec in HOOK_SPECS}
+_HOOK_NAMES: Final = tuple(HOOKS_BY_NAME)
+# each spec's argument names, made once: {name: (the spec, its arg_names)}
+_ARG_NAMES: Final = {spec.name: (spec, spec.arg_names) for spec in HOOK_SPECS}
 
 #: Plugin actions: JSON in, JSON out, exposed at
 #: `POST /api/v1/plugins/<plugin>/actions/<action>` behind authentication and the plugin's
@@ -247,18 +250,35 @@ def action(name: str, *, input_schema: dict[str, Any],
     return mark
 
 
-def plugin_actions(cls: type) -> dict[str, ActionSpec]:
-    """The actions a plugin class declares, by action name."""
+def plugin_actions(cls: type, marked: Marked | None = None) -> dict[str, ActionSpec]:
+    """The actions a plugin class declares, by action name (`marked`: `marked_actions(cls)`,
+    when the caller has it)."""
+    marked = marked_actions(cls) if marked is None else marked
     found: dict[str, ActionSpec] = {}
-    for klass in reversed(cls.__mro__):
-        if klass is object:  # built-in: its attributes cannot be set, nor carry a marker
+    for klass in reversed(cls.__mro__) if marked else ():  # the base classes' first
+        for owner, attr, _value, marker in marked:
+            if owner is klass:
+                name, description, schema = marker
+                found[name] = ActionSpec(name, attr, description, schema)
+    return dict(sorted(found.items()))
+
+
+# (class, attribute, value, marker) of each attribute that carries an action marker
+Marked = list[tuple[type, str, Any, Any]]
+
+
+def marked_actions(cls: type) -> Marked:
+    """The attributes carrying an `@action` marker, along the MRO (`cls` first; `object`
+    skipped: a built-in type's attributes cannot carry one), each class's in its order."""
+    found: Marked = []
+    for klass in cls.__mro__:
+        if klass is object:
             continue
         for attr, value in vars(klass).items():
             marker = getattr(value, _ACTION_ATTR, None)
             if marker is not None:
-                name, description, schema = marker
-                found[name] = ActionSpec(name, attr, description, schema)
-    return dict(sorted(found.items()))
+                found.append((klass, attr, value, marker))
+    return found
 
 
 _METADATA_TYPES: Final[dict[str, tuple[type, ...]]] = {
@@ -301,6 +321,30 @@ def validate_plugin_class(obj: object, where: str, *,
             "point must name a class like `class MyPlugin(GenerationPluginBase): ...`"
         )
     cls: type[GenerationPluginBase] = obj
+    return _validated(cls, where, params or parameters, hook_methods(cls),
+                      marked_actions(cls))
+
+
+def loading_facts(obj: object, where: str) -> tuple[
+        type[GenerationPluginBase], tuple[str, ...], dict[str, ActionSpec],
+        dict[str, tuple[str, ...]], list[str]]:
+    """`validate_plugin_class(obj, where)` and what the loader reads of the class: (class,
+    `implemented_hooks`, `plugin_actions`, `hook_arguments`, `deprecation_warnings`), each
+    the same as alone; the hook methods, their parameters and the action markers looked up
+    once for all of them."""
+    if not (isinstance(obj, type) and issubclass(obj, GenerationPluginBase)):
+        validate_plugin_class(obj, where)  # raises, saying why
+    cls: type[GenerationPluginBase] = obj  # type: ignore[assignment]
+    params, methods, marked = shared_parameters(), hook_methods(cls), marked_actions(cls)
+    _validated(cls, where, params, methods, marked)
+    return (cls, implemented_hooks(cls), plugin_actions(cls, marked),
+            hook_arguments(cls, params, methods),
+            deprecation_warnings(cls, params_of=params, methods=methods))
+
+
+def _validated(cls: type[GenerationPluginBase], where: str, params: Params,
+               methods: dict[str, Any], marked: Marked) -> type[GenerationPluginBase]:
+    """`validate_plugin_class` of a subclass, with its hook methods and action markers."""
     qualname = f"{cls.__module__}.{cls.__qualname__}"
     problems: list[str] = []
     for attr, types in _METADATA_TYPES.items():
@@ -313,9 +357,10 @@ def validate_plugin_class(obj: object, where: str, *,
     if isinstance(cls.version, str) and not _pep440(cls.version):
         problems.append(f"attribute `version` = {cls.version!r} is not a PEP 440 version")
     for spec in HOOK_SPECS:
-        problems.extend(_signature_problems(cls, spec, params or parameters))
+        if spec.name in methods:
+            problems.extend(_signature_problems(cls, spec, params, methods))
     problems.extend(_unknown_hook_problems(cls))
-    problems.extend(_action_problems(cls))
+    problems.extend(_action_problems(cls, marked))
     if problems:
         raise InvalidPluginError(f"{where}: class {qualname}: " + "; ".join(problems))
     return cls
@@ -350,14 +395,39 @@ def shared_parameters() -> Params:
     return params
 
 
-def _hook_method(cls: type, spec: HookSpec) -> Any:
-    """The function implementing `spec` in `cls` (None when only the base class has it)."""
+def _hook_method(cls: type, spec: HookSpec, methods: dict[str, Any] | None = None) -> Any:
+    """The function implementing `spec` in `cls` (None when only the base class has it);
+    `methods`: `hook_methods(cls)`, when the caller has it."""
+    if methods is not None:
+        return methods.get(spec.name)
     for klass in cls.__mro__:
         if klass is GenerationPluginBase:
             return None
         if spec.name in klass.__dict__:
             return klass.__dict__[spec.name]
     return None
+
+
+def hook_methods(cls: type) -> dict[str, Any]:
+    """{hook name: what `_hook_method` gives} for the hooks of `HOOK_SPECS` that a class
+    below `GenerationPluginBase` in `cls`'s MRO defines: one walk for every hook."""
+    found: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if klass is GenerationPluginBase:
+            break
+        names = klass.__dict__
+        for name in _HOOK_NAMES:
+            if name in names and name not in found:
+                found[name] = names[name]
+    return found
+
+
+def _arg_names(spec: HookSpec) -> tuple[str, ...]:
+    """`spec.arg_names`, made once per spec of `HOOK_SPECS` (any other spec: computed)."""
+    known = _ARG_NAMES.get(spec.name)
+    if known is not None and known[0] is spec:
+        return known[1]
+    return spec.arg_names
 
 
 def parameters(func: Any) -> list[tuple[str, Any]]:
@@ -390,13 +460,13 @@ def parameters(func: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def _signature_problems(cls: type, spec: HookSpec, params_of: Params = parameters
-                        ) -> list[str]:
+def _signature_problems(cls: type, spec: HookSpec, params_of: Params = parameters,
+                        methods: dict[str, Any] | None = None) -> list[str]:
     """An implementation takes `self` and any subset of the spec's arguments, by name (in
     any order, keyword-only or not, with or without defaults), or `**kwargs` for all."""
     import inspect  # only loading pays for it, not every `dihya` command
 
-    method = _hook_method(cls, spec)
+    method = _hook_method(cls, spec, methods)
     if method is None:
         return []
     if isinstance(method, staticmethod | classmethod) or not inspect.isfunction(method):
@@ -406,13 +476,14 @@ def _signature_problems(cls: type, spec: HookSpec, params_of: Params = parameter
     if not params or params[0][1] not in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD):
         return [f"hook `{spec.name}` must take `self` first, such as `def {spec.signature}`"]
     problems = []
+    arg_names = _arg_names(spec)
     for name, param_kind in params[1:]:
         if param_kind is kind.VAR_KEYWORD:
             continue
         if param_kind in (kind.VAR_POSITIONAL, kind.POSITIONAL_ONLY):
             problems.append(f"hook `{spec.name}`: argument `{name}` cannot be "
                             "positional-only or `*args`: hooks are called by keyword")
-        elif name not in spec.arg_names:
+        elif name not in arg_names:
             known = ", ".join(f"`{a.name}`" + (f" (since hook API {a.since})"
                                                if a.since != "1.0" else "")
                               for a in spec.args)
@@ -421,82 +492,85 @@ def _signature_problems(cls: type, spec: HookSpec, params_of: Params = parameter
     return problems
 
 
-def hook_arguments(cls: type, params_of: Params = parameters) -> dict[str, tuple[str, ...]]:
+def hook_arguments(cls: type, params_of: Params = parameters,
+                   methods: dict[str, Any] | None = None) -> dict[str, tuple[str, ...]]:
     """For each hook `cls` implements, the spec's arguments it takes (in spec order): what
-    a call passes it, by keyword. `**kwargs` takes them all."""
+    a call passes it, by keyword. `**kwargs` takes them all. `methods`: `hook_methods(cls)`,
+    when the caller has it."""
     import inspect
 
     found = {}
     for spec in HOOK_SPECS:
-        method = _hook_method(cls, spec)
+        method = _hook_method(cls, spec, methods)
         if method is None:
             continue
         params = params_of(method)
+        arg_names = _arg_names(spec)
         if any(k is inspect.Parameter.VAR_KEYWORD for _n, k in params):
-            found[spec.name] = spec.arg_names
+            found[spec.name] = arg_names
         else:
             names = {n for n, _k in params}
-            found[spec.name] = tuple(n for n in spec.arg_names if n in names)
+            found[spec.name] = tuple(n for n in arg_names if n in names)
     return found
 
 
 def deprecation_warnings(cls: type, specs: tuple[HookSpec, ...] | None = None,
-                         params_of: Params = parameters) -> list[str]:
+                         params_of: Params = parameters,
+                         methods: dict[str, Any] | None = None) -> list[str]:
     """What `cls` uses that the hook API deprecates: implemented hooks, and arguments it
     takes, marked deprecated in `specs` (default: HOOK_SPECS). Shown at approval, in
-    `plugins show` (warnings) and in the hooks reference."""
+    `plugins show` (warnings) and in the hooks reference. `methods`: `hook_methods(cls)`
+    (for `HOOK_SPECS`' hooks), when the caller has it."""
     import inspect
 
     warnings = []
     for spec in specs if specs is not None else HOOK_SPECS:
-        method = _hook_method(cls, spec)
+        method = _hook_method(cls, spec, methods if specs is None else None)
         if method is None or not inspect.isfunction(method):
             continue
         if spec.deprecated:
             warnings.append(f"hook `{spec.name}` is deprecated: {spec.deprecated}")
+        if not any(a.deprecated for a in spec.args):
+            continue  # no argument of it is deprecated: its parameters do not matter
         taken = {name for name, _kind in params_of(method)}
         warnings.extend(f"argument `{a.name}` of hook `{spec.name}` is deprecated: "
                         f"{a.deprecated}" for a in spec.args if a.deprecated and a.name in taken)
     return warnings
 
 
-def _action_problems(cls: type) -> list[str]:
+def _action_problems(cls: type, marked: Marked | None = None) -> list[str]:
     import inspect
 
     problems: list[str] = []
     seen: dict[str, str] = {}
-    for klass in cls.__mro__:
-        if klass is object:  # as in `plugin_actions`
+    for klass, attr, value, marker in marked_actions(cls) if marked is None else marked:
+        if klass is not cls and attr in vars(cls):
             continue
-        for attr, value in vars(klass).items():
-            marker = getattr(value, _ACTION_ATTR, None)
-            if marker is None or (klass is not cls and attr in vars(cls)):
-                continue
-            name, description, schema = marker
-            where = f"action `{attr}`"
-            if not isinstance(name, str) or not _ACTION_NAME.match(name):
-                problems.append(f"{where}: name {name!r} must match {_ACTION_NAME.pattern}")
-            elif name in seen and seen[name] != attr:
-                problems.append(f"{where}: action name {name!r} is also used by "
-                                f"`{seen[name]}`")
-            seen.setdefault(str(name), attr)
-            if not isinstance(description, str):
-                problems.append(f"{where}: description must be a string")
-            if not isinstance(schema, dict) or schema.get("type") != "object":
-                problems.append(f"{where}: input_schema must be a JSON Schema of an object "
-                                '({"type": "object", ...})')
-            else:
-                import jsonschema  # only classes with actions pay for it
+        name, description, schema = marker
+        where = f"action `{attr}`"
+        if not isinstance(name, str) or not _ACTION_NAME.match(name):
+            problems.append(f"{where}: name {name!r} must match {_ACTION_NAME.pattern}")
+        elif name in seen and seen[name] != attr:
+            problems.append(f"{where}: action name {name!r} is also used by "
+                            f"`{seen[name]}`")
+        seen.setdefault(str(name), attr)
+        if not isinstance(description, str):
+            problems.append(f"{where}: description must be a string")
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            problems.append(f"{where}: input_schema must be a JSON Schema of an object "
+                            '({"type": "object", ...})')
+        else:
+            import jsonschema  # only classes with actions pay for it
 
-                try:
-                    jsonschema.Draft202012Validator.check_schema(schema)
-                except jsonschema.SchemaError as exc:
-                    problems.append(f"{where}: input_schema is not a valid JSON Schema: "
-                                    f"{exc.message}")
-            params = list(inspect.signature(value).parameters) if inspect.isfunction(value) else []
-            if params != ["self", "payload"]:
-                problems.append(f"{where}: method `{attr}({', '.join(params)})` has the wrong "
-                                f"signature, expected `def {attr}(self, payload: dict) -> dict`")
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                problems.append(f"{where}: input_schema is not a valid JSON Schema: "
+                                f"{exc.message}")
+        params = list(inspect.signature(value).parameters) if inspect.isfunction(value) else []
+        if params != ["self", "payload"]:
+            problems.append(f"{where}: method `{attr}({', '.join(params)})` has the wrong "
+                            f"signature, expected `def {attr}(self, payload: dict) -> dict`")
     return problems
 
 

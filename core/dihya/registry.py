@@ -41,8 +41,10 @@ from dihya.gate.decide import (
 from dihya.gate.discovery import discover
 from dihya.gate.fingerprint import resolved_realpaths, shared_realpaths
 from dihya.gate.loader import (
+    DirectModule,
     Imported,
     Loaded,
+    direct_source,
     forget_modules,
     imported_as,
     load_plugins,
@@ -96,7 +98,8 @@ class PluginRecord:
     hook_plans: Mapping[str, HookPlan] = attrs.field(
         init=False, eq=False, repr=False,
         default=attrs.Factory(lambda self: hook_plans(self.instance, self.hooks,
-                                                      self.hook_args), takes_self=True))
+                                                      self.hook_args, self.executor),
+                              takes_self=True))
 
     @property
     def active(self) -> bool:
@@ -394,25 +397,28 @@ def _records(verdicts: Sequence[Verdict], reused: _Built | None,
 
 
 def _direct_modules(in_process: Sequence[Verdict],
-                    direct: Mapping[tuple[str, tuple[str, ...]], str]) -> dict[str, str]:
-    """{top-level module of an entry point: the path entry the gate found it in} for the
-    plugins whose entry point's top-level module is a module or regular package of their
-    own distribution (a listed `NAME.py` or `NAME/__init__.py`) that resolution found in
-    their site directory with nothing before it (`resolution.direct_entries`); a name
-    claimed by two path entries is left out."""
-    found: dict[str, str] = {}
+                    direct: Mapping[tuple[str, tuple[str, ...]], str]
+                    ) -> dict[str, DirectModule]:
+    """{top-level module of an entry point: (the path entry the gate found it in, its one
+    source file)} for the plugins whose entry point's top-level module is a module or
+    regular package of their own distribution (a listed `NAME.py` or `NAME/__init__.py`)
+    that resolution found in their site directory with nothing before it
+    (`resolution.direct_entries`); a name claimed by two path entries is left out. The
+    source file (`direct_source`) is None unless it is the only importable file the
+    distribution lists by that name."""
+    found: dict[str, DirectModule] = {}
     clashes: set[str] = set()
     if not direct:
         return found
     for v in in_process:
         if v.plugin.dist_info is None:
             continue
-        entry = direct.get((os.fspath(v.plugin.dist_info.parent), v.files))
+        entry = direct.get((os.fspath(site_packages(v.plugin) or ""), v.files))
         top = v.plugin.entry_point.module.partition(".")[0]
         if entry is None or (f"{top}.py" not in v.files
                              and f"{top}/__init__.py" not in v.files):
             continue
-        if found.setdefault(top, entry) != entry:
+        if found.setdefault(top, (entry, direct_source(top, v.files)))[0] != entry:
             clashes.add(top)
     for top in clashes:
         del found[top]

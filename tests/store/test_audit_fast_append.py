@@ -147,3 +147,49 @@ def test_a_connection_the_server_closed_is_retried(store: Store) -> None:
     result = auditor.log.verify()
     assert result.ok and result.rows == 2, result.problem
     assert [r["files"] for r in auditor.log.rows()] == [1, 2]
+
+
+def test_sqlite_appends_share_the_readers_connection_and_commit(tmp_path: Path) -> None:
+    """SQLite: the append runs on the connection the thread keeps for the request path's
+    reads (`Store.raw_locked`). Attacks on that: an append must be committed for every
+    other connection when it returns (not left open on the kept connection, visible to
+    that connection only), and a failed one (a duplicate event id, refused mid-transaction
+    while the write lock is held) must release the lock, leave nothing of itself, and
+    leave the thread's next read and append working."""
+    import sqlite3
+
+    from dihya.audit import AuditEvent
+    from dihya.audit.chain import Pending
+    from dihya.store import sqlite_url
+
+    path = tmp_path / "dihya.sqlite3"
+    store = Store(sqlite_url(path), create=True)
+    log = AuditLog(store)
+    item = Pending(AuditEvent(type="generation", outcome="ok", at=0.0, event_id="cd" * 16),
+                   subject="jane")
+    log.append_many([item])
+    reads = store.current_state_version()  # the kept connection, as a request reads
+    assert reads == 0
+
+    def others_see() -> list[str]:
+        other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            # the write lock is free: BEGIN IMMEDIATE fails at once ("database is locked")
+            # if an append left its transaction open on the kept connection
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            return [r[0] for r in other.execute("SELECT event_id FROM dihya_audit "
+                                                "ORDER BY seq")]
+        finally:
+            other.close()
+
+    assert others_see() == ["cd" * 16]
+    with pytest.raises(sa.exc.IntegrityError):
+        log.append_many([Pending(AuditEvent(type="generation", outcome="ok", at=0.0,
+                                            event_id="ef" * 16)), item])
+    assert others_see() == ["cd" * 16]  # the refused batch left nothing, not even "ef"
+    assert store.current_state_version() == 0  # the thread's next read works
+    Auditor(store=store).record("generation", "ok", subject="jane", files=2)
+    assert len(others_see()) == 2
+    result = log.verify()
+    assert result.ok and result.rows == 2, result.problem

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import dihya.registry as registry
-from dihya.gate import pathmemo, verifycache
+from dihya.gate import loader, pathmemo, verifycache
 from dihya.registry import build_registry
 from support.site import PluginSite
 from support.wheels import build_wheel, pip_install, plugin_source
@@ -205,4 +205,76 @@ def test_a_plugin_whose_import_fails_leaves_no_finder(direct: Site) -> None:
     record = direct.build(name).get(name)
     assert record.status == "failed"
     assert "broken on import" in record.message
+    _no_finder_left()
+
+
+class _Made:
+    """Counts the specs `_DirectFinder` made itself (`loader._spec_of`), by module name."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        made = loader._spec_of
+
+        def counting(finder: Any, name: str, source: str) -> Any:
+            spec = made(finder, name, source)
+            if spec is not None:
+                self.names.append(name)
+            return spec
+
+        monkeypatch.setattr(loader, "_spec_of", counting)
+
+
+def test_a_top_level_module_spec_is_made_as_the_finder_makes_it(
+        direct: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin that is one module (`NAME.py`): the spec made without the finder's `stat`
+    calls is the one `import` finds (origin, loader, no `__path__`, cached bytecode)."""
+    made = _Made(monkeypatch)
+    name = direct.site.unique("mod")
+    module = f"dihya_plugin_{name}"
+    wheel = build_wheel(direct.site.wheels, f"dihya-plugin-{name}", "1.0.0", {
+        f"{module}.py": plugin_source(name)}, {name: f"{module}:Plugin"})
+    pip_install(sys.executable, str(wheel), target=direct.site.site)
+    record = direct.build(name).get(name)
+    assert record.status == "active", record.message
+    assert made.names == [module]
+    _as_import_finds(module, sys.modules[module])
+    _no_finder_left()
+
+
+def test_a_package_spec_is_made_as_the_finder_makes_it(
+        direct: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _Made(monkeypatch)
+    name = direct.site.unique("pkg")
+    module = f"dihya_plugin_{name}"
+    direct.site.install(name)
+    record = direct.build(name).get(name)
+    assert record.status == "active", record.message
+    assert made.names == [module]
+    _as_import_finds(module, sys.modules[module])
+
+
+@pytest.mark.parametrize("layout", ["package", "module"])
+def test_an_extension_listed_beside_the_source_is_what_import_finds(
+        direct: Site, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    """The distribution lists an extension module of the same name beside the source: the
+    finder prefers the extension, so the spec is not made from the source; the import runs
+    what `import` would (here a file that is no shared object: the import fails), exactly
+    as with the verification cache off, where no direct lookup is made."""
+    made = _Made(monkeypatch)
+    name = direct.site.unique("ext")
+    module = f"dihya_plugin_{name}"
+    stem = f"{module}/__init__" if layout == "package" else module
+    wheel = build_wheel(direct.site.wheels, f"dihya-plugin-{name}", "1.0.0", {
+        f"{stem}.py": plugin_source(name), f"{stem}.abi3.so": b"not a shared object\n",
+    }, {name: f"{module}:Plugin"})
+    pip_install(sys.executable, str(wheel), target=direct.site.site)
+    found = importlib.machinery.PathFinder.find_spec(module)
+    assert found is not None and str(found.origin).endswith(".abi3.so")
+    record = direct.build(name).get(name)
+    assert (record.status, record.reason) == ("failed", "import-error"), record.message
+    assert made.names == []
+    assert module not in sys.modules
+    monkeypatch.setenv(verifycache.ENV, "off")
+    off = direct.build(name).get(name)
+    assert (off.status, off.reason) == ("failed", "import-error")
     _no_finder_left()

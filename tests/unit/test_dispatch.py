@@ -238,8 +238,9 @@ def test_the_context_is_built_frozen_and_each_hook_gets_a_private_view() -> None
 
 def test_hook_plans_are_made_once_per_record_and_follow_its_instance() -> None:
     record = record_for(Quiet, "planned")
-    method, takes, by_position = record.hook_plans["before_generation"]
+    method, takes, by_position, single = record.hook_plans["before_generation"]
     assert method.__self__ is record.instance and takes == ("needs",) and by_position
+    assert single == "needs"
     replaced = attrs.evolve(record, instance=Quiet())
     assert replaced.hook_plans["before_generation"][0].__self__ is replaced.instance
     assert replaced.instance is not record.instance
@@ -281,7 +282,7 @@ def test_arguments_are_bound_by_name_unless_the_parameters_are_the_specs_in_orde
     plain = record_for(InOrder, "plain")
     assert [odd.hook_plans[h][2] for h in ("before_generation", "after_generation",
                                            "on_generation_error")] == [False, False, False]
-    assert plain.hook_plans["after_generation"][1:] == (("code", "needs"), True)
+    assert plain.hook_plans["after_generation"][1:] == (("code", "needs"), True, None)
     needs = freeze(sample_needs())
     code = freeze({"f.txt": "x"})
     given = {"code": code, "needs": needs, "context": freeze({})}

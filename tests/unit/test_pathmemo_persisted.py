@@ -168,7 +168,7 @@ def test_a_fresh_process_uses_the_persisted_memo(persisted: Persisted) -> None:
     path = Path(cached["cache"][0])
     assert path.parent == persisted.cache_dir
     assert path.stat().st_mode & 0o777 == 0o600
-    assert path.read_bytes().startswith(b"dihya-verify-cache-v3 ")
+    assert path.read_bytes().startswith(b"dihya-verify-cache-v4 ")
     assert (path.parent / f"verified-{os.geteuid()}.key").stat().st_mode & 0o777 == 0o600
 
 

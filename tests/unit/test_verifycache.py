@@ -10,6 +10,7 @@ must give exactly the verdict the gate gives without the cache (`DIHYA_VERIFY_CA
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import marshal
 import os
@@ -18,10 +19,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dihya.gate import verifycache
+from dihya.gate import pathmemo, verifycache
 from dihya.gate.decide import inspect_files
 from dihya.gate.fingerprint import inspect_installed
 from dihya.gate.startup import scan_pth
@@ -243,62 +245,146 @@ def test_edited_cache_file_is_ignored_and_rewritten(cached: Cached) -> None:
     fresh.save()
     assert _fresh_cache(cached).inspect(cached.dist_info("hit")).fingerprint == (
         cached.entries["hit"].fingerprint)
-    assert cached.cache.read_bytes().startswith(b"dihya-verify-cache-v3 ")
+    assert cached.cache.read_bytes().startswith(b"dihya-verify-cache-v4 ")
 
 
 # What a body that authenticates (a key leaked, a bug of another version) may hold that the
-# code never writes: each makes the whole file ignored, the distribution hashed again.
-MALFORMED = {
-    "a bool in a file's key": lambda d, e: e["keys"][0].__setitem__(
+# code never writes. In the verified distributions: the whole file is ignored, the
+# distribution hashed again. In a section decoded when first used (the parsed METADATA, a
+# part of the memo: format v4): that section is ignored — never used — and rewritten.
+DISTS = {
+    "a bool in a file's key": lambda e: e["keys"][0].__setitem__(
         1, [True, *e["keys"][0][1][1:]]),
-    "a key of four ints": lambda d, e: e["keys"][0].__setitem__(1, list(e["keys"][0][1][:4])),
-    "a float in a key": lambda d, e: e["keys"][0].__setitem__(1, [0.5, *e["keys"][0][1][1:]]),
-    "a path that is not a string": lambda d, e: e["keys"][0].__setitem__(0, 7),
-    "a pair of three": lambda d, e: e["keys"].__setitem__(0, [*e["keys"][0], 1]),
-    "a fingerprint that is None": lambda d, e: e.__setitem__("fingerprint", None),
-    "a listed file that is bytes": lambda d, e: e["files"].append(b"x.py"),
-    "a record key of four ints": lambda d, e: e.__setitem__("record_key", (1, 2, 3, 4)),
-    "a memo check with a bool key": lambda d, e: d["memo"].__setitem__(
-        ("x", "y"), ((("/p", (True, 0, 0, 0, 0)),), None)),
-    "a memo check that is a list": lambda d, e: d["memo"].__setitem__(
-        ("x", "y"), ((["/p", None],), None)),
-    "a memo key that is not a pair": lambda d, e: d["memo"].__setitem__(
-        ("x",), ((), None)),
-    "a memo entry of three": lambda d, e: d["memo"].__setitem__(("x", "y"), ((), None, 1)),
-    "a METADATA key with a bool": lambda d, e: next(iter(d["meta"].values())).__setitem__(
-        "key", [False, 0, 0, 0, 0]),
-    "a requirement that is an int": lambda d, e: next(iter(d["meta"].values())).__setitem__(
-        "requires", [1]),
+    "a key of four ints": lambda e: e["keys"][0].__setitem__(1, list(e["keys"][0][1][:4])),
+    "a float in a key": lambda e: e["keys"][0].__setitem__(1, [0.5, *e["keys"][0][1][1:]]),
+    "a path that is not a string": lambda e: e["keys"][0].__setitem__(0, 7),
+    # checked as the site's prefix + the path: an absolute one would name another file
+    "an absolute path in a file's key": lambda e: e["keys"][0].__setitem__(
+        0, "/etc/hostname"),
+    "an absolute path in a directory's key": lambda e: e["dirs"].append(
+        ["/etc", list(verifycache.stat_key("/etc") or ())]),
+    "an absolute path that must be absent": lambda e: e["absent"].append("/nowhere.py"),
+    "a pair of three": lambda e: e["keys"].__setitem__(0, [*e["keys"][0], 1]),
+    "a fingerprint that is None": lambda e: e.__setitem__("fingerprint", None),
+    "a listed file that is bytes": lambda e: e["files"].append(b"x.py"),
+    "a record key of four ints": lambda e: e.__setitem__("record_key", (1, 2, 3, 4)),
+}
+MEMO = {  # (the part whose section holds it, its entries)
+    "a memo check with a bool key": ("x", {("x", "y"): ((("/p", (True, 0, 0, 0, 0)),), None)}),
+    "a memo check that is a list": ("x", {("x", "y"): ((["/p", None],), None)}),
+    "a memo key that is not a pair": ("x", {("x",): ((), None)}),
+    "a memo entry of three": ("x", {("x", "y"): ((), None, 1)}),
+    "another part's entry in a section": ("x", {("resolution", "y"): ((), None)}),
+    "a section that is not a dict": ("x", [("x", "y")]),
+}
+META = {
+    "a METADATA key with a bool": lambda m: m.__setitem__("key", [False, 0, 0, 0, 0]),
+    "a requirement that is an int": lambda m: m.__setitem__("requires", [1]),
+    "a name that is bytes": lambda m: m.__setitem__("name", b"n"),
 }
 
 
-@pytest.mark.parametrize("change", sorted(MALFORMED))
-def test_authenticated_but_malformed_body_is_ignored(cached: Cached, change: str) -> None:
-    """Signed with the cache's own key, but holding what the code never writes: the
-    structure checks (made per kind of element for the whole file at once) reject it."""
-    dist_info = cached.dist_info("hit")
-    _fresh_cache(cached).inspect(dist_info)
-    original = cached.cache.read_bytes()
-    data = marshal.loads(original.partition(b"\n")[2])
-    data.setdefault("memo", {})
-    if not data["meta"]:
-        data["meta"]["/nowhere/METADATA"] = {"key": [1, 2, 3, 4, 5], "name": "n",
-                                             "version": "1", "requires": None}
-    MALFORMED[change](data, data["dists"][os.fspath(dist_info)])
+def _sign(cached: Cached, data: dict[str, Any]) -> None:
     body = marshal.dumps(data)
     key = (cached.cache.parent / (cached.cache.name + ".key")).read_bytes()
+    cached.cache.write_bytes(b"dihya-verify-cache-v4 " + verifycache._mac(key, body) + b"\n"
+                             + body)
+
+
+@pytest.fixture
+def signed(cached: Cached) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The cache file as written for the plugin "hit" (its body decoded), put back after."""
+    dist_info = cached.dist_info("hit")
+    cache = _fresh_cache(cached)
+    cache.inspect(dist_info)
+    cache.metadata(dist_info, lambda: importlib.metadata.PathDistribution(dist_info).metadata)
+    cache.save()  # with the METADATA of "hit" remembered
+    original = cached.cache.read_bytes()
     try:
-        cached.cache.write_bytes(b"dihya-verify-cache-v3 " + verifycache._mac(key, body)
-                                 + b"\n" + body)
-        fresh = _fresh_cache(cached)
-        assert fresh.memo_entries() == {}
-        fresh.inspect(dist_info)
-        assert (fresh.hits, fresh.misses) == (0, 1)
+        yield dist_info, marshal.loads(original.partition(b"\n")[2])
     finally:
         cached.cache.write_bytes(original)
     unchanged = _fresh_cache(cached)  # the original file still answers: the test's control
     unchanged.inspect(dist_info)
     assert (unchanged.hits, unchanged.misses) == (1, 0)
+
+
+@pytest.mark.parametrize("change", sorted(DISTS))
+def test_authenticated_but_malformed_distributions_void_the_file(
+        cached: Cached, signed: tuple[Path, dict[str, Any]], change: str) -> None:
+    """Signed with the cache's own key, but holding what the code never writes: the
+    structure checks (made per kind of element for the whole file at once) reject it."""
+    dist_info, data = signed
+    DISTS[change](data["dists"][os.fspath(dist_info)])
+    _sign(cached, data)
+    fresh = _fresh_cache(cached)
+    assert fresh.memo_parts() == {}
+    fresh.inspect(dist_info)
+    assert (fresh.hits, fresh.misses) == (0, 1)
+
+
+@pytest.mark.parametrize("change", sorted(MEMO))
+def test_authenticated_but_malformed_memo_section_is_never_used(
+        cached: Cached, signed: tuple[Path, dict[str, Any]], change: str) -> None:
+    """A part of the persisted memo whose section holds what the code never writes: that
+    part is rejected when first used (its entries never reach the memo) and rewritten."""
+    dist_info, data = signed
+    part, entries = MEMO[change]
+    data["memo"][part] = marshal.dumps(entries)
+    _sign(cached, data)
+    fresh = _fresh_cache(cached)
+    assert fresh.memo_entries() == {}  # one malformed part: nothing of the memo
+    with pytest.raises(ValueError):
+        verifycache.memo_section(part, data["memo"][part])
+    fresh.inspect(dist_info)  # the verified distributions are not that section
+    assert (fresh.hits, fresh.misses) == (1, 0)
+
+
+def test_a_truncated_or_foreign_section_is_never_used(
+        cached: Cached, signed: tuple[Path, dict[str, Any]]) -> None:
+    dist_info, data = signed
+    part = "links"  # a section as `pathmemo` writes one: it decodes whole
+    section = marshal.dumps({(part, ("/nowhere", None)): ((("/nowhere", None),), ())})
+    assert verifycache.memo_section(part, section)
+    with pytest.raises(ValueError):
+        verifycache.memo_section(part, section[: len(section) // 2])
+    with pytest.raises(ValueError):
+        verifycache.memo_section("another-part", section)
+    # a section that is not bytes: the body is not what the code writes, the file is void
+    _sign(cached, dict(data, memo={part: marshal.loads(section)}))
+    fresh = _fresh_cache(cached)
+    assert fresh.memo_parts() == {}
+    fresh.inspect(dist_info)
+    assert (fresh.hits, fresh.misses) == (0, 1)
+
+
+@pytest.mark.parametrize("change", sorted(META))
+def test_authenticated_but_malformed_metadata_section_is_never_used(
+        cached: Cached, signed: tuple[Path, dict[str, Any]], change: str) -> None:
+    """The parsed METADATA, decoded at the first `metadata` call: a malformed section is
+    ignored (METADATA is parsed again) and the file rewritten at the next save."""
+    dist_info, data = signed
+    meta = marshal.loads(data["meta"])
+    where = os.path.join(os.fspath(dist_info), "METADATA")
+    assert where in meta, "the build remembered no METADATA"
+    META[change](meta[where])
+    data["meta"] = marshal.dumps(meta)
+    _sign(cached, data)
+    fresh = _fresh_cache(cached)
+    parsed = []
+
+    def parse() -> Any:
+        parsed.append(where)
+        return importlib.metadata.PathDistribution(dist_info).metadata
+
+    found = fresh.metadata(dist_info, parse)
+    assert parsed == [where] and found.version == "1.0.0"
+    fresh.save()
+    assert marshal.loads(marshal.loads(cached.cache.read_bytes().partition(b"\n")[2])[
+        "meta"])[where]["name"] == found.name  # rewritten as parsed
+    again = _fresh_cache(cached)
+    again.metadata(dist_info, parse)
+    assert parsed == [where]  # the rewritten section answers
 
 
 def test_foreign_cache_files_are_never_read(cached: Cached, tmp_path: Path) -> None:
@@ -367,3 +453,28 @@ def test_worker_side_never_uses_the_cache() -> None:
     import subprocess
 
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_a_memo_section_reaches_the_memo_only_when_it_is_well_formed(
+        cached: Cached, signed: tuple[Path, dict[str, Any]], valid: bool) -> None:
+    """A fresh process's memo (`pathmemo.attach`) decodes a part's section when the part is
+    first recalled: a well-formed one answers; a malformed one (a check that is a list) is
+    rejected whole, answers nothing and is not written back."""
+    _dist_info, data = signed
+    check = ("/nowhere", None) if valid else ["/nowhere", None]
+    data["memo"]["links"] = marshal.dumps({("links", ("/nowhere", None)): ((check,), ())})
+    _sign(cached, data)
+    cache = _fresh_cache(cached)
+    pathmemo.clear()
+    try:
+        pathmemo.attach(cache)
+        rejected = pathmemo.STATS["persisted.rejected"]
+        found = pathmemo.recall("links", ("/nowhere", None))
+        assert found == ((True, ()) if valid else (False, None))
+        assert pathmemo.STATS["persisted.rejected"] == rejected + (not valid)
+        cache.save()
+        written = marshal.loads(cached.cache.read_bytes().partition(b"\n")[2])["memo"]
+        assert ("links" in written) is valid
+    finally:
+        pathmemo.clear()

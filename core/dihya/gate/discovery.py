@@ -61,28 +61,29 @@ def discover(
     found: list[DiscoveredPlugin] = []
     cache = verifycache.shared()
     with pathmemo.one_pass():
-        for dist_info, key in _metadata_dirs(search):
+        for where, key in _metadata_dirs(search):
             if key in seen:
                 continue
             seen.add(key)
-            found.extend(_plugins_of(dist_info, group, cache))
+            found.extend(_plugins_of(where, group, cache))
     found.sort(key=lambda p: (p.name, p.distribution))
     return found
 
 
-def _plugins_of(dist_info: Path, group: str,
+def _plugins_of(where: str, group: str,
                 cache: verifycache.VerifyCache | None) -> list[DiscoveredPlugin]:
-    """The entry points of `group` that the distribution in `dist_info` declares: remembered
-    while its `entry_points.txt`, METADATA and `direct_url.json` are unchanged."""
-    where = os.fspath(dist_info)
+    """The entry points of `group` that the distribution in the directory `where` declares:
+    remembered while its `entry_points.txt`, METADATA and `direct_url.json` are unchanged.
+    A `Path` and a `Distribution` are made only for a distribution that declares some."""
 
     def compute() -> tuple[list[DiscoveredPlugin], list[pathmemo.Check]]:
         listing = os.path.join(where, "entry_points.txt")
         checks = list(pathmemo.checks([listing]))
         if checks[0][1] is None:
             checks += pathmemo.checks([where])  # absent: its creation changes the directory
-        if group not in (_read(dist_info, "entry_points.txt") or ""):
+        if group not in (_read(where, "entry_points.txt") or ""):
             return [], checks  # most distributions: one read, no parsing, no Distribution
+        dist_info = Path(where)
         dist = md.PathDistribution(dist_info)
         eps = _group_entry_points(dist, group)
         if not eps:
@@ -155,22 +156,23 @@ def requires_of(dist: md.Distribution) -> list[str] | None:
     return requires
 
 
-def _metadata_dirs(search: Sequence[str]) -> Iterator[tuple[Path, str]]:
-    """Each `*.dist-info` / `*.egg-info` directory of the directories on `search`, in path
-    order, with the distribution's normalized name read from the directory's name (PEP
-    427/376: `NAME-VERSION.dist-info`), so no METADATA is parsed to tell duplicates apart.
+def _metadata_dirs(search: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """Each `*.dist-info` / `*.egg-info` directory (its path, a string) of the directories
+    on `search`, in path order, with the distribution's normalized name read from the
+    directory's name (PEP 427/376: `NAME-VERSION.dist-info`), so no METADATA is parsed to
+    tell duplicates apart.
     What `importlib.metadata.distributions(path=...)` finds, through public API only;
     entries that are not directories (zip files) hold no plugin the gate could verify."""
     for entry in search:
         yield from _listing(entry or ".")
 
 
-def _listing(entry: str) -> tuple[tuple[Path, str], ...]:
+def _listing(entry: str) -> tuple[tuple[str, str], ...]:
     """The `*.dist-info` / `*.egg-info` directories in `entry`, sorted, with their
     distributions' normalized names; remembered while the directory is unchanged (adding,
     removing or renaming one changes its ctime)."""
 
-    def compute() -> tuple[tuple[tuple[Path, str], ...], list[pathmemo.Check]]:
+    def compute() -> tuple[tuple[tuple[str, str], ...], list[pathmemo.Check]]:
         checks = list(pathmemo.path_checks([entry]))
         try:
             with os.scandir(entry) as it:
@@ -178,7 +180,10 @@ def _listing(entry: str) -> tuple[tuple[Path, str], ...]:
                                and e.is_dir())
         except OSError:  # not a directory, gone, unreadable
             names = []
-        found = tuple((Path(entry) / name,
+        # the paths `Path(entry) / name` gives, one `Path` per path entry, not per name
+        base = os.fspath(Path(entry))
+        prefix = "" if base == "." else base if base.endswith("/") else base + "/"
+        found = tuple((prefix + name,
                        canonicalize_name(name.rpartition(".")[0].partition("-")[0]))
                       for name in names)
         return found, checks
@@ -228,6 +233,15 @@ def _decode_plugins(data: tuple[Any, ...]) -> list[DiscoveredPlugin]:
     return found
 
 
+def _checked_listing(data: tuple[Any, ...]) -> tuple[tuple[str, str], ...]:
+    """A persisted listing as `_listing` makes it: pairs of strings."""
+    if type(data) is not tuple or not all(
+            type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str
+            and type(pair[1]) is str for pair in data):
+        raise ValueError("malformed")
+    return data
+
+
 def _bound(ep: md.EntryPoint, dist: md.PathDistribution) -> md.EntryPoint:
     """`ep` with `ep.dist` set to `dist`, as `Distribution.entry_points` makes them."""
     bind = getattr(ep, "_for", None)
@@ -240,9 +254,7 @@ def _bound(ep: md.EntryPoint, dist: md.PathDistribution) -> md.EntryPoint:
 
 
 pathmemo.persist("discovery.dist", _encode_plugins, _decode_plugins)
-pathmemo.persist("discovery.listing",
-                 lambda found: tuple((os.fspath(p), n) for p, n in found),
-                 lambda data: tuple((Path(p), n) for p, n in data))
+pathmemo.persist("discovery.listing", decode=_checked_listing)
 pathmemo.persist("links")
 
 
@@ -255,7 +267,7 @@ def _group_entry_points(dist: md.Distribution, group: str) -> md.EntryPoints:
     return dist.entry_points.select(group=group)
 
 
-def _read(dist_info: Path, name: str) -> str | None:
+def _read(dist_info: str | Path, name: str) -> str | None:
     """`PathDistribution(dist_info).read_text(name)`, without the pathlib objects."""
     try:
         with open(os.path.join(dist_info, name), encoding="utf-8") as fh:

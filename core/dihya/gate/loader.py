@@ -33,12 +33,7 @@ from dihya.plugin import (
     ActionSpec,
     GenerationPluginBase,
     InvalidPluginError,
-    deprecation_warnings,
-    hook_arguments,
-    implemented_hooks,
-    plugin_actions,
-    shared_parameters,
-    validate_plugin_class,
+    loading_facts,
 )
 from dihya.pluginlog import loading
 from dihya.reasons import Reason
@@ -161,37 +156,98 @@ def _load_imported(ep: md.EntryPoint, failures: dict[str, BaseException]) -> lis
     return [Extension(ep.name, ep, plugin, None)]
 
 
+# (the path entry the gate found a top-level module in, the one source file the plugin's
+# distribution lists for it — `NAME/__init__.py` or `NAME.py` — or None)
+DirectModule = tuple[str, str | None]
+
+
+def direct_source(top: str, files: Iterable[str]) -> str | None:
+    """`top/__init__.py` or `top.py` when it is the only importable file (any suffix the
+    import system loads) among `files` (a distribution's verified files) that provides the
+    top-level module `top`; else None."""
+    package, module = top + "/__init__.", top + "."
+    own = [f for f in files if (f.startswith(package) or (f.startswith(module)
+                                                        and "/" not in f))
+           and f.endswith(_IMPORTABLE)]
+    if len(own) == 1 and own[0] in (package + "py", module + "py"):
+        return own[0]
+    return None
+
+
+_IMPORTABLE: Final = tuple(importlib.machinery.all_suffixes())
+
+
+def _path_join(*parts: str) -> str:
+    """How the import system joins a finder's directory and a name on POSIX
+    (`importlib._bootstrap_external._path_join`): empty parts dropped, trailing slashes
+    stripped."""
+    return "/".join([part.rstrip("/") for part in parts if part])
+
+
 class _DirectFinder:
     """A `sys.meta_path` finder, first while a build loads its plugins, that answers for
-    the top-level modules the gate resolved (`direct`: name -> path entry) what `import`
-    would find: that path entry's own finder's spec (a `FileFinder` of the exact entry
-    string, as `PathFinder` caches it) — the same spec, loader, `__file__` and `__path__`,
-    without asking every earlier path entry and `sys.meta_path` finder, which the gate
-    found to hold nothing by that name. Everything else (a dotted name, a module not in
-    `direct`, a namespace portion, a spec not found or found elsewhere) is left to the
-    finders after it: the normal import. The import itself (lock, `sys.modules`, parent
-    packages, loading) is `import`'s own."""
+    the top-level modules the gate resolved (`direct`: name -> (path entry, source file))
+    what `import` would find: that path entry's own finder's spec (a `FileFinder` of the
+    exact entry string, as `PathFinder` caches it) — the same spec, loader, `__file__` and
+    `__path__`, without asking every earlier path entry and `sys.meta_path` finder, which
+    the gate found to hold nothing by that name. When the plugin's distribution lists one
+    source file for the name (`direct_source`), the spec is made as that finder makes it
+    for that file (`_spec_of`), without its `stat` calls: the gate checked in this build
+    (or the replay of the last build did: `dihya.gate.replay`) that the file and its
+    directory are those it verified (keys unchanged), and
+    verification found no other importable file there by that name. Everything else (a
+    dotted name, a module not in `direct`, a namespace portion, a spec not found or found
+    elsewhere) is left to the finders after it: the normal import. The import itself
+    (lock, `sys.modules`, parent packages, loading) is `import`'s own."""
 
-    def __init__(self, direct: Mapping[str, str]) -> None:
+    def __init__(self, direct: Mapping[str, DirectModule]) -> None:
         self._direct = direct
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if path is not None:
             return None
-        entry = self._direct.get(name)
-        if entry is None or entry not in sys.path:
+        found = self._direct.get(name)
+        if found is None or found[0] not in sys.path:
             return None
-        finder = sys.path_importer_cache.get(entry)
+        finder = sys.path_importer_cache.get(found[0])
         if type(finder) is not importlib.machinery.FileFinder:
             return None
+        if found[1] is not None:
+            spec = _spec_of(finder, name, found[1])
+            if spec is not None:
+                return spec
         spec = finder.find_spec(name, target)
         if spec is None or spec.loader is None:
             return None  # gone, or a namespace portion: `PathFinder` gathers them all
         return spec
 
 
+def _spec_of(finder: importlib.machinery.FileFinder, name: str, source: str) -> Any:
+    """The spec `finder.find_spec(name)` gives when `source` (`NAME/__init__.py` or
+    `NAME.py`, relative to the finder's directory) is the file it finds: the loader its
+    `.py` suffix maps to, `__path__` the package directory. None when that loader is not
+    the standard `SourceFileLoader` (then the finder itself is asked)."""
+    if os.sep != "/" or os.altsep:
+        return None  # the joins below are POSIX's
+    loaders = getattr(finder, "_loaders", None)
+    loader_class = next((loader for suffix, loader in loaders or () if suffix == ".py"),
+                        None)
+    if loader_class is not importlib.machinery.SourceFileLoader:
+        return None
+    base = finder.path  # the finder's directory, as it joins the names it finds
+    if source.endswith("/__init__.py"):
+        package = _path_join(base, name)
+        origin = _path_join(package, "__init__.py")
+        locations: list[str] | None = [package]
+    else:
+        origin, locations = _path_join(base, name + ".py"), None
+    return importlib.util.spec_from_file_location(
+        name, origin, loader=loader_class(name, origin),
+        submodule_search_locations=locations)
+
+
 @contextlib.contextmanager
-def _direct_finder(direct: Mapping[str, str] | None) -> Iterator[None]:
+def _direct_finder(direct: Mapping[str, DirectModule] | None) -> Iterator[None]:
     """`_DirectFinder` first on `sys.meta_path` while the block runs, when every finder
     before `PathFinder` is a standard one (`pathmemo.finder_state`'s: built-in, frozen,
     setuptools' distutils shim) and answers for none of the names; else nothing."""
@@ -281,13 +337,14 @@ def forget_modules(site: Path, files: Iterable[str]) -> list[str]:
 
 
 def load_plugins(group: str, entry_points: Sequence[md.EntryPoint],
-                 direct: Mapping[str, str] | None = None) -> tuple[
+                 direct: Mapping[str, DirectModule] | None = None) -> tuple[
         dict[str, Loaded], dict[str, LoadFailure]]:
     """Import and validate the given (verified) entry points; nothing else is imported.
 
-    `direct`: {top-level module: the `sys.path` entry the gate found it in, with nothing
-    before it bearing its name} (`resolution.direct_entries`): while loading, such a module
-    is looked up in that entry alone (`_DirectFinder`), not in every path entry."""
+    `direct`: {top-level module: (the `sys.path` entry the gate found it in, with nothing
+    before it bearing its name (`resolution.direct_entries`), its one source file or None
+    (`direct_source`))}: while loading, such a module is looked up in that entry alone
+    (`_DirectFinder`), not in every path entry."""
     redirect_bytecode()
     errors: dict[str, BaseException] = {}
     imported = {ep.name: _load_imported(ep, errors) for ep in entry_points}
@@ -397,10 +454,9 @@ def _validated(obj: object, where: str) -> tuple[type[GenerationPluginBase], _Fa
         # the state only when there is one to compare with (a fresh process has none)
         if hit is not None and hit[0] == _class_state(obj):
             return obj, hit[1]
-    params = shared_parameters()  # each hook's parameters read once for all of these
-    cls = validate_plugin_class(obj, where, params=params)
-    facts: _Facts = (implemented_hooks(cls), plugin_actions(cls), hook_arguments(cls, params),
-                     tuple(deprecation_warnings(cls, params_of=params)))
+    # each hook's method, its parameters and the action markers looked up once for all
+    cls, hooks, actions, hook_args, deprecations = loading_facts(obj, where)
+    facts: _Facts = (hooks, actions, hook_args, tuple(deprecations))
     with contextlib.suppress(TypeError):
         _VALIDATED[cls] = (_class_state(cls), facts)
     return cls, facts

@@ -180,12 +180,25 @@ def _ancestor_in(path: str, present: set[str]) -> bool:
 
 
 def still_valid(found: Sequence[Check]) -> bool:
-    return all(key_of(path) == key for path, key in found)
+    """Every check's path has its key now (`key_of`: looked at once per build)."""
+    seen = _PASS.get()
+    if seen is None:
+        return all(stat_key(path) == key for path, key in found)
+    for path, key in found:
+        try:
+            now = seen[path]
+        except KeyError:
+            now = seen[path] = stat_key(path)
+        if now != key:
+            return False
+    return True
 
 
 def recall(part: str, key: Any) -> tuple[bool, Any]:
     """(True, the remembered value) when every check of `key`'s entry still holds. An
     entry read from the persisted memo is decoded here, after its checks held."""
+    if part in _SECTIONS:
+        _unpack(part)
     entry = _MEMO.get((part, key))
     if entry is not None and still_valid(entry[0]):
         value = entry[1]
@@ -229,6 +242,8 @@ def generation() -> int:
 def remember(part: str, key: Any, found: Sequence[Check], started_ns: int,
              value: Any) -> None:
     """Remember `value` under `key` if every check is settled; else forget any entry."""
+    if part in _SECTIONS:
+        _unpack(part)
     with _LOCK:
         if not settled(found, started_ns):
             _MEMO.pop((part, key), None)
@@ -278,6 +293,7 @@ def clear() -> None:
     and read the persisted memo again with the next cache."""
     with _LOCK:
         _MEMO.clear()
+        _SECTIONS.clear()
         _ATTACHED[0] = None
         _GENERATION[0] += 1
 
@@ -295,6 +311,9 @@ Encode = Callable[[Any], Any]
 _CODECS: dict[str, tuple[Encode, Encode]] = {}
 # the cache whose file the memo was read from and is written to (one at a time)
 _ATTACHED: list[verifycache.VerifyCache | None] = [None]
+# the parts read from that file and not used yet, each still its encoded section: decoded
+# (`_unpack`) when the part is first recalled or remembered
+_SECTIONS: dict[str, bytes] = {}
 
 
 class _Raw:
@@ -318,19 +337,38 @@ def persist(part: str, encode: Encode = _same, decode: Encode = _same) -> None:
 
 
 def attach(cache: verifycache.VerifyCache) -> None:
-    """Add the entries `cache`'s file holds for this context (those this process does not
-    hold already), encoded; `cache` writes this process's entries at its next save."""
+    """Take the sections of the memo `cache`'s file holds for this context, each added
+    (its entries this process does not hold already, encoded) when its part is first used;
+    `cache` writes this process's entries at its next save."""
     with _LOCK:
         if _ATTACHED[0] is cache:
             return
         _ATTACHED[0] = cache
-    loaded = cache.memo_entries()
+    sections = cache.memo_parts()
     cache.memo_source = _dump
+    with _LOCK:
+        _SECTIONS.clear()
+        _SECTIONS.update(sections)
+
+
+def _unpack(part: str) -> None:
+    """Add the entries of `part`'s section read from the file (checked first: a malformed
+    section is ignored, and the file rewritten at the next save)."""
+    with _LOCK:
+        section = _SECTIONS.pop(part, None)
+    if section is None:
+        return
+    try:
+        loaded = verifycache.memo_section(part, section)
+    except ValueError:
+        STATS["persisted.rejected"] += 1
+        _touch()
+        return
     added = 0
     with _LOCK:
-        for (part, key), (found, data) in loaded.items():
-            if (part, key) not in _MEMO and len(_MEMO) < _MAX_ENTRIES:
-                _MEMO[(part, key)] = (found, _Raw(data))
+        for ident, (found, data) in loaded.items():
+            if ident not in _MEMO and len(_MEMO) < _MAX_ENTRIES:
+                _MEMO[ident] = (found, _Raw(data))
                 added += 1
     STATS["persisted.loaded"] += added
 
@@ -350,9 +388,10 @@ def _decode(part: str, key: Any, entry: tuple[tuple[Check, ...], Any]) -> Any:
                 del _MEMO[(part, key)]
         return _MISSING
     STATS["persisted.hit"] += 1
+    ident = (part, key)
     with _LOCK:
-        if _MEMO.get((part, key)) is entry:
-            _MEMO[(part, key)] = (entry[0], value)
+        if _MEMO.get(ident) is entry:
+            _MEMO[ident] = (entry[0], value)
     return value
 
 
@@ -362,19 +401,23 @@ def _touch() -> None:
         cache.memo_changed()
 
 
-def _dump() -> dict[tuple[str, Any], tuple[tuple[Check, ...], Any]]:
-    """The entries of the persisted parts, encoded, for the cache file."""
+def _dump() -> dict[str, bytes | dict[Any, Any]]:
+    """The persisted parts for the cache file: {part: its section as read (not used by
+    this process), or its entries, encoded}."""
     with _LOCK:
         items = list(_MEMO.items())
-    out = {}
+        out: dict[str, bytes | dict[Any, Any]] = dict(_SECTIONS)
     for (part, key), (found, value) in items:
         codec = _CODECS.get(part)
-        if codec is None:
+        if codec is None or type(out.get(part)) is bytes:
             continue
         try:
-            out[(part, key)] = (found, value.data if type(value) is _Raw else codec[0](value))
+            encoded = (found, value.data if type(value) is _Raw else codec[0](value))
         except Exception:  # a value this codec cannot write stays in memory
             continue
+        entries = out.setdefault(part, {})
+        assert type(entries) is dict
+        entries[(part, key)] = encoded
     return out
 
 

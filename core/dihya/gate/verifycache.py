@@ -35,11 +35,17 @@ memo; files of another context not written for 14 days are removed), or the file
 `DIHYA_VERIFY_CACHE` names (`off`: no cache at all), written atomically with mode 0600 in a
 directory of this user that no one else can write, authenticated with HMAC-SHA256 under a
 random key kept beside it (`verified-UID.key`, shared by the contexts; `NAME.key` beside a
-named file; 0600). The body is `marshal`-encoded (format v3) and is decoded only after its
-MAC matched. A file that is not a regular file of this user, not 0600-tight, not
-authenticated by the key, or not understood is ignored — never trusted — and replaced at
-the next save; a memo written for another context is ignored (the verified distributions
-of such a file are still each re-checked by `stat`, as always). What this trusts is written in
+named file; 0600). The body is `marshal`-encoded (format v4) and is decoded only after its
+MAC matched (the MAC covers the whole body). The verified distributions are decoded and
+checked at once; the parsed METADATA and each part of the memo are sections of the body
+(`marshal` bytes of their own), each decoded and checked when a build first uses it — a
+build answered by the memo never decodes the METADATA, the `.pth` owners or the link
+listings. A file that is not a regular file of this user, not 0600-tight, not
+authenticated by the key, or whose distributions are not understood is ignored — never
+trusted — and replaced at the next save; a section that is not understood is ignored
+alone (never used) and rewritten at the next save; a memo written for another context is
+ignored (the verified distributions of such a file are still each re-checked by `stat`,
+as always). What this trusts is written in
 docs/threat-model.md ("The verification cache").
 """
 
@@ -77,7 +83,8 @@ RACY_NS: Final = 2_000_000_000
 #: v3: the unlisted-file walk also looks into `__pycache__/` and at links (an entry of a v1
 #: file was made without them, so it is not trusted: the whole file is ignored, then
 #: replaced), and the body is marshal with the persisted import-path memo (`pathmemo`).
-_MAGIC: Final = b"dihya-verify-cache-v3"
+#: v4: the METADATA and each memo part are sections decoded when first used.
+_MAGIC: Final = b"dihya-verify-cache-v4"
 #: A cache file of another context (`finders.context`) not written for this long is removed.
 STALE_CONTEXT_S: Final = 14 * 24 * 3600
 _KEY_BYTES: Final = 32
@@ -96,27 +103,36 @@ class Metadata:
     requires: tuple[str, ...] | None
 
 
-@attrs.frozen
 class _Compiled:
-    """What a hit needs of one cache entry, derived from it once."""
+    """What a hit needs of one cache entry, derived from it once (a plain class: made for
+    every entry a fresh process uses)."""
 
-    entry: dict[str, Any] = attrs.field(eq=False)  # the entry this was made from
-    site: str  # the directory the entry's paths are relative to
-    record: str  # RECORD's path
-    checks: tuple[tuple[str, Any], ...]  # (absolute path, key): hashed files, dirs
-    absent: tuple[str, ...]  # absolute paths that must not exist
-    found: InstalledFiles  # the answer of a hit
+    __slots__ = ("entry", "found", "prefix", "record", "site")
+
+    def __init__(self, entry: dict[str, Any], where: str) -> None:
+        self.entry = entry  # the entry this was made from (of the `*.dist-info` `where`)
+        self.site = os.path.dirname(where)  # the directory the entry's paths are relative to
+        # what `os.path.join(site, rel)` puts before a relative path (`_checked` makes sure
+        # that every remembered path is relative)
+        self.prefix = self.site if self.site.endswith("/") else self.site + "/"
+        self.record = os.path.join(where, "RECORD")  # RECORD's path
+        self.found = InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ())
 
 
 def _holds(compiled: _Compiled, stat: Callable[[str], StatKey | None]) -> bool:
     """Every hashed file and listed package directory of the entry has its key (a `stat`
     each, every time) and every file that must be absent is."""
-    for path, key in compiled.checks:
-        if stat(path) != key:
+    entry, prefix = compiled.entry, compiled.prefix
+    for rel, key in entry["keys"]:
+        if stat(prefix + rel) != key:
             return False
+    for rel, key in entry["dirs"]:
+        if stat(prefix + rel) != key:
+            return False
+    absent = entry["absent"]
     # `stat` rather than `os.path.exists`: in a build, what it looked at is remembered
     # with the rest (`pathmemo.observed`), absent paths included
-    return not compiled.absent or all(stat(p) is None for p in compiled.absent)
+    return not absent or all(stat(prefix + rel) is None for rel in absent)
 
 
 def stat_key(path: str) -> StatKey | None:
@@ -146,13 +162,17 @@ class VerifyCache:
             path.with_name(path.name + ".key")
         # what the persisted import-path memo is for: a memo of another context is ignored
         self.context = context if context is not None else finders.context()
-        # `dihya.gate.pathmemo`'s entries: read from the file (until taken by
-        # `memo_entries`), and how to get this process's at a save
-        self._memo: dict[Any, Any] = {}
-        self.memo_source: Callable[[], dict[Any, Any]] | None = None
+        # `dihya.gate.pathmemo`'s entries as read from the file, one encoded section per
+        # part (until taken by `memo_parts`), and how to get this process's at a save
+        # (`memo_source`: {part: its section as read, or its entries})
+        self._memo: dict[str, bytes] = {}
+        self.memo_source: Callable[[], dict[str, bytes | dict[Any, Any]]] | None = None
         self._lock = threading.RLock()
         self._dists: dict[str, dict[str, Any]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        # the METADATA section as read, decoded at the first `metadata` (a build whose
+        # discovery is answered by the memo never asks)
+        self._meta_section: bytes | None = None
         self._loaded = path is None
         self._dirty = False
         self.hits = 0
@@ -236,19 +256,12 @@ class VerifyCache:
             return os.fspath(dist_info) in self._dists
 
     def _compile(self, where: str, entry: dict[str, Any]) -> _Compiled:
-        """`entry`'s checks with absolute paths, and its answer (an immutable
-        `InstalledFiles`), made once per entry object."""
+        """What `entry`'s checks need (the site's prefix, RECORD's path) and its answer (an
+        immutable `InstalledFiles`), made once per entry object."""
         compiled = self._compiled.get(where)
         if compiled is not None and compiled.entry is entry:
             return compiled
-        site = os.path.dirname(where)
-        join = os.path.join
-        compiled = _Compiled(
-            entry, site, join(where, "RECORD"),
-            # the keys as remembered: compared with `!=` to fresh ones, as before
-            tuple((join(site, rel), key) for rel, key in (*entry["keys"], *entry["dirs"])),
-            tuple(join(site, rel) for rel in entry["absent"]),
-            InstalledFiles(entry["fingerprint"], tuple(entry["files"]), (), ()))
+        compiled = _Compiled(entry, where)
         with self._lock:
             self._compiled[where] = compiled
         return compiled
@@ -269,6 +282,7 @@ class VerifyCache:
         where = os.path.join(os.fspath(dist_info), "METADATA")
         key = stat_key(where)
         with self._lock:
+            self._meta_decoded()
             entry = self._meta.get(where)
         if key is not None and entry is not None and tuple(entry["key"]) == key:
             requires = entry["requires"]
@@ -293,14 +307,39 @@ class VerifyCache:
 
     # -- the import-path memo (`dihya.gate.pathmemo`) -------------------------------------
 
-    def memo_entries(self) -> dict[Any, Any]:
+    def memo_parts(self) -> dict[str, bytes]:
         """The persisted import-path memo read from the file (when it authenticated, is
-        this user's and was written for this context), handed over once: {(part, key):
-        (checks, encoded value)}, each check a (path, stat key or None)."""
+        this user's and was written for this context), handed over once: {part: its
+        section}, each decoded by `memo_section` when the part is first used."""
         self._load()
         with self._lock:
             found, self._memo = self._memo, {}
         return found
+
+    def memo_entries(self) -> dict[Any, Any]:
+        """Every part of `memo_parts` decoded: {(part, key): (checks, encoded value)}, each
+        check a (path, stat key or None); {} when one part is malformed."""
+        found: dict[Any, Any] = {}
+        try:
+            for part, section in self.memo_parts().items():
+                found.update(memo_section(part, section))
+        except ValueError:
+            return {}
+        return found
+
+    def _meta_decoded(self) -> None:
+        """Decode the METADATA section read from the file, once (under the lock); a
+        malformed one is ignored (every METADATA is then parsed) and rewritten."""
+        section, self._meta_section = self._meta_section, None
+        if section is None:
+            return
+        try:
+            meta = _checked_meta(marshal.loads(section))
+        except (ValueError, TypeError, KeyError, EOFError):
+            self._dirty = self.path is not None
+            return
+        for where, entry in meta.items():
+            self._meta.setdefault(where, entry)
 
     def memo_changed(self) -> None:
         """The memo has entries to write at the next save."""
@@ -323,12 +362,15 @@ class VerifyCache:
                 return
             try:
                 data = marshal.loads(body)
-                dists, meta = _checked(data)
-                memo = _checked_memo(data.get("memo")) if (
-                    data.get("context") == self.context) else {}
+                dists = _checked(data)
+                meta, memo = data["meta"], data["memo"]
+                if (type(meta) is not bytes or type(memo) is not dict
+                        or not _all_of(memo, _STR) or not _all_of(memo.values(), _BYTES)):
+                    raise ValueError("malformed")
             except (ValueError, TypeError, KeyError, EOFError):
                 return
-            self._dists, self._meta, self._memo = dists, meta, memo
+            self._dists, self._meta_section = dists, meta
+            self._memo = memo if data.get("context") == self.context else {}
 
     def save(self) -> None:
         """Write the entries (when something changed) atomically; errors are ignored: the
@@ -340,17 +382,21 @@ class VerifyCache:
                 return
             self._dirty = False
             dists = {k: v for k, v in self._dists.items() if os.path.isdir(k)}
+            self._meta_decoded()
             meta = {k: v for k, v in self._meta.items()
                     if os.path.isdir(os.path.dirname(k))}
-            memo = self._memo
+            parts: dict[str, bytes | dict[Any, Any]] = dict(self._memo)
             if self.memo_source is not None:
-                memo = {**memo, **self.memo_source()}
+                parts.update(self.memo_source())
+            memo = {}
+            for part, entries in parts.items():
+                try:  # one section per part: a process decodes only the parts it uses
+                    memo[part] = entries if type(entries) is bytes else marshal.dumps(entries)
+                except ValueError:  # a value marshal cannot write: that part stays in memory
+                    continue
             data = {"uid": os.geteuid(), "context": self.context, "dists": dists,
-                    "meta": meta, "memo": memo}
-            try:
-                body = marshal.dumps(data)
-            except ValueError:  # a value marshal cannot write: the memo stays in memory
-                body = marshal.dumps(dict(data, memo={}))
+                    "meta": marshal.dumps(meta), "memo": memo}
+            body = marshal.dumps(data)
             with contextlib.suppress(OSError):
                 _write_authenticated(self.path, body, self.key_path)
                 _remove_stale(self.path)
@@ -359,13 +405,27 @@ class VerifyCache:
         with self._lock:
             self._dists.clear()
             self._meta.clear()
+            self._meta_section = None
             self._dirty = self.path is not None
 
 
+def memo_section(part: str, section: bytes) -> dict[Any, Any]:
+    """The entries of one part's section of the persisted memo (read from a file that
+    authenticated): {(part, key): (checks, encoded value)}; ValueError when malformed or
+    holding another part's entries (then the part is ignored and rewritten)."""
+    try:
+        memo = _checked_memo(marshal.loads(section))
+    except (TypeError, KeyError, EOFError) as exc:
+        raise ValueError("malformed") from exc
+    if set(map(_FIRST, memo)) - {part}:
+        raise ValueError("malformed")
+    return memo
+
+
 def _checked_memo(memo: Any) -> dict[Any, Any]:
-    """The memo entries of a decoded body; ValueError when malformed (then the whole file
-    is ignored). Only the checks are looked at here; a value is decoded, by its part's
-    codec, when its checks held (`pathmemo.recall`).
+    """The memo entries of a decoded section; ValueError when malformed. Only the checks
+    are looked at here; a value is decoded, by its part's codec, when its checks held
+    (`pathmemo.recall`).
 
     Each kind of element is checked for the whole memo at once (`_all_of`: the set of its
     types, of its lengths), not element by element in Python: the same checks, in C."""
@@ -417,14 +477,14 @@ def _are_keys(keys: list[Any]) -> bool:
             and _INT.issuperset(map(type, chain.from_iterable(keys))))
 
 
-def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The entries of a decoded cache body; ValueError/TypeError/KeyError when malformed.
-    Each kind of field is checked for all entries at once (`_all_of`), as in
-    `_checked_memo`."""
+def _checked(data: Any) -> dict[str, dict[str, Any]]:
+    """The verified distributions of a decoded cache body; ValueError/TypeError/KeyError
+    when malformed (then the whole file is ignored). Each kind of field is checked for all
+    entries at once (`_all_of`), as in `_checked_memo`."""
     if not isinstance(data, dict) or data.get("uid") != os.geteuid():
         raise ValueError("not this user's cache")
-    dists, meta = data["dists"], data["meta"]
-    if not isinstance(dists, dict) or not isinstance(meta, dict):
+    dists = data["dists"]
+    if not isinstance(dists, dict):
         raise ValueError("malformed")
     entries = list(dists.values())
     for field, kind in (("record", _STR), ("root", _STR), ("fingerprint", _STR),
@@ -436,7 +496,8 @@ def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, 
     pairs += chain.from_iterable(map(itemgetter("dirs"), entries))
     rels, keys = (list(map(_FIRST, pairs)), list(map(_SECOND, pairs))) \
         if _all_of(pairs, _SEQUENCE, 2) else (None, None)
-    if rels is None or keys is None or not _all_of(rels, _STR) or not _are_keys(keys):
+    if (rels is None or keys is None or not _all_of(rels, _STR) or not _are_keys(keys)
+            or _any_absolute(rels)):
         raise ValueError("malformed")
     record_keys = [entry.get("record_key") for entry in entries]
     if not _keys_or_none(record_keys):
@@ -444,12 +505,23 @@ def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, 
     strings = chain.from_iterable(chain(e["files"], e["absent"]) for e in entries)
     if not _all_of(strings, _STR):
         raise ValueError("malformed")
+    # relative, as remembered: a check's path is the site's prefix + it (`_Compiled`)
+    if _any_absolute(list(chain.from_iterable(map(itemgetter("absent"), entries)))):
+        raise ValueError("malformed")
     if not _all_of(keys, _TUPLE):  # tuples, as compared with fresh keys (a v3 file has)
         for entry in entries:
             entry["keys"] = [[rel, tuple(key)] for rel, key in entry["keys"]]
             entry["dirs"] = [[rel, tuple(key)] for rel, key in entry["dirs"]]
     for entry, record_key in zip(entries, record_keys, strict=True):
         entry["record_key"] = None if record_key is None else tuple(record_key)
+    return dists
+
+
+def _checked_meta(meta: Any) -> dict[str, dict[str, Any]]:
+    """The parsed METADATA of a decoded section; ValueError/TypeError/KeyError when
+    malformed."""
+    if not isinstance(meta, dict) or not _all_of(meta, _STR):
+        raise ValueError("malformed")
     metas = list(meta.values())
     if (not _are_keys(list(map(itemgetter("key"), metas)))
             or not (_STR | _NONE).issuperset(map(type, map(itemgetter("name"), metas)))
@@ -458,10 +530,17 @@ def _checked(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, 
     requires = [r for r in map(itemgetter("requires"), metas) if r is not None]
     if not _all_of(chain.from_iterable(requires), _STR):
         raise ValueError("malformed")
-    return dists, meta
+    return meta
 
 
 _LIST: Final = frozenset({list})
+_BYTES: Final = frozenset({bytes})
+
+
+def _any_absolute(paths: list[str]) -> bool:
+    """True when one of `paths` (strings) starts with "/": checked on one string that
+    joins them all (a NUL, which no path holds, before each)."""
+    return "\0/" in "\0" + "\0".join(paths)
 
 
 def _open_private(path: Path) -> int | None:
@@ -478,12 +557,13 @@ def _open_private(path: Path) -> int | None:
     return fd
 
 
-def _read_fd(fd: int) -> bytes:
+def _read_fd(fd: int, size: int = 0) -> bytes:
+    """Everything `fd` reads (`size`: what `fstat` said, read in one call), closed after."""
     try:
         chunks = []
-        while chunk := os.read(fd, 1 << 20):
+        while chunk := os.read(fd, max(size + 1, 1 << 16)):
             chunks.append(chunk)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -513,19 +593,24 @@ def _key(key_path: Path, create: bool) -> bytes | None:
     return key
 
 
-def _mac(key: bytes, body: bytes) -> bytes:
-    return hmac.new(key, _MAGIC + b"\n" + body, hashlib.sha256).hexdigest().encode()
+def _mac(key: bytes, body: bytes | memoryview) -> bytes:
+    mac = hmac.new(key, _MAGIC + b"\n", hashlib.sha256)
+    mac.update(body)
+    return mac.hexdigest().encode()
 
 
-def _read_authenticated(path: Path, key_path: Path | None = None) -> bytes | None:
+def _read_authenticated(path: Path, key_path: Path | None = None) -> memoryview | None:
+    """The body of the cache file `path` once its MAC matched (a view of the bytes read:
+    the megabytes of a large cache are not copied), or None."""
     fd = _open_private(path)
     if fd is None:
         return None
-    data = _read_fd(fd)
-    head, sep, body = data.partition(b"\n")
-    magic, _, mac = head.partition(b" ")
-    if not sep or magic != _MAGIC:
+    data = _read_fd(fd, os.fstat(fd).st_size)
+    end = data.find(b"\n", 0, 256)
+    magic, _, mac = data[:max(end, 0)].partition(b" ")
+    if end < 0 or magic != _MAGIC:
         return None
+    body = memoryview(data)[end + 1:]
     key = _key(key_path or path.with_name(path.name + ".key"), create=False)
     if key is None or not hmac.compare_digest(mac, _mac(key, body)):
         return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from time import perf_counter
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from dihya.pluginlog import deliver
 from dihya.pluginlog.capture import (
@@ -25,28 +25,46 @@ from dihya.pluginlog.capture import (
     CAPTURE_HANDLER,
     PLUGIN_LOGGER,
     WAITING,
+    CallBuffer,
     call_entry,
     install,
 )
 from dihya.reasons import FixedReasonError, HookStatus
 from dihya.sandbox.cow import CowDict, FrozenDict, view
 
-#: How an in-process plugin's hook is called: its bound method, the names of the arguments
-#: it takes (None: all of them), and whether it takes exactly those, in that order, as
-#: plain parameters (then they are passed by position: the same binding, without building
-#: a keyword dict). Made once per registry record (`hook_plans`).
-HookPlan = tuple[Callable[..., Any], tuple[str, ...] | None, bool]
+
+class HookPlan(NamedTuple):
+    """How an in-process plugin's hook is called, made once per registry record
+    (`hook_plans`): the bound method looked up once, not per call."""
+
+    method: Callable[..., Any]
+    #: the names of the arguments it takes (None: all of them)
+    takes: tuple[str, ...] | None
+    #: whether it takes exactly those, in that order, as plain parameters: then they are
+    #: passed by position (the same binding, without building a keyword dict)
+    by_position: bool
+    #: the name of its one argument when it takes one only, by position: then its view is
+    #: passed alone (no list, a direct call)
+    single: str | None
+
+
 _NO_PLANS: Final[Mapping[str, HookPlan]] = MappingProxyType({})
 _CO_VARARGS: Final = 0x04
 _CO_VARKEYWORDS: Final = 0x08
+_NOTHING: Final[Any] = object()
 
 
-def hook_plans(instance: Any, hooks: Collection[str],
-               hook_args: Mapping[str, tuple[str, ...]]) -> Mapping[str, HookPlan]:
-    """The call plan of each hook in `hooks` of a plugin loaded in this process (none
-    when `instance` is None): the bound method looked up once, not per call. A hook
-    whose method cannot be read now has no plan; a call looks it up as before."""
-    if instance is None or not hooks:
+def hook_plans(instance: Any, hooks: Collection[str], hook_args: Mapping[str, tuple[str, ...]],
+               executor: Any = None) -> Mapping[str, HookPlan]:
+    """The call plan of each hook in `hooks` of a plugin loaded in this process and run
+    here: none when `instance` is None or `executor` (the registry's choice) is not the
+    in-process executor (None: in-process, as the pipeline's default). A hook whose method
+    cannot be read now has no plan; a call looks it up as before.
+
+    A round (`dihya.sandbox.rounds`) runs in-process exactly the plugins that have a plan:
+    a record is immutable, so its executor cannot change after its plans were made."""
+    if instance is None or not hooks or not (executor is None
+                                             or type(executor) is InProcessExecutor):
         return _NO_PLANS
     plans: dict[str, HookPlan] = {}
     for hook in hooks:
@@ -56,7 +74,9 @@ def hook_plans(instance: Any, hooks: Collection[str],
             continue
         if callable(method):
             takes = hook_args.get(hook)
-            plans[hook] = (method, takes, _takes_by_position(method, takes))
+            by_position = _takes_by_position(method, takes)
+            single = takes[0] if by_position and takes is not None and len(takes) == 1 else None
+            plans[hook] = HookPlan(method, takes, by_position, single)
     return plans
 
 
@@ -158,6 +178,24 @@ class HookExecutor(Protocol):
         ...
 
 
+def views_for(takes: tuple[str, ...] | None, by_position: bool,
+              kwargs: Mapping[str, Any]) -> tuple[list[Any] | None, dict[str, Any]]:
+    """A hook's views (`cow.view`) of the arguments of `kwargs` it takes (`takes`, None: all
+    of them): a list to pass by position when `by_position` and it takes them all, else
+    (one it takes was not given: bound by name, as a keyword call does) a dict to pass by
+    keyword."""
+    if by_position:
+        args = []
+        for name in takes:  # type: ignore[union-attr]  # never None by position
+            if name not in kwargs:
+                break
+            args.append(view(kwargs[name]))
+        else:
+            return args, {}
+    return None, {name: view(kwargs[name]) for name in (kwargs if takes is None else takes)
+                  if name in kwargs}
+
+
 def arguments_for(record: HookTarget, hook: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The arguments of `kwargs` that `record`'s implementation of `hook` takes."""
     takes = record.hook_args.get(hook)
@@ -184,44 +222,42 @@ class InProcessExecutor:
 
     def call_at(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
                 timeout_s: float, started: float) -> tuple[Any, float]:
-        # The pipeline's hot path (issue #16): no per-call lookups, allocations only for
-        # the views (and a log buffer only if the hook logs).
+        # A hot path (issue #16): no per-call lookups, allocations only for the views (and
+        # a log buffer only if the hook logs). `dihya.sandbox.rounds` inlines the same
+        # steps for a whole round: keep the two alike.
         plan = record.hook_plans.get(hook)
         if plan is None:  # an action method, or a record made without its instance
             instance = record.instance
             if instance is None:
                 raise RuntimeError(f"plugin {record.name!r} is not loaded in this process")
-            method, takes, by_position = getattr(instance, hook), record.hook_args.get(hook), False
+            method, takes, by_position, single = (getattr(instance, hook),
+                                                  record.hook_args.get(hook), False, None)
         else:
-            method, takes, by_position = plan
-        if by_position:  # the views in a list, the call by position
-            args = []
-            for name in takes:  # type: ignore[union-attr]  # never None by position
-                if name not in kwargs:  # not given: bound by name, as the keyword path does
-                    by_position = False
-                    break
-                value = kwargs[name]
-                if type(value) is FrozenDict:  # `view`, inlined for the common case
-                    copy = CowDict(value)
-                    copy.base = value
-                    args.append(copy)
-                else:
-                    args.append(view(value))
-        if not by_position:  # the views in a dict, the call by keyword
-            copies = {}
-            for name in kwargs if takes is None else takes:
-                if name in kwargs:
-                    copies[name] = view(kwargs[name])
+            method, takes, by_position, single = plan
+        one: Any = _NOTHING  # the view of a hook's only argument, passed by position
+        if single is not None and single in kwargs:
+            value = kwargs[single]
+            if type(value) is FrozenDict:  # `view`, inlined for the common case
+                one = CowDict(value)
+                one.base = value
+            else:
+                one = view(value)
+        else:
+            args, copies = views_for(takes, by_position, kwargs)
         if CAPTURE_HANDLER not in PLUGIN_LOGGER.handlers:  # the plugin's `self.logger`
             install()
         stack = CALLS.stack  # `call_stack()`, inlined
         depth = len(stack)
-        entry: Any = record.name
-        if entry in WAITING:  # records it made outside a call come first
-            entry = call_entry(entry)
+        name = record.name
+        entry: Any = name
+        if WAITING and name in WAITING:  # records it made outside a call come first
+            entry = call_entry(name)
         stack.append(entry)
         try:
-            result = method(*args) if by_position else method(**copies)
+            if one is not _NOTHING:
+                result = method(one)
+            else:
+                result = method(*args) if args is not None else method(**copies)
         finally:
             ended = perf_counter()
             if len(stack) == depth + 1:
@@ -229,7 +265,8 @@ class InProcessExecutor:
             else:  # the hook left calls of its own open, or closed this one: unwind
                 logged = stack[depth] if len(stack) > depth else entry
                 del stack[depth:]
-            if not isinstance(logged, str):  # a buffer: it logged (or had waiting records)
+            # a buffer: it logged (or had waiting records)
+            if logged is not name and isinstance(logged, CallBuffer):
                 deliver(record, logged.take(), kwargs)
         if ended - started > timeout_s:
             raise HookTimeout(f"{hook} took {ended - started:.3f} s, the limit is "

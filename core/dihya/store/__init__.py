@@ -42,7 +42,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dihya.store.directwrite import RawTransaction, pg_begin, pg_style
+from dihya.store.directwrite import RawTransaction, pg_begin, pg_style, sqlite_begin_immediate
 from dihya.store.faults import (
     StoreError,
     StoreFault,
@@ -390,17 +390,27 @@ class Store:
     def raw_locked(self, name: str) -> Iterator[RawTransaction]:
         """`locked`, with statements run on the driver's own connection (`dihya.store.directwrite`):
         for the one write on every request's path, the audit append. Same lock, same
-        settings, same errors as `locked`."""
+        settings, same errors as `locked`.
+
+        SQLite: on the connection this thread keeps for the request path's reads
+        (`_read_row`: the token check, the state version), not one from the pool. SQLite
+        keeps a page cache per connection, and a commit by one connection makes every
+        other connection of the process read its pages again at its next statement: with
+        the append on the readers' own connection, the next request's token check and
+        state-version read find their pages still cached (only another process's commit
+        drops them), and no pool checkout is paid. Any error drops that connection (the
+        next statement opens a fresh one), as a failed read does."""
         with self._guard(wrote=True):
             self.ensure_schema()
-            fairy = (self.engine if self.is_sqlite else self._direct_engine()).raw_connection()
+            if self.is_sqlite:
+                with self._sqlite_locked() as tx:
+                    yield tx
+                return
+            fairy = self._direct_engine().raw_connection()
             cursor = fairy.cursor()
-            begin = None if self.is_sqlite else pg_begin(
-                f":dihya-{name}", SYNCHRONOUS[self.synchronous][1], PG_LOCK_TIMEOUT)
-            tx = RawTransaction(cursor, self.is_sqlite, begin)
+            tx = RawTransaction(cursor, False, pg_begin(
+                f":dihya-{name}", SYNCHRONOUS[self.synchronous][1], PG_LOCK_TIMEOUT))
             try:
-                if self.is_sqlite:
-                    cursor.execute("BEGIN IMMEDIATE")
                 yield tx
                 tx.commit()
             except BaseException:
@@ -412,6 +422,41 @@ class Store:
             finally:
                 cursor.close()
                 fairy.close()
+
+    @contextmanager
+    def _sqlite_locked(self) -> Iterator[RawTransaction]:
+        """`BEGIN IMMEDIATE` … `COMMIT` on this thread's kept connection (`raw_locked`)."""
+        conn = self._kept_connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                sqlite_begin_immediate(cursor, SQLITE_BUSY_TIMEOUT_S)
+                tx = RawTransaction(cursor, True)
+                yield tx
+                tx.commit()
+            finally:
+                cursor.close()
+        except BaseException:
+            # rolled back by closing it: whatever state the failure left it in (a busy
+            # store, a deleted file, a read-only one), the next statement gets a new one
+            self._drop_kept(conn)
+            raise
+
+    def _kept_connection(self) -> Any:
+        """The driver connection this thread keeps for the request path (checked out of
+        the pool once, never returned while it works)."""
+        conn = getattr(self._version_reader, "conn", None)
+        if conn is None:
+            conn = self.engine.raw_connection()
+            if not self.is_sqlite:  # SQLite's connections are autocommit already
+                conn.driver_connection.autocommit = True  # type: ignore[union-attr]
+            self._version_reader.conn = conn
+        return conn
+
+    def _drop_kept(self, conn: Any) -> None:
+        self._version_reader.conn = None
+        with contextlib.suppress(Exception):
+            conn.invalidate()  # closed: an open transaction is rolled back
 
     def _direct_engine(self) -> Engine:
         """PostgreSQL connections for `raw_locked`: autocommit (it begins the transaction
@@ -538,13 +583,9 @@ class Store:
 
     def _read_row(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         for attempt in (1, 2):
-            conn = getattr(self._version_reader, "conn", None)
+            conn = None
             try:
-                if conn is None:
-                    conn = self.engine.raw_connection()
-                    if not self.is_sqlite:  # SQLite's connections are autocommit already
-                        conn.driver_connection.autocommit = True  # type: ignore[union-attr]
-                    self._version_reader.conn = conn
+                conn = self._kept_connection()
                 cursor = conn.cursor()
                 try:
                     if params:
@@ -556,10 +597,8 @@ class Store:
                     cursor.close()
                 return tuple(row) if row is not None else None
             except Exception:
-                self._version_reader.conn = None
                 if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.invalidate()
+                    self._drop_kept(conn)
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")

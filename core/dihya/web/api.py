@@ -255,10 +255,10 @@ def generate() -> Response:
                               plugin_fingerprint=record.fingerprint if record else None)
     st.note_outcomes(((h.name, h.status == "ok") for h in result.plugins
                       if h.status != "skipped"), request_id)
-    code_text = canonical_bytes(result.files)
+    code_text, code_sha256 = result.files_canonical()
     st.auditor.record(
         "generation", "ok", files=len(result.files), code_bytes=len(code_text),
-        code_sha256=sha256_of(code_text),
+        code_sha256=code_sha256,
         plugins_ok=sum(h.status == "ok" for h in result.plugins),
         plugins_failed=sum(h.status not in ("ok", "skipped") for h in result.plugins),
         duration_ms=round(result.ms, 2), **audit)

@@ -1,0 +1,82 @@
+"""What the pipeline remembers per process for needs sent again: the verdict that they are
+valid (`pipeline._checked_loaded_needs`) and the core generator's code as canonical JSON
+(`pipeline.core_code_json`). Attacks: needs that a lossy key would confuse with needs
+remembered as valid (`false` and `0`, `3` and `3.0` are equal in Python), a caller's
+`needs_sha256` naming needs remembered as valid, and a plugin that changes the code
+after the core's remembered output was made."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+
+import pytest
+
+from dihya.canonical import canonical_bytes, canonical_sha256
+from dihya.needs import NeedsError, load_json
+from dihya.pipeline import run_generation
+from dihya.registry import build_registry
+from support.wheels import plugin_source
+
+
+def _needs(done_default: object, priority_default: object) -> dict:
+    return {"project": "memo", "stack": "flask-api", "entities": [{"name": "Task", "fields": [
+        {"name": "done", "type": "boolean", "default": done_default},
+        {"name": "priority", "type": "integer", "default": priority_default}]}]}
+
+
+def _loaded(needs: dict) -> dict:
+    """The needs as the HTTP view hands them over: parsed by `load_json`."""
+    loaded: dict = load_json(json.dumps({"needs": needs}))["needs"]
+    return loaded
+
+
+@pytest.mark.parametrize("good, bad", [
+    ((False, 3), (0, 3)), ((False, 3), (False, 3.0)), ((False, 1), (False, True)),
+    ((False, 3), ("false", 3))])
+def test_needs_a_lossy_key_would_confuse_are_still_refused(plugin_site, good, bad) -> None:
+    snap = build_registry(plugin_site.config(), path=plugin_site.path)
+    valid = _loaded(_needs(*good))
+    for _ in range(2):  # remembered as valid after the first
+        run_generation(valid, snap, loaded=True)
+    refused = _loaded(_needs(*bad))
+    # equal in Python (but the string): a memo keyed by the value would let them through
+    assert (refused == valid) is (bad[0] != "false")
+    for _ in range(2):  # and never remembered
+        with pytest.raises(NeedsError) as caught:
+            run_generation(refused, snap, loaded=True, needs_sha256=canonical_sha256(valid))
+        assert "default is not a valid" in str(caught.value)
+
+
+def test_a_remembered_verdict_ignores_what_the_caller_says_the_hash_is(plugin_site) -> None:
+    snap = build_registry(plugin_site.config(), path=plugin_site.path)
+    valid = _loaded(_needs(False, 3))
+    run_generation(valid, snap, loaded=True)
+    bad = copy.deepcopy(valid)
+    bad["entities"][0]["fields"][0]["name"] = "id"  # reserved
+    with pytest.raises(NeedsError):
+        run_generation(_loaded(bad), snap, loaded=True, needs_sha256=canonical_sha256(valid))
+
+
+def test_the_remembered_code_json_is_the_files_own(plugin_site, needs) -> None:
+    snap = build_registry(plugin_site.config(), path=plugin_site.path)
+    for _ in range(2):
+        result = run_generation(_loaded(needs), snap, loaded=True)
+        text, digest = result.files_canonical()
+        assert text == canonical_bytes(result.files)
+        assert digest == hashlib.sha256(text).hexdigest()
+
+
+def test_code_a_plugin_changed_is_encoded_afresh(plugin_site, needs) -> None:
+    name = plugin_site.unique("stamp")
+    body = '\ndef after_generation(self, code, needs):\n    code["STAMP"] = "x"\n    return code\n'
+    plugin_site.install(name, source=plugin_source(name, body=body))
+    snap = build_registry(plugin_site.config(plugin_site.entry(name)), path=plugin_site.path)
+    plain = build_registry(plugin_site.config(), path=plugin_site.path)
+    run_generation(_loaded(needs), plain, loaded=True)  # the core's output remembered
+    result = run_generation(_loaded(needs), snap, loaded=True)
+    text, digest = result.files_canonical()
+    assert "STAMP" in result.files and b'"STAMP":"x"' in text
+    assert text == canonical_bytes(result.files)
+    assert digest == hashlib.sha256(text).hexdigest()
