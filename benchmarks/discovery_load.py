@@ -122,7 +122,13 @@ except ImportError:
 again = registry.build_registry(config)
 t5 = time.perf_counter()
 assert all(r.active for r in snapshot.records), [r.message for r in snapshot.records]
+try:  # a core that replays a rebuild with nothing changed (dihya.gate.replay)
+    from dihya.gate import replay
+    replayed = replay.STATS["hit"]
+except ImportError:
+    replayed = 0
 print(json.dumps({"imports": t1 - t0, "build": t4 - t3, "rebuild": t5 - t4,
+                  "replayed": replayed,
                   "active": len(snapshot.active), "hits": hits, "misses": misses,
                   "persisted": memo.get("persisted.hit", 0),
                   "memo_misses": sum(v for k, v in memo.items() if k.endswith(".miss")),
@@ -274,16 +280,21 @@ def load() -> str:
 def bench(tmp: Path, count: int, args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
     bindir, config, work = setup(tmp, count)
     python = str(bindir / "python")
-    (work / "baseline.py").write_text(BASELINE)
-    (work / "core_probe.py").write_text(CORE_PROBE)
-    (work / "stevedore_probe.py").write_text(STEVEDORE_PROBE)
+    # The probes' directory is first on their `sys.path`: not the config's, where `plugins
+    # list` writes its SQLite store at each round (a path entry changed in the last 2 s is
+    # never trusted by its key, so every build would list it: not "nothing changed").
+    probes = tmp / "probes"
+    probes.mkdir()
+    (probes / "baseline.py").write_text(BASELINE)
+    (probes / "core_probe.py").write_text(CORE_PROBE)
+    (probes / "stevedore_probe.py").write_text(STEVEDORE_PROBE)
     cache = tmp / "cache"  # XDG_CACHE_HOME: stevedore's cache, the core's pycache and its
     env = clean_env(XDG_CACHE_HOME=str(cache), HOME=str(tmp))  # verification cache
     off = dict(env, DIHYA_VERIFY_CACHE="off")
     core_cmd = [str(bindir / "dihya"), "--config", str(config), "plugins", "list", "--json"]
-    base_cmd = [python, str(work / "baseline.py")]
-    probe = [python, str(work / "core_probe.py"), str(config)]
-    sted_probe = [python, str(work / "stevedore_probe.py")]
+    base_cmd = [python, str(probes / "baseline.py")]
+    probe = [python, str(probes / "core_probe.py"), str(config)]
+    sted_probe = [python, str(probes / "stevedore_probe.py")]
 
     # Sanity: both sides see and load the same N plugins, all active for the core.
     _, out = run(core_cmd, env, work)
@@ -406,10 +417,17 @@ def report(args: argparse.Namespace, results: dict[int, dict[str, list[dict[str,
 
     print("\n== second listing in the same process (ms, median)")
     rows = []
+    compared = any(r["main"] for r in results.values())
     for n, r in results.items():
         core, sted = med(r["core"], "rebuild"), med(r["stevedore"], "rebuild")
-        rows.append([f"N = {n}", ms(core), ms(sted), f"{core / sted:.2f}x"])
-    print(table(["plugins", "dihya build_registry again", "stevedore rescan", "ratio"], rows))
+        replayed = sum(1 for x in r["core"] if x.get("replayed"))
+        rows.append([f"N = {n}", ms(core), ms(sted), f"{core / sted:.2f}x",
+                     f"{replayed}/{len(r['core'])}"])
+        if compared:
+            main = med(r["main"], "rebuild")
+            rows[-1] += [ms(main), f"{main / sted:.2f}x"]
+    print(table(["plugins", "dihya build_registry again", "stevedore rescan", "ratio",
+                 "replayed", *(["main", "main ratio"] if compared else [])], rows))
     top = max(results)
     core, sted = med(results[top]["core"], "rebuild"), med(results[top]["stevedore"], "rebuild")
     print(f"second listing, N = {top}: {verdict(core / sted, RESCAN_TARGET)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import importlib
 import logging
 import os
 import pwd
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec
 import attrs
 
 from dihya.config import Config, env_disabled
-from dihya.gate import pathmemo, resolution, verifycache
+from dihya.gate import pathmemo, replay, resolution, startup, verifycache
 from dihya.gate.decide import (
     ACTIVE,
     FAILED,
@@ -38,7 +39,17 @@ from dihya.gate.decide import (
     site_packages,
 )
 from dihya.gate.discovery import discover
-from dihya.gate.loader import DirectModule, Loaded, direct_source, forget_modules, load_plugins
+from dihya.gate.fingerprint import resolved_realpaths, shared_realpaths
+from dihya.gate.loader import (
+    DirectModule,
+    Imported,
+    Loaded,
+    direct_source,
+    forget_modules,
+    imported_as,
+    load_plugins,
+    still_loaded,
+)
 from dihya.gate.startup import PthFile, scan_pth
 from dihya.plugin import ActionSpec, GenerationPluginBase
 from dihya.reasons import Reason
@@ -145,6 +156,8 @@ class RegistrySnapshot:
     owns_sandbox: bool = attrs.field(default=True, eq=False, repr=False)
     # the `.pth` files of this interpreter's site directories that run code at start
     pth: tuple[PthFile, ...] = ()
+    # the gate's verdicts this snapshot's records were made from
+    verdicts: tuple[Verdict, ...] = attrs.field(default=(), eq=False, repr=False)
     # derived from `records` at their first use (each generation asks for `active`, a
     # request for a plugin `get`s it): computed once per snapshot, not per call
     _active: tuple[PluginRecord, ...] | None = attrs.field(
@@ -233,20 +246,45 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     (their worker failed to start since: started here, so that the record says why).
     """
     start = time.perf_counter()
-    with pathmemo.one_pass():  # each path entry looked at once per build
-        discovered = discover(config.group, path)
-        verdicts = assess_all(discovered, config, env_disabled(environ), path, switches)
-        direct = resolution.direct_entries() if path is None else {}
-    admitted = [v for v in verdicts if v.admitted]
+    disabled = env_disabled(environ)
+    inputs = (config, disabled, None if path is None else tuple(path),
+              tuple(sys.path) if path is None else None, dict(switches or {}),
+              startup.site_directories())
+    environment = resolution.environment(path)
+    finders = replay.finders()
+    trace = replay.last()
+    # nothing the last build looked at changed (every path `stat`ed again): its answer
+    held = replay.holds(trace, inputs, environment)
+    reused: _Built | None = trace.value if held and trace is not None else None
+    started_ns = time.time_ns()
+    gate_seen: dict[str, Any] | None = None
+    pth_seen: dict[str, Any] | None = None
+    realpaths: dict[str, str] = {}
+    direct: Mapping[tuple[str, tuple[str, ...]], str]
+    if reused is None:
+        with pathmemo.one_pass(), shared_realpaths():  # each path looked at once per build
+            discovered = discover(config.group, path)
+            verdicts = tuple(assess_all(discovered, config, disabled, path, switches))
+            direct = resolution.direct_entries() if path is None else {}
+            gate_seen = pathmemo.observed()
+            realpaths = resolved_realpaths()
+    else:
+        verdicts, direct = reused.verdicts, reused.direct
     in_process: list[Verdict] = []
     sandboxed: list[Verdict] = []
-    for v in admitted:  # one pass (a membership test per verdict was quadratic in N)
-        (in_process if v.entry is not None and v.entry.mode == "in-process"
-         else sandboxed).append(v)
-    if previous is not None:
+    for v in verdicts:  # one pass (a membership test per verdict was quadratic in N)
+        if v.admitted:
+            (in_process if v.entry is not None and v.entry.mode == "in-process"
+             else sandboxed).append(v)
+    if previous is not None and previous.verdicts is not verdicts:
         _forget_stale_modules(previous, in_process)
-    loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in in_process],
-                                    _direct_modules(in_process, direct))
+    # in-process plugins the last build loaded, still as loaded (module, class): kept
+    kept = {} if reused is None else _still_loaded(reused, in_process)
+    pending = [v for v in in_process if v.plugin.name not in kept]
+    if reused is not None and pending:
+        importlib.invalidate_caches()  # as discovery does before a load
+    loaded, failures = load_plugins(config.group, [v.plugin.entry_point for v in pending],
+                                    _direct_modules(pending, direct)) if pending else ({}, {})
     owns_sandbox = sandbox is None
     if sandboxed and sandbox is None:
         from dihya.sandbox.pool import SandboxPool
@@ -259,10 +297,84 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     hellos = _start_workers(sandbox, [s for n, s in specs.items() if n not in listed])
     if facts is not None:
         _record_facts(facts, config.group, specs, hellos, recorded)
+    if reused is not None and not sandboxed and not pending:
+        records = reused.records  # the same verdicts, the same loaded plugins
+    else:
+        records = _records(verdicts, reused, kept, loaded, failures, listed, hellos, specs,
+                           sandbox, config)
+    if sandbox is not None and not owns_sandbox:
+        sandbox.retain({r.name for r in records if r.active and r.mode == "sandbox"})
+    if reused is not None and not pending:
+        pth = reused.pth  # its checks were replayed, and no plugin code ran since
+    else:
+        # looked at with every build, after the load (a plugin's import may write one): a
+        # reload or auto_reload (which watches *.pth) sees a new one
+        with pathmemo.one_pass():
+            pth = scan_pth(config.known_pth)
+            pth_seen = pathmemo.observed()
+    loaded_now = {**kept, **_imported(pending, loaded)}
+    built = _Built(verdicts, direct, pth, loaded_now, records)
+    if reused is None:
+        replay.keep(replay.make(inputs, (gate_seen, pth_seen), started_ns,
+                                (finders, environment), realpaths, built,
+                                (replay.finders(), resolution.environment(path))))
+    elif pending:  # the same checks: what was loaded now, if the `.pth` files said the same
+        assert trace is not None
+        replay.keep(attrs.evolve(trace, value=built) if pth == reused.pth else None)
+    verifycache.save_shared()  # what this build learned, for the next process too
+    elapsed = (time.perf_counter() - start) * 1000
+    return RegistrySnapshot(records, config, time.time(), elapsed, sandbox, owns_sandbox,
+                            pth, verdicts)
+
+
+@attrs.frozen(eq=False)
+class _Built:
+    """What a build derived from what it looked at: the value of its `replay.Trace`."""
+
+    verdicts: tuple[Verdict, ...]
+    direct: Mapping[tuple[str, tuple[str, ...]], str]
+    pth: tuple[PthFile, ...]
+    # in-process plugins loaded: name -> (what loaded, (its module, attribute path))
+    loaded: Mapping[str, tuple[Loaded, Imported]]
+    records: tuple[PluginRecord, ...]
+
+
+def _still_loaded(reused: _Built, in_process: Sequence[Verdict]
+                  ) -> dict[str, tuple[Loaded, Imported]]:
+    kept = {}
+    for v in in_process:
+        name = v.plugin.name
+        got = reused.loaded.get(name)
+        if got is not None and still_loaded(got[1], got[0].cls):
+            kept[name] = got
+    return kept
+
+
+def _imported(pending: Sequence[Verdict], loaded: Mapping[str, Loaded]
+              ) -> dict[str, tuple[Loaded, Imported]]:
+    found = {}
+    for v in pending:
+        done = loaded.get(v.plugin.name)
+        where = None if done is None else imported_as(v.plugin.entry_point, done)
+        if done is not None and where is not None:
+            found[v.plugin.name] = (done, where)
+    return found
+
+
+def _records(verdicts: Sequence[Verdict], reused: _Built | None,
+             kept: Mapping[str, Any], loaded: Mapping[str, Loaded],
+             failures: Mapping[str, Any], listed: Mapping[str, Any],
+             hellos: Mapping[str, Any], specs: Mapping[str, Any],
+             sandbox: SandboxPool | None, config: Config) -> tuple[PluginRecord, ...]:
+    """A record per verdict, in order; a replayed build keeps the records of the plugins it
+    did not load again (refused, disabled, in-process and still loaded)."""
     records = []
-    for verdict in verdicts:
+    for i, verdict in enumerate(verdicts):
         name = verdict.plugin.name
         if not verdict.admitted:
+            if reused is not None:
+                records.append(reused.records[i])
+                continue
             records.append(_record(verdict, verdict.status or REFUSED, verdict.reason,
                                    verdict.message))
         elif name in listed:
@@ -273,19 +385,15 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
             records.append(record)
         elif name in hellos:
             records.append(_sandboxed_record(verdict, hellos[name], sandbox, config))
+        elif name in kept:
+            assert reused is not None
+            records.append(reused.records[i])
         elif name in failures:
             failure = failures[name]
             records.append(_record(verdict, FAILED, failure.reason, failure.message))
         else:
             records.append(_loaded_record(verdict, loaded[name]))
-    if sandbox is not None and not owns_sandbox:
-        sandbox.retain({r.name for r in records if r.active and r.mode == "sandbox"})
-    # looked at with every build: a reload or auto_reload (which watches *.pth) sees a new one
-    pth = scan_pth(config.known_pth)
-    verifycache.save_shared()  # what this build learned, for the next process too
-    elapsed = (time.perf_counter() - start) * 1000
-    return RegistrySnapshot(tuple(records), config, time.time(), elapsed, sandbox, owns_sandbox,
-                            pth)
+    return tuple(records)
 
 
 def _direct_modules(in_process: Sequence[Verdict],

@@ -227,11 +227,15 @@ def inspect_files(plugin: DiscoveredPlugin) -> tuple[InstalledFiles | None,
         return None, (Reason.OUTSIDE_DISTRIBUTION,
                       f"{plugin.distribution} has no installed files to verify")
     cache = pathmemo.shared_cache()
+    misses = -1 if cache is None else cache.misses
     try:
         files = (inspect_installed(plugin.dist_info) if cache is None
                  else cache.inspect(plugin.dist_info, pathmemo.key_of))
     except FingerprintError as exc:
+        pathmemo.note_unkeyed()  # not answered by keys
         return None, (Reason.MISSING_FILE, str(exc))
+    if cache is None or cache.misses != misses:
+        pathmemo.note_unkeyed()  # hashed, not answered by keys
     if files.missing:
         return files, (Reason.MISSING_FILE, f"listed in RECORD but missing: "
                        f"{', '.join(files.missing[:5])}")
@@ -342,6 +346,7 @@ def _lookup_version(name: str, path: Sequence[str] | None) -> str | None:
         return _scan_version(name, path)[0]
     top = tuple(sys.path if path is None else path)
     if path is None and not all(pathmemo.standard_metadata_finder(f) for f in sys.meta_path):
+        pathmemo.note_unkeyed()
         return _scan_version(name, path)[0]
 
     def compute() -> tuple[str | None, list[pathmemo.Check] | None]:

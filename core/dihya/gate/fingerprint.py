@@ -142,12 +142,22 @@ def shared_realpaths() -> Iterator[None]:
     """Resolve each directory's real path once while the block runs (one gate pass).
 
     Only directory resolution is shared: every file is still opened and hashed each time.
+    Inside another such block, the outer one's resolutions are shared.
     """
+    if _REALPATHS.get() is not None:
+        yield
+        return
     token = _REALPATHS.set({})
     try:
         yield
     finally:
         _REALPATHS.reset(token)
+
+
+def resolved_realpaths() -> dict[str, str]:
+    """{path: real path} of the directories resolved so far in this `shared_realpaths`
+    block (empty outside one)."""
+    return dict(_REALPATHS.get() or {})
 
 
 def realpath(path: str) -> str:

@@ -193,7 +193,8 @@ class _DirectFinder:
     the gate found to hold nothing by that name. When the plugin's distribution lists one
     source file for the name (`direct_source`), the spec is made as that finder makes it
     for that file (`_spec_of`), without its `stat` calls: the gate checked in this build
-    that the file and its directory are those it verified (keys unchanged), and
+    (or the replay of the last build did: `dihya.gate.replay`) that the file and its
+    directory are those it verified (keys unchanged), and
     verification found no other importable file there by that name. Everything else (a
     dotted name, a module not in `direct`, a namespace portion, a spec not found or found
     elsewhere) is left to the finders after it: the normal import. The import itself
@@ -378,6 +379,45 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint],
             continue
         loaded[ext.name] = Loaded(ext.name, cls, instance, *facts)
     return loaded, failed
+
+
+@attrs.frozen(eq=False)
+class Imported:
+    """Where a build found a loaded plugin's class, to tell whether loading it again would
+    give the same (`still_loaded`)."""
+
+    module_name: str
+    module: Any  # the module object in `sys.modules` then
+    path: tuple[str, ...]  # the attribute path from the module to the class
+    state: tuple[Any, ...]  # the class's state when it was validated (`_class_state`)
+
+
+def imported_as(ep: md.EntryPoint, loaded: Loaded) -> Imported | None:
+    """Where `ep` was loaded from, read once after a build loaded it (`still_loaded`); None
+    when its module is not imported or its class was not validated."""
+    module = sys.modules.get(ep.module)
+    hit = _VALIDATED.get(loaded.cls)
+    if module is None or hit is None:
+        return None
+    return Imported(ep.module, module, tuple(filter(None, (ep.attr or "").split("."))),
+                    hit[0])
+
+
+def still_loaded(imported: Imported, cls: type) -> bool:
+    """True when loading the entry point again would give the class `cls` as validated
+    (and a new instance): its module is still the one imported (`sys.modules`:
+    `forget_modules` drops a changed plugin's), its attribute still `cls`, and the class's
+    dicts unchanged since its validation (what `_validated` compares)."""
+    module = imported.module
+    if sys.modules.get(imported.module_name) is not module:
+        return False
+    obj: Any = module
+    try:
+        for name in imported.path:
+            obj = getattr(obj, name)
+    except Exception:
+        return False
+    return obj is cls and _class_state(cls) == imported.state
 
 
 _Facts = tuple[tuple[str, ...], dict[str, ActionSpec], dict[str, tuple[str, ...]],

@@ -36,8 +36,11 @@ its entries into its authenticated file (`VerifyCache.save`; a file per context,
 decoding an entry only once its checks held (every key compared by `stat` in the new
 process, as for an entry of its own). With `DIHYA_VERIFY_CACHE=off` nothing is remembered
 at all. `STATS` counts the hits and misses of each part, and `persisted.loaded` /
-`persisted.hit` the entries read from the file and used. What this trusts is written in
-docs/threat-model.md ("The import-path memo", "Across processes").
+`persisted.hit` the entries read from the file and used. A build answered wholly from
+memory leaves what it looked at (`observed`: every path and its key; `note_unkeyed` marks
+a build that depended on anything else) for `dihya.gate.replay`, which compares it all
+again at the next build. What this trusts is written in docs/threat-model.md ("The
+import-path memo", "Across processes").
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ _MAX_ENTRIES: Final = 200_000
 _PASS: ContextVar[dict[Any, Any] | None] = ContextVar("dihya_pathmemo_pass",
                                                                    default=None)
 _STARTED: Final = ("started",)
+# set in a pass whose answer depends on more than the keys it looked at (a result computed,
+# not recalled; a listing compared): such a build leaves no trace (`dihya.gate.replay`)
+_UNKEYED: Final = ("unkeyed",)
+# bumped by `clear`: a trace of a build made before it is not replayed
+_GENERATION: list[int] = [0]
 _STANDARD_FINDERS: Final = (importlib.machinery.BuiltinImporter,
                             importlib.machinery.FrozenImporter)
 
@@ -204,6 +212,31 @@ def recall(part: str, key: Any) -> tuple[bool, Any]:
 
 def count(part: str, hit: bool) -> None:
     STATS[part + (".hit" if hit else ".miss")] += 1
+    if not hit:
+        note_unkeyed()
+
+
+def note_unkeyed() -> None:
+    """This build's answer depends on more than the keys it looked at (a result computed,
+    a directory listed): it leaves no trace to replay (`dihya.gate.replay`)."""
+    seen = _PASS.get()
+    if seen is not None:
+        seen[_UNKEYED] = True
+
+
+def observed() -> dict[str, StatKey | None] | None:
+    """Inside `one_pass`: {path: its key} of every path looked at in this pass by `key_of`,
+    or None when the pass's answer depends on anything else (`note_unkeyed`) or outside a
+    pass."""
+    seen = _PASS.get()
+    if seen is None or _UNKEYED in seen:
+        return None
+    return {p: k for p, k in seen.items() if type(p) is str}
+
+
+def generation() -> int:
+    """How many times the memo was cleared (`clear`) in this process."""
+    return _GENERATION[0]
 
 
 def remember(part: str, key: Any, found: Sequence[Check], started_ns: int,
@@ -227,6 +260,7 @@ def memoized(part: str, key: Any,
     """`compute()`'s value, remembered under `key` with the checks it returns (None: not
     remembered)."""
     if not enabled():
+        note_unkeyed()
         return compute()[0]
     hit, value = recall(part, key)
     count(part, hit)
@@ -261,6 +295,7 @@ def clear() -> None:
         _MEMO.clear()
         _SECTIONS.clear()
         _ATTACHED[0] = None
+        _GENERATION[0] += 1
 
 
 # -- across processes: the memo persisted in the verification cache's file -----------------

@@ -87,6 +87,7 @@ def find_shadowing(site: Path, files: Sequence[str],
     it found them in, the finders.
     """
     if not pathmemo.enabled():
+        pathmemo.note_unkeyed()
         return _find_shadowing(site, files, path, None)
     top = tuple(sys.path if path is None else path)
     real_path = path is None
@@ -202,18 +203,29 @@ def _environment(top: tuple[str, ...], real_path: bool) -> tuple[Any, ...]:
     finders (None when one is not standard: nothing is then remembered) and the current
     directory when a path entry is relative), each path entry's (absolute path, key),
     the set of those paths, and each entry's key when settled (else None)."""
-    relative = any(not os.path.isabs(e) for e in top)
-    for entry in top:  # as a lookup does: each entry's finder, cached where `import` caches it
-        with contextlib.suppress(Exception):  # a failing hook: then nothing is remembered
-            _path_entry_finder(entry)
-    state = (pathmemo.finder_state(top, _meta_finders(real_path)),
-             pathmemo.cwd() if relative else None)
+    state = _finder_environment(top, real_path)
     dirs = tuple((d, pathmemo.key_of(d))
                  for d in (os.path.abspath(e or pathmemo.cwd() or ".") for e in top))
     started = pathmemo.pass_started()
     settled = tuple(k if k is not None and pathmemo.settled([(d, k)], started) else None
                     for d, k in dirs)
     return state, dirs, frozenset(d for d, _k in dirs), settled
+
+
+def environment(path: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """What module resolution compares besides the keys of what it looked at: the finders
+    (by kind; None when one is not standard) and the current directory when a path entry is
+    relative (`dihya.gate.replay` compares it before replaying a build)."""
+    return _finder_environment(tuple(sys.path if path is None else path), path is None)
+
+
+def _finder_environment(top: tuple[str, ...], real_path: bool) -> tuple[Any, ...]:
+    relative = any(not os.path.isabs(e) for e in top)
+    for entry in top:  # as a lookup does: each entry's finder, cached where `import` caches it
+        with contextlib.suppress(Exception):  # a failing hook: then nothing is remembered
+            _path_entry_finder(entry)
+    return (pathmemo.finder_state(top, _meta_finders(real_path)),
+            pathmemo.cwd() if relative else None)
 
 
 def _holding(directory: str, names: frozenset[str]) -> tuple[pathmemo.Check, ...]:
@@ -248,6 +260,7 @@ def _entries_hold(recorded: tuple[StatKey | None, ...],
             continue
         if current is None and held == ((directory, None),):
             continue  # absent then, absent now
+        pathmemo.note_unkeyed()  # answered by a listing, not by the keys alone
         if _holding(directory, names) != held:
             return False
     return True

@@ -130,7 +130,9 @@ def _holds(compiled: _Compiled, stat: Callable[[str], StatKey | None]) -> bool:
         if stat(prefix + rel) != key:
             return False
     absent = entry["absent"]
-    return not absent or not any(os.path.exists(prefix + rel) for rel in absent)
+    # `stat` rather than `os.path.exists`: in a build, what it looked at is remembered
+    # with the rest (`pathmemo.observed`), absent paths included
+    return not absent or all(stat(prefix + rel) is None for rel in absent)
 
 
 def stat_key(path: str) -> StatKey | None:
