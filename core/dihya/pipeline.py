@@ -360,14 +360,16 @@ def run_before_generation(records: Sequence[PluginRecord], needs: dict[str, Any]
     changed nothing) is therefore valid and skips the schema validation; any other return
     is validated in full. `accepted` is told each accepted return that changed the needs,
     as it happens. The needs returned are frozen (`dihya.sandbox.cow`). `context`: the
-    hooks' context, or the `LazyContext` that makes it (None: `LazyContext(records)`),
-    made only if a hook may take it.
+    hooks' context, or the `LazyContext` that makes it (None: the context of `records`,
+    made only if a hook may take it).
     """
     if type(needs) is not FrozenDict:  # `freeze`, which gives frozen data back as it is
         needs = freeze(needs)
     later: Later | None = None
     if context is None:
-        later = LazyContext(records)
+        def made() -> Mapping[str, Any]:  # a closure: cheaper to make than a `LazyContext`
+            return {"context": generation_context(records)}
+        later = made
         kwargs = {"needs": needs}  # the executors never change it
     elif type(context) is LazyContext:
         later = context

@@ -229,14 +229,14 @@ class InProcessExecutor:
                                                   record.hook_args.get(hook), False, None)
         else:
             method, takes, by_position, single = plan
-        one: Any = _NOTHING  # the view of a hook's only argument, passed by position
-        if single is not None and single in kwargs:
-            value = kwargs[single]
-            if type(value) is FrozenDict:  # `view`, inlined for the common case
-                one = CowDict(value)
-                one.base = value
-            else:
-                one = view(value)
+        # the view of a hook's only argument, passed by position (else `_NOTHING`)
+        one: Any = _NOTHING if single is None else kwargs.get(single, _NOTHING)
+        if type(one) is FrozenDict:  # `view`, inlined for the common case
+            value = one
+            one = CowDict(value)
+            one.base = value
+        elif one is not _NOTHING:
+            one = view(one)
         else:
             args, copies = views_for(takes, by_position, kwargs)
         if CAPTURE_HANDLER not in PLUGIN_LOGGER.handlers:  # the plugin's `self.logger`
