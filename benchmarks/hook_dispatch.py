@@ -14,7 +14,8 @@ then times, interleaved (A, B, C, A, B, C...), one call of the hook to every plu
   B. core, guarded: the pipeline's real round (`pipeline.run_before_generation` through
      `pipeline.hook_caller` with the registry's executors): view + call + freezing and
      checking each return (validated only when changed) + timing + report, and the
-     round's set-up (the frozen context, the guarded caller);
+     round's set-up (the guarded caller; the frozen context, made only when a hook
+     may take it: these plugins take the needs alone, as pluggy's do);
   C. pluggy: `PluginManager` with N implementations of the hookspec
      `before_generation(needs)`, called as `pm.hook.before_generation(needs=...)`.
 

@@ -4,23 +4,36 @@ loop. Each test attacks one guarantee the round must keep as the single calls di
 plugins run in this process are run by its loop, a plugin cannot change what the next
 one or the core sees (in place, through a reference it kept, or by returning what only
 looks unchanged), every change is checked, and each call's log records, time and
-deadline stay its own."""
+deadline stay its own. The generation's context, made only when a hook may take it
+(`pipeline.LazyContext`, a round's `later`), still reaches every hook that takes it, in
+every round and through every executor, whole and the same for each."""
 
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
+from dihya import pipeline
+from dihya.config import Config
 from dihya.gate.decide import ACTIVE
-from dihya.pipeline import HookResult, default_executor, hook_caller, run_before_generation
-from dihya.plugin import GenerationPluginBase, hook_arguments, implemented_hooks
+from dihya.pipeline import (
+    GenerationFailed,
+    HookResult,
+    default_executor,
+    hook_caller,
+    run_before_generation,
+    run_generation,
+)
+from dihya.plugin import HOOK_API_VERSION, GenerationPluginBase, hook_arguments, implemented_hooks
 from dihya.pluginlog import collecting
 from dihya.pluginlog.capture import call_stack
-from dihya.registry import PluginRecord
-from dihya.sandbox.cow import CowDict, FrozenDict, freeze
+from dihya.registry import PluginRecord, RegistrySnapshot
+from dihya.sandbox.cow import CowDict, FrozenDict, freeze, thaw
 from dihya.sandbox.executor import HookTarget, InProcessExecutor
 from dihya.sandbox.rounds import call_round
 from dihya.testing import sample_needs
@@ -312,3 +325,144 @@ def test_a_round_without_a_chained_argument_ignores_returns_and_needs_no_check()
     assert needs["entities"][0]["name"] != "Changed" and "x-n" not in needs
     with pytest.raises(ValueError, match="chained round"):
         call_round([], "before_generation", {"needs": needs}, "needs", None, guard)
+
+
+# --- the context made when a hook first may take it (`pipeline.LazyContext`, `later`) ---
+
+class TakesContext(GenerationPluginBase):
+    """Takes the context in both rounds, and changes its own view of it."""
+
+    version = "1.0"
+    seen: ClassVar[list[Any]] = []
+
+    def before_generation(self, needs: dict[str, Any], context: dict[str, Any]
+                          ) -> dict[str, Any]:
+        type(self).seen.append(("before", copy.deepcopy(context)))
+        context["role"] = "admin"
+        context["plugins"].append("intruder")
+        dict.__setitem__(context, "request_id", "forged")  # past the view's methods
+        return needs
+
+    def after_generation(self, code: dict[str, str], context: dict[str, Any]
+                         ) -> dict[str, str]:
+        type(self).seen.append(("after", copy.deepcopy(context)))
+        return code
+
+
+class TakesEverything(GenerationPluginBase):
+    version = "1.0"
+    seen: ClassVar[list[Any]] = []
+
+    def before_generation(self, **kwargs: Any) -> dict[str, Any]:
+        type(self).seen.append(copy.deepcopy(kwargs["context"]))
+        needs: dict[str, Any] = kwargs["needs"]
+        return needs
+
+
+class Recorder:
+    """An executor other than the in-process one (as a sandbox's is): records the context
+    it is handed and gives the chained argument back as it came."""
+
+    kind = "recorder"
+
+    def __init__(self) -> None:
+        self.contexts: list[tuple[str, Any]] = []
+
+    def call(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
+             timeout_s: float) -> Any:
+        return self.call_at(record, hook, kwargs, timeout_s, 0.0)[0]
+
+    def call_at(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
+                timeout_s: float, started: float) -> tuple[Any, float]:
+        self.contexts.append((hook, kwargs.get("context")))
+        chained = "needs" if hook == "before_generation" else "code"
+        return thaw(kwargs[chained]), started
+
+
+class NotHere(GenerationPluginBase):
+    """A plugin whose in-process methods must never run (another executor runs it)."""
+
+    version = "1.0"
+
+    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("run in-process")
+
+    def after_generation(self, code: dict[str, str]) -> dict[str, str]:
+        raise AssertionError("run in-process")
+
+
+class FailsRequired(GenerationPluginBase):
+    version = "1.0"
+
+    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("no")
+
+
+class Watches(GenerationPluginBase):
+    version = "1.0"
+    seen: ClassVar[list[Any]] = []
+
+    def on_generation_error(self, error: dict[str, Any], context: dict[str, Any]) -> None:
+        type(self).seen.append((error["plugin"], copy.deepcopy(context)))
+
+
+def snapshot_of(*records: PluginRecord) -> RegistrySnapshot:
+    config = Config(path=Path("rounds-test.toml"), exists=False, hook_timeout_s=2.0)
+    return RegistrySnapshot(records, config, time.time(), 0.0)
+
+
+def context_for(*names: str) -> dict[str, Any]:
+    return {"hook_api_version": HOOK_API_VERSION, "request_id": "req-9", "role": "dev",
+            "plugins": list(names)}
+
+
+@pytest.mark.parametrize("rounds", [True, False], ids=["call_round", "round_by_calls"])
+def test_every_hook_that_takes_the_context_gets_the_generations_own(rounds: bool) -> None:
+    # the context is made only when a hook may take it: it must still reach every hook
+    # that does (a method taking it by name, `**kwargs`, a plugin run by another
+    # executor), in every round, whole, and one plugin's changes to it reach nobody
+    TakesContext.seen, TakesEverything.seen = [], []
+    recorder = Recorder()
+    snapshot = snapshot_of(record_for(Quiet, "a-quiet"),
+                           record_for(NotHere, "b-elsewhere", executor=recorder),
+                           record_for(TakesContext, "c-context"),
+                           record_for(TakesEverything, "d-all"))
+    executor_for = default_executor if rounds else (lambda r: r.executor or EXECUTOR)
+    result = run_generation(sample_needs(), snapshot, role="dev", request_id="req-9",
+                            executor_for=executor_for)
+    expected = context_for("a-quiet", "b-elsewhere", "c-context", "d-all")
+    assert TakesContext.seen == [("before", expected), ("after", expected)]
+    assert TakesEverything.seen == [expected]
+    assert [(hook, type(context), context) for hook, context in recorder.contexts] == [
+        ("before_generation", FrozenDict, expected), ("after_generation", FrozenDict, expected)]
+    assert all(h.status == "ok" for h in result.plugins), result.plugins
+
+
+def test_on_generation_error_gets_the_context_too() -> None:
+    Watches.seen = []
+    snapshot = snapshot_of(record_for(Quiet, "a-quiet"),
+                           record_for(FailsRequired, "b-must", required=True),
+                           record_for(Watches, "c-watch"))
+    with pytest.raises(GenerationFailed):
+        run_generation(sample_needs(), snapshot, role="dev", request_id="req-9")
+    assert Watches.seen == [("b-must", context_for("a-quiet", "b-must", "c-watch"))]
+
+
+def test_the_context_is_made_once_a_generation_and_only_when_a_hook_may_take_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Any] = []
+    real = pipeline.generation_context
+
+    def spy(*args: Any) -> Any:
+        made.append(real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(pipeline, "generation_context", spy)
+    run_generation(sample_needs(), snapshot_of(record_for(Quiet, "a"), record_for(Quiet, "b")))
+    run_before_generation([record_for(Quiet, "a")], freeze(sample_needs()),
+                          hook_caller([], default_executor, 2.0, lambda *_: None))
+    assert made == []  # no hook takes it: not made
+    TakesContext.seen = []
+    run_generation(sample_needs(), snapshot_of(record_for(Quiet, "a"),
+                                               record_for(TakesContext, "b")))
+    assert len(made) == 1 and len(TakesContext.seen) == 2  # made once, for both rounds

@@ -27,7 +27,7 @@ what the hooks return.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from operator import is_
 from time import perf_counter
 from typing import Any, Final, NamedTuple, Protocol
@@ -118,7 +118,8 @@ _NOTHING: Final[Any] = object()
 def call_round(records: Sequence[RoundTarget], hook: str, kwargs: dict[str, Any],
                chained: str | None, check_for: Callable[[Any], Check] | None,
                guard: RoundGuard,
-               accepted: Callable[[Any], None] | None = None) -> Any:
+               accepted: Callable[[Any], None] | None = None,
+               later: Callable[[], Mapping[str, Any]] | None = None) -> Any:
     """Call `hook` of each of `records` that implements it, in order; report each call in
     `guard.report`; return the chained argument as the last plugin left it (None without one).
 
@@ -126,7 +127,10 @@ def call_round(records: Sequence[RoundTarget], hook: str, kwargs: dict[str, Any]
     `chained` names the one each accepted return replaces; `check_for(value)` is the check
     of a return that replaces `value` (made again after each accepted change: the check of
     code depends on the code it changes), given with `chained` and only then;
-    `accepted(value)` is told each accepted change.
+    `accepted(value)` is told each accepted change. `later()` gives the arguments the
+    round's `kwargs` leave out (a generation's `context`): called once, when a call first
+    may need them (a hook that takes other arguments than the chained one alone, or a
+    plugin run elsewhere), so a round whose hooks take none of them never makes them.
     The chained argument must be valid: a return that is its view, unchanged, is that very
     argument, reported `ok` without a check. Without `chained`, returns are ignored.
 
@@ -154,11 +158,16 @@ def call_round(records: Sequence[RoundTarget], hook: str, kwargs: dict[str, Any]
     plain = dict(given) if type(given) is FrozenDict else None
     given_values = tuple(_dict_values(given)) if plain is not None else ()
     given_keys = tuple(_dict_keys(given)) if plain is not None else ()
+    # the plan's `single` that takes the fast path: the chained argument's view alone
+    fast = chained if plain is not None else _NOTHING
     for record in records:
         plan = record.hook_plans.get(hook)
         if plan is None:
             if hook not in record.hooks:
                 continue
+            if later is not None:  # the arguments left out: this plugin may take them
+                kwargs = {**kwargs, **later()}
+                later = None
             # not run here (a sandboxed plugin; a method without a plan): the guarded call
             if check is None and check_for is not None:
                 check = check_for(given)
@@ -167,6 +176,10 @@ def call_round(records: Sequence[RoundTarget], hook: str, kwargs: dict[str, Any]
             top = depth + 1
         else:  # a plan: loaded and run in this process (`executor.hook_plans`)
             method, takes, by_position, single = plan
+            alone = single == fast  # it takes the chained argument only, a `FrozenDict`
+            if not alone and later is not None:  # it may take what `kwargs` leave out
+                kwargs = {**kwargs, **later()}
+                later = None
             if CAPTURE_HANDLER not in PLUGIN_LOGGER.handlers:  # the plugin's `self.logger`
                 install()
             name = record.name
@@ -175,8 +188,8 @@ def call_round(records: Sequence[RoundTarget], hook: str, kwargs: dict[str, Any]
                 entry = call_entry(name)
             started = clock()  # the views are part of the call, as in `call_at`
             try:
-                if plain is not None and single == chained:
-                    mine = cow(plain)  # `view(given)`, inlined
+                if alone:
+                    mine = cow(plain)  # type: ignore[arg-type]  # `view(given)`; `alone`: a dict
                     mine.base = given
                     push(entry)
                     result = method(mine)
@@ -235,6 +248,7 @@ def call_round(records: Sequence[RoundTarget], hook: str, kwargs: dict[str, Any]
             plain = dict(given) if type(given) is FrozenDict else None
             given_values = tuple(_dict_values(given)) if plain is not None else ()
             given_keys = tuple(_dict_keys(given)) if plain is not None else ()
+            fast = chained if plain is not None else _NOTHING
     return given if chained is not None else None
 
 
