@@ -56,4 +56,6 @@ def _escape_char(match: re.Match[str]) -> str:
 def escape_json_line(line: str) -> str:
     """A JSON text with the characters `json.dumps` leaves raw (DEL, C1, U+2028...) as
     `\\u` escapes: the same JSON value, always on one line."""
+    if line.isascii() and "\x7f" not in line:  # ASCII without DEL: nothing to escape
+        return line
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", line)

@@ -61,10 +61,20 @@ def load_json(text: str | bytes) -> Any:
     except RecursionError as exc:
         raise JsonDepthError(f"arrays and objects are nested deeper than the limit of "
                              f"{MAX_JSON_DEPTH}") from exc
-    if nesting_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+    # every array and object of the value opened with its own `[` or `{` of the text: with
+    # no more of them than the limit, no walk can find it nested deeper (the usual body)
+    if _openers(text) > MAX_JSON_DEPTH and nesting_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise JsonDepthError(f"arrays and objects are nested deeper than the limit of "
                              f"{MAX_JSON_DEPTH}")
     return value
+
+
+def _openers(text: str | bytes) -> int:
+    """How many `[` and `{` `text` holds (in strings too): an upper bound on how deeply
+    arrays and objects nest in the value it parses to."""
+    if isinstance(text, str):
+        return text.count("[") + text.count("{")
+    return text.count(b"[") + text.count(b"{")
 
 
 def _not_json(name: str) -> Any:

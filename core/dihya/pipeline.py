@@ -21,6 +21,7 @@ from time import perf_counter
 from typing import Any, Final, Protocol
 
 import attrs
+import msgspec
 
 from dihya.canonical import canonical_bytes, canonical_sha256
 from dihya.needs import (
@@ -465,6 +466,46 @@ def _exact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+#: msgspec's JSON, key order kept (`_loaded_json`)
+_LOADED_JSON: Final = msgspec.json.Encoder()
+
+
+def _loaded_json(value: Any) -> str:
+    """`_exact_json`'s job for needs `load_json` parsed, in one C pass: a text that
+    `json.loads` reads back as exactly `value` (key order, `1` / `1.0` / `true`, every
+    character, floats by their shortest exact form), so it tells apart whatever the
+    generator could as well. The text need not be `_exact_json`'s: `core_code` and
+    `_checked_loaded_needs` read the needs back from whichever text is their key, so equal
+    texts are equal needs. What msgspec cannot write exactly (a lone surrogate) goes to
+    `_exact_json`; NaN and infinities (which msgspec would write as `null`) cannot come
+    from `load_json`, which refuses them, nor past the view's canonical hash."""
+    try:
+        return _LOADED_JSON.encode(value).decode("utf-8")
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError):
+        return _exact_json(value)
+
+
+#: `needs_digest`'s memo: `_loaded_json` text -> (canonical bytes' length, SHA-256)
+_DIGESTS: dict[str, tuple[int, str]] = {}
+
+
+def needs_digest(needs: Any) -> tuple[int, str]:
+    """The length and SHA-256 of the canonical JSON of needs `load_json` parsed (the audit
+    event's `needs_bytes` and `needs_sha256`), remembered for the last `CORE_CODE_CACHE`
+    needs by their `_loaded_json` text as `core_code` is: that text reads back as exactly
+    these needs, so equal texts have equal canonical JSON. Needs sent again cost one
+    msgspec pass and a lookup instead of the canonical type walk, encoding and hash."""
+    text = _loaded_json(needs)
+    found = _DIGESTS.get(text)
+    if found is None:
+        data = canonical_bytes(needs)
+        found = (len(data), hashlib.sha256(data).hexdigest())
+        if len(_DIGESTS) >= CORE_CODE_CACHE:
+            _DIGESTS.clear()
+        _DIGESTS[text] = found
+    return found
+
+
 def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None = None,
                    executor_for: ExecutorFor = default_executor,
                    generate: Callable[[dict[str, Any]], dict[str, str]] | None = None,
@@ -485,7 +526,7 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     start = time.perf_counter()
     needs_text: str | None = None  # `_exact_json` of the needs as checked
     if loaded:
-        needs_text = _exact_json(needs)
+        needs_text = _loaded_json(needs)
         _checked_loaded_needs(needs_text)
     else:
         check_needs(needs)

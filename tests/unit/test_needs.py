@@ -162,6 +162,25 @@ def test_load_json_refuses_nesting_past_the_limit() -> None:
             load_json(text)
 
 
+def test_load_json_skips_the_walk_only_when_the_text_cannot_nest_too_deep() -> None:
+    """The walk is skipped when the text holds at most MAX_JSON_DEPTH `[` and `{`: a body
+    one level too deep is refused whatever it is made of (objects and arrays mixed, as
+    bytes in UTF-8, UTF-16 or UTF-32), and brackets inside strings only make it walk."""
+    from dihya.needs import MAX_JSON_DEPTH, JsonDepthError, load_json
+
+    depth = MAX_JSON_DEPTH + 1
+    mixed = '{"a":[' * (depth // 2) + "[" * (depth % 2) + "1" + "]" * (depth % 2) \
+        + "]}" * (depth // 2)
+    for text in (mixed, mixed.encode("utf-8"), mixed.encode("utf-16"),
+                 mixed.encode("utf-32")):
+        with pytest.raises(JsonDepthError):
+            load_json(text)
+    at_limit = '{"a":[' * (MAX_JSON_DEPTH // 2) + "1" + "]}" * (MAX_JSON_DEPTH // 2)
+    assert load_json(at_limit.encode("utf-16"))
+    padded = '{"s": "' + "[{" * 100 + '", "v": [[1]]}'  # many openers, shallow: walked
+    assert load_json(padded)["v"] == [[1]]
+
+
 def test_nesting_depth_stops_past_the_limit_whatever_the_depth() -> None:
     from dihya.needs import MAX_JSON_DEPTH, nesting_depth
 

@@ -80,3 +80,40 @@ def test_code_a_plugin_changed_is_encoded_afresh(plugin_site, needs) -> None:
     assert "STAMP" in result.files and b'"STAMP":"x"' in text
     assert text == canonical_bytes(result.files)
     assert digest == hashlib.sha256(text).hexdigest()
+
+
+@pytest.mark.parametrize("value", [
+    {"b": 1, "a": 1.0, "c": True, "d": False, "e": 0, "f": None},  # key order, 1/1.0/true
+    {"x": [1e16, -0.0, 5e-324, 1.7976931348623157e308, 0.1]},  # floats msgspec writes short
+    {"big": 2**70, "neg": -(2**64)},  # past 64 bits
+    {"s": "é\u2028\x7f\x00\"\\/\U0001f600"}, {"lone": "\ud800"},  # a lone surrogate
+])
+def test_the_memo_key_of_loaded_needs_reads_back_as_exactly_them(value: dict) -> None:
+    """`_loaded_json` (msgspec) is the key `core_code` and the verdict memo read the needs
+    back from: it must parse to the very value, types included (`1`, `1.0`, `true` and
+    `0`, `-0.0`, `false` apart), key order kept, or needs could share another's entry."""
+    from dihya.pipeline import _exact_json, _loaded_json
+
+    loaded = load_json(json.dumps(value, ensure_ascii=False))
+    text = _loaded_json(loaded)
+    back = json.loads(text)
+    assert back == loaded and json.dumps(back) == json.dumps(loaded)  # types and order
+    assert _exact_json(back) == _exact_json(loaded)
+    assert list(back) == list(loaded)
+
+
+def test_the_remembered_needs_digest_is_each_needs_own() -> None:
+    """`needs_digest` (the audit event's `needs_bytes` and `needs_sha256`) remembered by
+    the needs' text: needs equal in Python but not in JSON (`1`, `1.0`, `true`; key order)
+    each get their own canonical hash, on the first call and when remembered."""
+    from dihya.pipeline import needs_digest
+
+    variants = [{"a": 1, "b": 2}, {"a": 1.0, "b": 2}, {"a": True, "b": 2}, {"b": 2, "a": 1}]
+    for _ in range(2):  # computed, then remembered
+        for needs in variants:
+            loaded = _loaded(needs)
+            data = canonical_bytes(loaded)
+            assert needs_digest(loaded) == (len(data), hashlib.sha256(data).hexdigest())
+    # key order is not part of the canonical JSON: the same hash for both orders
+    assert needs_digest(_loaded(variants[0])) == needs_digest(_loaded(variants[3]))
+    assert len({needs_digest(_loaded(n))[1] for n in variants[:3]}) == 3

@@ -104,12 +104,28 @@ _values: Final = operator.attrgetter(*FIELDS)  # every field's value, in one cal
 _SCALARS: Final = frozenset({str, int, float, bool})
 
 
-class AuditLine(str):
-    """The message of an audit event's log record: the event's JSON (sorted keys, ASCII),
-    carrying the event's fields (`fields`) so that the server's formatter
-    (`dihya.audit.logs`) need not parse the text back. Any other handler sees the text."""
+class AuditLine:
+    """The message of an audit event's log record: the event's JSON (sorted keys, ASCII)
+    as its `str`, made on first use, carrying the event's fields (`fields`, None unless
+    they are what parsing that text gives) so that the server's formatter
+    (`dihya.audit.logs`) need not make the text nor parse it back. Any other handler
+    (`record.getMessage()`) sees the text."""
 
-    fields: dict[str, Any]
+    __slots__ = ("_data", "_text", "fields")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+        self._text: str | None = None
+        self.fields: dict[str, Any] | None = \
+            data if _SCALARS.issuperset(map(type, data.values())) else None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = sorted_json(self._data)
+        return self._text
+
+    def __repr__(self) -> str:
+        return repr(str(self))
 
 
 class Auditor:
@@ -167,10 +183,7 @@ def _log_line(event: AuditEvent) -> None:
     """The event's JSON line on the `dihya.audit` logger, at INFO."""
     if not log.isEnabledFor(logging.INFO):
         return
-    data = event.to_json()
-    line = AuditLine(sorted_json(data))
-    if _SCALARS.issuperset(map(type, data.values())):  # what parsing the text gives
-        line.fields = data
+    line = AuditLine(event.to_json())  # its text made only if a handler asks for it
     # `log.info` without its look-up of the caller's frame (this function, always)
     log.handle(log.makeRecord(log.name, logging.INFO, __file__, _LOG_LINE_NO, line, (),
                               None, "_log_line"))

@@ -425,12 +425,23 @@ class Store:
 
     @contextmanager
     def _sqlite_locked(self) -> Iterator[RawTransaction]:
-        """`BEGIN IMMEDIATE` … `COMMIT` on this thread's kept connection (`raw_locked`)."""
+        """`BEGIN IMMEDIATE` … `COMMIT` on this thread's kept connection (`raw_locked`).
+
+        The connection's busy timeout is set to 0 at its first write and left there (not
+        set back after each `BEGIN IMMEDIATE`, two statements per append): its reads then
+        never sleep in SQLite's busy handler; one that finds the store busy (in WAL mode,
+        only while another connection recovers the WAL or holds it exclusively) fails at
+        once, and `_read_row` tries it again on a fresh connection, which waits with the
+        engine's timeout as every read did (`tests/store/test_sqlite_lock_wait.py`)."""
         conn = self._kept_connection()
         try:
             cursor = conn.cursor()
             try:
-                sqlite_begin_immediate(cursor, SQLITE_BUSY_TIMEOUT_S)
+                kept = self._version_reader
+                if kept.no_wait is not conn:  # once per connection: it stays at 0
+                    cursor.execute("PRAGMA busy_timeout = 0")
+                    kept.no_wait = conn
+                sqlite_begin_immediate(cursor, SQLITE_BUSY_TIMEOUT_S, keep_no_wait=True)
                 tx = RawTransaction(cursor, True)
                 yield tx
                 tx.commit()
@@ -447,6 +458,7 @@ class Store:
         the pool once, never returned while it works)."""
         conn = getattr(self._version_reader, "conn", None)
         if conn is None:
+            self._version_reader.no_wait = None  # its busy timeout: the engine's (10 s)
             conn = self.engine.raw_connection()
             if not self.is_sqlite:  # SQLite's connections are autocommit already
                 conn.driver_connection.autocommit = True  # type: ignore[union-attr]
@@ -454,7 +466,7 @@ class Store:
         return conn
 
     def _drop_kept(self, conn: Any) -> None:
-        self._version_reader.conn = None
+        self._version_reader.conn = self._version_reader.no_wait = None
         with contextlib.suppress(Exception):
             conn.invalidate()  # closed: an open transaction is rolled back
 

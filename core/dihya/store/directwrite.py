@@ -53,7 +53,8 @@ _BEGIN_FIRST_WAIT_S: Final = 0.00005
 _BEGIN_LONGEST_WAIT_S: Final = 0.0005
 
 
-def sqlite_begin_immediate(cursor: Any, timeout_s: float) -> None:
+def sqlite_begin_immediate(cursor: Any, timeout_s: float, *, keep_no_wait: bool = False
+                           ) -> None:
     """`BEGIN IMMEDIATE` on a `sqlite3` cursor, waiting at most `timeout_s` for the write
     lock, then raising SQLite's own "database is locked" error, as the connection's busy
     timeout does.
@@ -63,10 +64,14 @@ def sqlite_begin_immediate(cursor: Any, timeout_s: float) -> None:
     second server worker) slept at least 1 ms, often 3–13: with two workers a quarter of
     the appends waited over 1 ms, and neither worker used the time. Here the connection's
     busy timeout is 0 during `BEGIN IMMEDIATE`, and the lock is tried again after 50 µs,
-    then doubling to at most 0.5 ms, until the deadline; then the timeout is set back."""
+    then doubling to at most 0.5 ms, until the deadline; then the timeout is set back.
+
+    `keep_no_wait`: the connection's busy timeout is 0 already and stays 0 (the store's
+    kept connection, see `Store._read_row`): neither `PRAGMA` is run."""
     deadline = time.monotonic() + timeout_s
-    restore = f"PRAGMA busy_timeout = {int(timeout_s * 1000)}"
-    cursor.execute("PRAGMA busy_timeout = 0")
+    restore = None if keep_no_wait else f"PRAGMA busy_timeout = {int(timeout_s * 1000)}"
+    if restore is not None:
+        cursor.execute("PRAGMA busy_timeout = 0")
     wait = _BEGIN_FIRST_WAIT_S
     while True:
         try:
@@ -78,12 +83,14 @@ def sqlite_begin_immediate(cursor: Any, timeout_s: float) -> None:
                     time.monotonic() + wait > deadline:
                 # the timeout set back if the connection still can: the error raised is
                 # SQLite's own (what the store's fault classification reads), not this
-                with contextlib.suppress(sqlite3.Error):
-                    cursor.execute(restore)
+                if restore is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        cursor.execute(restore)
                 raise
         time.sleep(wait)
         wait = min(2 * wait, _BEGIN_LONGEST_WAIT_S)
-    cursor.execute(restore)
+    if restore is not None:
+        cursor.execute(restore)
 
 
 @functools.lru_cache(maxsize=64)

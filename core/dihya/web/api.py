@@ -16,8 +16,7 @@ from typing import Any, Final
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
-from dihya.audit import hook_event_type, sha256_of
-from dihya.canonical import canonical_bytes
+from dihya.audit import hook_event_type
 from dihya.needs import (
     MAX_PROBLEMS,
     JsonDepthError,
@@ -31,6 +30,7 @@ from dihya.pipeline import (
     SANDBOX_UNAVAILABLE,
     GenerationFailed,
     default_executor,
+    needs_digest,
     run_generation,
 )
 from dihya.pluginlog import Collector, LogLimits, collecting
@@ -204,10 +204,10 @@ def generate() -> Response:
     token = current_token()
     st = state()
     request_id: str = g.request_id  # one look-up through Flask's context, not six
-    needs_bytes = canonical_bytes(body["needs"])  # hashed as the report's needs_sha256
-    needs_sha256 = sha256_of(needs_bytes)
+    # the canonical JSON's size and hash (the report's needs_sha256), remembered per needs
+    needs_bytes, needs_sha256 = needs_digest(body["needs"])
     audit = {"subject": token.name, "role": token.role, "request_id": request_id,
-             "needs_sha256": needs_sha256, "needs_bytes": len(needs_bytes)}
+             "needs_sha256": needs_sha256, "needs_bytes": needs_bytes}
     snapshot = st.current(request_id)  # never runs a plugin switched off before now
     try:
         # no active plugin: no hook runs, so none can log; nothing to collect

@@ -44,6 +44,9 @@ class EscapedAtoms(SafeAtoms):  # type: ignore[misc]
 
 
 def _escape_atom(value: str) -> str:
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value \
+            and "dihya_" not in value:
+        return value  # nothing below would change it (the usual method, path, request id)
     # WSGI strings hold the request's bytes as latin-1: decode them as the UTF-8 they
     # usually are, so `é` is logged as `é` and a stray byte as `\xHH`.
     # A str beyond latin-1 is not a WSGI byte string (a header we set): escaped as it is.
