@@ -41,6 +41,7 @@ from dihya.sandbox.executor import (
     HookTimeout,
     HookUnavailable,
     InProcessExecutor,
+    Remembered,
     SandboxViolation,
     is_invalid_output,
 )
@@ -170,12 +171,18 @@ class HookCaller:
         except Exception as exc:
             failure = exc
         else:
-            if check is None:  # a return nobody uses (`on_generation_error`)
+            if check is None or type(value) is Remembered:
+                # a return nobody uses (`on_generation_error`), or the sandbox's "same": the
+                # plugin's earlier answer to this very input, frozen and validated then
                 self.report.append(_new_row(HookResult, (record.name, hook, OK,
                                                          (ended - started) * 1000, None,
                                                          False)))
-                return True, value
-            return self.settle(record, hook, value, check, given, started, ended)
+                return True, value if check is None else value.value
+            done, frozen = self.settle(record, hook, value, check, given, started, ended)
+            remember = getattr(executor, "remember", None)  # the sandbox's memo
+            if done and remember is not None:
+                remember(record, hook, value, frozen)
+            return done, frozen
         # outside the `except`: a required plugin's failure raises without chaining
         return self.failed(record, hook, failure, (perf_counter() - started) * 1000)
 
