@@ -211,7 +211,7 @@ class HookCaller:
                 self.report.append(_new_row(HookResult, (record.name, hook, OK,
                                                          (ended - started) * 1000, None,
                                                          False)))
-                return True, value if check is None else value.value
+                return True, value.value if type(value) is Remembered else value
             done, frozen = self.settle(record, hook, value, check, given, started, ended)
             remember = getattr(executor, "remember", None)  # the sandbox's memo
             if done and remember is not None:

@@ -86,6 +86,7 @@ def test_a_plugin_whose_answer_changes_always_gets_its_latest_answer(
     snap, names = sandboxed(plugin_site, {"count": count})
     closing(snap)
     runs = [run_generation(needs, snap) for _ in range(6)]
+    assert {h.name: h.status for r in runs for h in r.plugins} == {names["count"]: "ok"}
     assert [r.files["count.txt"] for r in runs] == ["1", "1", "3", "4", "5", "6"]
     for result in runs:
         assert result.files_canonical()[0] == canonical_bytes(result.files)
@@ -151,3 +152,28 @@ def test_one_plugins_validated_answer_is_not_another_plugins(
         assert statuses(result)[names["honest"]] == "ok"
         assert _violation(result, names["forge"])
         assert json.loads(json.dumps(result.files))["honest.txt"] == "h"
+
+
+def test_a_malformed_same_is_refused_even_when_offered(plugin_site, needs, closing) -> None:
+    """Offered "same" (the third identical generation), a worker answering "same" with
+    changes of its own, or with `"same": 1`, is killed and nothing of it is taken."""
+    for forged in ('{"id": response["id"], "ok": True, "same": True, '
+                   '"changes": {"set": {"evil.txt": "x"}, "removed": []}}',
+                   '{"id": response["id"], "ok": True, "same": 1}',
+                   '{"id": response["id"], "ok": False, "same": True}'):
+        body = ('import builtins, dihya.sandbox.worker as w\n'
+                'builtins.calls = getattr(builtins, "calls", 0) + 1\n'
+                'if builtins.calls == 3:\n'
+                '    real = w._answer\n'
+                '    def forged(fd, response, max_bytes):\n'
+                f'        real(fd, {forged}, max_bytes)\n'
+                '    w._answer = forged\n'
+                'out = dict(code)\nout["mine.txt"] = "m"\nreturn out')
+        snap, names = sandboxed(plugin_site, {"malformed": hook(body)})
+        closing(snap)
+        for _ in range(2):
+            result = run_generation(needs, snap)
+            assert statuses(result) == {names["malformed"]: "ok"}
+        result = run_generation(needs, snap)
+        assert _violation(result, names["malformed"]), forged
+        assert "evil.txt" not in result.files and "mine.txt" not in result.files

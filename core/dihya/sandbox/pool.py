@@ -338,15 +338,16 @@ class Worker:
             if answer.get("id") != self.calls:
                 self.kill()
                 raise WorkerFailed("the worker answered out of order; it was killed")
+            same = "same" in answer
+            if same and (answer["same"] is not True or not answer.get("ok") or kept is None
+                         or "memo" not in request or "changes" in answer or "value" in answer):
+                self.kill()
+                raise WorkerFailed(f"the worker answered {method} with \"same\" when the "
+                                   "backend holds no validated answer to that very input; it "
+                                   "was killed")
             if "logs" in answer and target is not None:
                 deliver(target, answer["logs"], kwargs if given is None else given)
-            if "same" in answer:
-                if (answer["same"] is not True or not answer.get("ok") or "memo" not in request
-                        or "changes" in answer or "value" in answer or kept is None):
-                    self.kill()
-                    raise WorkerFailed(f"the worker answered {method} with \"same\" when the "
-                                       "backend holds no validated answer to that very input; "
-                                       "it was killed")
+            if same and kept is not None:
                 self._memos[method] = kept
                 return Remembered(kept[1])
             if answer.get("ok"):
