@@ -386,13 +386,17 @@ def _entry_problems(path: object, text: object, code: dict[Any, Any],
                     problems: list[Problem]) -> None:
     """Append to `problems` what is wrong with one entry of `code`: its path (unsafe, or
     through another file of `code`) and its text."""
-    where = f"$[{json.dumps(path) if isinstance(path, str) else repr(path)}]"
     reason = unsafe_path_reason(path) or _through_file_reason(path, code)
     if reason:
-        problems.append(Problem(where, reason))
+        problems.append(Problem(_where(path), reason))
     reason = _content_reason(text)
     if reason:
-        problems.append(Problem(where, reason))
+        problems.append(Problem(_where(path), reason))
+
+
+def _where(path: object) -> str:
+    """Where a problem of `code`'s entry `path` is (made only for a problem)."""
+    return f"$[{json.dumps(path) if isinstance(path, str) else repr(path)}]"
 
 
 def validate_code_from(code: object, base: Mapping[str, str]) -> list[Problem]:

@@ -42,6 +42,7 @@ from dihya.sandbox.executor import (
     HookTimeout,
     HookUnavailable,
     InProcessExecutor,
+    Remembered,
     SandboxViolation,
     is_invalid_output,
 )
@@ -59,6 +60,36 @@ TIMEOUT: Final = HookStatus.TIMEOUT
 INVALID_OUTPUT: Final = HookStatus.INVALID_OUTPUT
 
 
+class _Same:
+    """A key that is its value's identity: the value is held (its id stays its own)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Same and other.value is self.value
+
+
+#: How many generations' files each process remembers the canonical JSON of (by identity).
+FILES_JSON_CACHE: Final = 8
+
+
+@functools.lru_cache(maxsize=FILES_JSON_CACHE)
+def frozen_files_json(key: _Same) -> tuple[bytes, str]:
+    """The canonical JSON of the frozen files `key.value`, and its SHA-256 (what the HTTP
+    answer sends and the audit event records), remembered for that very mapping: frozen
+    data does not change, and a plugin's answer taken again from the sandbox's memo
+    (`executor.Remembered`) is that same mapping, so the same generation again hashes no
+    50 KB. The mapping is held while remembered."""
+    text = canonical_bytes(key.value)
+    return text, hashlib.sha256(text).hexdigest()
+
+
 @attrs.frozen
 class GenerationResult:
     files: dict[str, str]
@@ -68,11 +99,15 @@ class GenerationResult:
     #: `canonical_bytes(files)` and its SHA-256 when already known (the core generator's
     #: remembered output that no plugin changed, `core_code_json`); else None
     files_json: tuple[bytes, str] | None = attrs.field(default=None, repr=False, eq=False)
+    #: the frozen mapping `files` is a copy of (`frozen_files_json` remembers its JSON)
+    frozen: FrozenDict | None = attrs.field(default=None, repr=False, eq=False)
 
     def files_canonical(self) -> tuple[bytes, str]:
         """The files' canonical JSON (sorted keys, compact, UTF-8) and its SHA-256."""
         if self.files_json is not None:
             return self.files_json
+        if self.frozen is not None:
+            return frozen_files_json(_Same(self.frozen))
         text = canonical_bytes(self.files)
         return text, hashlib.sha256(text).hexdigest()
 
@@ -171,12 +206,18 @@ class HookCaller:
         except Exception as exc:
             failure = exc
         else:
-            if check is None:  # a return nobody uses (`on_generation_error`)
+            if check is None or type(value) is Remembered:
+                # a return nobody uses (`on_generation_error`), or the sandbox's "same": the
+                # plugin's earlier answer to this very input, frozen and validated then
                 self.report.append(_new_row(HookResult, (record.name, hook, OK,
                                                          (ended - started) * 1000, None,
                                                          False)))
-                return True, value
-            return self.settle(record, hook, value, check, given, started, ended)
+                return True, value.value if type(value) is Remembered else value
+            done, frozen = self.settle(record, hook, value, check, given, started, ended)
+            remember = getattr(executor, "remember", None)  # the sandbox's memo
+            if done and remember is not None:
+                remember(record, hook, value, frozen)
+            return done, frozen
         # outside the `except`: a required plugin's failure raises without chaining
         return self.failed(record, hook, failure, (perf_counter() - started) * 1000)
 
@@ -598,7 +639,8 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     elapsed = (time.perf_counter() - start) * 1000
     # the core's remembered code that no plugin changed: its canonical JSON remembered too
     files_json = core_code_json(needs_text) if code is core else None
-    result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed, files_json)
+    result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed, files_json,
+                              code if type(code) is FrozenDict else None)
     code_bytes = sum(len(t) for t in code.values())
     plugins_ok = sum(h.status == OK for h in report)
     if log.isEnabledFor(logging.INFO):

@@ -107,6 +107,17 @@ class HookTarget(Protocol):
     def hook_plans(self) -> Mapping[str, HookPlan]: ...
 
 
+class Remembered:
+    """An executor's answer that is an earlier answer of the same plugin's hook to exactly
+    the same input, which the pipeline froze and validated then (`value`): the sandbox's
+    `"same"` answers (`dihya.sandbox.pool.Worker.call`). The pipeline takes it as it is."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class HookRaised(FixedReasonError):
     """The hook raised in another process; the message is `ExceptionType: message`."""
 

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 import attrs
+import msgspec
 
 from dihya.config import SandboxSettings
 from dihya.plugin import HOOKS_BY_NAME
@@ -38,6 +39,7 @@ from dihya.sandbox.executor import (
     HookTarget,
     HookTimeout,
     HookUnavailable,
+    Remembered,
     SandboxViolation,
     arguments_for,
 )
@@ -47,6 +49,7 @@ from dihya.sandbox.protocol import (
     MAX_FRAME_BYTES,
     FrameTimeout,
     ProtocolError,
+    encode_value,
     read_frame,
     write_frame,
 )
@@ -149,6 +152,13 @@ class Worker:
         # says so), and the arguments it holds, as they were last sent in full or rebuilt
         self.deltas = False
         self._held: dict[str, Mapping[str, Any]] = {}
+        self._held_serial = 0  # bumped whenever what the worker holds may have changed
+        # answers "same" (`remember`): whether the worker may (its hello says so); per hook,
+        # (the input it was called with, the frozen answer the pipeline validated); the
+        # last call's (hook, input, answer as returned) until the pipeline remembers it
+        self.same = False
+        self._memos: dict[str, tuple[Any, Any]] = {}
+        self._pending: tuple[str, Any, Any] | None = None
         try:
             self.hello = self._start()
         except BaseException:
@@ -209,6 +219,7 @@ class Worker:
             raise WorkerStartError(Reason.SANDBOX_START_FAILED, "the worker sent no metadata")
         inner = [str(x) for x in first.get("layers", []) if isinstance(x, str)]
         self.deltas = first.get("deltas") is True
+        self.same = first.get("same") is True
         return Hello(meta, tuple(outer + inner), tuple(warnings))
 
     def cpu_time(self) -> float | None:
@@ -258,10 +269,17 @@ class Worker:
 
     def call(self, method: str, kwargs: Mapping[str, Any], timeout_s: float,
              target: HookTarget | None = None,
-             given: Mapping[str, Any] | None = None) -> Any:
+             given: Mapping[str, Any] | None = None, memo: bool = False) -> Any:
         """Call `method` in the worker; what it logged (the answer's `"logs"`) is delivered
         to the plugin log collector under way, as `target`'s (a registry record), with
-        `given` (every argument of the hook, default `kwargs`) for its redaction."""
+        `given` (every argument of the hook, default `kwargs`) for its redaction.
+
+        With `memo` (the pipeline's calls, which `remember` what they validated), a hook
+        that replaces an argument may be answered `"same"`: when this worker's previous
+        call of `method` had exactly this input (`_input_key`) and its answer was
+        remembered, the request says `"memo"`, and a `"same"` answer gives back that
+        answer, frozen and validated, as a `Remembered`. The backend decides it from what
+        it holds: a `"same"` to a request without `"memo"` is a protocol violation."""
         with self.lock:
             if not self.alive or self.proc is None:
                 if self.retired:
@@ -282,9 +300,23 @@ class Worker:
                 else:  # the worker keeps it; sent as changes to what it kept before
                     request["hold"] = [replaces]
                     delta = argument_delta(self._held.get(replaces), hold)
+                    if delta is None or delta["set"] or delta["removed"]:
+                        self._held_serial += 1  # it will hold other content
                     if delta is not None:
                         del request["kwargs"][replaces]
                         request["delta"] = {replaces: delta}
+            key = kept = None
+            self._pending = None
+            if replaces is not None:
+                # a memo is of the hook's last call only: whatever this call answers, the
+                # worker's next "same" would mean this answer
+                kept = self._memos.pop(method, None)
+                if memo and self.same:
+                    body = encode_value(request["kwargs"])
+                    request["kwargs"] = msgspec.Raw(body)
+                    key = _input_key(body, self._held_serial if "delta" in request else None)
+                    if kept is not None and kept[0] == key:
+                        request["memo"] = True
             # one deadline for the whole call: writing the request too (a worker that stops
             # reading its stdin, a request larger than the pipe, must not hold us forever)
             deadline = time.monotonic() + timeout_s
@@ -306,19 +338,43 @@ class Worker:
             if answer.get("id") != self.calls:
                 self.kill()
                 raise WorkerFailed("the worker answered out of order; it was killed")
+            same = "same" in answer
+            if same and (answer["same"] is not True or not answer.get("ok") or kept is None
+                         or "memo" not in request or "changes" in answer or "value" in answer):
+                self.kill()
+                raise WorkerFailed(f"the worker answered {method} with \"same\" when the "
+                                   "backend holds no validated answer to that very input; it "
+                                   "was killed")
             if "logs" in answer and target is not None:
                 deliver(target, answer["logs"], kwargs if given is None else given)
+            if same and kept is not None:
+                self._memos[method] = kept
+                return Remembered(kept[1])
             if answer.get("ok"):
                 if "changes" in answer:
                     sent = kwargs.get(replaces) if replaces else None
-                    return apply_changes(sent, answer["changes"])
+                    value = apply_changes(sent, answer["changes"])
+                    if key is not None:  # kept once the pipeline validated it (`remember`)
+                        self._pending = (method, key, value)
+                    return value
                 return answer.get("value")
             self._held = {}  # whatever went wrong, the next request sends it in full
+            self._held_serial += 1
             error = answer.get("error") or {}
             text = f"{error.get('type', 'Error')}: {error.get('message', '')}"[:600]
             if error.get("type") == INVALID_OUTPUT_ERROR:  # returned, but unsendable
                 raise HookInvalidOutput(text)
             raise PluginRaised(text)
+
+    def remember(self, method: str, value: Any, frozen: Any) -> None:
+        """The pipeline froze and validated `value`, this worker's answer to its last call
+        (the very object `call` returned), as `frozen`: kept for a `"same"` answer to the
+        next call of `method` with exactly that input. Anything else is ignored."""
+        with self.lock:
+            pending = self._pending
+            if pending is not None and pending[0] == method and pending[2] is value:
+                self._memos[method] = (pending[1], frozen)
+                self._pending = None
 
     def kill(self) -> int | None:
         """Stop the worker now; returns its exit status."""
@@ -399,6 +455,13 @@ def _open_stat(pid: int) -> int | None:
         return os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+
+
+def _input_key(body: bytes, held: int | None) -> tuple[bytes, int | None]:
+    """What identifies a call's input (the hook aside): the JSON of the arguments sent in
+    full, exact (key order kept, `1`, `1.0` and `true` distinct), and, when one was sent as
+    changes, which content the worker then holds of it (`Worker._held_serial`)."""
+    return (body, held)
 
 
 def _all_text(value: Any) -> bool:
@@ -916,6 +979,12 @@ class SandboxPool:
         self._reaper = threading.Thread(target=loop, name="dihya-sandbox-reaper", daemon=True)
         self._reaper.start()
 
+    def workers_of(self, name: str) -> list[Worker]:
+        """The workers serving `name` now: its current one and its previous version's."""
+        with self._lock:
+            return [w for w in (self._workers.get(name), self._previous.get(name))
+                    if w is not None]
+
     def running(self) -> dict[str, int]:
         """Names of plugins with a live worker, and each worker's pid."""
         with self._lock:
@@ -954,5 +1023,15 @@ class SandboxExecutor:
     def call_at(self, record: HookTarget, hook: str, kwargs: Mapping[str, Any],
                 timeout_s: float, started: float) -> tuple[Any, float]:
         """`call`, and the clock when the answer came (the worker's own deadline is
-        `timeout_s` from the request, as for `call`)."""
-        return self.call(record, hook, kwargs, timeout_s), time.perf_counter()
+        `timeout_s` from the request, as for `call`). The pipeline's call: its answer may
+        be a `Remembered` (see `Worker.call`), and the pipeline tells `remember` what it
+        validated."""
+        worker = self.pool.worker(record.name, record.fingerprint)
+        value = worker.call(hook, arguments_for(record, hook, kwargs), timeout_s, record,
+                            kwargs, memo=True)
+        return value, time.perf_counter()
+
+    def remember(self, record: HookTarget, hook: str, value: Any, frozen: Any) -> None:
+        """`value`, returned by `call_at`, was validated as `frozen` (`Worker.remember`)."""
+        for worker in self.pool.workers_of(record.name):
+            worker.remember(hook, value, frozen)

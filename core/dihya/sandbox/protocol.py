@@ -58,6 +58,11 @@ def encode(message: dict[str, Any], max_bytes: int = MAX_FRAME_BYTES) -> bytes:
     return bytes(frame)
 
 
+def encode_value(value: Any) -> bytes:
+    """The JSON of `value` as `encode` writes it in a frame (embed it with `msgspec.Raw`)."""
+    return _ENCODER.encode(value)
+
+
 def check_json(value: Any) -> None:
     """Raise `TypeError` or `ValueError` unless `value` is JSON data as `json.dumps` with
     `allow_nan=False` takes it: dicts with string keys, lists and tuples, str, int (within

@@ -141,6 +141,10 @@ def serve(in_fd: int, out_fd: int, instance: Any,
     from dihya.plugin import HOOKS_BY_NAME
 
     held: dict[str, dict[str, Any]] = {}  # arguments kept for a later request's `delta`
+    # per hook that replaces an argument: what its last answer sent (`answer_key`), so that
+    # a request the backend marks `"memo"` is answered `"same"` when the answer is again
+    # exactly that one
+    last: dict[str, Any] = {}
     while True:
         try:
             message = read_frame(in_fd, None, max_bytes)
@@ -181,13 +185,23 @@ def serve(in_fd: int, out_fd: int, instance: Any,
                                                                     encoded)}
             else:
                 response = {"id": request_id, "ok": True, "value": value}
+        sent = last.pop(hook, None)  # forgotten unless this answer is sent and kept again
+        key = None
+        if "changes" in response:
+            key = answer_key(response["changes"])
+            if key is not None and key == sent and message.get("memo") is True:
+                # the backend holds its validated answer to this very input, and this
+                # answer is that answer again: it need not cross (`Worker.call` decides)
+                response = {"id": request_id, "ok": True, "same": True}
         logged = logs.take() if logs is not None else None
         if logged is not None:
             response["logs"] = logged
         try:
-            if response["ok"]:  # what the plugin made: JSON data only (the codec is lenient)
-                check_json(response.get("changes", response.get("value")))
+            if "changes" in response or "value" in response:  # what the plugin made: JSON
+                check_json(response.get("changes", response.get("value")))  # data only
             _answer(out_fd, response, max_bytes)
+            if key is not None:
+                last[hook] = key
         except (TypeError, ValueError, RecursionError, ProtocolError) as exc:
             invalid: dict[str, Any] = {
                 "id": request_id, "ok": False,
@@ -197,6 +211,21 @@ def serve(in_fd: int, out_fd: int, instance: Any,
             if "logs" in response:  # what it logged still reaches the operator
                 invalid["logs"] = response["logs"]
             _answer(out_fd, invalid, max_bytes)
+
+
+def answer_key(changes: Any) -> Any:
+    """What tells an answer's changes apart from any other's, exactly as sent (key order,
+    `1` / `1.0` / `true` distinct), holding nothing the plugin could still change in place:
+    for files set to text, the pairs themselves (text is immutable); else its JSON. None
+    when it is not JSON data (the answer is then refused anyway)."""
+    try:
+        set_ = changes["set"]
+        if all(type(text) is str and type(path) is str for path, text in set_.items()):
+            return (tuple(set_.items()), tuple(changes["removed"]))
+        check_json(changes)  # first: the encoder is lenient (NaN would pass as null)
+        return msgspec.json.encode(changes)
+    except (TypeError, ValueError, RecursionError, KeyError):
+        return None
 
 
 def rebuild_arguments(kwargs: dict[str, Any], delta: Any, hold: Any,
@@ -282,6 +311,6 @@ def main(argv: list[str]) -> int:
                                        "message": f"{type(exc).__name__}: {exc}"[:2000]}})
         return 1
     write_frame(out_fd, {"id": 0, "ok": True, "op": "hello", "meta": meta,
-                         "layers": layers_on, "deltas": True})
+                         "layers": layers_on, "deltas": True, "same": True})
     return serve(0, out_fd, instance, allowed, max_bytes, logs)
 
