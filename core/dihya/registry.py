@@ -260,6 +260,7 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
     gate_seen: dict[str, Any] | None = None
     pth_seen: dict[str, Any] | None = None
     realpaths: dict[str, str] = {}
+    records_seen: dict[str, Any] = {}
     direct: Mapping[tuple[str, tuple[str, ...]], str]
     if reused is None:
         with pathmemo.one_pass(), shared_realpaths():  # each path looked at once per build
@@ -267,6 +268,9 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
             verdicts = tuple(assess_all(discovered, config, disabled, path, switches))
             direct = resolution.direct_entries() if path is None else {}
             gate_seen = pathmemo.observed()
+            # the RECORDs the gate `stat`ed in this build: the `.pth` scan's owner lookups
+            # use these keys (threat model, "The `.pth` scan after the imports")
+            records_seen = pathmemo.looked_at("/RECORD")
             realpaths = resolved_realpaths()
     else:
         verdicts, direct = reused.verdicts, reused.direct
@@ -308,8 +312,9 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None,
         pth = reused.pth  # its checks were replayed, and no plugin code ran since
     else:
         # looked at with every build, after the load (a plugin's import may write one): a
-        # reload or auto_reload (which watches *.pth) sees a new one
-        with pathmemo.one_pass():
+        # reload or auto_reload (which watches *.pth) sees a new one; the site directories
+        # and `.pth` files are `stat`ed again, the RECORDs naming an owner are not
+        with pathmemo.one_pass(records_seen):
             pth = scan_pth(config.known_pth)
             pth_seen = pathmemo.observed()
     loaded_now = {**kept, **_imported(pending, loaded)}

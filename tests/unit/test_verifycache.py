@@ -478,3 +478,29 @@ def test_a_memo_section_reaches_the_memo_only_when_it_is_well_formed(
         assert ("links" in written) is valid
     finally:
         pathmemo.clear()
+
+
+def test_shared_values_writes_a_repeat_once_and_reads_back_the_same_types() -> None:
+    """What a section is written from (`verifycache.shared_values`): alike values become
+    one object (`marshal` writes it once, then references), and what is read back is equal
+    to what was given, type for type: `True` is not `1`, `(False,)` not `(0,)`."""
+    path = "/site/dihya_plugin_x-1.0.dist-info/entry_points.txt"
+    key = (1, 2, 3, 4, 5)
+    entries = {("discovery.dist", (str(i), "g")): (((path[:-1] + "t", key),),
+                                                   (("n", True, (False,), None, b"x"),))
+               for i in range(50)}
+    entries[("discovery.dist", ("one", "g"))] = (((path, key),), (("n", 1, (0,), None),))
+    entries[("discovery.dist", ("two", "g"))] = ((), [frozenset({1, 2}), [key]])
+    table: dict[Any, Any] = {}
+    shared = verifycache.shared_values(entries, table)
+    assert shared == entries
+    written = marshal.dumps(shared)
+    assert len(written) < len(marshal.dumps(entries)) / 3
+    back = marshal.loads(written)
+    assert back == entries
+    first = back[("discovery.dist", ("0", "g"))]
+    assert first[1][0][1] is True and first[1][0][2][0] is False
+    one = back[("discovery.dist", ("one", "g"))][1][0]
+    assert type(one[1]) is int and type(one[2][0]) is int
+    assert back[("discovery.dist", ("0", "g"))][0] is back[("discovery.dist", ("1", "g"))][0]
+    assert back[("discovery.dist", ("two", "g"))][1][1] == [key]

@@ -277,14 +277,18 @@ def shadowing_problem(plugin: DiscoveredPlugin, files: InstalledFiles,
 
 
 def site_packages(plugin: DiscoveredPlugin) -> Path | None:
-    """`plugin.site_packages`: one `Path` per distribution directory, not one per call (a
-    rebuild asks for it twice per plugin)."""
-    return None if plugin.dist_info is None else _parent(plugin.dist_info)
+    """`plugin.site_packages`: one `Path` per site directory, not one per plugin or call
+    (its string, which resolution and the loader's direct imports ask for, is made once for
+    all the plugins of that directory). A `Path` is normalized, so the directory part of
+    its string is its parent's string ("" for a bare name: ".")."""
+    if plugin.dist_info is None:
+        return None
+    return _site(os.path.dirname(os.fspath(plugin.dist_info)) or ".")
 
 
 @functools.lru_cache(maxsize=8192)
-def _parent(dist_info: Path) -> Path:
-    return dist_info.parent
+def _site(directory: str) -> Path:
+    return Path(directory)
 
 
 def dependency_problems(plugin: DiscoveredPlugin, path: Sequence[str] | None = None) -> list[str]:

@@ -215,8 +215,9 @@ def _decode_plugins(data: tuple[Any, ...]) -> list[DiscoveredPlugin]:
     found = []
     dists: dict[str, md.PathDistribution] = {}
     for name, value, group, distribution, version, where, editable, meta in data:
-        if not all(isinstance(v, str) for v in (name, value, group, distribution, version,
-                                                where)):
+        # exact types (what `marshal` reads has no subclasses): one C-level test
+        if not _STRINGS.issuperset(map(type, (name, value, group, distribution, version,
+                                               where))):
             raise ValueError("malformed")
         dist_info = Path(where)
         dist = dists.get(where)
@@ -231,6 +232,9 @@ def _decode_plugins(data: tuple[Any, ...]) -> list[DiscoveredPlugin]:
                                       dist_info=dist_info, editable=bool(editable),
                                       entry_point=ep))
     return found
+
+
+_STRINGS: Final = frozenset({str})
 
 
 def _checked_listing(data: tuple[Any, ...]) -> tuple[tuple[str, str], ...]:

@@ -52,7 +52,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Final, TypeVar
@@ -107,12 +107,14 @@ def _shared_attached() -> verifycache.VerifyCache | None:
 
 
 @contextmanager
-def one_pass() -> Iterator[None]:
-    """Stat each path once while the block runs (one build)."""
+def one_pass(known: Mapping[str, StatKey | None] | None = None) -> Iterator[None]:
+    """Stat each path once while the block runs (one build). `known`: keys this build
+    already took of some paths (`looked_at`), used as if taken in this pass (not inside
+    another pass, whose keys are used)."""
     if _PASS.get() is not None:
         yield
         return
-    token = _PASS.set({_STARTED: time.time_ns()})
+    token = _PASS.set({**(known or {}), _STARTED: time.time_ns()})
     try:
         yield
     finally:
@@ -144,11 +146,11 @@ def key_of(path: str) -> StatKey | None:
     seen = _PASS.get()
     if seen is None:
         return stat_key(path)
-    try:
-        found: StatKey | None = seen[path]
-    except KeyError:
-        key = seen[path] = stat_key(path)
-        return key
+    # `get` with a marker, not `seen[path]` in a `try`: most paths are looked at once per
+    # build, and a raised KeyError per path cost more than the lookup
+    found: StatKey | None = seen.get(path, _MISSING)
+    if found is _MISSING:
+        found = seen[path] = stat_key(path)
     return found
 
 
@@ -184,10 +186,10 @@ def still_valid(found: Sequence[Check]) -> bool:
     seen = _PASS.get()
     if seen is None:
         return all(stat_key(path) == key for path, key in found)
+    get = seen.get
     for path, key in found:
-        try:
-            now = seen[path]
-        except KeyError:
+        now = get(path, _MISSING)
+        if now is _MISSING:
             now = seen[path] = stat_key(path)
         if now != key:
             return False
@@ -232,6 +234,15 @@ def observed() -> dict[str, StatKey | None] | None:
     if seen is None or _UNKEYED in seen:
         return None
     return {p: k for p, k in seen.items() if type(p) is str}
+
+
+def looked_at(suffix: str) -> dict[str, StatKey | None]:
+    """Inside `one_pass`: {path: its key} of the paths ending with `suffix` looked at so far
+    in this pass ({} outside one), whatever else the pass depended on."""
+    seen = _PASS.get()
+    if seen is None:
+        return {}
+    return {p: k for p, k in seen.items() if type(p) is str and p.endswith(suffix)}
 
 
 def generation() -> int:

@@ -97,7 +97,8 @@ def find_shadowing(site: Path, files: Sequence[str],
     files = tuple(files)
     key = (realpath(site_str), site_str, files, top, real_path)
     hit, value = pathmemo.recall("resolution", key)
-    if hit and value[0] == env[0] and _entries_hold(value[1], value[2], env[1], value[4]):
+    if (hit and _same_finders(value[0], env[0])
+            and _entries_hold(value[1], value[2], env[1], value[4])):
         pathmemo.count("resolution", True)
         if real_path and value[3] is None:
             _note_direct(key, top, value[2], env[1], site_str)
@@ -141,6 +142,25 @@ def find_shadowing(site: Path, files: Sequence[str],
     pathmemo.remember("resolution", key, checks, started,
                       (env[0], dirs, entries, found, names))
     return found
+
+
+def _same_finders(remembered: Any, now: Any) -> bool:
+    """`remembered == now` (the finders' kinds a resolution was remembered with, and this
+    build's), compared once per build for each remembered object: the resolutions read
+    from one cache file share one (`verifycache.shared_values`)."""
+    if remembered is now:
+        return True
+    known: dict[tuple[int, int], tuple[Any, Any, bool]] = pathmemo.per_pass(
+        _EQUAL_FINDERS, dict)
+    hit = known.get((id(remembered), id(now)))
+    if hit is not None and hit[0] is remembered and hit[1] is now:
+        return hit[2]
+    same: bool = remembered == now
+    known[(id(remembered), id(now))] = (remembered, now, same)
+    return same
+
+
+_EQUAL_FINDERS: Final = ("resolution-equal-finders",)
 
 
 def _note_direct(key: tuple[Any, ...], top: tuple[str, ...],
