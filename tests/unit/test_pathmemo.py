@@ -85,17 +85,19 @@ def _misses() -> int:
                and not k.startswith("discovery.listing") and not k.startswith("version"))
 
 
-def _warm(state: Site) -> None:
-    """Build until a build replays the last one's checks (`dihya.gate.replay`): the files
-    are past the racy window, the build before it was answered wholly by the memo and left
-    its trace, and so will the next one (a build answered by the memo alone may still have
-    found a key too young to leave a trace, on a loaded machine)."""
+def _warm(state: Site, *, replayed: bool = False) -> None:
+    """Build until a build is answered from memory (the files are past the racy window):
+    by the memo, or by replaying the last build's checks (`dihya.gate.replay`, which only
+    a build answered wholly by the memo leaves). With `replayed`, until a build replayed
+    the last one's: then the next build replays too (a build the memo answered may still
+    have found a key too young to leave a trace, on a loaded machine)."""
     deadline = time.monotonic() + 60
     while True:
         before = _misses()
-        replayed = replay.STATS["hit"]
+        hits = pathmemo.STATS["resolution.hit"], replay.STATS["hit"]
         verdicts = state.verdicts()
-        if _misses() == before and replay.STATS["hit"] > replayed:
+        memo_hit = pathmemo.STATS["resolution.hit"] > hits[0] and not replayed
+        if _misses() == before and (memo_hit or replay.STATS["hit"] > hits[1]):
             break
         assert time.monotonic() < deadline, f"the memo never answered: {pathmemo.STATS}"
         time.sleep(0.2)
@@ -128,7 +130,7 @@ def memo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                             {names["entry_points"]: "discoother:f"}, (), group=OTHER_GROUP)
         pip_install(sys.executable, str(other), target=site.site)
         state = Site(site, early, names)
-        _warm(state)
+        _warm(state, replayed=True)
         yield state
 
 
