@@ -6,6 +6,7 @@ import itertools
 import shutil
 import sys
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from dihya.config import AllowEntry, Config
@@ -57,3 +58,11 @@ class PluginSite:
     def config(self, *entries: AllowEntry, timeout: float = 2.0) -> Config:
         return Config(path=self.root / "dihya.toml", exists=False, hook_timeout_s=timeout,
                       allow=entries)
+
+
+def forget_plugin_modules(names: Iterable[str]) -> None:
+    """Drop the modules of the plugins `names` (`dihya_plugin_<name>...`) from `sys.modules`,
+    so that a later import runs them again: a module-scoped fixture's teardown."""
+    prefixes = tuple(f"dihya_plugin_{name}" for name in names)
+    for module in [m for m in sys.modules if m.startswith(prefixes)]:
+        del sys.modules[module]

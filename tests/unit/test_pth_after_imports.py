@@ -30,7 +30,7 @@ import pytest
 
 from dihya.gate import pathmemo, replay, startup, verifycache
 from dihya.registry import RegistrySnapshot, build_registry
-from support.site import PluginSite
+from support.site import PluginSite, forget_plugin_modules
 from support.wheels import build_plugin_wheel, pip_install, plugin_source
 
 PTH = "zz-owned.pth"
@@ -131,9 +131,7 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         finally:
             replay.keep(None)
             pathmemo.clear()
-            for name in names.values():
-                for module in [m for m in sys.modules if m.startswith(f"dihya_plugin_{name}")]:
-                    del sys.modules[module]
+            forget_plugin_modules(names.values())
 
 
 def test_the_pth_scan_uses_the_gates_record_keys(state: Site,

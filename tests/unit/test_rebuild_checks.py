@@ -25,7 +25,7 @@ import pytest
 from dihya.gate import pathmemo, replay, verifycache
 from dihya.gate.fingerprint import is_excluded
 from dihya.registry import RegistrySnapshot, build_registry
-from support.site import PluginSite
+from support.site import PluginSite, forget_plugin_modules
 from support.wheels import build_plugin_wheel, pip_install
 
 EXTRA = {"sub/helper.py": "X = 1\n", "data/table.txt": "a b c\n"}
@@ -103,9 +103,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
         yield state
     finally:
         pathmemo.clear()
-        for name in names:
-            for module in [m for m in sys.modules if m.startswith(f"dihya_plugin_{name}")]:
-                del sys.modules[module]
+        forget_plugin_modules(names)
 
 
 def test_every_hashed_file_is_looked_at_on_a_rebuild_with_nothing_changed(

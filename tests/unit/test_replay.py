@@ -29,7 +29,7 @@ import pytest
 
 from dihya.gate import pathmemo, replay, startup, verifycache
 from dihya.registry import RegistrySnapshot, build_registry
-from support.site import PluginSite
+from support.site import PluginSite, forget_plugin_modules
 from support.wheels import build_plugin_wheel, pip_install
 
 ROLES = ("control", "inplace", "hardlink", "mmap", "rename", "shadowed", "mutated",
@@ -137,9 +137,7 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         finally:
             replay.keep(None)
             pathmemo.clear()
-            for name in names.values():
-                for module in [m for m in sys.modules if m.startswith(f"dihya_plugin_{name}")]:
-                    del sys.modules[module]
+            forget_plugin_modules(names.values())
 
 
 def test_a_rebuild_with_nothing_changed_is_replayed_and_looks_at_every_file(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from test_dispatch import LeavesACaptureOpen, Quiet, RenamesLastKey, Slow
 
 from dihya import pipeline
 from dihya.config import Config
@@ -71,13 +72,6 @@ def a_round(records: list[PluginRecord], needs: Any, check_for: Any,
     out = call_round(records, "before_generation", {"needs": needs, "context": freeze({})},
                      "needs", check_for, guard)
     return out, report
-
-
-class Quiet(GenerationPluginBase):
-    version = "1.0"
-
-    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
-        return needs
 
 
 class Fails(GenerationPluginBase):
@@ -185,17 +179,6 @@ class ChangesInPlace(GenerationPluginBase):
         return needs
 
 
-class RenamesLastKey(GenerationPluginBase):
-    """The same values, in the same order, under another last key."""
-
-    version = "1.0"
-
-    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
-        last = list(needs)[-1]
-        needs["x-renamed"] = needs.pop(last)
-        return needs
-
-
 class Records(GenerationPluginBase):
     version = "1.0"
     seen: ClassVar[list[Any]] = []
@@ -259,17 +242,6 @@ def test_a_view_given_back_under_another_class_is_not_handed_on() -> None:
     assert [h.status for h in report] == ["ok", "ok"]
 
 
-class LeavesACaptureOpen(GenerationPluginBase):
-    version = "1.0"
-
-    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
-        from dihya.pluginlog import begin_call
-
-        begin_call("someone-else")
-        self.logger.info("into the open capture")
-        return needs
-
-
 class LogsOnce(GenerationPluginBase):
     version = "1.0"
 
@@ -290,18 +262,6 @@ def test_log_records_stay_with_their_call_in_a_round() -> None:
     assert [(r.plugin, r.template) for r in logged] == [
         ("first", "mine, project %s"), ("last", "mine, project %s")]
     assert [h.status for h in report] == ["ok"] * 4
-
-
-class Slow(GenerationPluginBase):
-    version = "1.0"
-
-    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
-        import time
-
-        deadline = time.monotonic() + 0.05
-        while time.monotonic() < deadline:
-            pass
-        return needs
 
 
 def test_each_call_of_a_round_is_timed_and_held_to_its_deadline() -> None:
