@@ -75,16 +75,20 @@ class _Same:
         return type(other) is _Same and other.value is self.value
 
 
-#: How many generations' files each process remembers the canonical JSON of (by identity).
-FILES_JSON_CACHE: Final = 8
+#: How many generations of the core generator each process remembers (by needs).
+CORE_CODE_CACHE: Final = 32
+#: How many generations' files each process remembers the canonical JSON of (by identity):
+#: as many as the core generator's outputs it remembers, which are among them.
+FILES_JSON_CACHE: Final = CORE_CODE_CACHE
 
 
 @functools.lru_cache(maxsize=FILES_JSON_CACHE)
 def frozen_files_json(key: _Same) -> tuple[bytes, str]:
     """The canonical JSON of the frozen files `key.value`, and its SHA-256 (what the HTTP
     answer sends and the audit event records), remembered for that very mapping: frozen
-    data does not change, and a plugin's answer taken again from the sandbox's memo
-    (`executor.Remembered`) is that same mapping, so the same generation again hashes no
+    data does not change, and both the core generator's output for needs sent again
+    (`core_code`) and a plugin's answer taken again from the sandbox's memo
+    (`executor.Remembered`) are that same mapping, so the same generation again hashes no
     50 KB. The mapping is held while remembered."""
     text = canonical_bytes(key.value)
     return text, hashlib.sha256(text).hexdigest()
@@ -96,16 +100,11 @@ class GenerationResult:
     plugins: tuple[HookResult, ...]
     needs_sha256: str
     ms: float
-    #: `canonical_bytes(files)` and its SHA-256 when already known (the core generator's
-    #: remembered output that no plugin changed, `core_code_json`); else None
-    files_json: tuple[bytes, str] | None = attrs.field(default=None, repr=False, eq=False)
     #: the frozen mapping `files` is a copy of (`frozen_files_json` remembers its JSON)
     frozen: FrozenDict | None = attrs.field(default=None, repr=False, eq=False)
 
     def files_canonical(self) -> tuple[bytes, str]:
         """The files' canonical JSON (sorted keys, compact, UTF-8) and its SHA-256."""
-        if self.files_json is not None:
-            return self.files_json
         if self.frozen is not None:
             return frozen_files_json(_Same(self.frozen))
         text = canonical_bytes(self.files)
@@ -461,10 +460,6 @@ def _checked_code(code: Any) -> dict[str, str]:
     return frozen
 
 
-#: How many generations of the core generator each process remembers (by needs).
-CORE_CODE_CACHE: Final = 32
-
-
 @functools.lru_cache(maxsize=CORE_CODE_CACHE)
 def core_code(needs_text: str) -> dict[str, str]:
     """The core generator's code for the needs whose JSON (`_exact_json`) is `needs_text`,
@@ -475,15 +470,6 @@ def core_code(needs_text: str) -> dict[str, str]:
     from dihya.generator import generate as core_generate
 
     return _checked_code(core_generate(json.loads(needs_text)))
-
-
-@functools.lru_cache(maxsize=CORE_CODE_CACHE)
-def core_code_json(needs_text: str) -> tuple[bytes, str]:
-    """`core_code(needs_text)` as canonical JSON bytes, and their SHA-256 (what the HTTP
-    answer sends and the audit event records), remembered with it: frozen data, so the
-    bytes stay those of the mapping."""
-    text = canonical_bytes(core_code(needs_text))
-    return text, hashlib.sha256(text).hexdigest()
 
 
 @functools.lru_cache(maxsize=CORE_CODE_CACHE)
@@ -632,14 +618,13 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     except _InvalidCode as exc:
         _fail("the core generator produced invalid code", "generator", exc.problems)
         raise  # not reached: _fail raises
-    core = code if generate is None else None  # the core generator's output as remembered
 
     kwargs = {"code": code, "needs": needs}  # the executors never change it
     code = call.round(runnable, "after_generation", kwargs, "code", _code_check, later=context)
     elapsed = (time.perf_counter() - start) * 1000
-    # the core's remembered code that no plugin changed: its canonical JSON remembered too
-    files_json = core_code_json(needs_text) if code is core else None
-    result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed, files_json,
+    # the frozen files (the core's remembered output, a plugin's answer): their JSON is
+    # remembered by identity (`frozen_files_json`)
+    result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed,
                               code if type(code) is FrozenDict else None)
     code_bytes = sum(len(t) for t in code.values())
     plugins_ok = sum(h.status == OK for h in report)

@@ -1,7 +1,7 @@
 """What the pipeline remembers per process for needs sent again: the verdict that they are
 valid (`pipeline._checked_loaded_needs`) and the core generator's code as canonical JSON
-(`pipeline.core_code_json`). Attacks: needs that a lossy key would confuse with needs
-remembered as valid (`false` and `0`, `3` and `3.0` are equal in Python), a caller's
+(by identity: `pipeline.frozen_files_json`). Attacks: needs that a lossy key would confuse
+with needs remembered as valid (`false` and `0`, `3` and `3.0` are equal in Python), a caller's
 `needs_sha256` naming needs remembered as valid, and a plugin that changes the code
 after the core's remembered output was made."""
 
@@ -15,7 +15,7 @@ import pytest
 
 from dihya.canonical import canonical_bytes, canonical_sha256
 from dihya.needs import NeedsError, load_json
-from dihya.pipeline import run_generation
+from dihya.pipeline import frozen_files_json, run_generation
 from dihya.registry import build_registry
 from support.wheels import plugin_source
 
@@ -61,11 +61,14 @@ def test_a_remembered_verdict_ignores_what_the_caller_says_the_hash_is(plugin_si
 
 def test_the_remembered_code_json_is_the_files_own(plugin_site, needs) -> None:
     snap = build_registry(plugin_site.config(), path=plugin_site.path)
-    for _ in range(2):
+    for round_ in range(2):
         result = run_generation(_loaded(needs), snap, loaded=True)
+        hits = frozen_files_json.cache_info().hits
         text, digest = result.files_canonical()
         assert text == canonical_bytes(result.files)
         assert digest == hashlib.sha256(text).hexdigest()
+        if round_:  # the core's remembered output, the same mapping: its JSON remembered too
+            assert frozen_files_json.cache_info().hits == hits + 1
 
 
 def test_code_a_plugin_changed_is_encoded_afresh(plugin_site, needs) -> None:
