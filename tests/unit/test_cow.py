@@ -9,7 +9,17 @@ import pickle
 
 import pytest
 
-from dihya.sandbox.cow import CowDict, CowList, FrozenDict, FrozenList, freeze, thaw, view
+from dihya.sandbox.cow import (
+    CowDict,
+    CowList,
+    FrozenDict,
+    FrozenList,
+    freeze,
+    frozen_dict,
+    plain_of,
+    thaw,
+    view,
+)
 
 DATA = {"a": [1, {"b": [2, 3]}], "c": {"d": "e"}, "f": 1.5, "g": None, "h": True}
 
@@ -101,3 +111,36 @@ def test_a_returned_plain_value_is_copied() -> None:
     frozen = freeze(mine)
     mine["a"].append(2)
     assert frozen == {"a": [1]}
+
+
+def test_the_plain_copy_views_are_made_from_is_the_cores_own_and_stays_as_it_was() -> None:
+    # issue #16: a `FrozenDict` keeps a plain dict of its items (`_plain`, `plain_of`), the
+    # exact dict a view is copied from (C's fast path); a view must never be that dict, and
+    # nothing done to a view (through its methods or past them) may reach it
+    frozen = freeze(DATA)
+    assert frozen._plain is None  # made when a view first is
+    assert frozen_dict({"x": 1})._plain is None
+    mine = view(frozen)
+    plain = frozen._plain
+    assert type(plain) is dict and plain is not mine and list(plain) == list(frozen)
+    assert all(plain[k] is frozen[k] for k in frozen)
+    assert plain_of(frozen) is plain
+    child = mine["c"]  # a child's view is made from the child's own plain copy
+    assert type(child) is CowDict and frozen["c"]._plain is not None
+    assert child is not frozen["c"]._plain
+    child["x"] = 1
+    mine["z"] = 1
+    dict.__setitem__(mine, "f", 2.5)  # past the view's methods
+    dict.update(mine, {"g": 0})
+    dict.pop(mine, "h")
+    dict.__setitem__(child, "d", "changed")
+    assert frozen._plain is plain and plain == DATA and all(plain[k] is frozen[k] for k in frozen)
+    assert frozen["c"]._plain == {"d": "e"} and frozen == DATA
+    dict.clear(mine)
+    assert plain == DATA
+    assert view(frozen) == DATA and view(frozen) is not plain
+    # freezing a view made from the plain copy still knows it by its frozen base
+    assert freeze(view(frozen)) is frozen
+    # its copies stay plain data, whatever the slot holds
+    for copied in (copy.copy(frozen), copy.deepcopy(frozen), pickle.loads(pickle.dumps(frozen))):
+        assert copied == DATA and type(copied) is dict and copied is not plain

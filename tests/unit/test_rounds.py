@@ -426,3 +426,72 @@ def test_the_context_is_made_once_a_generation_and_only_when_a_hook_may_take_it(
     run_generation(sample_needs(), snapshot_of(record_for(Quiet, "a"),
                                                record_for(TakesContext, "b")))
     assert len(made) == 1 and len(TakesContext.seen) == 2  # made once, for both rounds
+
+
+class ClearsPastItsMethods(GenerationPluginBase):
+    """Empties its view and fills it with its own values past the view's methods (as C code
+    could), and says whether the view it got was the core's plain copy of the needs."""
+
+    version = "1.0"
+    got_the_plain_copy: ClassVar[list[bool]] = []
+
+    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
+        base = needs.base  # type: ignore[attr-defined]  # a CowDict's frozen base
+        type(self).got_the_plain_copy.append(needs is base._plain)
+        dict.clear(needs)
+        dict.update(needs, {"project": "evil", "x-evil": 1})
+        return needs
+
+
+class SpoilsThePlainCopy(GenerationPluginBase):
+    """Reaches past its view for the core's plain copy of the needs (`FrozenDict._plain`, the
+    dict views are copied from) and writes an invalid value into it: malice, which the
+    in-process executor does not stop (see docs/threat-model.md), but whose result must
+    still never reach the core unchecked."""
+
+    version = "1.0"
+
+    def before_generation(self, needs: dict[str, Any]) -> dict[str, Any]:
+        plain = needs.base._plain  # type: ignore[attr-defined]
+        plain["entities"] = "not a list"
+        return needs
+
+
+@pytest.mark.parametrize("rounds", [True, False])
+def test_the_plain_copy_views_are_made_from_is_never_handed_out_nor_changed(
+        rounds: bool) -> None:
+    original = sample_needs()
+    needs = freeze(copy.deepcopy(original))
+    ClearsPastItsMethods.got_the_plain_copy, Records.seen = [], []
+    report: list[HookResult] = []
+    guard = hook_caller(report, default_executor if rounds else (lambda record: EXECUTOR),
+                        2.0, lambda *_: None)
+    checked: list[Any] = []
+    out = guard.round([record_for(ClearsPastItsMethods, "clears"),
+                       record_for(Records, "records"), record_for(ClearsPastItsMethods, "again"),
+                       record_for(Records, "records-too")],
+                      "before_generation", {"needs": needs}, "needs", checking(checked, ["no"]))
+    # each refused, and the next plugin got the needs as they were, from a copy untouched
+    assert out is needs and len(checked) == 2
+    assert ClearsPastItsMethods.got_the_plain_copy == [False, False]
+    assert Records.seen == [original, original]
+    plain = needs._plain
+    assert plain == original and all(plain[k] is needs[k] for k in needs)
+    assert [h.status for h in report] == ["invalid-output", "ok", "invalid-output", "ok"]
+
+
+@pytest.mark.parametrize("rounds", [True, False])
+def test_a_spoiled_plain_copy_never_reaches_the_core_unchecked(rounds: bool) -> None:
+    needs = freeze(sample_needs())
+    report: list[HookResult] = []
+    guard = hook_caller(report, default_executor if rounds else (lambda record: EXECUTOR),
+                        2.0, lambda *_: None)
+    # the next plugin gives back its view, unchanged, but that view was copied from the
+    # spoiled plain dict: the round sees a change (it compares with the frozen needs) and
+    # the full check refuses it
+    out = run_before_generation([record_for(SpoilsThePlainCopy, "spoils"),
+                                 record_for(Quiet, "innocent"), record_for(Quiet, "too")],
+                                needs, guard)
+    assert out is needs and out["entities"] == sample_needs()["entities"]
+    assert [(h.name, h.status) for h in report] == [
+        ("spoils", "ok"), ("innocent", "invalid-output"), ("too", "invalid-output")]

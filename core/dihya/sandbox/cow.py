@@ -41,9 +41,15 @@ def _read_only(self: Any, *args: Any, **kwargs: Any) -> NoReturn:
 
 class FrozenDict(dict[str, Any]):
     """A dict shared by the hooks of a generation: mutating it raises `TypeError`.
-    Made by `freeze` only; its copies (`copy.copy`, `dict(...)`, pickling) are dicts."""
+    Made by `freeze` only; its copies (`copy.copy`, `dict(...)`, pickling) are dicts.
 
-    __slots__ = ()
+    `_plain` is the core's own plain `dict` of the same items (the same objects), made the
+    first time a view is (`plain_of`): a `CowDict` is made from an exact `dict` on C's
+    fast path, ≈ 40 ns cheaper per view than from this subclass, whose copy looks up and
+    binds its `keys` method first (issue #16). Never handed to a hook."""
+
+    __slots__ = ("_plain",)
+    _plain: dict[str, Any] | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("FrozenDict is made by dihya.sandbox.cow.freeze only")
@@ -234,12 +240,25 @@ class CowList(list[Any]):
         list.sort(self, key=key, reverse=reverse)
 
 
+def plain_of(frozen: FrozenDict) -> dict[str, Any]:
+    """`frozen`'s items as a plain `dict` (the same objects), made once and kept with it
+    (`FrozenDict._plain`): what a `CowDict` of it is copied from. The core's own: never
+    handed to a hook, never changed (a view copies it)."""
+    plain = frozen._plain
+    if plain is None:
+        plain = frozen._plain = dict.copy(frozen)
+    return plain
+
+
 def view(value: Any) -> Any:
     """What a hook gets for `value`: a private view of frozen data (nothing copied below
     its top level until read), an atom as it is, and anything else as a deep copy."""
     kind = type(value)
     if kind is FrozenDict:
-        out: Any = CowDict(value)
+        plain = value._plain
+        if plain is None:
+            plain = value._plain = dict.copy(value)
+        out: Any = CowDict(plain)  # from the exact dict: C's fast path (`plain_of`)
     elif kind is FrozenList:
         out = CowList(value)
     elif kind in _ATOM_TYPES:
@@ -310,6 +329,7 @@ def _freeze_dict(value: dict[Any, Any], base: FrozenDict | None) -> FrozenDict:
         return base  # a hook that read (and so viewed) children without changing them
     out = dict.__new__(FrozenDict)
     dict.update(out, items)
+    out._plain = None
     return out
 
 
@@ -329,6 +349,7 @@ def frozen_dict(items: dict[str, Any]) -> FrozenDict:
     walk `freeze` makes)."""
     out = dict.__new__(FrozenDict)
     dict.update(out, items)
+    out._plain = None
     return out
 
 

@@ -244,7 +244,10 @@ class InProcessExecutor:
         one: Any = _NOTHING if single is None else kwargs.get(single, _NOTHING)
         if type(one) is FrozenDict:  # `view`, inlined for the common case
             value = one
-            one = CowDict(value)
+            plain = value._plain  # `plain_of`, inlined
+            if plain is None:
+                plain = value._plain = dict.copy(value)
+            one = CowDict(plain)  # from an exact dict: C's fast path
             one.base = value
         elif one is not _NOTHING:
             one = view(one)

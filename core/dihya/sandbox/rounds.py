@@ -43,7 +43,7 @@ from dihya.pluginlog.capture import (
     install,
 )
 from dihya.reasons import HookStatus
-from dihya.sandbox.cow import CowDict, FrozenDict
+from dihya.sandbox.cow import CowDict, FrozenDict, plain_of
 from dihya.sandbox.executor import (
     HookTarget,
     HookTimeout,
@@ -153,9 +153,14 @@ def call_round(records: Sequence[RoundTarget], hook: str, kwargs: dict[str, Any]
     clock, cow, new_row, row, ok = perf_counter, CowDict, _new_row, HookResult, OK
     given = kwargs[chained] if chained is not None else _NOTHING
     check: Check | None = None  # the check of a changed return, made when one comes
-    # the chained argument's items, when it is a `FrozenDict`: as a plain dict (the same
-    # objects; `CowDict(plain)` copies an exact dict on C's fast path), values and keys
-    plain = dict(given) if type(given) is FrozenDict else None
+    # the chained argument's items, when it is a `FrozenDict`: as the plain dict it keeps
+    # (`plain_of`: the same objects; `CowDict(plain)` copies an exact dict on C's fast
+    # path), values and keys
+    plain = None
+    if type(given) is FrozenDict:  # `plain_of`, inlined
+        plain = given._plain
+        if plain is None:
+            plain = given._plain = dict.copy(given)
     given_values = tuple(_dict_values(given)) if plain is not None else ()
     given_keys = tuple(_dict_keys(given)) if plain is not None else ()
     # the plan's `single` that takes the fast path: the chained argument's view alone
@@ -245,7 +250,7 @@ def call_round(records: Sequence[RoundTarget], hook: str, kwargs: dict[str, Any]
             if accepted is not None:
                 accepted(value)
             check = None
-            plain = dict(given) if type(given) is FrozenDict else None
+            plain = plain_of(given) if type(given) is FrozenDict else None
             given_values = tuple(_dict_values(given)) if plain is not None else ()
             given_keys = tuple(_dict_keys(given)) if plain is not None else ()
             fast = chained if plain is not None else _NOTHING
