@@ -81,17 +81,40 @@ class State:
         (`dihya.store.facts`), without starting it, when that is recorded; a worker left
         unstarted starts at the plugin's first hook call."""
         config = self.config()
-        store = self.store(config)
-        switches = {}
-        if store is not None:
-            switches = {n: (s.reason_code, f"{s.reason_code}: {s.reason or ''}".rstrip(": "))
-                        for n, s in store.plugin_switches().items()}
+        store: Store | None = None
+        read = self.switches_read_only(config)
+        if read is None:
+            store = self.store(config)
+            read = {} if store is None else {
+                n: (s.reason_code, s.reason) for n, s in store.plugin_switches().items()}
+        switches = {n: (code, f"{code}: {reason or ''}".rstrip(": "))
+                    for n, (code, reason) in read.items()}
         # Plugins' import-time prints must not corrupt what this command prints.
         with contextlib.redirect_stdout(sys.stderr):
             snapshot = build_registry(config, switches=switches, facts=store,
                                       start_workers=start_workers)
         atexit.register(snapshot.close)  # stop this command's sandbox workers
         return snapshot
+
+    def switches_read_only(self, config: Config) -> dict[str, tuple[str, str | None]] | None:
+        """The kill switches (name -> reason code, reason) read without opening the store
+        (`dihya.store.quickread`: `sqlite3`, read-only, no SQLAlchemy), when that is all a
+        build takes from the store: no approval is in sandbox mode (a sandboxed plugin's
+        listing reads and writes what its worker said, `dihya.store.facts`), the store is
+        an existing SQLite file of this schema version, and it is the one the store marker
+        records. None otherwise: `store()` then opens it, creating nothing, upgrading or
+        saying what is wrong, as before."""
+        if any(entry.mode != "in-process" for entry in config.allow):
+            return None
+        from dihya.store.quickread import plain_sqlite_path, read_listing_state
+
+        path = plain_sqlite_path(config.effective_store_url)
+        if path is None or not path.is_file():
+            return None
+        read = read_listing_state(path)
+        if read is None or self.marker(config).mismatch(read.store_id) is not None:
+            return None
+        return read.switches
 
     def store(self, config: Config | None = None, create: bool = False) -> Store | None:
         """The state store; None where there is none yet and `create` is not asked.
