@@ -27,10 +27,6 @@ from dihya.config import (
     ConfigError,
     load_config,
 )
-from dihya.config.edit import (
-    ApprovalRefused,
-    edit_document,
-)
 from dihya.config.file import ConfigFileError, ConfigLockTimeout
 from dihya.gate.decide import PluginNotFound, find_installed
 from dihya.gate.discovery import DiscoveredPlugin
@@ -40,6 +36,35 @@ from dihya.registry import RegistrySnapshot, build_registry
 if TYPE_CHECKING:
     from dihya.store import Store
     from dihya.store.marker import StoreMarker
+
+
+class LazyGroup(click.Group):
+    """A group whose commands in `lazy` (name -> "module:attribute") are imported when one
+    is looked up (run, or listed by --help), not when the `dihya` command starts; each is
+    handed to `prepare` first (the `--config` option of every command)."""
+
+    lazy: dict[str, str]
+    prepare: Callable[[click.Command], None] | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = {}
+        self.prepare = None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            import importlib
+
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command) and command.name == cmd_name, cmd_name
+            if self.prepare is not None:
+                self.prepare(command)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
 
 
 class CheckFailed(click.ClickException):
@@ -239,6 +264,8 @@ def find_plugin(state: State, name: str) -> DiscoveredPlugin:
 def editing(state: State) -> Iterator[Any]:
     """A config edit as a transaction (lock, re-read, change, atomic write): the block runs
     under the lock on the file as it is now, so it must be quick (no sandbox check)."""
+    from dihya.config.edit import ApprovalRefused, edit_document  # editors only
+
     try:
         with edit_document(state.config_path) as doc:
             yield doc

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     pass
 from dihya.cli._common import (
     CheckFailed,
+    LazyGroup,
     State,
     echo_json,
     find_plugin,
@@ -34,7 +35,7 @@ from dihya.cli._common import (
 )
 
 
-@click.group()
+@click.group(cls=LazyGroup)
 def plugins() -> None:
     """Discover, approve, switch and verify generation plugins."""
 

@@ -26,23 +26,16 @@ commit waits for the WAL flush); "normal" makes it survive any process crash onl
 PostgreSQL `synchronous_commit = off` (a crash of the database server may lose its last
 fraction of a second of commits).
 
-The engine and the tables are in `dihya.store.db` (SQLAlchemy) and re-exported here when
-first asked for: importing this package or one of its light modules (`faults`, `marker`,
-`quickread`) does not import SQLAlchemy, a third of a `dihya` command's start.
+The engine and the tables are in `dihya.store.db` (SQLAlchemy), the errors in
+`dihya.store.faults`; both are re-exported here when first asked for: importing this
+package or one of its light modules (`faults`, `marker`, `quickread`) does not import
+SQLAlchemy, a third of a `dihya` command's start.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any, Final
-
-from dihya.store.faults import (
-    StoreError,
-    StoreFault,
-    StoreHealth,
-    StoreMissing,
-    StoreUnavailable,
-)
 
 if TYPE_CHECKING:
     from dihya.store.db import (
@@ -70,6 +63,13 @@ if TYPE_CHECKING:
         subjects_table,
         tokens_table,
     )
+    from dihya.store.faults import (
+        StoreError,
+        StoreFault,
+        StoreHealth,
+        StoreMissing,
+        StoreUnavailable,
+    )
 
 __all__ = ["NOTIFY_CHANNEL", "PG_CONNECT_TIMEOUT_S", "PG_LOCK_TIMEOUT", "PG_TCP_USER_TIMEOUT_MS",
            "SCHEMA_VERSION", "SQLITE_BUSY_TIMEOUT_S", "SYNCHRONOUS", "PluginSwitch", "Store",
@@ -82,15 +82,19 @@ __all__ = ["NOTIFY_CHANNEL", "PG_CONNECT_TIMEOUT_S", "PG_LOCK_TIMEOUT", "PG_TCP_
 #: the schema version this core writes and reads (`dihya.store.migrations`)
 SCHEMA_VERSION: Final = 8
 
-#: the names `dihya.store.db` defines, given by this package when first asked for
-_LAZY = frozenset(__all__) - {"SCHEMA_VERSION", "StoreError", "StoreFault", "StoreHealth",
-                              "StoreMissing", "StoreUnavailable"}
+_FAULTS = frozenset({"StoreError", "StoreFault", "StoreHealth", "StoreMissing",
+                     "StoreUnavailable"})
+#: the names given by this package when first asked for: those of `dihya.store.faults`
+#: and `dihya.store.db`
+_LAZY = frozenset(__all__) - {"SCHEMA_VERSION"}
 
 
 def __getattr__(name: str) -> Any:
-    """A name of `dihya.store.db`, imported with it on first use (PEP 562)."""
+    """A name of `dihya.store.faults` or `dihya.store.db`, imported with its module on
+    first use (PEP 562)."""
     if name in _LAZY:
-        value = getattr(importlib.import_module("dihya.store.db"), name)
+        module = "dihya.store.faults" if name in _FAULTS else "dihya.store.db"
+        value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,6 @@ error, and it never writes.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote
@@ -49,6 +48,8 @@ class ListingState(NamedTuple):
 def read_listing_state(path: Path) -> ListingState | None:
     """The store id and the plugins switched off, read in one read-only transaction; None
     if the store is not an ordinary readable store of this schema version (see above)."""
+    import sqlite3  # only where there is a store to read
+
     try:
         conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True,
                                timeout=BUSY_TIMEOUT_S, isolation_level=None)
