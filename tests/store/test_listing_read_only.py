@@ -11,8 +11,8 @@ mode. What a user sees must not depend on which path read the store:
 - the read-only path writes nothing, and its URL parsing and the marker's naming of a
   store are SQLAlchemy's, character for character;
 - importing the store package or its light modules, and such a listing in a fresh
-  process, import neither SQLAlchemy nor `dihya.store.db`, nor msgspec or the modules of
-  the commands it does not run (not timed).
+  process, import neither SQLAlchemy nor `dihya.store.db`, nor the modules of the
+  commands it does not run (not timed).
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def test_a_listing_imports_no_sqlalchemy(plugin_site: Any, tmp_path: Path) -> No
              "sys.argv = ['dihya', '--config', sys.argv[1], 'plugins', 'list', '--json']\n"
              "try:\n    main()\n"
              "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
-             "print(sorted(m for m in ('sqlalchemy', 'dihya.store.db', 'msgspec', "
+             "print(sorted(m for m in ('sqlalchemy', 'dihya.store.db', "
              "'dihya.cli.approve', 'dihya.cli.publish', 'dihya.cli.doctor', "
              "'dihya.config.edit') if m in sys.modules), file=sys.stderr)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import difflib
 import getpass
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -235,7 +233,11 @@ pass_state = click.make_pass_decorator(State)
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """`json.dumps(data, indent=2, ensure_ascii=False)`, printed (the same text, made in
+    C where it can be: `dihya.canonical.indented_json`)."""
+    from dihya.canonical import indented_json
+
+    click.echo(indented_json(data))
 
 
 def unknown(name: str, known: Sequence[str]) -> NoReturn:
@@ -246,6 +248,8 @@ def unknown(name: str, known: Sequence[str]) -> NoReturn:
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """"; did you mean 'x'?" when `name` is close to one of `known` (a typo); else ""."""
+    import difflib  # only for a name not found
+
     close = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
