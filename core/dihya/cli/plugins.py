@@ -112,6 +112,9 @@ def plugin_table(snapshot: RegistrySnapshot, width: int) -> Any:
 
 def _with_pth(data: dict[str, Any], snapshot: RegistrySnapshot) -> dict[str, Any]:
     data["pth"] = pth_json(snapshot.pth)
+    for key in ("status", "reason"):  # a status or reason code as the plain string JSON
+        if isinstance(data[key], str):  # writes of it (so the output is made in C)
+            data[key] = str.__str__(data[key])
     return data
 
 
