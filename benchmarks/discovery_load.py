@@ -452,8 +452,12 @@ def report(args: argparse.Namespace, results: dict[int, dict[str, list[dict[str,
         core, sted = med(r["cmd_core"], "wall"), med(r["cmd_stevedore"], "wall")
         rows.append([f"N = {n}", ms(core), ms(sted), f"{core / sted:.2f}x",
                      ms(med(r["core"], "imports")), ms(med(r["stevedore"], "imports"))])
+        if compared:
+            main = med(r["cmd_main"], "wall")
+            rows[-1] += [ms(main), f"{main / sted:.2f}x"]
     print(table(["plugins", "dihya plugins list --json", "stevedore script", "ratio",
-                 "imports: dihya.registry", "stevedore"], rows))
+                 "imports: dihya.registry", "stevedore",
+                 *(["main: list", "main ratio"] if compared else [])], rows))
 
     if growth:
         print("\n== the gate's file check per distribution, by files and bytes (ms, best "

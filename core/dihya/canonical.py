@@ -21,13 +21,15 @@ import hashlib
 import json
 from typing import Any, Final
 
-import msgspec
-
 # the standard library's encoder with the canonical settings, built once (`json.dumps`
 # builds one per call); stateless between calls, so shared by threads
 _JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                                 allow_nan=False)
-_FAST: Final = msgspec.json.Encoder(order="sorted")
+# msgspec's encoder, made at the first encoding (a command that encodes nothing, such as
+# `dihya plugins list`, does not import msgspec), and the errors it may raise then
+_FAST: Any = None
+_PLAIN: Any = None  # the same in the data's own key order, for `indented_json`
+_ERRORS: tuple[type[BaseException], ...] = (RecursionError, ValueError, TypeError)
 _INT_MAX: Final = 2**63
 _DICT_ITEMS: Final = dict.items
 _DICT_VALUES: Final = dict.values
@@ -67,12 +69,25 @@ def _items_ok(items: Any) -> bool:
     return True
 
 
+def _encoder() -> Any:
+    """msgspec's sorted-keys JSON encoder (made once; stateless, shared by threads)."""
+    global _FAST, _PLAIN, _ERRORS
+    if _FAST is None:
+        import msgspec
+
+        _ERRORS = (RecursionError, ValueError, TypeError, msgspec.EncodeError)
+        _PLAIN = msgspec.json.Encoder()
+        _FAST = msgspec.json.Encoder(order="sorted")
+    return _FAST
+
+
 def _fast(value: Any) -> bytes | None:
     """msgspec's encoding of `value` when it is the canonical one, else None."""
     try:
         if _fast_ok(value):
-            return _FAST.encode(value)
-    except (RecursionError, ValueError, TypeError, msgspec.EncodeError):
+            data: bytes = (_FAST or _encoder()).encode(value)
+            return data
+    except _ERRORS:
         pass  # circular or too deep, a lone surrogate...: the standard library's answer
     return None
 
@@ -107,3 +122,21 @@ def sorted_json(value: Any, ensure_ascii: bool = True) -> str:
 def canonical_sha256(value: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of `value`."""
     return hashlib.sha256(canonical_bytes(value)).hexdigest()
+
+
+def indented_json(value: Any) -> str:
+    """`json.dumps(value, indent=2, ensure_ascii=False)` (keys in the data's order), by
+    msgspec when that is the same text (the data `_fast_ok` accepts): the standard
+    library's encoder is pure Python when it indents, ~30x slower on the `dihya plugins
+    list --json` of 1,000 plugins."""
+    try:
+        if _fast_ok(value):
+            if _PLAIN is None:
+                _encoder()
+            import msgspec
+
+            data: bytes = msgspec.json.format(_PLAIN.encode(value), indent=2)
+            return data.decode("utf-8")
+    except _ERRORS:
+        pass  # circular or too deep, a lone surrogate...: the standard library's answer
+    return json.dumps(value, indent=2, ensure_ascii=False)

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from dihya.canonical import canonical_bytes, canonical_sha256, canonical_text, sorted_json
+from dihya.canonical import (
+    canonical_bytes,
+    canonical_sha256,
+    canonical_text,
+    indented_json,
+    sorted_json,
+)
 from dihya.sandbox.cow import freeze, view
 
 
@@ -184,3 +190,38 @@ def test_sha256_is_of_the_canonical_bytes() -> None:
 
     value = {"needs": ["é", 1.5, 2**70]}
     assert canonical_sha256(value) == hashlib.sha256(reference(value).encode()).hexdigest()
+
+
+# -- indented_json: `dihya ... --json` output, by msgspec when it is the same text -----------
+
+INDENTED_CASES: list[Any] = [
+    [], {}, [{}], {"a": {}}, {"a": []}, [[]], {"": ""}, [[[1]]], "\t\n\r\b\f",
+    {"a": "\x00\x1f\x7f\u2028\u2029é😀\"\\/", "b": None, "c": True, "d": False},
+    {"z": 1, "a": 2, "m": [3, {"y": 4, "b": 5}]},  # the data's key order, not sorted
+    [1.5, 0.1, -0.0, 2**62, -(2**63), 2**63, 1e20, 1e-7, float("nan"), float("inf")],
+    ("tuple", ["inside"]), {"x": "\ud800"},  # a lone surrogate: the standard library's
+    [{"name": "bench0000", "hooks": ["before_generation"], "pth": [], "roles": None,
+      "priority": 100, "warnings": [], "safe": True}],
+]
+
+
+@pytest.mark.parametrize("value", INDENTED_CASES, ids=range(len(INDENTED_CASES)))
+def test_indented_json_is_the_standard_librarys_text(value: Any) -> None:
+    assert indented_json(value) == json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def test_indented_json_of_other_types_is_the_standard_librarys_answer() -> None:
+    class Items(dict[str, Any]):
+        def items(self) -> Any:  # type: ignore[override]
+            return [("shown", 1)]
+
+    for value in (Items(hidden=2), {1: "int key"}, {"set": {1}}):
+        try:
+            expected: Any = json.dumps(value, indent=2, ensure_ascii=False)
+        except TypeError as exc:
+            expected = type(exc)
+        try:
+            got: Any = indented_json(value)
+        except TypeError as exc:
+            got = type(exc)
+        assert got == expected

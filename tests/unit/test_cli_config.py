@@ -199,12 +199,16 @@ def test_every_command_takes_config_after_its_name() -> None:
         assert isinstance(command, click.Command)
         if not any("--config" in p.opts for p in command.params):
             missing.append(path)
-        if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
+        if isinstance(command, click.Group):  # every command, those loaded on first use too
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None, f"{path} {name}"
                 walk(sub, f"{path} {name}")
 
     walk(main, "dihya")
     assert missing == []
+    assert {"approve", "install", "rollback", "verify"} <= set(main.commands["plugins"].commands)
 
 
 # -- did you mean ---------------------------------------------------------------------------

@@ -19,21 +19,39 @@ from typing import Any, NoReturn
 import click
 
 from dihya import __version__
-from dihya.cli._common import CheckFailed, State, Usage
-from dihya.cli.approve import acknowledge_pth, approve, disable, enable, revoke
-from dihya.cli.audit import audit
-from dihya.cli.config import config_group
-from dihya.cli.doctor import doctor
+from dihya.cli._common import CheckFailed, LazyGroup, State, Usage
 from dihya.cli.plugins import plugins
-from dihya.cli.publish import COMMANDS as PUBLISH_COMMANDS
-from dihya.cli.run import generate, serve
-from dihya.cli.scaffold import core_wheel_command, new_command
-from dihya.cli.tokens import tokens
-from dihya.cli.verify import verify
 from dihya.config import resolve_path
 
+# The command groups' modules, imported when one of their commands is looked up (a run, a
+# --help that lists it), not at every start: `plugins list` needs none of them. Each name
+# is the command's, as `dihya --help` and `dihya plugins --help` list it.
+_MAIN_COMMANDS = {
+    "generate": "dihya.cli.run:generate",
+    "serve": "dihya.cli.run:serve",
+    "tokens": "dihya.cli.tokens:tokens",
+    "audit": "dihya.cli.audit:audit",
+    "config": "dihya.cli.config:config_group",
+    "doctor": "dihya.cli.doctor:doctor",
+}
+_PLUGINS_COMMANDS = {
+    "approve": "dihya.cli.approve:approve",
+    "revoke": "dihya.cli.approve:revoke",
+    "enable": "dihya.cli.approve:enable",
+    "disable": "dihya.cli.approve:disable",
+    "verify": "dihya.cli.verify:verify",
+    "acknowledge-pth": "dihya.cli.approve:acknowledge_pth",
+    "new": "dihya.cli.scaffold:new_command",
+    "core-wheel": "dihya.cli.scaffold:core_wheel_command",
+    "keygen": "dihya.cli.publish:keygen",
+    "sign": "dihya.cli.publish:sign",
+    "install": "dihya.cli.publish:install",
+    "uninstall": "dihya.cli.publish:uninstall",
+    "rollback": "dihya.cli.publish:rollback",
+}
 
-class _Group(click.Group):
+
+class _Group(LazyGroup):
     """The `dihya` group: a store that fails under a command (read-only, full, deleted,
     unreachable) ends it with exit 1 and the cause in words, never a traceback."""
 
@@ -97,16 +115,10 @@ def _accept_config_anywhere(command: click.Command) -> None:
 
 
 main.add_command(plugins)
-main.add_command(generate)
-main.add_command(serve)
-main.add_command(tokens)
-main.add_command(audit)
-for _command in (approve, revoke, enable, disable, verify, acknowledge_pth, new_command,
-                 core_wheel_command,
-                 *PUBLISH_COMMANDS):
-    plugins.add_command(_command)
-main.add_command(config_group)
-main.add_command(doctor)
+main.lazy = dict(_MAIN_COMMANDS)
+assert isinstance(plugins, LazyGroup)
+plugins.lazy = dict(_PLUGINS_COMMANDS)
+main.prepare = plugins.prepare = _accept_config_anywhere  # a command loaded later gets it too
 for _command in main.commands.values():
     _accept_config_anywhere(_command)
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import difflib
 import getpass
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,10 +25,6 @@ from dihya.config import (
     ConfigError,
     load_config,
 )
-from dihya.config.edit import (
-    ApprovalRefused,
-    edit_document,
-)
 from dihya.config.file import ConfigFileError, ConfigLockTimeout
 from dihya.gate.decide import PluginNotFound, find_installed
 from dihya.gate.discovery import DiscoveredPlugin
@@ -40,6 +34,35 @@ from dihya.registry import RegistrySnapshot, build_registry
 if TYPE_CHECKING:
     from dihya.store import Store
     from dihya.store.marker import StoreMarker
+
+
+class LazyGroup(click.Group):
+    """A group whose commands in `lazy` (name -> "module:attribute") are imported when one
+    is looked up (run, or listed by --help), not when the `dihya` command starts; each is
+    handed to `prepare` first (the `--config` option of every command)."""
+
+    lazy: dict[str, str]
+    prepare: Callable[[click.Command], None] | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = {}
+        self.prepare = None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            import importlib
+
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command) and command.name == cmd_name, cmd_name
+            if self.prepare is not None:
+                self.prepare(command)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
 
 
 class CheckFailed(click.ClickException):
@@ -81,17 +104,40 @@ class State:
         (`dihya.store.facts`), without starting it, when that is recorded; a worker left
         unstarted starts at the plugin's first hook call."""
         config = self.config()
-        store = self.store(config)
-        switches = {}
-        if store is not None:
-            switches = {n: (s.reason_code, f"{s.reason_code}: {s.reason or ''}".rstrip(": "))
-                        for n, s in store.plugin_switches().items()}
+        store: Store | None = None
+        read = self.switches_read_only(config)
+        if read is None:
+            store = self.store(config)
+            read = {} if store is None else {
+                n: (s.reason_code, s.reason) for n, s in store.plugin_switches().items()}
+        switches = {n: (code, f"{code}: {reason or ''}".rstrip(": "))
+                    for n, (code, reason) in read.items()}
         # Plugins' import-time prints must not corrupt what this command prints.
         with contextlib.redirect_stdout(sys.stderr):
             snapshot = build_registry(config, switches=switches, facts=store,
                                       start_workers=start_workers)
         atexit.register(snapshot.close)  # stop this command's sandbox workers
         return snapshot
+
+    def switches_read_only(self, config: Config) -> dict[str, tuple[str, str | None]] | None:
+        """The kill switches (name -> reason code, reason) read without opening the store
+        (`dihya.store.quickread`: `sqlite3`, read-only, no SQLAlchemy), when that is all a
+        build takes from the store: no approval is in sandbox mode (a sandboxed plugin's
+        listing reads and writes what its worker said, `dihya.store.facts`), the store is
+        an existing SQLite file of this schema version, and it is the one the store marker
+        records. None otherwise: `store()` then opens it, creating nothing, upgrading or
+        saying what is wrong, as before."""
+        if any(entry.mode != "in-process" for entry in config.allow):
+            return None
+        from dihya.store.quickread import plain_sqlite_path, read_listing_state
+
+        path = plain_sqlite_path(config.effective_store_url)
+        if path is None or not path.is_file():
+            return None
+        read = read_listing_state(path)
+        if read is None or self.marker(config).mismatch(read.store_id) is not None:
+            return None
+        return read.switches
 
     def store(self, config: Config | None = None, create: bool = False) -> Store | None:
         """The state store; None where there is none yet and `create` is not asked.
@@ -187,7 +233,11 @@ pass_state = click.make_pass_decorator(State)
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """`json.dumps(data, indent=2, ensure_ascii=False)`, printed (the same text, made in
+    C where it can be: `dihya.canonical.indented_json`)."""
+    from dihya.canonical import indented_json
+
+    click.echo(indented_json(data))
 
 
 def unknown(name: str, known: Sequence[str]) -> NoReturn:
@@ -198,6 +248,8 @@ def unknown(name: str, known: Sequence[str]) -> NoReturn:
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """"; did you mean 'x'?" when `name` is close to one of `known` (a typo); else ""."""
+    import difflib  # only for a name not found
+
     close = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -216,6 +268,8 @@ def find_plugin(state: State, name: str) -> DiscoveredPlugin:
 def editing(state: State) -> Iterator[Any]:
     """A config edit as a transaction (lock, re-read, change, atomic write): the block runs
     under the lock on the file as it is now, so it must be quick (no sandbox check)."""
+    from dihya.config.edit import ApprovalRefused, edit_document  # editors only
+
     try:
         with edit_document(state.config_path) as doc:
             yield doc

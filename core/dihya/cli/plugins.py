@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     pass
 from dihya.cli._common import (
     CheckFailed,
+    LazyGroup,
     State,
     echo_json,
     find_plugin,
@@ -34,7 +35,7 @@ from dihya.cli._common import (
 )
 
 
-@click.group()
+@click.group(cls=LazyGroup)
 def plugins() -> None:
     """Discover, approve, switch and verify generation plugins."""
 
@@ -111,6 +112,9 @@ def plugin_table(snapshot: RegistrySnapshot, width: int) -> Any:
 
 def _with_pth(data: dict[str, Any], snapshot: RegistrySnapshot) -> dict[str, Any]:
     data["pth"] = pth_json(snapshot.pth)
+    for key in ("status", "reason"):  # a status or reason code as the plain string JSON
+        if isinstance(data[key], str):  # writes of it (so the output is made in C)
+            data[key] = str.__str__(data[key])
     return data
 
 

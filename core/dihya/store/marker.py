@@ -30,11 +30,15 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from dihya.store.quickread import plain_sqlite_path
+
 SUFFIX: Final = ".store-marker.json"
 
 
 def store_location(url: str) -> str:
     """How the marker names a store: its URL with the password hidden."""
+    if plain_sqlite_path(url) is not None:
+        return url  # what SQLAlchemy renders it as, without importing it (a listing's start)
     import sqlalchemy as sa  # only once a marker exists: most commands never need it
 
     return sa.engine.make_url(url).render_as_string(hide_password=True)
