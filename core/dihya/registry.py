@@ -217,13 +217,15 @@ def _collector_paused(build: Callable[P, RegistrySnapshot]) -> Callable[P, Regis
         was_on = gc.isenabled()
         if was_on:
             gc.disable()
+        built = False
         try:
             snapshot = build(*args, **kwargs)
+            built = True
         finally:
             if was_on:
+                if built:
+                    _freeze_first_build()  # before the collector can run
                 gc.enable()
-        if was_on:
-            _freeze_first_build()
         return snapshot
 
     return paused
