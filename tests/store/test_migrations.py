@@ -177,3 +177,28 @@ def test_a_fresh_store_needs_no_rebuild(store: Store) -> None:
         assert migrations._partial_target_index(conn)
         if store.is_sqlite:
             assert migrations._sqlite_seq_is_rowid(conn)
+
+
+def test_version_8_target_index_becomes_partial(store: Store) -> None:
+    """On either backend a version-8 store's full index on `target` is replaced by the
+    partial one, and the rows with a target are still found through it."""
+    from dihya.audit import Auditor
+
+    auditor = Auditor(store=store)
+    auditor.record("audit.exported", "ok", subject="admin", target="dev-1", count=1)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_dihya_audit_target"))
+        conn.execute(sa.text("CREATE INDEX ix_dihya_audit_target ON dihya_audit (target)"))
+        conn.execute(sa.text("UPDATE dihya_meta SET value = '8' WHERE key = 'schema_version'"))
+        assert not migrations._partial_target_index(conn)
+    store.engine.dispose()
+    upgraded = Store(store.url)
+    upgraded.ensure_schema()
+    assert upgraded.schema_version() == SCHEMA_VERSION
+    with upgraded.engine.connect() as conn:
+        assert migrations._partial_target_index(conn)
+    again = Auditor(store=upgraded)
+    assert again.log is not None
+    assert again.log.purge_subject("dev-1")["events"] == 1
+    assert again.log.verify().ok
+    upgraded.engine.dispose()
