@@ -25,7 +25,8 @@ default: a commit survives power loss) and `"normal"` (any process crash):
      printed per row.
 
   With `--compare-core DIR` (a checkout's `core` directory, e.g. `main`'s), each HTTP row
-  is measured for this core and for that one (servers run with `PYTHONPATH=DIR`), the
+  is measured for this core and for that one (servers run with `PYTHONPATH=DIR`; on
+  SQLite with a store file of its own, made by that core, as the schemas may differ), the
   four servers' rounds interleaved: before and after side by side in one run, each
   against its own server without audit. `--no-appends` skips parts 1 and 2 (in-process:
   this core only); `--single-client` skips the concurrent HTTP load.
@@ -237,21 +238,48 @@ def run_round(port: int, token: str, clients: int, seconds: float) -> tuple[list
     return [x for lat in latencies for x in lat], errors[0]
 
 
+def compare_store(core: str, url: str, sync: str) -> str:
+    """Create the store at `url` with the core at `core` and a developer token in it."""
+    code = ("import secrets, sys; from dihya.store import Store; "
+            "from dihya.store.tokens import create_token; "
+            "s = Store(sys.argv[1], create=True, synchronous=sys.argv[2]); "
+            "print(create_token(s, 'bench-' + secrets.token_hex(3), 'developer'))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIHYA_")}
+    env["PYTHONPATH"] = core
+    out = subprocess.run([sys.executable, "-c", code, url, sync], env=env, check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
 def latency_rows(label: str, url: str, sync: str, args: argparse.Namespace,
                  work: Path) -> list[list[str]]:
     from dihya.store import Store
     from dihya.store.tokens import create_token
 
-    config = work / f"dihya-{label}-{sync}.toml".replace(" ", "")
-    config.write_text(f'[plugins]\nallow = []\n[store]\nurl = {json.dumps(url)}\n'
-                      f'synchronous = "{sync}"\n[web]\nrate_limit = "100000000/minute"\n')
+    def write_config(name: str, store_url: str) -> Path:
+        config = work / f"dihya-{label}-{sync}{name}.toml".replace(" ", "")
+        config.write_text(f'[plugins]\nallow = []\n[store]\nurl = {json.dumps(store_url)}\n'
+                          f'synchronous = "{sync}"\n[web]\nrate_limit = "100000000/minute"\n')
+        return config
+
     store = Store(url, create=True, synchronous=sync)
     token = create_token(store, "bench-" + secrets.token_hex(3), "developer")
     store.engine.dispose()
     rows = []
     cores: list[tuple[str, str | None]] = [("", None)]
+    configs = {"": write_config("", url)}
+    tokens = {"": token}
     if args.compare_core:
         cores = [("this core", None), ("compare core", str(args.compare_core))]
+        configs["this core"] = configs[""]
+        tokens["this core"] = token
+        configs["compare core"], tokens["compare core"] = configs[""], token
+        if url.startswith("sqlite"):
+            # a SQLite store of its own, made by that core: the two cores' schema
+            # versions may differ, and a core refuses a store newer than it
+            other = url.replace(".sqlite3", "-compare.sqlite3")
+            configs["compare core"] = write_config("-compare", other)
+            tokens["compare core"] = compare_store(str(args.compare_core), other, sync)
     loads = [(1, 1)] if args.single_client else [(1, 1), (args.clients, args.threads)]
     for clients, threads in loads:
         keys = [(name, audit) for name, _ in cores for audit in (True, False)]
@@ -260,19 +288,20 @@ def latency_rows(label: str, url: str, sync: str, args: argparse.Namespace,
         try:
             for key in keys:
                 name, audit = key
-                sides[key] = Side(config, audit, threads,
+                sides[key] = Side(configs[name], audit, threads,
                                   work / f"{label}-{sync}-{audit}-{len(sides)}.log", where[name])
             samples: dict[Any, list[float]] = {key: [] for key in keys}
             cpu = dict.fromkeys(keys, 0.0)  # the server's CPU seconds in measured rounds
             errors = dict.fromkeys(keys, 0)
             loads_seen = [load()]
             for key in keys:  # warm-up, unrecorded
-                run_round(sides[key].port, token, clients, 1.0)
+                run_round(sides[key].port, tokens[key[0]], clients, 1.0)
             for r in range(args.rounds):
                 order = keys[r % len(keys):] + keys[:r % len(keys)]
                 for key in order:
                     before = tree_cpu_seconds(sides[key].proc.pid)
-                    got, failed = run_round(sides[key].port, token, clients, args.seconds)
+                    got, failed = run_round(sides[key].port, tokens[key[0]], clients,
+                                            args.seconds)
                     cpu[key] += tree_cpu_seconds(sides[key].proc.pid) - before
                     samples[key] += got
                     errors[key] += failed

@@ -25,8 +25,9 @@ servers are always stopped. `--profile` adds, per side, an in-process run of the
 (Flask test client) with each hook's median time and a cProfile.
 
 `--compare-core DIR` (another checkout's `core` directory, e.g. `main`'s) adds side D: B
-served by that core (`PYTHONPATH=DIR`, the same venv, config and store), interleaved
-with the others, so before and after are measured in one run.
+served by that core (`PYTHONPATH=DIR`, the same venv; a config and store of its own, made
+by that core, as the two cores' schemas may differ), interleaved with the others, so
+before and after are measured in one run.
 
     python benchmarks/http_generate.py [--rounds 4] [--seconds 5] [--requests 5000]
                                        [--threads 4] [--warmup 3]
@@ -156,11 +157,27 @@ def dihya(bindir: Path, config: Path, *args: str, env: dict[str, str],
     return out.stdout
 
 
+def setup_store(bindir: Path, work: Path, mode: str | None, env: dict[str, str]
+                ) -> tuple[Path, str, str]:
+    """`work`'s config (its store beside it), both plugins approved, a developer token:
+    (config, token, approve's output), made by the core `env` runs."""
+    work.mkdir()
+    config = work / "dihya.toml"
+    config.write_text(CONFIG)
+    approve = ["plugins", "approve", *PLUGINS, *(["--mode", mode] if mode else [])]
+    approved = dihya(bindir, config, *approve, env=env, cwd=work)
+    token = dihya(bindir, config, "tokens", "create", "--role", "developer", "--name", "bench",
+                  env=env, cwd=work).strip().splitlines()[-1]
+    return config, token, approved
+
+
 def setup(tmp: Path, mode: str | None,
           compare_core: Path | None = None) -> tuple[Path, Path, str, Path]:
     """Build the wheels, the venv, the config and a token; return (bin, config, token,
     work dir). With `compare_core`, the venv also gets what that core depends on (its
-    checkout's `pyproject.toml`), as the two cores' dependencies may differ."""
+    checkout's `pyproject.toml`), as the two cores' dependencies may differ, and that
+    core gets a config and store of its own in `work-compare` (made by it: the two cores'
+    store schemas may differ, and a core refuses a store newer than it)."""
     wheels = tmp / "wheels"
     wheels.mkdir()
     t0 = time.perf_counter()
@@ -180,14 +197,11 @@ def setup(tmp: Path, mode: str | None,
     t2 = time.perf_counter()
     bindir = python.parent
     work = tmp / "work"
-    work.mkdir()
-    config = work / "dihya.toml"
-    config.write_text(CONFIG)
-    env = clean_env()
-    approve = ["plugins", "approve", *PLUGINS, *(["--mode", mode] if mode else [])]
-    approved = dihya(bindir, config, *approve, env=env, cwd=work)
-    token = dihya(bindir, config, "tokens", "create", "--role", "developer", "--name", "bench",
-                  env=env, cwd=work).strip().splitlines()[-1]
+    config, token, approved = setup_store(bindir, work, mode, clean_env())
+    if compare_core is not None:
+        _config, token_d, _approved = setup_store(
+            bindir, tmp / "work-compare", mode, clean_env(PYTHONPATH=str(compare_core.resolve())))
+        (tmp / "work-compare" / "token").write_text(token_d)
     t3 = time.perf_counter()
     print(f"setup: wheels {t1 - t0:.1f} s, venv + pip install {t2 - t1:.1f} s, approve + "
           f"token {t3 - t2:.1f} s")
@@ -342,17 +356,24 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
     bindir, config, token, work = setup(tmp, args.mode, args.compare_core)
     body = json.dumps({"needs": json.loads(NEEDS_FILE.read_text("utf-8"))}).encode()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    where = dict.fromkeys("ABC", (config, work, headers))
     sides = {"A": clean_env(), "B": clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS)),
              "C": clean_env()}
     if args.compare_core:
         sides["D"] = clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS),
                                PYTHONPATH=str(args.compare_core.resolve()))
+        work_d = tmp / "work-compare"
+        token_d = (work_d / "token").read_text()
+        where["D"] = (work_d / "dihya.toml", work_d,
+                      {**headers, "Authorization": f"Bearer {token_d}"})
     servers: dict[str, Server] = {}
     try:
         for label, env in sides.items():
-            servers[label] = Server(label, bindir, config, work, env, flask=label == "C")
+            servers[label] = Server(label, bindir, where[label][0], where[label][1], env,
+                                    flask=label == "C")
         ready = {label: server.wait_ready() for label, server in servers.items()}
-        ran = {label: check_side(server.port, body, headers) for label, server in servers.items()}
+        ran = {label: check_side(server.port, body, where[label][2])
+               for label, server in servers.items()}
         if ran["A"] != sorted(PLUGINS) or ran["B"] or ran.get("D"):
             raise SystemExit(f"unexpected plugins: A ran {ran['A']}, B ran {ran['B']}")
         print(f"servers: A on :{servers['A'].port} ({ready['A']['plugins_active']} plugins "
@@ -362,7 +383,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
 
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
         for label in servers:  # warm-up: imports, caches, first-call costs, both workers
-            run_round(servers[label].port, body, headers, args.threads, args.warmup,
+            run_round(servers[label].port, body, where[label][2], args.threads, args.warmup,
                       args.requests)
         orders: tuple[tuple[str, ...], ...] = (
             ("A", "B", "C"), ("C", "B", "A"), ("B", "C", "A"), ("A", "C", "B"))
@@ -371,7 +392,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
                       ("C", "A", "D", "B"))
         for index in range(args.rounds):
             for label in orders[index % len(orders)]:
-                outcome = run_round(servers[label].port, body, headers, args.threads,
+                outcome = run_round(servers[label].port, body, where[label][2], args.threads,
                                     args.seconds, args.requests, servers[label].proc.pid)
                 results[label].append(outcome)
                 rps = outcome["ok"] / outcome["elapsed"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -88,3 +89,116 @@ def test_concurrent_upgraders_upgrade_once(store_url: str) -> None:
         keys = conn.execute(sa.text("SELECT key FROM dihya_meta WHERE key = 'audit_key'")).all()
     assert len(keys) == 1
     store.engine.dispose()
+
+
+# `dihya_audit` and its indexes exactly as schema versions 2-8 created them on SQLite
+V8_AUDIT_DDL = [
+    "CREATE TABLE dihya_audit (seq BIGINT NOT NULL, at FLOAT NOT NULL, type VARCHAR(40) NOT "
+    "NULL, outcome VARCHAR(16) NOT NULL, actor VARCHAR(32), target VARCHAR(32), fields TEXT "
+    "NOT NULL, commitment VARCHAR(64), prev_hash VARCHAR(64) NOT NULL, hash VARCHAR(64) NOT "
+    "NULL, event_id VARCHAR(32), PRIMARY KEY (seq))",
+    "CREATE INDEX ix_dihya_audit_at ON dihya_audit (at)",
+    "CREATE INDEX ix_dihya_audit_actor ON dihya_audit (actor)",
+    "CREATE INDEX ix_dihya_audit_target ON dihya_audit (target)",
+    "CREATE UNIQUE INDEX ux_dihya_audit_event_id ON dihya_audit (event_id)",
+]
+
+
+def _audit_rows(engine: sa.Engine) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text("SELECT * FROM dihya_audit ORDER BY seq"))]
+
+
+def test_version_8_audit_log_is_rebuilt_keeping_every_row_and_the_chain(tmp_path: Path) -> None:
+    """Version 9 rebuilds a SQLite `dihya_audit` so that `seq` is the rowid: every row, hash
+    and id is kept, the chain still verifies, the unique index on `event_id` still refuses
+    a second row for one event, and an erasure by target still finds its rows."""
+    from dihya.audit import Auditor
+    from dihya.store import sqlite_url
+
+    url = sqlite_url(tmp_path / "v8.sqlite3")
+    store = Store(url, create=True)
+    auditor = Auditor(store=store)
+    for i in range(5):
+        auditor.record("generation", "ok", subject=f"dev-{i % 2}", files=i)
+    auditor.record("audit.exported", "ok", subject="admin", target="dev-1", count=2)
+    before = _audit_rows(store.engine)
+    store.engine.dispose()
+    # the same rows in the table as versions 2-8 made it
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE dihya_audit RENAME TO old_audit"))
+        for name in ("ix_dihya_audit_at", "ix_dihya_audit_actor", "ix_dihya_audit_target",
+                     "ux_dihya_audit_event_id"):
+            conn.execute(sa.text(f"DROP INDEX {name}"))
+        for statement in V8_AUDIT_DDL:
+            conn.execute(sa.text(statement))
+        conn.execute(sa.text("INSERT INTO dihya_audit SELECT * FROM old_audit"))
+        conn.execute(sa.text("DROP TABLE old_audit"))
+        conn.execute(sa.text("UPDATE dihya_meta SET value = '8' WHERE key = 'schema_version'"))
+    engine.dispose()
+
+    upgraded = Store(url)
+    assert upgraded.schema_version() == 8
+    upgraded.ensure_schema()
+    assert upgraded.schema_version() == SCHEMA_VERSION
+    assert _audit_rows(upgraded.engine) == before
+    with upgraded.engine.connect() as conn:
+        info = {r[1]: r for r in conn.exec_driver_sql("PRAGMA table_info(dihya_audit)")}
+        assert info["seq"][2] == "INTEGER" and info["seq"][5] == 1  # the rowid
+        indexes = dict(conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+            "AND tbl_name = 'dihya_audit'").all())
+        assert "WHERE target IS NOT NULL" in indexes["ix_dihya_audit_target"]
+        assert set(indexes) == {"ix_dihya_audit_at", "ix_dihya_audit_actor",
+                                "ix_dihya_audit_target", "ux_dihya_audit_event_id"}
+        with pytest.raises(sa.exc.IntegrityError):  # one row per event, still
+            conn.execute(sa.text("INSERT INTO dihya_audit SELECT seq + 100, at, type, outcome, "
+                                 "actor, target, fields, commitment, prev_hash, hash, event_id "
+                                 "FROM dihya_audit WHERE seq = 1"))
+    again = Auditor(store=upgraded)
+    again.record("generation", "ok", subject="dev-0")
+    assert again.log is not None
+    result = again.log.verify()
+    assert result.ok, result
+    with upgraded.engine.connect() as conn:  # a look-up by target still uses its index
+        plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN SELECT seq FROM dihya_audit WHERE target = 'p-x'"))
+        assert "ix_dihya_audit_target" in plan, plan
+    # dev-1 acted twice and was the target of the export once: erasure finds all three
+    assert again.log.purge_subject("dev-1")["events"] == 3
+    assert again.log.verify().ok
+    upgraded.engine.dispose()
+
+
+def test_a_fresh_store_needs_no_rebuild(store: Store) -> None:
+    """A store created at version 9 has the rowid `seq` and the partial index already."""
+    with store.engine.connect() as conn:
+        assert migrations._partial_target_index(conn)
+        if store.is_sqlite:
+            assert migrations._sqlite_seq_is_rowid(conn)
+
+
+def test_version_8_target_index_becomes_partial(store: Store) -> None:
+    """On either backend a version-8 store's full index on `target` is replaced by the
+    partial one, and the rows with a target are still found through it."""
+    from dihya.audit import Auditor
+
+    auditor = Auditor(store=store)
+    auditor.record("audit.exported", "ok", subject="admin", target="dev-1", count=1)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_dihya_audit_target"))
+        conn.execute(sa.text("CREATE INDEX ix_dihya_audit_target ON dihya_audit (target)"))
+        conn.execute(sa.text("UPDATE dihya_meta SET value = '8' WHERE key = 'schema_version'"))
+        assert not migrations._partial_target_index(conn)
+    store.engine.dispose()
+    upgraded = Store(store.url)
+    upgraded.ensure_schema()
+    assert upgraded.schema_version() == SCHEMA_VERSION
+    with upgraded.engine.connect() as conn:
+        assert migrations._partial_target_index(conn)
+    again = Auditor(store=upgraded)
+    assert again.log is not None
+    assert again.log.purge_subject("dev-1")["events"] == 1
+    assert again.log.verify().ok
+    upgraded.engine.dispose()

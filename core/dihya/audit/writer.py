@@ -89,7 +89,17 @@ class GroupCommit:
         with self._cond:
             if len(self._queue) + len(tickets) > MAX_PENDING:
                 raise StoreUnavailable(StoreFault.AUDIT_BACKLOG)
-            self._queue.extend(tickets)
+            alone = not self._leading and not self._queue and len(tickets) <= MAX_BATCH
+            if alone:  # nobody to wait for or to take along: lead our own batch at once
+                self._leading = True
+                for t in tickets:
+                    t.taken = True
+                self._batch_started, self._batch_size = time.monotonic(), len(tickets)
+            else:
+                self._queue.extend(tickets)
+        if alone:
+            self._lead(tickets)  # settles every ticket of the batch, whatever happened
+            return self._outcome(tickets)
         while True:
             batch = self._wait_or_lead(tickets, deadline)
             if batch is None:

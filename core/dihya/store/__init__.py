@@ -80,7 +80,7 @@ __all__ = ["NOTIFY_CHANNEL", "PG_CONNECT_TIMEOUT_S", "PG_LOCK_TIMEOUT", "PG_TCP_
            "sqlite_url", "subjects_table", "tokens_table"]
 
 #: the schema version this core writes and reads (`dihya.store.migrations`)
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 
 _FAULTS = frozenset({"StoreError", "StoreFault", "StoreHealth", "StoreMissing",
                      "StoreUnavailable"})

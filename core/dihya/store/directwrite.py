@@ -247,7 +247,10 @@ class RawTransaction:
         if not params:
             return
         if self._sqlite:
-            self._cursor.executemany(text, params)
+            if len(params) == 1:  # an event alone: `executemany`'s iterator not needed
+                self._cursor.execute(text, params[0])
+            else:
+                self._cursor.executemany(text, params)
         else:
             self._queued.append((text, params))
 

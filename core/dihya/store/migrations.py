@@ -21,6 +21,9 @@ Version 6: `dihya_tokens.expires_at` (a token's optional expiry, `tokens create 
 Version 7: the fleet's count of consecutive hook failures per plugin
 (dihya_plugin_failures), so a plugin is quarantined once for the whole fleet.
 Version 8: plugins' own log records (dihya_plugin_logs, `dihya.store.pluginlogs`).
+Version 9: fewer pages written per audit append: on SQLite `dihya_audit.seq` becomes the
+table's rowid (`INTEGER PRIMARY KEY`: the table is rebuilt, rows, hashes and order kept),
+and on both backends the index on `target` holds only the rows that have one.
 """
 
 from __future__ import annotations
@@ -97,9 +100,57 @@ def _v8_plugin_logs(conn: Connection) -> None:
     st.metadata.create_all(conn, tables=[st.plugin_logs_table], checkfirst=True)
 
 
+_TARGET_INDEX: Final = "ix_dihya_audit_target"
+
+
+def _sqlite_seq_is_rowid(conn: Connection) -> bool:
+    """Whether `dihya_audit.seq` is declared `INTEGER` and the primary key (a rowid alias)."""
+    for row in conn.exec_driver_sql(f"PRAGMA table_info({st.audit_table.name})"):
+        if row[1] == "seq":
+            return str(row[2]).upper() == "INTEGER" and int(row[5]) == 1
+    return False  # pragma: no cover - version 2 made the column
+
+
+def _partial_target_index(conn: Connection) -> bool:
+    """Whether the index on `target` is already the partial one (`WHERE target IS NOT NULL`)."""
+    if conn.dialect.name == "sqlite":
+        found = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'index' "
+                                     f"AND name = '{_TARGET_INDEX}'").scalar_one_or_none()
+    else:
+        found = conn.execute(sa.text(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+            "AND indexname = :name"), {"name": _TARGET_INDEX}).scalar_one_or_none()
+    return found is not None and "WHERE" in str(found).upper()
+
+
+def _v9_audit_pages(conn: Connection) -> None:
+    # A store created at version 9 got both from `_v2_audit`: nothing to do there.
+    table = st.audit_table
+    if conn.dialect.name == "sqlite" and not _sqlite_seq_is_rowid(conn):
+        # SQLite cannot change a primary key in place: the table is rebuilt, every column
+        # copied as it is (the chain's hashes cover values, not the storage)
+        indexes = [r[0] for r in conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+            f"AND tbl_name = '{table.name}'")]
+        for name in indexes:
+            conn.exec_driver_sql(f'DROP INDEX "{name}"')
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {table.name}_v8")
+        table.create(conn)  # the table and its indexes as they are now
+        columns = ", ".join(c.name for c in table.columns)
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({columns}) "
+                             f"SELECT {columns} FROM {table.name}_v8 ORDER BY seq")
+        conn.exec_driver_sql(f"DROP TABLE {table.name}_v8")
+        return
+    if not _partial_target_index(conn):
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {_TARGET_INDEX}")
+        conn.exec_driver_sql(f"CREATE INDEX {_TARGET_INDEX} ON {table.name} (target) "
+                             "WHERE target IS NOT NULL")
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_state, _v2_audit, _v3_console,
                                             _v4_event_ids, _v5_plugin_facts, _v6_token_expiry,
-                                            _v7_plugin_failures, _v8_plugin_logs)
+                                            _v7_plugin_failures, _v8_plugin_logs,
+                                            _v9_audit_pages)
 LATEST: Final = len(MIGRATIONS)
 
 
