@@ -593,7 +593,20 @@ class Store:
             self.ensure_schema()
             return self._read_row(text if self.is_sqlite else pg_style(text), params)
 
+    def read_rows(self, text: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row of one SELECT (`text`, with `:name` placeholders), read as `read_row`
+        reads one: for a small read on every generation's path (`failures.failing`)."""
+        with self._guard(wrote=False):
+            self.ensure_schema()
+            return self._read(text if self.is_sqlite else pg_style(text), params, True)
+
     def _read_row(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        return self._read(sql, params, False)
+
+    def _read(self, sql: str, params: Mapping[str, Any], every: bool) -> Any:
+        """The first row (None: no row) or, with `every`, the list of all rows of `sql`, on
+        this thread's kept connection; a failure drops it and the read is tried once more
+        on a new one."""
         for attempt in (1, 2):
             conn = None
             try:
@@ -604,6 +617,8 @@ class Store:
                         cursor.execute(sql, params)
                     else:
                         cursor.execute(sql)
+                    if every:
+                        return [tuple(r) for r in cursor.fetchall()]
                     row = cursor.fetchone()
                 finally:
                     cursor.close()
