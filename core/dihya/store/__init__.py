@@ -598,10 +598,13 @@ class Store:
         reads one: for a small read on every generation's path (`failures.failing`)."""
         with self._guard(wrote=False):
             self.ensure_schema()
-            return self._read(text if self.is_sqlite else pg_style(text), params, True)
+            rows: list[tuple[Any, ...]] = self._read(
+                text if self.is_sqlite else pg_style(text), params, True)
+            return rows
 
     def _read_row(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        return self._read(sql, params, False)
+        row: tuple[Any, ...] | None = self._read(sql, params, False)
+        return row
 
     def _read(self, sql: str, params: Mapping[str, Any], every: bool) -> Any:
         """The first row (None: no row) or, with `every`, the list of all rows of `sql`, on
