@@ -170,8 +170,8 @@ def stamp(code: Mapping[str, str], version: str | None = None) -> dict[str, str]
     header = header_line(version)
     out: dict[str, str] = {}
     for path, text in code.items():
-        syntax = comment_syntax(path) if type(path) is str else None
-        if syntax is None or type(text) is not str:
+        syntax = comment_syntax(path) if isinstance(path, str) else None
+        if syntax is None or not isinstance(text, str):
             out[path] = text
             continue
         key = (path, text, header)
