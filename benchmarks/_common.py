@@ -128,10 +128,10 @@ def make_venv(where: Path, *install: Sequence[str]) -> Path:
     return python
 
 
-def build_core_wheel(outdir: Path) -> Path:
-    """A wheel of dihya-core built from this checkout (the same as `pip install .`)."""
+def build_core_wheel(outdir: Path, root: Path = ROOT) -> Path:
+    """A wheel of dihya-core built from this checkout, or `root` (the same as `pip install .`)."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--disable-pip-version-check", "-w", str(outdir), str(ROOT)], check=True)
+                    "--disable-pip-version-check", "-w", str(outdir), str(root)], check=True)
     return next(outdir.glob("dihya_core-*.whl"))
 
 

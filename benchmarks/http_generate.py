@@ -26,8 +26,13 @@ servers are always stopped. `--profile` adds, per side, an in-process run of the
 
 `--compare-core DIR` (another checkout's `core` directory, e.g. `main`'s) adds side D: B
 served by that core (`PYTHONPATH=DIR`, the same venv; a config and store of its own, made
-by that core, as the two cores' schemas may differ), interleaved with the others, so
-before and after are measured in one run.
+by that core, as the two cores' schemas may differ), and side E: A
+served by that checkout, from a venv of its own (wheels of DIR's checkout: the core, from
+`DIR/../pyproject.toml`, and the bundled plugins of `DIR/../plugins` when it has them,
+else this checkout's), with its own config, approval and token: its sandbox workers run
+that core and those plugins too (a worker's import path never holds `/tmp`, so
+`PYTHONPATH` alone would give them this venv's core). Both interleaved with the others,
+so before and after, on and off, are measured in one run (E/D: the compared ratio).
 
     python benchmarks/http_generate.py [--rounds 4] [--seconds 5] [--requests 5000]
                                        [--threads 4] [--warmup 3]
@@ -171,23 +176,25 @@ def setup_store(bindir: Path, work: Path, mode: str | None, env: dict[str, str]
     return config, token, approved
 
 
-def setup(tmp: Path, mode: str | None,
-          compare_core: Path | None = None) -> tuple[Path, Path, str, Path]:
+def setup(tmp: Path, mode: str | None, compare_core: Path | None = None,
+          root: Path = ROOT) -> tuple[Path, Path, str, Path]:
     """Build the wheels, the venv, the config and a token; return (bin, config, token,
     work dir). With `compare_core`, the venv also gets what that core depends on (its
     checkout's `pyproject.toml`), as the two cores' dependencies may differ, and that
     core gets a config and store of its own in `work-compare` (made by it: the two cores'
-    store schemas may differ, and a core refuses a store newer than it)."""
+    store schemas may differ, and a core refuses a store newer than it). `root`: the
+    checkout the core's wheel is built from (its bundled plugins too, when it has them)."""
     wheels = tmp / "wheels"
     wheels.mkdir()
     t0 = time.perf_counter()
-    core = build_core_wheel(wheels)
+    core = build_core_wheel(wheels, root)
     plugins = []
     for directory in PLUGIN_DIRS:
         before = set(wheels.glob("*.whl"))
+        source = root / directory if (root / directory).is_dir() else ROOT / directory
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                         "--disable-pip-version-check", "-w", str(wheels),
-                        str(ROOT / directory)], check=True)
+                        str(source)], check=True)
         (new,) = set(wheels.glob("*.whl")) - before
         plugins.append(new)
     t1 = time.perf_counter()
@@ -356,26 +363,32 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
     bindir, config, token, work = setup(tmp, args.mode, args.compare_core)
     body = json.dumps({"needs": json.loads(NEEDS_FILE.read_text("utf-8"))}).encode()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    where = dict.fromkeys("ABC", (config, work, headers))
     sides = {"A": clean_env(), "B": clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS)),
              "C": clean_env()}
+    where = {label: (bindir, config, work) for label in sides}
+    tokens = {label: headers for label in sides}
     if args.compare_core:
         sides["D"] = clean_env(DIHYA_PLUGINS_DISABLE=",".join(PLUGINS),
                                PYTHONPATH=str(args.compare_core.resolve()))
         work_d = tmp / "work-compare"
         token_d = (work_d / "token").read_text()
-        where["D"] = (work_d / "dihya.toml", work_d,
-                      {**headers, "Authorization": f"Bearer {token_d}"})
+        where["D"] = (bindir, work_d / "dihya.toml", work_d)
+        tokens["D"] = {**headers, "Authorization": f"Bearer {token_d}"}
+        (tmp / "E").mkdir()
+        e_bin, e_config, e_token, e_work = setup(tmp / "E", args.mode,
+                                                 root=args.compare_core.resolve().parent)
+        sides["E"], where["E"] = clean_env(), (e_bin, e_config, e_work)
+        tokens["E"] = {**headers, "Authorization": f"Bearer {e_token}"}
     servers: dict[str, Server] = {}
     try:
         for label, env in sides.items():
-            servers[label] = Server(label, bindir, where[label][0], where[label][1], env,
-                                    flask=label == "C")
+            servers[label] = Server(label, *where[label], env, flask=label == "C")
         ready = {label: server.wait_ready() for label, server in servers.items()}
-        ran = {label: check_side(server.port, body, where[label][2])
+        ran = {label: check_side(server.port, body, tokens[label])
                for label, server in servers.items()}
-        if ran["A"] != sorted(PLUGINS) or ran["B"] or ran.get("D"):
-            raise SystemExit(f"unexpected plugins: A ran {ran['A']}, B ran {ran['B']}")
+        if (ran["A"] != sorted(PLUGINS) or ran["B"] or ran.get("D")
+                or ran.get("E", sorted(PLUGINS)) != sorted(PLUGINS)):
+            raise SystemExit(f"unexpected plugins: {ran}")
         print(f"servers: A on :{servers['A'].port} ({ready['A']['plugins_active']} plugins "
               f"active, ran {', '.join(ran['A'])}), B on :{servers['B'].port} "
               f"({ready['B']['plugins_active']} active), C (trivial Flask) on "
@@ -383,16 +396,17 @@ def bench(tmp: Path, args: argparse.Namespace) -> None:
 
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
         for label in servers:  # warm-up: imports, caches, first-call costs, both workers
-            run_round(servers[label].port, body, where[label][2], args.threads, args.warmup,
+            run_round(servers[label].port, body, tokens[label], args.threads, args.warmup,
                       args.requests)
         orders: tuple[tuple[str, ...], ...] = (
             ("A", "B", "C"), ("C", "B", "A"), ("B", "C", "A"), ("A", "C", "B"))
-        if "D" in servers:
-            orders = (("A", "B", "C", "D"), ("D", "C", "B", "A"), ("B", "D", "A", "C"),
-                      ("C", "A", "D", "B"))
+        if "E" in servers:
+            orders = (("A", "B", "E", "D", "C"), ("D", "E", "C", "B", "A"),
+                      ("B", "A", "D", "C", "E"), ("E", "D", "A", "C", "B"),
+                      ("C", "E", "B", "A", "D"))
         for index in range(args.rounds):
             for label in orders[index % len(orders)]:
-                outcome = run_round(servers[label].port, body, where[label][2], args.threads,
+                outcome = run_round(servers[label].port, body, tokens[label], args.threads,
                                     args.seconds, args.requests, servers[label].proc.pid)
                 results[label].append(outcome)
                 rps = outcome["ok"] / outcome["elapsed"]
@@ -411,7 +425,8 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
     names = {"A": "A  plugins on (example + markdown-docs)",
              "B": "B  plugins off (DIHYA_PLUGINS_DISABLE)",
              "C": "C  peer: trivial Flask endpoint, gunicorn",
-             "D": "D  plugins off, --compare-core"}
+             "D": "D  plugins off, --compare-core",
+             "E": "E  plugins on, --compare-core (its venv)"}
     rows = []
     rps: dict[str, float] = {}
     cpu: dict[str, float] = {}
@@ -438,6 +453,8 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
              ("B", "C", TARGET_VS_FLASK, "plugins off / trivial Flask")]
     if "D" in results:
         pairs.append(("D", "C", TARGET_VS_FLASK, "plugins off, compared core / trivial Flask"))
+    if "E" in results:
+        pairs.append(("E", "D", TARGET, "plugins on / off, compared core"))
     for (a, b, target, what) in pairs:
         ratio = rps[a] / rps[b]
         status = ("MET" if ratio >= target else "NOT MET")

@@ -485,6 +485,16 @@ def _checked_loaded_needs(needs_text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=CORE_CODE_CACHE)
+def frozen_needs(needs_text: str) -> dict[str, Any]:
+    """The needs whose `_loaded_json` / `_exact_json` text is `needs_text`, frozen (what
+    the plugins' hooks get views of), remembered as `core_code` remembers their code: that
+    text reads back as exactly these needs, and frozen data is shared safely, so the same
+    needs again are not frozen again (issue #16)."""
+    frozen: dict[str, Any] = freeze(json.loads(needs_text))
+    return frozen
+
+
 def _exact_json(value: Any) -> str:
     """JSON that tells apart whatever the generator could: key order kept, `1`, `1.0` and
     `true` distinct (the key of `core_code`)."""
@@ -601,7 +611,8 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
         needs = value
 
     if runnable:  # frozen for the plugins (read-only views), and maybe changed by them
-        needs = given = freeze(needs)
+        needs = given = (frozen_needs(needs_text) if needs_text is not None
+                         else freeze(needs))
         needs = run_before_generation(runnable, needs, call, accept, context)
         if needs is not given:
             needs_text = None

@@ -125,7 +125,7 @@ def test_generate_runs_both_plugins_and_writes_atomically(backend) -> None:
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert on_disk == {*report["files"], ".dihya-manifest.json"}
     assert "docs/API.md" in report["files"] and "README.md" in report["files"]
-    assert "plugin example 1.0.0" in (out / "app" / "__init__.py").read_text()
+    assert "plugin example 1.0.1" in (out / "app" / "__init__.py").read_text()
     assert "/api/tasks" in (out / "docs" / "API.md").read_text()
     # the example plugin trimmed the title before the generator saw it
     assert "Team todo list" in (out / "README.md").read_text()

@@ -28,8 +28,19 @@ try:  # the core's bytecode, written by the warm-up, read by this worker (anothe
         readable = fh.read(4) == importlib.util.MAGIC_NUMBER
 except OSError as exc:
     readable = type(exc).__name__
+# the bytecode of a core dependency the warm-up compiles (jsonschema: every worker of a
+# plugin with actions runs it), which every other worker would then run: not rewritable
+source = importlib.util.find_spec("jsonschema").origin
+target = importlib.util.cache_from_source(source)
+try:
+    with open(target, "r+b") as fh:
+        fh.write(fh.read(4))
+    poisoned = "yes"
+except OSError as exc:
+    poisoned = type(exc).__name__
 code["cache.json"] = json.dumps({"prefix": prefix, "wrote": wrote, "cached": cached,
-                                 "readable": readable})
+                                 "readable": readable, "target": target,
+                                 "poisoned": poisoned})
 return code''')
 
 
@@ -55,6 +66,11 @@ def test_a_worker_reads_the_shared_cache_and_cannot_write_it(plugin_site, needs,
     assert any(cache.rglob("worker*.pyc"))
     assert seen["cached"].startswith(str(cache)), seen
     assert seen["readable"] is True, f"the worker cannot read the shared cache: {seen}"
+    # the core's dependencies a worker may import for its plugin are warmed too (issue
+    # #16): jsonschema's bytecode is there, and the sandboxed plugin cannot rewrite it
+    assert seen["target"].startswith(str(cache)) and Path(seen["target"]).is_file(), seen
+    assert seen["poisoned"] != "yes", "a sandboxed plugin rewrote the shared bytecode"
+    assert any(cache.rglob("flask_api*.pyc")) and any(cache.rglob("environment*.pyc"))
 
 
 def test_the_warm_up_leaves_its_cache_readable_and_repairs_a_private_one(

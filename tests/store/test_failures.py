@@ -72,3 +72,23 @@ def test_concurrent_workers_lose_no_count(store: Store) -> None:
     # 40 failures: exactly one write reached 25; the 15 after it were not counted
     assert [q for q in quarantined if q] == [{"q": 25}]
     assert failing(store) == frozenset()
+
+
+def test_failing_reads_fresh_on_the_kept_connection(store: Store) -> None:
+    """`failing` reads on the connection the request path keeps (`Store.read_rows`): a
+    failure another worker counted after this handle's last read is seen by its next one
+    (a success right after it must reset it), names are bound, never spliced into the SQL."""
+    other = Store(store.url)  # another worker or node
+    odd = "x') OR 1=1 --"
+    try:
+        assert failing(store, ["p", "q", odd]) == frozenset()  # the connection is now kept
+        assert record(other, {"p": Outcomes(False, 1), odd: Outcomes(False, 2)}, 9) == {}
+        assert failing(store, ["p", "q"]) == {"p"}
+        assert failing(store, [odd]) == {odd}
+        assert failing(store, ["q"]) == frozenset()
+        assert failing(store, []) == frozenset()
+        assert failing(store) == {"p", odd}
+        assert record(store, {"p": Outcomes(True, 0)}, 9) == {}
+        assert failing(other, ["p", odd]) == {odd}
+    finally:
+        other.dispose()

@@ -120,3 +120,37 @@ def test_the_remembered_needs_digest_is_each_needs_own() -> None:
     # key order is not part of the canonical JSON: the same hash for both orders
     assert needs_digest(_loaded(variants[0])) == needs_digest(_loaded(variants[3]))
     assert len({needs_digest(_loaded(n))[1] for n in variants[:3]}) == 3
+
+
+def test_remembered_frozen_needs_are_these_needs_and_a_plugin_cannot_change_them(
+        plugin_site) -> None:
+    """The plugins' needs are frozen once per needs text (`pipeline.frozen_needs`) and
+    shared by the generations of the same needs: a plugin that changes its view of them in
+    place changes nothing the next generation sees; needs equal in Python but other JSON
+    (the same keys in another order) get their own frozen copy."""
+    name = plugin_site.unique("meddler")
+    body = ('\ndef before_generation(self, needs):\n'
+            '    assert needs["project"] == "memo", needs["project"]\n'
+            '    assert needs["entities"][0]["fields"][1]["default"] == 3\n'
+            '    needs["project"] = "changed"\n'
+            '    needs["entities"][0]["fields"][1]["default"] = 99\n'
+            '    return needs\n')
+    plugin_site.install(name, source=plugin_source(name, body=body))
+    snap = build_registry(plugin_site.config(plugin_site.entry(name)), path=plugin_site.path)
+    from dihya.pipeline import frozen_needs
+
+    plain = _needs(False, 3)
+    reordered = dict(reversed(list(plain.items())))
+    assert reordered == plain
+    for needs in (_loaded(plain), _loaded(reordered)):
+        before = copy.deepcopy(needs)
+        for _ in range(3):
+            result = run_generation(needs, snap, loaded=True)
+            assert [h.status for h in result.plugins] == ["ok"], result.plugins
+        assert needs == before
+        text = json.dumps(before, separators=(",", ":"), ensure_ascii=False)
+        frozen = frozen_needs(text)
+        assert frozen is frozen_needs(text)
+        assert frozen == before and list(frozen) == list(before)
+        assert frozen["project"] == "memo"
+        assert frozen["entities"][0]["fields"][1]["default"] == 3

@@ -89,7 +89,11 @@ class Collector:
     def __init__(self, request_id: str | None, needs: Any, limits: LogLimits) -> None:
         self.request_id = request_id
         self.limits = limits
-        self._strings = needs_strings(needs)
+        # the needs' strings, gathered when a plugin first logs: most generations log
+        # nothing and need none (the needs are never changed in place: the pipeline
+        # freezes a copy of them)
+        self._needs = needs
+        self._strings: set[str] | None = None
         self._seen: set[int] = set()
         self._raw: list[tuple[str, str | None, dict[str, Any]]] = []
         self._counts: dict[str, int] = {}
@@ -105,6 +109,8 @@ class Collector:
         records = batch.get("records")
         dropped = batch.get("dropped")
         with self._lock:
+            if self._strings is None:
+                self._strings = needs_strings(self._needs)
             for key in ("needs", "payload"):  # what the plugin was given: what it may leak
                 given = kwargs.get(key)
                 if given is not None and id(given) not in self._seen:
@@ -128,6 +134,8 @@ class Collector:
         with self._lock:
             if not self._raw and not self._dropped:
                 return []  # nothing logged (the common case): no redactor to build
+            if self._strings is None:  # only dropped records can come without `add`
+                self._strings = needs_strings(self._needs)
             redactor = Redactor(self._strings)
             out = [self._record(redactor, plugin, version, wire)
                    for plugin, version, wire in self._raw]

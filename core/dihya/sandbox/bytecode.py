@@ -120,4 +120,13 @@ def warm_imports() -> None:
 
     for plugin in discover(DEFAULT_GROUP)[:1]:  # the metadata parsers, no plugin import
         _ = plugin.version
+    # stevedore (the loader), and the core's own modules a worker may import for its
+    # plugin: the check of an action's input schema (jsonschema,
+    # `dihya.plugin._action_problems`), the needs and the core generator (Jinja2) of the
+    # public API (`dihya.check_needs`, `dihya.generate`...), which every start of such a
+    # worker compiled otherwise (≈ 0.2-0.4 s of CPU, issue #16)
+    import jsonschema  # noqa: F401
     import stevedore.named  # noqa: F401
+
+    import dihya.generator.flask_api  # noqa: F401
+    import dihya.needs  # noqa: F401

@@ -576,7 +576,23 @@ class Store:
             self.ensure_schema()
             return self._read_row(text if self.is_sqlite else pg_style(text), params)
 
+    def read_rows(self, text: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row of one SELECT (`text`, with `:name` placeholders), read as `read_row`
+        reads one: for a small read on every generation's path (`failures.failing`)."""
+        with self._guard(wrote=False):
+            self.ensure_schema()
+            rows: list[tuple[Any, ...]] = self._read(
+                text if self.is_sqlite else pg_style(text), params, True)
+            return rows
+
     def _read_row(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._read(sql, params, False)
+        return row
+
+    def _read(self, sql: str, params: Mapping[str, Any], every: bool) -> Any:
+        """The first row (None: no row) or, with `every`, the list of all rows of `sql`, on
+        this thread's kept connection; a failure drops it and the read is tried once more
+        on a new one."""
         for attempt in (1, 2):
             conn = None
             try:
@@ -587,6 +603,8 @@ class Store:
                         cursor.execute(sql, params)
                     else:
                         cursor.execute(sql)
+                    if every:
+                        return [tuple(r) for r in cursor.fetchall()]
                     row = cursor.fetchone()
                 finally:
                     cursor.close()

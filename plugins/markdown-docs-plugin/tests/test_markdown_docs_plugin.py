@@ -53,7 +53,7 @@ def test_metadata_and_contract() -> None:
     assert issubclass(MarkdownDocsPlugin, GenerationPluginBase)
     assert MarkdownDocsPlugin.safe is True
     assert MarkdownDocsPlugin.priority == 50
-    assert MarkdownDocsPlugin.version == "1.1.2"
+    assert MarkdownDocsPlugin.version == "1.1.3"
     assert validate_plugin_class(MarkdownDocsPlugin, "markdown-docs") is MarkdownDocsPlugin
     assert implemented_hooks(MarkdownDocsPlugin) == ("after_generation",)
 

@@ -102,7 +102,7 @@ def test_action_is_declared() -> None:
 def test_plugin_class_is_valid() -> None:
     assert validate_plugin_class(MarkdownDocsPlugin, "markdown-docs") is MarkdownDocsPlugin
     jsonschema.Draft202012Validator.check_schema(PREVIEW_INPUT_SCHEMA)
-    assert MarkdownDocsPlugin.version == "1.1.2"
+    assert MarkdownDocsPlugin.version == "1.1.3"
 
 
 # ------------------------------------------------------------------ content

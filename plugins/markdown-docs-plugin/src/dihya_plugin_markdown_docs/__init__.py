@@ -44,4 +44,4 @@ from dihya_plugin_markdown_docs.markdown import MarkdownCheckError
 from dihya_plugin_markdown_docs.plugin import MarkdownDocsPlugin, document
 
 __all__ = ["MarkdownCheckError", "MarkdownDocsPlugin", "build_api", "build_readme", "document"]
-__version__ = "1.1.2"
+__version__ = "1.1.3"

@@ -22,10 +22,11 @@ import posixpath
 import re
 import unicodedata
 from collections.abc import Collection, Iterable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from markdown_it import MarkdownIt
-from markdown_it.token import Token
+if TYPE_CHECKING:  # imported by `parser`, when a document is parsed (see its docstring)
+    from markdown_it import MarkdownIt
+    from markdown_it.token import Token
 
 #: Characters escaped with a backslash wherever they appear: they start or end inline
 #: structure (code, emphasis, links, strikethrough, math on GitHub) or split table cells.
@@ -106,7 +107,14 @@ def code_span(text: str) -> str:
 
 @functools.cache
 def parser(*, html: bool = False) -> MarkdownIt:
-    """CommonMark plus GFM tables, the dialect the documents are written in."""
+    """CommonMark plus GFM tables, the dialect the documents are written in.
+
+    markdown-it-py is imported here, on the first parse, not with this module: the hook's
+    fast path (`join_with_toc`) parses nothing for the documents the builders write, and a
+    sandbox worker that loads the plugin at every start need not import (and compile)
+    markdown-it-py for it."""
+    from markdown_it import MarkdownIt
+
     return MarkdownIt("commonmark", {"html": html}).enable(["table", "strikethrough"])
 
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import html
 import json
@@ -23,7 +22,6 @@ from collections.abc import Sequence
 from html.parser import HTMLParser
 from typing import Any, Final
 
-from dihya import needs_schema
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml, unescapeAll
 from markdown_it.renderer import RendererHTML
@@ -31,6 +29,10 @@ from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
 from dihya_plugin_markdown_docs.markdown import Slugger, inline_text
+from dihya_plugin_markdown_docs.schema import (  # noqa: F401  # re-exported
+    PREVIEW_INPUT_SCHEMA,
+    preview_input_schema,
+)
 
 #: Largest result the core accepts from an action (`dihya.web.api.MAX_ACTION_RESULT_BYTES`).
 MAX_RESULT_CHARS: Final = 1024 * 1024
@@ -38,7 +40,6 @@ MAX_RESULT_CHARS: Final = 1024 * 1024
 ID_PREFIX: Final = "user-content-"
 #: Heading levels listed in the `toc` of the result (those of the documents' own TOCs).
 TOC_LEVELS: Final = (2, 3)
-_DEFS_PREFIX: Final = "needs-"
 _ALLOWED_SCHEMES: Final = frozenset({"http", "https"})
 #: Everything up to the first `:` before any `/`, `?` or `#` is a URL scheme.
 _SCHEME = re.compile(r"^([^/?#]*?):")
@@ -62,39 +63,6 @@ class UnsafeHtmlError(ValueError):
 # --------------------------------------------------------------------------- input schema
 
 
-def _rewrite_refs(node: Any) -> Any:
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key == "$ref":
-                if not (isinstance(value, str) and value.startswith("#/$defs/")):
-                    raise ValueError(f"cannot embed the needs schema: unsupported $ref {value!r}")
-                out[key] = "#/$defs/" + _DEFS_PREFIX + value[len("#/$defs/"):]
-            else:
-                out[key] = _rewrite_refs(value)
-        return out
-    if isinstance(node, list):
-        return [_rewrite_refs(item) for item in node]
-    return node
-
-
-def preview_input_schema() -> dict[str, Any]:
-    """`{"needs": <the needs schema>}`, with the needs schema's `$defs` hoisted."""
-    needs = copy.deepcopy(needs_schema())
-    defs = needs.pop("$defs", {})
-    for key in ("$schema", "$id", "$anchor", "$dynamicAnchor"):
-        needs.pop(key, None)
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "required": ["needs"],
-        "additionalProperties": False,
-        "properties": {"needs": _rewrite_refs(needs)},
-        "$defs": {_DEFS_PREFIX + name: _rewrite_refs(sub) for name, sub in defs.items()},
-    }
-
-
-PREVIEW_INPUT_SCHEMA: Final = preview_input_schema()
 
 
 # --------------------------------------------------------------------------- links
