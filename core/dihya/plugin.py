@@ -7,8 +7,8 @@ against it, the pipeline calls hooks by it and `docs/hooks.md` is generated from
 from __future__ import annotations
 
 import functools
-import itertools
 import inspect  # already imported by attrs: free here
+import itertools
 import logging
 import re
 from collections.abc import Callable
@@ -448,7 +448,7 @@ def parameters(func: Any) -> list[tuple[str, Any]]:
         code.co_kwonlyargcount
     flags = code.co_flags
     if not (posonly or kwonly or flags & _VAR_FLAGS):  # the common case: one C-level zip
-        return list(zip(names[:positional], _POK_REPEATED))
+        return list(zip(names[:positional], _POK_REPEATED, strict=False))
     found: list[tuple[str, Any]] = [
         (names[i], _POSITIONAL_ONLY if i < posonly else _POSITIONAL_OR_KEYWORD)
         for i in range(positional)]
