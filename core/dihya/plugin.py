@@ -7,6 +7,8 @@ against it, the pipeline calls hooks by it and `docs/hooks.md` is generated from
 from __future__ import annotations
 
 import functools
+import inspect  # already imported by attrs: free here
+import itertools
 import logging
 import re
 from collections.abc import Callable
@@ -437,50 +439,60 @@ def parameters(func: Any) -> list[tuple[str, Any]]:
     classes paid for `inspect.signature` three times per hook); anything else — a function
     with `__wrapped__` or `__signature__` (which `inspect.signature` follows), a callable
     that is not a plain function — through `inspect.signature` itself."""
-    import inspect
-
     code = getattr(func, "__code__", None)
     if (type(func) is not FunctionType or code is None
             or "__wrapped__" in func.__dict__ or "__signature__" in func.__dict__):
         return [(p.name, p.kind) for p in inspect.signature(func).parameters.values()]
-    kind = inspect.Parameter
     names = code.co_varnames
     positional, posonly, kwonly = code.co_argcount, code.co_posonlyargcount, \
         code.co_kwonlyargcount
+    flags = code.co_flags
+    if not (posonly or kwonly or flags & _VAR_FLAGS):  # the common case: one C-level zip
+        return list(zip(names[:positional], _POK_REPEATED, strict=False))
     found: list[tuple[str, Any]] = [
-        (names[i], kind.POSITIONAL_ONLY if i < posonly else kind.POSITIONAL_OR_KEYWORD)
+        (names[i], _POSITIONAL_ONLY if i < posonly else _POSITIONAL_OR_KEYWORD)
         for i in range(positional)]
     at = positional + kwonly
-    if code.co_flags & inspect.CO_VARARGS:
-        found.append((names[at], kind.VAR_POSITIONAL))
+    if flags & inspect.CO_VARARGS:
+        found.append((names[at], _VAR_POSITIONAL))
         at += 1
-    found += [(names[i], kind.KEYWORD_ONLY) for i in range(positional, positional + kwonly)]
-    if code.co_flags & inspect.CO_VARKEYWORDS:
-        found.append((names[at], kind.VAR_KEYWORD))
+    found += [(names[i], _KEYWORD_ONLY) for i in range(positional, positional + kwonly)]
+    if flags & inspect.CO_VARKEYWORDS:
+        found.append((names[at], _VAR_KEYWORD))
     return found
+
+
+# `inspect.Parameter`'s kinds, looked up once (an enum member's lookup is not free)
+_POSITIONAL_ONLY: Final = inspect.Parameter.POSITIONAL_ONLY
+_POSITIONAL_OR_KEYWORD: Final = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_VAR_POSITIONAL: Final = inspect.Parameter.VAR_POSITIONAL
+_KEYWORD_ONLY: Final = inspect.Parameter.KEYWORD_ONLY
+_VAR_KEYWORD: Final = inspect.Parameter.VAR_KEYWORD
+_FIRST_KINDS: Final = (_POSITIONAL_ONLY, _POSITIONAL_OR_KEYWORD)
+_NOT_BY_KEYWORD: Final = (_VAR_POSITIONAL, _POSITIONAL_ONLY)
+_VAR_FLAGS: Final = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
+_POK_REPEATED: Final = itertools.repeat(_POSITIONAL_OR_KEYWORD)
+_NOT_PLAIN_METHOD: Final = (staticmethod, classmethod)
 
 
 def _signature_problems(cls: type, spec: HookSpec, params_of: Params = parameters,
                         methods: dict[str, Any] | None = None) -> list[str]:
     """An implementation takes `self` and any subset of the spec's arguments, by name (in
     any order, keyword-only or not, with or without defaults), or `**kwargs` for all."""
-    import inspect  # only loading pays for it, not every `dihya` command
-
     method = _hook_method(cls, spec, methods)
     if method is None:
         return []
-    if isinstance(method, staticmethod | classmethod) or not inspect.isfunction(method):
+    if isinstance(method, _NOT_PLAIN_METHOD) or not inspect.isfunction(method):
         return [f"hook `{spec.name}` must be a plain method, such as `def {spec.signature}`"]
     params = params_of(method)
-    kind = inspect.Parameter
-    if not params or params[0][1] not in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD):
+    if not params or params[0][1] not in _FIRST_KINDS:
         return [f"hook `{spec.name}` must take `self` first, such as `def {spec.signature}`"]
     problems = []
     arg_names = _arg_names(spec)
     for name, param_kind in params[1:]:
-        if param_kind is kind.VAR_KEYWORD:
+        if param_kind is _VAR_KEYWORD:
             continue
-        if param_kind in (kind.VAR_POSITIONAL, kind.POSITIONAL_ONLY):
+        if param_kind in _NOT_BY_KEYWORD:
             problems.append(f"hook `{spec.name}`: argument `{name}` cannot be "
                             "positional-only or `*args`: hooks are called by keyword")
         elif name not in arg_names:
@@ -497,20 +509,17 @@ def hook_arguments(cls: type, params_of: Params = parameters,
     """For each hook `cls` implements, the spec's arguments it takes (in spec order): what
     a call passes it, by keyword. `**kwargs` takes them all. `methods`: `hook_methods(cls)`,
     when the caller has it."""
-    import inspect
-
     found = {}
     for spec in HOOK_SPECS:
         method = _hook_method(cls, spec, methods)
         if method is None:
             continue
-        params = params_of(method)
+        kinds = dict(params_of(method))  # {parameter name: its kind}, names unique
         arg_names = _arg_names(spec)
-        if any(k is inspect.Parameter.VAR_KEYWORD for _n, k in params):
+        if _VAR_KEYWORD in kinds.values():
             found[spec.name] = arg_names
         else:
-            names = {n for n, _k in params}
-            found[spec.name] = tuple(n for n in arg_names if n in names)
+            found[spec.name] = tuple(filter(kinds.__contains__, arg_names))
     return found
 
 
@@ -521,8 +530,6 @@ def deprecation_warnings(cls: type, specs: tuple[HookSpec, ...] | None = None,
     takes, marked deprecated in `specs` (default: HOOK_SPECS). Shown at approval, in
     `plugins show` (warnings) and in the hooks reference. `methods`: `hook_methods(cls)`
     (for `HOOK_SPECS`' hooks), when the caller has it."""
-    import inspect
-
     warnings = []
     for spec in specs if specs is not None else HOOK_SPECS:
         method = _hook_method(cls, spec, methods if specs is None else None)
@@ -539,8 +546,6 @@ def deprecation_warnings(cls: type, specs: tuple[HookSpec, ...] | None = None,
 
 
 def _action_problems(cls: type, marked: Marked | None = None) -> list[str]:
-    import inspect
-
     problems: list[str] = []
     seen: dict[str, str] = {}
     for klass, attr, value, marker in marked_actions(cls) if marked is None else marked:

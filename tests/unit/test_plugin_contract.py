@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dihya import GenerationPluginBase
@@ -210,3 +212,61 @@ def test_parameters_read_from_code_objects_are_those_of_inspect_signature() -> N
     for func in _functions_of_every_shape():
         expected = [(p.name, p.kind) for p in inspect.signature(func).parameters.values()]
         assert parameters(func) == expected, func
+
+
+def _every_signature() -> list[Any]:
+    """A function for each combination of positional-only, positional, `*args`,
+    keyword-only and `**kwargs` parameters (with a local variable after them, which the
+    code object lists after the parameters)."""
+    import itertools
+
+    funcs = []
+    for posonly, positional, star, kwonly, kwargs in itertools.product(
+            (0, 1, 2), (0, 1, 2), (False, True), (0, 1, 2), (False, True)):
+        parts = [f"p{i}" for i in range(posonly)] + (["/"] if posonly else [])
+        parts += [f"a{i}" for i in range(positional)]
+        parts += ["*args"] if star else (["*"] if kwonly else [])
+        parts += [f"k{i}" for i in range(kwonly)]
+        parts += ["**kw"] if kwargs else []
+        namespace: dict[str, Any] = {}
+        exec(f"def f({', '.join(parts)}):\n    local = 1\n    return local", namespace)
+        funcs.append(namespace["f"])
+    return funcs
+
+
+def test_parameters_of_every_combination_of_kinds_are_those_of_inspect_signature() -> None:
+    """The code-object reading has a shortcut for a function with only positional-or-keyword
+    parameters (one `zip`); every other mix of kinds takes the general path. Both must say
+    what inspect says, for each combination of kinds and counts."""
+    import inspect
+
+    from dihya.plugin import parameters
+
+    for func in _every_signature():
+        expected = [(p.name, p.kind) for p in inspect.signature(func).parameters.values()]
+        assert parameters(func) == expected, inspect.signature(func)
+
+
+def test_hook_arguments_are_the_specs_arguments_the_method_takes_by_name() -> None:
+    """`hook_arguments` (what a call passes a hook): `**kwargs` takes every argument of the
+    spec, otherwise the spec's arguments the method names, in the spec's order — the same
+    as computed from `inspect.signature`, whatever order or kind the method lists them in."""
+    import inspect
+
+    from dihya.plugin import HOOK_SPECS, hook_arguments
+
+    spec = next(s for s in HOOK_SPECS if len(s.arg_names) >= 2)
+    first, second = spec.arg_names[:2]
+    shapes = [f"self, {second}, {first}", f"self, *, {first}", f"self, {second}=None, **kw",
+              "self", f"self, unknown, {second}", "self, *args"]
+    for shape in shapes:
+        namespace: dict[str, Any] = {"GenerationPluginBase": GenerationPluginBase}
+        exec(f"class P(GenerationPluginBase):\n    def {spec.name}({shape}):\n        pass",
+             namespace)
+        cls = namespace["P"]
+        params = inspect.signature(getattr(cls, spec.name)).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            expected = spec.arg_names
+        else:
+            expected = tuple(n for n in spec.arg_names if n in params)
+        assert hook_arguments(cls)[spec.name] == expected, shape
