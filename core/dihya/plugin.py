@@ -582,9 +582,7 @@ def _action_problems(cls: type, marked: Marked | None = None) -> list[str]:
 def _unknown_hook_problems(cls: type) -> list[str]:
     """A public method whose name is a near miss of a hook's (`befor_generation`): surely
     a typo, which would make the hook silently never called. Other methods are helpers."""
-    import difflib
-
-    problems = []
+    problems: list[str] = []
     own = {
         name
         for klass in cls.__mro__
@@ -592,7 +590,12 @@ def _unknown_hook_problems(cls: type) -> list[str]:
         for name, value in vars(klass).items()
         if callable(value) and not name.startswith("_") and not hasattr(value, _ACTION_ATTR)
     }
-    for name in sorted(own - HOOKS_BY_NAME.keys()):
+    others = sorted(own - HOOKS_BY_NAME.keys())
+    if not others:  # the usual plugin: difflib (≈ 1-2 ms to import) is not needed
+        return problems
+    import difflib
+
+    for name in others:
         close = difflib.get_close_matches(name, HOOKS_BY_NAME, n=1, cutoff=0.85)
         if close:
             problems.append(f"method `{name}` is not a hook; did you mean `{close[0]}`? "

@@ -205,7 +205,9 @@ def test_a_listing_imports_no_sqlalchemy(plugin_site: Any, tmp_path: Path) -> No
              "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
              "print(sorted(m for m in ('sqlalchemy', 'dihya.store.db', "
              "'dihya.cli.approve', 'dihya.cli.publish', 'dihya.cli.doctor', "
-             "'dihya.config.edit') if m in sys.modules), file=sys.stderr)\n")
+             "'dihya.config.edit', 'packaging.requirements', 'packaging.markers', "
+             "'packaging.utils', 'difflib', 'getpass', 'rich', 'tomlkit') "
+             "if m in sys.modules), file=sys.stderr)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(plugin_site.site), str(ROOT / "core"), os.environ.get("PYTHONPATH", "")]))
     for cfg in (config, tmp_path / "nostore" / "dihya.toml"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import getpass
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -223,6 +222,8 @@ def missing_store(file: Path, marker: StoreMarker) -> str:
 
 
 def user() -> str:
+    import getpass  # only commands that record who did it
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):

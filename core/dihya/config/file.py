@@ -18,7 +18,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,6 +116,8 @@ def replace_atomically(path: Path, text: str) -> None:
         old: os.stat_result | None = os.stat(real)
     except FileNotFoundError:
         old = None
+    import tempfile  # only a write needs it, not a listing's read
+
     fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import fnmatch
 import re
 from collections.abc import Collection
 from typing import Any, Final
 
 import attrs
-from packaging.utils import canonicalize_name
+
+from dihya.names import canonical_name
 
 PUBLIC_KEY_PREFIX: Final = "ed25519:"
 PUBLISHER_KEYS: Final = frozenset({"name", "public_key", "distributions"})
@@ -40,14 +40,14 @@ class Publisher:
 
     def may_sign(self, distribution: str) -> bool:
         """True if `distribution` matches one of this publisher's names or globs."""
-        wanted = canonicalize_name(distribution)
+        wanted = canonical_name(distribution)
         return any(fnmatch.fnmatchcase(wanted, _canonical_pattern(p))
                    for p in self.distributions)
 
 
 def _canonical_pattern(pattern: str) -> str:
     # canonicalize each literal run, keep the `*` wildcards
-    return "*".join(canonicalize_name(part) if part else "" for part in pattern.split("*"))
+    return "*".join(canonical_name(part) if part else "" for part in pattern.split("*"))
 
 
 def encode_public_key(raw: bytes) -> str:
@@ -110,6 +110,8 @@ def array_entry(label: str, item: object,
 def did_you_mean(unknown: Collection[str], known: Collection[str]) -> str:
     """"; did you mean 'x'?" for the first of `unknown` that is close to one of `known`
     (a typo in a config key); "" when none is."""
+    import difflib  # only for a word not found, not at every start
+
     for word in sorted(unknown):
         close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
         if close:

@@ -17,12 +17,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
-from packaging.markers import UndefinedEnvironmentName
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from dihya.config import AllowEntry, Config
 from dihya.gate import pathmemo, verifycache
@@ -34,7 +32,11 @@ from dihya.gate.fingerprint import (
     shared_realpaths,
 )
 from dihya.gate.resolution import find_shadowing
+from dihya.names import bare_name, canonical_name
 from dihya.reasons import REASONS_BY_STATUS, DihyaError, Reason, Status
+
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
 
 # the statuses as the gate's callers name them (members of dihya.reasons.Status)
 ACTIVE: Final = Status.ACTIVE
@@ -165,7 +167,7 @@ def _closest_entry(plugin: DiscoveredPlugin, entries: Sequence[AllowEntry]) -> A
 def _canonical(name: str) -> str:
     """`canonicalize_name(name)`, computed once per name (a rebuild compares the same
     names again)."""
-    return canonicalize_name(name)
+    return canonical_name(name)
 
 
 def find_installed(name: str, group: str, path: Sequence[str] | None = None
@@ -311,6 +313,21 @@ def requirement_problems(requires: Sequence[str], path: Sequence[str] | None = N
 def _requirement_problems(requires: Sequence[str], path: Sequence[str] | None) -> list[str]:
     problems = []
     for text in requires:
+        if bare_name(text):
+            # a name alone (`dihya-core`): what `Requirement(text)` reads as that name with
+            # no marker and an empty specifier, which admits any installed version that
+            # parses. Anything else, an installed version that does not parse included,
+            # goes the whole way below (`packaging.requirements` and its markers, ≈ 10 ms
+            # to import, are imported only then).
+            installed = _installed_version(text, path)
+            if installed is None:
+                problems.append(f"requires {text} but {text} is not installed")
+                continue
+            if _parses(installed):
+                continue
+        from packaging.markers import UndefinedEnvironmentName
+        from packaging.requirements import InvalidRequirement
+
         try:
             req = _requirement(text)
             if req.marker is not None and not req.marker.evaluate({"extra": ""}):
@@ -329,7 +346,19 @@ def _requirement_problems(requires: Sequence[str], path: Sequence[str] | None) -
 @functools.lru_cache(maxsize=4096)
 def _requirement(text: str) -> Requirement:
     """`Requirement(text)`, parsed once per text (most plugins require the same core)."""
+    from packaging.requirements import Requirement
+
     return Requirement(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parses(version: str) -> bool:
+    """Whether `version` is a PEP 440 version (`packaging.version.Version` reads it)."""
+    try:
+        Version(version)
+    except InvalidVersion:
+        return False
+    return True
 
 
 def _installed_version(name: str, path: Sequence[str] | None) -> str | None:

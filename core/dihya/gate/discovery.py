@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-from packaging.utils import canonicalize_name
 
 from dihya.gate import pathmemo, verifycache
 from dihya.gate.verifycache import Metadata
+from dihya.names import canonical_name
 from dihya.plugin import DEFAULT_GROUP
 
 
@@ -184,7 +184,7 @@ def _listing(entry: str) -> tuple[tuple[str, str], ...]:
         base = os.fspath(Path(entry))
         prefix = "" if base == "." else base if base.endswith("/") else base + "/"
         found = tuple((prefix + name,
-                       canonicalize_name(name.rpartition(".")[0].partition("-")[0]))
+                       canonical_name(name.rpartition(".")[0].partition("-")[0]))
                       for name in names)
         return found, checks
 
