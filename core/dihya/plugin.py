@@ -10,6 +10,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from types import FunctionType
 from typing import Any, ClassVar, Final, TypeVar
 
@@ -538,6 +539,15 @@ def deprecation_warnings(cls: type, specs: tuple[HookSpec, ...] | None = None,
     return warnings
 
 
+# Set by a sandbox worker while it loads its plugin: an action's `input_schema` is then
+# checked for being a dict of `"type": "object"` only, not against the JSON Schema
+# meta-schema, which the backend checks on every worker's hello before it uses it
+# (`dihya.sandbox.admission.checked_meta`: it trusts nothing a worker says). The worker
+# then never imports jsonschema to start (issue #16); in-process, nothing changes.
+SCHEMAS_CHECKED_BY_BACKEND: ContextVar[bool] = ContextVar("schemas_checked_by_backend",
+                                                          default=False)
+
+
 def _action_problems(cls: type, marked: Marked | None = None) -> list[str]:
     import inspect
 
@@ -559,7 +569,7 @@ def _action_problems(cls: type, marked: Marked | None = None) -> list[str]:
         if not isinstance(schema, dict) or schema.get("type") != "object":
             problems.append(f"{where}: input_schema must be a JSON Schema of an object "
                             '({"type": "object", ...})')
-        else:
+        elif not SCHEMAS_CHECKED_BY_BACKEND.get():
             import jsonschema  # only classes with actions pay for it
 
             try:
@@ -577,9 +587,7 @@ def _action_problems(cls: type, marked: Marked | None = None) -> list[str]:
 def _unknown_hook_problems(cls: type) -> list[str]:
     """A public method whose name is a near miss of a hook's (`befor_generation`): surely
     a typo, which would make the hook silently never called. Other methods are helpers."""
-    import difflib
-
-    problems = []
+    problems: list[str] = []
     own = {
         name
         for klass in cls.__mro__
@@ -587,7 +595,12 @@ def _unknown_hook_problems(cls: type) -> list[str]:
         for name, value in vars(klass).items()
         if callable(value) and not name.startswith("_") and not hasattr(value, _ACTION_ATTR)
     }
-    for name in sorted(own - HOOKS_BY_NAME.keys()):
+    others = own - HOOKS_BY_NAME.keys()
+    if not others:
+        return problems
+    import difflib  # only for a class with public methods that are not hooks
+
+    for name in sorted(others):
         close = difflib.get_close_matches(name, HOOKS_BY_NAME, n=1, cutoff=0.85)
         if close:
             problems.append(f"method `{name}` is not a hook; did you mean `{close[0]}`? "

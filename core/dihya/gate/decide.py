@@ -17,14 +17,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
-from packaging.markers import UndefinedEnvironmentName
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 
-from dihya.config import AllowEntry, Config
 from dihya.gate import pathmemo, verifycache
 from dihya.gate.discovery import DiscoveredPlugin, discover, requires_of
 from dihya.gate.fingerprint import (
@@ -35,6 +31,11 @@ from dihya.gate.fingerprint import (
 )
 from dihya.gate.resolution import find_shadowing
 from dihya.reasons import REASONS_BY_STATUS, DihyaError, Reason, Status
+
+if TYPE_CHECKING:  # a sandbox worker verifies its plugin here and needs neither (#16)
+    from packaging.requirements import Requirement
+
+    from dihya.config import AllowEntry, Config
 
 # the statuses as the gate's callers name them (members of dihya.reasons.Status)
 ACTIVE: Final = Status.ACTIVE
@@ -165,6 +166,8 @@ def _closest_entry(plugin: DiscoveredPlugin, entries: Sequence[AllowEntry]) -> A
 def _canonical(name: str) -> str:
     """`canonicalize_name(name)`, computed once per name (a rebuild compares the same
     names again)."""
+    from packaging.utils import canonicalize_name  # not at import: see `discovery.listing`
+
     return canonicalize_name(name)
 
 
@@ -309,6 +312,9 @@ def requirement_problems(requires: Sequence[str], path: Sequence[str] | None = N
 
 
 def _requirement_problems(requires: Sequence[str], path: Sequence[str] | None) -> list[str]:
+    from packaging.markers import UndefinedEnvironmentName
+    from packaging.requirements import InvalidRequirement
+
     problems = []
     for text in requires:
         try:
@@ -329,6 +335,8 @@ def _requirement_problems(requires: Sequence[str], path: Sequence[str] | None) -
 @functools.lru_cache(maxsize=4096)
 def _requirement(text: str) -> Requirement:
     """`Requirement(text)`, parsed once per text (most plugins require the same core)."""
+    from packaging.requirements import Requirement
+
     return Requirement(text)
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-from packaging.utils import canonicalize_name
 
 from dihya.gate import pathmemo, verifycache
 from dihya.gate.verifycache import Metadata
@@ -173,6 +172,10 @@ def _listing(entry: str) -> tuple[tuple[str, str], ...]:
     removing or renaming one changes its ctime)."""
 
     def compute() -> tuple[tuple[tuple[str, str], ...], list[pathmemo.Check]]:
+        # here, not at the top: `packaging.utils` imports `packaging.tags` (subprocess,
+        # sysconfig...), which a sandbox worker, verifying its one plugin, never needs
+        from packaging.utils import canonicalize_name
+
         checks = list(pathmemo.path_checks([entry]))
         try:
             with os.scandir(entry) as it:
