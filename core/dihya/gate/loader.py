@@ -18,6 +18,7 @@ import itertools
 import os
 import stat
 import sys
+import tempfile
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -294,8 +295,6 @@ def private_pycache_dir() -> Path:
     """A directory only this user can write, for the bytecode of plugin modules."""
     path = user_cache_path("pycache")
     if not owned_dir(path, 0o700, 0o077):
-        import tempfile  # imports random, shutil...: not on a sandbox worker's start
-
         path = Path(tempfile.mkdtemp(prefix="dihya-pycache-"))
     return path
 

@@ -60,6 +60,7 @@ import hmac
 import marshal
 import os
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -613,7 +614,6 @@ def _key(key_path: Path, create: bool) -> bytes | None:
     with contextlib.suppress(OSError):
         key_path.unlink()  # missing, foreign or malformed: a new key, the old cache is void
     import secrets  # only where a key is made (never in a sandbox worker: no cache)
-    import tempfile
 
     key = secrets.token_bytes(_KEY_BYTES)
     fd, tmp = tempfile.mkstemp(prefix=".key-", dir=key_path.parent)
@@ -661,8 +661,6 @@ def _write_authenticated(path: Path, body: bytes, key_path: Path | None = None) 
     key = _key(key_path or path.with_name(path.name + ".key"), create=True)
     if key is None:
         return
-    import tempfile  # only on a write (never in a sandbox worker: no cache)
-
     fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=path.parent)  # 0600
     try:
         with os.fdopen(fd, "wb") as fh:
