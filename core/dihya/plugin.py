@@ -12,6 +12,7 @@ import itertools
 import logging
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from types import FunctionType
 from typing import Any, ClassVar, Final, TypeVar
 
@@ -545,6 +546,15 @@ def deprecation_warnings(cls: type, specs: tuple[HookSpec, ...] | None = None,
     return warnings
 
 
+# Set by a sandbox worker while it loads its plugin: an action's `input_schema` is then
+# checked for being a dict of `"type": "object"` only, not against the JSON Schema
+# meta-schema, which the backend checks on every worker's hello before it uses it
+# (`dihya.sandbox.admission.checked_meta`: it trusts nothing a worker says). The worker
+# then never imports jsonschema to start (issue #16); in-process, nothing changes.
+SCHEMAS_CHECKED_BY_BACKEND: ContextVar[bool] = ContextVar("schemas_checked_by_backend",
+                                                          default=False)
+
+
 def _action_problems(cls: type, marked: Marked | None = None) -> list[str]:
     problems: list[str] = []
     seen: dict[str, str] = {}
@@ -564,7 +574,7 @@ def _action_problems(cls: type, marked: Marked | None = None) -> list[str]:
         if not isinstance(schema, dict) or schema.get("type") != "object":
             problems.append(f"{where}: input_schema must be a JSON Schema of an object "
                             '({"type": "object", ...})')
-        else:
+        elif not SCHEMAS_CHECKED_BY_BACKEND.get():
             import jsonschema  # only classes with actions pay for it
 
             try:

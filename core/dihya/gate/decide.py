@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from packaging.version import InvalidVersion, Version
 
-from dihya.config import AllowEntry, Config
 from dihya.gate import pathmemo, verifycache
 from dihya.gate.discovery import DiscoveredPlugin, discover, requires_of
 from dihya.gate.fingerprint import (
@@ -35,8 +34,10 @@ from dihya.gate.resolution import find_shadowing
 from dihya.names import bare_name, canonical_name
 from dihya.reasons import REASONS_BY_STATUS, DihyaError, Reason, Status
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a sandbox worker verifies its plugin here and needs neither (#16)
     from packaging.requirements import Requirement
+
+    from dihya.config import AllowEntry, Config
 
 # the statuses as the gate's callers name them (members of dihya.reasons.Status)
 ACTIVE: Final = Status.ACTIVE

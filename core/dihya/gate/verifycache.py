@@ -59,7 +59,6 @@ import hashlib
 import hmac
 import marshal
 import os
-import secrets
 import stat
 import tempfile
 import threading
@@ -614,6 +613,8 @@ def _key(key_path: Path, create: bool) -> bytes | None:
         return None
     with contextlib.suppress(OSError):
         key_path.unlink()  # missing, foreign or malformed: a new key, the old cache is void
+    import secrets  # only where a key is made (never in a sandbox worker: no cache)
+
     key = secrets.token_bytes(_KEY_BYTES)
     fd, tmp = tempfile.mkstemp(prefix=".key-", dir=key_path.parent)
     try:

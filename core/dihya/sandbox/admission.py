@@ -74,7 +74,8 @@ def checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
         try:
             jsonschema.Draft202012Validator.check_schema(spec["input_schema"])
         except jsonschema.SchemaError as exc:
-            raise ValueError(f"action {name!r} has an invalid input schema") from exc
+            raise ValueError(f"action {name!r} has an invalid input schema: "
+                             f"{exc.message}"[:500]) from exc
         actions[name] = ActionSpec(name, spec["method"], spec.get("description", ""),
                                    spec["input_schema"])
     hook_args = {h: tuple(n for n in HOOKS_BY_NAME[h].arg_names if n in raw_args[h])

@@ -45,7 +45,6 @@ reported available that then fails raises SandboxSetupError, never a silent down
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -91,7 +90,10 @@ def _libseccomp() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
     except OSError:  # find_library runs ldconfig: only when the usual soname is missing
-        name = ctypes.util.find_library("seccomp")
+        # imports subprocess, shutil, tempfile: not on every start (#16)
+        from ctypes.util import find_library
+
+        name = find_library("seccomp")
         if name is None:
             raise
         lib = ctypes.CDLL(name, use_errno=True)

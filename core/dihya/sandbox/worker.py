@@ -56,7 +56,15 @@ def load(spec: dict[str, Any]) -> tuple[Any, dict[str, Any],
     if problem is not None or files is None or files.fingerprint != spec["fingerprint"]:
         raise PluginLoadError(Reason.FINGERPRINT_MISMATCH,
                               "the plugin's files changed since the backend verified them")
-    loaded, failed = load_plugins(spec["group"], [found.entry_point])
+    from dihya.plugin import SCHEMAS_CHECKED_BY_BACKEND
+
+    # an action's input schema is checked against the meta-schema by the backend, on this
+    # worker's hello (`checked_meta`), not here: no jsonschema import on every start
+    token = SCHEMAS_CHECKED_BY_BACKEND.set(True)
+    try:
+        loaded, failed = load_plugins(spec["group"], [found.entry_point])
+    finally:
+        SCHEMAS_CHECKED_BY_BACKEND.reset(token)
     if spec["name"] in failed:
         failure = failed[spec["name"]]
         raise PluginLoadError(failure.reason, failure.message)
