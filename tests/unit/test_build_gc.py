@@ -6,7 +6,6 @@ own freeze and a collector it disabled are left alone)."""
 from __future__ import annotations
 
 import gc
-import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import dihya.registry as registry
 from dihya.config import Config
 from dihya.gate import replay
 from dihya.registry import build_registry
+from support.polling import until_replayed
 
 
 @pytest.fixture
@@ -51,19 +51,6 @@ class _Cycle:
 def _garbage() -> weakref.ref[_Cycle]:
     """A weak reference to cyclic garbage (only the collector frees it)."""
     return weakref.ref(_Cycle())
-
-
-def _replayed(config: Config, path: list[str]) -> None:
-    """Build until a build is answered by replaying the last one (its keys past the racy
-    window)."""
-    deadline = time.monotonic() + 60
-    while True:
-        hits = replay.STATS["hit"]
-        build_registry(config, path=path)
-        if replay.STATS["hit"] > hits:
-            return
-        assert time.monotonic() < deadline, f"never replayed: {replay.STATS}"
-        time.sleep(0.2)
 
 
 def _config(tmp_path: Path) -> Config:
@@ -127,7 +114,7 @@ def test_the_first_build_freezes_and_the_next_full_build_gives_it_back(
 def test_a_replayed_rebuild_keeps_the_freeze(tmp_path: Path, first_build: None) -> None:
     gc.enable()
     config, path = _config(tmp_path), [str(tmp_path)]
-    _replayed(config, path)
+    until_replayed(lambda: build_registry(config, path=path))
     registry._FROZEN[:] = [False, False]  # as if that had been this process's first build
     for _ in range(2):  # a replayed build freezes as the first, and keeps it
         hits = replay.STATS["hit"]

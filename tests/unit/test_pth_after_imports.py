@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pytest
 
 from dihya.gate import pathmemo, replay, startup, verifycache
 from dihya.registry import RegistrySnapshot, build_registry
+from support.polling import until_replayed
 from support.site import PluginSite, forget_plugin_modules
 from support.wheels import build_plugin_wheel, pip_install, plugin_source
 
@@ -89,14 +89,7 @@ class Site:
 def _warm(state: Site) -> RegistrySnapshot:
     """Build until a rebuild is answered by a replay, every plugin active, the `.pth` scan
     answered by the memo (every file past the racy window)."""
-    deadline = time.monotonic() + 60
-    while True:
-        hits = replay.STATS["hit"]
-        snapshot = state.build()
-        if replay.STATS["hit"] > hits:
-            break
-        assert time.monotonic() < deadline, f"never replayed: {replay.STATS}"
-        time.sleep(0.2)
+    snapshot = until_replayed(state.build)
     assert all(v == ("active", None) for v in state.statuses(snapshot).values())
     return snapshot
 

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
         PG_CONNECT_TIMEOUT_S,
         PG_LOCK_TIMEOUT,
         PG_TCP_USER_TIMEOUT_MS,
-        SQLITE_BUSY_TIMEOUT_S,
         SYNCHRONOUS,
         PluginSwitch,
         Store,
@@ -81,12 +80,15 @@ __all__ = ["NOTIFY_CHANNEL", "PG_CONNECT_TIMEOUT_S", "PG_LOCK_TIMEOUT", "PG_TCP_
 
 #: the schema version this core writes and reads (`dihya.store.migrations`)
 SCHEMA_VERSION: Final = 9
+#: how long a SQLite connection waits for another's lock: the store's own connections
+#: (`dihya.store.db`) and the listing's read-only one (`dihya.store.quickread`)
+SQLITE_BUSY_TIMEOUT_S: Final = 10.0
 
 _FAULTS = frozenset({"StoreError", "StoreFault", "StoreHealth", "StoreMissing",
                      "StoreUnavailable"})
 #: the names given by this package when first asked for: those of `dihya.store.faults`
 #: and `dihya.store.db`
-_LAZY = frozenset(__all__) - {"SCHEMA_VERSION"}
+_LAZY = frozenset(__all__) - {"SCHEMA_VERSION", "SQLITE_BUSY_TIMEOUT_S"}
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dihya.store import SCHEMA_VERSION
+from dihya.store import SCHEMA_VERSION, SQLITE_BUSY_TIMEOUT_S
 from dihya.store.directwrite import RawTransaction, pg_begin, pg_style, sqlite_begin_immediate
 from dihya.store.faults import (
     StoreError,
@@ -35,7 +35,6 @@ __all__ = ["SCHEMA_VERSION", "PluginSwitch", "Store", "StoreError", "StoreFault"
 
 #: `[store] synchronous` -> (SQLite `PRAGMA synchronous`, PostgreSQL `synchronous_commit`)
 SYNCHRONOUS: Final = {"full": ("FULL", "on"), "normal": ("NORMAL", "off")}
-SQLITE_BUSY_TIMEOUT_S: Final = 10.0
 # PostgreSQL: how long a connection attempt, an unacknowledged write on a silent network
 # and a lock wait may take before the store counts as unavailable
 PG_CONNECT_TIMEOUT_S: Final = 5

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote
 
-from dihya.store import SCHEMA_VERSION
+from dihya.store import SCHEMA_VERSION, SQLITE_BUSY_TIMEOUT_S
 
 PREFIX = "sqlite:///"
 # the characters of a path SQLAlchemy's URL parser (`make_url`) and its rendering leave as
 # they are; any other character (`%`, `?`, `:`, `@`, non-ASCII...) takes the full path
 _PLAIN = frozenset(" +-./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~")
-BUSY_TIMEOUT_S = 10.0  # as the store's own connections (`dihya.store.db`)
 
 
 def plain_sqlite_path(url: str) -> Path | None:
@@ -52,7 +51,7 @@ def read_listing_state(path: Path) -> ListingState | None:
 
     try:
         conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True,
-                               timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                               timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
     except sqlite3.Error:
         return None
     try:
