@@ -545,7 +545,7 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
                    executor_for: ExecutorFor = default_executor,
                    generate: Callable[[dict[str, Any]], dict[str, str]] | None = None,
                    request_id: str | None = None, needs_sha256: str | None = None,
-                   loaded: bool = False) -> GenerationResult:
+                   loaded: bool = False, audited: bool = False) -> GenerationResult:
     """Generate code for `needs` with the active plugins of `snapshot`.
 
     `role` is the caller's role for the per-plugin ACL (None: the operator, who may run
@@ -557,6 +557,11 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     `loaded`, `needs` come from a document `dihya.needs.load_json` parsed (its depth is
     checked); `needs_sha256` is their canonical SHA-256 (the HTTP view hashes them for its
     audit event before this runs; the report's `needs_sha256` is that value).
+
+    The generation's summary (needs hash, files, bytes, plugins ok, duration) is logged on
+    `dihya.pipeline` at INFO, or at DEBUG with `audited`: the caller records the generation
+    as an audit event whose line carries the same fields (the HTTP view), so a server does
+    not write it twice.
     """
     start = time.perf_counter()
     needs_text: str | None = None  # `_exact_json` of the needs as checked
@@ -635,13 +640,14 @@ def run_generation(needs: Any, snapshot: RegistrySnapshot, *, role: str | None =
     # remembered by identity (`frozen_files_json`)
     result = GenerationResult(dict(code), tuple(report), needs_hash, elapsed,
                               code if type(code) is FrozenDict else None)
-    code_bytes = sum(len(t) for t in code.values())
-    plugins_ok = sum(h.status == OK for h in report)
-    if log.isEnabledFor(logging.INFO):
+    level = logging.DEBUG if audited else logging.INFO
+    if log.isEnabledFor(level):
+        code_bytes = sum(len(t) for t in code.values())
+        plugins_ok = sum(h.status == OK for h in report)
         # `log.info` without its look-up of the caller's frame (this function, always);
         # the request id given, so the server's filter need not find it in Flask's context
         log.handle(log.makeRecord(
-            log.name, logging.INFO, __file__, _LOG_LINE_NO,
+            log.name, level, __file__, _LOG_LINE_NO,
             "generation needs_sha256=%s files=%d bytes=%d plugins_ok=%d ms=%.1f",
             (needs_hash[:16], len(code), code_bytes, plugins_ok, elapsed), None,
             "run_generation",

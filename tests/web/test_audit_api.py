@@ -31,7 +31,9 @@ def logs() -> Iterator[io.StringIO]:
     core = logging.getLogger("dihya")
     old_level = core.level
     core.addHandler(handler)
-    core.setLevel(logging.INFO)
+    # DEBUG: every line the core may write is searched for personal data, the
+    # pipeline's generation summary too (at DEBUG under the HTTP view)
+    core.setLevel(logging.DEBUG)
     try:
         yield stream
     finally:

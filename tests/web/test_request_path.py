@@ -37,11 +37,26 @@ def test_report_and_audit_carry_the_canonical_hash(api: Api,
     assert hashes == {canonical_sha256(TODO)}
     events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "dihya.audit"]
     assert [e["needs_sha256"] for e in events] == [canonical_sha256(TODO)] * 2
+    # the audit line says it all: the pipeline's summary is not written at INFO too
+    assert not [r for r in caplog.records if r.name == "dihya.pipeline"]
+
+
+def test_pipeline_summary_is_debug_with_the_request_id(api: Api,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="dihya"):
+        answers = [api.post("/api/v1/generate", json={"needs": TODO}) for _ in range(2)]
     lines = [r for r in caplog.records if r.name == "dihya.pipeline"]
+    assert [r.levelno for r in lines] == [logging.DEBUG] * 2
     assert [r.__dict__["needs_sha256"] for r in lines] == [canonical_sha256(TODO)] * 2
     # the pipeline's line carries the request id the answer was given with
     assert [r.__dict__["request_id"] for r in lines] == [a.headers["X-Request-Id"]
                                                          for a in answers]
+    audited = [json.loads(r.getMessage()) for r in caplog.records if r.name == "dihya.audit"]
+    # the audit event says the same (its `code_bytes` is the size of the files' canonical
+    # JSON, the summary's the length of their texts: the line stays there, at DEBUG)
+    for line, event in zip(lines, audited, strict=True):
+        for key in ("needs_sha256", "files", "plugins_ok", "request_id"):
+            assert line.__dict__[key] == event[key], key
 
 
 def test_needs_nested_too_deep_are_refused_once_parsed(api: Api) -> None:

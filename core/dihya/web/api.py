@@ -215,10 +215,11 @@ def generate() -> Response:
                 else contextlib.nullcontext())
         with logs as plugin_logs:
             try:
-                # parsed by `json_body` (depth checked) and hashed above: done once
+                # parsed by `json_body` (depth checked) and hashed above: done once;
+                # its summary line at DEBUG: the audit line below says it all
                 result = run_generation(body["needs"], snapshot, role=token.role,
                                         request_id=request_id, loaded=True,
-                                        needs_sha256=needs_sha256)
+                                        needs_sha256=needs_sha256, audited=True)
             finally:
                 if plugin_logs is not None:
                     keep_plugin_logs(plugin_logs)
