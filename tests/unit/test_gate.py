@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import sys
 from pathlib import Path
 
 import pytest
 
 from dihya.registry import build_registry
-from support.wheels import build_wheel, pip_install, plugin_source
+from support.wheels import GROUP, build_wheel, pip_install, plugin_source
 
 
 def statuses(snapshot) -> dict[str, tuple[str, str | None]]:
@@ -232,3 +233,24 @@ def test_active_order_is_priority_then_name(plugin_site) -> None:
     config = plugin_site.config(*(plugin_site.entry(n) for n in names))
     snapshot = build_registry(config, path=plugin_site.path)
     assert [r.name for r in snapshot.active] == [names[0], names[2], names[1]]
+
+
+def test_site_packages_is_the_parent_of_the_dist_info_one_path_per_directory(
+        tmp_path: Path) -> None:
+    """`site_packages` (asked three times per plugin and build, remembered by the
+    `*.dist-info` path): the `dist_info`'s parent, one `Path` object per directory."""
+    from dihya.gate.decide import site_packages
+    from dihya.gate.discovery import DiscoveredPlugin
+
+    def plugin(dist_info: Path | None) -> DiscoveredPlugin:
+        ep = md.EntryPoint(name="p", value="p:Plugin", group=GROUP)
+        return DiscoveredPlugin(name="p", value="p:Plugin", group=GROUP, distribution="p",
+                                version="1", dist_info=dist_info, editable=False,
+                                entry_point=ep)
+
+    a, b = tmp_path / "a-1.dist-info", tmp_path / "b-1.dist-info"
+    assert site_packages(plugin(a)) == a.parent == tmp_path
+    assert site_packages(plugin(b)) is site_packages(plugin(a))
+    assert site_packages(plugin(a / "x-1.dist-info")) == a
+    assert site_packages(plugin(Path("rel-1.dist-info"))) == Path(".")
+    assert site_packages(plugin(None)) is None

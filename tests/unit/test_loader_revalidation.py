@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from dihya.gate.loader import load_plugins
+import importlib.metadata as md
+import sys
+import types
+
+import pytest
+
+from dihya import GenerationPluginBase
+from dihya.gate.loader import Loaded, imported_as, load_plugins
 from support.wheels import GROUP
 
 
@@ -45,3 +52,27 @@ def test_hooks_changed_at_run_time_are_seen(plugin_site) -> None:
     loaded, failed = _load(plugin_site, name)
     assert not failed
     assert "after_generation" not in loaded[name].hooks
+
+
+class _Plugin(GenerationPluginBase):
+    name = "x"
+
+
+@pytest.mark.parametrize("value", ["pkg_a.mod:Cls", "pkg_a.mod:Outer.Inner", "pkg_a",
+                                   "pkg_a.mod : Cls [extra]", "pkg_a.mod:Cls[a,b]"])
+def test_imported_as_reads_an_entry_point_as_its_properties_do(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`imported_as` matches the entry point's pattern once for its module and attribute:
+    the same as its `module` and `attr` properties, each of which matches it again."""
+    ep = md.EntryPoint(name="x", value=value, group=GROUP)
+    module = types.ModuleType(ep.module)
+    monkeypatch.setitem(sys.modules, ep.module, module)
+    loaded = Loaded("x", _Plugin, _Plugin(), (), state=("validated",))
+    got = imported_as(ep, loaded)
+    assert got is not None
+    assert (got.module_name, got.module, got.path, got.state) == (
+        ep.module, module, tuple(filter(None, (ep.attr or "").split("."))), ("validated",))
+    # a class that could not be remembered as validated: nothing to compare with later
+    assert imported_as(ep, Loaded("x", _Plugin, _Plugin(), ())) is None
+    monkeypatch.delitem(sys.modules, ep.module)
+    assert imported_as(ep, loaded) is None

@@ -30,10 +30,20 @@ from dihya.gate import pathmemo, replay, startup, verifycache
 from dihya.registry import RegistrySnapshot, build_registry
 from support.polling import until_replayed
 from support.site import PluginSite, forget_plugin_modules
-from support.wheels import build_plugin_wheel, pip_install
+from support.wheels import PASS_THROUGH_HOOKS, build_plugin_wheel, pip_install, plugin_source
 
 ROLES = ("control", "inplace", "hardlink", "mmap", "rename", "shadowed", "mutated",
-         "dropped", "switched")
+         "dropped", "switched", "selfchanged")
+
+# the "selfchanged" plugin's class is changed by its own instance's creation, right after
+# its validation, when the test sets this flag on `sys`
+SELF_CHANGE_FLAG = "_dihya_test_change_class_at_creation"
+SELF_CHANGING_HOOKS = PASS_THROUGH_HOOKS + f"""
+    def __init__(self):
+        super().__init__()
+        if getattr(__import__("sys"), {SELF_CHANGE_FLAG!r}, False):
+            type(self).priority = "high"  # the wrong type, set after the validation
+"""
 
 Verdicts = dict[str, tuple[str, str | None] | None]
 
@@ -120,7 +130,9 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         # the `.pth` files scanned are those of this site directory
         mp.setattr(startup, "site_directories", lambda: (str(site.site),))
         names = {role: site.unique("rp") for role in ROLES}
-        wheels = [build_plugin_wheel(site.wheels, n) for n in names.values()]
+        wheels = [build_plugin_wheel(site.wheels, n, source=plugin_source(
+            n, body=SELF_CHANGING_HOOKS) if role == "selfchanged" else None)
+            for role, n in names.items()]
         pip_install(sys.executable, *map(str, wheels), target=site.site)
         replay.keep(None)
         state = Site(site, early, names)
@@ -316,3 +328,32 @@ def test_a_finder_added_to_the_import_system_is_seen(state: Site) -> None:
         assert all(v == ("active", None) for v in state.verdicts(snapshot).values())
     finally:
         sys.meta_path.remove(finder)
+
+
+def test_a_class_changed_by_its_own_creation_is_validated_again(state: Site) -> None:
+    """The state a replay compares a kept class with is the one its validation saw, not
+    the one after its instance was made (`Loaded.state`): a class its own `__init__` makes
+    invalid right after the validation is validated again at the next (replayed) build."""
+    _warm(state)
+    name, module = state.names["selfchanged"], state.module("selfchanged")
+    setattr(sys, SELF_CHANGE_FLAG, True)
+    try:
+        del sys.modules[module]  # imported, validated and created again by the next build
+        hits = replay.STATS["hit"]
+        loaded = state.build()
+        assert replay.STATS["hit"] == hits + 1
+        record = loaded.get(name)
+        assert record is not None and record.active  # validated before its creation
+        assert record.instance is not None and type(record.instance).priority == "high"
+        again = state.build()  # nothing changed on disk: replayed, the class looked at
+        assert replay.STATS["hit"] == hits + 2
+        got = again.get(name)
+        assert got is not None and (got.status, got.reason) == ("failed", "invalid-plugin")
+        assert "priority" in got.message
+        replay.keep(None)  # the same as a build that replays nothing
+        full = state.build().get(name)
+        assert full is not None and (full.status, full.reason) == (got.status, got.reason)
+    finally:
+        delattr(sys, SELF_CHANGE_FLAG)
+        sys.modules[module].Plugin.priority = 100
+    assert state.build().get(name).active  # type: ignore[union-attr]

@@ -286,7 +286,14 @@ def site_packages(plugin: DiscoveredPlugin) -> Path | None:
     its string is its parent's string ("" for a bare name: ".")."""
     if plugin.dist_info is None:
         return None
-    return _site(os.path.dirname(os.fspath(plugin.dist_info)) or ".")
+    # asked three times per plugin and build: one cache lookup by the `*.dist-info` path's
+    # string, not its `dirname` each time
+    return _site_of(os.fspath(plugin.dist_info))
+
+
+@functools.lru_cache(maxsize=8192)
+def _site_of(dist_info: str) -> Path:
+    return _site(os.path.dirname(dist_info) or ".")
 
 
 @functools.lru_cache(maxsize=8192)

@@ -51,6 +51,9 @@ class Loaded:
     # the arguments each implemented hook takes (it is called with those, by keyword)
     hook_args: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     deprecations: tuple[str, ...] = ()
+    # the state of the class dicts when this load validated the class (`_class_state`), as
+    # remembered with its facts; None when the class could not be remembered
+    state: tuple[Any, ...] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -364,7 +367,7 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint],
             continue  # failed to load: in `errors`
         where = f"entry point {ext.name!r} ({ext.entry_point.value})"
         try:
-            cls, facts = _validated(ext.plugin, where)
+            cls, facts, state = _validated(ext.plugin, where)
             with loading(ext.name):
                 instance = cls()
             with contextlib.suppress(AttributeError):  # `self.logger` names the entry point
@@ -377,7 +380,7 @@ def load_plugins(group: str, entry_points: Sequence[md.EntryPoint],
                                            f"{where}: creating the plugin raised "
                                            f"{type(exc).__name__}: {exc}")
             continue
-        loaded[ext.name] = Loaded(ext.name, cls, instance, *facts)
+        loaded[ext.name] = Loaded(ext.name, cls, instance, *facts, state)
     return loaded, failed
 
 
@@ -394,13 +397,18 @@ class Imported:
 
 def imported_as(ep: md.EntryPoint, loaded: Loaded) -> Imported | None:
     """Where `ep` was loaded from, read once after a build loaded it (`still_loaded`); None
-    when its module is not imported or its class was not validated."""
-    module = sys.modules.get(ep.module)
-    hit = _VALIDATED.get(loaded.cls)
-    if module is None or hit is None:
+    when its module is not imported or its class was not remembered as validated. The
+    state is the one its load validated (`Loaded.state`, not looked up again); the module
+    and attribute are read from one match of the entry point's own pattern (what its
+    `module` and `attr` properties each match again)."""
+    state = loaded.state
+    match = ep.pattern.match(ep.value)
+    name, attr = (match.group("module"), match.group("attr")) if match is not None \
+        else (ep.module, ep.attr)
+    module = sys.modules.get(name)
+    if module is None or state is None:
         return None
-    return Imported(ep.module, module, tuple(filter(None, (ep.attr or "").split("."))),
-                    hit[0])
+    return Imported(name, module, tuple(filter(None, (attr or "").split("."))), state)
 
 
 def still_loaded(imported: Imported, cls: type) -> bool:
@@ -443,9 +451,11 @@ def _class_state(cls: type) -> tuple[Any, ...]:
 _CORE_CLASSES: Final = (object, GenerationPluginBase)
 
 
-def _validated(obj: object, where: str) -> tuple[type[GenerationPluginBase], _Facts]:
+def _validated(obj: object, where: str) -> tuple[type[GenerationPluginBase], _Facts,
+                                               tuple[Any, ...] | None]:
     """`validate_plugin_class` and what the registry reads of the class (hooks, actions,
-    hook arguments, deprecations); remembered per class while its dicts are unchanged."""
+    hook arguments, deprecations); remembered per class while its dicts are unchanged.
+    Also the state remembered with them (None: the class could not be remembered)."""
     if isinstance(obj, type):
         try:
             hit = _VALIDATED.get(obj)
@@ -453,10 +463,13 @@ def _validated(obj: object, where: str) -> tuple[type[GenerationPluginBase], _Fa
             hit = None
         # the state only when there is one to compare with (a fresh process has none)
         if hit is not None and hit[0] == _class_state(obj):
-            return obj, hit[1]
+            return obj, hit[1], hit[0]
     # each hook's method, its parameters and the action markers looked up once for all
     cls, hooks, actions, hook_args, deprecations = loading_facts(obj, where)
     facts: _Facts = (hooks, actions, hook_args, tuple(deprecations))
-    with contextlib.suppress(TypeError):
-        _VALIDATED[cls] = (_class_state(cls), facts)
-    return cls, facts
+    state = _class_state(cls)
+    try:
+        _VALIDATED[cls] = (state, facts)
+    except TypeError:
+        return cls, facts, None
+    return cls, facts, state
